@@ -1,0 +1,157 @@
+//! Response bodies: host-made ones, and the guest's, held back until complete
+//! (or large, or a stream) so a guest that stalls before finishing still gets
+//! its request a clean 504, then streamed under the request's deadline.
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::time::{Instant, Sleep};
+
+/// A boxed error from a body.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type of every response the host sends.
+pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Bytes of a guest's body held back before the response is streamed.
+pub const HOLD_BACK: usize = 64 * 1024;
+
+/// A complete body from `bytes`.
+pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// A JSON error response made by the host: `{"error":{"code","message"}}`.
+pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response<ResponseBody> {
+    let body = format!(
+        "{{\"error\":{{\"code\":\"{code}\",\"message\":{}}}}}\n",
+        json_string(message)
+    );
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn json_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// How collecting a guest's body ended.
+pub enum Collected {
+    /// The whole body arrived.
+    Complete(Bytes),
+    /// Streaming begins: what was held back, then the rest.
+    Stream(ResponseBody),
+    /// The deadline passed before the body completed.
+    Deadline,
+    /// The guest's body failed (it trapped or aborted the body).
+    Failed(String),
+}
+
+/// Holds back the guest's `body` until it completes, passes [`HOLD_BACK`]
+/// bytes, or `stream` is set (e.g. server-sent events), all before `deadline`.
+pub async fn collect<B>(mut body: B, stream: bool, deadline: Instant) -> Collected
+where
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: std::fmt::Display + Into<BoxError>,
+{
+    let mut held = BytesMut::new();
+    let mut trailers = None;
+    let mut ended = false;
+    if !stream {
+        loop {
+            match tokio::time::timeout_at(deadline, body.frame()).await {
+                Err(_) => return Collected::Deadline,
+                Ok(None) => {
+                    ended = true;
+                    break;
+                }
+                Ok(Some(Err(e))) => return Collected::Failed(e.to_string()),
+                Ok(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        held.extend_from_slice(&data);
+                        if held.len() > HOLD_BACK {
+                            break;
+                        }
+                    }
+                    Err(frame) => {
+                        trailers = frame.into_trailers().ok();
+                        break;
+                    }
+                },
+            }
+        }
+        if ended {
+            return Collected::Complete(held.freeze());
+        }
+    }
+    let prefix = Frame::data(held.freeze());
+    let rest = DeadlineBody {
+        inner: body,
+        prefix: Some(prefix),
+        trailers,
+        sleep: Box::pin(tokio::time::sleep_until(deadline)),
+    };
+    Collected::Stream(rest.boxed_unsync())
+}
+
+/// Streams a body after a held-back prefix, ending it with an error (which
+/// aborts the connection) if the deadline passes first.
+struct DeadlineBody<B> {
+    inner: B,
+    prefix: Option<Frame<Bytes>>,
+    trailers: Option<http::HeaderMap>,
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl<B> Body for DeadlineBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(prefix) = self.prefix.take()
+            && prefix.data_ref().is_none_or(|d| !d.is_empty())
+        {
+            return Poll::Ready(Some(Ok(prefix)));
+        }
+        if let Some(trailers) = self.trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
+        if self.sleep.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(
+                "request deadline passed while streaming the response".into(),
+            )));
+        }
+        Pin::new(&mut self.inner).poll_frame(cx).map_err(Into::into)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}

@@ -1,0 +1,128 @@
+//! The `tensor-wasm` command line.
+
+use crate::units::{parse_duration, parse_size};
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// TensorWasm: serve WebAssembly components (wasi:http) with GPU host interfaces.
+#[derive(Debug, Parser)]
+#[command(name = "tensor-wasm", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve a component, a composed world or a deployment file over HTTP.
+    ///
+    /// PATH may be a component (`.wasm`), a precompiled artifact (`.cwasm`, from
+    /// `tensor-wasm compile`), a WAC world (`.wac`, composed at start-up), or a
+    /// deployment file (`.toml`, many deployments and tenants on one server).
+    /// Without PATH, the world embedded in the binary is served.
+    ///
+    /// Every request gets a fresh, isolated instance with its own memory cap and
+    /// wall-clock budget. SIGINT/SIGTERM stop accepting connections and let
+    /// in-flight requests finish (up to --shutdown-grace).
+    Serve(ServeArgs),
+    /// Compose a WAC world into one component file.
+    Compose {
+        /// The `.wac` world to compose.
+        world: PathBuf,
+        /// Where to write the composed component.
+        #[arg(short, long, value_name = "OUT.wasm")]
+        output: PathBuf,
+        /// Where a package named in the world comes from (repeatable).
+        #[arg(long = "dep", value_name = "NAME=PATH", value_parser = parse_dep)]
+        deps: Vec<(String, PathBuf)>,
+    },
+    /// Compile a component (or world) ahead of time into a `.cwasm` artifact.
+    ///
+    /// The artifact is only valid for this version of tensor-wasm and the same
+    /// engine settings (--max-memory, --max-instances); `serve` rejects others.
+    Compile {
+        /// The component or `.wac` world to compile.
+        input: PathBuf,
+        /// Where to write the artifact.
+        #[arg(short, long, value_name = "OUT.cwasm")]
+        output: PathBuf,
+        /// Where a package named in the world comes from (repeatable).
+        #[arg(long = "dep", value_name = "NAME=PATH", value_parser = parse_dep)]
+        deps: Vec<(String, PathBuf)>,
+        /// Engine settings the artifact is compiled for.
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+    /// Print a component's (or world's) imports and exports.
+    Inspect {
+        /// The component, artifact or `.wac` world.
+        path: PathBuf,
+        /// Where a package named in the world comes from (repeatable).
+        #[arg(long = "dep", value_name = "NAME=PATH", value_parser = parse_dep)]
+        deps: Vec<(String, PathBuf)>,
+    },
+}
+
+/// Flags of `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Component (.wasm), artifact (.cwasm), world (.wac) or deployment file (.toml).
+    pub path: Option<PathBuf>,
+    /// Address to serve HTTP on (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// Address of the admin listener (/healthz, /readyz, /metrics), or `off`.
+    #[arg(long, default_value = "127.0.0.1:9090", value_name = "ADDR|off")]
+    pub admin_listen: String,
+    /// Wall-clock budget of one request; past it the guest is stopped and the client gets a 504.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub request_timeout: Duration,
+    /// Largest request body accepted (413 above it).
+    #[arg(long, default_value = "16MiB", value_parser = parse_size, value_name = "SIZE")]
+    pub max_body_size: u64,
+    /// Requests one deployment serves at once; more wait within their budget (default: no limit but the pool).
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<u32>,
+    /// How long shutdown waits for in-flight requests.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub shutdown_grace: Duration,
+    /// Where a package named in a world comes from (repeatable).
+    #[arg(long = "dep", value_name = "NAME=PATH", value_parser = parse_dep)]
+    pub deps: Vec<(String, PathBuf)>,
+    /// Directory of the compiled-artifact cache [default: $TENSOR_WASM_CACHE_DIR or ~/.cache/tensor-wasm].
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Do not read or write the compiled-artifact cache.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Engine settings.
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// Settings baked into the engine (and so into compiled artifacts).
+#[derive(Debug, Args, Clone)]
+pub struct EngineArgs {
+    /// Linear-memory cap of one instance (the sum of its memories); a guest past it traps and gets a 500.
+    #[arg(long, default_value = "256MiB", value_parser = parse_size, value_name = "SIZE")]
+    pub max_memory: u64,
+    /// Instances alive at once across the server (the pooling allocator's size).
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub max_instances: u32,
+}
+
+fn parse_dep(text: &str) -> Result<(String, PathBuf), String> {
+    let (name, path) = text.split_once('=').ok_or_else(|| {
+        format!("expected NAME=PATH, e.g. tensorwasm:hello=hello.wasm, got `{text}`")
+    })?;
+    if !name.contains(':') {
+        return Err(format!(
+            "package name `{name}` needs a namespace, e.g. `acme:{name}`"
+        ));
+    }
+    Ok((name.to_string(), PathBuf::from(path)))
+}

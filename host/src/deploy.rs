@@ -1,0 +1,313 @@
+//! Deployment files: one server, many deployments, each for one tenant.
+//!
+//! ```toml
+//! [[deployment]]
+//! name = "shop"
+//! tenant = "acme"
+//! world = "worlds/shop.wac"          # or: component = "shop.wasm" / "shop.cwasm"
+//! route = { host = "shop.example", path = "/api" }
+//! limits = { timeout = "10s", memory = "64MiB", concurrency = 16, body = "1MiB" }
+//! deps = { "acme:shop" = "build/shop.wasm" }
+//!
+//! [deployment.grants]
+//! dirs = [{ host = "data", guest = "/data", writable = false }]
+//! outgoing-hosts = ["api.example.com"]
+//! config = { greeting = "hello" }
+//! env = { LOG_LEVEL = "info" }
+//! ```
+//!
+//! Relative paths are relative to the deployment file. Nothing is granted by
+//! default. See `docs/DEPLOYMENTS.md`.
+
+use crate::units::{parse_duration, parse_size};
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A parsed deployment file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    deployment: Vec<RawDeployment>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeployment {
+    name: String,
+    tenant: String,
+    component: Option<PathBuf>,
+    world: Option<PathBuf>,
+    #[serde(default)]
+    route: Route,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    grants: Grants,
+    #[serde(default)]
+    deps: BTreeMap<String, PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    timeout: Option<String>,
+    memory: Option<String>,
+    concurrency: Option<u32>,
+    body: Option<String>,
+}
+
+/// Which requests a deployment serves: an optional exact host (port ignored,
+/// case-insensitive) and a path prefix (whole segments; default `/`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Host name to match, e.g. `shop.example`; any host when absent.
+    pub host: Option<String>,
+    /// Path prefix to match, e.g. `/api`; `/` when absent.
+    pub path: Option<String>,
+}
+
+/// What a deployment's guests may touch. Everything is off by default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Grants {
+    /// Host directories preopened for the guest.
+    #[serde(default)]
+    pub dirs: Vec<DirGrant>,
+    /// Hosts (`name` or `name:port`) the guest may send HTTP requests to.
+    #[serde(default)]
+    pub outgoing_hosts: Vec<String>,
+    /// Values the guest reads through `wasi:config/store`.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// Environment variables the guest sees.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// One preopened directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirGrant {
+    /// Directory on the host.
+    pub host: PathBuf,
+    /// Path the guest sees.
+    pub guest: String,
+    /// Whether the guest may write (default: read-only).
+    #[serde(default)]
+    pub writable: bool,
+}
+
+/// Per-deployment limits, with the server's defaults filled in.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Wall-clock budget of one request.
+    pub timeout: Duration,
+    /// Linear memory cap of one instance, in bytes.
+    pub memory: u64,
+    /// Requests served at once (others wait, within their budget).
+    pub concurrency: Option<u32>,
+    /// Largest request body accepted, in bytes.
+    pub body: u64,
+}
+
+/// Where a deployment's component comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A `.wasm` component or `.cwasm` precompiled artifact.
+    Component(PathBuf),
+    /// A `.wac` world to compose, with its package dependencies.
+    World(PathBuf, BTreeMap<String, PathBuf>),
+    /// The world embedded in the binary.
+    Default,
+}
+
+/// One deployment, validated.
+#[derive(Debug, Clone)]
+pub struct DeploymentSpec {
+    /// Unique name (used in metrics and logs).
+    pub name: String,
+    /// The tenant every request of this deployment runs for.
+    pub tenant: String,
+    /// The component or world.
+    pub source: Source,
+    /// Which requests it serves.
+    pub route: Route,
+    /// Its limits.
+    pub limits: Limits,
+    /// What its guests may touch.
+    pub grants: Grants,
+}
+
+/// Parses the deployment file at `path`; `defaults` supplies unset limits.
+pub fn load(path: &Path, defaults: &Limits) -> Result<Vec<DeploymentSpec>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    parse(&text, path, defaults)
+}
+
+/// Parses deployment-file `text` (read from `path`).
+pub fn parse(text: &str, path: &Path, defaults: &Limits) -> Result<Vec<DeploymentSpec>> {
+    let file: File = toml::from_str(text).map_err(|e| {
+        let msg = e.message().to_string();
+        match e.span() {
+            Some(span) => {
+                let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                anyhow::anyhow!("{}:{line}: {msg}", path.display())
+            }
+            None => anyhow::anyhow!("{}: {msg}", path.display()),
+        }
+    })?;
+    if file.deployment.is_empty() {
+        bail!(
+            "{}: no deployments (add a [[deployment]] table)",
+            path.display()
+        );
+    }
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut names = std::collections::HashSet::new();
+    let mut specs = Vec::new();
+    for raw in file.deployment {
+        let ctx = |what: &str| format!("{}: deployment `{}`: {what}", path.display(), raw.name);
+        if raw.name.is_empty()
+            || !raw
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            bail!(
+                "{}: deployment name `{}` must be letters, digits, `-` or `_`",
+                path.display(),
+                raw.name
+            );
+        }
+        if !names.insert(raw.name.clone()) {
+            bail!("{}", ctx("duplicate name"));
+        }
+        if raw.tenant.is_empty() {
+            bail!("{}", ctx("`tenant` must not be empty"));
+        }
+        let source = match (&raw.component, &raw.world) {
+            (Some(c), None) => Source::Component(base.join(c)),
+            (None, Some(w)) => Source::World(
+                base.join(w),
+                raw.deps
+                    .iter()
+                    .map(|(k, v)| (k.clone(), base.join(v)))
+                    .collect(),
+            ),
+            _ => bail!("{}", ctx("set exactly one of `component` or `world`")),
+        };
+        if let Some(p) = &raw.route.path
+            && !p.starts_with('/')
+        {
+            bail!("{}", ctx(&format!("route path `{p}` must start with `/`")));
+        }
+        let limits = Limits {
+            timeout: match &raw.limits.timeout {
+                Some(t) => parse_duration(t).map_err(|e| anyhow::anyhow!(ctx(&e)))?,
+                None => defaults.timeout,
+            },
+            memory: match &raw.limits.memory {
+                Some(m) => parse_size(m).map_err(|e| anyhow::anyhow!(ctx(&e)))?,
+                None => defaults.memory,
+            },
+            concurrency: raw.limits.concurrency.or(defaults.concurrency),
+            body: match &raw.limits.body {
+                Some(b) => parse_size(b).map_err(|e| anyhow::anyhow!(ctx(&e)))?,
+                None => defaults.body,
+            },
+        };
+        if limits.concurrency == Some(0) {
+            bail!("{}", ctx("`concurrency` must be at least 1"));
+        }
+        let mut grants = raw.grants.clone();
+        for dir in &mut grants.dirs {
+            dir.host = base.join(&dir.host);
+            if !dir.host.is_dir() {
+                bail!(
+                    "{}",
+                    ctx(&format!(
+                        "granted directory {} does not exist",
+                        dir.host.display()
+                    ))
+                );
+            }
+        }
+        specs.push(DeploymentSpec {
+            name: raw.name,
+            tenant: raw.tenant,
+            source,
+            route: raw.route,
+            limits,
+            grants,
+        });
+    }
+    Ok(specs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> Limits {
+        Limits {
+            timeout: Duration::from_secs(30),
+            memory: 1 << 28,
+            concurrency: None,
+            body: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn parses_a_full_deployment() {
+        let text = r#"
+            [[deployment]]
+            name = "a"
+            tenant = "t1"
+            component = "a.wasm"
+            route = { host = "a.example", path = "/api" }
+            limits = { timeout = "2s", memory = "64MiB", concurrency = 4 }
+            [deployment.grants]
+            outgoing-hosts = ["example.com"]
+            config = { k = "v" }
+        "#;
+        let specs = parse(text, Path::new("/srv/d.toml"), &defaults()).unwrap();
+        assert_eq!(specs.len(), 1);
+        let d = &specs[0];
+        assert_eq!(d.limits.timeout, Duration::from_secs(2));
+        assert_eq!(d.limits.memory, 64 << 20);
+        assert_eq!(d.limits.body, 1 << 20);
+        assert!(matches!(&d.source, Source::Component(p) if p == Path::new("/srv/a.wasm")));
+        assert_eq!(d.grants.outgoing_hosts, vec!["example.com"]);
+    }
+
+    #[test]
+    fn rejects_bad_files() {
+        let p = Path::new("d.toml");
+        for (text, needle) in [
+            (
+                "[[deployment]]\nname = \"a\"\ntenant = \"t\"\n",
+                "exactly one",
+            ),
+            (
+                "[[deployment]]\nname = \"a\"\ntenant = \"t\"\ncomponent = \"x\"\ncolour = 1\n",
+                "unknown field",
+            ),
+            (
+                "[[deployment]]\nname = \"a\"\ntenant = \"t\"\ncomponent = \"x\"\nlimits = { timeout = \"soon\" }\n",
+                "invalid duration",
+            ),
+            ("", "no deployments"),
+            ("[[deployment]]\nname = \"a\"\n", "tenant"),
+        ] {
+            let err = parse(text, p, &defaults()).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
+            assert!(err.starts_with("d.toml"), "{err}");
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! A deployment at run time: its pre-instantiated component, grants, limits
+//! and metrics, and the handling of one request for it — a fresh instance
+//! under the tenant's wall-clock budget and memory cap.
+
+use crate::body::{self, Collected, ResponseBody, error_response};
+use crate::deploy::{DeploymentSpec, Limits, Route};
+use crate::engine::ticks_for;
+use crate::metrics::{DeploymentLabel, Metrics, RequestLabels};
+use crate::state::{GrantSet, RequestState};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use wasmtime::{Engine, Store, Trap};
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+
+/// One deployment, ready to serve.
+pub struct Deployment {
+    /// Unique name.
+    pub name: String,
+    /// Tenant its requests run for.
+    pub tenant: String,
+    /// Which requests it serves.
+    pub route: Route,
+    limits: Limits,
+    pre: ProxyPre<RequestState>,
+    grants: GrantSet,
+    slots: Option<Arc<Semaphore>>,
+    stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
+}
+
+/// This deployment's metric handles, resolved once.
+struct Stats {
+    in_flight: Gauge,
+    latency: Histogram,
+    instantiation: Histogram,
+    traps: Counter,
+    deadline_kills: Counter,
+    memory_cap_kills: Counter,
+}
+
+/// How a guest's run ended.
+#[derive(Debug)]
+enum GuestEnd {
+    Returned,
+    Deadline,
+    MemoryCap(String),
+    Trapped(String),
+    HostError(String),
+}
+
+impl Deployment {
+    /// Wraps a prepared component for `spec`.
+    pub fn new(spec: DeploymentSpec, pre: ProxyPre<RequestState>, metrics: Arc<Metrics>) -> Self {
+        let label = DeploymentLabel {
+            deployment: spec.name.clone(),
+        };
+        let stats = Stats {
+            in_flight: metrics.in_flight.get_or_create(&label).clone(),
+            latency: metrics.latency.get_or_create(&label).clone(),
+            instantiation: metrics.instantiation.get_or_create(&label).clone(),
+            traps: metrics.traps.get_or_create(&label).clone(),
+            deadline_kills: metrics.deadline_kills.get_or_create(&label).clone(),
+            memory_cap_kills: metrics.memory_cap_kills.get_or_create(&label).clone(),
+        };
+        Self {
+            name: spec.name,
+            tenant: spec.tenant,
+            route: spec.route,
+            slots: spec
+                .limits
+                .concurrency
+                .map(|n| Arc::new(Semaphore::new(n as usize))),
+            limits: spec.limits,
+            pre,
+            grants: GrantSet::new(spec.grants),
+            stats: Arc::new(stats),
+            metrics,
+        }
+    }
+
+    /// Serves one request and records it.
+    pub async fn serve(&self, engine: &Engine, req: Request<Incoming>) -> Response<ResponseBody> {
+        let started = Instant::now();
+        self.stats.in_flight.inc();
+        let response = self.run(engine, req).await;
+        self.stats.in_flight.dec();
+        self.stats.latency.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                deployment: self.name.clone(),
+                status: response.status().as_u16(),
+            })
+            .inc();
+        response
+    }
+
+    async fn run(&self, engine: &Engine, req: Request<Incoming>) -> Response<ResponseBody> {
+        let deadline = tokio::time::Instant::now() + self.limits.timeout;
+        let max_body = self.limits.body;
+        if content_length(&req).is_some_and(|n| n > max_body) {
+            return too_large(max_body);
+        }
+        let permit = match self.acquire_slot(deadline).await {
+            Ok(p) => p,
+            Err(r) => return r,
+        };
+
+        let mut state = match RequestState::new(&self.grants, self.limits.memory) {
+            Ok(s) => s,
+            Err(e) => {
+                return error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "grant_failed",
+                    &format!("{e:#}"),
+                );
+            }
+        };
+        let overflow = Arc::new(AtomicBool::new(false));
+        let req = limit_body(req, max_body, overflow.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut http = state.http();
+        let handles = http
+            .new_incoming_request(Scheme::Http, req)
+            .and_then(|r| Ok((r, http.new_response_outparam(tx)?)));
+        let (request, outparam) = match handles {
+            Ok(h) => h,
+            Err(e) => {
+                return error_response(StatusCode::BAD_REQUEST, "bad_request", &e.to_string());
+            }
+        };
+
+        let mut store = Store::new(engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(ticks_for(self.limits.timeout));
+        store.epoch_deadline_trap();
+        let pre = self.pre.clone();
+        let stats = self.stats.clone();
+        let who = format!("{}/{}", self.tenant, self.name);
+        let task = tokio::spawn(async move {
+            let _permit: Option<OwnedSemaphorePermit> = permit;
+            let run = async {
+                let t0 = Instant::now();
+                let proxy = pre.instantiate_async(&mut store).await?;
+                stats.instantiation.observe(t0.elapsed().as_secs_f64());
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, request, outparam)
+                    .await
+            };
+            let result = tokio::time::timeout_at(deadline, run).await;
+            let end = classify(result, store.data().limiter.hit);
+            stats.record(&who, &end);
+            end
+        });
+
+        let response = match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(Ok(response))) => response,
+            Ok(Ok(Err(code))) => {
+                return error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "guest_error",
+                    &format!("the component answered with an error: {code:?}"),
+                );
+            }
+            Ok(Err(_)) => {
+                // The guest ended without setting a response.
+                let end = task
+                    .await
+                    .unwrap_or_else(|e| GuestEnd::HostError(e.to_string()));
+                return failure_response(&end, &self.limits);
+            }
+            Err(_) => {
+                task.abort();
+                return deadline_response(&self.limits);
+            }
+        };
+        if overflow.load(Ordering::Relaxed) {
+            return too_large(max_body);
+        }
+        let (parts, guest_body) = response.into_parts();
+        let streaming = parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("text/event-stream"));
+        let body = match body::collect(guest_body, streaming, deadline).await {
+            Collected::Complete(bytes) => body::full(bytes),
+            Collected::Stream(stream) => stream,
+            Collected::Deadline => {
+                task.abort();
+                return deadline_response(&self.limits);
+            }
+            Collected::Failed(msg) => {
+                let end = match tokio::time::timeout_at(deadline, task).await {
+                    Ok(Ok(end)) => end,
+                    _ => GuestEnd::Trapped(msg),
+                };
+                return failure_response(&end, &self.limits);
+            }
+        };
+        if overflow.load(Ordering::Relaxed) {
+            return too_large(max_body);
+        }
+        Response::from_parts(parts, body)
+    }
+
+    async fn acquire_slot(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<OwnedSemaphorePermit>, Response<ResponseBody>> {
+        let Some(slots) = &self.slots else {
+            return Ok(None);
+        };
+        match tokio::time::timeout_at(deadline, slots.clone().acquire_owned()).await {
+            Ok(Ok(p)) => Ok(Some(p)),
+            _ => {
+                let mut r = error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    "the deployment's concurrency limit was reached for the whole request budget",
+                );
+                r.headers_mut().insert(
+                    http::header::RETRY_AFTER,
+                    http::HeaderValue::from_static("1"),
+                );
+                Err(r)
+            }
+        }
+    }
+}
+
+impl Stats {
+    fn record(&self, who: &str, end: &GuestEnd) {
+        match end {
+            GuestEnd::Returned => {}
+            GuestEnd::Deadline => {
+                self.deadline_kills.inc();
+                tracing::warn!(deployment = who, "guest stopped at its deadline");
+            }
+            GuestEnd::MemoryCap(msg) => {
+                self.traps.inc();
+                self.memory_cap_kills.inc();
+                tracing::warn!(deployment = who, "guest died at its memory cap: {msg}");
+            }
+            GuestEnd::Trapped(msg) => {
+                self.traps.inc();
+                tracing::warn!(deployment = who, "guest trapped: {msg}");
+            }
+            GuestEnd::HostError(msg) => tracing::error!(deployment = who, "host error: {msg}"),
+        }
+    }
+}
+
+fn classify(
+    result: Result<wasmtime::Result<()>, tokio::time::error::Elapsed>,
+    memory_hit: bool,
+) -> GuestEnd {
+    match result {
+        Err(_) => GuestEnd::Deadline,
+        Ok(Ok(())) => GuestEnd::Returned,
+        Ok(Err(e)) => {
+            if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+                return GuestEnd::Deadline;
+            }
+            let msg = format!("{e:#}")
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            if memory_hit {
+                GuestEnd::MemoryCap(msg)
+            } else if e.downcast_ref::<Trap>().is_some() {
+                GuestEnd::Trapped(msg)
+            } else {
+                GuestEnd::HostError(msg)
+            }
+        }
+    }
+}
+
+fn failure_response(end: &GuestEnd, limits: &Limits) -> Response<ResponseBody> {
+    let internal = StatusCode::INTERNAL_SERVER_ERROR;
+    match end {
+        GuestEnd::Deadline => deadline_response(limits),
+        GuestEnd::MemoryCap(_) => error_response(
+            internal,
+            "memory_limit",
+            &format!(
+                "the component exceeded its memory limit of {}",
+                crate::units::format_size(limits.memory)
+            ),
+        ),
+        GuestEnd::Trapped(msg) => error_response(
+            internal,
+            "guest_trap",
+            &format!("the component trapped: {msg}"),
+        ),
+        GuestEnd::Returned => error_response(
+            internal,
+            "no_response",
+            "the component returned without sending a response",
+        ),
+        GuestEnd::HostError(msg) => error_response(internal, "host_error", msg),
+    }
+}
+
+fn deadline_response(limits: &Limits) -> Response<ResponseBody> {
+    error_response(
+        StatusCode::GATEWAY_TIMEOUT,
+        "deadline_exceeded",
+        &format!(
+            "the component did not finish within its {} budget",
+            humantime::format_duration(limits.timeout)
+        ),
+    )
+}
+
+fn too_large(max: u64) -> Response<ResponseBody> {
+    error_response(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        &format!(
+            "the request body exceeds the limit of {}",
+            crate::units::format_size(max)
+        ),
+    )
+}
+
+fn content_length(req: &Request<Incoming>) -> Option<u64> {
+    req.headers()
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Caps the request body at `max` bytes; past it the guest's read fails and
+/// `overflow` is set so the client gets a 413.
+fn limit_body(
+    req: Request<Incoming>,
+    max: u64,
+    overflow: Arc<AtomicBool>,
+) -> Request<
+    impl http_body::Body<Data = bytes::Bytes, Error = wasmtime_wasi_http::Error> + Send + 'static,
+> {
+    req.map(move |b| {
+        Limited::new(b, max as usize).map_err(move |e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                overflow.store(true, Ordering::Relaxed);
+                wasmtime_wasi_http::Error::HttpRequestBodySize(Some(max))
+            } else {
+                match e.downcast::<hyper::Error>() {
+                    Ok(h) => wasmtime_wasi_http::Error::Hyper(*h),
+                    Err(e) => wasmtime_wasi_http::Error::InternalError(Some(e.to_string())),
+                }
+            }
+        })
+    })
+}

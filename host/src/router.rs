@@ -1,0 +1,87 @@
+//! Picks the deployment for a request: by host (exact, port ignored) and the
+//! longest matching path prefix (whole segments).
+
+use crate::deployment::Deployment;
+use std::sync::Arc;
+
+/// The routing table.
+pub struct Router {
+    /// Most specific first: host-bound before any-host, longer prefixes first.
+    entries: Vec<Arc<Deployment>>,
+}
+
+impl Router {
+    /// Builds the table; fails on two deployments with the same route.
+    pub fn new(mut deployments: Vec<Arc<Deployment>>) -> anyhow::Result<Self> {
+        deployments.sort_by_key(|d| (d.route.host.is_none(), std::cmp::Reverse(prefix(d).len())));
+        for pair in deployments.windows(2) {
+            let (a, b) = (&pair[0], &pair[1]);
+            let same_host = a.route.host.as_deref().map(str::to_ascii_lowercase)
+                == b.route.host.as_deref().map(str::to_ascii_lowercase);
+            if same_host && prefix(a) == prefix(b) {
+                anyhow::bail!(
+                    "deployments `{}` and `{}` have the same route",
+                    a.name,
+                    b.name
+                );
+            }
+        }
+        Ok(Self {
+            entries: deployments,
+        })
+    }
+
+    /// The deployment serving `host` (without port) and `path`, if any.
+    pub fn route(&self, host: Option<&str>, path: &str) -> Option<&Arc<Deployment>> {
+        self.entries.iter().find(|d| {
+            let host_ok = match (&d.route.host, host) {
+                (None, _) => true,
+                (Some(want), Some(got)) => want.eq_ignore_ascii_case(got),
+                (Some(_), None) => false,
+            };
+            host_ok && path_matches(prefix(d), path)
+        })
+    }
+
+    /// All deployments.
+    pub fn deployments(&self) -> &[Arc<Deployment>] {
+        &self.entries
+    }
+}
+
+fn prefix(d: &Deployment) -> &str {
+    d.route.path.as_deref().unwrap_or("/").trim_end_matches('/')
+}
+
+fn path_matches(prefix: &str, path: &str) -> bool {
+    prefix.is_empty()
+        || path == prefix
+        || (path.starts_with(prefix) && path.as_bytes().get(prefix.len()) == Some(&b'/'))
+}
+
+/// The request's host name without port, from the URI or the Host header.
+pub fn request_host<B>(req: &http::Request<B>) -> Option<String> {
+    let raw = match req.uri().host() {
+        Some(h) => h.to_string(),
+        None => {
+            let value = req.headers().get(http::header::HOST)?.to_str().ok()?;
+            let authority: http::uri::Authority = value.parse().ok()?;
+            authority.host().to_string()
+        }
+    };
+    Some(raw.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::path_matches;
+
+    #[test]
+    fn prefixes_match_whole_segments() {
+        assert!(path_matches("", "/anything"));
+        assert!(path_matches("/api", "/api"));
+        assert!(path_matches("/api", "/api/v1"));
+        assert!(!path_matches("/api", "/apix"));
+        assert!(!path_matches("/api", "/"));
+    }
+}

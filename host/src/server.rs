@@ -1,0 +1,203 @@
+//! The serving loop: HTTP/1.1 (keep-alive) and HTTP/2 on one listener, each
+//! request routed to its deployment, the admin listener beside it, and a
+//! graceful shutdown on SIGINT/SIGTERM that lets in-flight requests finish.
+
+use crate::body::{ResponseBody, error_response, full};
+use crate::deployment::Deployment;
+use crate::metrics::{Metrics, RequestLabels};
+use crate::router::{Router, request_host};
+use anyhow::{Context, Result};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use wasmtime::Engine;
+
+/// Everything a request needs, shared by all connections.
+pub struct Host {
+    /// The engine all components run on.
+    pub engine: Engine,
+    /// The routing table.
+    pub router: Router,
+    /// Operator metrics.
+    pub metrics: Arc<Metrics>,
+    /// Set once shutdown begins (`/readyz` turns 503).
+    pub draining: AtomicBool,
+}
+
+impl Host {
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<ResponseBody>, Infallible> {
+        let host = request_host(&req);
+        let Some(deployment) = self
+            .router
+            .route(host.as_deref(), req.uri().path())
+            .cloned()
+        else {
+            self.metrics
+                .requests
+                .get_or_create(&RequestLabels {
+                    deployment: "none".into(),
+                    status: 404,
+                })
+                .inc();
+            return Ok(error_response(
+                StatusCode::NOT_FOUND,
+                "no_route",
+                &format!("no deployment serves {}", req.uri().path()),
+            ));
+        };
+        Ok(deployment.serve(&self.engine, req).await)
+    }
+}
+
+/// Binds `addr`, with a clear error.
+pub async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({what})"))
+}
+
+/// Serves `listener` until `shutdown` resolves, then drains for up to `grace`.
+pub async fn serve(
+    host: Arc<Host>,
+    listener: TcpListener,
+    grace: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _peer) = match accepted {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let host = host.clone();
+                let service = service_fn(move |req| host.clone().handle(req));
+                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!("connection ended: {e}");
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    host.draining.store(true, Ordering::Relaxed);
+    tracing::info!(
+        "shutting down: no new connections; waiting up to {} for in-flight requests",
+        humantime::format_duration(grace)
+    );
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("all requests finished; bye"),
+        _ = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
+    }
+}
+
+/// Serves `/healthz`, `/readyz` and `/metrics` on the admin listener.
+pub async fn serve_admin(host: Arc<Host>, listener: TcpListener) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let host = host.clone();
+        let service = service_fn(move |req: Request<Incoming>| {
+            let host = host.clone();
+            async move { Ok::<_, Infallible>(admin_response(&host, req.uri().path())) }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+}
+
+fn admin_response(host: &Host, path: &str) -> Response<ResponseBody> {
+    let text = |status: StatusCode, body: String, ctype: &'static str| {
+        let mut r = Response::new(full(body));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(ctype),
+        );
+        r
+    };
+    match path {
+        "/healthz" => text(StatusCode::OK, "ok\n".into(), "text/plain"),
+        "/readyz" if host.draining.load(Ordering::Relaxed) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining\n".into(),
+            "text/plain",
+        ),
+        "/readyz" => {
+            let names: Vec<&str> = host
+                .router
+                .deployments()
+                .iter()
+                .map(|d: &Arc<Deployment>| d.name.as_str())
+                .collect();
+            text(
+                StatusCode::OK,
+                format!("ready: {}\n", names.join(", ")),
+                "text/plain",
+            )
+        }
+        "/metrics" => text(
+            StatusCode::OK,
+            host.metrics.encode(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+        _ => error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "admin routes: /healthz, /readyz, /metrics",
+        ),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("received SIGINT"),
+        _ = term => tracing::info!("received SIGTERM"),
+    }
+}

@@ -1,0 +1,194 @@
+//! What each request's `Store` carries: the WASI and wasi:http contexts built
+//! from the deployment's grants, the tenant's memory limiter, and the
+//! outgoing-HTTP policy.
+
+use crate::deploy::Grants;
+use std::sync::Arc;
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_config::WasiConfigVariables;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+/// Host state of one request's instance.
+pub struct RequestState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    /// The tenant's linear-memory cap for this instance.
+    pub limiter: MemoryLimiter,
+    policy: OutgoingPolicy,
+    config: Arc<WasiConfigVariables>,
+}
+
+/// The parts of a deployment's grants that are shared by all its requests.
+pub struct GrantSet {
+    grants: Grants,
+    config: Arc<WasiConfigVariables>,
+    outgoing: Arc<[String]>,
+}
+
+impl GrantSet {
+    /// Prepares `grants` for per-request use.
+    pub fn new(grants: Grants) -> Self {
+        let config = Arc::new(grants.config.iter().collect());
+        let outgoing = grants
+            .outgoing_hosts
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
+        Self {
+            grants,
+            config,
+            outgoing,
+        }
+    }
+}
+
+impl RequestState {
+    /// Fresh state for one request under `grants`, capping memory at `max_memory` bytes.
+    pub fn new(grants: &GrantSet, max_memory: u64) -> anyhow::Result<Self> {
+        let mut builder = WasiCtxBuilder::new();
+        for (k, v) in &grants.grants.env {
+            builder.env(k, v);
+        }
+        for dir in &grants.grants.dirs {
+            let perms = if dir.writable {
+                FsPerms::ReadWrite
+            } else {
+                FsPerms::ReadOnly
+            };
+            builder
+                .preopened_dir(&dir.host, &dir.guest, perms)
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot open granted directory {}: {e}", dir.host.display())
+                })?;
+        }
+        Ok(Self {
+            wasi: builder.build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter::new(max_memory),
+            policy: OutgoingPolicy {
+                allowed: grants.outgoing.clone(),
+            },
+            config: grants.config.clone(),
+        })
+    }
+
+    /// The `wasi:config` view of this request's granted values.
+    pub fn config(&mut self) -> wasmtime_wasi_config::WasiConfig<'_> {
+        wasmtime_wasi_config::WasiConfig::new(&self.config)
+    }
+}
+
+impl WasiView for RequestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for RequestState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.policy,
+        }
+    }
+}
+
+/// Caps the sum of all linear memories of one instance and remembers
+/// whether the cap was hit, so a trap that follows is counted as a
+/// memory-cap kill.
+pub struct MemoryLimiter {
+    cap: u64,
+    used: u64,
+    /// Set when a growth was refused because of the cap.
+    pub hit: bool,
+}
+
+impl MemoryLimiter {
+    fn new(cap: u64) -> Self {
+        Self {
+            cap,
+            used: 0,
+            hit: false,
+        }
+    }
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let grow = desired.saturating_sub(current) as u64;
+        if self.used.saturating_add(grow) > self.cap {
+            self.hit = true;
+            return Ok(false);
+        }
+        self.used += grow;
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// Outgoing HTTP: denied unless the host is granted.
+struct OutgoingPolicy {
+    allowed: Arc<[String]>,
+}
+
+impl WasiHttpHooks for OutgoingPolicy {
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = Result<
+                    (
+                        http::Response<wasmtime_wasi_http::WasiBody>,
+                        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                    ),
+                    wasmtime_wasi_http::Error,
+                >,
+            > + Send,
+    > {
+        drop(fut);
+        let uri = request.uri();
+        let host = uri.host().unwrap_or("").to_ascii_lowercase();
+        let with_port = uri.port_u16().map(|p| format!("{host}:{p}"));
+        let granted = self
+            .allowed
+            .iter()
+            .any(|a| *a == host || with_port.as_deref() == Some(a.as_str()));
+        if !granted {
+            tracing::info!(%host, "outgoing request denied: host not granted");
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                res.map(BodyExt::boxed_unsync),
+                Box::new(io)
+                    as Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+            ))
+        })
+    }
+}
