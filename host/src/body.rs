@@ -8,6 +8,8 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use tokio::time::{Instant, Sleep};
 
@@ -69,7 +71,11 @@ pub enum Collected {
 
 /// Holds back the guest's `body` until it completes, passes [`HOLD_BACK`]
 /// bytes, or `stream` is set (e.g. server-sent events), all before `deadline`.
-pub async fn collect<B>(mut body: B, stream: bool, deadline: Instant) -> Collected
+///
+/// wasmtime ends a guest's body cleanly even when the guest died before
+/// finishing it, so `failed` (set by the guest's task before its store is
+/// dropped) tells a finished body from a cut-off one.
+pub async fn collect<B>(mut body: B, stream: bool, deadline: Instant, failed: Arc<AtomicBool>) -> Collected
 where
     B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: std::fmt::Display + Into<BoxError>,
@@ -100,6 +106,9 @@ where
                 },
             }
         }
+        if ended && failed.load(Ordering::Acquire) {
+            return Collected::Failed("the component died before finishing its body".into());
+        }
         if ended {
             return Collected::Complete(held.freeze());
         }
@@ -107,6 +116,7 @@ where
     let prefix = Frame::data(held.freeze());
     let rest = DeadlineBody {
         inner: body,
+        failed,
         prefix: Some(prefix),
         trailers,
         sleep: Box::pin(tokio::time::sleep_until(deadline)),
@@ -118,6 +128,7 @@ where
 /// aborts the connection) if the deadline passes first.
 struct DeadlineBody<B> {
     inner: B,
+    failed: Arc<AtomicBool>,
     prefix: Option<Frame<Bytes>>,
     trailers: Option<http::HeaderMap>,
     sleep: Pin<Box<Sleep>>,
@@ -148,7 +159,12 @@ where
                 "request deadline passed while streaming the response".into(),
             )));
         }
-        Pin::new(&mut self.inner).poll_frame(cx).map_err(Into::into)
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(None) if self.failed.load(Ordering::Acquire) => {
+                Poll::Ready(Some(Err("the component died before finishing its body".into())))
+            }
+            other => other.map_err(Into::into),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {

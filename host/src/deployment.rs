@@ -4,7 +4,6 @@
 
 use crate::body::{self, Collected, ResponseBody, error_response};
 use crate::deploy::{DeploymentSpec, Limits, Route};
-use crate::engine::ticks_for;
 use crate::metrics::{DeploymentLabel, Metrics, RequestLabels};
 use crate::state::{GrantSet, RequestState};
 use http::{Request, Response, StatusCode};
@@ -17,10 +16,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use wasmtime::{Engine, Store, Trap};
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+
+/// Epoch ticks a guest runs before yielding to the async runtime.
+const YIELD_TICKS: u64 = 2;
+
+/// How long past the deadline a response waits for its guest's verdict.
+const TASK_END_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// One deployment, ready to serve.
 pub struct Deployment {
@@ -106,7 +111,8 @@ impl Deployment {
     }
 
     async fn run(&self, engine: &Engine, req: Request<Incoming>) -> Response<ResponseBody> {
-        let deadline = tokio::time::Instant::now() + self.limits.timeout;
+        let started_at = Instant::now();
+        let deadline = tokio::time::Instant::from_std(started_at) + self.limits.timeout;
         let max_body = self.limits.body;
         if content_length(&req).is_some_and(|n| n > max_body) {
             return too_large(max_body);
@@ -142,11 +148,23 @@ impl Deployment {
 
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(ticks_for(self.limits.timeout));
-        store.epoch_deadline_trap();
+        // Every couple of epoch ticks a running guest yields to the runtime, so
+        // a spinning guest cannot starve other requests; past the budget it
+        // is interrupted (a trap).
+        let wall_deadline = started_at + self.limits.timeout;
+        store.set_epoch_deadline(YIELD_TICKS);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= wall_deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(YIELD_TICKS))
+            }
+        });
         let pre = self.pre.clone();
         let stats = self.stats.clone();
         let who = format!("{}/{}", self.tenant, self.name);
+        let failed = Arc::new(AtomicBool::new(false));
+        let failed_flag = failed.clone();
         let task = tokio::spawn(async move {
             let _permit: Option<OwnedSemaphorePermit> = permit;
             let run = async {
@@ -160,6 +178,11 @@ impl Deployment {
             };
             let result = tokio::time::timeout_at(deadline, run).await;
             let end = classify(result, store.data().limiter.hit);
+            if !matches!(end, GuestEnd::Returned) {
+                failed_flag.store(true, Ordering::Release);
+            }
+            // Only now may the guest's body (held in the store) be dropped.
+            drop(store);
             stats.record(&who, &end);
             end
         });
@@ -180,10 +203,8 @@ impl Deployment {
                     .unwrap_or_else(|e| GuestEnd::HostError(e.to_string()));
                 return failure_response(&end, &self.limits);
             }
-            Err(_) => {
-                task.abort();
-                return deadline_response(&self.limits);
-            }
+            // The task stops itself at the same deadline and counts the kill.
+            Err(_) => return deadline_response(&self.limits),
         };
         if overflow.load(Ordering::Relaxed) {
             return too_large(max_body);
@@ -194,15 +215,15 @@ impl Deployment {
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|ct| ct.starts_with("text/event-stream"));
-        let body = match body::collect(guest_body, streaming, deadline).await {
+        let body = match body::collect(guest_body, streaming, deadline, failed).await {
             Collected::Complete(bytes) => body::full(bytes),
             Collected::Stream(stream) => stream,
             Collected::Deadline => {
-                task.abort();
                 return deadline_response(&self.limits);
             }
             Collected::Failed(msg) => {
-                let end = match tokio::time::timeout_at(deadline, task).await {
+                // The task is ending (or ends at its deadline): wait for its verdict.
+                let end = match tokio::time::timeout_at(deadline + TASK_END_GRACE, task).await {
                     Ok(Ok(end)) => end,
                     _ => GuestEnd::Trapped(msg),
                 };

@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-/// How often the epoch ticker advances; request deadlines are rounded up to it.
+/// How often the epoch ticker advances: running guests check their deadline
+/// and yield to other requests at this granularity.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 /// Engine settings chosen on the command line.
@@ -75,10 +76,4 @@ impl Drop for EpochTicker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
-}
-
-/// The number of epoch ticks covering `budget` (at least one).
-pub fn ticks_for(budget: Duration) -> u64 {
-    let tick = EPOCH_TICK.as_nanos();
-    (budget.as_nanos().div_ceil(tick)).max(1) as u64
 }

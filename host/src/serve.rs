@@ -27,6 +27,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         body: args.max_body_size,
     };
     let deps: BTreeMap<String, PathBuf> = args.deps.iter().cloned().collect();
+    let from_file = args.path.as_ref().filter(|p| matches!(load::kind_of(p), Ok(Kind::Deployments)));
     let specs = match &args.path {
         None => vec![single("default", Source::Default, &defaults)],
         Some(path) => match load::kind_of(path)? {
@@ -62,6 +63,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
 
     let mut deployments = Vec::new();
     for spec in specs {
+        let context = |e: anyhow::Error| match from_file {
+            Some(file) => anyhow!("{}: deployment `{}`: {}", file.display(), spec.name, load::first_line(&e)),
+            None => e,
+        };
         let (origin, loaded) = match &spec.source {
             Source::Default => {
                 let bytes = compose::compose(
@@ -76,14 +81,14 @@ pub fn run(args: ServeArgs) -> Result<()> {
             }
             Source::World(p, d) => (
                 p.display().to_string(),
-                load::load_path(&engine, &cache, p, d)?,
+                load::load_path(&engine, &cache, p, d).map_err(context)?,
             ),
             Source::Component(p) => (
                 p.display().to_string(),
-                load::load_path(&engine, &cache, p, &BTreeMap::new())?,
+                load::load_path(&engine, &cache, p, &BTreeMap::new()).map_err(context)?,
             ),
         };
-        let pre = load::prepare(&engine, &linker, &origin, &loaded)?;
+        let pre = load::prepare(&engine, &linker, &origin, &loaded).map_err(context)?;
         tracing::info!(
             "deployment `{}` (tenant `{}`): {} on {}{}",
             spec.name,

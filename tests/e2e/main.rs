@@ -1,1 +1,10 @@
+//! End-to-end tests: a real `tensor-wasm` process serving real components
+//! (built from `components/`) over real HTTP on 127.0.0.1.
 
+mod support;
+
+mod bad_input;
+mod deployments;
+mod hello;
+mod hostile;
+mod lifecycle;

@@ -1,0 +1,110 @@
+//! Deployment files: several tenants on one server, routed apart, each with
+//! its own limits and grants (and nothing granted by default).
+
+use crate::support::*;
+
+#[test]
+fn two_tenants_are_routed_apart_with_their_own_limits_and_grants() {
+    let dir = scratch("two_tenants");
+    std::fs::create_dir_all(dir.join("shared-data")).unwrap();
+    let file = dir.join("deploy.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[[deployment]]
+name = "alpha"
+tenant = "acme"
+component = {hello:?}
+route = {{ host = "alpha.test" }}
+
+[[deployment]]
+name = "beta"
+tenant = "globex"
+component = {hostile:?}
+route = {{ host = "beta.test" }}
+limits = {{ timeout = "1s", memory = "32MiB" }}
+
+[deployment.grants]
+env = {{ GREETING = "hi" }}
+dirs = [{{ host = "shared-data", guest = "/data" }}]
+
+[[deployment]]
+name = "bare"
+tenant = "initech"
+component = {hostile:?}
+route = {{ host = "bare.test" }}
+
+[[deployment]]
+name = "delta"
+tenant = "globex"
+component = {hello:?}
+route = {{ host = "beta.test", path = "/hello" }}
+"#,
+            hello = guest("hello"),
+            hostile = guest("hostile"),
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&[file.to_str().unwrap()], &dir.join("cache"));
+    let on = |host: &str, path: &str| request(server.addr, "GET", path, &[("host", host)], b"");
+
+    assert_eq!(
+        on("alpha.test", "/hello").text(),
+        "Hello from TensorWasm!\n"
+    );
+    assert_eq!(on("ALPHA.test:8080", "/hello").status, 200);
+    assert_eq!(on("beta.test", "/ok").text(), "ok\n");
+    // The longest matching prefix wins: /hello on beta.test is delta's.
+    assert_eq!(on("beta.test", "/hello").text(), "Hello from TensorWasm!\n");
+    assert_eq!(on("beta.test", "/hellox").status, 404); // hostile has no /hellox
+    assert_eq!(on("alpha.test", "/ok").status, 404); // hello has no /ok
+    let nobody = on("nobody.test", "/hello");
+    assert_eq!(nobody.status, 404);
+    assert!(nobody.text().contains("no_route"));
+
+    // Grants: beta sees exactly what it was granted; bare sees nothing.
+    assert_eq!(on("beta.test", "/env").text(), "GREETING=hi");
+    assert_eq!(on("beta.test", "/fs").text(), "/data");
+    assert_eq!(on("bare.test", "/env").text(), "");
+    assert_eq!(on("bare.test", "/fs").text(), "");
+
+    // Beta's own limits: a 1 s budget and a 32 MiB cap.
+    let t0 = std::time::Instant::now();
+    let r = on("beta.test", "/loop");
+    assert_eq!(r.status, 504);
+    assert!(t0.elapsed() < std::time::Duration::from_millis(2500));
+    assert!(r.text().contains("1s"), "{}", r.text());
+    let r = on("beta.test", "/oom");
+    assert_eq!(r.status, 500);
+    assert!(r.text().contains("32MiB"), "{}", r.text());
+
+    let m = server.metrics();
+    assert_eq!(
+        metric(
+            &m,
+            "tensorwasm_requests_total",
+            &["deployment=\"alpha\"", "status=\"200\""]
+        ),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "tensorwasm_deadline_kills_total",
+            &["deployment=\"beta\""]
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "tensorwasm_deadline_kills_total",
+            &["deployment=\"alpha\""]
+        ),
+        0.0,
+        "{m}"
+    );
+}

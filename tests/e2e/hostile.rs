@@ -1,0 +1,119 @@
+//! Guests that loop, exhaust memory, trap, or never finish: each such request
+//! gets its 5xx within budget, the metrics count it, and a concurrent healthy
+//! load keeps getting 200s throughout.
+
+use crate::support::*;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+#[test]
+fn hostile_guests_fail_alone_while_healthy_load_succeeds() {
+    let dir = scratch("hostile");
+    let hostile = guest("hostile");
+    let server = Server::start(
+        &[
+            hostile.to_str().unwrap(),
+            "--request-timeout",
+            "2s",
+            "--max-memory",
+            "64MiB",
+        ],
+        &dir,
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let healthy = load(server.addr, "/ok", 4, stop.clone());
+
+    let budget = Duration::from_secs(2);
+    let cases: [(&str, u16, &str); 5] = [
+        ("/loop", 504, "deadline_exceeded"),
+        ("/oom", 500, "memory_limit"),
+        ("/panic", 500, "guest_trap"),
+        ("/stall", 504, "deadline_exceeded"),
+        ("/stall-body", 504, "deadline_exceeded"),
+    ];
+    for (path, status, code) in cases {
+        let t0 = Instant::now();
+        let r = server.get(path);
+        let took = t0.elapsed();
+        assert_eq!(r.status, status, "{path}: {}", r.text());
+        assert!(r.text().contains(code), "{path}: {}", r.text());
+        assert!(
+            took < budget + Duration::from_millis(1500),
+            "{path} took {took:?}"
+        );
+    }
+    // Hostile requests in parallel with each other, too.
+    let parallel: Vec<_> = ["/loop", "/oom", "/panic", "/stall"]
+        .into_iter()
+        .map(|p| {
+            let addr = server.addr;
+            std::thread::spawn(move || request(addr, "GET", p, &[], b"").status)
+        })
+        .collect();
+    for (p, h) in ["/loop", "/oom", "/panic", "/stall"].iter().zip(parallel) {
+        let status = h.join().unwrap();
+        assert!(status >= 500, "{p}: {status}");
+    }
+
+    stop.store(true, Ordering::Relaxed);
+    let (ok, bad) = healthy.join().unwrap();
+    assert!(bad.is_empty(), "healthy requests failed: {bad:?}");
+    assert!(ok > 20, "only {ok} healthy requests completed");
+
+    let m = server.metrics();
+    let dep = "deployment=\"hostile\"";
+    assert!(
+        metric(&m, "tensorwasm_deadline_kills_total", &[dep]) >= 4.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "tensorwasm_memory_cap_kills_total", &[dep]) >= 2.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "tensorwasm_guest_traps_total", &[dep]) >= 4.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "tensorwasm_requests_total", &[dep, "status=\"504\""]) >= 4.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "tensorwasm_in_flight_requests", &[dep]),
+        0.0,
+        "{m}"
+    );
+    // Still serving.
+    assert_eq!(server.get("/ok").status, 200);
+}
+
+#[test]
+fn oversized_bodies_get_413() {
+    let dir = scratch("body_cap");
+    let server = Server::start(
+        &[guest("hello").to_str().unwrap(), "--max-body-size", "64KiB"],
+        &dir,
+    );
+    let big = vec![b'x'; 100_000];
+    let r = request(server.addr, "POST", "/echo", &[], &big);
+    assert_eq!(r.status, 413, "{}", r.text());
+    // Chunked, so the size is only known while reading.
+    let mut chunked = Vec::new();
+    for _ in 0..4 {
+        chunked.extend_from_slice(format!("{:x}\r\n", 30_000).as_bytes());
+        chunked.extend_from_slice(&[b'y'; 30_000]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let r = request(
+        server.addr,
+        "POST",
+        "/echo",
+        &[("transfer-encoding", "chunked")],
+        &chunked,
+    );
+    assert_eq!(r.status, 413, "{}", r.text());
+    let small = request(server.addr, "POST", "/echo", &[], b"fits");
+    assert_eq!((small.status, small.text().as_str()), (200, "fits"));
+}
