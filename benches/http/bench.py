@@ -1,0 +1,122 @@
+"""Runs wrk against tensor-wasm and wasmtime serve, alternating, and prints medians."""
+
+import argparse
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+PATH = "/hello"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(port, proc, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{PATH}", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("server did not become ready")
+
+
+def server_cmd(kind, args, port, cache):
+    if kind == "tensor-wasm":
+        return [args.tensor_wasm, "serve", args.component, "--listen", f"127.0.0.1:{port}",
+                "--admin-listen", "off", "--cache-dir", cache]
+    return [args.wasmtime, "serve", "-S", "cli", "--addr", f"127.0.0.1:{port}", args.component]
+
+
+def parse_wrk(out):
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+    def lat(p):
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        v, unit = float(m.group(1)), m.group(2)
+        return v * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": rps, "p50": lat(50), "p99": lat(99), "non2xx": int(errors.group(1)) if errors else 0}
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(kind, args, conc, cache):
+    port = free_port()
+    proc = subprocess.Popen(server_cmd(kind, args, port, cache), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_ready(port, proc)
+        subprocess.run(["wrk", "-t1", f"-c{conc}", "-d2s", f"http://127.0.0.1:{port}{PATH}"],
+                       capture_output=True, check=True)  # warm-up
+        cpu0 = cpu_seconds(proc.pid)
+        out = subprocess.run(["wrk", "-t1", f"-c{conc}", f"-d{args.seconds}s", "--latency",
+                              f"http://127.0.0.1:{port}{PATH}"],
+                             capture_output=True, text=True, check=True).stdout
+        cpu = cpu_seconds(proc.pid) - cpu0
+        r = parse_wrk(out)
+        total = r["rps"] * args.seconds
+        r["cpu_us"] = cpu / total * 1e6 if total else float("nan")
+        return r
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tensor-wasm", required=True)
+    ap.add_argument("--wasmtime", required=True)
+    ap.add_argument("--component", required=True)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=10)
+    args = ap.parse_args()
+    kinds = ["tensor-wasm", "wasmtime"]
+    results = {(k, c): [] for k in kinds for c in (1, 16, 64)}
+    with tempfile.TemporaryDirectory() as cache:
+        for rnd in range(args.rounds):
+            for conc in (1, 16, 64):
+                order = kinds if rnd % 2 == 0 else kinds[::-1]
+                for kind in order:
+                    r = measure(kind, args, conc, cache)
+                    results[(kind, conc)].append(r)
+                    print(f"round {rnd + 1} c={conc:<3} {kind:<12} {r['rps']:9.0f} req/s  "
+                          f"p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms  "
+                          f"{r['cpu_us']:.0f} µs CPU/req  non-2xx {r['non2xx']}", flush=True)
+    print()
+    print(f"Medians of {args.rounds} rounds x {args.seconds}s, wrk -t1, GET {PATH}, fresh instance per request")
+    print("| concurrency | server | req/s | p50 ms | p99 ms | server CPU µs/req | req/s vs wasmtime |")
+    print("|---|---|---|---|---|---|---|")
+    for conc in (1, 16, 64):
+        base = statistics.median(r["rps"] for r in results[("wasmtime", conc)])
+        for kind in kinds:
+            rs = results[(kind, conc)]
+            rps = statistics.median(r["rps"] for r in rs)
+            print(f"| {conc} | {kind} | {rps:.0f} | {statistics.median(r['p50'] for r in rs):.3f} | "
+                  f"{statistics.median(r['p99'] for r in rs):.3f} | "
+                  f"{statistics.median(r['cpu_us'] for r in rs):.0f} | {rps / base:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
