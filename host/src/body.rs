@@ -75,7 +75,12 @@ pub enum Collected {
 /// wasmtime ends a guest's body cleanly even when the guest died before
 /// finishing it, so `failed` (set by the guest's task before its store is
 /// dropped) tells a finished body from a cut-off one.
-pub async fn collect<B>(mut body: B, stream: bool, deadline: Instant, failed: Arc<AtomicBool>) -> Collected
+pub async fn collect<B>(
+    mut body: B,
+    stream: bool,
+    deadline: Instant,
+    failed: Arc<AtomicBool>,
+) -> Collected
 where
     B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: std::fmt::Display + Into<BoxError>,
@@ -160,9 +165,9 @@ where
             )));
         }
         match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(None) if self.failed.load(Ordering::Acquire) => {
-                Poll::Ready(Some(Err("the component died before finishing its body".into())))
-            }
+            Poll::Ready(None) if self.failed.load(Ordering::Acquire) => Poll::Ready(Some(Err(
+                "the component died before finishing its body".into(),
+            ))),
             other => other.map_err(Into::into),
         }
     }

@@ -27,7 +27,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
         body: args.max_body_size,
     };
     let deps: BTreeMap<String, PathBuf> = args.deps.iter().cloned().collect();
-    let from_file = args.path.as_ref().filter(|p| matches!(load::kind_of(p), Ok(Kind::Deployments)));
+    let from_file = args
+        .path
+        .as_ref()
+        .filter(|p| matches!(load::kind_of(p), Ok(Kind::Deployments)));
     let specs = match &args.path {
         None => vec![single("default", Source::Default, &defaults)],
         Some(path) => match load::kind_of(path)? {
@@ -64,7 +67,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let mut deployments = Vec::new();
     for spec in specs {
         let context = |e: anyhow::Error| match from_file {
-            Some(file) => anyhow!("{}: deployment `{}`: {}", file.display(), spec.name, load::first_line(&e)),
+            Some(file) => anyhow!(
+                "{}: deployment `{}`: {}",
+                file.display(),
+                spec.name,
+                load::first_line(&e)
+            ),
             None => e,
         };
         let (origin, loaded) = match &spec.source {

@@ -6,6 +6,8 @@ use crate::support::*;
 #[test]
 fn two_tenants_are_routed_apart_with_their_own_limits_and_grants() {
     let dir = scratch("two_tenants");
+    // An upstream for outgoing HTTP: another real server.
+    let upstream = Server::start(&[guest("hello").to_str().unwrap()], &dir.join("cache"));
     std::fs::create_dir_all(dir.join("shared-data")).unwrap();
     let file = dir.join("deploy.toml");
     std::fs::write(
@@ -27,6 +29,8 @@ limits = {{ timeout = "1s", memory = "32MiB" }}
 
 [deployment.grants]
 env = {{ GREETING = "hi" }}
+config = {{ currency = "EUR" }}
+outgoing-hosts = ["{upstream}"]
 dirs = [{{ host = "shared-data", guest = "/data" }}]
 
 [[deployment]]
@@ -43,6 +47,7 @@ route = {{ host = "beta.test", path = "/hello" }}
 "#,
             hello = guest("hello"),
             hostile = guest("hostile"),
+            upstream = upstream.addr,
         ),
     )
     .unwrap();
@@ -68,6 +73,18 @@ route = {{ host = "beta.test", path = "/hello" }}
     assert_eq!(on("beta.test", "/fs").text(), "/data");
     assert_eq!(on("bare.test", "/env").text(), "");
     assert_eq!(on("bare.test", "/fs").text(), "");
+    assert_eq!(on("beta.test", "/config").text(), "currency=EUR");
+    assert_eq!(on("bare.test", "/config").text(), "");
+    let fetch = format!("/fetch?url=http://{}/hello", upstream.addr);
+    assert_eq!(
+        on("beta.test", &fetch).text(),
+        "status 200: Hello from TensorWasm!\n"
+    );
+    let denied = on("bare.test", &fetch).text();
+    assert!(denied.contains("HttpRequestDenied"), "{denied}");
+    // Granting host:port does not grant other ports.
+    let other = on("beta.test", "/fetch?url=http://127.0.0.1:1/").text();
+    assert!(other.contains("HttpRequestDenied"), "{other}");
 
     // Beta's own limits: a 1 s budget and a 32 MiB cap.
     let t0 = std::time::Instant::now();

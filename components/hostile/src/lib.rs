@@ -4,11 +4,19 @@
 //! `/panic` panics; `/stall` sets a response and never writes its body;
 //! `/stall-body` writes part of a body and never finishes it;
 //! `/slow?ms=N` sleeps N milliseconds, then answers 200;
-//! `/env` lists the environment it can see; `/fs` lists the preopened dirs.
+//! `/env` lists the environment it can see; `/fs` lists the preopened dirs;
+//! `/config` lists its `wasi:config` values; `/fetch?url=U` makes an
+//! outgoing GET to `U` and reports the status or the error.
 
 use httpkit::{path, query_param, respond, write_all};
 use std::hint::black_box;
 use wasip2::http::types::{Fields, IncomingRequest, OutgoingResponse, ResponseOutparam};
+
+wit_bindgen::generate!({
+    world: "tensorwasm:hostile/hostile",
+    path: ["../../wit/deps/config", "wit"],
+    generate_all,
+});
 
 struct Hostile;
 
@@ -62,9 +70,59 @@ impl wasip2::exports::http::incoming_handler::Guest for Hostile {
                     .collect();
                 respond(out, 200, &text, dirs.join("\n").as_bytes());
             }
+            "/config" => {
+                let body = match wasi::config::store::get_all() {
+                    Ok(pairs) => pairs
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                    Err(e) => format!("config error: {e:?}"),
+                };
+                respond(out, 200, &text, body.as_bytes());
+            }
+            "/fetch" => {
+                let url = query_param(&request, "url").unwrap_or_default();
+                respond(out, 200, &text, fetch(&url).as_bytes());
+            }
             _ => respond(out, 404, &text, b"not found\n"),
         }
     }
+}
+
+/// GETs `url` (`http://host[:port]/path`); returns `status N: body` or `error: E`.
+fn fetch(url: &str) -> String {
+    use std::io::Read;
+    use wasip2::http::types::{OutgoingRequest, Scheme};
+    let Some(rest) = url.strip_prefix("http://") else {
+        return "error: only http:// URLs".into();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let request = OutgoingRequest::new(Fields::new());
+    let _ = request.set_scheme(Some(&Scheme::Http));
+    let _ = request.set_authority(Some(authority));
+    let _ = request.set_path_with_query(Some(if path.is_empty() { "/" } else { path }));
+    let future = match wasip2::http::outgoing_handler::handle(request, None) {
+        Ok(f) => f,
+        Err(e) => return format!("error: {e:?}"),
+    };
+    future.subscribe().block();
+    let response = match future.get() {
+        Some(Ok(Ok(r))) => r,
+        Some(Ok(Err(e))) => return format!("error: {e:?}"),
+        _ => return "error: no response".into(),
+    };
+    let mut body = Vec::new();
+    if let Ok(incoming) = response.consume()
+        && let Ok(mut stream) = incoming.stream()
+    {
+        let _ = stream.read_to_end(&mut body);
+    }
+    format!(
+        "status {}: {}",
+        response.status(),
+        String::from_utf8_lossy(&body)
+    )
 }
 
 wasip2::http::proxy::export!(Hostile);
