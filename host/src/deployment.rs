@@ -4,6 +4,7 @@
 
 use crate::body::{self, Collected, ResponseBody, error_response};
 use crate::deploy::{DeploymentSpec, Limits, Route};
+use crate::guest::GuestRun;
 use crate::metrics::{DeploymentLabel, Metrics, RequestLabels};
 use crate::state::{GrantSet, RequestState};
 use http::{Request, Response, StatusCode};
@@ -165,7 +166,7 @@ impl Deployment {
         let who = format!("{}/{}", self.tenant, self.name);
         let failed = Arc::new(AtomicBool::new(false));
         let failed_flag = failed.clone();
-        let task = tokio::spawn(async move {
+        let mut guest = GuestRun::new(async move {
             let _permit: Option<OwnedSemaphorePermit> = permit;
             let run = async {
                 let t0 = Instant::now();
@@ -187,7 +188,7 @@ impl Deployment {
             end
         });
 
-        let response = match tokio::time::timeout_at(deadline, rx).await {
+        let response = match guest.alongside(tokio::time::timeout_at(deadline, rx)).await {
             Ok(Ok(Ok(response))) => response,
             Ok(Ok(Err(code))) => {
                 return error_response(
@@ -198,12 +199,11 @@ impl Deployment {
             }
             Ok(Err(_)) => {
                 // The guest ended without setting a response.
-                let end = task
-                    .await
-                    .unwrap_or_else(|e| GuestEnd::HostError(e.to_string()));
+                let end = guest.end().await.unwrap_or(GuestEnd::Returned);
                 return failure_response(&end, &self.limits);
             }
-            // The task stops itself at the same deadline and counts the kill.
+            // The guest (detached on drop) stops itself at the same deadline
+            // and counts the kill.
             Err(_) => return deadline_response(&self.limits),
         };
         if overflow.load(Ordering::Relaxed) {
@@ -215,18 +215,22 @@ impl Deployment {
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|ct| ct.starts_with("text/event-stream"));
-        let body = match body::collect(guest_body, streaming, deadline, failed).await {
+        let collected = guest
+            .alongside(body::collect(guest_body, streaming, deadline, failed))
+            .await;
+        let body = match collected {
             Collected::Complete(bytes) => body::full(bytes),
             Collected::Stream(stream) => stream,
             Collected::Deadline => {
                 return deadline_response(&self.limits);
             }
             Collected::Failed(msg) => {
-                // The task is ending (or ends at its deadline): wait for its verdict.
-                let end = match tokio::time::timeout_at(deadline + TASK_END_GRACE, task).await {
-                    Ok(Ok(end)) => end,
-                    _ => GuestEnd::Trapped(msg),
-                };
+                // The guest is ending (or ends at its deadline): wait for its verdict.
+                let end =
+                    match tokio::time::timeout_at(deadline + TASK_END_GRACE, guest.end()).await {
+                        Ok(Some(end)) => end,
+                        _ => GuestEnd::Trapped(msg),
+                    };
                 return failure_response(&end, &self.limits);
             }
         };

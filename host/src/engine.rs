@@ -6,7 +6,7 @@ use anyhow::Result;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// How often the epoch ticker advances: running guests check their deadline
 /// and yield to other requests at this granularity.
@@ -39,10 +39,16 @@ pub fn build(opts: &EngineOptions) -> Result<Engine> {
         .max_tables_per_component(16)
         .max_core_instances_per_component(64)
         .max_memory_size(opts.max_memory as usize)
-        // Reset small memories with memset instead of madvise: keeps the
-        // pages resident and avoids a page fault per touched page next time.
-        .linear_memory_keep_resident(1 << 20)
         .table_keep_resident(1 << 16);
+    if pagemap_scan_supported() {
+        // Reset memories by scanning for dirty pages and rewriting just those
+        // (up to 1 MiB) instead of madvise: no TLB shootdowns, no page
+        // faults on the next request. Measured: ~1.6x requests/s for hello
+        // (docs/PERFORMANCE.md). Without PAGEMAP_SCAN a blind 1 MiB memset
+        // would cost more than it saves, so wasmtime's default stays.
+        pool.pagemap_scan(Enabled::Auto)
+            .linear_memory_keep_resident(1 << 20);
+    }
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     let engine = Engine::new(&config)
         .map_err(|e| anyhow::anyhow!("cannot create the wasmtime engine: {e}"))?;
@@ -76,4 +82,15 @@ impl Drop for EpochTicker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// Whether the kernel has the `PAGEMAP_SCAN` ioctl (Linux 6.7 and later).
+fn pagemap_scan_supported() -> bool {
+    let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") else {
+        return false;
+    };
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit());
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    (major, minor) >= (6, 7)
 }

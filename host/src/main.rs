@@ -1,26 +1,17 @@
-//! `tensor-wasm`: the TensorWasm host. Serves `wasi:http` components and
-//! composed worlds, a fresh isolated instance per request.
-#![deny(missing_docs)]
-
-mod body;
-mod cache;
-mod cli;
-mod compose;
-mod deploy;
-mod deployment;
-mod engine;
-mod load;
-mod metrics;
-mod router;
-mod serve;
-mod server;
-mod state;
-mod units;
+//! The `tensor-wasm` command.
 
 use clap::Parser;
 use std::process::ExitCode;
+use tensor_wasm::{cli, compose, load, serve};
 
 fn main() -> ExitCode {
+    // wasmtime creates error values on hot paths (e.g. when a store drops);
+    // with RUST_BACKTRACE set each would walk the stack. Keep panic
+    // backtraces as asked, but not library ones.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: no other thread exists yet.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
     std::panic::set_hook(Box::new(|info| {
         eprintln!("error: internal error (a bug in tensor-wasm): {info}");
     }));

@@ -1,0 +1,22 @@
+//! The TensorWasm host: serves `wasi:http` components and composed worlds, a
+//! fresh isolated instance per request, for many tenants on one server.
+//!
+//! The `tensor-wasm` binary is a thin CLI over this library; the modules are
+//! public so that tests, benchmarks and fuzz targets can reach the parsers.
+#![deny(missing_docs)]
+
+pub mod body;
+pub mod cache;
+pub mod cli;
+pub mod compose;
+pub mod deploy;
+pub mod deployment;
+pub mod engine;
+pub mod guest;
+pub mod load;
+pub mod metrics;
+pub mod router;
+pub mod serve;
+pub mod server;
+pub mod state;
+pub mod units;
