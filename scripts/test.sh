@@ -7,8 +7,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 toolchain=$(sed -n 's/^channel = "\(.*\)"/\1/p' rust-toolchain.toml)
-rustup toolchain install "$toolchain" --profile minimal --component rustfmt,clippy >/dev/null
-rustup target add --toolchain "$toolchain" wasm32-wasip2 >/dev/null
+if ! rustup run "$toolchain" cargo fmt --version >/dev/null 2>&1 \
+   || ! rustup run "$toolchain" cargo clippy --version >/dev/null 2>&1; then
+  rustup toolchain install "$toolchain" --profile minimal --component rustfmt,clippy
+fi
+if ! rustup target list --toolchain "$toolchain" --installed | grep -qx wasm32-wasip2; then
+  rustup target add --toolchain "$toolchain" wasm32-wasip2
+fi
 
 echo "== format"
 cargo fmt --all --check
@@ -19,6 +24,9 @@ cargo clippy --release --all-targets -- -D warnings
 (cd components && cargo clippy --release -- -D warnings)
 
 echo "== tests (release host: guests compile 20-70x faster than under a debug host)"
-cargo test --release
-
+log=$(mktemp)
+cargo test --release 2>&1 | tee "$log"
 echo "== GPU tests: skipped (no NVIDIA GPU on this machine; GPU runs are recorded in docs/GPU-RESULTS.md)"
+awk '/^test result:/ { p += $4; f += $6; s += $8 } END { printf "\ntests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+rm -f "$log"
+

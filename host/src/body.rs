@@ -57,6 +57,41 @@ fn json_string(s: &str) -> String {
     out
 }
 
+/// `body`, holding `guard` until the body itself is dropped — after the
+/// server has written it out.
+pub fn drop_after<G: Send + Unpin + 'static>(body: ResponseBody, guard: G) -> ResponseBody {
+    Guarded {
+        body,
+        _guard: guard,
+    }
+    .boxed_unsync()
+}
+
+struct Guarded<G> {
+    body: ResponseBody,
+    _guard: G,
+}
+
+impl<G: Unpin> Body for Guarded<G> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// How collecting a guest's body ended.
 pub enum Collected {
     /// The whole body arrived.

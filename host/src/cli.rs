@@ -87,6 +87,9 @@ pub struct ServeArgs {
     /// Requests one deployment serves at once; more wait within their budget (default: no limit but the pool).
     #[arg(long, value_name = "N")]
     pub concurrency: Option<u32>,
+    /// Serving threads, each with its own listener and runtime [default: one per CPU].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
     /// How long shutdown waits for in-flight requests.
     #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub shutdown_grace: Duration,

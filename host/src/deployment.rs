@@ -182,29 +182,43 @@ impl Deployment {
             if !matches!(end, GuestEnd::Returned) {
                 failed_flag.store(true, Ordering::Release);
             }
-            // Only now may the guest's body (held in the store) be dropped.
-            drop(store);
             stats.record(&who, &end);
-            end
+            if !matches!(end, GuestEnd::Returned) {
+                // Dropping the store ends the guest's body (and outparam).
+                return (end, None);
+            }
+            // After a clean return the store goes to whoever finishes the
+            // response: dropping it resets the instance's memory, which need
+            // not delay the response.
+            (end, Some(store))
         });
 
-        let response = match guest.alongside(tokio::time::timeout_at(deadline, rx)).await {
-            Ok(Ok(Ok(response))) => response,
-            Ok(Ok(Err(code))) => {
+        let mut rx = rx;
+        let answer = match guest
+            .run_until(tokio::time::timeout_at(deadline, &mut rx))
+            .await
+        {
+            Some(Ok(Ok(answer))) => Some(answer),
+            Some(Ok(Err(_))) => None,
+            // The guest (detached on drop) stops itself at the same deadline
+            // and counts the kill.
+            Some(Err(_)) => return deadline_response(&self.limits),
+            // The guest ended: it answered just before, or never will.
+            None => rx.try_recv().ok(),
+        };
+        let response = match answer {
+            Some(Ok(response)) => response,
+            Some(Err(code)) => {
                 return error_response(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "guest_error",
                     &format!("the component answered with an error: {code:?}"),
                 );
             }
-            Ok(Err(_)) => {
-                // The guest ended without setting a response.
-                let end = guest.end().await.unwrap_or(GuestEnd::Returned);
+            None => {
+                let end = guest.end().await.map_or(GuestEnd::Returned, |(end, _)| end);
                 return failure_response(&end, &self.limits);
             }
-            // The guest (detached on drop) stops itself at the same deadline
-            // and counts the kill.
-            Err(_) => return deadline_response(&self.limits),
         };
         if overflow.load(Ordering::Relaxed) {
             return too_large(max_body);
@@ -228,7 +242,7 @@ impl Deployment {
                 // The guest is ending (or ends at its deadline): wait for its verdict.
                 let end =
                     match tokio::time::timeout_at(deadline + TASK_END_GRACE, guest.end()).await {
-                        Ok(Some(end)) => end,
+                        Ok(Some((end, _))) => end,
                         _ => GuestEnd::Trapped(msg),
                     };
                 return failure_response(&end, &self.limits);
@@ -237,6 +251,10 @@ impl Deployment {
         if overflow.load(Ordering::Relaxed) {
             return too_large(max_body);
         }
+        let body = match guest.take_finished() {
+            Some((_, Some(store))) => body::drop_after(body, store),
+            _ => body,
+        };
         Response::from_parts(parts, body)
     }
 

@@ -44,6 +44,36 @@ impl<T: Send + 'static> GuestRun<T> {
         }
     }
 
+    /// Awaits `fut` while driving the guest, but only until the guest ends:
+    /// then `fut` is polled once more and `None` returned if it is not ready.
+    pub async fn run_until<F: Future>(&mut self, fut: F) -> Option<F::Output> {
+        let mut fut = std::pin::pin!(fut);
+        loop {
+            match &mut self.state {
+                State::Running(run) => tokio::select! {
+                    biased;
+                    out = &mut fut => return Some(out),
+                    end = run => self.state = State::Done(Some(end)),
+                },
+                State::Done(_) => {
+                    return std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
+                        std::task::Poll::Ready(out) => std::task::Poll::Ready(Some(out)),
+                        std::task::Poll::Pending => std::task::Poll::Ready(None),
+                    })
+                    .await;
+                }
+            }
+        }
+    }
+
+    /// The guest's end, if it has ended and nobody took it yet.
+    pub fn take_finished(&mut self) -> Option<T> {
+        match &mut self.state {
+            State::Running(_) => None,
+            State::Done(end) => end.take(),
+        }
+    }
+
     /// Awaits the guest's end (once).
     pub async fn end(&mut self) -> Option<T> {
         match &mut self.state {

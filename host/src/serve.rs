@@ -109,44 +109,95 @@ pub fn run(args: ServeArgs) -> Result<()> {
     }
     let router = Router::new(deployments)?;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let listeners = server::bind_shared(args.listen, threads)?;
+    let admin = match args.admin_listen.as_str() {
+        "off" | "none" => None,
+        a => {
+            let addr = a.parse().map_err(|_| {
+                anyhow!("--admin-listen: `{a}` is not an address like 127.0.0.1:9090 (or `off`)")
+            })?;
+            Some(
+                server::bind_shared(addr, 1)
+                    .context("--admin-listen")?
+                    .remove(0),
+            )
+        }
+    };
+    let _ticker = EpochTicker::start(&engine);
+    let host = Arc::new(Host {
+        engine,
+        router,
+        metrics,
+        draining: AtomicBool::new(false),
+    });
+    tracing::info!(
+        "serving on http://{} ({threads} threads)",
+        listeners[0].local_addr()?
+    );
+    let admin_addr = admin.as_ref().map(|a| a.local_addr()).transpose()?;
+    if let Some(addr) = admin_addr {
+        tracing::info!("admin on http://{addr}");
+    }
+
+    // One single-threaded runtime per serving thread, each accepting on its
+    // own SO_REUSEPORT listener: a request stays on one thread from accept
+    // to response, with no cross-thread hand-offs.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut workers = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let host = host.clone();
+        let mut stop = stop_rx.clone();
+        let grace = args.shutdown_grace;
+        let worker = std::thread::Builder::new()
+            .name(format!("serve-{i}"))
+            .spawn(move || -> Result<()> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener)?;
+                    let stopped = async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    };
+                    server::serve(host, listener, grace, stopped).await;
+                    Ok(())
+                })
+            })
+            .context("cannot start a serving thread")?;
+        workers.push(worker);
+    }
+
+    let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
-        let _ticker = EpochTicker::start(&engine);
-        let listener = server::bind(args.listen, "--listen").await?;
-        let admin = match args.admin_listen.as_str() {
-            "off" | "none" => None,
-            a => {
-                let addr = a.parse().map_err(|_| {
-                    anyhow!(
-                        "--admin-listen: `{a}` is not an address like 127.0.0.1:9090 (or `off`)"
-                    )
-                })?;
-                Some(server::bind(addr, "--admin-listen").await?)
-            }
-        };
-        let host = Arc::new(Host {
-            engine,
-            router,
-            metrics,
-            draining: AtomicBool::new(false),
-        });
-        tracing::info!("serving on http://{}", listener.local_addr()?);
+    control.block_on(async {
         if let Some(admin) = admin {
-            tracing::info!("admin on http://{}", admin.local_addr()?);
+            let admin = tokio::net::TcpListener::from_std(admin)?;
             tokio::spawn(server::serve_admin(host.clone(), admin));
         }
-        server::serve(
-            host,
-            listener,
-            args.shutdown_grace,
-            server::shutdown_signal(),
-        )
-        .await;
-        Ok(())
-    })
+        server::shutdown_signal().await;
+        host.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            "shutting down: no new connections; waiting up to {} for in-flight requests",
+            humantime::format_duration(args.shutdown_grace)
+        );
+        let _ = stop_tx.send(true);
+        anyhow::Ok(())
+    })?;
+    for worker in workers {
+        match worker.join() {
+            Ok(r) => r?,
+            Err(_) => anyhow::bail!("a serving thread panicked"),
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
 }
 
 fn single(name: &str, source: Source, defaults: &Limits) -> DeploymentSpec {

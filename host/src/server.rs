@@ -61,11 +61,31 @@ impl Host {
     }
 }
 
-/// Binds `addr`, with a clear error.
-pub async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} ({what})"))
+/// Opens `count` listening sockets on `addr` that share its port
+/// (`SO_REUSEPORT`; the kernel spreads connections over them). With port 0
+/// the first socket picks the port and the others join it.
+pub fn bind_shared(addr: SocketAddr, count: usize) -> Result<Vec<std::net::TcpListener>> {
+    let open = |addr: SocketAddr| -> std::io::Result<std::net::TcpListener> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        socket.set_reuse_address(true)?;
+        #[cfg(unix)]
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        Ok(socket.into())
+    };
+    let first = open(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    let bound = first.local_addr()?;
+    let mut all = vec![first];
+    for _ in 1..count {
+        all.push(open(bound).with_context(|| format!("cannot listen on {bound}"))?);
+    }
+    Ok(all)
 }
 
 /// Serves `listener` until `shutdown` resolves, then drains for up to `grace`.
@@ -106,12 +126,8 @@ pub async fn serve(
     }
     drop(listener);
     host.draining.store(true, Ordering::Relaxed);
-    tracing::info!(
-        "shutting down: no new connections; waiting up to {} for in-flight requests",
-        humantime::format_duration(grace)
-    );
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all requests finished; bye"),
+        _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
     }
 }

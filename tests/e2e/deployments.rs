@@ -125,3 +125,38 @@ route = {{ host = "beta.test", path = "/hello" }}
         "{m}"
     );
 }
+
+#[test]
+fn concurrency_limit_queues_requests_within_their_budget() {
+    let dir = scratch("concurrency");
+    let file = dir.join("deploy.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[deployment]]\nname = \"one\"\ntenant = \"t\"\ncomponent = {:?}\nlimits = {{ concurrency = 1, timeout = \"2s\" }}\n",
+            guest("hostile")
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&[file.to_str().unwrap()], &dir.join("cache"));
+    let addr = server.addr;
+    let get = move |path: &'static str| {
+        std::thread::spawn(move || {
+            let t0 = std::time::Instant::now();
+            let r = request(addr, "GET", path, &[], b"");
+            (r.status, t0.elapsed())
+        })
+    };
+    // B queues behind A and still finishes within its own 2 s budget.
+    let a = get("/slow?ms=1200");
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    let b = get("/slow?ms=100");
+    let (a, b) = (a.join().unwrap(), b.join().unwrap());
+    assert_eq!(a.0, 200);
+    assert_eq!(b.0, 200);
+    assert!(
+        b.1 >= std::time::Duration::from_millis(900),
+        "B did not wait: {:?}",
+        b.1
+    );
+}

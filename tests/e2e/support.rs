@@ -84,7 +84,7 @@ impl Server {
                     )
                 });
             if let Some(rest) = line.split("serving on http://").nth(1) {
-                addr = Some(rest.trim().parse().unwrap());
+                addr = Some(rest.split_whitespace().next().unwrap().parse().unwrap());
             }
             if let Some(rest) = line.split("admin on http://").nth(1) {
                 admin = Some(rest.trim().parse().unwrap());
