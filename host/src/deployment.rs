@@ -60,6 +60,8 @@ enum GuestEnd {
     Returned,
     Deadline,
     MemoryCap(String),
+    /// The instance pool (`--max-instances`) was full.
+    PoolFull,
     Trapped(String),
     HostError(String),
 }
@@ -287,6 +289,7 @@ impl Stats {
     fn record(&self, who: &str, end: &GuestEnd) {
         match end {
             GuestEnd::Returned => {}
+            GuestEnd::PoolFull => tracing::warn!(deployment = who, "instance pool full"),
             GuestEnd::Deadline => {
                 self.deadline_kills.inc();
                 tracing::warn!(deployment = who, "guest stopped at its deadline");
@@ -313,6 +316,11 @@ fn classify(
         Err(_) => GuestEnd::Deadline,
         Ok(Ok(())) => GuestEnd::Returned,
         Ok(Err(e)) => {
+            if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                .is_some()
+            {
+                return GuestEnd::PoolFull;
+            }
             if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
                 return GuestEnd::Deadline;
             }
@@ -349,6 +357,18 @@ fn failure_response(end: &GuestEnd, limits: &Limits) -> Response<ResponseBody> {
             "guest_trap",
             &format!("the component trapped: {msg}"),
         ),
+        GuestEnd::PoolFull => {
+            let mut r = error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "the server is running as many instances as it may (--max-instances)",
+            );
+            r.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
+            r
+        }
         GuestEnd::Returned => error_response(
             internal,
             "no_response",

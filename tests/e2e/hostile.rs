@@ -117,3 +117,20 @@ fn oversized_bodies_get_413() {
     let small = request(server.addr, "POST", "/echo", &[], b"fits");
     assert_eq!((small.status, small.text().as_str()), (200, "fits"));
 }
+
+#[test]
+fn a_full_instance_pool_answers_503() {
+    let dir = scratch("pool_full");
+    let server = Server::start(
+        &[guest("hostile").to_str().unwrap(), "--max-instances", "1"],
+        &dir,
+    );
+    let addr = server.addr;
+    let slow = std::thread::spawn(move || request(addr, "GET", "/slow?ms=1000", &[], b"").status);
+    std::thread::sleep(Duration::from_millis(300));
+    let r = server.get("/ok");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(slow.join().unwrap(), 200);
+    assert_eq!(server.get("/ok").status, 200);
+}
