@@ -269,18 +269,9 @@ impl Deployment {
         };
         match tokio::time::timeout_at(deadline, slots.clone().acquire_owned()).await {
             Ok(Ok(p)) => Ok(Some(p)),
-            _ => {
-                let mut r = error_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "overloaded",
-                    "the deployment's concurrency limit was reached for the whole request budget",
-                );
-                r.headers_mut().insert(
-                    http::header::RETRY_AFTER,
-                    http::HeaderValue::from_static("1"),
-                );
-                Err(r)
-            }
+            _ => Err(overloaded(
+                "the deployment's concurrency limit was reached for the whole request budget",
+            )),
         }
     }
 }
@@ -358,16 +349,7 @@ fn failure_response(end: &GuestEnd, limits: &Limits) -> Response<ResponseBody> {
             &format!("the component trapped: {msg}"),
         ),
         GuestEnd::PoolFull => {
-            let mut r = error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
-                "the server is running as many instances as it may (--max-instances)",
-            );
-            r.headers_mut().insert(
-                http::header::RETRY_AFTER,
-                http::HeaderValue::from_static("1"),
-            );
-            r
+            overloaded("the server is running as many instances as it may (--max-instances)")
         }
         GuestEnd::Returned => error_response(
             internal,
@@ -387,6 +369,16 @@ fn deadline_response(limits: &Limits) -> Response<ResponseBody> {
             humantime::format_duration(limits.timeout)
         ),
     )
+}
+
+/// A 503 asking the client to retry in a second.
+fn overloaded(message: &str) -> Response<ResponseBody> {
+    let mut r = error_response(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message);
+    r.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("1"),
+    );
+    r
 }
 
 fn too_large(max: u64) -> Response<ResponseBody> {
