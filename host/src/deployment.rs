@@ -37,6 +37,8 @@ pub struct Deployment {
     /// Which requests it serves.
     pub route: Route,
     limits: Limits,
+    /// `tenant/name`, for logs.
+    who: Arc<str>,
     pre: ProxyPre<RequestState>,
     grants: GrantSet,
     slots: Option<Arc<Semaphore>>,
@@ -81,6 +83,7 @@ impl Deployment {
             memory_cap_kills: metrics.memory_cap_kills.get_or_create(&label).clone(),
         };
         Self {
+            who: format!("{}/{}", spec.tenant, spec.name).into(),
             name: spec.name,
             tenant: spec.tenant,
             route: spec.route,
@@ -165,7 +168,7 @@ impl Deployment {
         });
         let pre = self.pre.clone();
         let stats = self.stats.clone();
-        let who = format!("{}/{}", self.tenant, self.name);
+        let who = self.who.clone();
         let failed = Arc::new(AtomicBool::new(false));
         let failed_flag = failed.clone();
         let mut guest = GuestRun::new(async move {
