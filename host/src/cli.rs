@@ -84,6 +84,9 @@ pub struct ServeArgs {
     /// Largest request body accepted (413 above it).
     #[arg(long, default_value = "16MiB", value_parser = parse_size, value_name = "SIZE")]
     pub max_body_size: u64,
+    /// Tensor memory (wasi:tensor) one tenant may hold across all its requests at once; past it an op returns `quota-exceeded`.
+    #[arg(long, default_value = "1GiB", value_parser = parse_size, value_name = "SIZE")]
+    pub tensor_memory: u64,
     /// Requests one deployment serves at once; more wait within their budget (default: no limit but the pool).
     #[arg(long, value_name = "N")]
     pub concurrency: Option<u32>,

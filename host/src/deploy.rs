@@ -58,6 +58,8 @@ struct RawLimits {
     memory: Option<String>,
     concurrency: Option<u32>,
     body: Option<String>,
+    #[serde(rename = "tensor-memory")]
+    tensor_memory: Option<String>,
 }
 
 /// Which requests a deployment serves: an optional exact host (port ignored,
@@ -87,6 +89,10 @@ pub struct Grants {
     /// Environment variables the guest sees.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Model weights (safetensors files) the guest opens by name through
+    /// `wasi:tensor/weights`; loaded once at start-up.
+    #[serde(default)]
+    pub weights: BTreeMap<String, PathBuf>,
 }
 
 /// One preopened directory.
@@ -113,6 +119,8 @@ pub struct Limits {
     pub concurrency: Option<u32>,
     /// Largest request body accepted, in bytes.
     pub body: u64,
+    /// Tensor memory the tenant may hold at once, in bytes.
+    pub tensor_memory: u64,
 }
 
 /// Where a deployment's component comes from.
@@ -221,6 +229,10 @@ pub fn parse(text: &str, path: &Path, defaults: &Limits) -> Result<Vec<Deploymen
                 Some(b) => parse_size(b).map_err(|e| anyhow::anyhow!(ctx(&e)))?,
                 None => defaults.body,
             },
+            tensor_memory: match &raw.limits.tensor_memory {
+                Some(b) => parse_size(b).map_err(|e| anyhow::anyhow!(ctx(&e)))?,
+                None => defaults.tensor_memory,
+            },
         };
         if limits.concurrency == Some(0) {
             bail!("{}", ctx("`concurrency` must be at least 1"));
@@ -234,6 +246,18 @@ pub fn parse(text: &str, path: &Path, defaults: &Limits) -> Result<Vec<Deploymen
                     ctx(&format!(
                         "granted directory {} does not exist",
                         dir.host.display()
+                    ))
+                );
+            }
+        }
+        for (name, file) in &mut grants.weights {
+            *file = base.join(&*file);
+            if !file.is_file() {
+                bail!(
+                    "{}",
+                    ctx(&format!(
+                        "granted weights `{name}`: file {} does not exist",
+                        file.display()
                     ))
                 );
             }
@@ -260,6 +284,7 @@ mod tests {
             memory: 1 << 28,
             concurrency: None,
             body: 1 << 20,
+            tensor_memory: 1 << 30,
         }
     }
 

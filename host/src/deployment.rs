@@ -7,6 +7,7 @@ use crate::deploy::{DeploymentSpec, Limits, Route};
 use crate::guest::GuestRun;
 use crate::metrics::{DeploymentLabel, Metrics, RequestLabels};
 use crate::state::{GrantSet, RequestState};
+use crate::tensor::TenantTensors;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -70,7 +71,12 @@ enum GuestEnd {
 
 impl Deployment {
     /// Wraps a prepared component for `spec`.
-    pub fn new(spec: DeploymentSpec, pre: ProxyPre<RequestState>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        spec: DeploymentSpec,
+        pre: ProxyPre<RequestState>,
+        metrics: Arc<Metrics>,
+        tensors: Arc<TenantTensors>,
+    ) -> Self {
         let label = DeploymentLabel {
             deployment: spec.name.clone(),
         };
@@ -93,7 +99,7 @@ impl Deployment {
                 .map(|n| Arc::new(Semaphore::new(n as usize))),
             limits: spec.limits,
             pre,
-            grants: GrantSet::new(spec.grants),
+            grants: GrantSet::new(spec.grants, tensors),
             stats: Arc::new(stats),
             metrics,
         }
@@ -128,7 +134,12 @@ impl Deployment {
             Err(r) => return r,
         };
 
-        let mut state = match RequestState::new(&self.grants, self.limits.memory) {
+        let mut state = match RequestState::new(
+            &self.grants,
+            self.limits.memory,
+            started_at,
+            self.limits.timeout,
+        ) {
             Ok(s) => s,
             Err(e) => {
                 return error_response(

@@ -6,6 +6,7 @@
 #![deny(missing_docs)]
 
 pub mod body;
+pub mod cuda;
 pub mod cache;
 pub mod cli;
 pub mod compose;
@@ -16,7 +17,9 @@ pub mod guest;
 pub mod load;
 pub mod metrics;
 pub mod router;
+pub mod scheduler;
 pub mod serve;
 pub mod server;
 pub mod state;
+pub mod tensor;
 pub mod units;

@@ -14,6 +14,13 @@ pub struct DeploymentLabel {
     pub deployment: String,
 }
 
+/// Label of per-tenant metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabel {
+    /// Tenant name.
+    pub tenant: String,
+}
+
 /// Labels of the request counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -40,6 +47,8 @@ pub struct Metrics {
     pub deadline_kills: Family<DeploymentLabel, Counter>,
     /// Guests that died after hitting their memory cap.
     pub memory_cap_kills: Family<DeploymentLabel, Counter>,
+    /// Tensor bytes each tenant holds (returns to 0 when its requests end).
+    pub tensor_bytes: Family<TenantLabel, Gauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -65,6 +74,7 @@ impl Metrics {
         let traps = Family::default();
         let deadline_kills = Family::default();
         let memory_cap_kills = Family::default();
+        let tensor_bytes = Family::default();
         registry.register(
             "requests",
             "HTTP requests by deployment and status",
@@ -96,6 +106,11 @@ impl Metrics {
             "Guests that died after hitting their memory cap",
             memory_cap_kills.clone(),
         );
+        registry.register(
+            "tensor_bytes",
+            "Tensor memory held by each tenant, in bytes",
+            tensor_bytes.clone(),
+        );
         Self {
             registry,
             requests,
@@ -105,6 +120,7 @@ impl Metrics {
             traps,
             deadline_kills,
             memory_cap_kills,
+            tensor_bytes,
         }
     }
 

@@ -12,6 +12,8 @@ use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::server::{self, Host};
 use anyhow::{Context, Result, anyhow};
+use crate::tensor::TensorHost;
+use crate::tensor::cpu::CpuBackend;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,6 +27,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         memory: args.engine.max_memory,
         concurrency: args.concurrency,
         body: args.max_body_size,
+        tensor_memory: args.tensor_memory,
     };
     let deps: BTreeMap<String, PathBuf> = args.deps.iter().cloned().collect();
     let from_file = args
@@ -63,6 +66,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
     });
     let linker = load::linker(&engine)?;
     let metrics = Arc::new(Metrics::new());
+    let tensor_host = TensorHost::new(Arc::new(CpuBackend), metrics.tensor_bytes.clone());
+    tracing::info!("tensor backend: {}", tensor_host.backend_name());
 
     let mut deployments = Vec::new();
     for spec in specs {
@@ -105,7 +110,15 @@ pub fn run(args: ServeArgs) -> Result<()> {
             spec.route.host.as_deref().unwrap_or("*"),
             spec.route.path.as_deref().unwrap_or("/")
         );
-        deployments.push(Arc::new(Deployment::new(spec, pre, metrics.clone())));
+        let tensors = tensor_host
+            .tenant(&spec.tenant, spec.limits.tensor_memory, &spec.grants.weights)
+            .map_err(context)?;
+        deployments.push(Arc::new(Deployment::new(
+            spec,
+            pre,
+            metrics.clone(),
+            tensors,
+        )));
     }
     let router = Router::new(deployments)?;
 

@@ -1,9 +1,14 @@
 //! What each request's `Store` carries: the WASI and wasi:http contexts built
-//! from the deployment's grants, the tenant's memory limiter, and the
-//! outgoing-HTTP policy.
+//! from the deployment's grants, the tenant's memory limiter, the
+//! outgoing-HTTP policy, and the state of our own capabilities (tensor,
+//! cuda, scheduler).
 
+use crate::cuda::{CudaStateView, CudaView};
 use crate::deploy::Grants;
+use crate::scheduler::{SchedulerCtx, SchedulerStateView};
+use crate::tensor::{TensorCtx, TensorStateView, TensorView, TenantTensors};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -19,6 +24,8 @@ pub struct RequestState {
     pub limiter: MemoryLimiter,
     policy: OutgoingPolicy,
     config: Arc<WasiConfigVariables>,
+    tensor: TensorCtx,
+    scheduler: SchedulerCtx,
 }
 
 /// The parts of a deployment's grants that are shared by all its requests.
@@ -26,11 +33,12 @@ pub struct GrantSet {
     grants: Grants,
     config: Arc<WasiConfigVariables>,
     outgoing: Arc<[String]>,
+    tensors: Arc<TenantTensors>,
 }
 
 impl GrantSet {
-    /// Prepares `grants` for per-request use.
-    pub fn new(grants: Grants) -> Self {
+    /// Prepares `grants` (and the deployment's tensor state) for per-request use.
+    pub fn new(grants: Grants, tensors: Arc<TenantTensors>) -> Self {
         let config = Arc::new(grants.config.iter().collect());
         let outgoing = grants
             .outgoing_hosts
@@ -41,13 +49,20 @@ impl GrantSet {
             grants,
             config,
             outgoing,
+            tensors,
         }
     }
 }
 
 impl RequestState {
-    /// Fresh state for one request under `grants`, capping memory at `max_memory` bytes.
-    pub fn new(grants: &GrantSet, max_memory: u64) -> anyhow::Result<Self> {
+    /// Fresh state for one request under `grants`, capping memory at
+    /// `max_memory` bytes, with `budget` to run from `started`.
+    pub fn new(
+        grants: &GrantSet,
+        max_memory: u64,
+        started: Instant,
+        budget: Duration,
+    ) -> anyhow::Result<Self> {
         let mut builder = WasiCtxBuilder::new();
         for (k, v) in &grants.grants.env {
             builder.env(k, v);
@@ -73,12 +88,37 @@ impl RequestState {
                 allowed: grants.outgoing.clone(),
             },
             config: grants.config.clone(),
+            tensor: TensorCtx::new(grants.tensors.clone()),
+            scheduler: SchedulerCtx::new(started, budget),
         })
     }
 
     /// The `wasi:config` view of this request's granted values.
     pub fn config(&mut self) -> wasmtime_wasi_config::WasiConfig<'_> {
         wasmtime_wasi_config::WasiConfig::new(&self.config)
+    }
+}
+
+impl TensorStateView for RequestState {
+    fn tensor(&mut self) -> TensorView<'_> {
+        TensorView {
+            ctx: &self.tensor,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl CudaStateView for RequestState {
+    fn cuda(&mut self) -> CudaView<'_> {
+        CudaView {
+            table: &mut self.table,
+        }
+    }
+}
+
+impl SchedulerStateView for RequestState {
+    fn scheduler(&mut self) -> &mut SchedulerCtx {
+        &mut self.scheduler
     }
 }
 

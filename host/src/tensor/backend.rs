@@ -1,0 +1,132 @@
+//! The one trait every tensor backend implements. The op layer (`ops.rs`)
+//! validates shapes and dtypes and charges the quota before it calls a
+//! backend, so a backend method may assume well-formed arguments (it still
+//! checks what only the data can tell, such as ids out of range).
+
+use super::cpu::CpuData;
+use super::types::{DType, Data, TResult, Tensor};
+
+/// Elementwise binary operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinaryOp {
+    /// a + b
+    Add,
+    /// a - b
+    Sub,
+    /// a * b
+    Mul,
+    /// a / b
+    Div,
+}
+
+/// Elementwise unary operations on floats.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum UnaryOp {
+    /// x · factor
+    Scale(f32),
+    /// exact GELU
+    Gelu,
+    /// tanh-approximated GELU
+    GeluTanh,
+    /// x · sigmoid(x)
+    Silu,
+    /// max(x, 0)
+    Relu,
+    /// tanh(x)
+    Tanh,
+    /// e^x
+    Exp,
+}
+
+/// Which normalization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormKind {
+    /// (x - mean) / sqrt(var + eps)
+    Layer,
+    /// x / sqrt(mean(x²) + eps)
+    Rms,
+}
+
+/// Rotary embedding pair layouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeLayout {
+    /// (x[2i], x[2i+1])
+    Interleaved,
+    /// (x[i], x[i + d/2])
+    HalfSplit,
+}
+
+/// A validated batched matrix product.
+#[derive(Debug, Clone)]
+pub struct MatmulPlan {
+    /// Output batch dimensions (broadcast of both operands').
+    pub batch: Vec<usize>,
+    /// Rows of the output.
+    pub m: usize,
+    /// Columns of the output.
+    pub n: usize,
+    /// Inner dimension.
+    pub k: usize,
+    /// Whether `a` is stored [.., k, m].
+    pub transpose_a: bool,
+    /// Whether `b` is stored [.., n, k].
+    pub transpose_b: bool,
+}
+
+/// A tensor backend: computes validated operations.
+pub trait Backend: Send + Sync + 'static {
+    /// Short name for logs ("cpu", "cuda:0").
+    fn name(&self) -> String;
+    /// Moves host elements into backend storage.
+    fn upload(&self, data: CpuData) -> TResult<Data>;
+    /// Copies a tensor's elements back to the host (waits for pending work).
+    fn download(&self, x: &Tensor) -> TResult<CpuData>;
+    /// Batched matrix product.
+    fn matmul(&self, a: &Tensor, b: &Tensor, plan: &MatmulPlan) -> TResult<Data>;
+    /// Broadcasting elementwise binary operation producing `out_shape`.
+    fn binary(&self, op: BinaryOp, a: &Tensor, b: &Tensor, out_shape: &[usize])
+    -> TResult<Data>;
+    /// Elementwise unary operation (floats).
+    fn unary(&self, op: UnaryOp, x: &Tensor) -> TResult<Data>;
+    /// Softmax over `axis` (causal only over the last axis).
+    fn softmax(&self, x: &Tensor, axis: usize, causal: bool) -> TResult<Data>;
+    /// Layer or RMS normalization over the last axis.
+    fn norm(
+        &self,
+        kind: NormKind,
+        x: &Tensor,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        eps: f32,
+    ) -> TResult<Data>;
+    /// Scaled dot-product attention, [b, h, s, d] layout.
+    fn attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        scale: f32,
+        causal: bool,
+    ) -> TResult<Data>;
+    /// Rows of `table` picked by `ids`.
+    fn embedding(&self, table: &Tensor, ids: &Tensor) -> TResult<Data>;
+    /// Axis reordering.
+    fn permute(&self, x: &Tensor, dims: &[usize]) -> TResult<Data>;
+    /// A slice along one axis.
+    fn narrow(&self, x: &Tensor, axis: usize, start: usize, len: usize) -> TResult<Data>;
+    /// Joins along `axis`.
+    fn concat(&self, xs: &[&Tensor], axis: usize) -> TResult<Data>;
+    /// Rotary position embedding.
+    fn rope(&self, x: &Tensor, offset: usize, theta: f32, layout: RopeLayout) -> TResult<Data>;
+    /// Indices (i64) of the maxima along `axis`.
+    fn argmax(&self, x: &Tensor, axis: usize) -> TResult<Data>;
+    /// The `k` largest along the last axis and their indices (i64).
+    fn top_k(&self, x: &Tensor, k: usize) -> TResult<(Data, Data)>;
+    /// (Masked) mean along `axis`.
+    fn mean(&self, x: &Tensor, axis: usize, mask: Option<&Tensor>) -> TResult<Data>;
+    /// L2 normalization along `axis`.
+    fn l2_normalize(&self, x: &Tensor, axis: usize, eps: f32) -> TResult<Data>;
+    /// Element type conversion.
+    fn cast(&self, x: &Tensor, dtype: DType) -> TResult<Data>;
+}

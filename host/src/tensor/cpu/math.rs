@@ -1,0 +1,381 @@
+//! Elementwise and reduction kernels on f32 slices (f16/bf16 are widened to
+//! f32 by the caller), plus the integer elementwise ops. Large inputs are
+//! split across the rayon pool.
+
+use super::layout::{broadcast_strides, for_each_row};
+use crate::tensor::backend::{BinaryOp, NormKind, RopeLayout, UnaryOp};
+use rayon::prelude::*;
+
+/// Elements per task below which a kernel stays on the calling thread.
+pub const PAR_MIN: usize = 1 << 15;
+
+/// Rows per parallel task so that each task has about `PAR_MIN` elements.
+fn rows_per_task(row_len: usize) -> usize {
+    (PAR_MIN / row_len.max(1)).max(1)
+}
+
+/// Broadcasting binary operation on any copyable element type.
+pub fn binary<T: Copy + Send + Sync>(
+    a: &[T],
+    ashape: &[usize],
+    b: &[T],
+    bshape: &[usize],
+    out: &[usize],
+    f: impl Fn(T, T) -> T + Sync,
+) -> Vec<T> {
+    let n: usize = out.iter().product();
+    if ashape == bshape {
+        return if n >= PAR_MIN {
+            a.par_iter().zip(b.par_iter()).map(|(&x, &y)| f(x, y)).collect()
+        } else {
+            a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect()
+        };
+    }
+    let sa = broadcast_strides(ashape, out);
+    let sb = broadcast_strides(bshape, out);
+    let mut result = Vec::with_capacity(n);
+    let rank = out.len();
+    let last = if rank == 0 { 1 } else { out[rank - 1] };
+    let (ia, ib) = if rank == 0 {
+        (0, 0)
+    } else {
+        (sa[rank - 1], sb[rank - 1])
+    };
+    for_each_row(out, &sa, &sb, |oa, ob, _| {
+        match (ia, ib) {
+            (1, 1) => result.extend(
+                a[oa..oa + last]
+                    .iter()
+                    .zip(&b[ob..ob + last])
+                    .map(|(&x, &y)| f(x, y)),
+            ),
+            (1, 0) => {
+                let y = b[ob];
+                result.extend(a[oa..oa + last].iter().map(|&x| f(x, y)));
+            }
+            (0, 1) => {
+                let x = a[oa];
+                result.extend(b[ob..ob + last].iter().map(|&y| f(x, y)));
+            }
+            _ => result.extend((0..last).map(|j| f(a[oa + j * ia], b[ob + j * ib]))),
+        }
+    });
+    result
+}
+
+/// The float function of a binary op.
+pub fn float_binary(op: BinaryOp) -> fn(f32, f32) -> f32 {
+    match op {
+        BinaryOp::Add => |x, y| x + y,
+        BinaryOp::Sub => |x, y| x - y,
+        BinaryOp::Mul => |x, y| x * y,
+        BinaryOp::Div => |x, y| x / y,
+    }
+}
+
+/// Integer binary ops (wrapping; division truncates, the caller checks for zero).
+macro_rules! int_binary_fn {
+    ($name:ident, $t:ty) => {
+        /// The integer function of a binary op.
+        pub fn $name(op: BinaryOp) -> fn($t, $t) -> $t {
+            match op {
+                BinaryOp::Add => |x, y| x.wrapping_add(y),
+                BinaryOp::Sub => |x, y| x.wrapping_sub(y),
+                BinaryOp::Mul => |x, y| x.wrapping_mul(y),
+                BinaryOp::Div => |x, y| x.wrapping_div(y),
+            }
+        }
+    };
+}
+int_binary_fn!(i32_binary, i32);
+int_binary_fn!(i64_binary, i64);
+int_binary_fn!(u8_binary, u8);
+
+/// erf(x) to within about 1.2e-7 (Numerical Recipes' erfc, Chebyshev fit).
+fn erf(x: f32) -> f32 {
+    let x = x as f64;
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let r = t
+        * (-z * z - 1.265_512_23
+            + t * (1.000_023_68
+                + t * (0.374_091_96
+                    + t * (0.096_784_18
+                        + t * (-0.186_288_06
+                            + t * (0.278_868_07
+                                + t * (-1.135_203_98
+                                    + t * (1.488_515_87
+                                        + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
+            .exp();
+    (if x >= 0.0 { 1.0 - r } else { r - 1.0 }) as f32
+}
+
+/// The scalar function of a unary op.
+fn unary_fn(op: UnaryOp) -> impl Fn(f32) -> f32 + Sync {
+    move |x: f32| match op {
+        UnaryOp::Scale(s) => x * s,
+        UnaryOp::Gelu => 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)),
+        UnaryOp::GeluTanh => {
+            const C: f32 = 0.797_884_6; // sqrt(2/pi)
+            0.5 * x * (1.0 + (C * (x + 0.044_715 * x * x * x)).tanh())
+        }
+        UnaryOp::Silu => x / (1.0 + (-x).exp()),
+        UnaryOp::Relu => x.max(0.0),
+        UnaryOp::Tanh => x.tanh(),
+        UnaryOp::Exp => x.exp(),
+    }
+}
+
+/// Applies a unary op elementwise.
+pub fn unary(x: &[f32], op: UnaryOp) -> Vec<f32> {
+    let f = unary_fn(op);
+    if x.len() >= PAR_MIN {
+        x.par_iter().map(|&v| f(v)).collect()
+    } else {
+        x.iter().map(|&v| f(v)).collect()
+    }
+}
+
+/// Softmax of one contiguous row in place; entries past `valid` are masked (0).
+fn softmax_row(row: &mut [f32], valid: usize) {
+    let (live, dead) = row.split_at_mut(valid.min(row.len()));
+    dead.fill(0.0);
+    if live.is_empty() {
+        return;
+    }
+    let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f32;
+    for v in live.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in live.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// Softmax over the last axis (`row_len` long); with `causal`, row r of each
+/// [q, k] matrix keeps the first r + 1 + (k - q) entries.
+pub fn softmax_last(x: &[f32], row_len: usize, causal: Option<usize>) -> Vec<f32> {
+    let mut out = x.to_vec();
+    if row_len == 0 {
+        return out;
+    }
+    let body = |(r, row): (usize, &mut [f32])| {
+        let valid = match causal {
+            Some(q) => (r % q) + 1 + (row_len - q),
+            None => row_len,
+        };
+        softmax_row(row, valid);
+    };
+    if out.len() >= PAR_MIN {
+        out.par_chunks_mut(row_len).enumerate().for_each(body);
+    } else {
+        out.chunks_mut(row_len).enumerate().for_each(body);
+    }
+    out
+}
+
+/// Softmax over a middle axis: `x` viewed as [outer, len, inner].
+pub fn softmax_strided(x: &[f32], len: usize, inner: usize) -> Vec<f32> {
+    let mut out = x.to_vec();
+    if len == 0 || inner == 0 {
+        return out;
+    }
+    let mut col = vec![0.0f32; len];
+    for block in out.chunks_mut(len * inner) {
+        for i in 0..inner {
+            for (t, c) in col.iter_mut().enumerate() {
+                *c = block[t * inner + i];
+            }
+            softmax_row(&mut col, len);
+            for (t, c) in col.iter().enumerate() {
+                block[t * inner + i] = *c;
+            }
+        }
+    }
+    out
+}
+
+/// Layer or RMS normalization of rows of `dim`, then weight and bias.
+pub fn norm(
+    x: &[f32],
+    dim: usize,
+    kind: NormKind,
+    weight: Option<&[f32]>,
+    bias: Option<&[f32]>,
+    eps: f32,
+) -> Vec<f32> {
+    let mut out = x.to_vec();
+    if dim == 0 {
+        return out;
+    }
+    let body = |row: &mut [f32]| {
+        let n = dim as f32;
+        let mean = match kind {
+            NormKind::Layer => row.iter().sum::<f32>() / n,
+            NormKind::Rms => 0.0,
+        };
+        let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n;
+        let inv = 1.0 / (var + eps).sqrt();
+        for (i, v) in row.iter_mut().enumerate() {
+            let mut y = (*v - mean) * inv;
+            if let Some(w) = weight {
+                y *= w[i];
+            }
+            if let Some(b) = bias {
+                y += b[i];
+            }
+            *v = y;
+        }
+    };
+    if out.len() >= PAR_MIN {
+        out.par_chunks_mut(dim.max(1))
+            .with_min_len(rows_per_task(dim))
+            .for_each(body);
+    } else {
+        out.chunks_mut(dim).for_each(body);
+    }
+    out
+}
+
+/// Rotary embedding of rows of `dim` where row r has position `offset + r % seq`.
+pub fn rope(x: &[f32], seq: usize, dim: usize, offset: usize, theta: f32, layout: RopeLayout) -> Vec<f32> {
+    let half = dim / 2;
+    let mut out = x.to_vec();
+    if dim == 0 || seq == 0 {
+        return out;
+    }
+    // cos/sin per (position, pair), computed in f64.
+    let mut cos = vec![0.0f32; seq * half];
+    let mut sin = vec![0.0f32; seq * half];
+    for s in 0..seq {
+        let pos = (offset + s) as f64;
+        for i in 0..half {
+            let freq = (theta as f64).powf(-2.0 * i as f64 / dim as f64);
+            let (sn, cs) = (pos * freq).sin_cos();
+            cos[s * half + i] = cs as f32;
+            sin[s * half + i] = sn as f32;
+        }
+    }
+    let body = |(r, row): (usize, &mut [f32])| {
+        let s = r % seq;
+        let (c, sn) = (&cos[s * half..(s + 1) * half], &sin[s * half..(s + 1) * half]);
+        for i in 0..half {
+            let (a, b) = match layout {
+                RopeLayout::Interleaved => (2 * i, 2 * i + 1),
+                RopeLayout::HalfSplit => (i, i + half),
+            };
+            let (x0, x1) = (row[a], row[b]);
+            row[a] = x0 * c[i] - x1 * sn[i];
+            row[b] = x0 * sn[i] + x1 * c[i];
+        }
+    };
+    if out.len() >= PAR_MIN {
+        out.par_chunks_mut(dim).enumerate().for_each(body);
+    } else {
+        out.chunks_mut(dim).enumerate().for_each(body);
+    }
+    out
+}
+
+/// Index of the maximum along the middle of [outer, len, inner] (first on ties).
+pub fn argmax<T: Copy + PartialOrd>(x: &[T], outer: usize, len: usize, inner: usize) -> Vec<i64> {
+    let mut out = Vec::with_capacity(outer * inner);
+    for o in 0..outer {
+        for i in 0..inner {
+            let mut best = 0usize;
+            for t in 1..len {
+                if x[(o * len + t) * inner + i] > x[(o * len + best) * inner + i] {
+                    best = t;
+                }
+            }
+            out.push(best as i64);
+        }
+    }
+    out
+}
+
+/// The `k` largest of each row of `len` (largest first, lower index first on
+/// ties) and their indices.
+pub fn top_k<T: Copy + PartialOrd>(x: &[T], len: usize, k: usize) -> (Vec<T>, Vec<i64>) {
+    let rows = x.len().checked_div(len).unwrap_or(0);
+    let mut values = Vec::with_capacity(rows * k);
+    let mut indices = Vec::with_capacity(rows * k);
+    let mut order: Vec<usize> = Vec::with_capacity(len);
+    for r in 0..rows {
+        let row = &x[r * len..(r + 1) * len];
+        order.clear();
+        order.extend(0..len);
+        let cmp = |&a: &usize, &b: &usize| {
+            row[b]
+                .partial_cmp(&row[a])
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(a.cmp(&b))
+        };
+        if k < len && k > 0 {
+            order.select_nth_unstable_by(k - 1, cmp);
+        }
+        order.truncate(k);
+        order.sort_by(cmp);
+        for &i in &order {
+            values.push(row[i]);
+            indices.push(i as i64);
+        }
+    }
+    (values, indices)
+}
+
+/// Mean along the middle of [outer, len, inner]; `mask` is [outer, len].
+pub fn mean(x: &[f32], outer: usize, len: usize, inner: usize, mask: Option<&[f32]>) -> Vec<f32> {
+    let mut out = vec![0.0f32; outer * inner];
+    for o in 0..outer {
+        let acc = &mut out[o * inner..(o + 1) * inner];
+        let mut count = 0.0f32;
+        for t in 0..len {
+            if let Some(m) = mask
+                && m[o * len + t] == 0.0
+            {
+                continue;
+            }
+            count += 1.0;
+            let row = &x[(o * len + t) * inner..(o * len + t + 1) * inner];
+            for (a, &v) in acc.iter_mut().zip(row) {
+                *a += v;
+            }
+        }
+        if count > 0.0 {
+            acc.iter_mut().for_each(|a| *a /= count);
+        }
+    }
+    out
+}
+
+/// x / max(‖x‖₂, eps) along the middle of [outer, len, inner].
+pub fn l2_normalize(x: &[f32], outer: usize, len: usize, inner: usize, eps: f32) -> Vec<f32> {
+    let mut out = x.to_vec();
+    for o in 0..outer {
+        for i in 0..inner {
+            let at = |t: usize| (o * len + t) * inner + i;
+            let norm = (0..len).map(|t| x[at(t)] * x[at(t)]).sum::<f32>().sqrt();
+            let inv = 1.0 / norm.max(eps);
+            for t in 0..len {
+                out[at(t)] = x[at(t)] * inv;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn erf_is_accurate() {
+        for (x, want) in [(0.0f64, 0.0f64), (0.5, 0.520_499_877_8), (1.0, 0.842_700_792_9), (-2.0, -0.995_322_265)] {
+            assert!((erf(x as f32) as f64 - want).abs() < 1e-6, "erf({x})");
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Matrix products on f32 through the `gemm` crate (packed, SIMD, threaded),
+//! and attention built from them.
+
+use super::layout::{broadcast_strides, strides};
+use super::math::softmax_last;
+use crate::tensor::backend::MatmulPlan;
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Multiply-adds below which a product runs on one thread.
+const PAR_FLOPS: usize = 1 << 20;
+
+/// One m×n = (m×k)·(k×n) product into `dst`, with operand strides given as
+/// (row stride, column stride).
+#[allow(clippy::too_many_arguments)]
+fn gemm_into(
+    dst: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    a_strides: (usize, usize),
+    b: &[f32],
+    b_strides: (usize, usize),
+    par: Parallelism,
+) {
+    debug_assert_eq!(dst.len(), m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        dst.fill(0.0);
+        return;
+    }
+    // SAFETY: every index gemm touches is (i·rs + p·cs) for i < rows and p <
+    // cols of each operand; the caller passes slices of exactly those extents
+    // (checked in debug builds below) and `dst` is m×n row-major, uniquely borrowed.
+    debug_assert!(a.len() > (m - 1) * a_strides.0 + (k - 1) * a_strides.1);
+    debug_assert!(b.len() > (k - 1) * b_strides.0 + (n - 1) * b_strides.1);
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            a_strides.1 as isize,
+            a_strides.0 as isize,
+            b.as_ptr(),
+            b_strides.1 as isize,
+            b_strides.0 as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// Batched product per `plan`; `a_shape`/`b_shape` are the operands' shapes.
+pub fn matmul(a: &[f32], a_shape: &[usize], b: &[f32], b_shape: &[usize], plan: &MatmulPlan) -> Vec<f32> {
+    let MatmulPlan { m, n, k, .. } = *plan;
+    let batch: usize = plan.batch.iter().product();
+    let mut out = vec![0.0f32; batch * m * n];
+    if out.is_empty() {
+        return out;
+    }
+    let (ar, br) = (a_shape.len(), b_shape.len());
+    let sa = broadcast_strides(&batch_dims(a_shape), &plan.batch);
+    let sb = broadcast_strides(&batch_dims(b_shape), &plan.batch);
+    let a_mat = a_shape[ar - 2] * a_shape[ar - 1];
+    let b_mat = b_shape[br - 2] * b_shape[br - 1];
+    let a_st = if plan.transpose_a { (1, m) } else { (k, 1) };
+    let b_st = if plan.transpose_b { (1, k) } else { (n, 1) };
+    let out_strides = strides(&plan.batch);
+    let offsets = |bi: usize| {
+        let (mut oa, mut ob) = (0, 0);
+        for d in 0..plan.batch.len() {
+            let idx = (bi / out_strides[d]) % plan.batch[d];
+            oa += idx * sa[d];
+            ob += idx * sb[d];
+        }
+        (oa * a_mat, ob * b_mat)
+    };
+    let flops = m * n * k;
+    let run = |(bi, dst): (usize, &mut [f32]), par| {
+        let (oa, ob) = offsets(bi);
+        gemm_into(dst, m, n, k, &a[oa..oa + a_mat], a_st, &b[ob..ob + b_mat], b_st, par);
+    };
+    if batch > 1 && flops < PAR_FLOPS * 4 {
+        out.par_chunks_mut(m * n)
+            .enumerate()
+            .for_each(|item| run(item, Parallelism::None));
+    } else {
+        let par = if flops >= PAR_FLOPS {
+            Parallelism::Rayon(0)
+        } else {
+            Parallelism::None
+        };
+        out.chunks_mut(m * n).enumerate().for_each(|item| run(item, par));
+    }
+    out
+}
+
+/// The batch dimensions of a matrix operand's shape.
+fn batch_dims(shape: &[usize]) -> Vec<usize> {
+    shape[..shape.len() - 2].to_vec()
+}
+
+/// Shapes of the attention operands.
+pub struct AttentionDims {
+    /// Batch.
+    pub b: usize,
+    /// Query heads.
+    pub hq: usize,
+    /// Key/value heads.
+    pub hk: usize,
+    /// Query length.
+    pub sq: usize,
+    /// Key length.
+    pub sk: usize,
+    /// Query/key width.
+    pub d: usize,
+    /// Value width.
+    pub dv: usize,
+}
+
+/// softmax(q·kᵀ·scale + mask)·v per (batch, head); `mask` is given with its
+/// broadcast strides over [b, hq, sq, sk].
+pub fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    mask: Option<(&[f32], [usize; 4])>,
+    dims: &AttentionDims,
+    scale: f32,
+    causal: bool,
+) -> Vec<f32> {
+    let AttentionDims { b, hq, hk, sq, sk, d, dv } = *dims;
+    let mut out = vec![0.0f32; b * hq * sq * dv];
+    if out.is_empty() {
+        return out;
+    }
+    let group = hq / hk;
+    let head = |(bh, dst): (usize, &mut [f32])| {
+        let (bi, h) = (bh / hq, bh % hq);
+        let kh = h / group;
+        let qo = bh * sq * d;
+        let ko = (bi * hk + kh) * sk * d;
+        let vo = (bi * hk + kh) * sk * dv;
+        let mut scores = vec![0.0f32; sq * sk];
+        gemm_into(&mut scores, sq, sk, d, &q[qo..qo + sq * d], (d, 1), &k[ko..ko + sk * d], (1, d), Parallelism::None);
+        for i in 0..sq {
+            for j in 0..sk {
+                let s = &mut scores[i * sk + j];
+                *s *= scale;
+                if let Some((m, st)) = mask {
+                    *s += m[bi * st[0] + h * st[1] + i * st[2] + j * st[3]];
+                }
+            }
+        }
+        let probs = softmax_last(&scores, sk, causal.then_some(sq));
+        gemm_into(dst, sq, dv, sk, &probs, (sk, 1), &v[vo..vo + sk * dv], (dv, 1), Parallelism::None);
+    };
+    if b * hq > 1 {
+        out.par_chunks_mut(sq * dv).enumerate().for_each(head);
+    } else {
+        out.chunks_mut(sq * dv).enumerate().for_each(head);
+    }
+    out
+}

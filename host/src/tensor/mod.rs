@@ -1,0 +1,139 @@
+//! `wasi:tensor@0.1.0`: immutable tensors held by the host, operations on
+//! them through one backend trait (CPU now), model weights shared by all
+//! instances, and per-tenant memory accounting.
+//!
+//! Lifecycle (the same for every capability): [`TensorHost`] is built once
+//! per server, [`TenantTensors`] once per deployment (its quota and granted
+//! weights), and a [`TensorCtx`] per instance, kept in the `Store`; guest
+//! handles live in the instance's `ResourceTable` and are freed with it.
+
+pub mod backend;
+#[allow(missing_docs)]
+pub mod bindings;
+pub mod cpu;
+pub mod ops;
+pub mod quota;
+pub mod types;
+mod types_impl;
+pub mod weights;
+
+#[cfg(test)]
+mod conformance;
+
+pub use types::{DType, Tensor, TensorError};
+
+use crate::metrics::TenantLabel;
+use backend::Backend;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use wasmtime::component::{HasData, Linker, ResourceTable};
+
+/// Server-wide tensor state: the backend, tenant quotas, loaded weights.
+pub struct TensorHost {
+    backend: Arc<dyn Backend>,
+    quotas: quota::Quotas,
+    weights: weights::WeightsCache,
+    bytes: Family<TenantLabel, Gauge>,
+}
+
+impl TensorHost {
+    /// Tensor state on `backend`, reporting tenant bytes through `bytes`.
+    pub fn new(backend: Arc<dyn Backend>, bytes: Family<TenantLabel, Gauge>) -> Self {
+        Self {
+            backend,
+            quotas: quota::Quotas::default(),
+            weights: weights::WeightsCache::default(),
+            bytes,
+        }
+    }
+
+    /// The backend's name.
+    pub fn backend_name(&self) -> String {
+        self.backend.name()
+    }
+
+    /// A deployment's tensor state: `tenant`'s quota of `limit` bytes and the
+    /// granted weights (`name → file`), loaded now.
+    pub fn tenant(
+        &self,
+        tenant: &str,
+        limit: u64,
+        granted: &BTreeMap<String, PathBuf>,
+    ) -> anyhow::Result<Arc<TenantTensors>> {
+        let quota = self.quotas.get(tenant, limit, || {
+            self.bytes
+                .get_or_create(&TenantLabel {
+                    tenant: tenant.to_string(),
+                })
+                .clone()
+        })?;
+        let mut weights = BTreeMap::new();
+        for (name, path) in granted {
+            let w = self
+                .weights
+                .get(path, self.backend.as_ref())
+                .map_err(|e| anyhow::anyhow!("weights `{name}`: {e:#}"))?;
+            weights.insert(name.clone(), w);
+        }
+        Ok(Arc::new(TenantTensors {
+            tensors: ops::Tensors::new(self.backend.clone(), quota.clone()),
+            quota,
+            weights,
+        }))
+    }
+}
+
+/// One deployment's tensor state, shared by its instances.
+pub struct TenantTensors {
+    tensors: ops::Tensors,
+    quota: Arc<quota::Quota>,
+    weights: BTreeMap<String, Arc<weights::WeightsFile>>,
+}
+
+impl TenantTensors {
+    /// Bytes the tenant holds now.
+    pub fn bytes_in_use(&self) -> u64 {
+        self.quota.used()
+    }
+}
+
+/// Per-instance tensor state kept in the `Store`.
+pub struct TensorCtx {
+    shared: Arc<TenantTensors>,
+}
+
+impl TensorCtx {
+    /// State for one instance of a deployment.
+    pub fn new(shared: Arc<TenantTensors>) -> Self {
+        Self { shared }
+    }
+}
+
+/// What the `wasi:tensor` host functions operate on.
+pub struct TensorView<'a> {
+    /// The instance's tensor state.
+    pub ctx: &'a TensorCtx,
+    /// The instance's resource table.
+    pub table: &'a mut ResourceTable,
+}
+
+/// Types with tensor state in their store data.
+pub trait TensorStateView: Send {
+    /// The view the host functions use.
+    fn tensor(&mut self) -> TensorView<'_>;
+}
+
+struct HasTensor;
+
+impl HasData for HasTensor {
+    type Data<'a> = TensorView<'a>;
+}
+
+/// Adds `wasi:tensor` to `linker`.
+pub fn add_to_linker<T: TensorStateView + 'static>(linker: &mut Linker<T>) -> anyhow::Result<()> {
+    bindings::Imports::add_to_linker::<T, HasTensor>(linker, |s| s.tensor())
+        .map_err(anyhow::Error::from)
+}

@@ -1,0 +1,165 @@
+//! Model weights granted to a deployment: read once by the host (safetensors
+//! through a memory map), kept as shared read-only tensors, and handed to
+//! every instance without a copy.
+
+use super::backend::Backend;
+use super::cpu::CpuData;
+use super::types::{DType, Tensor};
+use anyhow::{Context, Result, bail};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// A metadata value (mirrors `wasi:tensor/weights.metadata-value`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetaValue {
+    /// A string.
+    Text(String),
+    /// An integer.
+    Integer(i64),
+    /// A float.
+    Float(f64),
+    /// A boolean.
+    Boolean(bool),
+    /// Strings.
+    TextList(Vec<String>),
+    /// Integers.
+    IntegerList(Vec<i64>),
+    /// Floats.
+    FloatList(Vec<f64>),
+}
+
+/// A loaded weights file.
+#[derive(Debug)]
+pub struct WeightsFile {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// Tensor names in file order.
+    pub names: Vec<String>,
+    tensors: HashMap<String, Tensor>,
+    /// Metadata in file order.
+    pub metadata: Vec<(String, MetaValue)>,
+}
+
+/// The resource a guest's `weights` handle points to.
+#[derive(Debug, Clone)]
+pub struct WeightsHandle(pub Arc<WeightsFile>);
+
+impl WeightsFile {
+    /// The named tensor.
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        self.tensors.get(name)
+    }
+
+    /// Reads a safetensors file onto `backend`.
+    pub fn load(path: &Path, backend: &dyn Backend) -> Result<Self> {
+        let file = std::fs::File::open(path)
+            .with_context(|| format!("cannot open weights {}", path.display()))?;
+        // SAFETY: the map is read-only and dropped before this function
+        // returns; every tensor is copied out of it.
+        let map = unsafe { memmap2::Mmap::map(&file) }
+            .with_context(|| format!("cannot map weights {}", path.display()))?;
+        let bad = |e: safetensors::SafeTensorError| {
+            anyhow::anyhow!("{}: not a valid safetensors file: {e}", path.display())
+        };
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(bad)?;
+        let st = safetensors::SafeTensors::deserialize(&map).map_err(bad)?;
+        let names = meta.offset_keys();
+        let mut tensors = HashMap::with_capacity(names.len());
+        for name in &names {
+            let view = st.tensor(name).map_err(bad)?;
+            let data = convert(view.dtype(), view.data())
+                .with_context(|| format!("{}: tensor `{name}`", path.display()))?;
+            let dtype = data.dtype();
+            let stored = backend
+                .upload(data)
+                .map_err(|e| anyhow::anyhow!("{}: tensor `{name}`: {e}", path.display()))?;
+            tensors.insert(
+                name.clone(),
+                Tensor::new(view.shape().to_vec(), dtype, stored, None),
+            );
+        }
+        let mut metadata: Vec<(String, MetaValue)> = meta
+            .metadata()
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), MetaValue::Text(v.clone())))
+            .collect();
+        metadata.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Self {
+            path: path.to_path_buf(),
+            names,
+            tensors,
+            metadata,
+        })
+    }
+}
+
+/// Converts safetensors elements to a served dtype (wider where ours lacks one).
+fn convert(dtype: safetensors::Dtype, bytes: &[u8]) -> Result<CpuData> {
+    use safetensors::Dtype as S;
+    Ok(match dtype {
+        S::F32 => CpuData::from_le_bytes(bytes, DType::F32),
+        S::F16 => CpuData::from_le_bytes(bytes, DType::F16),
+        S::BF16 => CpuData::from_le_bytes(bytes, DType::BF16),
+        S::I32 => CpuData::from_le_bytes(bytes, DType::I32),
+        S::I64 => CpuData::from_le_bytes(bytes, DType::I64),
+        S::U8 | S::BOOL => CpuData::from_le_bytes(bytes, DType::U8),
+        S::F64 => CpuData::F32(
+            bytes
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+                .collect(),
+        ),
+        S::I8 => CpuData::I32(bytes.iter().map(|&b| b as i8 as i32).collect()),
+        S::I16 => CpuData::I32(
+            bytes
+                .chunks_exact(2)
+                .map(|c| i16::from_le_bytes([c[0], c[1]]) as i32)
+                .collect(),
+        ),
+        S::U16 => CpuData::I32(
+            bytes
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]) as i32)
+                .collect(),
+        ),
+        S::U32 => CpuData::I64(
+            bytes
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")) as i64)
+                .collect(),
+        ),
+        other => bail!("unsupported safetensors dtype {other:?}"),
+    })
+}
+
+/// Weights files loaded on this server, by canonical path, so deployments
+/// that grant the same file share one copy.
+#[derive(Debug, Default)]
+pub struct WeightsCache {
+    by_path: Mutex<HashMap<PathBuf, Arc<WeightsFile>>>,
+}
+
+impl WeightsCache {
+    /// The file at `path`, loading it on first use.
+    pub fn get(&self, path: &Path, backend: &dyn Backend) -> Result<Arc<WeightsFile>> {
+        let key = path
+            .canonicalize()
+            .with_context(|| format!("weights file {} not found", path.display()))?;
+        let mut map = self.by_path.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = map.get(&key) {
+            return Ok(w.clone());
+        }
+        let started = std::time::Instant::now();
+        let w = Arc::new(WeightsFile::load(&key, backend)?);
+        tracing::info!(
+            "weights {}: {} tensors loaded in {:?}",
+            key.display(),
+            w.names.len(),
+            started.elapsed()
+        );
+        map.insert(key, w.clone());
+        Ok(w)
+    }
+}
