@@ -17,8 +17,6 @@ pub mod types;
 mod types_impl;
 pub mod weights;
 
-#[cfg(test)]
-mod conformance;
 
 pub use types::{DType, Tensor, TensorError};
 

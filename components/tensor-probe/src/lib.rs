@@ -1,0 +1,347 @@
+//! `tensor-probe`: a test guest that exposes every TensorWasm interface over
+//! HTTP so the end-to-end tests can drive them, including misuse. Routes:
+//! - `POST /op`: runs one `wasi:tensor` op on JSON tensors (see [`OpRequest`]);
+//!   200 with the result tensor(s), or 422 `{"error":{"kind","message"}}`.
+//! - `GET /cuda`: calls each `wasi:cuda` family and reports each result.
+//! - `GET /scheduler`: `yield` and `remaining`.
+//! - `GET /quota?mb=N`: allocates 1 MiB tensors (at most N) until refused.
+//! - `GET /leak?mb=N`: allocates N MiB of tensors and never drops them.
+//! - `GET /dropped-handle`, `GET /foreign-handle`: handle misuse (traps).
+//! - `GET /weights?name=W&tensor=T`: opens granted weights, reads a tensor.
+
+use httpkit::{json, json_error, path, query_param, read_body};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tensorwasm_sdk::bindings::wasi::tensor::types as raw;
+use tensorwasm_sdk::{Dtype, Error, RopeLayout, Tensor, Weights, cuda, scheduler};
+use wasip2::http::types::{IncomingRequest, ResponseOutparam};
+
+/// A tensor in JSON: values (as numbers), shape, dtype name.
+#[derive(Deserialize)]
+struct JsonTensor {
+    data: Vec<f64>,
+    shape: Vec<u32>,
+    #[serde(default = "f32_name")]
+    dtype: String,
+}
+
+fn f32_name() -> String {
+    "f32".into()
+}
+
+/// One op to run: its name, positional inputs (null for an absent optional
+/// one), and named scalar arguments.
+#[derive(Deserialize)]
+struct OpRequest {
+    op: String,
+    inputs: Vec<Option<JsonTensor>>,
+    #[serde(default)]
+    args: serde_json::Map<String, Value>,
+}
+
+fn dtype_of(name: &str) -> Result<Dtype, String> {
+    Ok(match name {
+        "f32" => Dtype::F32,
+        "f16" => Dtype::F16,
+        "bf16" => Dtype::Bf16,
+        "i32" => Dtype::I32,
+        "i64" => Dtype::I64,
+        "u8" => Dtype::U8,
+        other => return Err(format!("unknown dtype {other}")),
+    })
+}
+
+fn dtype_name(d: Dtype) -> &'static str {
+    match d {
+        Dtype::F32 => "f32",
+        Dtype::F16 => "f16",
+        Dtype::Bf16 => "bf16",
+        Dtype::I32 => "i32",
+        Dtype::I64 => "i64",
+        Dtype::U8 => "u8",
+    }
+}
+
+/// Builds a tensor: floats through f32, integers through i64, then cast.
+fn make(t: &JsonTensor) -> Result<Result<Tensor, Error>, String> {
+    let dtype = dtype_of(&t.dtype)?;
+    let base = match dtype {
+        Dtype::F32 | Dtype::F16 | Dtype::Bf16 => {
+            let v: Vec<f32> = t.data.iter().map(|&x| x as f32).collect();
+            Tensor::from_f32(&v, &t.shape)
+        }
+        _ => {
+            let v: Vec<i64> = t.data.iter().map(|&x| x as i64).collect();
+            Tensor::from_i64(&v, &t.shape)
+        }
+    };
+    Ok(base.and_then(|b| if b.dtype() == dtype { Ok(b) } else { b.cast(dtype) }))
+}
+
+/// A tensor as JSON (integers decoded exactly from bytes).
+fn to_json(t: &Tensor) -> Result<Value, Error> {
+    let dtype = t.dtype();
+    let data: Vec<Value> = match dtype {
+        Dtype::I64 => t
+            .to_bytes()?
+            .chunks_exact(8)
+            .map(|c| json!(i64::from_le_bytes(c.try_into().unwrap())))
+            .collect(),
+        Dtype::I32 => t
+            .to_bytes()?
+            .chunks_exact(4)
+            .map(|c| json!(i32::from_le_bytes(c.try_into().unwrap())))
+            .collect(),
+        Dtype::U8 => t.to_bytes()?.iter().map(|&b| json!(b)).collect(),
+        _ => t.to_f32()?.into_iter().map(|x| json!(x)).collect(),
+    };
+    Ok(json!({"shape": t.shape(), "dtype": dtype_name(dtype), "data": data}))
+}
+
+fn arg_f32(args: &serde_json::Map<String, Value>, k: &str, default: f32) -> f32 {
+    args.get(k).and_then(Value::as_f64).map_or(default, |v| v as f32)
+}
+
+fn arg_i32(args: &serde_json::Map<String, Value>, k: &str, default: i32) -> i32 {
+    args.get(k).and_then(Value::as_i64).map_or(default, |v| v as i32)
+}
+
+fn arg_u32(args: &serde_json::Map<String, Value>, k: &str, default: u32) -> u32 {
+    args.get(k).and_then(Value::as_u64).map_or(default, |v| v as u32)
+}
+
+fn arg_bool(args: &serde_json::Map<String, Value>, k: &str) -> bool {
+    args.get(k).and_then(Value::as_bool).unwrap_or(false)
+}
+
+fn arg_list(args: &serde_json::Map<String, Value>, k: &str) -> Vec<u32> {
+    args.get(k)
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_u64).map(|v| v as u32).collect())
+        .unwrap_or_default()
+}
+
+/// Runs the op; the outer error is a malformed request, the inner one the
+/// host's answer.
+fn run_op(req: &OpRequest) -> Result<Result<Value, Error>, String> {
+    let mut inputs = Vec::new();
+    for t in &req.inputs {
+        inputs.push(match t {
+            Some(t) => match make(t)? {
+                Ok(t) => Some(t),
+                Err(e) => return Ok(Err(e)),
+            },
+            None => None,
+        });
+    }
+    let need = |i: usize| -> Result<&Tensor, String> {
+        inputs
+            .get(i)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| format!("{}: input {i} is required", req.op))
+    };
+    let opt = |i: usize| inputs.get(i).and_then(Option::as_ref);
+    let a = &req.args;
+    let one = |r: Result<Tensor, Error>| r.and_then(|t| to_json(&t));
+    Ok(match req.op.as_str() {
+        "matmul" => one(need(0)?.matmul_with(need(1)?, arg_bool(a, "ta"), arg_bool(a, "tb"))),
+        "add" => one(need(0)?.add(need(1)?)),
+        "sub" => one(need(0)?.sub(need(1)?)),
+        "mul" => one(need(0)?.mul(need(1)?)),
+        "div" => one(need(0)?.div(need(1)?)),
+        "scale" => one(need(0)?.scale(arg_f32(a, "factor", 1.0))),
+        "gelu" => one(need(0)?.gelu()),
+        "gelu-tanh" => one(need(0)?.gelu_tanh()),
+        "silu" => one(need(0)?.silu()),
+        "relu" => one(need(0)?.relu()),
+        "tanh" => one(need(0)?.tanh()),
+        "exp" => one(need(0)?.exp()),
+        "softmax" => one(tensorwasm_sdk::bindings::wasi::tensor::ops::softmax(
+            &need(0)?.0,
+            arg_i32(a, "axis", -1),
+            arg_bool(a, "causal"),
+        )
+        .map(Tensor)
+        .map_err(Error)),
+        "layer-norm" => one(need(0)?.layer_norm(opt(1), opt(2), arg_f32(a, "eps", 1e-5))),
+        "rms-norm" => one(need(0)?.rms_norm(opt(1), arg_f32(a, "eps", 1e-5))),
+        "attention" => one(tensorwasm_sdk::attention(
+            need(0)?,
+            need(1)?,
+            need(2)?,
+            opt(3),
+            arg_f32(a, "scale", 1.0),
+            arg_bool(a, "causal"),
+        )),
+        "embedding" => one(need(0)?.embedding(need(1)?)),
+        "reshape" => one(need(0)?.reshape(&arg_list(a, "shape"))),
+        "permute" => one(need(0)?.permute(&arg_list(a, "dims"))),
+        "transpose" => one(need(0)?.transpose(arg_i32(a, "axis0", 0), arg_i32(a, "axis1", 1))),
+        "narrow" => one(need(0)?.narrow(
+            arg_i32(a, "axis", 0),
+            arg_u32(a, "start", 0),
+            arg_u32(a, "length", 0),
+        )),
+        "concat" => {
+            let xs: Vec<&Tensor> = inputs.iter().flatten().collect();
+            one(tensorwasm_sdk::concat(&xs, arg_i32(a, "axis", 0)))
+        }
+        "rope" => {
+            let layout = match a.get("layout").and_then(Value::as_str) {
+                Some("interleaved") => RopeLayout::Interleaved,
+                _ => RopeLayout::HalfSplit,
+            };
+            one(need(0)?.rope(arg_u32(a, "offset", 0), arg_f32(a, "theta", 10000.0), layout))
+        }
+        "argmax" => one(need(0)?.argmax(arg_i32(a, "axis", -1))),
+        "top-k" => need(0)?
+            .top_k(arg_u32(a, "k", 1))
+            .and_then(|(v, i)| Ok(json!({"values": to_json(&v)?, "indices": to_json(&i)?}))),
+        "mean" => one(need(0)?.mean(arg_i32(a, "axis", -1), opt(1))),
+        "l2-normalize" => one(need(0)?.l2_normalize(arg_i32(a, "axis", -1), arg_f32(a, "eps", 1e-12))),
+        "cast" => {
+            let d = dtype_of(a.get("dtype").and_then(Value::as_str).unwrap_or("f32"))?;
+            one(need(0)?.cast(d))
+        }
+        "identity" => to_json(need(0)?),
+        other => return Err(format!("unknown op {other}")),
+    })
+}
+
+fn error_json(e: &Error) -> Value {
+    json!({"error": {"kind": e.kind(), "message": e.to_string()}})
+}
+
+fn cuda_report() -> Value {
+    fn kind<T>(r: Result<T, cuda::Error>) -> String {
+        match r {
+            Ok(_) => "ok".into(),
+            Err(cuda::Error::NoDevice) => "no-device".into(),
+            Err(e) => format!("{e:?}"),
+        }
+    }
+    let tensor_into = Tensor::full(&[4], Dtype::F32, 1.0)
+        .map(|t| kind(cuda::tensor_into_buffer(t.0)))
+        .unwrap_or_else(|e| e.to_string());
+    json!({
+        "info": kind(cuda::info()),
+        "synchronize": kind(cuda::synchronize()),
+        "alloc": kind(cuda::Buffer::alloc(1024)),
+        "stream": kind(cuda::Stream::create()),
+        "module": kind(cuda::Module::load("vector-add")),
+        "module-digest": kind(cuda::Module::load_digest(&"0".repeat(64))),
+        "module-source": kind(cuda::Module::load_source("__global__ void k() {}", cuda::SourceKind::Cuda)),
+        "tensor-into-buffer": tensor_into,
+    })
+}
+
+fn quota(max_mb: u32) -> Value {
+    let mut held = Vec::new();
+    for _ in 0..max_mb {
+        match Tensor::full(&[1 << 18], Dtype::F32, 0.5) {
+            Ok(t) => held.push(t),
+            Err(e) => {
+                let detail = match &e.0 {
+                    raw::Error::QuotaExceeded(q) => {
+                        json!({"requested": q.requested, "in_use": q.in_use, "limit": q.limit})
+                    }
+                    _ => Value::Null,
+                };
+                return json!({"allocated_mb": held.len(), "error": e.kind(), "detail": detail});
+            }
+        }
+    }
+    json!({"allocated_mb": held.len(), "error": null})
+}
+
+fn weights(name: &str, tensor: Option<&str>) -> Result<Value, Error> {
+    let w = Weights::open(name)?;
+    let list: Vec<Value> = w
+        .tensors()
+        .into_iter()
+        .map(|i| json!({"name": i.name, "shape": i.shape, "dtype": dtype_name(i.dtype)}))
+        .collect();
+    let read = match tensor {
+        Some(t) => to_json(&w.get(t)?)?,
+        None => Value::Null,
+    };
+    Ok(json!({"tensors": list, "tensor": read}))
+}
+
+struct Probe;
+
+impl wasip2::exports::http::incoming_handler::Guest for Probe {
+    fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        let route = path(&request);
+        let q = |k: &str| query_param(&request, k);
+        match route.as_str() {
+            "/op" => {
+                let body = match read_body(&request) {
+                    Ok(b) => b,
+                    Err(e) => return json_error(out, 400, "bad_body", &e),
+                };
+                let req: OpRequest = match serde_json::from_slice(&body) {
+                    Ok(r) => r,
+                    Err(e) => return json_error(out, 400, "bad_json", &e.to_string()),
+                };
+                match run_op(&req) {
+                    Ok(Ok(v)) => json(out, 200, &v.to_string()),
+                    Ok(Err(e)) => json(out, 422, &error_json(&e).to_string()),
+                    Err(msg) => json_error(out, 400, "bad_request", &msg),
+                }
+            }
+            "/cuda" => json(out, 200, &cuda_report().to_string()),
+            "/scheduler" => {
+                let status = match scheduler::yield_() {
+                    scheduler::YieldStatus::Continue => "continue",
+                    scheduler::YieldStatus::DeadlineNear => "deadline-near",
+                    scheduler::YieldStatus::DeadlineElapsed => "deadline-elapsed",
+                };
+                let v = json!({"yield": status, "remaining_ns": scheduler::remaining()});
+                json(out, 200, &v.to_string())
+            }
+            "/quota" => {
+                let mb = q("mb").and_then(|v| v.parse().ok()).unwrap_or(4096);
+                json(out, 200, &quota(mb).to_string())
+            }
+            "/leak" => {
+                let mb: u32 = q("mb").and_then(|v| v.parse().ok()).unwrap_or(8);
+                let mut kept = Vec::new();
+                for _ in 0..mb {
+                    match Tensor::full(&[1 << 18], Dtype::F32, 1.0) {
+                        Ok(t) => kept.push(t),
+                        Err(e) => return json(out, 422, &error_json(&e).to_string()),
+                    }
+                }
+                std::mem::forget(kept);
+                json(out, 200, &json!({"leaked_mb": mb}).to_string())
+            }
+            "/dropped-handle" => {
+                let t = Tensor::full(&[2], Dtype::F32, 1.0).expect("alloc");
+                let handle = t.0.handle();
+                drop(t);
+                // SAFETY: deliberately not safe: the handle was dropped above.
+                let stale = unsafe { raw::Tensor::from_handle(handle) };
+                let r = stale.to_f32();
+                json(out, 200, &format!("{{\"unexpected\":\"{}\"}}", r.is_ok()));
+            }
+            "/foreign-handle" => {
+                // A handle number this instance was never given.
+                // SAFETY: deliberately not safe.
+                let forged = unsafe { raw::Tensor::from_handle(0x7fff_fff0) };
+                let r = forged.to_f32();
+                json(out, 200, &format!("{{\"unexpected\":\"{}\"}}", r.is_ok()));
+            }
+            "/weights" => {
+                let name = q("name").unwrap_or_default();
+                match weights(&name, q("tensor").as_deref()) {
+                    Ok(v) => json(out, 200, &v.to_string()),
+                    Err(e) => json(out, 422, &error_json(&e).to_string()),
+                }
+            }
+            _ => json_error(out, 404, "not_found", "no such route"),
+        }
+    }
+}
+
+wasip2::http::proxy::export!(Probe);
