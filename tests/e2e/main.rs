@@ -8,3 +8,5 @@ mod deployments;
 mod hello;
 mod hostile;
 mod lifecycle;
+mod reference;
+mod tensor_ops;
