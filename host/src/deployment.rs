@@ -329,14 +329,22 @@ fn classify(
             if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
                 return GuestEnd::Deadline;
             }
-            let msg = format!("{e:#}")
+            // The innermost cause names the fault ("unknown handle index 3");
+            // the outer layers only say that wasm was running.
+            let msg = e
+                .root_cause()
+                .to_string()
                 .lines()
                 .next()
                 .unwrap_or_default()
                 .to_string();
+            let in_guest = e.downcast_ref::<Trap>().is_some()
+                || e.downcast_ref::<wasmtime::WasmBacktrace>().is_some();
             if memory_hit {
                 GuestEnd::MemoryCap(msg)
-            } else if e.downcast_ref::<Trap>().is_some() {
+            } else if in_guest {
+                // A trap, or a fault the runtime caught on the guest's
+                // behalf (a dropped or forged resource handle).
                 GuestEnd::Trapped(msg)
             } else {
                 GuestEnd::HostError(msg)

@@ -9,4 +9,5 @@ mod hello;
 mod hostile;
 mod lifecycle;
 mod reference;
+mod tensor_guests;
 mod tensor_ops;

@@ -1,0 +1,271 @@
+//! Guests using each TensorWasm interface over HTTP, and hostile tensor
+//! guests: quota exhaustion, leaked, dropped and forged handles.
+
+use crate::reference::{self as r, Nd};
+use crate::support::*;
+use serde_json::{Value, json};
+use std::path::Path;
+
+/// Writes a small safetensors file: `w` [2, 3] f32, `b` [3] f32, `ids` [2] i64.
+fn write_safetensors(path: &Path) {
+    let w: Vec<f32> = vec![1.0, -2.0, 3.5, 0.25, 5.0, -6.0];
+    let b: Vec<f32> = vec![0.5, 1.5, -2.5];
+    let ids: Vec<i64> = vec![7, -3];
+    let mut data = Vec::new();
+    w.iter().for_each(|x| data.extend(x.to_le_bytes()));
+    b.iter().for_each(|x| data.extend(x.to_le_bytes()));
+    ids.iter().for_each(|x| data.extend(x.to_le_bytes()));
+    let mut header = json!({
+        "__metadata__": {"format": "pt", "source": "tensor_guests test"},
+        "w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]},
+        "b": {"dtype": "F32", "shape": [3], "data_offsets": [24, 36]},
+        "ids": {"dtype": "I64", "shape": [2], "data_offsets": [36, 52]},
+    })
+    .to_string();
+    while header.len() % 8 != 0 {
+        header.push(' ');
+    }
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend(header.as_bytes());
+    file.extend(data);
+    std::fs::write(path, file).unwrap();
+}
+
+fn json_of(resp: &Resp) -> Value {
+    serde_json::from_slice(&resp.body)
+        .unwrap_or_else(|_| panic!("not JSON ({}): {}", resp.status, resp.text()))
+}
+
+fn rows(v: &Value) -> Vec<Vec<f64>> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect())
+        .collect()
+}
+
+fn nd(rows: &[Vec<f64>]) -> Nd {
+    Nd::new(&[rows.len(), rows[0].len()], rows.iter().flatten().copied().collect())
+}
+
+fn assert_rows_close(got: &[Vec<f64>], want: &Nd) {
+    let flat: Vec<f64> = got.iter().flatten().copied().collect();
+    assert_eq!(flat.len(), want.data.len());
+    for (g, w) in flat.iter().zip(&want.data) {
+        assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "got {g}, want {w}");
+    }
+}
+
+#[test]
+fn each_interface_works_from_a_guest_over_http() {
+    let dir = scratch("tensor_interfaces");
+    write_safetensors(&dir.join("model.safetensors"));
+    let file = dir.join("deploy.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[[deployment]]
+name = "service"
+tenant = "acme"
+component = {service:?}
+route = {{ host = "svc.test" }}
+
+[[deployment]]
+name = "probe"
+tenant = "acme"
+component = {probe:?}
+limits = {{ timeout = "20s" }}
+grants = {{ weights = {{ model = "model.safetensors" }} }}
+"#,
+            service = guest("tensor_service"),
+            probe = guest("tensor_probe"),
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&[file.to_str().unwrap()], &dir.join("cache"));
+    let post = |path: &str, body: &Value| {
+        request(server.addr, "POST", path, &[("host", "svc.test")], body.to_string().as_bytes())
+    };
+
+    // wasi:tensor: an MLP and an attention block, checked against f64.
+    let x = vec![vec![0.5, -1.0, 2.0], vec![1.5, 0.25, -0.75]];
+    let w1 = vec![vec![0.1, -0.2, 0.3, 0.4], vec![0.5, 0.6, -0.7, 0.8], vec![-0.9, 1.0, 1.1, -1.2]];
+    let b1 = vec![0.01, -0.02, 0.03, 0.5];
+    let w2 = vec![vec![1.0, -1.0], vec![0.5, 0.5], vec![-0.25, 2.0], vec![0.75, 0.0]];
+    let resp = post(
+        "/mlp",
+        &json!({"input": x, "layers": [
+            {"weight": w1, "bias": b1, "activation": "relu"},
+            {"weight": w2, "activation": "none"}]}),
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let h = r::unary(
+        &r::binary(&r::matmul(&nd(&x), &nd(&w1), false, false), &Nd::new(&[4], b1.clone()), |a, b| a + b),
+        |v| v.max(0.0),
+    );
+    assert_rows_close(&rows(&json_of(&resp)["output"]), &r::matmul(&h, &nd(&w2), false, false));
+
+    let ident = vec![vec![1.0, 0.0, 0.0, 0.0], vec![0.0, 1.0, 0.0, 0.0], vec![0.0, 0.0, 1.0, 0.0], vec![0.0, 0.0, 0.0, 1.0]];
+    let seq = vec![vec![0.1, 0.2, 0.3, 0.4], vec![-0.5, 0.6, 0.7, -0.8], vec![0.9, -1.0, 1.1, 1.2]];
+    let resp = post(
+        "/attention",
+        &json!({"x": seq, "wq": ident, "wk": ident, "wv": ident, "wo": ident, "heads": 2, "causal": true}),
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    // Reference: heads split the width; with identity projections q = k = v = x.
+    let xs = nd(&seq);
+    let split = r::permute(&Nd::new(&[1, 3, 2, 2], xs.data.clone()), &[0, 2, 1, 3]);
+    let att = r::attention(&split, &split, &split, None, 1.0 / 2f64.sqrt(), true);
+    let merged = r::permute(&att, &[0, 2, 1, 3]);
+    assert_rows_close(&rows(&json_of(&resp)["output"]), &Nd::new(&[3, 4], merged.data));
+    // A tensor error in a service is a 422 with the variant.
+    let resp = post("/mlp", &json!({"input": [[1.0, 2.0]], "layers": [{"weight": [[1.0, 2.0, 3.0]]}]}));
+    assert_eq!(resp.status, 422);
+    assert!(resp.text().contains("invalid-shape"), "{}", resp.text());
+
+    // wasi:tensor/weights: granted file, listed in file order, read back.
+    let v = json_of(&server.get("/weights?name=model&tensor=w"));
+    let names: Vec<&str> = v["tensors"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["w", "b", "ids"]);
+    assert_eq!(v["tensors"][2]["dtype"], "i64");
+    assert_eq!(v["tensor"]["shape"], json!([2, 3]));
+    assert_eq!(v["tensor"]["data"], json!([1.0, -2.0, 3.5, 0.25, 5.0, -6.0]));
+    let v = json_of(&server.get("/weights?name=model&tensor=ids"));
+    assert_eq!(v["tensor"]["data"], json!([7, -3]));
+    let v = json_of(&server.get("/weights?name=other"));
+    assert_eq!(v["error"]["kind"], "not-granted");
+    let v = json_of(&server.get("/weights?name=model&tensor=nope"));
+    assert_eq!(v["error"]["kind"], "not-found");
+
+    // wasi:cuda: no GPU here, so every family answers no-device.
+    let v = json_of(&server.get("/cuda"));
+    for (family, answer) in v.as_object().unwrap() {
+        assert_eq!(answer, "no-device", "wasi:cuda {family}");
+    }
+
+    // wasi:scheduler: a fresh request has most of its 20 s budget.
+    let v = json_of(&server.get("/scheduler"));
+    assert_eq!(v["yield"], "continue");
+    let left = v["remaining_ns"].as_u64().unwrap();
+    assert!(left > 15_000_000_000 && left <= 20_000_000_000, "{left}");
+
+    // Weights are not charged to the tenant, and nothing is left held.
+    let m = server.metrics();
+    assert_eq!(metric(&m, "tensorwasm_tensor_bytes", &["tenant=\"acme\""]), 0.0, "{m}");
+}
+
+#[test]
+fn hostile_tensor_guests_are_contained() {
+    let dir = scratch("tensor_hostile");
+    let file = dir.join("deploy.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[[deployment]]
+name = "greedy"
+tenant = "greedy"
+component = {probe:?}
+route = {{ host = "greedy.test" }}
+limits = {{ tensor-memory = "16MiB" }}
+
+[[deployment]]
+name = "steady"
+tenant = "steady"
+component = {probe:?}
+route = {{ host = "steady.test" }}
+limits = {{ tensor-memory = "64MiB" }}
+"#,
+            probe = guest("tensor_probe"),
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&[file.to_str().unwrap()], &dir.join("cache"));
+    let addr = server.addr;
+    let greedy = |path: &str| request(addr, "GET", path, &[("host", "greedy.test")], b"");
+
+    // The other tenant keeps computing correct results throughout.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let steady = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let body = json!({"op": "matmul", "inputs": [
+                {"data": [1.0, 2.0, 3.0, 4.0], "shape": [2, 2]},
+                {"data": [5.0, 6.0, 7.0, 8.0], "shape": [2, 2]}]})
+            .to_string();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || n < 20 {
+                let resp = request(addr, "POST", "/op", &[("host", "steady.test")], body.as_bytes());
+                assert_eq!(resp.status, 200, "{}", resp.text());
+                assert_eq!(json_of(&resp)["data"], json!([19.0, 22.0, 43.0, 50.0]));
+                n += 1;
+            }
+            n
+        })
+    };
+
+    // Allocating past the cap: quota-exceeded with the numbers, not a crash.
+    let v = json_of(&greedy("/quota?mb=100"));
+    assert_eq!(v["error"], "quota-exceeded", "{v}");
+    assert_eq!(v["allocated_mb"], 16);
+    assert_eq!(v["detail"]["limit"], 16 << 20);
+    assert_eq!(v["detail"]["requested"], 1 << 20);
+    // Leaked handles are freed when the instance ends: the cap is reusable.
+    for _ in 0..5 {
+        let resp = greedy("/leak?mb=12");
+        assert_eq!(resp.status, 200, "{}", resp.text());
+    }
+    let resp = greedy("/leak?mb=40");
+    assert_eq!(resp.status, 422);
+    assert!(resp.text().contains("quota-exceeded"));
+    // Using a dropped or forged handle traps that request only.
+    for path in ["/dropped-handle", "/foreign-handle"] {
+        let resp = greedy(path);
+        assert_eq!(resp.status, 500, "{path}: {}", resp.text());
+    }
+    // Many at once against the same cap.
+    let handles: Vec<_> = (0..8)
+        .map(|_| std::thread::spawn(move || request(addr, "GET", "/leak?mb=4", &[("host", "greedy.test")], b"").status))
+        .collect();
+    let statuses: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 422), "{statuses:?}");
+    assert!(statuses.contains(&200), "{statuses:?}");
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let served = steady.join().unwrap();
+    assert!(served >= 20);
+    assert_eq!(greedy("/quota?mb=1").status, 200);
+
+    // Accounting is back to zero for both tenants.
+    let m = server.metrics();
+    assert_eq!(metric(&m, "tensorwasm_tensor_bytes", &["tenant=\"greedy\""]), 0.0, "{m}");
+    assert_eq!(metric(&m, "tensorwasm_tensor_bytes", &["tenant=\"steady\""]), 0.0, "{m}");
+    assert!(metric(&m, "tensorwasm_guest_traps_total", &["deployment=\"greedy\""]) >= 2.0, "{m}");
+    let log = server.log();
+    assert!(log.contains("unknown handle index"), "{log}");
+}
+
+#[test]
+fn bad_weights_grants_are_refused_at_start() {
+    let dir = scratch("tensor_bad_weights");
+    std::fs::write(dir.join("junk.safetensors"), b"\x10\0\0\0\0\0\0\0{not json}     ").unwrap();
+    for (weights, needle) in [
+        ("missing.safetensors", "does not exist"),
+        ("junk.safetensors", "not a valid safetensors file"),
+    ] {
+        let file = dir.join("deploy.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "[[deployment]]\nname = \"m\"\ntenant = \"t\"\ncomponent = {:?}\ngrants = {{ weights = {{ model = \"{weights}\" }} }}\n",
+                guest("tensor_probe")
+            ),
+        )
+        .unwrap();
+        let (code, _, stderr) = run(&["serve", file.to_str().unwrap(), "--listen", "127.0.0.1:0", "--admin-listen", "off"]);
+        assert_eq!(code, 1, "{stderr}");
+        assert!(stderr.contains(needle), "{stderr}");
+        assert!(stderr.contains("error:") && !stderr.contains("panicked"), "{stderr}");
+    }
+}
