@@ -8,6 +8,9 @@
 //! - `GET /leak?mb=N`: allocates N MiB of tensors and never drops them.
 //! - `GET /dropped-handle`, `GET /foreign-handle`: handle misuse (traps).
 //! - `GET /weights?name=W&tensor=T`: opens granted weights, reads a tensor.
+//! - `GET /bench/matmul?n=N&reps=R&dtype=D`: times R products of N×N
+//!   matrices inside the guest (the benchmark in `benches/tensor`).
+//! - `GET /bench/overhead?reps=R`: µs per host call (a query and a tiny op).
 
 use httpkit::{json, json_error, path, query_param, read_body};
 use serde::Deserialize;
@@ -268,6 +271,51 @@ fn weights(name: &str, tensor: Option<&str>) -> Result<Value, Error> {
     Ok(json!({"tensors": list, "tensor": read}))
 }
 
+fn now_ns() -> u64 {
+    wasip2::clocks::monotonic_clock::now()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Seconds for each of `reps` N×N products (after one warm-up).
+fn bench_matmul(n: u32, reps: u32, dtype: Dtype) -> Result<Value, Error> {
+    let len = (n as usize) * (n as usize);
+    let a: Vec<f32> = (0..len).map(|i| ((i * 7 % 13) as f32) / 13.0 - 0.5).collect();
+    let b: Vec<f32> = (0..len).map(|i| ((i * 5 % 11) as f32) / 11.0 - 0.5).collect();
+    let a = Tensor::from_f32(&a, &[n, n])?.cast(dtype)?;
+    let b = Tensor::from_f32(&b, &[n, n])?.cast(dtype)?;
+    drop(a.matmul(&b)?);
+    let mut secs = Vec::new();
+    for _ in 0..reps.max(1) {
+        let t0 = now_ns();
+        let c = a.matmul(&b)?;
+        secs.push((now_ns() - t0) as f64 * 1e-9);
+        drop(c);
+    }
+    let flops = 2.0 * (n as f64).powi(3);
+    let gflops: Vec<f64> = secs.iter().map(|s| flops / s * 1e-9).collect();
+    Ok(json!({"n": n, "dtype": dtype_name(dtype), "seconds": secs, "gflops": gflops, "median_gflops": median(gflops.clone())}))
+}
+
+/// Microseconds per host call: `shape()` (no allocation) and `scale` on one element.
+fn bench_overhead(reps: u32) -> Result<Value, Error> {
+    let x = Tensor::from_f32(&[1.0], &[1])?;
+    let t0 = now_ns();
+    for _ in 0..reps {
+        std::hint::black_box(x.shape());
+    }
+    let query = (now_ns() - t0) as f64 / 1e3 / reps as f64;
+    let t0 = now_ns();
+    for _ in 0..reps {
+        std::hint::black_box(x.scale(2.0)?);
+    }
+    let op = (now_ns() - t0) as f64 / 1e3 / reps as f64;
+    Ok(json!({"reps": reps, "query_us": query, "op_us": op}))
+}
+
 struct Probe;
 
 impl wasip2::exports::http::incoming_handler::Guest for Probe {
@@ -335,6 +383,25 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
             "/weights" => {
                 let name = q("name").unwrap_or_default();
                 match weights(&name, q("tensor").as_deref()) {
+                    Ok(v) => json(out, 200, &v.to_string()),
+                    Err(e) => json(out, 422, &error_json(&e).to_string()),
+                }
+            }
+            "/bench/matmul" => {
+                let n = q("n").and_then(|v| v.parse().ok()).unwrap_or(1024);
+                let reps = q("reps").and_then(|v| v.parse().ok()).unwrap_or(5);
+                let dtype = match dtype_of(&q("dtype").unwrap_or_else(f32_name)) {
+                    Ok(d) => d,
+                    Err(e) => return json_error(out, 400, "bad_request", &e),
+                };
+                match bench_matmul(n, reps, dtype) {
+                    Ok(v) => json(out, 200, &v.to_string()),
+                    Err(e) => json(out, 422, &error_json(&e).to_string()),
+                }
+            }
+            "/bench/overhead" => {
+                let reps = q("reps").and_then(|v| v.parse().ok()).unwrap_or(20_000);
+                match bench_overhead(reps) {
                     Ok(v) => json(out, 200, &v.to_string()),
                     Err(e) => json(out, 422, &error_json(&e).to_string()),
                 }
