@@ -57,6 +57,13 @@ pub enum Command {
         #[command(flatten)]
         engine: EngineArgs,
     },
+    /// Run a headless job: a component exporting `wasi:cli/run` (the
+    /// `tensorwasm:platform/tensor-job` world), once, with the terminal's stdio.
+    ///
+    /// The job gets wasi:tensor (with the weights granted by --weights),
+    /// wasi:cuda, wasi:scheduler and WASI with nothing else granted unless
+    /// asked (--dir, --env). The exit status is the job's.
+    Run(RunArgs),
     /// Print a component's (or world's) imports and exports.
     Inspect {
         /// The component, artifact or `.wac` world.
@@ -108,6 +115,58 @@ pub struct ServeArgs {
     /// Engine settings.
     #[command(flatten)]
     pub engine: EngineArgs,
+}
+
+/// Flags of `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The job: a component (.wasm) or artifact (.cwasm) exporting wasi:cli/run.
+    pub path: PathBuf,
+    /// Arguments passed to the job (after `--`).
+    #[arg(last = true, value_name = "ARGS")]
+    pub args: Vec<String>,
+    /// Weights the job may open by NAME through wasi:tensor/weights (repeatable).
+    #[arg(long = "weights", value_name = "NAME=FILE", value_parser = parse_grant)]
+    pub weights: Vec<(String, PathBuf)>,
+    /// A host directory the job may read, seen as GUEST (repeatable).
+    #[arg(long = "dir", value_name = "HOST::GUEST", value_parser = parse_dir)]
+    pub dirs: Vec<(PathBuf, String)>,
+    /// An environment variable the job sees (repeatable).
+    #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Wall-clock budget; past it the job is stopped [default: none].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Option<Duration>,
+    /// Tensor memory the job may hold at once.
+    #[arg(long, default_value = "1GiB", value_parser = parse_size, value_name = "SIZE")]
+    pub tensor_memory: u64,
+    /// Directory of the compiled-artifact cache [default: $TENSOR_WASM_CACHE_DIR or ~/.cache/tensor-wasm].
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Engine settings.
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+fn parse_grant(text: &str) -> Result<(String, PathBuf), String> {
+    let (name, path) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=FILE, got `{text}`"))?;
+    Ok((name.to_string(), PathBuf::from(path)))
+}
+
+fn parse_dir(text: &str) -> Result<(PathBuf, String), String> {
+    let (host, guest) = text
+        .split_once("::")
+        .ok_or_else(|| format!("expected HOST::GUEST, e.g. data::/data, got `{text}`"))?;
+    Ok((PathBuf::from(host), guest.to_string()))
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    let (k, v) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=VALUE, got `{text}`"))?;
+    Ok((k.to_string(), v.to_string()))
 }
 
 /// Settings baked into the engine (and so into compiled artifacts).

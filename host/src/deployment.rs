@@ -138,7 +138,7 @@ impl Deployment {
             &self.grants,
             self.limits.memory,
             started_at,
-            self.limits.timeout,
+            Some(self.limits.timeout),
         ) {
             Ok(s) => s,
             Err(e) => {

@@ -14,6 +14,7 @@ pub mod deploy;
 pub mod deployment;
 pub mod engine;
 pub mod guest;
+pub mod job;
 pub mod load;
 pub mod metrics;
 pub mod router;

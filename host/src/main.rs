@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use std::process::ExitCode;
-use tensor_wasm::{cli, compose, load, serve};
+use tensor_wasm::{cli, compose, job, load, serve};
 
 fn main() -> ExitCode {
     // wasmtime creates error values on hot paths (e.g. when a store drops);
@@ -15,15 +15,29 @@ fn main() -> ExitCode {
     std::panic::set_hook(Box::new(|info| {
         eprintln!("error: internal error (a bug in tensor-wasm): {info}");
     }));
+    let cli = cli::Cli::parse();
+    // A job's terminal belongs to the job: only warnings from the host.
+    let default_log = match cli.command {
+        cli::Command::Run(_) => "warn",
+        _ => "info,wasmtime=warn,cranelift=warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TENSOR_WASM_LOG")
-                .unwrap_or_else(|_| "info,wasmtime=warn,cranelift=warn".into()),
+                .unwrap_or_else(|_| default_log.into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = cli::Cli::parse();
+    if let cli::Command::Run(args) = cli.command {
+        return match job::run(args) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("error: {}", load::first_line(&e));
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -60,5 +74,6 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
             engine,
         } => serve::compile(&input, &output, &deps.into_iter().collect(), &engine),
         cli::Command::Inspect { path, deps } => serve::inspect(&path, &deps.into_iter().collect()),
+        cli::Command::Run(_) => unreachable!("handled in main"),
     }
 }

@@ -34,6 +34,7 @@ pub struct GrantSet {
     config: Arc<WasiConfigVariables>,
     outgoing: Arc<[String]>,
     tensors: Arc<TenantTensors>,
+    job_args: Option<Vec<String>>,
 }
 
 impl GrantSet {
@@ -50,20 +51,31 @@ impl GrantSet {
             config,
             outgoing,
             tensors,
+            job_args: None,
         }
+    }
+
+    /// Makes instances headless jobs: they see `args` (the first being the
+    /// program name) and the host's stdin, stdout and stderr.
+    pub fn for_job(mut self, args: Vec<String>) -> Self {
+        self.job_args = Some(args);
+        self
     }
 }
 
 impl RequestState {
     /// Fresh state for one request under `grants`, capping memory at
-    /// `max_memory` bytes, with `budget` to run from `started`.
+    /// `max_memory` bytes, with `budget` (if any) to run from `started`.
     pub fn new(
         grants: &GrantSet,
         max_memory: u64,
         started: Instant,
-        budget: Duration,
+        budget: Option<Duration>,
     ) -> anyhow::Result<Self> {
         let mut builder = WasiCtxBuilder::new();
+        if let Some(args) = &grants.job_args {
+            builder.args(args).inherit_stdio();
+        }
         for (k, v) in &grants.grants.env {
             builder.env(k, v);
         }
@@ -89,7 +101,10 @@ impl RequestState {
             },
             config: grants.config.clone(),
             tensor: TensorCtx::new(grants.tensors.clone()),
-            scheduler: SchedulerCtx::new(started, budget),
+            scheduler: match budget {
+                Some(b) => SchedulerCtx::new(started, b),
+                None => SchedulerCtx::unbounded(),
+            },
         })
     }
 

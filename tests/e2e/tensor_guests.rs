@@ -269,3 +269,39 @@ fn bad_weights_grants_are_refused_at_start() {
         assert!(stderr.contains("error:") && !stderr.contains("panicked"), "{stderr}");
     }
 }
+
+/// The sum of A·B for matmul-job's integer matrices, computed here.
+fn job_checksum(n: i64) -> i64 {
+    let a = |i: i64, j: i64| (i * j) % 7 - 3;
+    let b = |i: i64, j: i64| (i + 2 * j) % 5 - 2;
+    (0..n)
+        .flat_map(|i| (0..n).map(move |j| (i, j)))
+        .map(|(i, j)| (0..n).map(|p| a(i, p) * b(p, j)).sum::<i64>())
+        .sum()
+}
+
+#[test]
+fn headless_jobs_run_with_tensor_access() {
+    let dir = scratch("tensor_job");
+    write_safetensors(&dir.join("model.safetensors"));
+    let job = guest("matmul-job");
+    let weights = format!("model={}", dir.join("model.safetensors").display());
+    let cache = dir.join("cache");
+    let (code, out, err) = run(&[
+        "run", job.to_str().unwrap(), "--cache-dir", cache.to_str().unwrap(),
+        "--weights", &weights, "--timeout", "30s", "--", "48", "model",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("checksum {}\n", job_checksum(48))), "{out}");
+    assert!(out.contains("weight w [2, 3] Dtype::F32"), "{out}");
+    assert!(out.contains("scheduler YieldStatus::Continue remaining Some("), "{out}");
+    assert!(!err.contains("INFO"), "a job's stderr is its own: {err}");
+    // Past its tensor cap: the job sees quota-exceeded and fails.
+    let (code, _, err) = run(&["run", job.to_str().unwrap(), "--cache-dir", cache.to_str().unwrap(), "--tensor-memory", "1KiB", "--", "48"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("tensor quota exceeded"), "{err}");
+    // A served component is not a job.
+    let (code, _, err) = run(&["run", guest("hello").to_str().unwrap(), "--cache-dir", cache.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("does not export wasi:cli/run"), "{err}");
+}
