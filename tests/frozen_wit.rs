@@ -19,7 +19,10 @@ fn released_wit_packages_are_unchanged() {
     let mut listed = BTreeSet::new();
     let mut packages = BTreeSet::new();
     let mut problems = Vec::new();
-    for line in list.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')) {
+    for line in list
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+    {
         let (digest, file) = line.split_once("  ").expect("`<sha256>  <path>` lines");
         listed.insert(file.to_string());
         packages.insert(file.split('/').next().unwrap().to_string());
@@ -27,7 +30,9 @@ fn released_wit_packages_are_unchanged() {
             Ok(bytes) => {
                 let actual = hex(&Sha256::digest(&bytes));
                 if actual != digest {
-                    problems.push(format!("{file} changed (sha256 {actual}, released as {digest})"));
+                    problems.push(format!(
+                        "{file} changed (sha256 {actual}, released as {digest})"
+                    ));
                 }
             }
             Err(_) => problems.push(format!("{file} is missing")),
@@ -46,8 +51,16 @@ fn released_wit_packages_are_unchanged() {
         "released WIT packages must not change; cut a new version instead (docs/WIT.md):\n  {}",
         problems.join("\n  ")
     );
-    for want in ["tensor-0.1.0", "cuda-0.1.0", "scheduler-0.1.0", "platform-0.1.0"] {
-        assert!(packages.contains(want), "{want} is not in wit/FROZEN.sha256");
+    for want in [
+        "tensor-0.1.0",
+        "cuda-0.1.0",
+        "scheduler-0.1.0",
+        "platform-0.1.0",
+    ] {
+        assert!(
+            packages.contains(want),
+            "{want} is not in wit/FROZEN.sha256"
+        );
     }
 }
 
@@ -61,12 +74,26 @@ fn hex(bytes: &[u8]) -> String {
 fn wit_packages_resolve_with_their_deps() {
     let wit = wit_dir();
     let mut resolve = wit_parser::Resolve::default();
-    for dep in ["io", "clocks", "random", "filesystem", "sockets", "cli", "http", "config"] {
+    for dep in [
+        "io",
+        "clocks",
+        "random",
+        "filesystem",
+        "sockets",
+        "cli",
+        "http",
+        "config",
+    ] {
         resolve
             .push_path(wit.join("deps").join(dep))
             .unwrap_or_else(|e| panic!("wit/deps/{dep}: {e:#}"));
     }
-    for package in ["tensor-0.1.0", "scheduler-0.1.0", "cuda-0.1.0", "platform-0.1.0"] {
+    for package in [
+        "tensor-0.1.0",
+        "scheduler-0.1.0",
+        "cuda-0.1.0",
+        "platform-0.1.0",
+    ] {
         resolve
             .push_path(wit.join(package))
             .unwrap_or_else(|e| panic!("wit/{package}: {e:#}"));
@@ -86,8 +113,15 @@ fn wit_packages_resolve_with_their_deps() {
             .keys()
             .map(|k| resolve.name_world_key(k))
             .collect();
-        for want in ["wasi:tensor/ops@0.1.0", "wasi:cuda/kernels@0.1.0", "wasi:scheduler/cooperative@0.1.0"] {
-            assert!(imports.iter().any(|i| i == want), "{world} lacks {want}: {imports:?}");
+        for want in [
+            "wasi:tensor/ops@0.1.0",
+            "wasi:cuda/kernels@0.1.0",
+            "wasi:scheduler/cooperative@0.1.0",
+        ] {
+            assert!(
+                imports.iter().any(|i| i == want),
+                "{world} lacks {want}: {imports:?}"
+            );
         }
     }
 }

@@ -34,7 +34,9 @@ pub fn run(args: RunArgs) -> Result<u8> {
         .exports(&engine)
         .any(|(name, _)| name.starts_with(RUN));
     if !exports_run {
-        bail!("{origin}: does not export {RUN}; a job is a command component (build a Rust `bin` for wasm32-wasip2)");
+        bail!(
+            "{origin}: does not export {RUN}; a job is a command component (build a Rust `bin` for wasm32-wasip2)"
+        );
     }
     let linker = load::linker(&engine)?;
     let metrics = Metrics::new();
@@ -59,7 +61,9 @@ pub fn run(args: RunArgs) -> Result<u8> {
         .path
         .file_stem()
         .map_or("job".to_string(), |s| s.to_string_lossy().into_owned());
-    let argv = std::iter::once(program).chain(args.args.iter().cloned()).collect();
+    let argv = std::iter::once(program)
+        .chain(args.args.iter().cloned())
+        .collect();
     let grants = GrantSet::new(grants, tensors).for_job(argv);
     let started = Instant::now();
     let state = RequestState::new(&grants, args.engine.max_memory, started, args.timeout)?;
@@ -80,7 +84,12 @@ pub fn run(args: RunArgs) -> Result<u8> {
         });
         let command = Command::instantiate_async(&mut store, &component, &linker)
             .await
-            .map_err(|e| anyhow!("{origin}: cannot instantiate: {}", load::first_line(&e.into())))?;
+            .map_err(|e| {
+                anyhow!(
+                    "{origin}: cannot instantiate: {}",
+                    load::first_line(&e.into())
+                )
+            })?;
         match command.wasi_cli_run().call_run(&mut store).await {
             Ok(Ok(())) => Ok(0),
             Ok(Err(())) => Ok(1),

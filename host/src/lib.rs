@@ -6,10 +6,10 @@
 #![deny(missing_docs)]
 
 pub mod body;
-pub mod cuda;
 pub mod cache;
 pub mod cli;
 pub mod compose;
+pub mod cuda;
 pub mod deploy;
 pub mod deployment;
 pub mod engine;

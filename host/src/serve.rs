@@ -11,9 +11,9 @@ use crate::load::{self, Kind};
 use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::server::{self, Host};
-use anyhow::{Context, Result, anyhow};
 use crate::tensor::TensorHost;
 use crate::tensor::cpu::CpuBackend;
+use anyhow::{Context, Result, anyhow};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -111,7 +111,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
             spec.route.path.as_deref().unwrap_or("/")
         );
         let tensors = tensor_host
-            .tenant(&spec.tenant, spec.limits.tensor_memory, &spec.grants.weights)
+            .tenant(
+                &spec.tenant,
+                spec.limits.tensor_memory,
+                &spec.grants.weights,
+            )
             .map_err(context)?;
         deployments.push(Arc::new(Deployment::new(
             spec,

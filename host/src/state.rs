@@ -6,7 +6,7 @@
 use crate::cuda::{CudaStateView, CudaView};
 use crate::deploy::Grants;
 use crate::scheduler::{SchedulerCtx, SchedulerStateView};
-use crate::tensor::{TensorCtx, TensorStateView, TensorView, TenantTensors};
+use crate::tensor::{TenantTensors, TensorCtx, TensorStateView, TensorView};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::ResourceLimiter;

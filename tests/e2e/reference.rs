@@ -23,7 +23,11 @@ pub fn indices(shape: &[usize]) -> Vec<Vec<usize>> {
     let n: usize = shape.iter().product();
     let st = strides(shape);
     (0..n)
-        .map(|flat| (0..shape.len()).map(|d| (flat / st[d]) % shape[d]).collect())
+        .map(|flat| {
+            (0..shape.len())
+                .map(|d| (flat / st[d]) % shape[d])
+                .collect()
+        })
         .collect()
 }
 
@@ -31,7 +35,10 @@ impl Nd {
     /// A new array.
     pub fn new(shape: &[usize], data: Vec<f64>) -> Self {
         assert_eq!(shape.iter().product::<usize>(), data.len());
-        Self { shape: shape.to_vec(), data }
+        Self {
+            shape: shape.to_vec(),
+            data,
+        }
     }
 
     /// Element at a multi-index.
@@ -62,8 +69,16 @@ pub fn broadcast(a: &[usize], b: &[usize]) -> Vec<usize> {
     let r = a.len().max(b.len());
     (0..r)
         .map(|i| {
-            let da = if i + a.len() >= r { a[i + a.len() - r] } else { 1 };
-            let db = if i + b.len() >= r { b[i + b.len() - r] } else { 1 };
+            let da = if i + a.len() >= r {
+                a[i + a.len() - r]
+            } else {
+                1
+            };
+            let db = if i + b.len() >= r {
+                b[i + b.len() - r]
+            } else {
+                1
+            };
             if da == 1 { db } else { da }
         })
         .collect()
@@ -110,7 +125,11 @@ pub fn erf(x: f64) -> f64 {
 /// Batched matmul with transposes and broadcast batch dimensions.
 pub fn matmul(a: &Nd, b: &Nd, ta: bool, tb: bool) -> Nd {
     let (ar, br) = (a.shape.len(), b.shape.len());
-    let (m, k) = if ta { (a.shape[ar - 1], a.shape[ar - 2]) } else { (a.shape[ar - 2], a.shape[ar - 1]) };
+    let (m, k) = if ta {
+        (a.shape[ar - 1], a.shape[ar - 2])
+    } else {
+        (a.shape[ar - 2], a.shape[ar - 1])
+    };
     let n = if tb { b.shape[br - 2] } else { b.shape[br - 1] };
     let batch = broadcast(&a.shape[..ar - 2], &b.shape[..br - 2]);
     let mut shape = batch.clone();
@@ -128,8 +147,16 @@ pub fn matmul(a: &Nd, b: &Nd, ta: bool, tb: bool) -> Nd {
         };
         (0..k)
             .map(|p| {
-                let av = if ta { pick(a, p, i, ar) } else { pick(a, i, p, ar) };
-                let bv = if tb { pick(b, j, p, br) } else { pick(b, p, j, br) };
+                let av = if ta {
+                    pick(a, p, i, ar)
+                } else {
+                    pick(a, i, p, ar)
+                };
+                let bv = if tb {
+                    pick(b, j, p, br)
+                } else {
+                    pick(b, p, j, br)
+                };
                 av * bv
             })
             .sum()
@@ -141,9 +168,7 @@ pub fn softmax(x: &Nd, axis: usize, causal: bool) -> Nd {
     let r = x.shape.len();
     Nd::from_fn(&x.shape, |idx| {
         let len = x.shape[axis];
-        let allowed = |t: usize| {
-            !causal || t <= idx[r - 2] + (x.shape[r - 1] - x.shape[r - 2])
-        };
+        let allowed = |t: usize| !causal || t <= idx[r - 2] + (x.shape[r - 1] - x.shape[r - 2]);
         if !allowed(idx[axis]) {
             return 0.0;
         }
@@ -166,7 +191,11 @@ pub fn norm(x: &Nd, w: Option<&Nd>, b: Option<&Nd>, eps: f64, rms: bool) -> Nd {
     let d = *x.shape.last().unwrap();
     let mut out = x.clone();
     for row in out.data.chunks_mut(d.max(1)) {
-        let mean = if rms { 0.0 } else { row.iter().sum::<f64>() / d as f64 };
+        let mean = if rms {
+            0.0
+        } else {
+            row.iter().sum::<f64>() / d as f64
+        };
         let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / d as f64;
         for (i, v) in row.iter_mut().enumerate() {
             *v = (*v - mean) / (var + eps).sqrt() * w.map_or(1.0, |w| w.data[i])
@@ -200,15 +229,24 @@ pub fn attention(q: &Nd, k: &Nd, v: &Nd, mask: Option<&Nd>, scale: f64, causal: 
             for i in 0..sq {
                 let mut s: Vec<f64> = (0..sk)
                     .map(|j| {
-                        let dot: f64 = (0..d).map(|t| q.at(&[bi, h, i, t]) * k.at(&[bi, kh, j, t])).sum();
+                        let dot: f64 = (0..d)
+                            .map(|t| q.at(&[bi, h, i, t]) * k.at(&[bi, kh, j, t]))
+                            .sum();
                         dot * scale + mask.map_or(0.0, |m| m.at_broadcast(&[bi, h, i, j]))
                     })
                     .collect();
                 let limit = if causal { i + (sk - sq) } else { sk - 1 };
-                let max = s[..=limit].iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let max = s[..=limit]
+                    .iter()
+                    .cloned()
+                    .fold(f64::NEG_INFINITY, f64::max);
                 let sum: f64 = s[..=limit].iter().map(|x| (x - max).exp()).sum();
                 for (j, x) in s.iter_mut().enumerate() {
-                    *x = if j <= limit { (*x - max).exp() / sum } else { 0.0 };
+                    *x = if j <= limit {
+                        (*x - max).exp() / sum
+                    } else {
+                        0.0
+                    };
                 }
                 for c in 0..dv {
                     let val: f64 = (0..sk).map(|j| s[j] * v.at(&[bi, kh, j, c])).sum();
@@ -308,7 +346,11 @@ pub fn top_k(x: &Nd, k: usize) -> (Nd, Nd) {
     let mut shape = x.shape.clone();
     *shape.last_mut().unwrap() = k;
     let (mut vals, mut idxs) = (Vec::new(), Vec::new());
-    for row in x.data.chunks(len.max(1)).take(if len == 0 { 0 } else { x.data.len() / len }) {
+    for row in x
+        .data
+        .chunks(len.max(1))
+        .take(x.data.len().checked_div(len).unwrap_or(0))
+    {
         let mut order: Vec<usize> = (0..len).collect();
         order.sort_by(|&a, &b| row[b].partial_cmp(&row[a]).unwrap().then(a.cmp(&b)));
         for &i in &order[..k] {

@@ -22,7 +22,7 @@ fn write_safetensors(path: &Path) {
         "ids": {"dtype": "I64", "shape": [2], "data_offsets": [36, 52]},
     })
     .to_string();
-    while header.len() % 8 != 0 {
+    while !header.len().is_multiple_of(8) {
         header.push(' ');
     }
     let mut file = (header.len() as u64).to_le_bytes().to_vec();
@@ -40,12 +40,21 @@ fn rows(v: &Value) -> Vec<Vec<f64>> {
     v.as_array()
         .unwrap()
         .iter()
-        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect())
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect()
+        })
         .collect()
 }
 
 fn nd(rows: &[Vec<f64>]) -> Nd {
-    Nd::new(&[rows.len(), rows[0].len()], rows.iter().flatten().copied().collect())
+    Nd::new(
+        &[rows.len(), rows[0].len()],
+        rows.iter().flatten().copied().collect(),
+    )
 }
 
 fn assert_rows_close(got: &[Vec<f64>], want: &Nd) {
@@ -85,14 +94,29 @@ grants = {{ weights = {{ model = "model.safetensors" }} }}
     .unwrap();
     let server = Server::start(&[file.to_str().unwrap()], &dir.join("cache"));
     let post = |path: &str, body: &Value| {
-        request(server.addr, "POST", path, &[("host", "svc.test")], body.to_string().as_bytes())
+        request(
+            server.addr,
+            "POST",
+            path,
+            &[("host", "svc.test")],
+            body.to_string().as_bytes(),
+        )
     };
 
     // wasi:tensor: an MLP and an attention block, checked against f64.
     let x = vec![vec![0.5, -1.0, 2.0], vec![1.5, 0.25, -0.75]];
-    let w1 = vec![vec![0.1, -0.2, 0.3, 0.4], vec![0.5, 0.6, -0.7, 0.8], vec![-0.9, 1.0, 1.1, -1.2]];
+    let w1 = vec![
+        vec![0.1, -0.2, 0.3, 0.4],
+        vec![0.5, 0.6, -0.7, 0.8],
+        vec![-0.9, 1.0, 1.1, -1.2],
+    ];
     let b1 = vec![0.01, -0.02, 0.03, 0.5];
-    let w2 = vec![vec![1.0, -1.0], vec![0.5, 0.5], vec![-0.25, 2.0], vec![0.75, 0.0]];
+    let w2 = vec![
+        vec![1.0, -1.0],
+        vec![0.5, 0.5],
+        vec![-0.25, 2.0],
+        vec![0.75, 0.0],
+    ];
     let resp = post(
         "/mlp",
         &json!({"input": x, "layers": [
@@ -101,13 +125,29 @@ grants = {{ weights = {{ model = "model.safetensors" }} }}
     );
     assert_eq!(resp.status, 200, "{}", resp.text());
     let h = r::unary(
-        &r::binary(&r::matmul(&nd(&x), &nd(&w1), false, false), &Nd::new(&[4], b1.clone()), |a, b| a + b),
+        &r::binary(
+            &r::matmul(&nd(&x), &nd(&w1), false, false),
+            &Nd::new(&[4], b1.clone()),
+            |a, b| a + b,
+        ),
         |v| v.max(0.0),
     );
-    assert_rows_close(&rows(&json_of(&resp)["output"]), &r::matmul(&h, &nd(&w2), false, false));
+    assert_rows_close(
+        &rows(&json_of(&resp)["output"]),
+        &r::matmul(&h, &nd(&w2), false, false),
+    );
 
-    let ident = vec![vec![1.0, 0.0, 0.0, 0.0], vec![0.0, 1.0, 0.0, 0.0], vec![0.0, 0.0, 1.0, 0.0], vec![0.0, 0.0, 0.0, 1.0]];
-    let seq = vec![vec![0.1, 0.2, 0.3, 0.4], vec![-0.5, 0.6, 0.7, -0.8], vec![0.9, -1.0, 1.1, 1.2]];
+    let ident = vec![
+        vec![1.0, 0.0, 0.0, 0.0],
+        vec![0.0, 1.0, 0.0, 0.0],
+        vec![0.0, 0.0, 1.0, 0.0],
+        vec![0.0, 0.0, 0.0, 1.0],
+    ];
+    let seq = vec![
+        vec![0.1, 0.2, 0.3, 0.4],
+        vec![-0.5, 0.6, 0.7, -0.8],
+        vec![0.9, -1.0, 1.1, 1.2],
+    ];
     let resp = post(
         "/attention",
         &json!({"x": seq, "wq": ident, "wk": ident, "wv": ident, "wo": ident, "heads": 2, "causal": true}),
@@ -118,19 +158,33 @@ grants = {{ weights = {{ model = "model.safetensors" }} }}
     let split = r::permute(&Nd::new(&[1, 3, 2, 2], xs.data.clone()), &[0, 2, 1, 3]);
     let att = r::attention(&split, &split, &split, None, 1.0 / 2f64.sqrt(), true);
     let merged = r::permute(&att, &[0, 2, 1, 3]);
-    assert_rows_close(&rows(&json_of(&resp)["output"]), &Nd::new(&[3, 4], merged.data));
+    assert_rows_close(
+        &rows(&json_of(&resp)["output"]),
+        &Nd::new(&[3, 4], merged.data),
+    );
     // A tensor error in a service is a 422 with the variant.
-    let resp = post("/mlp", &json!({"input": [[1.0, 2.0]], "layers": [{"weight": [[1.0, 2.0, 3.0]]}]}));
+    let resp = post(
+        "/mlp",
+        &json!({"input": [[1.0, 2.0]], "layers": [{"weight": [[1.0, 2.0, 3.0]]}]}),
+    );
     assert_eq!(resp.status, 422);
     assert!(resp.text().contains("invalid-shape"), "{}", resp.text());
 
     // wasi:tensor/weights: granted file, listed in file order, read back.
     let v = json_of(&server.get("/weights?name=model&tensor=w"));
-    let names: Vec<&str> = v["tensors"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = v["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["w", "b", "ids"]);
     assert_eq!(v["tensors"][2]["dtype"], "i64");
     assert_eq!(v["tensor"]["shape"], json!([2, 3]));
-    assert_eq!(v["tensor"]["data"], json!([1.0, -2.0, 3.5, 0.25, 5.0, -6.0]));
+    assert_eq!(
+        v["tensor"]["data"],
+        json!([1.0, -2.0, 3.5, 0.25, 5.0, -6.0])
+    );
     let v = json_of(&server.get("/weights?name=model&tensor=ids"));
     assert_eq!(v["tensor"]["data"], json!([7, -3]));
     let v = json_of(&server.get("/weights?name=other"));
@@ -152,7 +206,11 @@ grants = {{ weights = {{ model = "model.safetensors" }} }}
 
     // Weights are not charged to the tenant, and nothing is left held.
     let m = server.metrics();
-    assert_eq!(metric(&m, "tensorwasm_tensor_bytes", &["tenant=\"acme\""]), 0.0, "{m}");
+    assert_eq!(
+        metric(&m, "tensorwasm_tensor_bytes", &["tenant=\"acme\""]),
+        0.0,
+        "{m}"
+    );
 }
 
 #[test]
@@ -196,7 +254,13 @@ limits = {{ tensor-memory = "64MiB" }}
             .to_string();
             let mut n = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) || n < 20 {
-                let resp = request(addr, "POST", "/op", &[("host", "steady.test")], body.as_bytes());
+                let resp = request(
+                    addr,
+                    "POST",
+                    "/op",
+                    &[("host", "steady.test")],
+                    body.as_bytes(),
+                );
                 assert_eq!(resp.status, 200, "{}", resp.text());
                 assert_eq!(json_of(&resp)["data"], json!([19.0, 22.0, 43.0, 50.0]));
                 n += 1;
@@ -226,10 +290,17 @@ limits = {{ tensor-memory = "64MiB" }}
     }
     // Many at once against the same cap.
     let handles: Vec<_> = (0..8)
-        .map(|_| std::thread::spawn(move || request(addr, "GET", "/leak?mb=4", &[("host", "greedy.test")], b"").status))
+        .map(|_| {
+            std::thread::spawn(move || {
+                request(addr, "GET", "/leak?mb=4", &[("host", "greedy.test")], b"").status
+            })
+        })
         .collect();
     let statuses: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    assert!(statuses.iter().all(|s| *s == 200 || *s == 422), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 422),
+        "{statuses:?}"
+    );
     assert!(statuses.contains(&200), "{statuses:?}");
 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -239,9 +310,24 @@ limits = {{ tensor-memory = "64MiB" }}
 
     // Accounting is back to zero for both tenants.
     let m = server.metrics();
-    assert_eq!(metric(&m, "tensorwasm_tensor_bytes", &["tenant=\"greedy\""]), 0.0, "{m}");
-    assert_eq!(metric(&m, "tensorwasm_tensor_bytes", &["tenant=\"steady\""]), 0.0, "{m}");
-    assert!(metric(&m, "tensorwasm_guest_traps_total", &["deployment=\"greedy\""]) >= 2.0, "{m}");
+    assert_eq!(
+        metric(&m, "tensorwasm_tensor_bytes", &["tenant=\"greedy\""]),
+        0.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "tensorwasm_tensor_bytes", &["tenant=\"steady\""]),
+        0.0,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "tensorwasm_guest_traps_total",
+            &["deployment=\"greedy\""]
+        ) >= 2.0,
+        "{m}"
+    );
     let log = server.log();
     assert!(log.contains("unknown handle index"), "{log}");
 }
@@ -249,7 +335,11 @@ limits = {{ tensor-memory = "64MiB" }}
 #[test]
 fn bad_weights_grants_are_refused_at_start() {
     let dir = scratch("tensor_bad_weights");
-    std::fs::write(dir.join("junk.safetensors"), b"\x10\0\0\0\0\0\0\0{not json}     ").unwrap();
+    std::fs::write(
+        dir.join("junk.safetensors"),
+        b"\x10\0\0\0\0\0\0\0{not json}     ",
+    )
+    .unwrap();
     for (weights, needle) in [
         ("missing.safetensors", "does not exist"),
         ("junk.safetensors", "not a valid safetensors file"),
@@ -263,10 +353,20 @@ fn bad_weights_grants_are_refused_at_start() {
             ),
         )
         .unwrap();
-        let (code, _, stderr) = run(&["serve", file.to_str().unwrap(), "--listen", "127.0.0.1:0", "--admin-listen", "off"]);
+        let (code, _, stderr) = run(&[
+            "serve",
+            file.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "off",
+        ]);
         assert_eq!(code, 1, "{stderr}");
         assert!(stderr.contains(needle), "{stderr}");
-        assert!(stderr.contains("error:") && !stderr.contains("panicked"), "{stderr}");
+        assert!(
+            stderr.contains("error:") && !stderr.contains("panicked"),
+            "{stderr}"
+        );
     }
 }
 
@@ -288,20 +388,49 @@ fn headless_jobs_run_with_tensor_access() {
     let weights = format!("model={}", dir.join("model.safetensors").display());
     let cache = dir.join("cache");
     let (code, out, err) = run(&[
-        "run", job.to_str().unwrap(), "--cache-dir", cache.to_str().unwrap(),
-        "--weights", &weights, "--timeout", "30s", "--", "48", "model",
+        "run",
+        job.to_str().unwrap(),
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--weights",
+        &weights,
+        "--timeout",
+        "30s",
+        "--",
+        "48",
+        "model",
     ]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains(&format!("checksum {}\n", job_checksum(48))), "{out}");
+    assert!(
+        out.contains(&format!("checksum {}\n", job_checksum(48))),
+        "{out}"
+    );
     assert!(out.contains("weight w [2, 3] Dtype::F32"), "{out}");
-    assert!(out.contains("scheduler YieldStatus::Continue remaining Some("), "{out}");
+    assert!(
+        out.contains("scheduler YieldStatus::Continue remaining Some("),
+        "{out}"
+    );
     assert!(!err.contains("INFO"), "a job's stderr is its own: {err}");
     // Past its tensor cap: the job sees quota-exceeded and fails.
-    let (code, _, err) = run(&["run", job.to_str().unwrap(), "--cache-dir", cache.to_str().unwrap(), "--tensor-memory", "1KiB", "--", "48"]);
+    let (code, _, err) = run(&[
+        "run",
+        job.to_str().unwrap(),
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--tensor-memory",
+        "1KiB",
+        "--",
+        "48",
+    ]);
     assert_eq!(code, 1);
     assert!(err.contains("tensor quota exceeded"), "{err}");
     // A served component is not a job.
-    let (code, _, err) = run(&["run", guest("hello").to_str().unwrap(), "--cache-dir", cache.to_str().unwrap()]);
+    let (code, _, err) = run(&[
+        "run",
+        guest("hello").to_str().unwrap(),
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ]);
     assert_eq!(code, 1);
     assert!(err.contains("does not export wasi:cli/run"), "{err}");
 }

@@ -63,21 +63,35 @@ impl Ops {
     fn start(name: &str) -> Self {
         let dir = scratch(name);
         let server = Server::start(
-            &[guest("tensor_probe").to_str().unwrap(), "--max-memory", "512MiB"],
+            &[
+                guest("tensor_probe").to_str().unwrap(),
+                "--max-memory",
+                "512MiB",
+            ],
             &dir.join("cache"),
         );
-        Ops { server, rng: Rng::new() }
+        Ops {
+            server,
+            rng: Rng::new(),
+        }
     }
 
     /// A random tensor of `shape`, rounded to `dtype`, in [lo, hi).
     fn rand(&mut self, shape: &[usize], dtype: &str, lo: f64, hi: f64) -> (Nd, String) {
         let n = shape.iter().product();
-        let data = (0..n).map(|_| quantize(self.rng.uniform(lo, hi), dtype)).collect();
+        let data = (0..n)
+            .map(|_| quantize(self.rng.uniform(lo, hi), dtype))
+            .collect();
         (Nd::new(shape, data), dtype.to_string())
     }
 
     /// Runs `op`; Ok(result JSON) or Err(error kind).
-    fn call(&self, op: &str, inputs: &[Option<&(Nd, String)>], args: Value) -> Result<Value, String> {
+    fn call(
+        &self,
+        op: &str,
+        inputs: &[Option<&(Nd, String)>],
+        args: Value,
+    ) -> Result<Value, String> {
         let inputs: Vec<Value> = inputs
             .iter()
             .map(|t| match t {
@@ -97,7 +111,15 @@ impl Ops {
     }
 
     /// Runs `op` and checks its single result against `want`.
-    fn check(&self, label: &str, op: &str, inputs: &[Option<&(Nd, String)>], args: Value, want: &Nd, dtype: &str) {
+    fn check(
+        &self,
+        label: &str,
+        op: &str,
+        inputs: &[Option<&(Nd, String)>],
+        args: Value,
+        want: &Nd,
+        dtype: &str,
+    ) {
         let got = self
             .call(op, inputs, args)
             .unwrap_or_else(|e| panic!("{label}: {op} failed with {e}"));
@@ -115,8 +137,18 @@ fn tolerance(dtype: &str) -> f64 {
 }
 
 fn to_nd(v: &Value) -> Nd {
-    let shape: Vec<usize> = v["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
-    let data: Vec<f64> = v["data"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    let shape: Vec<usize> = v["shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_u64().unwrap() as usize)
+        .collect();
+    let data: Vec<f64> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
     Nd::new(&shape, data)
 }
 
@@ -136,6 +168,9 @@ fn assert_close(label: &str, got: &Value, want: &Nd, dtype: &str) {
     }
 }
 
+/// An op, its inputs, its arguments and the error kind it must give.
+type Case<'a> = (&'a str, Vec<Option<&'a (Nd, String)>>, Value, &'a str);
+
 const FLOATS: [&str; 3] = ["f32", "f16", "bf16"];
 
 #[test]
@@ -144,12 +179,37 @@ fn every_float_op_matches_an_f64_reference() {
     for dt in FLOATS {
         let l = |op: &str| format!("{op} [{dt}]");
         // matmul: broadcast batch, all transpose combinations.
-        let (m, k, n) = (1 + t.rng.below(7) as usize, 1 + t.rng.below(9) as usize, 1 + t.rng.below(6) as usize);
+        let (m, k, n) = (
+            1 + t.rng.below(7) as usize,
+            1 + t.rng.below(9) as usize,
+            1 + t.rng.below(6) as usize,
+        );
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-            let a = t.rand(&if ta { vec![2, 1, k, m] } else { vec![2, 1, m, k] }, dt, -1.0, 1.0);
-            let b = t.rand(&if tb { vec![3, n, k] } else { vec![3, k, n] }, dt, -1.0, 1.0);
+            let a = t.rand(
+                &if ta {
+                    vec![2, 1, k, m]
+                } else {
+                    vec![2, 1, m, k]
+                },
+                dt,
+                -1.0,
+                1.0,
+            );
+            let b = t.rand(
+                &if tb { vec![3, n, k] } else { vec![3, k, n] },
+                dt,
+                -1.0,
+                1.0,
+            );
             let want = r::matmul(&a.0, &b.0, ta, tb);
-            t.check(&l("matmul"), "matmul", &[Some(&a), Some(&b)], json!({"ta": ta, "tb": tb}), &want, dt);
+            t.check(
+                &l("matmul"),
+                "matmul",
+                &[Some(&a), Some(&b)],
+                json!({"ta": ta, "tb": tb}),
+                &want,
+                dt,
+            );
         }
         // Elementwise with broadcasting, rank 0 and zero-size.
         let a = t.rand(&[4, 1, 5], dt, -2.0, 2.0);
@@ -160,20 +220,55 @@ fn every_float_op_matches_an_f64_reference() {
             ("mul", |x, y| x * y),
             ("div", |x, y| x / y),
         ] {
-            t.check(&l(op), op, &[Some(&a), Some(&b)], json!({}), &r::binary(&a.0, &b.0, f), dt);
+            t.check(
+                &l(op),
+                op,
+                &[Some(&a), Some(&b)],
+                json!({}),
+                &r::binary(&a.0, &b.0, f),
+                dt,
+            );
         }
         let s = t.rand(&[], dt, -2.0, 2.0);
         let m2 = t.rand(&[2, 3], dt, -2.0, 2.0);
-        t.check(&l("add rank0"), "add", &[Some(&s), Some(&m2)], json!({}), &r::binary(&s.0, &m2.0, |x, y| x + y), dt);
+        t.check(
+            &l("add rank0"),
+            "add",
+            &[Some(&s), Some(&m2)],
+            json!({}),
+            &r::binary(&s.0, &m2.0, |x, y| x + y),
+            dt,
+        );
         let z = t.rand(&[0, 3], dt, -1.0, 1.0);
         let row = t.rand(&[3], dt, -1.0, 1.0);
-        t.check(&l("add empty"), "add", &[Some(&z), Some(&row)], json!({}), &r::binary(&z.0, &row.0, |x, y| x + y), dt);
-        t.check(&l("scale"), "scale", &[Some(&a)], json!({"factor": 0.37}), &r::unary(&a.0, |x| x * 0.37f32 as f64), dt);
+        t.check(
+            &l("add empty"),
+            "add",
+            &[Some(&z), Some(&row)],
+            json!({}),
+            &r::binary(&z.0, &row.0, |x, y| x + y),
+            dt,
+        );
+        t.check(
+            &l("scale"),
+            "scale",
+            &[Some(&a)],
+            json!({"factor": 0.37}),
+            &r::unary(&a.0, |x| x * 0.37f32 as f64),
+            dt,
+        );
         // Unary activations.
         let x = t.rand(&[3, 7], dt, -4.0, 4.0);
         for (op, f) in [
-            ("gelu", (|v: f64| 0.5 * v * (1.0 + r::erf(v / std::f64::consts::SQRT_2))) as fn(f64) -> f64),
-            ("gelu-tanh", |v| 0.5 * v * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v.powi(3))).tanh())),
+            (
+                "gelu",
+                (|v: f64| 0.5 * v * (1.0 + r::erf(v / std::f64::consts::SQRT_2))) as fn(f64) -> f64,
+            ),
+            ("gelu-tanh", |v| {
+                0.5 * v
+                    * (1.0
+                        + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v.powi(3))).tanh())
+            }),
             ("silu", |v| v / (1.0 + (-v).exp())),
             ("relu", |v| v.max(0.0)),
             ("tanh", f64::tanh),
@@ -181,19 +276,68 @@ fn every_float_op_matches_an_f64_reference() {
         ] {
             t.check(&l(op), op, &[Some(&x)], json!({}), &r::unary(&x.0, f), dt);
         }
-        t.check(&l("exp rank0"), "exp", &[Some(&s)], json!({}), &r::unary(&s.0, f64::exp), dt);
+        t.check(
+            &l("exp rank0"),
+            "exp",
+            &[Some(&s)],
+            json!({}),
+            &r::unary(&s.0, f64::exp),
+            dt,
+        );
         // Softmax: last axis, a middle axis, causal.
         let sm = t.rand(&[2, 3, 5], dt, -3.0, 3.0);
-        t.check(&l("softmax"), "softmax", &[Some(&sm)], json!({"axis": -1}), &r::softmax(&sm.0, 2, false), dt);
-        t.check(&l("softmax axis 1"), "softmax", &[Some(&sm)], json!({"axis": 1}), &r::softmax(&sm.0, 1, false), dt);
-        t.check(&l("causal softmax"), "softmax", &[Some(&sm)], json!({"axis": -1, "causal": true}), &r::softmax(&sm.0, 2, true), dt);
+        t.check(
+            &l("softmax"),
+            "softmax",
+            &[Some(&sm)],
+            json!({"axis": -1}),
+            &r::softmax(&sm.0, 2, false),
+            dt,
+        );
+        t.check(
+            &l("softmax axis 1"),
+            "softmax",
+            &[Some(&sm)],
+            json!({"axis": 1}),
+            &r::softmax(&sm.0, 1, false),
+            dt,
+        );
+        t.check(
+            &l("causal softmax"),
+            "softmax",
+            &[Some(&sm)],
+            json!({"axis": -1, "causal": true}),
+            &r::softmax(&sm.0, 2, true),
+            dt,
+        );
         // Norms.
         let nx = t.rand(&[4, 16], dt, -3.0, 3.0);
         let w = t.rand(&[16], dt, 0.5, 1.5);
         let bias = t.rand(&[16], dt, -0.5, 0.5);
-        t.check(&l("layer-norm"), "layer-norm", &[Some(&nx), Some(&w), Some(&bias)], json!({"eps": 1e-5}), &r::norm(&nx.0, Some(&w.0), Some(&bias.0), 1e-5f32 as f64, false), dt);
-        t.check(&l("layer-norm bare"), "layer-norm", &[Some(&nx), None, None], json!({"eps": 1e-5}), &r::norm(&nx.0, None, None, 1e-5f32 as f64, false), dt);
-        t.check(&l("rms-norm"), "rms-norm", &[Some(&nx), Some(&w)], json!({"eps": 1e-6}), &r::norm(&nx.0, Some(&w.0), None, 1e-6f32 as f64, true), dt);
+        t.check(
+            &l("layer-norm"),
+            "layer-norm",
+            &[Some(&nx), Some(&w), Some(&bias)],
+            json!({"eps": 1e-5}),
+            &r::norm(&nx.0, Some(&w.0), Some(&bias.0), 1e-5f32 as f64, false),
+            dt,
+        );
+        t.check(
+            &l("layer-norm bare"),
+            "layer-norm",
+            &[Some(&nx), None, None],
+            json!({"eps": 1e-5}),
+            &r::norm(&nx.0, None, None, 1e-5f32 as f64, false),
+            dt,
+        );
+        t.check(
+            &l("rms-norm"),
+            "rms-norm",
+            &[Some(&nx), Some(&w)],
+            json!({"eps": 1e-6}),
+            &r::norm(&nx.0, Some(&w.0), None, 1e-6f32 as f64, true),
+            dt,
+        );
         // Attention: grouped heads, mask, causal.
         let q = t.rand(&[2, 4, 3, 8], dt, -1.0, 1.0);
         let k = t.rand(&[2, 2, 5, 8], dt, -1.0, 1.0);
@@ -201,28 +345,91 @@ fn every_float_op_matches_an_f64_reference() {
         let mask = t.rand(&[1, 1, 3, 5], dt, -2.0, 0.0);
         let sc = (1.0f32 / 8f32.sqrt()) as f64;
         for causal in [false, true] {
-            t.check(&l("attention"), "attention", &[Some(&q), Some(&k), Some(&v), Some(&mask)], json!({"scale": sc, "causal": causal}), &r::attention(&q.0, &k.0, &v.0, Some(&mask.0), sc, causal), dt);
+            t.check(
+                &l("attention"),
+                "attention",
+                &[Some(&q), Some(&k), Some(&v), Some(&mask)],
+                json!({"scale": sc, "causal": causal}),
+                &r::attention(&q.0, &k.0, &v.0, Some(&mask.0), sc, causal),
+                dt,
+            );
         }
-        t.check(&l("attention bare"), "attention", &[Some(&q), Some(&k), Some(&v)], json!({"scale": sc}), &r::attention(&q.0, &k.0, &v.0, None, sc, false), dt);
+        t.check(
+            &l("attention bare"),
+            "attention",
+            &[Some(&q), Some(&k), Some(&v)],
+            json!({"scale": sc}),
+            &r::attention(&q.0, &k.0, &v.0, None, sc, false),
+            dt,
+        );
         // Embedding with i64 and i32 ids.
         let table = t.rand(&[10, 6], dt, -1.0, 1.0);
         for idt in ["i64", "i32"] {
             let ids = t.rand(&[2, 3], idt, 0.0, 10.0);
-            t.check(&l("embedding"), "embedding", &[Some(&table), Some(&ids)], json!({}), &r::embedding(&table.0, &ids.0), dt);
+            t.check(
+                &l("embedding"),
+                "embedding",
+                &[Some(&table), Some(&ids)],
+                json!({}),
+                &r::embedding(&table.0, &ids.0),
+                dt,
+            );
         }
         // Data movement.
         let c = t.rand(&[2, 3, 4], dt, -1.0, 1.0);
-        t.check(&l("reshape"), "reshape", &[Some(&c)], json!({"shape": [4, 6]}), &Nd::new(&[4, 6], c.0.data.clone()), dt);
-        t.check(&l("permute"), "permute", &[Some(&c)], json!({"dims": [2, 0, 1]}), &r::permute(&c.0, &[2, 0, 1]), dt);
-        t.check(&l("transpose"), "transpose", &[Some(&c)], json!({"axis0": -1, "axis1": 0}), &r::permute(&c.0, &[2, 1, 0]), dt);
-        t.check(&l("narrow"), "narrow", &[Some(&c)], json!({"axis": 1, "start": 1, "length": 2}), &r::narrow(&c.0, 1, 1, 2), dt);
+        t.check(
+            &l("reshape"),
+            "reshape",
+            &[Some(&c)],
+            json!({"shape": [4, 6]}),
+            &Nd::new(&[4, 6], c.0.data.clone()),
+            dt,
+        );
+        t.check(
+            &l("permute"),
+            "permute",
+            &[Some(&c)],
+            json!({"dims": [2, 0, 1]}),
+            &r::permute(&c.0, &[2, 0, 1]),
+            dt,
+        );
+        t.check(
+            &l("transpose"),
+            "transpose",
+            &[Some(&c)],
+            json!({"axis0": -1, "axis1": 0}),
+            &r::permute(&c.0, &[2, 1, 0]),
+            dt,
+        );
+        t.check(
+            &l("narrow"),
+            "narrow",
+            &[Some(&c)],
+            json!({"axis": 1, "start": 1, "length": 2}),
+            &r::narrow(&c.0, 1, 1, 2),
+            dt,
+        );
         let c2 = t.rand(&[2, 1, 4], dt, -1.0, 1.0);
         let c3 = t.rand(&[2, 5, 4], dt, -1.0, 1.0);
-        t.check(&l("concat"), "concat", &[Some(&c), Some(&c2), Some(&c3)], json!({"axis": 1}), &r::concat(&[&c.0, &c2.0, &c3.0], 1), dt);
+        t.check(
+            &l("concat"),
+            "concat",
+            &[Some(&c), Some(&c2), Some(&c3)],
+            json!({"axis": 1}),
+            &r::concat(&[&c.0, &c2.0, &c3.0], 1),
+            dt,
+        );
         // Rope, both layouts, with an offset.
         let rx = t.rand(&[2, 3, 5, 8], dt, -1.0, 1.0);
         for (layout, inter) in [("interleaved", true), ("half-split", false)] {
-            t.check(&l("rope"), "rope", &[Some(&rx)], json!({"offset": 7, "theta": 10000.0, "layout": layout}), &r::rope(&rx.0, 7, 10000.0, inter), dt);
+            t.check(
+                &l("rope"),
+                "rope",
+                &[Some(&rx)],
+                json!({"offset": 7, "theta": 10000.0, "layout": layout}),
+                &r::rope(&rx.0, 7, 10000.0, inter),
+                dt,
+            );
         }
         // Reductions.
         let red = t.rand(&[3, 5, 4], dt, -2.0, 2.0);
@@ -233,14 +440,48 @@ fn every_float_op_matches_an_f64_reference() {
         assert_close(&l("top-k values"), &tk["values"], &tv, dt);
         assert_eq!(to_nd(&tk["indices"]), ti, "top-k indices [{dt}]");
         let pm = t.rand(&[3, 5], "f32", 0.0, 2.0);
-        let pm = (Nd::new(&pm.0.shape, pm.0.data.iter().map(|v| v.floor()).collect()), pm.1);
-        t.check(&l("masked mean"), "mean", &[Some(&red), Some(&pm)], json!({"axis": 1}), &r::mean(&red.0, 1, Some(&pm.0)), dt);
-        t.check(&l("mean"), "mean", &[Some(&red)], json!({"axis": 0}), &r::mean(&red.0, 0, None), dt);
-        t.check(&l("l2-normalize"), "l2-normalize", &[Some(&red)], json!({"axis": -1, "eps": 1e-12}), &r::l2_normalize(&red.0, 2, 1e-12), dt);
+        let pm = (
+            Nd::new(&pm.0.shape, pm.0.data.iter().map(|v| v.floor()).collect()),
+            pm.1,
+        );
+        t.check(
+            &l("masked mean"),
+            "mean",
+            &[Some(&red), Some(&pm)],
+            json!({"axis": 1}),
+            &r::mean(&red.0, 1, Some(&pm.0)),
+            dt,
+        );
+        t.check(
+            &l("mean"),
+            "mean",
+            &[Some(&red)],
+            json!({"axis": 0}),
+            &r::mean(&red.0, 0, None),
+            dt,
+        );
+        t.check(
+            &l("l2-normalize"),
+            "l2-normalize",
+            &[Some(&red)],
+            json!({"axis": -1, "eps": 1e-12}),
+            &r::l2_normalize(&red.0, 2, 1e-12),
+            dt,
+        );
         // Cast to every float dtype.
         for to in FLOATS {
-            let want = Nd::new(&red.0.shape, red.0.data.iter().map(|&v| quantize(v, to)).collect());
-            t.check(&format!("cast {dt}→{to}"), "cast", &[Some(&red)], json!({"dtype": to}), &want, to);
+            let want = Nd::new(
+                &red.0.shape,
+                red.0.data.iter().map(|&v| quantize(v, to)).collect(),
+            );
+            t.check(
+                &format!("cast {dt}→{to}"),
+                "cast",
+                &[Some(&red)],
+                json!({"dtype": to}),
+                &want,
+                to,
+            );
         }
     }
 }
@@ -249,23 +490,42 @@ fn every_float_op_matches_an_f64_reference() {
 fn integer_ops_and_large_and_edge_shapes() {
     let mut t = Ops::start("tensor_int_ops");
     for dt in ["i32", "i64", "u8"] {
-        let (lo, hi) = if dt == "u8" { (0.0, 15.0) } else { (-50.0, 50.0) };
+        let (lo, hi) = if dt == "u8" {
+            (0.0, 15.0)
+        } else {
+            (-50.0, 50.0)
+        };
         let a = t.rand(&[2, 1, 4], dt, lo, hi);
         let b = t.rand(&[3, 4], dt, lo, hi);
-        for (op, f) in [("add", (|x, y| x + y) as fn(f64, f64) -> f64), ("sub", |x, y| x - y), ("mul", |x, y| x * y)] {
+        for (op, f) in [
+            ("add", (|x, y| x + y) as fn(f64, f64) -> f64),
+            ("sub", |x, y| x - y),
+            ("mul", |x, y| x * y),
+        ] {
             if dt == "u8" && op == "sub" {
                 continue; // wraps; checked below
             }
             let got = t.call(op, &[Some(&a), Some(&b)], json!({})).unwrap();
             let want = r::binary(&a.0, &b.0, f);
-            let want = if dt == "u8" { Nd::new(&want.shape, want.data.iter().map(|v| (*v as i64 as u8) as f64).collect()) } else { want };
+            let want = if dt == "u8" {
+                Nd::new(
+                    &want.shape,
+                    want.data.iter().map(|v| (*v as i64 as u8) as f64).collect(),
+                )
+            } else {
+                want
+            };
             assert_eq!(to_nd(&got), want, "{op} [{dt}]");
             assert_eq!(got["dtype"], dt);
         }
         let c = t.rand(&[2, 3, 4], dt, lo, hi);
-        let got = t.call("permute", &[Some(&c)], json!({"dims": [1, 2, 0]})).unwrap();
+        let got = t
+            .call("permute", &[Some(&c)], json!({"dims": [1, 2, 0]}))
+            .unwrap();
         assert_eq!(to_nd(&got), r::permute(&c.0, &[1, 2, 0]), "permute [{dt}]");
-        let got = t.call("concat", &[Some(&c), Some(&c)], json!({"axis": -1})).unwrap();
+        let got = t
+            .call("concat", &[Some(&c), Some(&c)], json!({"axis": -1}))
+            .unwrap();
         assert_eq!(to_nd(&got), r::concat(&[&c.0, &c.0], 2), "concat [{dt}]");
         let got = t.call("argmax", &[Some(&c)], json!({"axis": -1})).unwrap();
         assert_eq!(to_nd(&got), r::argmax(&c.0, 2), "argmax [{dt}]");
@@ -273,34 +533,112 @@ fn integer_ops_and_large_and_edge_shapes() {
     // Integer division truncates; by zero is an error.
     let a = (Nd::new(&[4], vec![7.0, -7.0, 9.0, 0.0]), "i64".to_string());
     let b = (Nd::new(&[4], vec![2.0, 2.0, -4.0, 5.0]), "i64".to_string());
-    assert_eq!(to_nd(&t.call("div", &[Some(&a), Some(&b)], json!({})).unwrap()).data, vec![3.0, -3.0, -2.0, 0.0]);
+    assert_eq!(
+        to_nd(&t.call("div", &[Some(&a), Some(&b)], json!({})).unwrap()).data,
+        vec![3.0, -3.0, -2.0, 0.0]
+    );
     let zero = (Nd::new(&[4], vec![1.0, 0.0, 1.0, 1.0]), "i64".to_string());
-    assert_eq!(t.call("div", &[Some(&a), Some(&zero)], json!({})).unwrap_err(), "invalid-argument");
+    assert_eq!(
+        t.call("div", &[Some(&a), Some(&zero)], json!({}))
+            .unwrap_err(),
+        "invalid-argument"
+    );
     // u8 wraps; casts truncate, saturate, keep low bits.
     let u = (Nd::new(&[2], vec![1.0, 200.0]), "u8".to_string());
     let v = (Nd::new(&[2], vec![2.0, 100.0]), "u8".to_string());
-    assert_eq!(to_nd(&t.call("sub", &[Some(&u), Some(&v)], json!({})).unwrap()).data, vec![255.0, 100.0]);
-    let f = (Nd::new(&[4], vec![-2.75, 3.5, 1e10, -1e10]), "f32".to_string());
-    assert_eq!(to_nd(&t.call("cast", &[Some(&f)], json!({"dtype": "i32"})).unwrap()).data, vec![-2.0, 3.0, i32::MAX as f64, i32::MIN as f64]);
+    assert_eq!(
+        to_nd(&t.call("sub", &[Some(&u), Some(&v)], json!({})).unwrap()).data,
+        vec![255.0, 100.0]
+    );
+    let f = (
+        Nd::new(&[4], vec![-2.75, 3.5, 1e10, -1e10]),
+        "f32".to_string(),
+    );
+    assert_eq!(
+        to_nd(
+            &t.call("cast", &[Some(&f)], json!({"dtype": "i32"}))
+                .unwrap()
+        )
+        .data,
+        vec![-2.0, 3.0, i32::MAX as f64, i32::MIN as f64]
+    );
     let big = (Nd::new(&[2], vec![257.0, -1.0]), "i64".to_string());
-    assert_eq!(to_nd(&t.call("cast", &[Some(&big)], json!({"dtype": "u8"})).unwrap()).data, vec![1.0, 255.0]);
+    assert_eq!(
+        to_nd(
+            &t.call("cast", &[Some(&big)], json!({"dtype": "u8"}))
+                .unwrap()
+        )
+        .data,
+        vec![1.0, 255.0]
+    );
     // Zero-size and degenerate products.
     let e1 = t.rand(&[0, 5], "f32", -1.0, 1.0);
     let e2 = t.rand(&[5, 3], "f32", -1.0, 1.0);
-    t.check("matmul m=0", "matmul", &[Some(&e1), Some(&e2)], json!({}), &Nd::new(&[0, 3], vec![]), "f32");
+    t.check(
+        "matmul m=0",
+        "matmul",
+        &[Some(&e1), Some(&e2)],
+        json!({}),
+        &Nd::new(&[0, 3], vec![]),
+        "f32",
+    );
     let k0a = t.rand(&[2, 0], "f32", -1.0, 1.0);
     let k0b = t.rand(&[0, 3], "f32", -1.0, 1.0);
-    t.check("matmul k=0", "matmul", &[Some(&k0a), Some(&k0b)], json!({}), &Nd::new(&[2, 3], vec![0.0; 6]), "f32");
-    t.check("softmax empty", "softmax", &[Some(&e1)], json!({"axis": 0}), &Nd::new(&[0, 5], vec![]), "f32");
+    t.check(
+        "matmul k=0",
+        "matmul",
+        &[Some(&k0a), Some(&k0b)],
+        json!({}),
+        &Nd::new(&[2, 3], vec![0.0; 6]),
+        "f32",
+    );
+    t.check(
+        "softmax empty",
+        "softmax",
+        &[Some(&e1)],
+        json!({"axis": 0}),
+        &Nd::new(&[0, 5], vec![]),
+        "f32",
+    );
     // Large: a multi-threaded product and a long broadcast.
     let la = t.rand(&[96, 256], "f32", -1.0, 1.0);
     let lb = t.rand(&[256, 160], "f32", -1.0, 1.0);
-    t.check("matmul large", "matmul", &[Some(&la), Some(&lb)], json!({}), &r::matmul(&la.0, &lb.0, false, false), "f32");
+    t.check(
+        "matmul large",
+        "matmul",
+        &[Some(&la), Some(&lb)],
+        json!({}),
+        &r::matmul(&la.0, &lb.0, false, false),
+        "f32",
+    );
     let lx = t.rand(&[300, 1000], "f32", -1.0, 1.0);
     let lr = t.rand(&[1000], "f32", -1.0, 1.0);
-    t.check("add large", "add", &[Some(&lx), Some(&lr)], json!({}), &r::binary(&lx.0, &lr.0, |x, y| x + y), "f32");
-    t.check("gelu large", "gelu", &[Some(&lx)], json!({}), &r::unary(&lx.0, |v| 0.5 * v * (1.0 + r::erf(v / std::f64::consts::SQRT_2))), "f32");
-    t.check("softmax large", "softmax", &[Some(&lx)], json!({"axis": -1}), &r::softmax(&lx.0, 1, false), "f32");
+    t.check(
+        "add large",
+        "add",
+        &[Some(&lx), Some(&lr)],
+        json!({}),
+        &r::binary(&lx.0, &lr.0, |x, y| x + y),
+        "f32",
+    );
+    t.check(
+        "gelu large",
+        "gelu",
+        &[Some(&lx)],
+        json!({}),
+        &r::unary(&lx.0, |v| {
+            0.5 * v * (1.0 + r::erf(v / std::f64::consts::SQRT_2))
+        }),
+        "f32",
+    );
+    t.check(
+        "softmax large",
+        "softmax",
+        &[Some(&lx)],
+        json!({"axis": -1}),
+        &r::softmax(&lx.0, 1, false),
+        "f32",
+    );
 }
 
 #[test]
@@ -317,41 +655,164 @@ fn bad_shapes_and_dtypes_get_the_right_error_variant() {
     let k = t.rand(&[1, 2, 2, 4], "f32", -1.0, 1.0);
     let ids_f = t.rand(&[2], "f32", 0.0, 1.0);
     let ids_big = (Nd::new(&[2], vec![1.0, 99.0]), "i64".to_string());
-    let cases: Vec<(&str, Vec<Option<&(Nd, String)>>, Value, &str)> = vec![
-        ("matmul", vec![Some(&m23), Some(&m45)], json!({}), "invalid-shape"),
-        ("matmul", vec![Some(&m23), Some(&h32)], json!({}), "dtype-mismatch"),
-        ("matmul", vec![Some(&v3), Some(&v3)], json!({}), "invalid-shape"),
-        ("matmul", vec![Some(&i23), Some(&i23)], json!({"tb": true}), "dtype-mismatch"),
-        ("add", vec![Some(&m23), Some(&v4)], json!({}), "invalid-shape"),
-        ("add", vec![Some(&m23), Some(&i23)], json!({}), "dtype-mismatch"),
+    let cases: Vec<Case> = vec![
+        (
+            "matmul",
+            vec![Some(&m23), Some(&m45)],
+            json!({}),
+            "invalid-shape",
+        ),
+        (
+            "matmul",
+            vec![Some(&m23), Some(&h32)],
+            json!({}),
+            "dtype-mismatch",
+        ),
+        (
+            "matmul",
+            vec![Some(&v3), Some(&v3)],
+            json!({}),
+            "invalid-shape",
+        ),
+        (
+            "matmul",
+            vec![Some(&i23), Some(&i23)],
+            json!({"tb": true}),
+            "dtype-mismatch",
+        ),
+        (
+            "add",
+            vec![Some(&m23), Some(&v4)],
+            json!({}),
+            "invalid-shape",
+        ),
+        (
+            "add",
+            vec![Some(&m23), Some(&i23)],
+            json!({}),
+            "dtype-mismatch",
+        ),
         ("gelu", vec![Some(&i23)], json!({}), "dtype-mismatch"),
-        ("softmax", vec![Some(&m23)], json!({"axis": 5}), "invalid-argument"),
-        ("softmax", vec![Some(&h32)], json!({"axis": -1, "causal": true}), "invalid-shape"),
-        ("softmax", vec![Some(&m23)], json!({"axis": 0, "causal": true}), "invalid-shape"),
-        ("narrow", vec![Some(&m23)], json!({"axis": 1, "start": 2, "length": 2}), "invalid-argument"),
-        ("reshape", vec![Some(&m23)], json!({"shape": [4, 2]}), "invalid-shape"),
-        ("permute", vec![Some(&m23)], json!({"dims": [0, 0]}), "invalid-argument"),
-        ("concat", vec![Some(&m23), Some(&m45)], json!({"axis": 0}), "invalid-shape"),
-        ("embedding", vec![Some(&m45), Some(&ids_f)], json!({}), "dtype-mismatch"),
-        ("embedding", vec![Some(&m45), Some(&ids_big)], json!({}), "invalid-argument"),
-        ("top-k", vec![Some(&m23)], json!({"k": 4}), "invalid-argument"),
-        ("attention", vec![Some(&q), Some(&k), Some(&k)], json!({"scale": 1.0}), "invalid-shape"),
+        (
+            "softmax",
+            vec![Some(&m23)],
+            json!({"axis": 5}),
+            "invalid-argument",
+        ),
+        (
+            "softmax",
+            vec![Some(&h32)],
+            json!({"axis": -1, "causal": true}),
+            "invalid-shape",
+        ),
+        (
+            "softmax",
+            vec![Some(&m23)],
+            json!({"axis": 0, "causal": true}),
+            "invalid-shape",
+        ),
+        (
+            "narrow",
+            vec![Some(&m23)],
+            json!({"axis": 1, "start": 2, "length": 2}),
+            "invalid-argument",
+        ),
+        (
+            "reshape",
+            vec![Some(&m23)],
+            json!({"shape": [4, 2]}),
+            "invalid-shape",
+        ),
+        (
+            "permute",
+            vec![Some(&m23)],
+            json!({"dims": [0, 0]}),
+            "invalid-argument",
+        ),
+        (
+            "concat",
+            vec![Some(&m23), Some(&m45)],
+            json!({"axis": 0}),
+            "invalid-shape",
+        ),
+        (
+            "embedding",
+            vec![Some(&m45), Some(&ids_f)],
+            json!({}),
+            "dtype-mismatch",
+        ),
+        (
+            "embedding",
+            vec![Some(&m45), Some(&ids_big)],
+            json!({}),
+            "invalid-argument",
+        ),
+        (
+            "top-k",
+            vec![Some(&m23)],
+            json!({"k": 4}),
+            "invalid-argument",
+        ),
+        (
+            "attention",
+            vec![Some(&q), Some(&k), Some(&k)],
+            json!({"scale": 1.0}),
+            "invalid-shape",
+        ),
         ("rope", vec![Some(&odd)], json!({}), "invalid-shape"),
-        ("layer-norm", vec![Some(&m23), Some(&v4)], json!({}), "invalid-shape"),
-        ("mean", vec![Some(&m23), Some(&v4)], json!({"axis": 0}), "invalid-shape"),
-        ("argmax", vec![Some(&m23)], json!({"axis": -3}), "invalid-argument"),
+        (
+            "layer-norm",
+            vec![Some(&m23), Some(&v4)],
+            json!({}),
+            "invalid-shape",
+        ),
+        (
+            "mean",
+            vec![Some(&m23), Some(&v4)],
+            json!({"axis": 0}),
+            "invalid-shape",
+        ),
+        (
+            "argmax",
+            vec![Some(&m23)],
+            json!({"axis": -3}),
+            "invalid-argument",
+        ),
     ];
     for (op, inputs, args, want) in cases {
         let got = t.call(op, &inputs, args.clone());
-        assert_eq!(got.as_ref().err().map(String::as_str), Some(want), "{op} {args}: {got:?}");
+        assert_eq!(
+            got.as_ref().err().map(String::as_str),
+            Some(want),
+            "{op} {args}: {got:?}"
+        );
     }
     // Data that does not match its shape, and an absurd shape.
-    let resp = request(t.server.addr, "POST", "/op", &[], br#"{"op":"identity","inputs":[{"data":[1,2,3],"shape":[2,2]}]}"#);
+    let resp = request(
+        t.server.addr,
+        "POST",
+        "/op",
+        &[],
+        br#"{"op":"identity","inputs":[{"data":[1,2,3],"shape":[2,2]}]}"#,
+    );
     assert_eq!(resp.status, 422, "{}", resp.text());
     assert!(resp.text().contains("invalid-argument"), "{}", resp.text());
-    let resp = request(t.server.addr, "POST", "/op", &[], br#"{"op":"identity","inputs":[{"data":[],"shape":[1048576,2097152]}]}"#);
+    let resp = request(
+        t.server.addr,
+        "POST",
+        "/op",
+        &[],
+        br#"{"op":"identity","inputs":[{"data":[],"shape":[1048576,2097152]}]}"#,
+    );
     assert!(resp.text().contains("invalid-shape"), "{}", resp.text());
     // The server is fine afterwards.
     let sum = r::binary(&m23.0, &m23.0, |x, y| x + y);
-    t.check("add after errors", "add", &[Some(&m23), Some(&m23)], json!({}), &sum, "f32");
+    t.check(
+        "add after errors",
+        "add",
+        &[Some(&m23), Some(&m23)],
+        json!({}),
+        &sum,
+        "f32",
+    );
 }

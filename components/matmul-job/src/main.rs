@@ -37,7 +37,10 @@ fn run(n: u32, weights: Option<&str>) -> tensorwasm_sdk::Result<()> {
         }
     }
     let status = scheduler::yield_();
-    println!("scheduler {status:?} remaining {:?}", scheduler::remaining());
+    println!(
+        "scheduler {status:?} remaining {:?}",
+        scheduler::remaining()
+    );
     Ok(())
 }
 

@@ -78,7 +78,13 @@ fn make(t: &JsonTensor) -> Result<Result<Tensor, Error>, String> {
             Tensor::from_i64(&v, &t.shape)
         }
     };
-    Ok(base.and_then(|b| if b.dtype() == dtype { Ok(b) } else { b.cast(dtype) }))
+    Ok(base.and_then(|b| {
+        if b.dtype() == dtype {
+            Ok(b)
+        } else {
+            b.cast(dtype)
+        }
+    }))
 }
 
 /// A tensor as JSON (integers decoded exactly from bytes).
@@ -102,15 +108,21 @@ fn to_json(t: &Tensor) -> Result<Value, Error> {
 }
 
 fn arg_f32(args: &serde_json::Map<String, Value>, k: &str, default: f32) -> f32 {
-    args.get(k).and_then(Value::as_f64).map_or(default, |v| v as f32)
+    args.get(k)
+        .and_then(Value::as_f64)
+        .map_or(default, |v| v as f32)
 }
 
 fn arg_i32(args: &serde_json::Map<String, Value>, k: &str, default: i32) -> i32 {
-    args.get(k).and_then(Value::as_i64).map_or(default, |v| v as i32)
+    args.get(k)
+        .and_then(Value::as_i64)
+        .map_or(default, |v| v as i32)
 }
 
 fn arg_u32(args: &serde_json::Map<String, Value>, k: &str, default: u32) -> u32 {
-    args.get(k).and_then(Value::as_u64).map_or(default, |v| v as u32)
+    args.get(k)
+        .and_then(Value::as_u64)
+        .map_or(default, |v| v as u32)
 }
 
 fn arg_bool(args: &serde_json::Map<String, Value>, k: &str) -> bool {
@@ -120,7 +132,12 @@ fn arg_bool(args: &serde_json::Map<String, Value>, k: &str) -> bool {
 fn arg_list(args: &serde_json::Map<String, Value>, k: &str) -> Vec<u32> {
     args.get(k)
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_u64).map(|v| v as u32).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_u64)
+                .map(|v| v as u32)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -194,14 +211,20 @@ fn run_op(req: &OpRequest) -> Result<Result<Value, Error>, String> {
                 Some("interleaved") => RopeLayout::Interleaved,
                 _ => RopeLayout::HalfSplit,
             };
-            one(need(0)?.rope(arg_u32(a, "offset", 0), arg_f32(a, "theta", 10000.0), layout))
+            one(need(0)?.rope(
+                arg_u32(a, "offset", 0),
+                arg_f32(a, "theta", 10000.0),
+                layout,
+            ))
         }
         "argmax" => one(need(0)?.argmax(arg_i32(a, "axis", -1))),
         "top-k" => need(0)?
             .top_k(arg_u32(a, "k", 1))
             .and_then(|(v, i)| Ok(json!({"values": to_json(&v)?, "indices": to_json(&i)?}))),
         "mean" => one(need(0)?.mean(arg_i32(a, "axis", -1), opt(1))),
-        "l2-normalize" => one(need(0)?.l2_normalize(arg_i32(a, "axis", -1), arg_f32(a, "eps", 1e-12))),
+        "l2-normalize" => {
+            one(need(0)?.l2_normalize(arg_i32(a, "axis", -1), arg_f32(a, "eps", 1e-12)))
+        }
         "cast" => {
             let d = dtype_of(a.get("dtype").and_then(Value::as_str).unwrap_or("f32"))?;
             one(need(0)?.cast(d))
@@ -283,8 +306,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Seconds for each of `reps` N×N products (after one warm-up).
 fn bench_matmul(n: u32, reps: u32, dtype: Dtype) -> Result<Value, Error> {
     let len = (n as usize) * (n as usize);
-    let a: Vec<f32> = (0..len).map(|i| ((i * 7 % 13) as f32) / 13.0 - 0.5).collect();
-    let b: Vec<f32> = (0..len).map(|i| ((i * 5 % 11) as f32) / 11.0 - 0.5).collect();
+    let a: Vec<f32> = (0..len)
+        .map(|i| ((i * 7 % 13) as f32) / 13.0 - 0.5)
+        .collect();
+    let b: Vec<f32> = (0..len)
+        .map(|i| ((i * 5 % 11) as f32) / 11.0 - 0.5)
+        .collect();
     let a = Tensor::from_f32(&a, &[n, n])?.cast(dtype)?;
     let b = Tensor::from_f32(&b, &[n, n])?.cast(dtype)?;
     drop(a.matmul(&b)?);
@@ -297,7 +324,9 @@ fn bench_matmul(n: u32, reps: u32, dtype: Dtype) -> Result<Value, Error> {
     }
     let flops = 2.0 * (n as f64).powi(3);
     let gflops: Vec<f64> = secs.iter().map(|s| flops / s * 1e-9).collect();
-    Ok(json!({"n": n, "dtype": dtype_name(dtype), "seconds": secs, "gflops": gflops, "median_gflops": median(gflops.clone())}))
+    Ok(
+        json!({"n": n, "dtype": dtype_name(dtype), "seconds": secs, "gflops": gflops, "median_gflops": median(gflops.clone())}),
+    )
 }
 
 /// Microseconds per host call: `shape()` (no allocation) and `scale` on one element.

@@ -95,12 +95,16 @@ fn self_attention(req: AttentionRequest) -> Result<Vec<Vec<f32>>, Failure> {
     let (seq, d) = (req.x.len() as u32, req.x.first().map_or(0, Vec::len) as u32);
     let h = req.heads;
     if h == 0 || d % h != 0 {
-        return Err(Failure::Bad(format!("`heads` ({h}) must divide the width ({d})")));
+        return Err(Failure::Bad(format!(
+            "`heads` ({h}) must divide the width ({d})"
+        )));
     }
     let dh = d / h;
     // [seq, d] → [1, h, seq, dh]
     let split = |w: &Tensor| -> Result<Tensor, Failure> {
-        Ok(x.matmul(w)?.reshape(&[1, seq, h, dh])?.permute(&[0, 2, 1, 3])?)
+        Ok(x.matmul(w)?
+            .reshape(&[1, seq, h, dh])?
+            .permute(&[0, 2, 1, 3])?)
     };
     let q = split(&matrix("wq", &req.wq)?)?;
     let k = split(&matrix("wk", &req.wk)?)?;
@@ -141,7 +145,12 @@ impl wasip2::exports::http::incoming_handler::Guest for Service {
         match path(&request).as_str() {
             "/mlp" => answer(&request, out, mlp),
             "/attention" => answer(&request, out, self_attention),
-            "/" => respond(out, 200, &[("content-type", "text/plain")], USAGE.as_bytes()),
+            "/" => respond(
+                out,
+                200,
+                &[("content-type", "text/plain")],
+                USAGE.as_bytes(),
+            ),
             _ => json_error(out, 404, "not_found", "routes: /, /mlp, /attention"),
         }
     }

@@ -12,8 +12,12 @@ pub struct Error(pub types::Error);
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
-            types::Error::InvalidShape(e) => write!(f, "invalid shape: {} {:?}", e.message, e.shapes),
-            types::Error::DtypeMismatch(e) => write!(f, "dtype mismatch: {} {:?}", e.message, e.dtypes),
+            types::Error::InvalidShape(e) => {
+                write!(f, "invalid shape: {} {:?}", e.message, e.shapes)
+            }
+            types::Error::DtypeMismatch(e) => {
+                write!(f, "dtype mismatch: {} {:?}", e.message, e.dtypes)
+            }
             types::Error::InvalidArgument(m) => write!(f, "invalid argument: {m}"),
             types::Error::QuotaExceeded(q) => write!(
                 f,
@@ -112,7 +116,12 @@ impl Tensor {
     }
 
     /// Matrix product with explicit transpose flags.
-    pub fn matmul_with(&self, other: &Tensor, transpose_a: bool, transpose_b: bool) -> Result<Tensor> {
+    pub fn matmul_with(
+        &self,
+        other: &Tensor,
+        transpose_a: bool,
+        transpose_b: bool,
+    ) -> Result<Tensor> {
         wrap(ops::matmul(&self.0, &other.0, transpose_a, transpose_b))
     }
 
@@ -182,8 +191,18 @@ impl Tensor {
     }
 
     /// Layer norm over the last axis.
-    pub fn layer_norm(&self, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f32) -> Result<Tensor> {
-        wrap(ops::layer_norm(&self.0, weight.map(|t| &t.0), bias.map(|t| &t.0), eps))
+    pub fn layer_norm(
+        &self,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        eps: f32,
+    ) -> Result<Tensor> {
+        wrap(ops::layer_norm(
+            &self.0,
+            weight.map(|t| &t.0),
+            bias.map(|t| &t.0),
+            eps,
+        ))
     }
 
     /// RMS norm over the last axis.
@@ -250,8 +269,22 @@ impl Tensor {
 }
 
 /// Attention: softmax(q·kᵀ·scale + mask)·v over [batch, heads, seq, dim].
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: f32, causal: bool) -> Result<Tensor> {
-    wrap(ops::attention(&q.0, &k.0, &v.0, mask.map(|t| &t.0), scale, causal))
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f32,
+    causal: bool,
+) -> Result<Tensor> {
+    wrap(ops::attention(
+        &q.0,
+        &k.0,
+        &v.0,
+        mask.map(|t| &t.0),
+        scale,
+        causal,
+    ))
 }
 
 /// Joins tensors along `axis`.

@@ -75,7 +75,12 @@ impl memory::Host for CudaView<'_> {
         no_device()
     }
 
-    fn buffer_into_tensor(&mut self, b: Resource<Buffer>, _: Vec<u32>, _: Dtype) -> WResult<Resource<Tensor>> {
+    fn buffer_into_tensor(
+        &mut self,
+        b: Resource<Buffer>,
+        _: Vec<u32>,
+        _: Dtype,
+    ) -> WResult<Resource<Tensor>> {
         self.table.delete(b)?;
         no_device()
     }
@@ -90,7 +95,13 @@ impl memory::HostBuffer for CudaView<'_> {
         Ok(0)
     }
 
-    fn write(&mut self, _: Resource<Buffer>, _: u64, _: Vec<u8>, _: Option<Resource<Stream>>) -> WResult<()> {
+    fn write(
+        &mut self,
+        _: Resource<Buffer>,
+        _: u64,
+        _: Vec<u8>,
+        _: Option<Resource<Stream>>,
+    ) -> WResult<()> {
         no_device()
     }
 
@@ -98,7 +109,15 @@ impl memory::HostBuffer for CudaView<'_> {
         no_device()
     }
 
-    fn copy_from(&mut self, _: Resource<Buffer>, _: Resource<Buffer>, _: u64, _: u64, _: u64, _: Option<Resource<Stream>>) -> WResult<()> {
+    fn copy_from(
+        &mut self,
+        _: Resource<Buffer>,
+        _: Resource<Buffer>,
+        _: u64,
+        _: u64,
+        _: u64,
+        _: Option<Resource<Stream>>,
+    ) -> WResult<()> {
         no_device()
     }
 
@@ -123,7 +142,12 @@ impl kernels::HostModule for CudaView<'_> {
         no_device()
     }
 
-    fn kernel(&mut self, _: Resource<Module>, _: String, _: Vec<kernels::ParamKind>) -> WResult<Resource<Kernel>> {
+    fn kernel(
+        &mut self,
+        _: Resource<Module>,
+        _: String,
+        _: Vec<kernels::ParamKind>,
+    ) -> WResult<Resource<Kernel>> {
         no_device()
     }
 
@@ -138,7 +162,13 @@ impl kernels::HostKernel for CudaView<'_> {
         Ok(Vec::new())
     }
 
-    fn launch(&mut self, _: Resource<Kernel>, _: kernels::LaunchConfig, _: Vec<kernels::Argument>, _: Option<Resource<Stream>>) -> WResult<()> {
+    fn launch(
+        &mut self,
+        _: Resource<Kernel>,
+        _: kernels::LaunchConfig,
+        _: Vec<kernels::Argument>,
+        _: Option<Resource<Stream>>,
+    ) -> WResult<()> {
         no_device()
     }
 

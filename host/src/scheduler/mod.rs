@@ -62,7 +62,12 @@ impl SchedulerCtx {
         match self.remaining() {
             None => Budget::Continue,
             Some(left) if left.is_zero() => Budget::Elapsed,
-            Some(left) if left < NEAR_FLOOR || left.as_secs_f64() < self.budget.as_secs_f64() * NEAR_FRACTION => Budget::Near,
+            Some(left)
+                if left < NEAR_FLOOR
+                    || left.as_secs_f64() < self.budget.as_secs_f64() * NEAR_FRACTION =>
+            {
+                Budget::Near
+            }
             Some(_) => Budget::Continue,
         }
     }
@@ -81,7 +86,9 @@ impl HasData for HasScheduler {
 }
 
 /// Adds `wasi:scheduler` to `linker`.
-pub fn add_to_linker<T: SchedulerStateView + 'static>(linker: &mut Linker<T>) -> anyhow::Result<()> {
+pub fn add_to_linker<T: SchedulerStateView + 'static>(
+    linker: &mut Linker<T>,
+) -> anyhow::Result<()> {
     bindings::Imports::add_to_linker::<T, HasScheduler>(linker, |s| s.scheduler())
         .map_err(anyhow::Error::from)
 }

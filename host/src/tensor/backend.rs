@@ -84,8 +84,7 @@ pub trait Backend: Send + Sync + 'static {
     /// Batched matrix product.
     fn matmul(&self, a: &Tensor, b: &Tensor, plan: &MatmulPlan) -> TResult<Data>;
     /// Broadcasting elementwise binary operation producing `out_shape`.
-    fn binary(&self, op: BinaryOp, a: &Tensor, b: &Tensor, out_shape: &[usize])
-    -> TResult<Data>;
+    fn binary(&self, op: BinaryOp, a: &Tensor, b: &Tensor, out_shape: &[usize]) -> TResult<Data>;
     /// Elementwise unary operation (floats).
     fn unary(&self, op: UnaryOp, x: &Tensor) -> TResult<Data>;
     /// Softmax over `axis` (causal only over the last axis).

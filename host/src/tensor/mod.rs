@@ -17,7 +17,6 @@ pub mod types;
 mod types_impl;
 pub mod weights;
 
-
 pub use types::{DType, Tensor, TensorError};
 
 use crate::metrics::TenantLabel;

@@ -51,8 +51,16 @@ pub fn broadcast(a: &[usize], b: &[usize]) -> TResult<Vec<usize>> {
     let rank = a.len().max(b.len());
     let mut out = vec![0; rank];
     for i in 0..rank {
-        let da = if i + a.len() >= rank { a[i + a.len() - rank] } else { 1 };
-        let db = if i + b.len() >= rank { b[i + b.len() - rank] } else { 1 };
+        let da = if i + a.len() >= rank {
+            a[i + a.len() - rank]
+        } else {
+            1
+        };
+        let db = if i + b.len() >= rank {
+            b[i + b.len() - rank]
+        } else {
+            1
+        };
         out[i] = match (da, db) {
             (x, y) if x == y => x,
             (1, y) => y,
@@ -75,14 +83,20 @@ fn same_dtype(op: &str, a: &Tensor, b: &Tensor) -> TResult<()> {
 
 fn float(op: &str, x: &Tensor) -> TResult<()> {
     if !x.dtype().is_float() {
-        return Err(dtype_err(format!("{op} needs f32, f16 or bf16"), &[x.dtype()]));
+        return Err(dtype_err(
+            format!("{op} needs f32, f16 or bf16"),
+            &[x.dtype()],
+        ));
     }
     Ok(())
 }
 
 fn min_rank(op: &str, x: &Tensor, rank: usize) -> TResult<()> {
     if x.shape().len() < rank {
-        return Err(shape_err(format!("{op} needs a tensor of rank ≥ {rank}"), &[x.shape()]));
+        return Err(shape_err(
+            format!("{op} needs a tensor of rank ≥ {rank}"),
+            &[x.shape()],
+        ));
     }
     Ok(())
 }
@@ -99,7 +113,12 @@ impl Tensors {
     }
 
     /// Charges the output, then computes it.
-    fn make(&self, shape: Vec<usize>, dtype: DType, f: impl FnOnce() -> TResult<Data>) -> TResult<Tensor> {
+    fn make(
+        &self,
+        shape: Vec<usize>,
+        dtype: DType,
+        f: impl FnOnce() -> TResult<Data>,
+    ) -> TResult<Tensor> {
         let bytes = shape.iter().product::<usize>() as u64 * dtype.size() as u64;
         let charge = self.quota.charge(bytes)?;
         Ok(Tensor::new(shape, dtype, f()?, Some(charge)))
@@ -115,7 +134,9 @@ impl Tensors {
                 bytes.len()
             )));
         }
-        self.make(shape, dtype, || self.backend.upload(CpuData::from_le_bytes(bytes, dtype)))
+        self.make(shape, dtype, || {
+            self.backend.upload(CpuData::from_le_bytes(bytes, dtype))
+        })
     }
 
     /// A tensor from host elements of matching count.
@@ -156,8 +177,16 @@ impl Tensors {
             return Err(shape_err("matmul needs operands of rank ≥ 2", &[sa, sb]));
         }
         let (ar, br) = (sa.len(), sb.len());
-        let (m, ka) = if ta { (sa[ar - 1], sa[ar - 2]) } else { (sa[ar - 2], sa[ar - 1]) };
-        let (kb, n) = if tb { (sb[br - 1], sb[br - 2]) } else { (sb[br - 2], sb[br - 1]) };
+        let (m, ka) = if ta {
+            (sa[ar - 1], sa[ar - 2])
+        } else {
+            (sa[ar - 2], sa[ar - 1])
+        };
+        let (kb, n) = if tb {
+            (sb[br - 1], sb[br - 2])
+        } else {
+            (sb[br - 2], sb[br - 1])
+        };
         if ka != kb {
             return Err(shape_err(
                 format!("matmul inner dimensions differ ({ka} vs {kb})"),
@@ -166,7 +195,14 @@ impl Tensors {
         }
         let batch = broadcast(&sa[..ar - 2], &sb[..br - 2])
             .map_err(|_| shape_err("matmul batch dimensions do not broadcast", &[sa, sb]))?;
-        let plan = MatmulPlan { batch: batch.clone(), m, n, k: ka, transpose_a: ta, transpose_b: tb };
+        let plan = MatmulPlan {
+            batch: batch.clone(),
+            m,
+            n,
+            k: ka,
+            transpose_a: ta,
+            transpose_b: tb,
+        };
         let mut shape = batch;
         shape.extend([m, n]);
         self.make(shape, a.dtype(), || self.backend.matmul(a, b, &plan))
@@ -202,11 +238,20 @@ impl Tensors {
                 return Err(shape_err("causal softmax needs k ≥ q", &[s]));
             }
         }
-        self.make(x.shape().to_vec(), x.dtype(), || self.backend.softmax(x, ax, causal))
+        self.make(x.shape().to_vec(), x.dtype(), || {
+            self.backend.softmax(x, ax, causal)
+        })
     }
 
     /// Layer or RMS normalization over the last axis.
-    pub fn norm(&self, kind: NormKind, x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f32) -> TResult<Tensor> {
+    pub fn norm(
+        &self,
+        kind: NormKind,
+        x: &Tensor,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        eps: f32,
+    ) -> TResult<Tensor> {
         let name = match kind {
             NormKind::Layer => "layer-norm",
             NormKind::Rms => "rms-norm",
@@ -223,14 +268,24 @@ impl Tensors {
                 ));
             }
         }
-        if !(eps >= 0.0) {
+        if eps.is_nan() || eps < 0.0 {
             return Err(arg_err(format!("{name} eps must be ≥ 0, got {eps}")));
         }
-        self.make(x.shape().to_vec(), x.dtype(), || self.backend.norm(kind, x, weight, bias, eps))
+        self.make(x.shape().to_vec(), x.dtype(), || {
+            self.backend.norm(kind, x, weight, bias, eps)
+        })
     }
 
     /// Scaled dot-product attention.
-    pub fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: f32, causal: bool) -> TResult<Tensor> {
+    pub fn attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        scale: f32,
+        causal: bool,
+    ) -> TResult<Tensor> {
         float("attention", q)?;
         same_dtype("attention", q, k)?;
         same_dtype("attention", q, v)?;
@@ -243,7 +298,9 @@ impl Tensors {
             return Err(bad("batch sizes differ"));
         }
         if ks[1] == 0 || qs[1] % ks[1] != 0 || vs[1] != ks[1] {
-            return Err(bad("query heads must be a multiple of key heads, and v must have k's heads"));
+            return Err(bad(
+                "query heads must be a multiple of key heads, and v must have k's heads",
+            ));
         }
         if ks[3] != qs[3] || vs[2] != ks[2] {
             return Err(bad("q and k widths, or k and v lengths, differ"));
@@ -254,7 +311,8 @@ impl Tensors {
         if let Some(m) = mask {
             float("attention mask", m)?;
             let full = [qs[0], qs[1], qs[2], ks[2]];
-            if m.shape().len() > 4 || broadcast(m.shape(), &full).ok().as_deref() != Some(&full[..]) {
+            if m.shape().len() > 4 || broadcast(m.shape(), &full).ok().as_deref() != Some(&full[..])
+            {
                 return Err(shape_err(
                     "attention mask must broadcast to [batch, q-heads, q-len, k-len]",
                     &[m.shape(), &full],
@@ -265,16 +323,24 @@ impl Tensors {
             return Err(arg_err("attention scale must be finite"));
         }
         let shape = vec![qs[0], qs[1], qs[2], vs[3]];
-        self.make(shape, q.dtype(), || self.backend.attention(q, k, v, mask, scale, causal))
+        self.make(shape, q.dtype(), || {
+            self.backend.attention(q, k, v, mask, scale, causal)
+        })
     }
 
     /// Embedding lookup.
     pub fn embedding(&self, table: &Tensor, ids: &Tensor) -> TResult<Tensor> {
         if table.shape().len() != 2 {
-            return Err(shape_err("embedding table must be [rows, dim]", &[table.shape()]));
+            return Err(shape_err(
+                "embedding table must be [rows, dim]",
+                &[table.shape()],
+            ));
         }
         if !matches!(ids.dtype(), DType::I32 | DType::I64) {
-            return Err(dtype_err("embedding ids must be i32 or i64", &[ids.dtype()]));
+            return Err(dtype_err(
+                "embedding ids must be i32 or i64",
+                &[ids.dtype()],
+            ));
         }
         let mut shape = ids.shape().to_vec();
         shape.push(table.shape()[1]);
@@ -285,7 +351,10 @@ impl Tensors {
     pub fn reshape(&self, x: &Tensor, shape: &[u32]) -> TResult<Tensor> {
         let shape = dims(shape)?;
         if shape.iter().product::<usize>() != x.len() {
-            return Err(shape_err("reshape must keep the element count", &[x.shape(), &shape]));
+            return Err(shape_err(
+                "reshape must keep the element count",
+                &[x.shape(), &shape],
+            ));
         }
         Ok(x.with_shape(shape))
     }
@@ -295,7 +364,9 @@ impl Tensors {
         let rank = x.shape().len();
         let mut seen = vec![false; rank];
         let ok = order.len() == rank
-            && order.iter().all(|&d| (d as usize) < rank && !std::mem::replace(&mut seen[d as usize], true));
+            && order
+                .iter()
+                .all(|&d| (d as usize) < rank && !std::mem::replace(&mut seen[d as usize], true));
         if !ok {
             return Err(arg_err(format!(
                 "permute order {order:?} is not a permutation of 0..{rank}"
@@ -344,10 +415,17 @@ impl Tensors {
             same_dtype("concat", first, t)?;
             let same_rank = t.shape().len() == first.shape().len();
             let others_match = same_rank
-                && t.shape().iter().zip(first.shape()).enumerate().all(|(i, (a, b))| i == ax || a == b);
+                && t.shape()
+                    .iter()
+                    .zip(first.shape())
+                    .enumerate()
+                    .all(|(i, (a, b))| i == ax || a == b);
             if !others_match {
                 let shapes: Vec<&[usize]> = xs.iter().map(|t| t.shape()).collect();
-                return Err(shape_err("concat: all dimensions but the axis must match", &shapes));
+                return Err(shape_err(
+                    "concat: all dimensions but the axis must match",
+                    &shapes,
+                ));
             }
             total += t.shape()[ax];
         }
@@ -360,13 +438,17 @@ impl Tensors {
     pub fn rope(&self, x: &Tensor, offset: u32, theta: f32, layout: RopeLayout) -> TResult<Tensor> {
         float("rope", x)?;
         min_rank("rope", x, 2)?;
-        if x.shape()[x.shape().len() - 1] % 2 != 0 {
+        if !x.shape()[x.shape().len() - 1].is_multiple_of(2) {
             return Err(shape_err("rope needs an even last dimension", &[x.shape()]));
         }
         if !(theta > 0.0 && theta.is_finite()) {
-            return Err(arg_err(format!("rope theta must be positive and finite, got {theta}")));
+            return Err(arg_err(format!(
+                "rope theta must be positive and finite, got {theta}"
+            )));
         }
-        self.make(x.shape().to_vec(), x.dtype(), || self.backend.rope(x, offset as usize, theta, layout))
+        self.make(x.shape().to_vec(), x.dtype(), || {
+            self.backend.rope(x, offset as usize, theta, layout)
+        })
     }
 
     /// Index of the maximum along an axis.
@@ -386,7 +468,9 @@ impl Tensors {
         let last = x.shape()[x.shape().len() - 1];
         let k = k as usize;
         if k > last {
-            return Err(arg_err(format!("top-k: k = {k} exceeds the last dimension {last}")));
+            return Err(arg_err(format!(
+                "top-k: k = {k} exceeds the last dimension {last}"
+            )));
         }
         let mut shape = x.shape().to_vec();
         *shape.last_mut().expect("rank ≥ 1") = k;
@@ -421,10 +505,12 @@ impl Tensors {
     pub fn l2_normalize(&self, x: &Tensor, ax: i32, eps: f32) -> TResult<Tensor> {
         float("l2-normalize", x)?;
         let ax = axis(ax, x.shape())?;
-        if !(eps >= 0.0) {
+        if eps.is_nan() || eps < 0.0 {
             return Err(arg_err(format!("l2-normalize eps must be ≥ 0, got {eps}")));
         }
-        self.make(x.shape().to_vec(), x.dtype(), || self.backend.l2_normalize(x, ax, eps))
+        self.make(x.shape().to_vec(), x.dtype(), || {
+            self.backend.l2_normalize(x, ax, eps)
+        })
     }
 
     /// Element type conversion.

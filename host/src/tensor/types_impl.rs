@@ -1,11 +1,11 @@
 //! The `wasi:tensor` host traits, implemented over the validated op layer.
 
+use super::TensorView;
 use super::backend::{BinaryOp, NormKind, RopeLayout as Layout, UnaryOp};
 use super::bindings::wasi::tensor::{ops, types, weights};
 use super::cpu::CpuData;
 use super::types::{DType, TResult, Tensor, TensorError};
 use super::weights::{MetaValue, WeightsHandle};
-use super::TensorView;
 use wasmtime::component::Resource;
 
 type WResult<T> = wasmtime::Result<Result<T, types::Error>>;
@@ -91,7 +91,12 @@ impl TensorView<'_> {
         self.put(r)
     }
 
-    fn binary(&mut self, op: BinaryOp, a: Resource<Tensor>, b: Resource<Tensor>) -> WResult<Resource<Tensor>> {
+    fn binary(
+        &mut self,
+        op: BinaryOp,
+        a: Resource<Tensor>,
+        b: Resource<Tensor>,
+    ) -> WResult<Resource<Tensor>> {
         let (a, b) = (self.get(&a)?, self.get(&b)?);
         let r = self.ctx.shared.tensors.binary(op, &a, &b);
         self.put(r)
@@ -105,22 +110,44 @@ impl TensorView<'_> {
 impl types::Host for TensorView<'_> {}
 
 impl types::HostTensor for TensorView<'_> {
-    fn from_bytes(&mut self, data: Vec<u8>, shape: Vec<u32>, dtype: types::Dtype) -> WResult<Resource<Tensor>> {
-        let r = self.ctx.shared.tensors.from_bytes(&data, &shape, dtype.into());
+    fn from_bytes(
+        &mut self,
+        data: Vec<u8>,
+        shape: Vec<u32>,
+        dtype: types::Dtype,
+    ) -> WResult<Resource<Tensor>> {
+        let r = self
+            .ctx
+            .shared
+            .tensors
+            .from_bytes(&data, &shape, dtype.into());
         self.put(r)
     }
 
     fn from_f32(&mut self, data: Vec<f32>, shape: Vec<u32>) -> WResult<Resource<Tensor>> {
-        let r = self.ctx.shared.tensors.from_data(CpuData::F32(data), &shape);
+        let r = self
+            .ctx
+            .shared
+            .tensors
+            .from_data(CpuData::F32(data), &shape);
         self.put(r)
     }
 
     fn from_i64(&mut self, data: Vec<i64>, shape: Vec<u32>) -> WResult<Resource<Tensor>> {
-        let r = self.ctx.shared.tensors.from_data(CpuData::I64(data), &shape);
+        let r = self
+            .ctx
+            .shared
+            .tensors
+            .from_data(CpuData::I64(data), &shape);
         self.put(r)
     }
 
-    fn full(&mut self, shape: Vec<u32>, dtype: types::Dtype, value: f64) -> WResult<Resource<Tensor>> {
+    fn full(
+        &mut self,
+        shape: Vec<u32>,
+        dtype: types::Dtype,
+        value: f64,
+    ) -> WResult<Resource<Tensor>> {
         let r = self.ctx.shared.tensors.full(&shape, dtype.into(), value);
         self.put(r)
     }
@@ -139,12 +166,24 @@ impl types::HostTensor for TensorView<'_> {
 
     fn to_bytes(&mut self, x: Resource<Tensor>) -> WResult<Vec<u8>> {
         let x = self.get(&x)?;
-        Ok(self.ctx.shared.tensors.read(&x).map(|d| d.to_le_bytes()).map_err(Into::into))
+        Ok(self
+            .ctx
+            .shared
+            .tensors
+            .read(&x)
+            .map(|d| d.to_le_bytes())
+            .map_err(Into::into))
     }
 
     fn to_f32(&mut self, x: Resource<Tensor>) -> WResult<Vec<f32>> {
         let x = self.get(&x)?;
-        Ok(self.ctx.shared.tensors.read(&x).map(|d| d.as_f32().into_owned()).map_err(Into::into))
+        Ok(self
+            .ctx
+            .shared
+            .tensors
+            .read(&x)
+            .map(|d| d.as_f32().into_owned())
+            .map_err(Into::into))
     }
 
     fn drop(&mut self, x: Resource<Tensor>) -> wasmtime::Result<()> {
@@ -154,7 +193,13 @@ impl types::HostTensor for TensorView<'_> {
 }
 
 impl ops::Host for TensorView<'_> {
-    fn matmul(&mut self, a: Resource<Tensor>, b: Resource<Tensor>, ta: bool, tb: bool) -> WResult<Resource<Tensor>> {
+    fn matmul(
+        &mut self,
+        a: Resource<Tensor>,
+        b: Resource<Tensor>,
+        ta: bool,
+        tb: bool,
+    ) -> WResult<Resource<Tensor>> {
         let (a, b) = (self.get(&a)?, self.get(&b)?);
         let r = self.ctx.shared.tensors.matmul(&a, &b, ta, tb);
         self.put(r)
@@ -204,31 +249,76 @@ impl ops::Host for TensorView<'_> {
         self.unary(UnaryOp::Exp, x)
     }
 
-    fn softmax(&mut self, x: Resource<Tensor>, axis: i32, causal: bool) -> WResult<Resource<Tensor>> {
+    fn softmax(
+        &mut self,
+        x: Resource<Tensor>,
+        axis: i32,
+        causal: bool,
+    ) -> WResult<Resource<Tensor>> {
         let x = self.get(&x)?;
         let r = self.ctx.shared.tensors.softmax(&x, axis, causal);
         self.put(r)
     }
 
-    fn layer_norm(&mut self, x: Resource<Tensor>, w: Option<Resource<Tensor>>, b: Option<Resource<Tensor>>, eps: f32) -> WResult<Resource<Tensor>> {
+    fn layer_norm(
+        &mut self,
+        x: Resource<Tensor>,
+        w: Option<Resource<Tensor>>,
+        b: Option<Resource<Tensor>>,
+        eps: f32,
+    ) -> WResult<Resource<Tensor>> {
         let (x, w, b) = (self.get(&x)?, self.opt(&w)?, self.opt(&b)?);
-        let r = self.ctx.shared.tensors.norm(NormKind::Layer, &x, w.as_ref(), b.as_ref(), eps);
+        let r = self
+            .ctx
+            .shared
+            .tensors
+            .norm(NormKind::Layer, &x, w.as_ref(), b.as_ref(), eps);
         self.put(r)
     }
 
-    fn rms_norm(&mut self, x: Resource<Tensor>, w: Option<Resource<Tensor>>, eps: f32) -> WResult<Resource<Tensor>> {
+    fn rms_norm(
+        &mut self,
+        x: Resource<Tensor>,
+        w: Option<Resource<Tensor>>,
+        eps: f32,
+    ) -> WResult<Resource<Tensor>> {
         let (x, w) = (self.get(&x)?, self.opt(&w)?);
-        let r = self.ctx.shared.tensors.norm(NormKind::Rms, &x, w.as_ref(), None, eps);
+        let r = self
+            .ctx
+            .shared
+            .tensors
+            .norm(NormKind::Rms, &x, w.as_ref(), None, eps);
         self.put(r)
     }
 
-    fn attention(&mut self, q: Resource<Tensor>, k: Resource<Tensor>, v: Resource<Tensor>, mask: Option<Resource<Tensor>>, scale: f32, causal: bool) -> WResult<Resource<Tensor>> {
-        let (q, k, v, m) = (self.get(&q)?, self.get(&k)?, self.get(&v)?, self.opt(&mask)?);
-        let r = self.ctx.shared.tensors.attention(&q, &k, &v, m.as_ref(), scale, causal);
+    fn attention(
+        &mut self,
+        q: Resource<Tensor>,
+        k: Resource<Tensor>,
+        v: Resource<Tensor>,
+        mask: Option<Resource<Tensor>>,
+        scale: f32,
+        causal: bool,
+    ) -> WResult<Resource<Tensor>> {
+        let (q, k, v, m) = (
+            self.get(&q)?,
+            self.get(&k)?,
+            self.get(&v)?,
+            self.opt(&mask)?,
+        );
+        let r = self
+            .ctx
+            .shared
+            .tensors
+            .attention(&q, &k, &v, m.as_ref(), scale, causal);
         self.put(r)
     }
 
-    fn embedding(&mut self, table: Resource<Tensor>, ids: Resource<Tensor>) -> WResult<Resource<Tensor>> {
+    fn embedding(
+        &mut self,
+        table: Resource<Tensor>,
+        ids: Resource<Tensor>,
+    ) -> WResult<Resource<Tensor>> {
         let (t, i) = (self.get(&table)?, self.get(&ids)?);
         let r = self.ctx.shared.tensors.embedding(&t, &i);
         self.put(r)
@@ -252,20 +342,35 @@ impl ops::Host for TensorView<'_> {
         self.put(r)
     }
 
-    fn narrow(&mut self, x: Resource<Tensor>, axis: i32, start: u32, length: u32) -> WResult<Resource<Tensor>> {
+    fn narrow(
+        &mut self,
+        x: Resource<Tensor>,
+        axis: i32,
+        start: u32,
+        length: u32,
+    ) -> WResult<Resource<Tensor>> {
         let x = self.get(&x)?;
         let r = self.ctx.shared.tensors.narrow(&x, axis, start, length);
         self.put(r)
     }
 
     fn concat(&mut self, xs: Vec<Resource<Tensor>>, axis: i32) -> WResult<Resource<Tensor>> {
-        let xs = xs.iter().map(|x| self.get(x)).collect::<wasmtime::Result<Vec<_>>>()?;
+        let xs = xs
+            .iter()
+            .map(|x| self.get(x))
+            .collect::<wasmtime::Result<Vec<_>>>()?;
         let refs: Vec<&Tensor> = xs.iter().collect();
         let r = self.ctx.shared.tensors.concat(&refs, axis);
         self.put(r)
     }
 
-    fn rope(&mut self, x: Resource<Tensor>, offset: u32, theta: f32, layout: ops::RopeLayout) -> WResult<Resource<Tensor>> {
+    fn rope(
+        &mut self,
+        x: Resource<Tensor>,
+        offset: u32,
+        theta: f32,
+        layout: ops::RopeLayout,
+    ) -> WResult<Resource<Tensor>> {
         let x = self.get(&x)?;
         let layout = match layout {
             ops::RopeLayout::Interleaved => Layout::Interleaved,
@@ -281,7 +386,11 @@ impl ops::Host for TensorView<'_> {
         self.put(r)
     }
 
-    fn top_k(&mut self, x: Resource<Tensor>, k: u32) -> WResult<(Resource<Tensor>, Resource<Tensor>)> {
+    fn top_k(
+        &mut self,
+        x: Resource<Tensor>,
+        k: u32,
+    ) -> WResult<(Resource<Tensor>, Resource<Tensor>)> {
         let x = self.get(&x)?;
         match self.ctx.shared.tensors.top_k(&x, k) {
             Ok((v, i)) => Ok(Ok((self.table.push(v)?, self.table.push(i)?))),
@@ -289,13 +398,23 @@ impl ops::Host for TensorView<'_> {
         }
     }
 
-    fn mean(&mut self, x: Resource<Tensor>, axis: i32, mask: Option<Resource<Tensor>>) -> WResult<Resource<Tensor>> {
+    fn mean(
+        &mut self,
+        x: Resource<Tensor>,
+        axis: i32,
+        mask: Option<Resource<Tensor>>,
+    ) -> WResult<Resource<Tensor>> {
         let (x, m) = (self.get(&x)?, self.opt(&mask)?);
         let r = self.ctx.shared.tensors.mean(&x, axis, m.as_ref());
         self.put(r)
     }
 
-    fn l2_normalize(&mut self, x: Resource<Tensor>, axis: i32, eps: f32) -> WResult<Resource<Tensor>> {
+    fn l2_normalize(
+        &mut self,
+        x: Resource<Tensor>,
+        axis: i32,
+        eps: f32,
+    ) -> WResult<Resource<Tensor>> {
         let x = self.get(&x)?;
         let r = self.ctx.shared.tensors.l2_normalize(&x, axis, eps);
         self.put(r)
@@ -334,7 +453,10 @@ impl weights::HostWeights for TensorView<'_> {
         }
     }
 
-    fn tensors(&mut self, w: Resource<WeightsHandle>) -> wasmtime::Result<Vec<weights::TensorInfo>> {
+    fn tensors(
+        &mut self,
+        w: Resource<WeightsHandle>,
+    ) -> wasmtime::Result<Vec<weights::TensorInfo>> {
         let w = self.table.get(&w)?.0.clone();
         Ok(w.names
             .iter()
@@ -359,12 +481,27 @@ impl weights::HostWeights for TensorView<'_> {
     }
 
     fn metadata_keys(&mut self, w: Resource<WeightsHandle>) -> wasmtime::Result<Vec<String>> {
-        Ok(self.table.get(&w)?.0.metadata.iter().map(|(k, _)| k.clone()).collect())
+        Ok(self
+            .table
+            .get(&w)?
+            .0
+            .metadata
+            .iter()
+            .map(|(k, _)| k.clone())
+            .collect())
     }
 
-    fn metadata(&mut self, w: Resource<WeightsHandle>, key: String) -> wasmtime::Result<Option<weights::MetadataValue>> {
+    fn metadata(
+        &mut self,
+        w: Resource<WeightsHandle>,
+        key: String,
+    ) -> wasmtime::Result<Option<weights::MetadataValue>> {
         let w = self.table.get(&w)?;
-        Ok(w.0.metadata.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone().into()))
+        Ok(w.0
+            .metadata
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.clone().into()))
     }
 
     fn drop(&mut self, w: Resource<WeightsHandle>) -> wasmtime::Result<()> {

@@ -162,7 +162,9 @@ impl CpuData {
             // Float target, or float source to integer (saturating `as`).
             return match (self, dtype) {
                 (CpuData::F32(v), _) => Self::from_f32(v.clone(), dtype),
-                (CpuData::I64(v), DType::F32) => CpuData::F32(v.iter().map(|&x| x as f32).collect()),
+                (CpuData::I64(v), DType::F32) => {
+                    CpuData::F32(v.iter().map(|&x| x as f32).collect())
+                }
                 _ => Self::from_f32(self.as_f32().into_owned(), dtype),
             };
         }

@@ -30,7 +30,12 @@ pub fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
 /// Calls `f(offset_a, offset_b, out_index_of_row_start)` once per row (all
 /// dimensions but the last) of `out`, with the element offsets of each
 /// operand under broadcast strides `sa` and `sb`.
-pub fn for_each_row(out: &[usize], sa: &[usize], sb: &[usize], mut f: impl FnMut(usize, usize, usize)) {
+pub fn for_each_row(
+    out: &[usize],
+    sa: &[usize],
+    sb: &[usize],
+    mut f: impl FnMut(usize, usize, usize),
+) {
     let rank = out.len();
     if rank == 0 {
         f(0, 0, 0);

@@ -26,7 +26,10 @@ pub fn binary<T: Copy + Send + Sync>(
     let n: usize = out.iter().product();
     if ashape == bshape {
         return if n >= PAR_MIN {
-            a.par_iter().zip(b.par_iter()).map(|(&x, &y)| f(x, y)).collect()
+            a.par_iter()
+                .zip(b.par_iter())
+                .map(|(&x, &y)| f(x, y))
+                .collect()
         } else {
             a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect()
         };
@@ -41,24 +44,22 @@ pub fn binary<T: Copy + Send + Sync>(
     } else {
         (sa[rank - 1], sb[rank - 1])
     };
-    for_each_row(out, &sa, &sb, |oa, ob, _| {
-        match (ia, ib) {
-            (1, 1) => result.extend(
-                a[oa..oa + last]
-                    .iter()
-                    .zip(&b[ob..ob + last])
-                    .map(|(&x, &y)| f(x, y)),
-            ),
-            (1, 0) => {
-                let y = b[ob];
-                result.extend(a[oa..oa + last].iter().map(|&x| f(x, y)));
-            }
-            (0, 1) => {
-                let x = a[oa];
-                result.extend(b[ob..ob + last].iter().map(|&y| f(x, y)));
-            }
-            _ => result.extend((0..last).map(|j| f(a[oa + j * ia], b[ob + j * ib]))),
+    for_each_row(out, &sa, &sb, |oa, ob, _| match (ia, ib) {
+        (1, 1) => result.extend(
+            a[oa..oa + last]
+                .iter()
+                .zip(&b[ob..ob + last])
+                .map(|(&x, &y)| f(x, y)),
+        ),
+        (1, 0) => {
+            let y = b[ob];
+            result.extend(a[oa..oa + last].iter().map(|&x| f(x, y)));
         }
+        (0, 1) => {
+            let x = a[oa];
+            result.extend(b[ob..ob + last].iter().map(|&y| f(x, y)));
+        }
+        _ => result.extend((0..last).map(|j| f(a[oa + j * ia], b[ob + j * ib]))),
     });
     result
 }
@@ -241,7 +242,14 @@ pub fn norm(
 }
 
 /// Rotary embedding of rows of `dim` where row r has position `offset + r % seq`.
-pub fn rope(x: &[f32], seq: usize, dim: usize, offset: usize, theta: f32, layout: RopeLayout) -> Vec<f32> {
+pub fn rope(
+    x: &[f32],
+    seq: usize,
+    dim: usize,
+    offset: usize,
+    theta: f32,
+    layout: RopeLayout,
+) -> Vec<f32> {
     let half = dim / 2;
     let mut out = x.to_vec();
     if dim == 0 || seq == 0 {
@@ -261,7 +269,10 @@ pub fn rope(x: &[f32], seq: usize, dim: usize, offset: usize, theta: f32, layout
     }
     let body = |(r, row): (usize, &mut [f32])| {
         let s = r % seq;
-        let (c, sn) = (&cos[s * half..(s + 1) * half], &sin[s * half..(s + 1) * half]);
+        let (c, sn) = (
+            &cos[s * half..(s + 1) * half],
+            &sin[s * half..(s + 1) * half],
+        );
         for i in 0..half {
             let (a, b) = match layout {
                 RopeLayout::Interleaved => (2 * i, 2 * i + 1),
@@ -374,7 +385,12 @@ mod tests {
 
     #[test]
     fn erf_is_accurate() {
-        for (x, want) in [(0.0f64, 0.0f64), (0.5, 0.520_499_877_8), (1.0, 0.842_700_792_9), (-2.0, -0.995_322_265)] {
+        for (x, want) in [
+            (0.0f64, 0.0f64),
+            (0.5, 0.520_499_877_8),
+            (1.0, 0.842_700_792_9),
+            (-2.0, -0.995_322_265),
+        ] {
             assert!((erf(x as f32) as f64 - want).abs() < 1e-6, "erf({x})");
         }
     }

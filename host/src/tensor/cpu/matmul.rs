@@ -63,7 +63,13 @@ fn gemm_into(
 }
 
 /// Batched product per `plan`; `a_shape`/`b_shape` are the operands' shapes.
-pub fn matmul(a: &[f32], a_shape: &[usize], b: &[f32], b_shape: &[usize], plan: &MatmulPlan) -> Vec<f32> {
+pub fn matmul(
+    a: &[f32],
+    a_shape: &[usize],
+    b: &[f32],
+    b_shape: &[usize],
+    plan: &MatmulPlan,
+) -> Vec<f32> {
     let MatmulPlan { m, n, k, .. } = *plan;
     let batch: usize = plan.batch.iter().product();
     let mut out = vec![0.0f32; batch * m * n];
@@ -90,7 +96,17 @@ pub fn matmul(a: &[f32], a_shape: &[usize], b: &[f32], b_shape: &[usize], plan: 
     let flops = m * n * k;
     let run = |(bi, dst): (usize, &mut [f32]), par| {
         let (oa, ob) = offsets(bi);
-        gemm_into(dst, m, n, k, &a[oa..oa + a_mat], a_st, &b[ob..ob + b_mat], b_st, par);
+        gemm_into(
+            dst,
+            m,
+            n,
+            k,
+            &a[oa..oa + a_mat],
+            a_st,
+            &b[ob..ob + b_mat],
+            b_st,
+            par,
+        );
     };
     if batch > 1 && flops < PAR_FLOPS * 4 {
         out.par_chunks_mut(m * n)
@@ -102,7 +118,9 @@ pub fn matmul(a: &[f32], a_shape: &[usize], b: &[f32], b_shape: &[usize], plan: 
         } else {
             Parallelism::None
         };
-        out.chunks_mut(m * n).enumerate().for_each(|item| run(item, par));
+        out.chunks_mut(m * n)
+            .enumerate()
+            .for_each(|item| run(item, par));
     }
     out
 }
@@ -141,7 +159,15 @@ pub fn attention(
     scale: f32,
     causal: bool,
 ) -> Vec<f32> {
-    let AttentionDims { b, hq, hk, sq, sk, d, dv } = *dims;
+    let AttentionDims {
+        b,
+        hq,
+        hk,
+        sq,
+        sk,
+        d,
+        dv,
+    } = *dims;
     let mut out = vec![0.0f32; b * hq * sq * dv];
     if out.is_empty() {
         return out;
@@ -154,7 +180,17 @@ pub fn attention(
         let ko = (bi * hk + kh) * sk * d;
         let vo = (bi * hk + kh) * sk * dv;
         let mut scores = vec![0.0f32; sq * sk];
-        gemm_into(&mut scores, sq, sk, d, &q[qo..qo + sq * d], (d, 1), &k[ko..ko + sk * d], (1, d), Parallelism::None);
+        gemm_into(
+            &mut scores,
+            sq,
+            sk,
+            d,
+            &q[qo..qo + sq * d],
+            (d, 1),
+            &k[ko..ko + sk * d],
+            (1, d),
+            Parallelism::None,
+        );
         for i in 0..sq {
             for j in 0..sk {
                 let s = &mut scores[i * sk + j];
@@ -165,7 +201,17 @@ pub fn attention(
             }
         }
         let probs = softmax_last(&scores, sk, causal.then_some(sq));
-        gemm_into(dst, sq, dv, sk, &probs, (sk, 1), &v[vo..vo + sk * dv], (dv, 1), Parallelism::None);
+        gemm_into(
+            dst,
+            sq,
+            dv,
+            sk,
+            &probs,
+            (sk, 1),
+            &v[vo..vo + sk * dv],
+            (dv, 1),
+            Parallelism::None,
+        );
     };
     if b * hq > 1 {
         out.par_chunks_mut(sq * dv).enumerate().for_each(head);

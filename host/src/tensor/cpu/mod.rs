@@ -92,7 +92,14 @@ impl Backend for CpuBackend {
                 CpuData::F32(math::binary(x, sa, y, sb, out, math::float_binary(op)))
             }
             (x, y) => CpuData::from_f32(
-                math::binary(&x.as_f32(), sa, &y.as_f32(), sb, out, math::float_binary(op)),
+                math::binary(
+                    &x.as_f32(),
+                    sa,
+                    &y.as_f32(),
+                    sb,
+                    out,
+                    math::float_binary(op),
+                ),
                 a.dtype(),
             ),
         };
@@ -183,17 +190,23 @@ impl Backend for CpuBackend {
                 "embedding id {bad} out of range for a table of {rows} rows"
             )));
         }
-        Ok(Data::Cpu(map_same!(host(table), v => layout::gather(v, dim, &ids))))
+        Ok(Data::Cpu(
+            map_same!(host(table), v => layout::gather(v, dim, &ids)),
+        ))
     }
 
     fn permute(&self, x: &Tensor, dims: &[usize]) -> TResult<Data> {
         let shape = x.shape();
-        Ok(Data::Cpu(map_same!(host(x), v => layout::permute(v, shape, dims))))
+        Ok(Data::Cpu(
+            map_same!(host(x), v => layout::permute(v, shape, dims)),
+        ))
     }
 
     fn narrow(&self, x: &Tensor, axis: usize, start: usize, len: usize) -> TResult<Data> {
         let shape = x.shape();
-        Ok(Data::Cpu(map_same!(host(x), v => layout::narrow(v, shape, axis, start, len))))
+        Ok(Data::Cpu(
+            map_same!(host(x), v => layout::narrow(v, shape, axis, start, len)),
+        ))
     }
 
     fn concat(&self, xs: &[&Tensor], axis: usize) -> TResult<Data> {
@@ -223,7 +236,10 @@ impl Backend for CpuBackend {
     fn rope(&self, x: &Tensor, offset: usize, theta: f32, layout: RopeLayout) -> TResult<Data> {
         let shape = x.shape();
         let (seq, dim) = (shape[shape.len() - 2], shape[shape.len() - 1]);
-        Ok(like(x, math::rope(&floats(x), seq, dim, offset, theta, layout)))
+        Ok(like(
+            x,
+            math::rope(&floats(x), seq, dim, offset, theta, layout),
+        ))
     }
 
     fn argmax(&self, x: &Tensor, axis: usize) -> TResult<Data> {
