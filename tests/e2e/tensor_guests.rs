@@ -434,3 +434,39 @@ fn headless_jobs_run_with_tensor_access() {
     assert_eq!(code, 1);
     assert!(err.contains("does not export wasi:cli/run"), "{err}");
 }
+
+#[test]
+fn a_heavy_op_does_not_hold_up_other_requests() {
+    let dir = scratch("tensor_heavy");
+    // One serving thread: without offloading, everything would queue behind the product.
+    let server = Server::start(
+        &[
+            guest("tensor_probe").to_str().unwrap(),
+            "--threads",
+            "1",
+            "--tensor-memory",
+            "2GiB",
+        ],
+        &dir.join("cache"),
+    );
+    let addr = server.addr;
+    let heavy = std::thread::spawn(move || {
+        let resp = request(addr, "GET", "/bench/matmul?n=1536&reps=6", &[], b"");
+        (resp.status, std::time::Instant::now())
+    });
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    let body = json!({"op": "add", "inputs": [
+        {"data": [1.0, 2.0], "shape": [2]}, {"data": [3.0, 4.0], "shape": [2]}]})
+    .to_string();
+    for _ in 0..5 {
+        let resp = request(addr, "POST", "/op", &[], body.as_bytes());
+        assert_eq!(json_of(&resp)["data"], json!([4.0, 6.0]));
+    }
+    let small_done = std::time::Instant::now();
+    let (status, heavy_done) = heavy.join().unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        small_done < heavy_done,
+        "small requests waited for the heavy product"
+    );
+}

@@ -3,7 +3,7 @@
 wasmtime::component::bindgen!({
     path: ["../wit/tensor-0.1.0", "../wit/cuda-0.1.0"],
     world: "wasi:cuda/imports",
-    imports: { default: trappable },
+    imports: { default: async | trappable },
     with: {
         "wasi:tensor/types": crate::tensor::bindings::wasi::tensor::types,
         "wasi:cuda/memory.buffer": crate::cuda::Buffer,

@@ -16,11 +16,11 @@ fn no_device<T>() -> WResult<T> {
 impl types::Host for CudaView<'_> {}
 
 impl device::Host for CudaView<'_> {
-    fn info(&mut self) -> WResult<types::DeviceInfo> {
+    async fn info(&mut self) -> WResult<types::DeviceInfo> {
         no_device()
     }
 
-    fn synchronize(&mut self) -> WResult<()> {
+    async fn synchronize(&mut self) -> WResult<()> {
         no_device()
     }
 }
@@ -28,54 +28,54 @@ impl device::Host for CudaView<'_> {
 impl streams::Host for CudaView<'_> {}
 
 impl streams::HostStream for CudaView<'_> {
-    fn create(&mut self) -> WResult<Resource<Stream>> {
+    async fn create(&mut self) -> WResult<Resource<Stream>> {
         no_device()
     }
 
-    fn synchronize(&mut self, _: Resource<Stream>) -> WResult<()> {
+    async fn synchronize(&mut self, _: Resource<Stream>) -> WResult<()> {
         no_device()
     }
 
-    fn record_event(&mut self, _: Resource<Stream>) -> WResult<Resource<Event>> {
+    async fn record_event(&mut self, _: Resource<Stream>) -> WResult<Resource<Event>> {
         no_device()
     }
 
-    fn wait_event(&mut self, _: Resource<Stream>, _: Resource<Event>) -> WResult<()> {
+    async fn wait_event(&mut self, _: Resource<Stream>, _: Resource<Event>) -> WResult<()> {
         no_device()
     }
 
-    fn drop(&mut self, r: Resource<Stream>) -> wasmtime::Result<()> {
+    async fn drop(&mut self, r: Resource<Stream>) -> wasmtime::Result<()> {
         self.table.delete(r)?;
         Ok(())
     }
 }
 
 impl streams::HostEvent for CudaView<'_> {
-    fn synchronize(&mut self, _: Resource<Event>) -> WResult<()> {
+    async fn synchronize(&mut self, _: Resource<Event>) -> WResult<()> {
         no_device()
     }
 
-    fn is_complete(&mut self, _: Resource<Event>) -> WResult<bool> {
+    async fn is_complete(&mut self, _: Resource<Event>) -> WResult<bool> {
         no_device()
     }
 
-    fn elapsed_ms(&mut self, _: Resource<Event>, _: Resource<Event>) -> WResult<f32> {
+    async fn elapsed_ms(&mut self, _: Resource<Event>, _: Resource<Event>) -> WResult<f32> {
         no_device()
     }
 
-    fn drop(&mut self, r: Resource<Event>) -> wasmtime::Result<()> {
+    async fn drop(&mut self, r: Resource<Event>) -> wasmtime::Result<()> {
         self.table.delete(r)?;
         Ok(())
     }
 }
 
 impl memory::Host for CudaView<'_> {
-    fn tensor_into_buffer(&mut self, t: Resource<Tensor>) -> WResult<Resource<Buffer>> {
+    async fn tensor_into_buffer(&mut self, t: Resource<Tensor>) -> WResult<Resource<Buffer>> {
         self.table.delete(t)?;
         no_device()
     }
 
-    fn buffer_into_tensor(
+    async fn buffer_into_tensor(
         &mut self,
         b: Resource<Buffer>,
         _: Vec<u32>,
@@ -87,15 +87,15 @@ impl memory::Host for CudaView<'_> {
 }
 
 impl memory::HostBuffer for CudaView<'_> {
-    fn alloc(&mut self, _: u64) -> WResult<Resource<Buffer>> {
+    async fn alloc(&mut self, _: u64) -> WResult<Resource<Buffer>> {
         no_device()
     }
 
-    fn size(&mut self, _: Resource<Buffer>) -> wasmtime::Result<u64> {
+    async fn size(&mut self, _: Resource<Buffer>) -> wasmtime::Result<u64> {
         Ok(0)
     }
 
-    fn write(
+    async fn write(
         &mut self,
         _: Resource<Buffer>,
         _: u64,
@@ -105,11 +105,11 @@ impl memory::HostBuffer for CudaView<'_> {
         no_device()
     }
 
-    fn read(&mut self, _: Resource<Buffer>, _: u64, _: u64) -> WResult<Vec<u8>> {
+    async fn read(&mut self, _: Resource<Buffer>, _: u64, _: u64) -> WResult<Vec<u8>> {
         no_device()
     }
 
-    fn copy_from(
+    async fn copy_from(
         &mut self,
         _: Resource<Buffer>,
         _: Resource<Buffer>,
@@ -121,7 +121,7 @@ impl memory::HostBuffer for CudaView<'_> {
         no_device()
     }
 
-    fn drop(&mut self, r: Resource<Buffer>) -> wasmtime::Result<()> {
+    async fn drop(&mut self, r: Resource<Buffer>) -> wasmtime::Result<()> {
         self.table.delete(r)?;
         Ok(())
     }
@@ -130,19 +130,23 @@ impl memory::HostBuffer for CudaView<'_> {
 impl kernels::Host for CudaView<'_> {}
 
 impl kernels::HostModule for CudaView<'_> {
-    fn load(&mut self, _: String) -> WResult<Resource<Module>> {
+    async fn load(&mut self, _: String) -> WResult<Resource<Module>> {
         no_device()
     }
 
-    fn load_digest(&mut self, _: String) -> WResult<Resource<Module>> {
+    async fn load_digest(&mut self, _: String) -> WResult<Resource<Module>> {
         no_device()
     }
 
-    fn load_source(&mut self, _: String, _: kernels::SourceKind) -> WResult<Resource<Module>> {
+    async fn load_source(
+        &mut self,
+        _: String,
+        _: kernels::SourceKind,
+    ) -> WResult<Resource<Module>> {
         no_device()
     }
 
-    fn kernel(
+    async fn kernel(
         &mut self,
         _: Resource<Module>,
         _: String,
@@ -151,18 +155,18 @@ impl kernels::HostModule for CudaView<'_> {
         no_device()
     }
 
-    fn drop(&mut self, r: Resource<Module>) -> wasmtime::Result<()> {
+    async fn drop(&mut self, r: Resource<Module>) -> wasmtime::Result<()> {
         self.table.delete(r)?;
         Ok(())
     }
 }
 
 impl kernels::HostKernel for CudaView<'_> {
-    fn params(&mut self, _: Resource<Kernel>) -> wasmtime::Result<Vec<kernels::ParamKind>> {
+    async fn params(&mut self, _: Resource<Kernel>) -> wasmtime::Result<Vec<kernels::ParamKind>> {
         Ok(Vec::new())
     }
 
-    fn launch(
+    async fn launch(
         &mut self,
         _: Resource<Kernel>,
         _: kernels::LaunchConfig,
@@ -172,7 +176,7 @@ impl kernels::HostKernel for CudaView<'_> {
         no_device()
     }
 
-    fn drop(&mut self, r: Resource<Kernel>) -> wasmtime::Result<()> {
+    async fn drop(&mut self, r: Resource<Kernel>) -> wasmtime::Result<()> {
         self.table.delete(r)?;
         Ok(())
     }

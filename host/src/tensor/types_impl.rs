@@ -1,6 +1,10 @@
 //! The `wasi:tensor` host traits, implemented over the validated op layer.
 
 use super::TensorView;
+use super::ops::Tensors;
+
+/// Work below which an op runs on the serving thread (about 0.1-1 ms).
+const INLINE_WORK: u64 = 1 << 20;
 use super::backend::{BinaryOp, NormKind, RopeLayout as Layout, UnaryOp};
 use super::bindings::wasi::tensor::{ops, types, weights};
 use super::cpu::CpuData;
@@ -85,21 +89,39 @@ impl TensorView<'_> {
         }
     }
 
-    fn unary(&mut self, op: UnaryOp, x: Resource<Tensor>) -> WResult<Resource<Tensor>> {
-        let x = self.get(&x)?;
-        let r = self.ctx.shared.tensors.unary(op, &x);
+    /// Runs an op: inline when `work` (about one unit per multiply-add or
+    /// element touched) is small, otherwise on a blocking thread so that the
+    /// serving thread keeps answering other requests meanwhile.
+    async fn run(
+        &mut self,
+        work: u64,
+        op: impl FnOnce(&Tensors) -> TResult<Tensor> + Send + 'static,
+    ) -> WResult<Resource<Tensor>> {
+        let tensors = self.ctx.shared.tensors.clone();
+        let r = if work < INLINE_WORK {
+            op(&tensors)
+        } else {
+            tokio::task::spawn_blocking(move || op(&tensors))
+                .await
+                .map_err(|e| wasmtime::Error::msg(format!("tensor op failed: {e}")))?
+        };
         self.put(r)
     }
 
-    fn binary(
+    async fn unary(&mut self, op: UnaryOp, x: Resource<Tensor>) -> WResult<Resource<Tensor>> {
+        let x = self.get(&x)?;
+        self.run(x.len() as u64 * 8, move |t| t.unary(op, &x)).await
+    }
+
+    async fn binary(
         &mut self,
         op: BinaryOp,
         a: Resource<Tensor>,
         b: Resource<Tensor>,
     ) -> WResult<Resource<Tensor>> {
         let (a, b) = (self.get(&a)?, self.get(&b)?);
-        let r = self.ctx.shared.tensors.binary(op, &a, &b);
-        self.put(r)
+        let work = a.len().max(b.len()) as u64;
+        self.run(work, move |t| t.binary(op, &a, &b)).await
     }
 
     fn opt(&self, r: &Option<Resource<Tensor>>) -> wasmtime::Result<Option<Tensor>> {
@@ -110,7 +132,7 @@ impl TensorView<'_> {
 impl types::Host for TensorView<'_> {}
 
 impl types::HostTensor for TensorView<'_> {
-    fn from_bytes(
+    async fn from_bytes(
         &mut self,
         data: Vec<u8>,
         shape: Vec<u32>,
@@ -124,7 +146,7 @@ impl types::HostTensor for TensorView<'_> {
         self.put(r)
     }
 
-    fn from_f32(&mut self, data: Vec<f32>, shape: Vec<u32>) -> WResult<Resource<Tensor>> {
+    async fn from_f32(&mut self, data: Vec<f32>, shape: Vec<u32>) -> WResult<Resource<Tensor>> {
         let r = self
             .ctx
             .shared
@@ -133,7 +155,7 @@ impl types::HostTensor for TensorView<'_> {
         self.put(r)
     }
 
-    fn from_i64(&mut self, data: Vec<i64>, shape: Vec<u32>) -> WResult<Resource<Tensor>> {
+    async fn from_i64(&mut self, data: Vec<i64>, shape: Vec<u32>) -> WResult<Resource<Tensor>> {
         let r = self
             .ctx
             .shared
@@ -142,7 +164,7 @@ impl types::HostTensor for TensorView<'_> {
         self.put(r)
     }
 
-    fn full(
+    async fn full(
         &mut self,
         shape: Vec<u32>,
         dtype: types::Dtype,
@@ -152,19 +174,19 @@ impl types::HostTensor for TensorView<'_> {
         self.put(r)
     }
 
-    fn shape(&mut self, x: Resource<Tensor>) -> wasmtime::Result<Vec<u32>> {
+    async fn shape(&mut self, x: Resource<Tensor>) -> wasmtime::Result<Vec<u32>> {
         Ok(wit_shape(self.table.get(&x)?.shape()))
     }
 
-    fn dtype(&mut self, x: Resource<Tensor>) -> wasmtime::Result<types::Dtype> {
+    async fn dtype(&mut self, x: Resource<Tensor>) -> wasmtime::Result<types::Dtype> {
         Ok(self.table.get(&x)?.dtype().into())
     }
 
-    fn element_count(&mut self, x: Resource<Tensor>) -> wasmtime::Result<u64> {
+    async fn element_count(&mut self, x: Resource<Tensor>) -> wasmtime::Result<u64> {
         Ok(self.table.get(&x)?.len() as u64)
     }
 
-    fn to_bytes(&mut self, x: Resource<Tensor>) -> WResult<Vec<u8>> {
+    async fn to_bytes(&mut self, x: Resource<Tensor>) -> WResult<Vec<u8>> {
         let x = self.get(&x)?;
         Ok(self
             .ctx
@@ -175,7 +197,7 @@ impl types::HostTensor for TensorView<'_> {
             .map_err(Into::into))
     }
 
-    fn to_f32(&mut self, x: Resource<Tensor>) -> WResult<Vec<f32>> {
+    async fn to_f32(&mut self, x: Resource<Tensor>) -> WResult<Vec<f32>> {
         let x = self.get(&x)?;
         Ok(self
             .ctx
@@ -186,14 +208,14 @@ impl types::HostTensor for TensorView<'_> {
             .map_err(Into::into))
     }
 
-    fn drop(&mut self, x: Resource<Tensor>) -> wasmtime::Result<()> {
+    async fn drop(&mut self, x: Resource<Tensor>) -> wasmtime::Result<()> {
         self.table.delete(x)?;
         Ok(())
     }
 }
 
 impl ops::Host for TensorView<'_> {
-    fn matmul(
+    async fn matmul(
         &mut self,
         a: Resource<Tensor>,
         b: Resource<Tensor>,
@@ -201,66 +223,74 @@ impl ops::Host for TensorView<'_> {
         tb: bool,
     ) -> WResult<Resource<Tensor>> {
         let (a, b) = (self.get(&a)?, self.get(&b)?);
-        let r = self.ctx.shared.tensors.matmul(&a, &b, ta, tb);
-        self.put(r)
+        // batch·m·k of a, times n of b.
+        let n = b
+            .shape()
+            .iter()
+            .rev()
+            .nth(usize::from(tb))
+            .copied()
+            .unwrap_or(1);
+        let work = a.len() as u64 * n as u64;
+        self.run(work, move |t| t.matmul(&a, &b, ta, tb)).await
     }
 
-    fn add(&mut self, a: Resource<Tensor>, b: Resource<Tensor>) -> WResult<Resource<Tensor>> {
-        self.binary(BinaryOp::Add, a, b)
+    async fn add(&mut self, a: Resource<Tensor>, b: Resource<Tensor>) -> WResult<Resource<Tensor>> {
+        self.binary(BinaryOp::Add, a, b).await
     }
 
-    fn sub(&mut self, a: Resource<Tensor>, b: Resource<Tensor>) -> WResult<Resource<Tensor>> {
-        self.binary(BinaryOp::Sub, a, b)
+    async fn sub(&mut self, a: Resource<Tensor>, b: Resource<Tensor>) -> WResult<Resource<Tensor>> {
+        self.binary(BinaryOp::Sub, a, b).await
     }
 
-    fn mul(&mut self, a: Resource<Tensor>, b: Resource<Tensor>) -> WResult<Resource<Tensor>> {
-        self.binary(BinaryOp::Mul, a, b)
+    async fn mul(&mut self, a: Resource<Tensor>, b: Resource<Tensor>) -> WResult<Resource<Tensor>> {
+        self.binary(BinaryOp::Mul, a, b).await
     }
 
-    fn div(&mut self, a: Resource<Tensor>, b: Resource<Tensor>) -> WResult<Resource<Tensor>> {
-        self.binary(BinaryOp::Div, a, b)
+    async fn div(&mut self, a: Resource<Tensor>, b: Resource<Tensor>) -> WResult<Resource<Tensor>> {
+        self.binary(BinaryOp::Div, a, b).await
     }
 
-    fn scale(&mut self, x: Resource<Tensor>, factor: f32) -> WResult<Resource<Tensor>> {
-        self.unary(UnaryOp::Scale(factor), x)
+    async fn scale(&mut self, x: Resource<Tensor>, factor: f32) -> WResult<Resource<Tensor>> {
+        self.unary(UnaryOp::Scale(factor), x).await
     }
 
-    fn gelu(&mut self, x: Resource<Tensor>) -> WResult<Resource<Tensor>> {
-        self.unary(UnaryOp::Gelu, x)
+    async fn gelu(&mut self, x: Resource<Tensor>) -> WResult<Resource<Tensor>> {
+        self.unary(UnaryOp::Gelu, x).await
     }
 
-    fn gelu_tanh(&mut self, x: Resource<Tensor>) -> WResult<Resource<Tensor>> {
-        self.unary(UnaryOp::GeluTanh, x)
+    async fn gelu_tanh(&mut self, x: Resource<Tensor>) -> WResult<Resource<Tensor>> {
+        self.unary(UnaryOp::GeluTanh, x).await
     }
 
-    fn silu(&mut self, x: Resource<Tensor>) -> WResult<Resource<Tensor>> {
-        self.unary(UnaryOp::Silu, x)
+    async fn silu(&mut self, x: Resource<Tensor>) -> WResult<Resource<Tensor>> {
+        self.unary(UnaryOp::Silu, x).await
     }
 
-    fn relu(&mut self, x: Resource<Tensor>) -> WResult<Resource<Tensor>> {
-        self.unary(UnaryOp::Relu, x)
+    async fn relu(&mut self, x: Resource<Tensor>) -> WResult<Resource<Tensor>> {
+        self.unary(UnaryOp::Relu, x).await
     }
 
-    fn tanh(&mut self, x: Resource<Tensor>) -> WResult<Resource<Tensor>> {
-        self.unary(UnaryOp::Tanh, x)
+    async fn tanh(&mut self, x: Resource<Tensor>) -> WResult<Resource<Tensor>> {
+        self.unary(UnaryOp::Tanh, x).await
     }
 
-    fn exp(&mut self, x: Resource<Tensor>) -> WResult<Resource<Tensor>> {
-        self.unary(UnaryOp::Exp, x)
+    async fn exp(&mut self, x: Resource<Tensor>) -> WResult<Resource<Tensor>> {
+        self.unary(UnaryOp::Exp, x).await
     }
 
-    fn softmax(
+    async fn softmax(
         &mut self,
         x: Resource<Tensor>,
         axis: i32,
         causal: bool,
     ) -> WResult<Resource<Tensor>> {
         let x = self.get(&x)?;
-        let r = self.ctx.shared.tensors.softmax(&x, axis, causal);
-        self.put(r)
+        self.run(x.len() as u64 * 8, move |t| t.softmax(&x, axis, causal))
+            .await
     }
 
-    fn layer_norm(
+    async fn layer_norm(
         &mut self,
         x: Resource<Tensor>,
         w: Option<Resource<Tensor>>,
@@ -268,30 +298,28 @@ impl ops::Host for TensorView<'_> {
         eps: f32,
     ) -> WResult<Resource<Tensor>> {
         let (x, w, b) = (self.get(&x)?, self.opt(&w)?, self.opt(&b)?);
-        let r = self
-            .ctx
-            .shared
-            .tensors
-            .norm(NormKind::Layer, &x, w.as_ref(), b.as_ref(), eps);
-        self.put(r)
+        let work = x.len() as u64 * 4;
+        self.run(work, move |t| {
+            t.norm(NormKind::Layer, &x, w.as_ref(), b.as_ref(), eps)
+        })
+        .await
     }
 
-    fn rms_norm(
+    async fn rms_norm(
         &mut self,
         x: Resource<Tensor>,
         w: Option<Resource<Tensor>>,
         eps: f32,
     ) -> WResult<Resource<Tensor>> {
         let (x, w) = (self.get(&x)?, self.opt(&w)?);
-        let r = self
-            .ctx
-            .shared
-            .tensors
-            .norm(NormKind::Rms, &x, w.as_ref(), None, eps);
-        self.put(r)
+        let work = x.len() as u64 * 4;
+        self.run(work, move |t| {
+            t.norm(NormKind::Rms, &x, w.as_ref(), None, eps)
+        })
+        .await
     }
 
-    fn attention(
+    async fn attention(
         &mut self,
         q: Resource<Tensor>,
         k: Resource<Tensor>,
@@ -306,43 +334,49 @@ impl ops::Host for TensorView<'_> {
             self.get(&v)?,
             self.opt(&mask)?,
         );
-        let r = self
-            .ctx
-            .shared
-            .tensors
-            .attention(&q, &k, &v, m.as_ref(), scale, causal);
-        self.put(r)
+        // q·kᵀ and p·v: about 2·q-elements·key-length multiply-adds.
+        let keys = k.shape().get(2).copied().unwrap_or(1);
+        let work = 2 * q.len() as u64 * keys as u64;
+        self.run(work, move |t| {
+            t.attention(&q, &k, &v, m.as_ref(), scale, causal)
+        })
+        .await
     }
 
-    fn embedding(
+    async fn embedding(
         &mut self,
         table: Resource<Tensor>,
         ids: Resource<Tensor>,
     ) -> WResult<Resource<Tensor>> {
-        let (t, i) = (self.get(&table)?, self.get(&ids)?);
-        let r = self.ctx.shared.tensors.embedding(&t, &i);
-        self.put(r)
+        let (table, ids) = (self.get(&table)?, self.get(&ids)?);
+        let work = ids.len() as u64 * table.shape().get(1).copied().unwrap_or(1) as u64;
+        self.run(work, move |t| t.embedding(&table, &ids)).await
     }
 
-    fn reshape(&mut self, x: Resource<Tensor>, shape: Vec<u32>) -> WResult<Resource<Tensor>> {
+    async fn reshape(&mut self, x: Resource<Tensor>, shape: Vec<u32>) -> WResult<Resource<Tensor>> {
         let x = self.get(&x)?;
         let r = self.ctx.shared.tensors.reshape(&x, &shape);
         self.put(r)
     }
 
-    fn permute(&mut self, x: Resource<Tensor>, dims: Vec<u32>) -> WResult<Resource<Tensor>> {
+    async fn permute(&mut self, x: Resource<Tensor>, dims: Vec<u32>) -> WResult<Resource<Tensor>> {
         let x = self.get(&x)?;
-        let r = self.ctx.shared.tensors.permute(&x, &dims);
-        self.put(r)
+        self.run(x.len() as u64, move |t| t.permute(&x, &dims))
+            .await
     }
 
-    fn transpose(&mut self, x: Resource<Tensor>, a0: i32, a1: i32) -> WResult<Resource<Tensor>> {
+    async fn transpose(
+        &mut self,
+        x: Resource<Tensor>,
+        a0: i32,
+        a1: i32,
+    ) -> WResult<Resource<Tensor>> {
         let x = self.get(&x)?;
-        let r = self.ctx.shared.tensors.transpose(&x, a0, a1);
-        self.put(r)
+        self.run(x.len() as u64, move |t| t.transpose(&x, a0, a1))
+            .await
     }
 
-    fn narrow(
+    async fn narrow(
         &mut self,
         x: Resource<Tensor>,
         axis: i32,
@@ -350,21 +384,24 @@ impl ops::Host for TensorView<'_> {
         length: u32,
     ) -> WResult<Resource<Tensor>> {
         let x = self.get(&x)?;
-        let r = self.ctx.shared.tensors.narrow(&x, axis, start, length);
-        self.put(r)
+        self.run(x.len() as u64, move |t| t.narrow(&x, axis, start, length))
+            .await
     }
 
-    fn concat(&mut self, xs: Vec<Resource<Tensor>>, axis: i32) -> WResult<Resource<Tensor>> {
+    async fn concat(&mut self, xs: Vec<Resource<Tensor>>, axis: i32) -> WResult<Resource<Tensor>> {
         let xs = xs
             .iter()
             .map(|x| self.get(x))
             .collect::<wasmtime::Result<Vec<_>>>()?;
-        let refs: Vec<&Tensor> = xs.iter().collect();
-        let r = self.ctx.shared.tensors.concat(&refs, axis);
-        self.put(r)
+        let work = xs.iter().map(|x| x.len() as u64).sum();
+        self.run(work, move |t| {
+            let refs: Vec<&Tensor> = xs.iter().collect();
+            t.concat(&refs, axis)
+        })
+        .await
     }
 
-    fn rope(
+    async fn rope(
         &mut self,
         x: Resource<Tensor>,
         offset: u32,
@@ -376,17 +413,18 @@ impl ops::Host for TensorView<'_> {
             ops::RopeLayout::Interleaved => Layout::Interleaved,
             ops::RopeLayout::HalfSplit => Layout::HalfSplit,
         };
-        let r = self.ctx.shared.tensors.rope(&x, offset, theta, layout);
-        self.put(r)
+        self.run(x.len() as u64 * 4, move |t| {
+            t.rope(&x, offset, theta, layout)
+        })
+        .await
     }
 
-    fn argmax(&mut self, x: Resource<Tensor>, axis: i32) -> WResult<Resource<Tensor>> {
+    async fn argmax(&mut self, x: Resource<Tensor>, axis: i32) -> WResult<Resource<Tensor>> {
         let x = self.get(&x)?;
-        let r = self.ctx.shared.tensors.argmax(&x, axis);
-        self.put(r)
+        self.run(x.len() as u64, move |t| t.argmax(&x, axis)).await
     }
 
-    fn top_k(
+    async fn top_k(
         &mut self,
         x: Resource<Tensor>,
         k: u32,
@@ -398,32 +436,36 @@ impl ops::Host for TensorView<'_> {
         }
     }
 
-    fn mean(
+    async fn mean(
         &mut self,
         x: Resource<Tensor>,
         axis: i32,
         mask: Option<Resource<Tensor>>,
     ) -> WResult<Resource<Tensor>> {
         let (x, m) = (self.get(&x)?, self.opt(&mask)?);
-        let r = self.ctx.shared.tensors.mean(&x, axis, m.as_ref());
-        self.put(r)
+        self.run(x.len() as u64, move |t| t.mean(&x, axis, m.as_ref()))
+            .await
     }
 
-    fn l2_normalize(
+    async fn l2_normalize(
         &mut self,
         x: Resource<Tensor>,
         axis: i32,
         eps: f32,
     ) -> WResult<Resource<Tensor>> {
         let x = self.get(&x)?;
-        let r = self.ctx.shared.tensors.l2_normalize(&x, axis, eps);
-        self.put(r)
+        self.run(x.len() as u64 * 2, move |t| t.l2_normalize(&x, axis, eps))
+            .await
     }
 
-    fn cast(&mut self, x: Resource<Tensor>, dtype: types::Dtype) -> WResult<Resource<Tensor>> {
+    async fn cast(
+        &mut self,
+        x: Resource<Tensor>,
+        dtype: types::Dtype,
+    ) -> WResult<Resource<Tensor>> {
         let x = self.get(&x)?;
-        let r = self.ctx.shared.tensors.cast(&x, dtype.into());
-        self.put(r)
+        self.run(x.len() as u64, move |t| t.cast(&x, dtype.into()))
+            .await
     }
 }
 
@@ -444,7 +486,7 @@ impl From<MetaValue> for weights::MetadataValue {
 impl weights::Host for TensorView<'_> {}
 
 impl weights::HostWeights for TensorView<'_> {
-    fn open(&mut self, name: String) -> WResult<Resource<WeightsHandle>> {
+    async fn open(&mut self, name: String) -> WResult<Resource<WeightsHandle>> {
         match self.ctx.shared.weights.get(&name) {
             Some(w) => Ok(Ok(self.table.push(WeightsHandle(w.clone()))?)),
             None => Ok(Err(types::Error::NotGranted(format!(
@@ -453,7 +495,7 @@ impl weights::HostWeights for TensorView<'_> {
         }
     }
 
-    fn tensors(
+    async fn tensors(
         &mut self,
         w: Resource<WeightsHandle>,
     ) -> wasmtime::Result<Vec<weights::TensorInfo>> {
@@ -469,7 +511,7 @@ impl weights::HostWeights for TensorView<'_> {
             .collect())
     }
 
-    fn get(&mut self, w: Resource<WeightsHandle>, name: String) -> WResult<Resource<Tensor>> {
+    async fn get(&mut self, w: Resource<WeightsHandle>, name: String) -> WResult<Resource<Tensor>> {
         let w = self.table.get(&w)?.0.clone();
         match w.get(&name) {
             Some(t) => Ok(Ok(self.table.push(t.clone())?)),
@@ -480,7 +522,7 @@ impl weights::HostWeights for TensorView<'_> {
         }
     }
 
-    fn metadata_keys(&mut self, w: Resource<WeightsHandle>) -> wasmtime::Result<Vec<String>> {
+    async fn metadata_keys(&mut self, w: Resource<WeightsHandle>) -> wasmtime::Result<Vec<String>> {
         Ok(self
             .table
             .get(&w)?
@@ -491,7 +533,7 @@ impl weights::HostWeights for TensorView<'_> {
             .collect())
     }
 
-    fn metadata(
+    async fn metadata(
         &mut self,
         w: Resource<WeightsHandle>,
         key: String,
@@ -504,7 +546,7 @@ impl weights::HostWeights for TensorView<'_> {
             .map(|(_, v)| v.clone().into()))
     }
 
-    fn drop(&mut self, w: Resource<WeightsHandle>) -> wasmtime::Result<()> {
+    async fn drop(&mut self, w: Resource<WeightsHandle>) -> wasmtime::Result<()> {
         self.table.delete(w)?;
         Ok(())
     }
