@@ -7,6 +7,6 @@ use std::time::Duration;
 use tensor_wasm::deploy::{Limits, parse};
 
 fuzz_target!(|text: &str| {
-    let defaults = Limits { timeout: Duration::from_secs(30), memory: 1 << 28, concurrency: None, body: 1 << 20 };
+    let defaults = Limits { timeout: Duration::from_secs(30), memory: 1 << 28, concurrency: None, body: 1 << 20, tensor_memory: 1 << 30 };
     let _ = parse(text, Path::new("/nonexistent/fuzz.toml"), &defaults);
 });

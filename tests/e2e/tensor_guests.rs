@@ -340,9 +340,16 @@ fn bad_weights_grants_are_refused_at_start() {
         b"\x10\0\0\0\0\0\0\0{not json}     ",
     )
     .unwrap();
+    // A GGUF header that promises a tensor and ends.
+    std::fs::write(
+        dir.join("junk.gguf"),
+        b"GGUF\x03\0\0\0\x01\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
+    )
+    .unwrap();
     for (weights, needle) in [
         ("missing.safetensors", "does not exist"),
         ("junk.safetensors", "not a valid safetensors file"),
+        ("junk.gguf", "not a valid GGUF file"),
     ] {
         let file = dir.join("deploy.toml");
         std::fs::write(
@@ -469,4 +476,161 @@ fn a_heavy_op_does_not_hold_up_other_requests() {
         small_done < heavy_done,
         "small requests waited for the heavy product"
     );
+}
+
+/// A GGUF file with metadata of several types and F32, F16, Q8_0, Q4_0 and
+/// Q4_1 tensors; returns each tensor's expected values.
+fn write_gguf(path: &Path) -> Vec<(&'static str, Vec<u64>, Vec<f64>)> {
+    fn string(out: &mut Vec<u8>, s: &str) {
+        out.extend((s.len() as u64).to_le_bytes());
+        out.extend(s.as_bytes());
+    }
+    let mut f = b"GGUF".to_vec();
+    f.extend(3u32.to_le_bytes());
+    f.extend(5u64.to_le_bytes()); // tensors
+    f.extend(5u64.to_le_bytes()); // metadata entries
+    string(&mut f, "general.architecture");
+    f.extend(8u32.to_le_bytes());
+    string(&mut f, "llama");
+    string(&mut f, "general.alignment");
+    f.extend(4u32.to_le_bytes());
+    f.extend(32u32.to_le_bytes());
+    string(&mut f, "llama.rope.freq_base");
+    f.extend(6u32.to_le_bytes());
+    f.extend(100000f32.to_le_bytes());
+    string(&mut f, "tokenizer.ggml.tokens");
+    f.extend(9u32.to_le_bytes());
+    f.extend(8u32.to_le_bytes());
+    f.extend(2u64.to_le_bytes());
+    string(&mut f, "<|im_start|>");
+    string(&mut f, "hi");
+    string(&mut f, "tokenizer.ggml.token_type");
+    f.extend(9u32.to_le_bytes());
+    f.extend(5u32.to_le_bytes());
+    f.extend(2u64.to_le_bytes());
+    f.extend(3i32.to_le_bytes());
+    f.extend((-1i32).to_le_bytes());
+
+    // Tensor data, each at a 32-byte-aligned offset.
+    let mut data: Vec<u8> = Vec::new();
+    let mut expected = Vec::new();
+    let mut infos: Vec<(&str, Vec<u64>, u32, u64)> = Vec::new();
+    let mut add = |name: &'static str, dims: Vec<u64>, ty: u32, bytes: Vec<u8>, want: Vec<f64>| {
+        while !data.len().is_multiple_of(32) {
+            data.push(0);
+        }
+        infos.push((name, dims.clone(), ty, data.len() as u64));
+        data.extend(bytes);
+        expected.push((name, dims.iter().rev().copied().collect(), want));
+    };
+    let fv: Vec<f32> = vec![1.0, -2.0, 3.0, 4.5, 5.0, -6.25];
+    add(
+        "f",
+        vec![3, 2],
+        0,
+        fv.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        fv.iter().map(|&x| x as f64).collect(),
+    );
+    let hv = [0.5f32, -1.25, 2.0, 1024.0];
+    add(
+        "h",
+        vec![4],
+        1,
+        hv.iter()
+            .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+            .collect(),
+        hv.iter().map(|&x| x as f64).collect(),
+    );
+    let d = half::f16::from_f32(0.25);
+    let mut q8 = d.to_le_bytes().to_vec();
+    let q8v: Vec<i8> = (0..32).map(|i| i as i8 * 4 - 60).collect();
+    q8.extend(q8v.iter().map(|&q| q as u8));
+    add(
+        "q8",
+        vec![32],
+        8,
+        q8,
+        q8v.iter().map(|&q| q as f64 * 0.25).collect(),
+    );
+    let nib: Vec<u8> = (0..32).map(|i| (i * 7 % 16) as u8).collect();
+    let packed: Vec<u8> = (0..16).map(|j| nib[j] | (nib[j + 16] << 4)).collect();
+    let mut q4 = half::f16::from_f32(0.5).to_le_bytes().to_vec();
+    q4.extend(&packed);
+    add(
+        "q4",
+        vec![32],
+        2,
+        q4,
+        nib.iter().map(|&q| (q as f64 - 8.0) * 0.5).collect(),
+    );
+    let mut q41 = half::f16::from_f32(0.125).to_le_bytes().to_vec();
+    q41.extend(half::f16::from_f32(-1.0).to_le_bytes());
+    q41.extend(&packed);
+    add(
+        "q41",
+        vec![32],
+        3,
+        q41,
+        nib.iter().map(|&q| q as f64 * 0.125 - 1.0).collect(),
+    );
+
+    for (name, dims, ty, offset) in &infos {
+        string(&mut f, name);
+        f.extend((dims.len() as u32).to_le_bytes());
+        dims.iter().for_each(|d| f.extend(d.to_le_bytes()));
+        f.extend(ty.to_le_bytes());
+        f.extend(offset.to_le_bytes());
+    }
+    while !f.len().is_multiple_of(32) {
+        f.push(0);
+    }
+    f.extend(data);
+    std::fs::write(path, f).unwrap();
+    expected
+}
+
+#[test]
+fn gguf_weights_are_dequantized_with_typed_metadata() {
+    let dir = scratch("tensor_gguf");
+    let expected = write_gguf(&dir.join("model.gguf"));
+    let file = dir.join("deploy.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[deployment]]\nname = \"g\"\ntenant = \"t\"\ncomponent = {:?}\ngrants = {{ weights = {{ llm = \"model.gguf\" }} }}\n",
+            guest("tensor_probe")
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&[file.to_str().unwrap()], &dir.join("cache"));
+    for (name, shape, want) in &expected {
+        let v = json_of(&server.get(&format!("/weights?name=llm&tensor={name}")));
+        assert_eq!(v["tensor"]["shape"], json!(shape), "{name}");
+        let got: Vec<f64> = v["tensor"]["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        assert_eq!(&got, want, "{name}");
+    }
+    let v = json_of(&server.get("/weights?name=llm&meta=tokenizer.ggml.tokens"));
+    let names: Vec<&str> = v["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["f", "h", "q8", "q4", "q41"]);
+    assert_eq!(v["tensors"][1]["dtype"], "f16");
+    assert_eq!(v["tensors"][2]["dtype"], "f32");
+    assert_eq!(v["metadata"], json!(["<|im_start|>", "hi"]));
+    assert_eq!(v["metadata_keys"][0], "general.architecture");
+    let meta =
+        |k: &str| json_of(&server.get(&format!("/weights?name=llm&meta={k}")))["metadata"].clone();
+    assert_eq!(meta("general.architecture"), json!("llama"));
+    assert_eq!(meta("general.alignment"), json!(32));
+    assert_eq!(meta("llama.rope.freq_base"), json!(100000.0));
+    assert_eq!(meta("tokenizer.ggml.token_type"), json!([3, -1]));
+    assert_eq!(meta("absent"), Value::Null);
 }

@@ -7,7 +7,8 @@
 //! - `GET /quota?mb=N`: allocates 1 MiB tensors (at most N) until refused.
 //! - `GET /leak?mb=N`: allocates N MiB of tensors and never drops them.
 //! - `GET /dropped-handle`, `GET /foreign-handle`: handle misuse (traps).
-//! - `GET /weights?name=W&tensor=T`: opens granted weights, reads a tensor.
+//! - `GET /weights?name=W&tensor=T&meta=K`: opens granted weights, reads a
+//!   tensor and a metadata value.
 //! - `GET /bench/matmul?n=N&reps=R&dtype=D`: times R products of N×N
 //!   matrices inside the guest (the benchmark in `benches/tensor`).
 //! - `GET /bench/overhead?reps=R`: µs per host call (a query and a tiny op).
@@ -280,8 +281,23 @@ fn quota(max_mb: u32) -> Value {
     json!({"allocated_mb": held.len(), "error": null})
 }
 
-fn weights(name: &str, tensor: Option<&str>) -> Result<Value, Error> {
+fn meta_json(v: &tensorwasm_sdk::bindings::wasi::tensor::weights::MetadataValue) -> Value {
+    use tensorwasm_sdk::bindings::wasi::tensor::weights::MetadataValue as M;
+    match v {
+        M::Text(s) => json!(s),
+        M::Integer(i) => json!(i),
+        M::Float(f) => json!(f),
+        M::Boolean(b) => json!(b),
+        M::TextList(l) => json!(l),
+        M::IntegerList(l) => json!(l),
+        M::FloatList(l) => json!(l),
+    }
+}
+
+fn weights(name: &str, tensor: Option<&str>, meta: Option<&str>) -> Result<Value, Error> {
     let w = Weights::open(name)?;
+    let keys = w.0.metadata_keys();
+    let meta = meta.map(|k| w.0.metadata(k).as_ref().map_or(Value::Null, meta_json));
     let list: Vec<Value> = w
         .tensors()
         .into_iter()
@@ -291,7 +307,7 @@ fn weights(name: &str, tensor: Option<&str>) -> Result<Value, Error> {
         Some(t) => to_json(&w.get(t)?)?,
         None => Value::Null,
     };
-    Ok(json!({"tensors": list, "tensor": read}))
+    Ok(json!({"tensors": list, "tensor": read, "metadata_keys": keys, "metadata": meta}))
 }
 
 fn now_ns() -> u64 {
@@ -411,7 +427,7 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
             }
             "/weights" => {
                 let name = q("name").unwrap_or_default();
-                match weights(&name, q("tensor").as_deref()) {
+                match weights(&name, q("tensor").as_deref(), q("meta").as_deref()) {
                     Ok(v) => json(out, 200, &v.to_string()),
                     Err(e) => json(out, 422, &error_json(&e).to_string()),
                 }

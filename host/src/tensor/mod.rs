@@ -11,6 +11,7 @@ pub mod backend;
 #[allow(missing_docs)]
 pub mod bindings;
 pub mod cpu;
+pub mod gguf;
 pub mod ops;
 pub mod quota;
 pub mod types;

@@ -1,8 +1,9 @@
-//! Model weights granted to a deployment: read once by the host (safetensors
-//! through a memory map), kept as shared read-only tensors, and handed to
-//! every instance without a copy.
+//! Model weights granted to a deployment: read once by the host (safetensors,
+//! or GGUF dequantized to f32, through a memory map), kept as shared
+//! read-only tensors, and handed to every instance without a copy.
 
 use super::backend::Backend;
+
 use super::cpu::CpuData;
 use super::types::{DType, Tensor};
 use anyhow::{Context, Result, bail};
@@ -29,6 +30,12 @@ pub enum MetaValue {
     FloatList(Vec<f64>),
 }
 
+/// One tensor read from a file: name, row-major shape (outermost first), elements.
+pub type LoadedTensor = (String, Vec<usize>, CpuData);
+
+/// A file's tensors (in file order) and metadata.
+pub type LoadedFile = (Vec<LoadedTensor>, Vec<(String, MetaValue)>);
+
 /// A loaded weights file.
 #[derive(Debug)]
 pub struct WeightsFile {
@@ -51,7 +58,7 @@ impl WeightsFile {
         self.tensors.get(name)
     }
 
-    /// Reads a safetensors file onto `backend`.
+    /// Reads a weights file (safetensors, or GGUF by its magic) onto `backend`.
     pub fn load(path: &Path, backend: &dyn Backend) -> Result<Self> {
         let file = std::fs::File::open(path)
             .with_context(|| format!("cannot open weights {}", path.display()))?;
@@ -59,40 +66,52 @@ impl WeightsFile {
         // returns; every tensor is copied out of it.
         let map = unsafe { memmap2::Mmap::map(&file) }
             .with_context(|| format!("cannot map weights {}", path.display()))?;
-        let bad = |e: safetensors::SafeTensorError| {
-            anyhow::anyhow!("{}: not a valid safetensors file: {e}", path.display())
+        let (tensors, metadata) = if map.starts_with(b"GGUF") {
+            super::gguf::parse(&map)
+                .map_err(|e| anyhow::anyhow!("{}: not a valid GGUF file: {e:#}", path.display()))?
+        } else {
+            read_safetensors(&map).map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?
         };
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(bad)?;
-        let st = safetensors::SafeTensors::deserialize(&map).map_err(bad)?;
-        let names = meta.offset_keys();
-        let mut tensors = HashMap::with_capacity(names.len());
-        for name in &names {
-            let view = st.tensor(name).map_err(bad)?;
-            let data = convert(view.dtype(), view.data())
-                .with_context(|| format!("{}: tensor `{name}`", path.display()))?;
+        let mut names = Vec::with_capacity(tensors.len());
+        let mut by_name = HashMap::with_capacity(tensors.len());
+        for (name, shape, data) in tensors {
             let dtype = data.dtype();
             let stored = backend
                 .upload(data)
                 .map_err(|e| anyhow::anyhow!("{}: tensor `{name}`: {e}", path.display()))?;
-            tensors.insert(
-                name.clone(),
-                Tensor::new(view.shape().to_vec(), dtype, stored, None),
-            );
+            names.push(name.clone());
+            by_name.insert(name, Tensor::new(shape, dtype, stored, None));
         }
-        let mut metadata: Vec<(String, MetaValue)> = meta
-            .metadata()
-            .iter()
-            .flatten()
-            .map(|(k, v)| (k.clone(), MetaValue::Text(v.clone())))
-            .collect();
-        metadata.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(Self {
             path: path.to_path_buf(),
             names,
-            tensors,
+            tensors: by_name,
             metadata,
         })
     }
+}
+
+/// The tensors (file order) and `__metadata__` (sorted by key) of a safetensors file.
+fn read_safetensors(bytes: &[u8]) -> Result<LoadedFile> {
+    let bad =
+        |e: safetensors::SafeTensorError| anyhow::anyhow!("not a valid safetensors file: {e}");
+    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(bad)?;
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(bad)?;
+    let mut tensors = Vec::new();
+    for name in meta.offset_keys() {
+        let view = st.tensor(&name).map_err(bad)?;
+        let data =
+            convert(view.dtype(), view.data()).with_context(|| format!("tensor `{name}`"))?;
+        tensors.push((name, view.shape().to_vec(), data));
+    }
+    let mut metadata: Vec<(String, MetaValue)> = meta
+        .metadata()
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), MetaValue::Text(v.clone())))
+        .collect();
+    metadata.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok((tensors, metadata))
 }
 
 /// Converts safetensors elements to a served dtype (wider where ours lacks one).
