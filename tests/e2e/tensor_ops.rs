@@ -655,6 +655,8 @@ fn bad_shapes_and_dtypes_get_the_right_error_variant() {
     let k = t.rand(&[1, 2, 2, 4], "f32", -1.0, 1.0);
     let ids_f = t.rand(&[2], "f32", 0.0, 1.0);
     let ids_big = (Nd::new(&[2], vec![1.0, 99.0]), "i64".to_string());
+    // Tiny inputs whose 20000×20000 score matrix would need 3.2 GB.
+    let long = t.rand(&[1, 1, 20000, 1], "f32", -1.0, 1.0);
     let cases: Vec<Case> = vec![
         (
             "matmul",
@@ -777,6 +779,12 @@ fn bad_shapes_and_dtypes_get_the_right_error_variant() {
             vec![Some(&m23)],
             json!({"axis": -3}),
             "invalid-argument",
+        ),
+        (
+            "attention",
+            vec![Some(&long), Some(&long), Some(&long)],
+            json!({"scale": 1.0}),
+            "quota-exceeded",
         ),
     ];
     for (op, inputs, args, want) in cases {

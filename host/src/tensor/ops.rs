@@ -322,6 +322,12 @@ impl Tensors {
         if !scale.is_finite() {
             return Err(arg_err("attention scale must be finite"));
         }
+        // The score matrices (q-len × k-len per head being computed) can
+        // dwarf inputs and output: charge them while the op runs, so a guest
+        // cannot exhaust host memory with small tensors.
+        let heads_at_once = (qs[0] * qs[1]).min(rayon::current_num_threads()) as u64;
+        let workspace = heads_at_once * qs[2] as u64 * ks[2] as u64 * 8;
+        let _workspace = self.quota.charge(workspace)?;
         let shape = vec![qs[0], qs[1], qs[2], vs[3]];
         self.make(shape, q.dtype(), || {
             self.backend.attention(q, k, v, mask, scale, causal)
