@@ -655,6 +655,9 @@ fn bad_shapes_and_dtypes_get_the_right_error_variant() {
     let k = t.rand(&[1, 2, 2, 4], "f32", -1.0, 1.0);
     let ids_f = t.rand(&[2], "f32", 0.0, 1.0);
     let ids_big = (Nd::new(&[2], vec![1.0, 99.0]), "i64".to_string());
+    // Empty operands (k = 0) whose broadcast batch makes a 2^52-element result.
+    let wide_a = t.rand(&[1 << 16, 1, 1 << 10, 0], "f32", -1.0, 1.0);
+    let wide_b = t.rand(&[1, 1 << 16, 0, 1 << 10], "f32", -1.0, 1.0);
     // Tiny inputs whose 20000×20000 score matrix would need 3.2 GB.
     let long = t.rand(&[1, 1, 20000, 1], "f32", -1.0, 1.0);
     let cases: Vec<Case> = vec![
@@ -779,6 +782,12 @@ fn bad_shapes_and_dtypes_get_the_right_error_variant() {
             vec![Some(&m23)],
             json!({"axis": -3}),
             "invalid-argument",
+        ),
+        (
+            "matmul",
+            vec![Some(&wide_a), Some(&wide_b)],
+            json!({}),
+            "invalid-shape",
         ),
         (
             "attention",

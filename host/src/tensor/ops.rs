@@ -119,8 +119,23 @@ impl Tensors {
         dtype: DType,
         f: impl FnOnce() -> TResult<Data>,
     ) -> TResult<Tensor> {
-        let bytes = shape.iter().product::<usize>() as u64 * dtype.size() as u64;
-        let charge = self.quota.charge(bytes)?;
+        // Results of broadcasting or concatenating can be larger than any
+        // input: check the count (no overflow, at most 2^40) and that every
+        // dimension fits the WIT's u32 before anything is allocated.
+        let elements = shape
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+            .filter(|&n| n <= MAX_ELEMENTS);
+        let Some(elements) = elements.filter(|_| shape.iter().all(|&d| d <= u32::MAX as usize))
+        else {
+            return Err(shape_err(
+                format!(
+                    "the result would exceed {MAX_ELEMENTS} elements or a dimension of 2^32 - 1"
+                ),
+                &[&shape],
+            ));
+        };
+        let charge = self.quota.charge(elements * dtype.size() as u64)?;
         Ok(Tensor::new(shape, dtype, f()?, Some(charge)))
     }
 
@@ -326,7 +341,10 @@ impl Tensors {
         // dwarf inputs and output: charge them while the op runs, so a guest
         // cannot exhaust host memory with small tensors.
         let heads_at_once = (qs[0] * qs[1]).min(rayon::current_num_threads()) as u64;
-        let workspace = heads_at_once * qs[2] as u64 * ks[2] as u64 * 8;
+        let workspace = heads_at_once
+            .saturating_mul(qs[2] as u64)
+            .saturating_mul(ks[2] as u64)
+            .saturating_mul(8);
         let _workspace = self.quota.charge(workspace)?;
         let shape = vec![qs[0], qs[1], qs[2], vs[3]];
         self.make(shape, q.dtype(), || {

@@ -1,16 +1,16 @@
 //! The `wasi:tensor` host traits, implemented over the validated op layer.
 
 use super::TensorView;
-use super::ops::Tensors;
-
-/// Work below which an op runs on the serving thread (about 0.1-1 ms).
-const INLINE_WORK: u64 = 1 << 20;
 use super::backend::{BinaryOp, NormKind, RopeLayout as Layout, UnaryOp};
 use super::bindings::wasi::tensor::{ops, types, weights};
 use super::cpu::CpuData;
+use super::ops::Tensors;
 use super::types::{DType, TResult, Tensor, TensorError};
 use super::weights::{MetaValue, WeightsHandle};
 use wasmtime::component::Resource;
+
+/// Work below which an op runs on the serving thread (about 0.1-1 ms).
+const INLINE_WORK: u64 = 1 << 20;
 
 type WResult<T> = wasmtime::Result<Result<T, types::Error>>;
 

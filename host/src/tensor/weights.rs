@@ -75,6 +75,12 @@ impl WeightsFile {
         let mut names = Vec::with_capacity(tensors.len());
         let mut by_name = HashMap::with_capacity(tensors.len());
         for (name, shape, data) in tensors {
+            if shape.iter().any(|&d| d > u32::MAX as usize) {
+                anyhow::bail!(
+                    "{}: tensor `{name}`: a dimension of {shape:?} exceeds 2^32 - 1",
+                    path.display()
+                );
+            }
             let dtype = data.dtype();
             let stored = backend
                 .upload(data)
