@@ -172,10 +172,9 @@ impl Tensors {
     pub fn full(&self, shape: &[u32], dtype: DType, value: f64) -> TResult<Tensor> {
         let shape = dims(shape)?;
         let n = shape.iter().product();
-        let bytes = n as u64 * dtype.size() as u64;
-        let charge = self.quota.charge(bytes)?;
-        let data = self.backend.upload(CpuData::full(n, dtype, value))?;
-        Ok(Tensor::new(shape, dtype, data, Some(charge)))
+        self.make(shape, dtype, || {
+            self.backend.upload(CpuData::full(n, dtype, value))
+        })
     }
 
     /// Reads a tensor back.
@@ -225,7 +224,13 @@ impl Tensors {
 
     /// Broadcasting elementwise op.
     pub fn binary(&self, op: BinaryOp, a: &Tensor, b: &Tensor) -> TResult<Tensor> {
-        same_dtype(&format!("{op:?}").to_lowercase(), a, b)?;
+        let name = match op {
+            BinaryOp::Add => "add",
+            BinaryOp::Sub => "sub",
+            BinaryOp::Mul => "mul",
+            BinaryOp::Div => "div",
+        };
+        same_dtype(name, a, b)?;
         let shape = broadcast(a.shape(), b.shape())?;
         let out = shape.clone();
         self.make(shape, a.dtype(), || self.backend.binary(op, a, b, &out))
