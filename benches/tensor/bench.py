@@ -3,6 +3,8 @@ import argparse, json, os, platform, statistics, subprocess, sys, time, urllib.r
 
 import numpy as np
 
+PAUSE = 0.5  # seconds between the two sides' turns
+
 
 def start(binary, component):
     proc = subprocess.Popen(
@@ -46,7 +48,11 @@ def main():
         for n in (1024, 2048, 4096):
             ours, theirs = [], []
             for _ in range(args.rounds):
+                # Each side's worker threads spin for a while after a product
+                # (OpenBLAS ~0.1 s); pause so neither runs beside the other's.
+                time.sleep(PAUSE)
                 ours += guest(addr, f"/bench/matmul?n={n}&reps={args.reps}")["gflops"]
+                time.sleep(PAUSE)
                 theirs += numpy_gflops(n, args.reps)
             rows.append((n, statistics.median(ours), statistics.median(theirs)))
         over = [guest(addr, "/bench/overhead?reps=20000") for _ in range(args.rounds)]

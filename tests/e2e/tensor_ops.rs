@@ -611,6 +611,21 @@ fn integer_ops_and_large_and_edge_shapes() {
         &r::matmul(&la.0, &lb.0, false, false),
         "f32",
     );
+    // Ragged multi-threaded products (partial register tiles, several
+    // depth blocks) in every transpose layout.
+    let (m, k, n) = (131, 300, 97);
+    for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+        let a = t.rand(&if ta { [k, m] } else { [m, k] }, "f32", -1.0, 1.0);
+        let b = t.rand(&if tb { [n, k] } else { [k, n] }, "f32", -1.0, 1.0);
+        t.check(
+            &format!("matmul large ragged ta={ta} tb={tb}"),
+            "matmul",
+            &[Some(&a), Some(&b)],
+            json!({"ta": ta, "tb": tb}),
+            &r::matmul(&a.0, &b.0, ta, tb),
+            "f32",
+        );
+    }
     let lx = t.rand(&[300, 1000], "f32", -1.0, 1.0);
     let lr = t.rand(&[1000], "f32", -1.0, 1.0);
     t.check(

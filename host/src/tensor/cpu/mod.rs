@@ -5,6 +5,7 @@ mod data;
 pub mod layout;
 pub mod math;
 pub mod matmul;
+mod sgemm;
 
 pub use data::CpuData;
 use data::map_same;
