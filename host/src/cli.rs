@@ -115,6 +115,9 @@ pub struct ServeArgs {
     /// Engine settings.
     #[command(flatten)]
     pub engine: EngineArgs,
+    /// Tensor device settings.
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 /// Flags of `run`.
@@ -146,6 +149,9 @@ pub struct RunArgs {
     /// Engine settings.
     #[command(flatten)]
     pub engine: EngineArgs,
+    /// Tensor device settings.
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 fn parse_grant(text: &str) -> Result<(String, PathBuf), String> {
@@ -167,6 +173,17 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
         .split_once('=')
         .ok_or_else(|| format!("expected NAME=VALUE, got `{text}`"))?;
     Ok((k.to_string(), v.to_string()))
+}
+
+/// Where wasi:tensor computes.
+#[derive(Debug, Args, Clone)]
+pub struct DeviceArgs {
+    /// Tensor backend: `auto` (a CUDA GPU when a driver is present, else the CPU; logged at start-up), `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "auto", value_name = "auto|cpu|cuda[:N]")]
+    pub device: crate::tensor::device::DeviceSpec,
+    /// Run f32 matrix products on GPU tensor cores in TF32 (faster; about 1e-3 relative error instead of f32's 1e-6).
+    #[arg(long)]
+    pub tf32: bool,
 }
 
 /// Settings baked into the engine (and so into compiled artifacts).

@@ -9,10 +9,9 @@ use crate::load;
 use crate::metrics::Metrics;
 use crate::state::{GrantSet, RequestState};
 use crate::tensor::TensorHost;
-use crate::tensor::cpu::CpuBackend;
+use crate::tensor::device::Device;
 use anyhow::{Context, Result, anyhow, bail};
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Instant;
 use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::p2::bindings::Command;
@@ -40,7 +39,13 @@ pub fn run(args: RunArgs) -> Result<u8> {
     }
     let linker = load::linker(&engine)?;
     let metrics = Metrics::new();
-    let tensor_host = TensorHost::new(Arc::new(CpuBackend), metrics.tensor_bytes.clone());
+    let device = Device::open(
+        args.device.device,
+        args.cache_dir.clone().or_else(ArtifactCache::default_dir),
+        args.device.tf32,
+    )?;
+    tracing::info!("tensor backend: {}", device.describe());
+    let tensor_host = TensorHost::new(device, metrics.tensor_bytes.clone());
     let weights: BTreeMap<_, _> = args.weights.iter().cloned().collect();
     let tensors = tensor_host.tenant("job", args.tensor_memory, &weights)?;
     let grants = Grants {

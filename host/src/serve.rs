@@ -12,7 +12,7 @@ use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::server::{self, Host};
 use crate::tensor::TensorHost;
-use crate::tensor::cpu::CpuBackend;
+use crate::tensor::device::Device;
 use anyhow::{Context, Result, anyhow};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -66,7 +66,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
     });
     let linker = load::linker(&engine)?;
     let metrics = Arc::new(Metrics::new());
-    let tensor_host = TensorHost::new(Arc::new(CpuBackend), metrics.tensor_bytes.clone());
+    let kernel_cache = (!args.no_cache)
+        .then(|| args.cache_dir.clone().or_else(ArtifactCache::default_dir))
+        .flatten();
+    let device = Device::open(args.device.device, kernel_cache, args.device.tf32)?;
+    let tensor_host = TensorHost::new(device, metrics.tensor_bytes.clone());
     tracing::info!("tensor backend: {}", tensor_host.backend_name());
 
     let mut deployments = Vec::new();

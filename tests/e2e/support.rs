@@ -7,25 +7,49 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+// Run-time overrides let the built test binary run on another machine (the
+// GPU check, scripts/gpu-check.sh): TENSOR_WASM_TEST_BIN (host binary),
+// TENSOR_WASM_TEST_GUESTS (guest .wasm folder), TENSOR_WASM_TEST_ROOT
+// (repository), TENSOR_WASM_TEST_TMP (scratch space) and
+// TENSOR_WASM_TEST_DEVICE (`--device` for every host the tests start).
+
+fn env_or(name: &str, built_in: &str) -> PathBuf {
+    std::env::var_os(name).map_or_else(|| PathBuf::from(built_in), PathBuf::from)
+}
+
 /// The host binary under test.
-pub const BIN: &str = env!("CARGO_BIN_EXE_tensor-wasm");
+pub fn bin() -> PathBuf {
+    env_or("TENSOR_WASM_TEST_BIN", env!("CARGO_BIN_EXE_tensor-wasm"))
+}
+
+/// `--device` for the hosts the tests start, when set.
+pub fn device_args() -> Vec<String> {
+    std::env::var("TENSOR_WASM_TEST_DEVICE")
+        .map(|d| vec!["--device".to_string(), d])
+        .unwrap_or_default()
+}
 
 /// A guest component built from `components/`.
 pub fn guest(name: &str) -> PathBuf {
-    Path::new(env!("TW_GUEST_DIR")).join(format!("{name}.wasm"))
+    env_or("TENSOR_WASM_TEST_GUESTS", env!("TW_GUEST_DIR")).join(format!("{name}.wasm"))
 }
 
 /// The repository root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    std::env::var_os("TENSOR_WASM_TEST_ROOT").map_or_else(
+        || {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .unwrap()
+                .to_path_buf()
+        },
+        PathBuf::from,
+    )
 }
 
 /// A fresh, empty directory for one test.
 pub fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+    let dir = env_or("TENSOR_WASM_TEST_TMP", env!("CARGO_TARGET_TMPDIR"))
         .join("e2e")
         .join(name);
     let _ = std::fs::remove_dir_all(&dir);
@@ -46,7 +70,7 @@ pub struct Server {
 impl Server {
     /// Starts `tensor-wasm serve ARGS` on ephemeral ports with its cache in `cache`.
     pub fn start(args: &[&str], cache: &Path) -> Server {
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(bin())
             .arg("serve")
             .args([
                 "--listen",
@@ -57,6 +81,7 @@ impl Server {
             ])
             .arg(cache)
             .args(args)
+            .args(device_args())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -269,8 +294,13 @@ pub fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<Resp>
 
 /// Runs `tensor-wasm ARGS` to completion: (exit code, stdout, stderr).
 pub fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
+    let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    if args.first().is_some_and(|a| a == "run") {
+        // Flags go before the job's `--`-separated arguments.
+        args.splice(1..1, device_args());
+    }
+    let out = Command::new(bin())
+        .args(&args)
         .output()
         .expect("run tensor-wasm");
     (

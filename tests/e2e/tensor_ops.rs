@@ -147,7 +147,9 @@ fn to_nd(v: &Value) -> Nd {
         .as_array()
         .unwrap()
         .iter()
-        .map(|x| x.as_f64().unwrap())
+        // JSON has no NaN: a null element (NaN, e.g. an unwritten poisoned
+        // GPU element) becomes NaN and fails the comparison with its label.
+        .map(|x| x.as_f64().unwrap_or(f64::NAN))
         .collect();
     Nd::new(&shape, data)
 }

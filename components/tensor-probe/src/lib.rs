@@ -9,8 +9,10 @@
 //! - `GET /dropped-handle`, `GET /foreign-handle`: handle misuse (traps).
 //! - `GET /weights?name=W&tensor=T&meta=K`: opens granted weights, reads a
 //!   tensor and a metadata value.
-//! - `GET /bench/matmul?n=N&reps=R&dtype=D`: times R products of N×N
-//!   matrices inside the guest (the benchmark in `benches/tensor`).
+//! - `GET /bench/matmul?n=N&reps=R&dtype=D[&sync=end]`: times R products of
+//!   N×N matrices inside the guest, each up to reading one element back, or
+//!   with `sync=end` all back to back with one read-back (one mean figure).
+//! - `GET /bench/upload?mib=M&reps=R`: GiB/s of guest bytes into a tensor.
 //! - `GET /bench/overhead?reps=R`: µs per host call (a query and a tiny op).
 
 use httpkit::{json, json_error, path, query_param, read_body};
@@ -320,7 +322,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Seconds for each of `reps` N×N products (after one warm-up).
-fn bench_matmul(n: u32, reps: u32, dtype: Dtype) -> Result<Value, Error> {
+fn bench_matmul(n: u32, reps: u32, dtype: Dtype, batch_sync: bool) -> Result<Value, Error> {
     let len = (n as usize) * (n as usize);
     let a: Vec<f32> = (0..len)
         .map(|i| ((i * 7 % 13) as f32) / 13.0 - 0.5)
@@ -332,9 +334,23 @@ fn bench_matmul(n: u32, reps: u32, dtype: Dtype) -> Result<Value, Error> {
     let b = Tensor::from_f32(&b, &[n, n])?.cast(dtype)?;
     drop(a.matmul(&b)?);
     let mut secs = Vec::new();
-    for _ in 0..reps.max(1) {
+    if batch_sync {
+        // Throughput: all products back to back, one read-back at the end.
+        let t0 = now_ns();
+        let mut last = None;
+        for _ in 0..reps.max(1) {
+            last = Some(a.matmul(&b)?);
+        }
+        if let Some(c) = last {
+            c.narrow(0, 0, 1)?.narrow(1, 0, 1)?.to_bytes()?;
+        }
+        secs.push((now_ns() - t0) as f64 * 1e-9 / reps.max(1) as f64);
+    }
+    for _ in 0..if batch_sync { 0 } else { reps.max(1) } {
         let t0 = now_ns();
         let c = a.matmul(&b)?;
+        // Reading one element waits for the product on an asynchronous (GPU) backend.
+        c.narrow(0, 0, 1)?.narrow(1, 0, 1)?.to_bytes()?;
         secs.push((now_ns() - t0) as f64 * 1e-9);
         drop(c);
     }
@@ -343,6 +359,21 @@ fn bench_matmul(n: u32, reps: u32, dtype: Dtype) -> Result<Value, Error> {
     Ok(
         json!({"n": n, "dtype": dtype_name(dtype), "seconds": secs, "gflops": gflops, "median_gflops": median(gflops.clone())}),
     )
+}
+
+/// GiB/s of `from-bytes` of `mib` MiB of guest memory (u8, then one element
+/// read back so an asynchronous backend has finished the copy).
+fn bench_upload(mib: u32, reps: u32) -> Result<Value, Error> {
+    let bytes = vec![7u8; (mib as usize) << 20];
+    let mut gibs = Vec::new();
+    for _ in 0..reps.max(1) {
+        let t0 = now_ns();
+        let t = Tensor::from_bytes(&bytes, &[bytes.len() as u32], Dtype::U8)?;
+        t.narrow(0, 0, 1)?.to_bytes()?;
+        let s = (now_ns() - t0) as f64 * 1e-9;
+        gibs.push(bytes.len() as f64 / s / (1u64 << 30) as f64);
+    }
+    Ok(json!({"mib": mib, "gib_per_s": gibs, "median_gib_per_s": median(gibs.clone())}))
 }
 
 /// Microseconds per host call: `shape()` (no allocation) and `scale` on one element.
@@ -439,7 +470,16 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
                     Ok(d) => d,
                     Err(e) => return json_error(out, 400, "bad_request", &e),
                 };
-                match bench_matmul(n, reps, dtype) {
+                let batch_sync = q("sync").as_deref() == Some("end");
+                match bench_matmul(n, reps, dtype, batch_sync) {
+                    Ok(v) => json(out, 200, &v.to_string()),
+                    Err(e) => json(out, 422, &error_json(&e).to_string()),
+                }
+            }
+            "/bench/upload" => {
+                let mib = q("mib").and_then(|v| v.parse().ok()).unwrap_or(64);
+                let reps = q("reps").and_then(|v| v.parse().ok()).unwrap_or(5);
+                match bench_upload(mib, reps) {
                     Ok(v) => json(out, 200, &v.to_string()),
                     Err(e) => json(out, 422, &error_json(&e).to_string()),
                 }

@@ -79,6 +79,11 @@ pub trait Backend: Send + Sync + 'static {
     fn name(&self) -> String;
     /// Moves host elements into backend storage.
     fn upload(&self, data: CpuData) -> TResult<Data>;
+    /// Copies little-endian bytes (a whole number of `dtype` elements) into
+    /// backend storage.
+    fn upload_bytes(&self, bytes: &[u8], dtype: DType) -> TResult<Data> {
+        self.upload(CpuData::from_le_bytes(bytes, dtype))
+    }
     /// Copies a tensor's elements back to the host (waits for pending work).
     fn download(&self, x: &Tensor) -> TResult<CpuData>;
     /// Batched matrix product.

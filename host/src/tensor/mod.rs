@@ -11,7 +11,9 @@ pub mod backend;
 #[allow(missing_docs)]
 pub mod bindings;
 pub mod cpu;
+pub mod device;
 pub mod gguf;
+pub mod gpu;
 pub mod ops;
 pub mod quota;
 pub mod types;
@@ -21,7 +23,6 @@ pub mod weights;
 pub use types::{DType, Tensor, TensorError};
 
 use crate::metrics::TenantLabel;
-use backend::Backend;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use std::collections::BTreeMap;
@@ -31,7 +32,7 @@ use wasmtime::component::{HasData, Linker, ResourceTable};
 
 /// Server-wide tensor state: the backend, tenant quotas, loaded weights.
 pub struct TensorHost {
-    backend: Arc<dyn Backend>,
+    device: device::Device,
     quotas: quota::Quotas,
     weights: weights::WeightsCache,
     bytes: Family<TenantLabel, Gauge>,
@@ -39,9 +40,9 @@ pub struct TensorHost {
 
 impl TensorHost {
     /// Tensor state on `backend`, reporting tenant bytes through `bytes`.
-    pub fn new(backend: Arc<dyn Backend>, bytes: Family<TenantLabel, Gauge>) -> Self {
+    pub fn new(device: device::Device, bytes: Family<TenantLabel, Gauge>) -> Self {
         Self {
-            backend,
+            device,
             quotas: quota::Quotas::default(),
             weights: weights::WeightsCache::default(),
             bytes,
@@ -50,7 +51,7 @@ impl TensorHost {
 
     /// The backend's name.
     pub fn backend_name(&self) -> String {
-        self.backend.name()
+        self.device.describe()
     }
 
     /// A deployment's tensor state: `tenant`'s quota of `limit` bytes and the
@@ -68,16 +69,17 @@ impl TensorHost {
                 })
                 .clone()
         })?;
+        let backend = self.device.backend(tenant)?;
         let mut weights = BTreeMap::new();
         for (name, path) in granted {
             let w = self
                 .weights
-                .get(path, self.backend.as_ref())
+                .get(path, &backend)
                 .map_err(|e| anyhow::anyhow!("weights `{name}`: {e:#}"))?;
             weights.insert(name.clone(), w);
         }
         Ok(Arc::new(TenantTensors {
-            tensors: ops::Tensors::new(self.backend.clone(), quota.clone()),
+            tensors: ops::Tensors::new(backend, quota.clone()),
             quota,
             weights,
         }))

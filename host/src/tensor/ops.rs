@@ -149,9 +149,7 @@ impl Tensors {
                 bytes.len()
             )));
         }
-        self.make(shape, dtype, || {
-            self.backend.upload(CpuData::from_le_bytes(bytes, dtype))
-        })
+        self.make(shape, dtype, || self.backend.upload_bytes(bytes, dtype))
     }
 
     /// A tensor from host elements of matching count.

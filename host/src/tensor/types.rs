@@ -151,6 +151,8 @@ pub fn arg_err(message: impl Into<String>) -> TensorError {
 pub enum Data {
     /// Host memory.
     Cpu(CpuData),
+    /// Memory of a CUDA device, in the owning tenant's context.
+    Gpu(super::gpu::GpuData),
 }
 
 /// Elements plus the quota charge they hold (released on drop).

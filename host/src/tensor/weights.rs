@@ -159,28 +159,31 @@ fn convert(dtype: safetensors::Dtype, bytes: &[u8]) -> Result<CpuData> {
     })
 }
 
-/// Weights files loaded on this server, by canonical path, so deployments
-/// that grant the same file share one copy.
+/// Weights files loaded on this server, by canonical path and backend, so
+/// deployments that grant the same file share one copy per backend (one for
+/// all tenants on the CPU, one per tenant context on a GPU).
 #[derive(Debug, Default)]
 pub struct WeightsCache {
-    by_path: Mutex<HashMap<PathBuf, Arc<WeightsFile>>>,
+    by_path: Mutex<HashMap<(PathBuf, usize), Arc<WeightsFile>>>,
 }
 
 impl WeightsCache {
     /// The file at `path`, loading it on first use.
-    pub fn get(&self, path: &Path, backend: &dyn Backend) -> Result<Arc<WeightsFile>> {
-        let key = path
+    pub fn get(&self, path: &Path, backend: &Arc<dyn Backend>) -> Result<Arc<WeightsFile>> {
+        let canonical = path
             .canonicalize()
             .with_context(|| format!("weights file {} not found", path.display()))?;
+        let key = (canonical, Arc::as_ptr(backend) as *const () as usize);
         let mut map = self.by_path.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(w) = map.get(&key) {
             return Ok(w.clone());
         }
         let started = std::time::Instant::now();
-        let w = Arc::new(WeightsFile::load(&key, backend)?);
+        let w = Arc::new(WeightsFile::load(&key.0, backend.as_ref())?);
         tracing::info!(
-            "weights {}: {} tensors loaded in {:?}",
-            key.display(),
+            "weights {} on {}: {} tensors loaded in {:?}",
+            key.0.display(),
+            backend.name(),
             w.names.len(),
             started.elapsed()
         );

@@ -88,6 +88,26 @@ impl CpuData {
         }
     }
 
+    /// The elements as little-endian bytes, borrowed on little-endian hosts.
+    pub fn as_le_bytes(&self) -> Cow<'_, [u8]> {
+        fn view<T: Copy>(v: &[T]) -> &[u8] {
+            // SAFETY: the element types here are plain numbers (f16/bf16 are
+            // `repr(transparent)` u16) without padding; any byte is a valid u8.
+            unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+        }
+        if cfg!(target_endian = "big") {
+            return Cow::Owned(self.to_le_bytes());
+        }
+        Cow::Borrowed(match self {
+            CpuData::F32(v) => view(v),
+            CpuData::F16(v) => view(v),
+            CpuData::BF16(v) => view(v),
+            CpuData::I32(v) => view(v),
+            CpuData::I64(v) => view(v),
+            CpuData::U8(v) => v,
+        })
+    }
+
     /// Encodes the elements as little-endian bytes.
     pub fn to_le_bytes(&self) -> Vec<u8> {
         fn enc<T: Copy, const N: usize>(v: &[T], f: fn(T) -> [u8; N]) -> Vec<u8> {

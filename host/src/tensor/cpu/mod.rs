@@ -18,10 +18,12 @@ use std::borrow::Cow;
 #[derive(Debug, Default)]
 pub struct CpuBackend;
 
-/// The host elements of `x` (a CPU tensor).
+/// The host elements of `x` (a CPU tensor: a tenant's tensors all come
+/// from its one backend, and the GPU backend hands this one host copies).
 fn host(x: &Tensor) -> &CpuData {
     match x.data() {
         Data::Cpu(d) => d,
+        Data::Gpu(_) => panic!("the CPU backend was given a GPU tensor"),
     }
 }
 

@@ -1,0 +1,94 @@
+"""wasi:tensor on the GPU (issued from a guest) vs PyTorch on the same GPU.
+
+Run by scripts/gpu-check.sh on the lent GPU machine (PyTorch is there):
+matmul 4096³ in f32, f32-as-TF32 and bf16 (TFLOP/s: REPS products back to
+back, then one element read back; median over ROUNDS, alternating sides), and
+guest memory → device copy bandwidth vs PyTorch's pageable host→device copy
+(GiB/s, each copy up to reading one element back).
+"""
+import argparse, json, statistics, subprocess, sys, time, urllib.request
+
+import torch
+
+
+def start(binary, component, extra):
+    proc = subprocess.Popen(
+        [binary, "serve", component, "--listen", "127.0.0.1:0", "--admin-listen", "off",
+         "--tensor-memory", "16GiB", "--max-memory", "1GiB", "--request-timeout", "600s",
+         "--device", "cuda", *extra],
+        stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        sys.stderr.write(line)
+        if "serving on http://" in line:
+            return proc, line.split("serving on http://")[1].split()[0]
+    raise SystemExit("server did not start")
+
+
+def guest(addr, path):
+    with urllib.request.urlopen(f"http://{addr}{path}", timeout=900) as r:
+        return json.load(r)
+
+
+def torch_tflops(n, reps, dtype, tf32):
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    a = torch.rand(n, n, device="cuda", dtype=dtype) - 0.5
+    b = torch.rand(n, n, device="cuda", dtype=dtype) - 0.5
+    (a @ b)[0, 0].item()
+    t = time.perf_counter()
+    for _ in range(reps):
+        c = a @ b
+    c[0, 0].item()
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e12
+
+
+def torch_upload(mib, reps):
+    host = torch.full(((mib << 20),), 7, dtype=torch.uint8)
+    out = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        d = host.to("cuda")
+        d[0].item()
+        out.append((mib << 20) / (time.perf_counter() - t) / (1 << 30))
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--tensor-wasm", required=True)
+    p.add_argument("--component", required=True)
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--reps", type=int, default=20)
+    args = p.parse_args()
+    n = 4096
+    rows = []
+    for label, flags, dtype, tdtype, tf32 in [
+        ("f32", [], "f32", torch.float32, False),
+        ("f32 (TF32)", ["--tf32"], "f32", torch.float32, True),
+        ("bf16", [], "bf16", torch.bfloat16, False),
+    ]:
+        proc, addr = start(args.tensor_wasm, args.component, flags)
+        try:
+            ours, theirs = [], []
+            for _ in range(args.rounds):
+                g = guest(addr, f"/bench/matmul?n={n}&reps={args.reps}&dtype={dtype}&sync=end")
+                ours += [x / 1000 for x in g["gflops"]]
+                theirs.append(torch_tflops(n, args.reps, tdtype, tf32))
+            rows.append((f"matmul {n}³ {label} TFLOP/s", statistics.median(ours), statistics.median(theirs)))
+            if label == "f32":
+                ours, theirs = [], []
+                for _ in range(args.rounds):
+                    ours += guest(addr, f"/bench/upload?mib=64&reps={args.reps}")["gib_per_s"]
+                    theirs += torch_upload(64, args.reps)
+                rows.append(("guest→device copy 64 MiB GiB/s", statistics.median(ours), statistics.median(theirs)))
+        finally:
+            proc.terminate()
+            proc.wait()
+    print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}; "
+          f"{args.rounds} rounds x {args.reps} reps, medians")
+    print(f"{'benchmark':<36} {'tensor-wasm':>12} {'pytorch':>10} {'ratio':>6}")
+    for name, o, t in rows:
+        print(f"{name:<36} {o:>12.2f} {t:>10.2f} {o / t:>6.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+//! Which backend computes tensor ops: `--device auto|cpu|cuda[:N]`. The CPU
+//! backend is shared by every tenant; on CUDA each tenant gets its own
+//! backend (its own context) the first time one of its deployments starts.
+
+use super::backend::Backend;
+use super::cpu::CpuBackend;
+use super::gpu::{self, GpuDevice};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+/// What `--device` asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// A GPU when a CUDA driver and device are present, else the CPU.
+    Auto,
+    /// The CPU backend.
+    Cpu,
+    /// CUDA device N (an error when it cannot be opened).
+    Cuda(usize),
+}
+
+impl FromStr for DeviceSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| format!("expected auto, cpu, cuda or cuda:N, got `{s}`")),
+        }
+    }
+}
+
+/// The device tensor ops run on.
+pub enum Device {
+    /// Host memory, one backend for all.
+    Cpu(Arc<CpuBackend>),
+    /// A CUDA device, one backend (context) per tenant.
+    Cuda {
+        /// The device.
+        gpu: Arc<GpuDevice>,
+        /// Backends by tenant.
+        tenants: Mutex<HashMap<String, Arc<dyn Backend>>>,
+    },
+}
+
+impl Device {
+    /// Opens what `spec` asks for; `cache_dir` keeps compiled kernels.
+    pub fn open(spec: DeviceSpec, cache_dir: Option<PathBuf>, tf32: bool) -> anyhow::Result<Self> {
+        let cuda = |n| -> anyhow::Result<Self> {
+            Ok(Self::Cuda {
+                gpu: Arc::new(GpuDevice::open(n, cache_dir.clone(), tf32)?),
+                tenants: Mutex::new(HashMap::new()),
+            })
+        };
+        match spec {
+            DeviceSpec::Cpu => Ok(Self::cpu()),
+            DeviceSpec::Cuda(n) => cuda(n).map_err(|e| e.context(format!("--device cuda:{n}"))),
+            DeviceSpec::Auto if !gpu::driver_present() => Ok(Self::cpu()),
+            DeviceSpec::Auto => cuda(0).or_else(|e| {
+                tracing::warn!("CUDA driver present but unusable ({e:#}); using the CPU");
+                Ok(Self::cpu())
+            }),
+        }
+    }
+
+    /// The CPU backend.
+    pub fn cpu() -> Self {
+        Self::Cpu(Arc::new(CpuBackend))
+    }
+
+    /// One line for the start-up log.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Cpu(_) => "cpu".into(),
+            Self::Cuda { gpu, .. } => gpu.describe(),
+        }
+    }
+
+    /// The backend `tenant`'s tensors live on.
+    pub fn backend(&self, tenant: &str) -> anyhow::Result<Arc<dyn Backend>> {
+        match self {
+            Self::Cpu(b) => Ok(b.clone()),
+            Self::Cuda { gpu, tenants } => {
+                let mut map = tenants.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(b) = map.get(tenant) {
+                    return Ok(b.clone());
+                }
+                let b: Arc<dyn Backend> = gpu.tenant_backend()?;
+                map.insert(tenant.to_string(), b.clone());
+                Ok(b)
+            }
+        }
+    }
+}

@@ -1,0 +1,777 @@
+//! [`CudaBackend`]: the `Backend` trait on one tenant's CUDA context.
+
+use super::GpuDevice;
+use super::blas::{self, Gemm};
+use super::kernels::Kernels;
+use crate::tensor::backend::{Backend, BinaryOp, MatmulPlan, NormKind, RopeLayout, UnaryOp};
+use crate::tensor::cpu::layout::{broadcast_strides, strides};
+use crate::tensor::cpu::{CpuBackend, CpuData};
+use crate::tensor::types::{DType, Data, TResult, Tensor, TensorError, arg_err};
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{
+    CudaContext, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use std::sync::{Arc, Mutex};
+
+/// Device bytes of one tensor (at least one byte is allocated).
+pub struct GpuData {
+    buf: CudaSlice<u8>,
+}
+
+impl std::fmt::Debug for GpuData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GpuData({} bytes)", self.buf.len())
+    }
+}
+
+/// Kernel-side `Dims` (kernels/tensor.cu): a strided walk of up to 8 axes.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Dims {
+    rank: i32,
+    shape: [i64; MAX_RANK],
+    sa: [i64; MAX_RANK],
+    sb: [i64; MAX_RANK],
+}
+
+// SAFETY: plain-old-data with the C layout the kernels declare.
+unsafe impl DeviceRepr for Dims {}
+
+const MAX_RANK: usize = 8;
+/// Threads per block of every kernel (the reductions assume 256).
+const BLOCK: u32 = 256;
+
+impl Dims {
+    /// A walk over `shape` with strides `sa` and `sb`; None past 8 axes.
+    fn new(shape: &[usize], sa: &[usize], sb: &[usize]) -> Option<Self> {
+        if shape.len() > MAX_RANK {
+            return None;
+        }
+        let mut d = Dims {
+            rank: shape.len() as i32,
+            shape: [1; MAX_RANK],
+            sa: [0; MAX_RANK],
+            sb: [0; MAX_RANK],
+        };
+        for i in 0..shape.len() {
+            d.shape[i] = shape[i] as i64;
+            d.sa[i] = sa[i] as i64;
+            d.sb[i] = sb[i] as i64;
+        }
+        Some(d)
+    }
+}
+
+fn cuda_err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> TensorError + '_ {
+    move |e| {
+        let text = format!("{e:?}");
+        if text.contains("OUT_OF_MEMORY") {
+            TensorError::Backend(format!("{what}: GPU out of memory"))
+        } else {
+            TensorError::Backend(format!("{what}: {text}"))
+        }
+    }
+}
+
+/// Kernel-name suffix of a float dtype.
+fn suffix(d: DType) -> &'static str {
+    match d {
+        DType::F32 => "f32",
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        DType::I32 | DType::U8 => "b4",
+        DType::I64 => "b8",
+    }
+}
+
+/// Kernel-name suffix of the copy kernels for an element size.
+fn elem(d: DType) -> &'static str {
+    match d.size() {
+        1 => "b1",
+        2 => "b2",
+        4 => "b4",
+        _ => "b8",
+    }
+}
+
+fn grid(n: usize) -> u32 {
+    n.div_ceil(BLOCK as usize).clamp(1, 1 << 20) as u32
+}
+
+fn rows_grid(rows: usize) -> u32 {
+    rows.clamp(1, 65_535) as u32
+}
+
+fn cfg(grid: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (grid, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Launches kernel `$name` on the tenant's stream with `$grid` blocks of
+/// [`BLOCK`] threads and the listed arguments (each a reference to a
+/// `DeviceRepr` value, in the kernel's parameter order).
+macro_rules! launch {
+    ($self:expr, $name:expr, $grid:expr, [$($arg:expr),* $(,)?]) => {{
+        let name: &str = $name;
+        let f = $self.kernels.get(&name).map_err(TensorError::Backend)?;
+        let mut l = $self.stream.launch_builder(&f);
+        $( l.arg($arg); )*
+        // SAFETY: each call site passes the kernel's declared parameter list
+        // with pointers to live buffers of the extents the kernel walks.
+        unsafe { l.launch(cfg($grid)) }
+            .map(|_| ())
+            .map_err(cuda_err(name))
+    }};
+}
+
+/// Makes the device's stream-ordered pool keep freed memory for reuse
+/// instead of returning it to the driver at every synchronization (so an op
+/// does not pay a `cuMemMap` for its output); tenants' bytes are capped by
+/// their quotas, not by the pool. Best effort: a failure only costs speed.
+fn keep_pool_memory(ctx: &Arc<CudaContext>) {
+    use cudarc::driver::sys;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut threshold = u64::MAX;
+    // SAFETY: plain driver calls on the device of a live context; the
+    // attribute takes a pointer to a u64.
+    let r = unsafe {
+        let r = sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device());
+        if r != sys::CUresult::CUDA_SUCCESS {
+            r
+        } else {
+            sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut threshold as *mut u64).cast(),
+            )
+        }
+    };
+    if r != sys::CUresult::CUDA_SUCCESS {
+        tracing::warn!("GPU memory pool left at its defaults: {r:?}");
+    }
+}
+
+/// One tenant's context, stream, cuBLAS handle and kernels.
+pub struct CudaBackend {
+    device: Arc<GpuDevice>,
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: Mutex<CudaBlas>,
+    kernels: Kernels,
+    poison: bool,
+}
+
+impl CudaBackend {
+    /// A new context on `device` with one stream.
+    pub fn new(device: Arc<GpuDevice>) -> anyhow::Result<Self> {
+        let e = |e| anyhow::anyhow!("CUDA device {}: {e:?}", device.ordinal);
+        let ctx = CudaContext::new_non_primary(device.ordinal, 0).map_err(e)?;
+        // One stream per context: stream order is the only ordering needed.
+        // SAFETY: no other stream of this context touches its buffers.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(e)?;
+        keep_pool_memory(&ctx);
+        let blas = CudaBlas::new(stream.clone())
+            .map_err(|err| anyhow::anyhow!("cuBLAS on device {}: {err:?}", device.ordinal))?;
+        let kernels = Kernels::load(&ctx, &device.ptx)?;
+        Ok(Self {
+            poison: std::env::var_os("TENSOR_WASM_GPU_POISON").is_some(),
+            device,
+            ctx,
+            stream,
+            blas: Mutex::new(blas),
+            kernels,
+        })
+    }
+
+    fn bind(&self) -> TResult<()> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(cuda_err("binding the context"))
+    }
+
+    /// Uninitialized device memory for `n` elements of `dtype` (NaN-poisoned
+    /// when TENSOR_WASM_GPU_POISON is set, to catch unwritten elements).
+    fn alloc(&self, n: usize, dtype: DType) -> TResult<GpuData> {
+        let bytes = (n * dtype.size()).max(1);
+        // SAFETY: u8 has no invalid bit patterns; every op writes what it reads back.
+        let buf = unsafe { self.stream.alloc::<u8>(bytes) }.map_err(cuda_err("allocating"))?;
+        if self.poison {
+            let (p, _g) = buf.device_ptr(&self.stream);
+            // SAFETY: p spans `bytes` bytes on this stream.
+            unsafe {
+                cudarc::driver::result::memset_d8_async(p, 0xFF, bytes, self.stream.cu_stream())
+            }
+            .map_err(cuda_err("poisoning"))?;
+        }
+        Ok(GpuData { buf })
+    }
+
+    fn ptr(&self, x: &Tensor) -> TResult<u64> {
+        match x.data() {
+            Data::Gpu(g) => Ok(self.raw(&g.buf)),
+            Data::Cpu(_) => Err(TensorError::Backend(
+                "a host tensor reached the GPU backend".into(),
+            )),
+        }
+    }
+
+    fn raw(&self, buf: &CudaSlice<u8>) -> u64 {
+        let (p, _g) = buf.device_ptr(&self.stream);
+        p
+    }
+
+    /// Runs `f` on the CPU backend over host copies of `inputs` and uploads
+    /// the result (ops not worth a kernel).
+    fn via_cpu(
+        &self,
+        inputs: &[&Tensor],
+        f: impl FnOnce(&CpuBackend, &[Tensor]) -> TResult<Data>,
+    ) -> TResult<Data> {
+        let host = self.to_host(inputs)?;
+        match f(&CpuBackend, &host)? {
+            Data::Cpu(d) => self.upload(d),
+            gpu => Ok(gpu),
+        }
+    }
+
+    fn to_host(&self, inputs: &[&Tensor]) -> TResult<Vec<Tensor>> {
+        inputs
+            .iter()
+            .map(|t| {
+                Ok(Tensor::new(
+                    t.shape().to_vec(),
+                    t.dtype(),
+                    Data::Cpu(self.download(t)?),
+                    None,
+                ))
+            })
+            .collect()
+    }
+
+    /// A copy of `x` as f32 (itself when already f32).
+    fn as_f32(&self, x: &Tensor) -> TResult<Tensor> {
+        if x.dtype() == DType::F32 {
+            return Ok(x.clone());
+        }
+        let data = self.cast(x, DType::F32)?;
+        Ok(Tensor::new(x.shape().to_vec(), DType::F32, data, None))
+    }
+
+    /// dst[dst_off + walk(dst_strides)] = src[src_off + walk(src_strides)] over `shape`.
+    #[allow(clippy::too_many_arguments)]
+    fn copy(
+        &self,
+        dtype: DType,
+        dst: u64,
+        src: u64,
+        shape: &[usize],
+        src_strides: &[usize],
+        dst_strides: &[usize],
+        offsets: (usize, usize),
+    ) -> TResult<()> {
+        let n: usize = shape.iter().product();
+        if n == 0 {
+            return Ok(());
+        }
+        let dims = Dims::new(shape, src_strides, dst_strides)
+            .ok_or_else(|| arg_err("GPU layout ops take at most 8 axes"))?;
+        let (n, so, dof) = (n as i64, offsets.0 as i64, offsets.1 as i64);
+        launch!(
+            self,
+            &format!("copy_{}", elem(dtype)),
+            grid(n as usize),
+            [&dst, &src, &n, &dims, &so, &dof]
+        )
+    }
+
+    fn matmul_into(&self, g: &Gemm) -> TResult<()> {
+        let blas = self.blas.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the plan's extents were validated by the op layer and the
+        // buffers were allocated for them in this context.
+        unsafe { blas::gemm(*blas.handle(), g, self.device.tf32) }.map_err(TensorError::Backend)
+    }
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> String {
+        format!("cuda:{}", self.device.ordinal)
+    }
+
+    fn upload(&self, data: CpuData) -> TResult<Data> {
+        self.upload_bytes(&data.as_le_bytes(), data.dtype())
+    }
+
+    fn upload_bytes(&self, bytes: &[u8], dtype: DType) -> TResult<Data> {
+        self.bind()?;
+        let mut out = self.alloc(bytes.len() / dtype.size(), dtype)?;
+        if !bytes.is_empty() {
+            self.stream
+                .memcpy_htod(bytes, &mut out.buf.slice_mut(..bytes.len()))
+                .map_err(cuda_err("copying to the GPU"))?;
+        }
+        Ok(Data::Gpu(out))
+    }
+
+    fn download(&self, x: &Tensor) -> TResult<CpuData> {
+        self.bind()?;
+        let Data::Gpu(g) = x.data() else {
+            return Err(TensorError::Backend(
+                "a host tensor reached the GPU backend".into(),
+            ));
+        };
+        let mut bytes = vec![0u8; x.len() * x.dtype().size()];
+        if !bytes.is_empty() {
+            self.stream
+                .memcpy_dtoh(&g.buf.slice(..bytes.len()), &mut bytes)
+                .map_err(cuda_err("copying from the GPU"))?;
+        }
+        self.stream
+            .synchronize()
+            .map_err(cuda_err("waiting for the GPU"))?;
+        Ok(CpuData::from_le_bytes(&bytes, x.dtype()))
+    }
+
+    fn matmul(&self, a: &Tensor, b: &Tensor, plan: &MatmulPlan) -> TResult<Data> {
+        self.bind()?;
+        let MatmulPlan { m, n, k, .. } = *plan;
+        let batch: usize = plan.batch.iter().product();
+        let out = self.alloc(batch * m * n, a.dtype())?;
+        if batch * m * n == 0 {
+            return Ok(Data::Gpu(out));
+        }
+        let c = self.raw(&out.buf);
+        let size = a.dtype().size();
+        if k == 0 {
+            // SAFETY: c spans the output's bytes.
+            unsafe {
+                cudarc::driver::result::memset_d8_async(
+                    c,
+                    0,
+                    batch * m * n * size,
+                    self.stream.cu_stream(),
+                )
+            }
+            .map_err(cuda_err("zeroing"))?;
+            return Ok(Data::Gpu(out));
+        }
+        let (pa, pb) = (self.ptr(a)?, self.ptr(b)?);
+        let (ar, br) = (a.shape().len(), b.shape().len());
+        let sa = broadcast_strides(&a.shape()[..ar - 2], &plan.batch);
+        let sb = broadcast_strides(&b.shape()[..br - 2], &plan.batch);
+        let out_strides = strides(&plan.batch);
+        let offsets: Vec<(usize, usize)> = (0..batch)
+            .map(|bi| {
+                let (mut oa, mut ob) = (0, 0);
+                for d in 0..plan.batch.len() {
+                    let idx = (bi / out_strides[d]) % plan.batch[d];
+                    oa += idx * sa[d];
+                    ob += idx * sb[d];
+                }
+                (oa * m * k, ob * k * n)
+            })
+            .collect();
+        let step = |i: usize| {
+            (
+                offsets[i].0.wrapping_sub(offsets[i - 1].0),
+                offsets[i].1.wrapping_sub(offsets[i - 1].1),
+            )
+        };
+        let uniform = batch < 2 || (2..batch).all(|i| step(i) == step(1));
+        let gemm = |first: usize, count: usize, strides: (usize, usize)| Gemm {
+            m,
+            n,
+            k,
+            a: pa + (offsets[first].0 * size) as u64,
+            ta: plan.transpose_a,
+            b: pb + (offsets[first].1 * size) as u64,
+            tb: plan.transpose_b,
+            c: c + (first * m * n * size) as u64,
+            batch: count,
+            strides: (strides.0, strides.1, m * n),
+            in_type: a.dtype(),
+            out_type: a.dtype(),
+        };
+        if uniform {
+            let s = if batch < 2 { (0, 0) } else { step(1) };
+            self.matmul_into(&gemm(0, batch, s))?;
+        } else {
+            for i in 0..batch {
+                self.matmul_into(&gemm(i, 1, (0, 0)))?;
+            }
+        }
+        Ok(Data::Gpu(out))
+    }
+
+    fn binary(&self, op: BinaryOp, a: &Tensor, b: &Tensor, out_shape: &[usize]) -> TResult<Data> {
+        if !a.dtype().is_float() || out_shape.len() > MAX_RANK {
+            return self.via_cpu(&[a, b], |cpu, h| cpu.binary(op, &h[0], &h[1], out_shape));
+        }
+        self.bind()?;
+        let n: usize = out_shape.iter().product();
+        let out = self.alloc(n, a.dtype())?;
+        if n > 0 {
+            let sa = broadcast_strides(a.shape(), out_shape);
+            let sb = broadcast_strides(b.shape(), out_shape);
+            let dims = Dims::new(out_shape, &sa, &sb).expect("rank checked");
+            let (o, pa, pb) = (self.raw(&out.buf), self.ptr(a)?, self.ptr(b)?);
+            let (n, op) = (n as i64, op as i32);
+            launch!(
+                self,
+                &format!("binary_{}", suffix(a.dtype())),
+                grid(n as usize),
+                [&o, &pa, &pb, &n, &op, &dims]
+            )?;
+        }
+        Ok(Data::Gpu(out))
+    }
+
+    fn unary(&self, op: UnaryOp, x: &Tensor) -> TResult<Data> {
+        self.bind()?;
+        let out = self.alloc(x.len(), x.dtype())?;
+        if !x.is_empty() {
+            let (code, factor): (i32, f32) = match op {
+                UnaryOp::Scale(s) => (0, s),
+                UnaryOp::Gelu => (1, 0.0),
+                UnaryOp::GeluTanh => (2, 0.0),
+                UnaryOp::Silu => (3, 0.0),
+                UnaryOp::Relu => (4, 0.0),
+                UnaryOp::Tanh => (5, 0.0),
+                UnaryOp::Exp => (6, 0.0),
+            };
+            let (o, px, n) = (self.raw(&out.buf), self.ptr(x)?, x.len() as i64);
+            launch!(
+                self,
+                &format!("unary_{}", suffix(x.dtype())),
+                grid(x.len()),
+                [&o, &px, &n, &code, &factor]
+            )?;
+        }
+        Ok(Data::Gpu(out))
+    }
+
+    fn softmax(&self, x: &Tensor, axis: usize, causal: bool) -> TResult<Data> {
+        let shape = x.shape();
+        if axis + 1 != shape.len() {
+            return self.via_cpu(&[x], |cpu, h| cpu.softmax(&h[0], axis, causal));
+        }
+        self.bind()?;
+        let out = self.alloc(x.len(), x.dtype())?;
+        let len = shape[axis];
+        if len > 0 && !x.is_empty() {
+            let rows = (x.len() / len) as i64;
+            let q = if causal {
+                shape[shape.len() - 2] as i64
+            } else {
+                0
+            };
+            let (o, px, len) = (self.raw(&out.buf), self.ptr(x)?, len as i64);
+            launch!(
+                self,
+                &format!("softmax_{}", suffix(x.dtype())),
+                rows_grid(rows as usize),
+                [&o, &px, &rows, &len, &q]
+            )?;
+        }
+        Ok(Data::Gpu(out))
+    }
+
+    fn norm(
+        &self,
+        kind: NormKind,
+        x: &Tensor,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        eps: f32,
+    ) -> TResult<Data> {
+        self.bind()?;
+        let out = self.alloc(x.len(), x.dtype())?;
+        let dim = x.shape().last().copied().unwrap_or(1);
+        if dim > 0 && !x.is_empty() {
+            let rows = (x.len() / dim) as i64;
+            let pw = weight.map(|w| self.ptr(w)).transpose()?.unwrap_or(0);
+            let pb = bias.map(|b| self.ptr(b)).transpose()?.unwrap_or(0);
+            let (o, px, dim) = (self.raw(&out.buf), self.ptr(x)?, dim as i64);
+            let kind = matches!(kind, NormKind::Rms) as i32;
+            launch!(
+                self,
+                &format!("norm_{}", suffix(x.dtype())),
+                rows_grid(rows as usize),
+                [&o, &px, &pw, &pb, &rows, &dim, &kind, &eps]
+            )?;
+        }
+        Ok(Data::Gpu(out))
+    }
+
+    fn attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        scale: f32,
+        causal: bool,
+    ) -> TResult<Data> {
+        self.bind()?;
+        let (qs, ks, vs) = (q.shape(), k.shape(), v.shape());
+        let (b, hq, hk, sq, sk, d, dv) = (qs[0], qs[1], ks[1], qs[2], ks[2], qs[3], vs[3]);
+        let dt = q.dtype();
+        let out = self.alloc(b * hq * sq * dv, dt)?;
+        if out.buf.len() <= 1 && b * hq * sq * dv == 0 {
+            return Ok(Data::Gpu(out));
+        }
+        let group = hq / hk;
+        let rows = group * sq;
+        let scores = self.alloc(b * hk * rows * sk, DType::F32)?;
+        // Probabilities stay f32 (as on the CPU: f16/bf16 round once, at the end).
+        let probs = self.alloc(b * hk * rows * sk, DType::F32)?;
+        let (pq, pk) = (self.ptr(q)?, self.ptr(k)?);
+        let (ps, pp, po) = (
+            self.raw(&scores.buf),
+            self.raw(&probs.buf),
+            self.raw(&out.buf),
+        );
+        if sk > 0 {
+            if d > 0 {
+                self.matmul_into(&Gemm {
+                    m: rows,
+                    n: sk,
+                    k: d,
+                    a: pq,
+                    ta: false,
+                    b: pk,
+                    tb: true,
+                    c: ps,
+                    batch: b * hk,
+                    strides: (rows * d, sk * d, rows * sk),
+                    in_type: dt,
+                    out_type: DType::F32,
+                })?;
+            } else {
+                // SAFETY: ps spans the score matrix.
+                unsafe {
+                    cudarc::driver::result::memset_d8_async(
+                        ps,
+                        0,
+                        b * hk * rows * sk * 4,
+                        self.stream.cu_stream(),
+                    )
+                }
+                .map_err(cuda_err("zeroing"))?;
+            }
+            let m32 = mask.map(|m| self.as_f32(m)).transpose()?;
+            let (pm, ms) = match &m32 {
+                Some(m) => {
+                    let s = broadcast_strides(m.shape(), &[b, hq, sq, sk]);
+                    (
+                        self.ptr(m)?,
+                        [s[0] as i64, s[1] as i64, s[2] as i64, s[3] as i64],
+                    )
+                }
+                None => (0, [0; 4]),
+            };
+            let (hk_, g_, sq_, sk_) = (hk as i64, group as i64, sq as i64, sk as i64);
+            let (all, causal) = ((b * hk * rows) as i64, causal as i32);
+            launch!(
+                self,
+                "attn_softmax_f32",
+                rows_grid(all as usize),
+                [
+                    &pp, &ps, &hk_, &g_, &sq_, &sk_, &scale, &pm, &ms[0], &ms[1], &ms[2], &ms[3],
+                    &causal, &all
+                ]
+            )?;
+        }
+        if dv > 0 && sk > 0 {
+            // probs (f32) · v in f32, then rounded once to the output dtype.
+            let v32 = self.as_f32(v)?;
+            let out32 = if dt == DType::F32 {
+                None
+            } else {
+                Some(self.alloc(b * hq * sq * dv, DType::F32)?)
+            };
+            let target = out32.as_ref().map_or(po, |o| self.raw(&o.buf));
+            self.matmul_into(&Gemm {
+                m: rows,
+                n: dv,
+                k: sk,
+                a: pp,
+                ta: false,
+                b: self.ptr(&v32)?,
+                tb: false,
+                c: target,
+                batch: b * hk,
+                strides: (rows * sk, sk * dv, rows * dv),
+                in_type: DType::F32,
+                out_type: DType::F32,
+            })?;
+            if let Some(o32) = &out32 {
+                let (src, n) = (self.raw(&o32.buf), (b * hq * sq * dv) as i64);
+                launch!(
+                    self,
+                    &format!("to_{}_f32", suffix(dt)),
+                    grid(n as usize),
+                    [&po, &src, &n]
+                )?;
+            }
+        } else {
+            // SAFETY: po spans the output.
+            unsafe {
+                cudarc::driver::result::memset_d8_async(
+                    po,
+                    0,
+                    b * hq * sq * dv * dt.size(),
+                    self.stream.cu_stream(),
+                )
+            }
+            .map_err(cuda_err("zeroing"))?;
+        }
+        // The workspaces are freed in stream order after the kernels that use them.
+        drop((scores, probs));
+        Ok(Data::Gpu(out))
+    }
+
+    fn embedding(&self, table: &Tensor, ids: &Tensor) -> TResult<Data> {
+        // Ids are checked on the host: an out-of-range id is an error, never a wild read.
+        let host_ids = self.download(ids)?.as_i64().into_owned();
+        let rows = table.shape()[0];
+        let dim = table.shape()[1];
+        if let Some(bad) = host_ids.iter().find(|&&i| i < 0 || i as u64 >= rows as u64) {
+            return Err(arg_err(format!(
+                "embedding id {bad} out of range for a table of {rows} rows"
+            )));
+        }
+        let out = self.alloc(host_ids.len() * dim, table.dtype())?;
+        if !host_ids.is_empty() && dim > 0 {
+            let Data::Gpu(dev_ids) = self.upload(CpuData::I64(host_ids.clone()))? else {
+                unreachable!("upload returns device data")
+            };
+            let (o, pt, pi) = (self.raw(&out.buf), self.ptr(table)?, self.raw(&dev_ids.buf));
+            let (n, dim_) = (host_ids.len() as i64, dim as i64);
+            launch!(
+                self,
+                &format!("gather_{}", elem(table.dtype())),
+                grid(host_ids.len() * dim),
+                [&o, &pt, &pi, &n, &dim_]
+            )?;
+        }
+        Ok(Data::Gpu(out))
+    }
+
+    fn permute(&self, x: &Tensor, dims: &[usize]) -> TResult<Data> {
+        self.bind()?;
+        let out = self.alloc(x.len(), x.dtype())?;
+        let shape: Vec<usize> = dims.iter().map(|&d| x.shape()[d]).collect();
+        let xs = strides(x.shape());
+        let src: Vec<usize> = dims.iter().map(|&d| xs[d]).collect();
+        let (o, px) = (self.raw(&out.buf), self.ptr(x)?);
+        self.copy(x.dtype(), o, px, &shape, &src, &strides(&shape), (0, 0))?;
+        Ok(Data::Gpu(out))
+    }
+
+    fn narrow(&self, x: &Tensor, axis: usize, start: usize, len: usize) -> TResult<Data> {
+        self.bind()?;
+        let mut shape = x.shape().to_vec();
+        shape[axis] = len;
+        let n: usize = shape.iter().product();
+        let out = self.alloc(n, x.dtype())?;
+        let xs = strides(x.shape());
+        let (o, px) = (self.raw(&out.buf), self.ptr(x)?);
+        self.copy(
+            x.dtype(),
+            o,
+            px,
+            &shape,
+            &xs,
+            &strides(&shape),
+            (start * xs[axis], 0),
+        )?;
+        Ok(Data::Gpu(out))
+    }
+
+    fn concat(&self, xs: &[&Tensor], axis: usize) -> TResult<Data> {
+        self.bind()?;
+        let mut shape = xs[0].shape().to_vec();
+        shape[axis] = xs.iter().map(|t| t.shape()[axis]).sum();
+        let n: usize = shape.iter().product();
+        let out = self.alloc(n, xs[0].dtype())?;
+        let os = strides(&shape);
+        let o = self.raw(&out.buf);
+        let mut at = 0;
+        for t in xs {
+            let p = self.ptr(t)?;
+            self.copy(
+                t.dtype(),
+                o,
+                p,
+                t.shape(),
+                &strides(t.shape()),
+                &os,
+                (0, at * os[axis]),
+            )?;
+            at += t.shape()[axis];
+        }
+        Ok(Data::Gpu(out))
+    }
+
+    fn rope(&self, x: &Tensor, offset: usize, theta: f32, layout: RopeLayout) -> TResult<Data> {
+        self.bind()?;
+        let out = self.alloc(x.len(), x.dtype())?;
+        let shape = x.shape();
+        let (seq, dim) = (shape[shape.len() - 2], shape[shape.len() - 1]);
+        if seq > 0 && dim > 0 && !x.is_empty() {
+            let rows = (x.len() / dim) as i64;
+            let (o, px) = (self.raw(&out.buf), self.ptr(x)?);
+            let (seq, dim_, off) = (seq as i64, dim as i64, offset as i64);
+            let layout = matches!(layout, RopeLayout::HalfSplit) as i32;
+            launch!(
+                self,
+                &format!("rope_{}", suffix(x.dtype())),
+                grid(x.len() / 2 + 1),
+                [&o, &px, &rows, &seq, &dim_, &off, &theta, &layout]
+            )?;
+        }
+        Ok(Data::Gpu(out))
+    }
+
+    fn argmax(&self, x: &Tensor, axis: usize) -> TResult<Data> {
+        self.via_cpu(&[x], |cpu, h| cpu.argmax(&h[0], axis))
+    }
+
+    fn top_k(&self, x: &Tensor, k: usize) -> TResult<(Data, Data)> {
+        let h = self.to_host(&[x])?;
+        let (v, i) = CpuBackend.top_k(&h[0], k)?;
+        let up = |d: Data| match d {
+            Data::Cpu(c) => self.upload(c),
+            gpu => Ok(gpu),
+        };
+        Ok((up(v)?, up(i)?))
+    }
+
+    fn mean(&self, x: &Tensor, axis: usize, mask: Option<&Tensor>) -> TResult<Data> {
+        let mut inputs = vec![x];
+        inputs.extend(mask);
+        self.via_cpu(&inputs, |cpu, h| cpu.mean(&h[0], axis, h.get(1)))
+    }
+
+    fn l2_normalize(&self, x: &Tensor, axis: usize, eps: f32) -> TResult<Data> {
+        self.via_cpu(&[x], |cpu, h| cpu.l2_normalize(&h[0], axis, eps))
+    }
+
+    fn cast(&self, x: &Tensor, dtype: DType) -> TResult<Data> {
+        if !x.dtype().is_float() || !dtype.is_float() {
+            return self.via_cpu(&[x], |cpu, h| cpu.cast(&h[0], dtype));
+        }
+        self.bind()?;
+        let out = self.alloc(x.len(), dtype)?;
+        if !x.is_empty() {
+            let (o, px, n) = (self.raw(&out.buf), self.ptr(x)?, x.len() as i64);
+            let name = format!("to_{}_{}", suffix(dtype), suffix(x.dtype()));
+            launch!(self, &name, grid(x.len()), [&o, &px, &n])?;
+        }
+        Ok(Data::Gpu(out))
+    }
+}

@@ -1,0 +1,118 @@
+//! The CUDA C kernels of `kernels/tensor.cu`, compiled by NVRTC for the
+//! device's architecture once per process and cached on disk as PTX, keyed
+//! by BLAKE3 of the source, the compile options, the architecture and the
+//! driver version (so a driver upgrade recompiles).
+
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
+use cudarc::nvrtc::{CompileOptions, Ptx};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// The kernel source, built into the binary.
+pub const SOURCE: &str = include_str!("../../../../kernels/tensor.cu");
+
+/// Compiled PTX for one device, shared by every tenant context on it.
+#[derive(Debug)]
+pub struct Ptxs {
+    ptx: String,
+    /// Where it came from ("compiled in 1.2s" / "cache").
+    pub origin: String,
+}
+
+/// NVRTC options for `arch` (e.g. `sm_90`).
+fn options(arch: &str) -> Vec<String> {
+    vec![
+        format!("--gpu-architecture={arch}"),
+        "--std=c++17".into(),
+        "--fmad=true".into(),
+    ]
+}
+
+/// Compiles (or reads from `cache_dir`) the kernels for `arch` under `driver`.
+pub fn compile(arch: &str, driver: i32, cache_dir: Option<&Path>) -> anyhow::Result<Ptxs> {
+    let opts = options(arch);
+    let mut h = blake3::Hasher::new();
+    h.update(SOURCE.as_bytes());
+    for o in &opts {
+        h.update(o.as_bytes());
+        h.update(b"\0");
+    }
+    h.update(arch.as_bytes());
+    h.update(&driver.to_le_bytes());
+    let key = h.finalize().to_hex();
+    let path: Option<PathBuf> = cache_dir.map(|d| d.join("kernels").join(format!("{key}.ptx")));
+    if let Some(p) = &path
+        && let Ok(ptx) = std::fs::read_to_string(p)
+    {
+        return Ok(Ptxs {
+            ptx,
+            origin: format!("cache {}", p.display()),
+        });
+    }
+    let started = std::time::Instant::now();
+    let compiled = cudarc::nvrtc::compile_ptx_with_opts(
+        SOURCE,
+        CompileOptions {
+            options: opts,
+            name: Some("tensor.cu".into()),
+            ..Default::default()
+        },
+    )
+    .map_err(|e| match e {
+        cudarc::nvrtc::CompileError::CompileError { log, .. } => anyhow::anyhow!(
+            "NVRTC could not compile kernels/tensor.cu: {}",
+            log.to_string_lossy()
+        ),
+        other => anyhow::anyhow!("NVRTC failed: {other:?}"),
+    })?;
+    let ptx = compiled.to_src();
+    if let Some(p) = &path {
+        let tmp = p.with_extension("tmp");
+        let written = p
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|_| std::fs::write(&tmp, &ptx))
+            .and_then(|_| std::fs::rename(&tmp, p));
+        if let Err(e) = written {
+            tracing::warn!("cannot cache compiled kernels at {}: {e}", p.display());
+        }
+    }
+    Ok(Ptxs {
+        ptx,
+        origin: format!("compiled in {:.2?}", started.elapsed()),
+    })
+}
+
+/// The kernels loaded into one context, functions looked up once each.
+pub struct Kernels {
+    module: Arc<CudaModule>,
+    functions: Mutex<HashMap<String, CudaFunction>>,
+}
+
+impl Kernels {
+    /// Loads `ptx` into `ctx`.
+    pub fn load(ctx: &Arc<CudaContext>, ptx: &Ptxs) -> anyhow::Result<Self> {
+        let module = ctx
+            .load_module(Ptx::from_src(ptx.ptx.clone()))
+            .map_err(|e| anyhow::anyhow!("loading the tensor kernels: {e:?}"))?;
+        Ok(Self {
+            module,
+            functions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The kernel called `name`.
+    pub fn get(&self, name: &str) -> Result<CudaFunction, String> {
+        let mut map = self.functions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = map.get(name) {
+            return Ok(f.clone());
+        }
+        let f = self
+            .module
+            .load_function(name)
+            .map_err(|e| format!("kernel {name}: {e:?}"))?;
+        map.insert(name.to_string(), f.clone());
+        Ok(f)
+    }
+}

@@ -1,0 +1,100 @@
+//! The CUDA backend (cudarc, libraries loaded at run time): one CUDA context
+//! per tenant (separate device address spaces) with its own stream, cuBLAS
+//! handle and loaded kernels. Ops enqueue on the tenant's stream and return;
+//! only `download` (the guest's read-back) waits. Memory comes from CUDA's
+//! stream-ordered pool (`cuMemAllocAsync`), so freed buffers are reused
+//! without a `cudaMalloc` per op; tensor bytes are capped per tenant by the
+//! op layer's quota before anything is allocated.
+//!
+//! Reductions that are not on any hot path (argmax, top-k, masked mean,
+//! l2-normalize, softmax over a non-last axis), integer arithmetic and casts
+//! to or from integers run on the CPU backend over a copy (documented in
+//! docs/WIT.md); everything else runs as the kernels in `kernels/tensor.cu`
+//! or cuBLAS.
+
+mod backend;
+mod blas;
+mod kernels;
+
+pub use backend::{CudaBackend, GpuData};
+
+use cudarc::driver::CudaContext;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// A CUDA device this server computes on.
+#[derive(Debug)]
+pub struct GpuDevice {
+    ordinal: usize,
+    name: String,
+    arch: String,
+    memory: usize,
+    driver: i32,
+    ptx: kernels::Ptxs,
+    tf32: bool,
+}
+
+/// Whether the CUDA driver library can be loaded on this machine.
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to dlopen libcuda; loads nothing else.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+impl GpuDevice {
+    /// Opens device `ordinal`, compiling (or loading cached) kernels for its
+    /// architecture. `cache_dir` keeps compiled PTX across runs.
+    pub fn open(ordinal: usize, cache_dir: Option<PathBuf>, tf32: bool) -> anyhow::Result<Self> {
+        if !driver_present() {
+            anyhow::bail!("no CUDA driver (libcuda.so) found on this machine");
+        }
+        let count =
+            CudaContext::device_count().map_err(|e| anyhow::anyhow!("CUDA driver error: {e:?}"))?;
+        if ordinal >= count.max(0) as usize {
+            anyhow::bail!("no CUDA device {ordinal}: this machine has {count}");
+        }
+        let ctx = CudaContext::new(ordinal)
+            .map_err(|e| anyhow::anyhow!("cannot open CUDA device {ordinal}: {e:?}"))?;
+        let err = |e| anyhow::anyhow!("CUDA device {ordinal}: {e:?}");
+        let name = ctx.name().map_err(err)?;
+        let (major, minor) = ctx.compute_capability().map_err(err)?;
+        let memory = ctx.total_mem().map_err(err)?;
+        let mut driver = 0;
+        // SAFETY: writes one int.
+        unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver) };
+        let arch = format!("sm_{major}{minor}");
+        let ptx = kernels::compile(&arch, driver, cache_dir.as_deref())?;
+        Ok(Self {
+            ordinal,
+            name,
+            arch,
+            memory,
+            driver,
+            ptx,
+            tf32,
+        })
+    }
+
+    /// One line for the start-up log.
+    pub fn describe(&self) -> String {
+        format!(
+            "cuda:{} ({}, {}, {} GiB, driver {}.{}; kernels {}{})",
+            self.ordinal,
+            self.name,
+            self.arch,
+            self.memory >> 30,
+            self.driver / 1000,
+            (self.driver % 1000) / 10,
+            self.ptx.origin,
+            if self.tf32 {
+                "; f32 products in TF32"
+            } else {
+                ""
+            }
+        )
+    }
+
+    /// A backend with its own CUDA context for one tenant.
+    pub fn tenant_backend(self: &Arc<Self>) -> anyhow::Result<Arc<CudaBackend>> {
+        Ok(Arc::new(CudaBackend::new(self.clone())?))
+    }
+}

@@ -1,0 +1,297 @@
+// wasi:tensor's CUDA kernels, compiled at run time by NVRTC for the GPU in
+// hand (host/src/tensor/gpu/kernels.rs) and cached on disk by BLAKE3.
+//
+// Float kernels are instantiated for f32, f16 and bf16: elements are loaded
+// as f32, computed in f32 (reductions accumulate in f32), and rounded once
+// on store (round to nearest even), like the CPU backend. No CUDA headers are
+// needed: f16/bf16 conversions are single PTX instructions.
+
+typedef long long i64;
+#define INFINITY __int_as_float(0x7f800000)
+struct h16 { unsigned short x; };
+struct b16 { unsigned short x; };
+
+__device__ __forceinline__ float ld(const float* p, i64 i) { return p[i]; }
+__device__ __forceinline__ float ld(const h16* p, i64 i) {
+    float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(p[i].x)); return f;
+}
+__device__ __forceinline__ float ld(const b16* p, i64 i) {
+    return __uint_as_float(((unsigned)p[i].x) << 16);
+}
+__device__ __forceinline__ void st(float* p, i64 i, float v) { p[i] = v; }
+__device__ __forceinline__ void st(h16* p, i64 i, float v) {
+    unsigned short h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v)); p[i].x = h;
+}
+__device__ __forceinline__ void st(b16* p, i64 i, float v) {
+    unsigned short h; asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(v)); p[i].x = h;
+}
+
+#define MAX_RANK 8
+// Shape and two stride sets of a strided walk (element units), by value.
+struct Dims {
+    int rank;
+    i64 shape[MAX_RANK];
+    i64 sa[MAX_RANK];
+    i64 sb[MAX_RANK];
+};
+
+// Offsets into the two strided operands of linear output index i.
+__device__ __forceinline__ void offsets(const Dims& d, i64 i, i64* oa, i64* ob) {
+    i64 a = 0, b = 0;
+    for (int k = d.rank - 1; k >= 0; --k) {
+        i64 n = d.shape[k];
+        i64 idx = i % n;
+        i /= n;
+        a += idx * d.sa[k];
+        b += idx * d.sb[k];
+    }
+    *oa = a; *ob = b;
+}
+
+#define GRID_LOOP(i, n) \
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < (n); i += (i64)blockDim.x * gridDim.x)
+
+// ---- elementwise -------------------------------------------------------
+
+template <typename T>
+__device__ void binary(T* out, const T* a, const T* b, i64 n, int op, Dims d) {
+    GRID_LOOP(i, n) {
+        i64 oa, ob;
+        offsets(d, i, &oa, &ob);
+        float x = ld(a, oa), y = ld(b, ob), r;
+        switch (op) {
+            case 0: r = x + y; break;
+            case 1: r = x - y; break;
+            case 2: r = x * y; break;
+            default: r = x / y; break;
+        }
+        st(out, i, r);
+    }
+}
+
+template <typename T>
+__device__ void unary(T* out, const T* x, i64 n, int op, float factor) {
+    GRID_LOOP(i, n) {
+        float v = ld(x, i), r;
+        switch (op) {
+            case 0: r = v * factor; break;
+            case 1: r = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f)); break;
+            case 2: r = 0.5f * v * (1.0f + tanhf(0.7978846f * (v + 0.044715f * v * v * v))); break;
+            case 3: r = v / (1.0f + expf(-v)); break;
+            case 4: r = fmaxf(v, 0.0f); break;
+            case 5: r = tanhf(v); break;
+            default: r = expf(v); break;
+        }
+        st(out, i, r);
+    }
+}
+
+template <typename S, typename D>
+__device__ void cast(D* out, const S* x, i64 n) {
+    GRID_LOOP(i, n) { st(out, i, ld(x, i)); }
+}
+
+// ---- block reductions (blockDim.x = 256) -------------------------------
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
+    return v;
+}
+// Sum (or max) over the block; every thread gets the result.
+__device__ float block_reduce(float v, bool is_max) {
+    __shared__ float part[32];
+    __shared__ float result;
+    v = is_max ? warp_max(v) : warp_sum(v);
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    __syncthreads();
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        int warps = (blockDim.x + 31) >> 5;
+        float w = lane < warps ? part[lane] : (is_max ? -INFINITY : 0.0f);
+        w = is_max ? warp_max(w) : warp_sum(w);
+        if (lane == 0) result = w;
+    }
+    __syncthreads();
+    return result;
+}
+
+// Softmax of one row per block over its first `valid` elements; the rest are 0.
+// Reads `x` (type S) scaled by `scale` plus an optional additive mask value.
+template <typename S, typename T>
+__device__ void softmax_row(T* out, const S* x, i64 len, i64 valid, float scale,
+                            const float* mask_row, i64 mask_step) {
+    float m = -INFINITY;
+    for (i64 j = threadIdx.x; j < valid; j += blockDim.x) {
+        float v = ld(x, j) * scale + (mask_row ? mask_row[j * mask_step] : 0.0f);
+        m = fmaxf(m, v);
+    }
+    m = block_reduce(m, true);
+    float s = 0.0f;
+    for (i64 j = threadIdx.x; j < valid; j += blockDim.x) {
+        float v = ld(x, j) * scale + (mask_row ? mask_row[j * mask_step] : 0.0f);
+        s += expf(v - m);
+    }
+    s = block_reduce(s, false);
+    float inv = 1.0f / s;
+    for (i64 j = threadIdx.x; j < len; j += blockDim.x) {
+        float r = 0.0f;
+        if (j < valid) {
+            float v = ld(x, j) * scale + (mask_row ? mask_row[j * mask_step] : 0.0f);
+            r = expf(v - m) * inv;
+        }
+        st(out, j, r);
+    }
+}
+
+// Softmax over the last axis; causal_q > 0 masks row r past (r % q) + 1 + (len - q).
+template <typename T>
+__device__ void softmax(T* out, const T* x, i64 rows, i64 len, i64 causal_q) {
+    for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+        i64 valid = causal_q > 0 ? (r % causal_q) + 1 + (len - causal_q) : len;
+        if (valid > len) valid = len;
+        softmax_row(out + r * len, x + r * len, len, valid, 1.0f, (const float*)0, 0);
+    }
+}
+
+// Attention probabilities: scores (f32) are [batch*hk, group*sq, sk]; row r of
+// batch bb is query head kh*group + r / sq, query i = r % sq. The mask (f32,
+// may be null) is indexed with strides ms over [b, hq, sq, sk].
+template <typename T>
+__device__ void attn_softmax(T* probs, const float* scores, i64 hk, i64 group, i64 sq, i64 sk,
+                             float scale, const float* mask, i64 ms0, i64 ms1, i64 ms2, i64 ms3,
+                             int causal, i64 rows) {
+    for (i64 row = blockIdx.x; row < rows; row += gridDim.x) {
+        i64 per = group * sq;
+        i64 bb = row / per, r = row % per;
+        i64 bi = bb / hk, kh = bb % hk;
+        i64 h = kh * group + r / sq, i = r % sq;
+        i64 valid = causal ? i + 1 + (sk - sq) : sk;
+        if (valid > sk) valid = sk;
+        if (valid < 0) valid = 0;
+        const float* mrow = mask ? mask + bi * ms0 + h * ms1 + i * ms2 : (const float*)0;
+        softmax_row(probs + row * sk, scores + row * sk, sk, valid, scale, mrow, ms3);
+    }
+}
+
+// Layer norm (kind 0) or RMS norm (kind 1) of each row of length dim.
+template <typename T>
+__device__ void norm(T* out, const T* x, const T* w, const T* b, i64 rows, i64 dim, int kind,
+                     float eps) {
+    for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+        const T* row = x + r * dim;
+        float mean = 0.0f;
+        if (kind == 0) {
+            float s = 0.0f;
+            for (i64 j = threadIdx.x; j < dim; j += blockDim.x) s += ld(row, j);
+            mean = block_reduce(s, false) / (float)dim;
+        }
+        float q = 0.0f;
+        for (i64 j = threadIdx.x; j < dim; j += blockDim.x) {
+            float d = ld(row, j) - mean;
+            q += d * d;
+        }
+        float inv = rsqrtf(block_reduce(q, false) / (float)dim + eps);
+        for (i64 j = threadIdx.x; j < dim; j += blockDim.x) {
+            float y = (ld(row, j) - mean) * inv;
+            if (w) y *= ld(w, j);
+            if (b) y += ld(b, j);
+            st(out, r * dim + j, y);
+        }
+    }
+}
+
+// Rotary embedding: rows of length dim, position offset + (row % seq);
+// layout 0 pairs (2i, 2i+1), layout 1 pairs (i, i + dim/2). Angles in f64.
+template <typename T>
+__device__ void rope(T* out, const T* x, i64 rows, i64 seq, i64 dim, i64 offset, float theta,
+                     int layout) {
+    i64 half = dim / 2;
+    GRID_LOOP(t, rows * half) {
+        i64 r = t / half, i = t % half;
+        double pos = (double)(offset + r % seq);
+        double freq = pow((double)theta, -2.0 * (double)i / (double)dim);
+        double sn, cs;
+        sincos(pos * freq, &sn, &cs);
+        float c = (float)cs, s = (float)sn;
+        i64 a = layout == 0 ? 2 * i : i, b = layout == 0 ? 2 * i + 1 : i + half;
+        float x0 = ld(x, r * dim + a), x1 = ld(x, r * dim + b);
+        st(out, r * dim + a, x0 * c - x1 * s);
+        st(out, r * dim + b, x0 * s + x1 * c);
+    }
+    // Odd dims: the last element passes through.
+    if (dim % 2 == 1) {
+        GRID_LOOP(r, rows) { st(out, r * dim + dim - 1, ld(x, r * dim + dim - 1)); }
+    }
+}
+
+// ---- layout (any element size) ------------------------------------------
+
+// dst[dst_off + walk(sb)] = src[src_off + walk(sa)] over d.shape.
+template <typename E>
+__device__ void copy(E* dst, const E* src, i64 n, Dims d, i64 src_off, i64 dst_off) {
+    GRID_LOOP(i, n) {
+        i64 os, od;
+        offsets(d, i, &os, &od);
+        dst[dst_off + od] = src[src_off + os];
+    }
+}
+
+// Rows of `table` (dim elements each) picked by validated i64 ids.
+template <typename E>
+__device__ void gather(E* out, const E* table, const i64* ids, i64 n_ids, i64 dim) {
+    GRID_LOOP(t, n_ids * dim) {
+        i64 r = t / dim, j = t % dim;
+        out[t] = table[ids[r] * dim + j];
+    }
+}
+
+// ---- instantiations ------------------------------------------------------
+
+#define FLOAT_KERNELS(T, N)                                                                    \
+    extern "C" __global__ void binary_##N(T* o, const T* a, const T* b, i64 n, int op, Dims d) { \
+        binary(o, a, b, n, op, d);                                                             \
+    }                                                                                          \
+    extern "C" __global__ void unary_##N(T* o, const T* x, i64 n, int op, float f) {           \
+        unary(o, x, n, op, f);                                                                 \
+    }                                                                                          \
+    extern "C" __global__ void softmax_##N(T* o, const T* x, i64 rows, i64 len, i64 q) {      \
+        softmax(o, x, rows, len, q);                                                           \
+    }                                                                                          \
+    extern "C" __global__ void attn_softmax_##N(T* p, const float* s, i64 hk, i64 g, i64 sq,   \
+                                                i64 sk, float scale, const float* m, i64 m0,   \
+                                                i64 m1, i64 m2, i64 m3, int causal, i64 rows) { \
+        attn_softmax(p, s, hk, g, sq, sk, scale, m, m0, m1, m2, m3, causal, rows);             \
+    }                                                                                          \
+    extern "C" __global__ void norm_##N(T* o, const T* x, const T* w, const T* b, i64 rows,    \
+                                        i64 dim, int kind, float eps) {                        \
+        norm(o, x, w, b, rows, dim, kind, eps);                                                \
+    }                                                                                          \
+    extern "C" __global__ void rope_##N(T* o, const T* x, i64 rows, i64 seq, i64 dim,          \
+                                        i64 off, float theta, int layout) {                    \
+        rope(o, x, rows, seq, dim, off, theta, layout);                                        \
+    }                                                                                          \
+    extern "C" __global__ void to_f32_##N(float* o, const T* x, i64 n) { cast(o, x, n); }      \
+    extern "C" __global__ void to_f16_##N(h16* o, const T* x, i64 n) { cast(o, x, n); }        \
+    extern "C" __global__ void to_bf16_##N(b16* o, const T* x, i64 n) { cast(o, x, n); }
+
+FLOAT_KERNELS(float, f32)
+FLOAT_KERNELS(h16, f16)
+FLOAT_KERNELS(b16, bf16)
+
+#define LAYOUT_KERNELS(E, N)                                                                   \
+    extern "C" __global__ void copy_##N(E* dst, const E* src, i64 n, Dims d, i64 so, i64 dof) { \
+        copy(dst, src, n, d, so, dof);                                                         \
+    }                                                                                          \
+    extern "C" __global__ void gather_##N(E* o, const E* t, const i64* ids, i64 n, i64 dim) {  \
+        gather(o, t, ids, n, dim);                                                             \
+    }
+
+LAYOUT_KERNELS(unsigned char, b1)
+LAYOUT_KERNELS(unsigned short, b2)
+LAYOUT_KERNELS(unsigned int, b4)
+LAYOUT_KERNELS(unsigned long long, b8)

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Builds (here, where Rust is) everything scripts/gpu-check.sh runs on the lent
+# GPU machine and puts it, stripped, in .gpu/ (ignored by git; carried by the
+# device tool: `carry: [".gpu"]`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || { mkdir -p .git/info; echo '/.gpu/' >> .git/info/exclude; }
+cargo build --release
+e2e=$(cargo test --release --no-run --message-format=json 2>/dev/null \
+  | python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "e2e" and m.get("executable"):
+        print(m["executable"])')
+rm -rf .gpu && mkdir -p .gpu/guests
+cp target/release/tensor-wasm .gpu/ && cp "$e2e" .gpu/e2e
+cp target/guests/wasm32-wasip2/release/*.wasm .gpu/guests/
+strip .gpu/tensor-wasm .gpu/e2e
+du -sh .gpu
