@@ -377,6 +377,54 @@ fn bad_weights_grants_are_refused_at_start() {
     }
 }
 
+/// `--device` is parsed strictly, `auto` says at start-up what it picked,
+/// and `cuda` on a machine without a GPU is one clear error.
+#[test]
+fn device_selection_is_explicit() {
+    let (code, _, stderr) = run(&["serve", "--device", "gpu0"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("expected auto, cpu, cuda or cuda:N"),
+        "{stderr}"
+    );
+
+    if std::env::var_os("TENSOR_WASM_TEST_DEVICE").is_some() {
+        return; // the GPU check pins every host's device itself
+    }
+    let dir = scratch("tensor_device");
+    let server = Server::start(
+        &[guest("tensor_probe").to_str().unwrap(), "--device", "auto"],
+        &dir,
+    );
+    let log = server.log();
+    let picked = log
+        .lines()
+        .find(|l| l.contains("tensor backend: "))
+        .unwrap_or_else(|| panic!("no backend line in: {log}"))
+        .to_string();
+    drop(server);
+    if picked.contains("tensor backend: cpu") {
+        let (code, _, stderr) = run(&[
+            "serve",
+            guest("tensor_probe").to_str().unwrap(),
+            "--device",
+            "cuda",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "off",
+        ]);
+        assert_eq!(code, 1, "{stderr}");
+        assert!(
+            stderr.contains("--device cuda:0") && !stderr.contains("panicked"),
+            "{stderr}"
+        );
+        eprintln!("device_selection_is_explicit: no GPU here; `--device cuda` refused cleanly");
+    } else {
+        assert!(picked.contains("tensor backend: cuda:0"), "{picked}");
+    }
+}
+
 /// The sum of A·B for matmul-job's integer matrices, computed here.
 fn job_checksum(n: i64) -> i64 {
     let a = |i: i64, j: i64| (i * j) % 7 - 3;
