@@ -377,6 +377,88 @@ fn bad_weights_grants_are_refused_at_start() {
     }
 }
 
+/// Four tenants at once: one keeps exhausting its tensor cap while the other
+/// three keep getting correct products (each its own data, checked against
+/// an f64 reference); afterwards every tenant's accounting is back to zero.
+/// On the GPU check each tenant is its own CUDA context.
+#[test]
+fn four_tenants_one_exhausting_its_cap() {
+    let dir = scratch("tensor_four_tenants");
+    let file = dir.join("deploy.toml");
+    let mut toml = String::new();
+    for (name, cap) in [
+        ("t0", "16MiB"),
+        ("t1", "64MiB"),
+        ("t2", "64MiB"),
+        ("t3", "64MiB"),
+    ] {
+        toml += &format!(
+            "[[deployment]]\nname = \"{name}\"\ntenant = \"{name}\"\ncomponent = {:?}\n\
+             route = {{ host = \"{name}.test\" }}\nlimits = {{ tensor-memory = \"{cap}\" }}\n\n",
+            guest("tensor_probe")
+        );
+    }
+    std::fs::write(&file, toml).unwrap();
+    let server = Server::start(&[file.to_str().unwrap()], &dir.join("cache"));
+    let addr = server.addr;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let steady: Vec<_> = (1..4)
+        .map(|t| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let host = format!("t{t}.test");
+                let (m, k, n) = (48, 64, 32);
+                let mut served = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) || served < 10 {
+                    let seed = (t * 1000 + served) as f64;
+                    let a: Vec<f64> = (0..m * k)
+                        .map(|i| ((i as f64 + seed) * 0.37).sin())
+                        .collect();
+                    let b: Vec<f64> = (0..k * n)
+                        .map(|i| ((i as f64 - seed) * 0.11).cos())
+                        .collect();
+                    let body = json!({"op": "matmul", "inputs": [
+                        {"data": a, "shape": [m, k]}, {"data": b, "shape": [k, n]}]})
+                    .to_string();
+                    let resp = request(addr, "POST", "/op", &[("host", &host)], body.as_bytes());
+                    assert_eq!(resp.status, 200, "{host}: {}", resp.text());
+                    let got = json_of(&resp);
+                    let want = r::matmul(&Nd::new(&[m, k], a), &Nd::new(&[k, n], b), false, false);
+                    let data = got["data"].as_array().expect("data");
+                    for (g, w) in data.iter().zip(&want.data) {
+                        let g = g.as_f64().unwrap_or(f64::NAN);
+                        assert!(
+                            (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                            "{host}: {g} vs {w}"
+                        );
+                    }
+                    served += 1;
+                }
+                served
+            })
+        })
+        .collect();
+    let greedy = |path: &str| request(addr, "GET", path, &[("host", "t0.test")], b"");
+    for _ in 0..10 {
+        let v = json_of(&greedy("/quota?mb=100"));
+        assert_eq!(v["error"], "quota-exceeded", "{v}");
+        assert_eq!(v["detail"]["limit"], 16 << 20, "{v}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for h in steady {
+        assert!(h.join().unwrap() >= 10);
+    }
+    let m = server.metrics();
+    for t in ["t0", "t1", "t2", "t3"] {
+        let tenant = format!("tenant=\"{t}\"");
+        assert_eq!(
+            metric(&m, "tensorwasm_tensor_bytes", &[tenant.as_str()]),
+            0.0,
+            "{m}"
+        );
+    }
+}
+
 /// `--device` is parsed strictly, `auto` says at start-up what it picked,
 /// and `cuda` on a machine without a GPU is one clear error.
 #[test]
