@@ -4,7 +4,9 @@ Run by scripts/gpu-check.sh on the lent GPU machine (PyTorch is there):
 matmul 4096³ in f32, f32-as-TF32 and bf16 (TFLOP/s: REPS products back to
 back, then one element read back; median over ROUNDS, alternating sides), and
 guest memory → device copy bandwidth vs PyTorch's pageable host→device copy
-(GiB/s, each copy up to reading one element back).
+(GiB/s, each copy up to reading one element back), and a 12-layer
+attention+MLP block chain (seq 128, dim 768, 12 heads) issued op by op
+from a guest vs the same chain in PyTorch eager (ms per forward pass).
 """
 import argparse, json, statistics, subprocess, sys, time, urllib.request
 
@@ -41,6 +43,41 @@ def torch_tflops(n, reps, dtype, tf32):
     return 2 * n**3 * reps / (time.perf_counter() - t) / 1e12
 
 
+def torch_blocks(layers, seq, dim, heads, reps, dtype):
+    """The guest's /bench/blocks chain in PyTorch eager: ms per forward pass."""
+    import torch.nn.functional as F
+    torch.backends.cuda.matmul.allow_tf32 = False
+    g = torch.Generator(device="cuda").manual_seed(0)
+    w = lambda r, c: ((torch.rand(r, c, device="cuda", generator=g) - 0.5) * 0.05).to(dtype)
+    net = [dict(wq=w(dim, dim), wk=w(dim, dim), wv=w(dim, dim), wo=w(dim, dim),
+                w1=w(dim, 4 * dim), w2=w(4 * dim, dim)) for _ in range(layers)]
+    ones = torch.ones(dim, device="cuda", dtype=dtype)
+    zeros = torch.zeros(dim, device="cuda", dtype=dtype)
+    x0 = w(seq, dim).reshape(1, seq, dim)
+    hd = dim // heads
+    split = lambda t: t.reshape(1, seq, heads, hd).permute(0, 2, 1, 3)
+
+    def forward():
+        x = x0
+        for l in net:
+            h = F.layer_norm(x, (dim,), ones, zeros, 1e-5)
+            q, k, v = split(h @ l["wq"]), split(h @ l["wk"]), split(h @ l["wv"])
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + a.permute(0, 2, 1, 3).reshape(1, seq, dim) @ l["wo"]
+            h = F.layer_norm(x, (dim,), ones, zeros, 1e-5)
+            x = x + F.gelu(h @ l["w1"]) @ l["w2"]
+        x[0, 0, 0].item()
+
+    with torch.no_grad():
+        forward()
+        out = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            forward()
+            out.append((time.perf_counter() - t) * 1e3)
+    return out
+
+
 def torch_upload(mib, reps):
     host = torch.full(((mib << 20),), 7, dtype=torch.uint8)
     out = []
@@ -74,6 +111,14 @@ def main():
                 ours += [x / 1000 for x in g["gflops"]]
                 theirs.append(torch_tflops(n, args.reps, tdtype, tf32))
             rows.append((f"matmul {n}³ {label} TFLOP/s", statistics.median(ours), statistics.median(theirs)))
+            if label in ("f32", "bf16"):
+                ours, theirs = [], []
+                for _ in range(args.rounds):
+                    g = guest(addr, f"/bench/blocks?layers=12&seq=128&dim=768&heads=12&reps=5&dtype={dtype}")
+                    ours += g["ms"]
+                    theirs += torch_blocks(12, 128, 768, 12, 5, tdtype)
+                # Lower is better: the ratio column is PyTorch time / ours.
+                rows.append((f"12 blocks s=128 d=768 {label} ms", statistics.median(ours), statistics.median(theirs)))
             if label == "f32":
                 ours, theirs = [], []
                 for _ in range(args.rounds):
@@ -87,7 +132,9 @@ def main():
           f"{args.rounds} rounds x {args.reps} reps, medians")
     print(f"{'benchmark':<36} {'tensor-wasm':>12} {'pytorch':>10} {'ratio':>6}")
     for name, o, t in rows:
-        print(f"{name:<36} {o:>12.2f} {t:>10.2f} {o / t:>6.2f}")
+        ratio = t / o if name.endswith(" ms") else o / t
+        print(f"{name:<36} {o:>12.2f} {t:>10.2f} {ratio:>6.2f}")
+    print("ratio: tensor-wasm / PyTorch throughput (for ms rows: PyTorch ms / ours; > 1 = faster)")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@
 //! - `GET /bench/matmul?n=N&reps=R&dtype=D[&sync=end]`: times R products of
 //!   N×N matrices inside the guest, each up to reading one element back, or
 //!   with `sync=end` all back to back with one read-back (one mean figure).
+//! - `GET /bench/blocks?layers=L&seq=S&dim=D&heads=H&reps=R&dtype=T`: ms per
+//!   forward pass of L attention+MLP blocks issued op by op.
 //! - `GET /bench/upload?mib=M&reps=R`: GiB/s of guest bytes into a tensor.
 //! - `GET /bench/overhead?reps=R`: µs per host call (a query and a tiny op).
 
@@ -19,7 +21,7 @@ use httpkit::{json, json_error, path, query_param, read_body};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tensorwasm_sdk::bindings::wasi::tensor::types as raw;
-use tensorwasm_sdk::{Dtype, Error, RopeLayout, Tensor, Weights, cuda, scheduler};
+use tensorwasm_sdk::{Dtype, Error, RopeLayout, Tensor, Weights, attention, cuda, scheduler};
 use wasip2::http::types::{IncomingRequest, ResponseOutparam};
 
 /// A tensor in JSON: values (as numbers), shape, dtype name.
@@ -361,6 +363,81 @@ fn bench_matmul(n: u32, reps: u32, dtype: Dtype, batch_sync: bool) -> Result<Val
     )
 }
 
+/// One pre-norm transformer layer's weights (attention + 4× MLP).
+struct Layer {
+    wq: Tensor,
+    wk: Tensor,
+    wv: Tensor,
+    wo: Tensor,
+    w1: Tensor,
+    w2: Tensor,
+}
+
+/// A `layers`-deep chain of attention + MLP blocks on [1, seq, dim] issued op
+/// by op (layer-norm, 4 projections, causal attention over `heads`, residual
+/// adds, GELU MLP): milliseconds per forward pass, each pass ending with one
+/// element read back (the same chain as `benches/gpu/bench.py`'s PyTorch one).
+fn bench_blocks(
+    layers: u32,
+    seq: u32,
+    dim: u32,
+    heads: u32,
+    reps: u32,
+    dtype: Dtype,
+) -> Result<Value, Error> {
+    let w = |rows: u32, cols: u32, salt: u32| -> Result<Tensor, Error> {
+        let data: Vec<f32> = (0..rows * cols)
+            .map(|i| (((i.wrapping_mul(2654435761) ^ salt) % 1000) as f32 / 1000.0 - 0.5) * 0.05)
+            .collect();
+        Tensor::from_f32(&data, &[rows, cols])?.cast(dtype)
+    };
+    let ones = Tensor::full(&[dim], dtype, 1.0)?;
+    let zeros = Tensor::full(&[dim], dtype, 0.0)?;
+    let net: Vec<Layer> = (0..layers)
+        .map(|l| {
+            Ok(Layer {
+                wq: w(dim, dim, l * 8 + 1)?,
+                wk: w(dim, dim, l * 8 + 2)?,
+                wv: w(dim, dim, l * 8 + 3)?,
+                wo: w(dim, dim, l * 8 + 4)?,
+                w1: w(dim, 4 * dim, l * 8 + 5)?,
+                w2: w(4 * dim, dim, l * 8 + 6)?,
+            })
+        })
+        .collect::<Result<_, Error>>()?;
+    let x0 = w(seq, dim, 99)?.reshape(&[1, seq, dim])?;
+    let hd = dim / heads;
+    let split = |t: &Tensor| t.reshape(&[1, seq, heads, hd])?.permute(&[0, 2, 1, 3]);
+    let forward = || -> Result<Tensor, Error> {
+        let mut x = x0.reshape(&[1, seq, dim])?;
+        for l in &net {
+            let h = x.layer_norm(Some(&ones), Some(&zeros), 1e-5)?;
+            let (q, k, v) = (
+                split(&h.matmul(&l.wq)?)?,
+                split(&h.matmul(&l.wk)?)?,
+                split(&h.matmul(&l.wv)?)?,
+            );
+            let a = attention(&q, &k, &v, None, 1.0 / (hd as f32).sqrt(), true)?;
+            let a = a.permute(&[0, 2, 1, 3])?.reshape(&[1, seq, dim])?;
+            x = x.add(&a.matmul(&l.wo)?)?;
+            let h = x.layer_norm(Some(&ones), Some(&zeros), 1e-5)?;
+            x = x.add(&h.matmul(&l.w1)?.gelu()?.matmul(&l.w2)?)?;
+        }
+        x.narrow(1, 0, 1)?.narrow(2, 0, 1)?.to_bytes()?;
+        Ok(x)
+    };
+    forward()?;
+    let mut ms = Vec::new();
+    for _ in 0..reps.max(1) {
+        let t0 = now_ns();
+        forward()?;
+        ms.push((now_ns() - t0) as f64 * 1e-6);
+    }
+    Ok(
+        json!({"layers": layers, "seq": seq, "dim": dim, "heads": heads, "ms": ms, "median_ms": median(ms.clone())}),
+    )
+}
+
 /// GiB/s of `from-bytes` of `mib` MiB of guest memory (u8, then one element
 /// read back so an asynchronous backend has finished the copy).
 fn bench_upload(mib: u32, reps: u32) -> Result<Value, Error> {
@@ -472,6 +549,26 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
                 };
                 let batch_sync = q("sync").as_deref() == Some("end");
                 match bench_matmul(n, reps, dtype, batch_sync) {
+                    Ok(v) => json(out, 200, &v.to_string()),
+                    Err(e) => json(out, 422, &error_json(&e).to_string()),
+                }
+            }
+            "/bench/blocks" => {
+                let n = |k: &str, d: u32| q(k).and_then(|v| v.parse().ok()).unwrap_or(d);
+                let dtype = match dtype_of(&q("dtype").unwrap_or_else(f32_name)) {
+                    Ok(d) => d,
+                    Err(e) => return json_error(out, 400, "bad_request", &e),
+                };
+                let (layers, seq, dim, heads) = (
+                    n("layers", 12),
+                    n("seq", 128),
+                    n("dim", 768),
+                    n("heads", 12),
+                );
+                if heads == 0 || dim % heads != 0 {
+                    return json_error(out, 400, "bad_request", "dim must be a multiple of heads");
+                }
+                match bench_blocks(layers, seq, dim, heads, n("reps", 10), dtype) {
                     Ok(v) => json(out, 200, &v.to_string()),
                     Err(e) => json(out, 422, &error_json(&e).to_string()),
                 }

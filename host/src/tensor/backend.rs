@@ -77,6 +77,11 @@ pub struct MatmulPlan {
 pub trait Backend: Send + Sync + 'static {
     /// Short name for logs ("cpu", "cuda:0").
     fn name(&self) -> String;
+    /// Whether ops only enqueue work and return at once (so the host runs
+    /// them on the serving thread); `download` is then the waiting call.
+    fn enqueues(&self) -> bool {
+        false
+    }
     /// Moves host elements into backend storage.
     fn upload(&self, data: CpuData) -> TResult<Data>;
     /// Copies little-endian bytes (a whole number of `dtype` elements) into

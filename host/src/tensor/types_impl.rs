@@ -89,16 +89,36 @@ impl TensorView<'_> {
         }
     }
 
+    /// Reads `x` back and converts it: on a blocking thread when the backend
+    /// must wait for queued work (GPU) or the copy is large, so the serving
+    /// thread keeps answering other requests meanwhile.
+    async fn read<T: Send + 'static>(
+        &mut self,
+        x: Tensor,
+        convert: impl FnOnce(&CpuData) -> T + Send + 'static,
+    ) -> WResult<T> {
+        let tensors = self.ctx.shared.tensors.clone();
+        let work = x.len() as u64 * 8;
+        let read = move || tensors.read(&x).map(|d| convert(&d)).map_err(Into::into);
+        if work < INLINE_WORK && !self.ctx.shared.tensors.backend().enqueues() {
+            return Ok(read());
+        }
+        tokio::task::spawn_blocking(read)
+            .await
+            .map_err(|e| wasmtime::Error::msg(format!("tensor read failed: {e}")))
+    }
+
     /// Runs an op: inline when `work` (about one unit per multiply-add or
-    /// element touched) is small, otherwise on a blocking thread so that the
-    /// serving thread keeps answering other requests meanwhile.
+    /// element touched) is small or the backend only enqueues it (GPU),
+    /// otherwise on a blocking thread so that the serving thread keeps
+    /// answering other requests meanwhile.
     async fn run(
         &mut self,
         work: u64,
         op: impl FnOnce(&Tensors) -> TResult<Tensor> + Send + 'static,
     ) -> WResult<Resource<Tensor>> {
         let tensors = self.ctx.shared.tensors.clone();
-        let r = if work < INLINE_WORK {
+        let r = if work < INLINE_WORK || tensors.backend().enqueues() {
             op(&tensors)
         } else {
             tokio::task::spawn_blocking(move || op(&tensors))
@@ -188,24 +208,12 @@ impl types::HostTensor for TensorView<'_> {
 
     async fn to_bytes(&mut self, x: Resource<Tensor>) -> WResult<Vec<u8>> {
         let x = self.get(&x)?;
-        Ok(self
-            .ctx
-            .shared
-            .tensors
-            .read(&x)
-            .map(|d| d.to_le_bytes())
-            .map_err(Into::into))
+        self.read(x, |d| d.to_le_bytes()).await
     }
 
     async fn to_f32(&mut self, x: Resource<Tensor>) -> WResult<Vec<f32>> {
         let x = self.get(&x)?;
-        Ok(self
-            .ctx
-            .shared
-            .tensors
-            .read(&x)
-            .map(|d| d.as_f32().into_owned())
-            .map_err(Into::into))
+        self.read(x, |d| d.as_f32().into_owned()).await
     }
 
     async fn drop(&mut self, x: Resource<Tensor>) -> wasmtime::Result<()> {

@@ -301,6 +301,10 @@ impl Backend for CudaBackend {
         format!("cuda:{}", self.device.ordinal)
     }
 
+    fn enqueues(&self) -> bool {
+        true
+    }
+
     fn upload(&self, data: CpuData) -> TResult<Data> {
         self.upload_bytes(&data.as_le_bytes(), data.dtype())
     }
