@@ -179,9 +179,10 @@ __device__ void attn_softmax(T* probs, const float* scores, i64 hk, i64 group, i
 }
 
 // Layer norm (kind 0) or RMS norm (kind 1) of each row of length dim.
+// Weight and bias (may be null) are f32 whatever x's dtype (the host converts).
 template <typename T>
-__device__ void norm(T* out, const T* x, const T* w, const T* b, i64 rows, i64 dim, int kind,
-                     float eps) {
+__device__ void norm(T* out, const T* x, const float* w, const float* b, i64 rows, i64 dim,
+                     int kind, float eps) {
     for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
         const T* row = x + r * dim;
         float mean = 0.0f;
@@ -198,8 +199,8 @@ __device__ void norm(T* out, const T* x, const T* w, const T* b, i64 rows, i64 d
         float inv = rsqrtf(block_reduce(q, false) / (float)dim + eps);
         for (i64 j = threadIdx.x; j < dim; j += blockDim.x) {
             float y = (ld(row, j) - mean) * inv;
-            if (w) y *= ld(w, j);
-            if (b) y += ld(b, j);
+            if (w) y *= w[j];
+            if (b) y += b[j];
             st(out, r * dim + j, y);
         }
     }
@@ -267,8 +268,8 @@ __device__ void gather(E* out, const E* table, const i64* ids, i64 n_ids, i64 di
                                                 i64 m1, i64 m2, i64 m3, int causal, i64 rows) { \
         attn_softmax(p, s, hk, g, sq, sk, scale, m, m0, m1, m2, m3, causal, rows);             \
     }                                                                                          \
-    extern "C" __global__ void norm_##N(T* o, const T* x, const T* w, const T* b, i64 rows,    \
-                                        i64 dim, int kind, float eps) {                        \
+    extern "C" __global__ void norm_##N(T* o, const T* x, const float* w, const float* b,      \
+                                        i64 rows, i64 dim, int kind, float eps) {              \
         norm(o, x, w, b, rows, dim, kind, eps);                                                \
     }                                                                                          \
     extern "C" __global__ void rope_##N(T* o, const T* x, i64 rows, i64 seq, i64 dim,          \

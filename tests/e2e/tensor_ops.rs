@@ -340,6 +340,17 @@ fn every_float_op_matches_an_f64_reference() {
             &r::norm(&nx.0, Some(&w.0), None, 1e-6f32 as f64, true),
             dt,
         );
+        // Weights kept in f32 beside half-precision activations (common in models).
+        let w32 = t.rand(&[16], "f32", 0.5, 1.5);
+        let b32 = t.rand(&[16], "f32", -0.5, 0.5);
+        t.check(
+            &l("layer-norm f32 weights"),
+            "layer-norm",
+            &[Some(&nx), Some(&w32), Some(&b32)],
+            json!({"eps": 1e-5}),
+            &r::norm(&nx.0, Some(&w32.0), Some(&b32.0), 1e-5f32 as f64, false),
+            dt,
+        );
         // Attention: grouped heads, mask, causal.
         let q = t.rand(&[2, 4, 3, 8], dt, -1.0, 1.0);
         let k = t.rand(&[2, 2, 5, 8], dt, -1.0, 1.0);

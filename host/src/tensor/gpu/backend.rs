@@ -496,8 +496,11 @@ impl Backend for CudaBackend {
         let dim = x.shape().last().copied().unwrap_or(1);
         if dim > 0 && !x.is_empty() {
             let rows = (x.len() / dim) as i64;
-            let pw = weight.map(|w| self.ptr(w)).transpose()?.unwrap_or(0);
-            let pb = bias.map(|b| self.ptr(b)).transpose()?.unwrap_or(0);
+            // Weight and bias in f32 (models often keep them f32 beside bf16 activations).
+            let w32 = weight.map(|w| self.as_f32(w)).transpose()?;
+            let b32 = bias.map(|b| self.as_f32(b)).transpose()?;
+            let pw = w32.as_ref().map(|w| self.ptr(w)).transpose()?.unwrap_or(0);
+            let pb = b32.as_ref().map(|b| self.ptr(b)).transpose()?.unwrap_or(0);
             let (o, px, dim) = (self.raw(&out.buf), self.ptr(x)?, dim as i64);
             let kind = matches!(kind, NormKind::Rms) as i32;
             launch!(
