@@ -89,11 +89,16 @@ mod avx2 {
     use std::arch::x86_64::*;
     use std::cell::RefCell;
 
+    /// Packed B panels (up to 4 MiB each) kept for reuse: callers are
+    /// blocking-pool threads that come and go, so the buffers are pooled
+    /// here rather than per thread; at most [`B_POOL_MAX`] are kept.
+    static B_POOL: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new());
+    /// Most packed B panels kept between calls.
+    const B_POOL_MAX: usize = 4;
+
     thread_local! {
         /// Each thread's packed A block, reused across calls.
         static A_PACK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-        /// The calling thread's packed B panel, reused across calls.
-        static B_PACK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     }
 
     /// A raw pointer that may cross into rayon tasks (each task writes a
@@ -118,7 +123,11 @@ mod avx2 {
         let mc = super::row_block(m, rayon::current_num_threads());
         // Column panels of equal width (a multiple of NR) rather than NC and a sliver.
         let nc_max = n.div_ceil(n.div_ceil(NC)).div_ceil(NR) * NR;
-        let mut b_pack = B_PACK.with(|b| std::mem::take(&mut *b.borrow_mut()));
+        let mut b_pack = B_POOL
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_default();
         let need = KC * nc_max;
         if b_pack.len() < need {
             b_pack.resize(need, 0.0);
@@ -165,7 +174,10 @@ mod avx2 {
                 });
             }
         }
-        B_PACK.with(|b| *b.borrow_mut() = b_pack);
+        let mut pool = B_POOL.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < B_POOL_MAX {
+            pool.push(b_pack);
+        }
     }
 
     /// Packs rows `ic..ic+rows`, depth `pc..pc+kc` of A into MR-row
