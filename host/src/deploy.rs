@@ -93,6 +93,10 @@ pub struct Grants {
     /// `wasi:tensor/weights`; loaded once at start-up.
     #[serde(default)]
     pub weights: BTreeMap<String, PathBuf>,
+    /// Whether the guest may compile kernels of its own through `wasi:cuda`
+    /// (`module.load-source`); without it only vetted kernels load.
+    #[serde(default)]
+    pub cuda_source: bool,
 }
 
 /// One preopened directory.

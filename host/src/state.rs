@@ -3,7 +3,7 @@
 //! outgoing-HTTP policy, and the state of our own capabilities (tensor,
 //! cuda, scheduler).
 
-use crate::cuda::{CudaStateView, CudaView};
+use crate::cuda::{CudaCtx, CudaStateView, CudaView};
 use crate::deploy::Grants;
 use crate::scheduler::{SchedulerCtx, SchedulerStateView};
 use crate::tensor::{TenantTensors, TensorCtx, TensorStateView, TensorView};
@@ -25,6 +25,7 @@ pub struct RequestState {
     policy: OutgoingPolicy,
     config: Arc<WasiConfigVariables>,
     tensor: TensorCtx,
+    cuda: CudaCtx,
     scheduler: SchedulerCtx,
 }
 
@@ -101,6 +102,7 @@ impl RequestState {
             },
             config: grants.config.clone(),
             tensor: TensorCtx::new(grants.tensors.clone()),
+            cuda: CudaCtx::new(grants.grants.cuda_source),
             scheduler: match budget {
                 Some(b) => SchedulerCtx::new(started, b),
                 None => SchedulerCtx::unbounded(),
@@ -127,6 +129,8 @@ impl CudaStateView for RequestState {
     fn cuda(&mut self) -> CudaView<'_> {
         CudaView {
             table: &mut self.table,
+            tensors: self.tensor.tensors(),
+            ctx: &mut self.cuda,
         }
     }
 }

@@ -1,24 +1,59 @@
 //! `wasi:cuda@0.1.0`: device memory, vetted kernels and launches.
 //!
-//! This build has no CUDA backend yet, so every call answers `no-device`
-//! (what the WIT specifies for a host without a GPU) and no `wasi:cuda`
-//! resource can ever be created. Tensors moved in by `tensor-into-buffer`
-//! are released.
+//! On a CUDA host every resource lives in the tenant's context, and work is
+//! issued on the instance's own stream (the one its tensor ops use) unless
+//! the guest names a stream it created; on a CPU host every call answers
+//! `no-device`. Guests load vetted modules (`kernels/vetted/`) by name or
+//! digest, each kernel with a declared signature that every launch is
+//! checked against (argument kinds, pointer extents, alignment), and launch
+//! configurations are checked against the device's limits. Buffers are
+//! charged to the tenant's tensor-memory quota.
 //!
-//! Lifecycle: a [`CudaView`] over the instance's resource table.
+//! Lifecycle: a [`CudaCtx`] per instance, kept in the `Store`; handles live
+//! in the instance's resource table and are freed with it.
 
 mod bindings;
+mod launch;
+pub mod signature;
 mod types;
 mod types_impl;
+pub mod vetted;
 
 pub use types::{Buffer, Event, Kernel, Module, Stream};
 
+use crate::tensor::ops::Tensors;
+use cudarc::driver::CudaStream;
+use std::sync::Arc;
 use wasmtime::component::{HasData, Linker, ResourceTable};
+
+/// Per-instance `wasi:cuda` state.
+#[derive(Default)]
+pub struct CudaCtx {
+    /// Whether the deployment lets the guest compile its own kernels.
+    allow_source: bool,
+    /// Streams the instance created (kept until it ends).
+    streams: Vec<Arc<CudaStream>>,
+}
+
+impl CudaCtx {
+    /// State for one instance; `allow_source` is the deployment's
+    /// `cuda-source` grant.
+    pub fn new(allow_source: bool) -> Self {
+        Self {
+            allow_source,
+            streams: Vec::new(),
+        }
+    }
+}
 
 /// What the `wasi:cuda` host functions operate on.
 pub struct CudaView<'a> {
     /// The instance's resource table.
     pub table: &'a mut ResourceTable,
+    /// The instance's tensor operations (its backend, stream and quota).
+    pub tensors: &'a Tensors,
+    /// The instance's CUDA state.
+    pub ctx: &'a mut CudaCtx,
 }
 
 /// Types with a resource table for `wasi:cuda`.

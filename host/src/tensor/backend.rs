@@ -5,6 +5,7 @@
 
 use super::cpu::CpuData;
 use super::types::{DType, Data, TResult, Tensor};
+use std::sync::Arc;
 
 /// Elementwise binary operations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +82,18 @@ pub trait Backend: Send + Sync + 'static {
     /// them on the serving thread); `download` is then the waiting call.
     fn enqueues(&self) -> bool {
         false
+    }
+    /// The backend one instance issues its work on: on a GPU, the same
+    /// tenant context with a stream (lane) of the instance's own, returned
+    /// to the tenant's pool when the instance ends.
+    fn for_instance(self: Arc<Self>) -> Arc<dyn Backend>;
+    /// Waits until all work issued through this backend has finished.
+    fn synchronize(&self) -> TResult<()> {
+        Ok(())
+    }
+    /// The CUDA backend behind this one, for `wasi:cuda`.
+    fn as_cuda(&self) -> Option<&super::gpu::CudaBackend> {
+        None
     }
     /// Moves host elements into backend storage.
     fn upload(&self, data: CpuData) -> TResult<Data>;

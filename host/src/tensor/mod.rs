@@ -103,12 +103,20 @@ impl TenantTensors {
 /// Per-instance tensor state kept in the `Store`.
 pub struct TensorCtx {
     shared: Arc<TenantTensors>,
+    tensors: ops::Tensors,
 }
 
 impl TensorCtx {
-    /// State for one instance of a deployment.
+    /// State for one instance of a deployment (on a GPU, with a stream of
+    /// its own from the tenant's pool).
     pub fn new(shared: Arc<TenantTensors>) -> Self {
-        Self { shared }
+        let tensors = shared.tensors.for_instance();
+        Self { shared, tensors }
+    }
+
+    /// The instance's tensor operations.
+    pub fn tensors(&self) -> &ops::Tensors {
+        &self.tensors
     }
 }
 

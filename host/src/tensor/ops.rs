@@ -107,6 +107,19 @@ impl Tensors {
         Self { backend, quota }
     }
 
+    /// The same operations issued on the backend one instance uses.
+    pub fn for_instance(&self) -> Self {
+        Self {
+            backend: self.backend.clone().for_instance(),
+            quota: self.quota.clone(),
+        }
+    }
+
+    /// The tenant's quota.
+    pub fn quota(&self) -> &Arc<Quota> {
+        &self.quota
+    }
+
     /// The backend.
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend

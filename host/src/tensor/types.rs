@@ -207,6 +207,23 @@ impl Tensor {
         self.len() as u64 * self.dtype.size() as u64
     }
 
+    /// The storage and its charge when this is the only reference to them;
+    /// otherwise the tensor back.
+    pub fn into_parts(self) -> Result<(Data, Option<Charge>), Self> {
+        let Self {
+            shape,
+            dtype,
+            stored,
+        } = self;
+        Arc::try_unwrap(stored)
+            .map(|s| (s.data, s.charge))
+            .map_err(|stored| Self {
+                shape,
+                dtype,
+                stored,
+            })
+    }
+
     /// The storage.
     pub fn data(&self) -> &Data {
         &self.stored.data

@@ -97,10 +97,10 @@ impl TensorView<'_> {
         x: Tensor,
         convert: impl FnOnce(&CpuData) -> T + Send + 'static,
     ) -> WResult<T> {
-        let tensors = self.ctx.shared.tensors.clone();
+        let tensors = self.ctx.tensors.clone();
         let work = x.len() as u64 * 8;
         let read = move || tensors.read(&x).map(|d| convert(&d)).map_err(Into::into);
-        if work < INLINE_WORK && !self.ctx.shared.tensors.backend().enqueues() {
+        if work < INLINE_WORK && !self.ctx.tensors.backend().enqueues() {
             return Ok(read());
         }
         tokio::task::spawn_blocking(read)
@@ -117,7 +117,7 @@ impl TensorView<'_> {
         work: u64,
         op: impl FnOnce(&Tensors) -> TResult<Tensor> + Send + 'static,
     ) -> WResult<Resource<Tensor>> {
-        let tensors = self.ctx.shared.tensors.clone();
+        let tensors = self.ctx.tensors.clone();
         let r = if work < INLINE_WORK || tensors.backend().enqueues() {
             op(&tensors)
         } else {
@@ -190,7 +190,7 @@ impl types::HostTensor for TensorView<'_> {
         dtype: types::Dtype,
         value: f64,
     ) -> WResult<Resource<Tensor>> {
-        let r = self.ctx.shared.tensors.full(&shape, dtype.into(), value);
+        let r = self.ctx.tensors.full(&shape, dtype.into(), value);
         self.put(r)
     }
 
@@ -363,7 +363,7 @@ impl ops::Host for TensorView<'_> {
 
     async fn reshape(&mut self, x: Resource<Tensor>, shape: Vec<u32>) -> WResult<Resource<Tensor>> {
         let x = self.get(&x)?;
-        let r = self.ctx.shared.tensors.reshape(&x, &shape);
+        let r = self.ctx.tensors.reshape(&x, &shape);
         self.put(r)
     }
 
@@ -438,7 +438,7 @@ impl ops::Host for TensorView<'_> {
         k: u32,
     ) -> WResult<(Resource<Tensor>, Resource<Tensor>)> {
         let x = self.get(&x)?;
-        match self.ctx.shared.tensors.top_k(&x, k) {
+        match self.ctx.tensors.top_k(&x, k) {
             Ok((v, i)) => Ok(Ok((self.table.push(v)?, self.table.push(i)?))),
             Err(e) => Ok(Err(e.into())),
         }

@@ -88,6 +88,11 @@ impl WeightsFile {
             names.push(name.clone());
             by_name.insert(name, Tensor::new(shape, dtype, stored, None));
         }
+        // Instances read weights from streams of their own: the copies must
+        // be complete first.
+        backend
+            .synchronize()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         Ok(Self {
             path: path.to_path_buf(),
             names,

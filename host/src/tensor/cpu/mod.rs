@@ -9,6 +9,7 @@ mod sgemm;
 
 pub use data::CpuData;
 use data::map_same;
+use std::sync::Arc;
 
 use super::backend::{Backend, BinaryOp, MatmulPlan, NormKind, RopeLayout, UnaryOp};
 use super::types::{DType, Data, TResult, Tensor, arg_err};
@@ -53,6 +54,10 @@ fn last_dim(shape: &[usize]) -> usize {
 impl Backend for CpuBackend {
     fn name(&self) -> String {
         "cpu".into()
+    }
+
+    fn for_instance(self: Arc<Self>) -> Arc<dyn Backend> {
+        self
     }
 
     fn upload(&self, data: CpuData) -> TResult<Data> {

@@ -9,13 +9,33 @@ use crate::tensor::cpu::{CpuBackend, CpuData};
 use crate::tensor::types::{DType, Data, TResult, Tensor, TensorError, arg_err};
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{
-    CudaContext, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaContext, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig,
+    PushKernelArg,
 };
+use cudarc::nvrtc::Ptx;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// Device bytes of one tensor (at least one byte is allocated).
 pub struct GpuData {
     buf: CudaSlice<u8>,
+}
+
+impl GpuData {
+    /// Wraps device bytes.
+    pub fn from_slice(buf: CudaSlice<u8>) -> Self {
+        Self { buf }
+    }
+
+    /// The device bytes.
+    pub fn slice(&self) -> &CudaSlice<u8> {
+        &self.buf
+    }
+
+    /// Takes the device bytes out.
+    pub fn into_slice(self) -> CudaSlice<u8> {
+        self.buf
+    }
 }
 
 impl std::fmt::Debug for GpuData {
@@ -116,8 +136,8 @@ fn cfg(grid: u32) -> LaunchConfig {
 macro_rules! launch {
     ($self:expr, $name:expr, $grid:expr, [$($arg:expr),* $(,)?]) => {{
         let name: &str = $name;
-        let f = $self.kernels.get(&name).map_err(TensorError::Backend)?;
-        let mut l = $self.stream.launch_builder(&f);
+        let f = $self.tenant.kernels.get(&name).map_err(TensorError::Backend)?;
+        let mut l = $self.stream().launch_builder(&f);
         $( l.arg($arg); )*
         // SAFETY: each call site passes the kernel's declared parameter list
         // with pointers to live buffers of the extents the kernel walks.
@@ -154,41 +174,186 @@ fn keep_pool_memory(ctx: &Arc<CudaContext>) {
     }
 }
 
-/// One tenant's context, stream, cuBLAS handle and kernels.
-pub struct CudaBackend {
-    device: Arc<GpuDevice>,
-    ctx: Arc<CudaContext>,
+/// A stream with its own cuBLAS handle: the ordered queue one instance's
+/// work runs on.
+pub struct Lane {
     stream: Arc<CudaStream>,
     blas: Mutex<CudaBlas>,
+}
+
+impl Lane {
+    fn new(ctx: &Arc<CudaContext>) -> anyhow::Result<Self> {
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| anyhow::anyhow!("new CUDA stream: {e:?}"))?;
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| anyhow::anyhow!("cuBLAS: {e:?}"))?;
+        Ok(Self {
+            stream,
+            blas: Mutex::new(blas),
+        })
+    }
+}
+
+/// Idle lanes a tenant keeps for its next instances.
+const IDLE_LANES: usize = 16;
+
+/// One tenant's CUDA context, kernels and pool of lanes.
+pub struct TenantGpu {
+    device: Arc<GpuDevice>,
+    ctx: Arc<CudaContext>,
     kernels: Kernels,
     poison: bool,
+    idle: Mutex<Vec<Arc<Lane>>>,
+    modules: Mutex<HashMap<blake3::Hash, Arc<CudaModule>>>,
+}
+
+/// Guest modules a tenant context keeps loaded.
+const MODULES_KEPT: usize = 64;
+
+impl TenantGpu {
+    /// The tenant's context.
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// The device.
+    pub fn device(&self) -> &Arc<GpuDevice> {
+        &self.device
+    }
+
+    /// A guest module (CUDA C, compiled once per device, or PTX) loaded
+    /// into this context once; the compiler's or loader's message when it
+    /// does not build.
+    pub fn module(
+        &self,
+        source: &str,
+        is_ptx: bool,
+        name: &str,
+    ) -> Result<Arc<CudaModule>, String> {
+        let key = blake3::Hasher::new()
+            .update(&[is_ptx as u8])
+            .update(source.as_bytes())
+            .finalize();
+        if let Some(m) = self
+            .modules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Ok(m.clone());
+        }
+        let ptx = if is_ptx {
+            source.to_string()
+        } else {
+            self.device.compile(source, name)?
+        };
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| format!("binding the context: {e:?}"))?;
+        let module = self
+            .ctx
+            .load_module(Ptx::from_src(ptx))
+            .map_err(|e| format!("the driver could not load {name}: {e:?}"))?;
+        let mut kept = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() < MODULES_KEPT {
+            kept.insert(key, module.clone());
+        }
+        Ok(module)
+    }
+}
+
+/// The [`Backend`] on one tenant's context, issuing work on one lane: the
+/// tenant's own (weights, start-up) or one leased from the tenant's pool
+/// for the life of an instance.
+pub struct CudaBackend {
+    tenant: Arc<TenantGpu>,
+    lane: Arc<Lane>,
+    leased: bool,
+}
+
+impl Drop for CudaBackend {
+    fn drop(&mut self) {
+        if self.leased {
+            let mut idle = self.tenant.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < IDLE_LANES {
+                idle.push(self.lane.clone());
+            }
+        }
+    }
 }
 
 impl CudaBackend {
-    /// A new context on `device` with one stream.
+    /// A new context on `device` with one lane.
     pub fn new(device: Arc<GpuDevice>) -> anyhow::Result<Self> {
         let e = |e| anyhow::anyhow!("CUDA device {}: {e:?}", device.ordinal);
         let ctx = CudaContext::new_non_primary(device.ordinal, 0).map_err(e)?;
-        // One stream per context: stream order is the only ordering needed.
-        // SAFETY: no other stream of this context touches its buffers.
+        // Buffers never move between lanes while in use: an instance's
+        // tensors stay on its lane, weights are complete before any lane
+        // reads them, and the stream-ordered pool orders reuse across
+        // streams itself. So no per-buffer events.
+        // SAFETY: as above.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.new_stream().map_err(e)?;
         keep_pool_memory(&ctx);
-        let blas = CudaBlas::new(stream.clone())
-            .map_err(|err| anyhow::anyhow!("cuBLAS on device {}: {err:?}", device.ordinal))?;
+        let lane = Lane::new(&ctx)
+            .map_err(|err| anyhow::anyhow!("CUDA device {}: {err:#}", device.ordinal))?;
         let kernels = Kernels::load(&ctx, &device.ptx)?;
         Ok(Self {
-            poison: std::env::var_os("TENSOR_WASM_GPU_POISON").is_some(),
-            device,
-            ctx,
-            stream,
-            blas: Mutex::new(blas),
-            kernels,
+            tenant: Arc::new(TenantGpu {
+                poison: std::env::var_os("TENSOR_WASM_GPU_POISON").is_some(),
+                device,
+                ctx,
+                kernels,
+                idle: Mutex::new(Vec::new()),
+                modules: Mutex::new(HashMap::new()),
+            }),
+            lane: Arc::new(lane),
+            leased: false,
         })
     }
 
-    fn bind(&self) -> TResult<()> {
-        self.ctx
+    /// A backend on the same context issuing on a lane of its own (from the
+    /// tenant's pool, or new); the tenant's own lane if none can be made.
+    pub fn lease(&self) -> Self {
+        let pooled = self
+            .tenant
+            .idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop();
+        let lane = match pooled {
+            Some(l) => Some(l),
+            None => self
+                .bind()
+                .ok()
+                .and_then(|_| match Lane::new(&self.tenant.ctx) {
+                    Ok(l) => Some(Arc::new(l)),
+                    Err(e) => {
+                        tracing::warn!("sharing the tenant's stream: {e:#}");
+                        None
+                    }
+                }),
+        };
+        Self {
+            tenant: self.tenant.clone(),
+            leased: lane.is_some(),
+            lane: lane.unwrap_or_else(|| self.lane.clone()),
+        }
+    }
+
+    /// The tenant's context, kernels and lanes.
+    pub fn tenant(&self) -> &Arc<TenantGpu> {
+        &self.tenant
+    }
+
+    /// The stream this backend issues on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.lane.stream
+    }
+
+    /// Makes the tenant's context current on this thread.
+    pub fn bind(&self) -> TResult<()> {
+        self.tenant
+            .ctx
             .bind_to_thread()
             .map_err(cuda_err("binding the context"))
     }
@@ -198,12 +363,12 @@ impl CudaBackend {
     fn alloc(&self, n: usize, dtype: DType) -> TResult<GpuData> {
         let bytes = (n * dtype.size()).max(1);
         // SAFETY: u8 has no invalid bit patterns; every op writes what it reads back.
-        let buf = unsafe { self.stream.alloc::<u8>(bytes) }.map_err(cuda_err("allocating"))?;
-        if self.poison {
-            let (p, _g) = buf.device_ptr(&self.stream);
+        let buf = unsafe { self.stream().alloc::<u8>(bytes) }.map_err(cuda_err("allocating"))?;
+        if self.tenant.poison {
+            let (p, _g) = buf.device_ptr(self.stream());
             // SAFETY: p spans `bytes` bytes on this stream.
             unsafe {
-                cudarc::driver::result::memset_d8_async(p, 0xFF, bytes, self.stream.cu_stream())
+                cudarc::driver::result::memset_d8_async(p, 0xFF, bytes, self.stream().cu_stream())
             }
             .map_err(cuda_err("poisoning"))?;
         }
@@ -220,7 +385,7 @@ impl CudaBackend {
     }
 
     fn raw(&self, buf: &CudaSlice<u8>) -> u64 {
-        let (p, _g) = buf.device_ptr(&self.stream);
+        let (p, _g) = buf.device_ptr(self.stream());
         p
     }
 
@@ -289,20 +454,36 @@ impl CudaBackend {
     }
 
     fn matmul_into(&self, g: &Gemm) -> TResult<()> {
-        let blas = self.blas.lock().unwrap_or_else(|e| e.into_inner());
+        let blas = self.lane.blas.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY: the plan's extents were validated by the op layer and the
         // buffers were allocated for them in this context.
-        unsafe { blas::gemm(*blas.handle(), g, self.device.tf32) }.map_err(TensorError::Backend)
+        unsafe { blas::gemm(*blas.handle(), g, self.tenant.device.tf32) }
+            .map_err(TensorError::Backend)
     }
 }
 
 impl Backend for CudaBackend {
     fn name(&self) -> String {
-        format!("cuda:{}", self.device.ordinal)
+        format!("cuda:{}", self.tenant.device.ordinal)
     }
 
     fn enqueues(&self) -> bool {
         true
+    }
+
+    fn for_instance(self: Arc<Self>) -> Arc<dyn Backend> {
+        Arc::new(self.lease())
+    }
+
+    fn synchronize(&self) -> TResult<()> {
+        self.bind()?;
+        self.stream()
+            .synchronize()
+            .map_err(cuda_err("waiting for the GPU"))
+    }
+
+    fn as_cuda(&self) -> Option<&CudaBackend> {
+        Some(self)
     }
 
     fn upload(&self, data: CpuData) -> TResult<Data> {
@@ -313,7 +494,7 @@ impl Backend for CudaBackend {
         self.bind()?;
         let mut out = self.alloc(bytes.len() / dtype.size(), dtype)?;
         if !bytes.is_empty() {
-            self.stream
+            self.stream()
                 .memcpy_htod(bytes, &mut out.buf.slice_mut(..bytes.len()))
                 .map_err(cuda_err("copying to the GPU"))?;
         }
@@ -329,11 +510,11 @@ impl Backend for CudaBackend {
         };
         let mut bytes = vec![0u8; x.len() * x.dtype().size()];
         if !bytes.is_empty() {
-            self.stream
+            self.stream()
                 .memcpy_dtoh(&g.buf.slice(..bytes.len()), &mut bytes)
                 .map_err(cuda_err("copying from the GPU"))?;
         }
-        self.stream
+        self.stream()
             .synchronize()
             .map_err(cuda_err("waiting for the GPU"))?;
         Ok(CpuData::from_le_bytes(&bytes, x.dtype()))
@@ -356,7 +537,7 @@ impl Backend for CudaBackend {
                     c,
                     0,
                     batch * m * n * size,
-                    self.stream.cu_stream(),
+                    self.stream().cu_stream(),
                 )
             }
             .map_err(cuda_err("zeroing"))?;
@@ -564,7 +745,7 @@ impl Backend for CudaBackend {
                         ps,
                         0,
                         b * hk * rows * sk * 4,
-                        self.stream.cu_stream(),
+                        self.stream().cu_stream(),
                     )
                 }
                 .map_err(cuda_err("zeroing"))?;
@@ -631,7 +812,7 @@ impl Backend for CudaBackend {
                     po,
                     0,
                     b * hq * sq * dv * dt.size(),
-                    self.stream.cu_stream(),
+                    self.stream().cu_stream(),
                 )
             }
             .map_err(cuda_err("zeroing"))?;

@@ -15,7 +15,8 @@ pub const SOURCE: &str = include_str!("../../../../kernels/tensor.cu");
 /// Compiled PTX for one device, shared by every tenant context on it.
 #[derive(Debug)]
 pub struct Ptxs {
-    ptx: String,
+    /// The PTX text.
+    pub ptx: String,
     /// Where it came from ("compiled in 1.2s" / "cache").
     pub origin: String,
 }
@@ -31,9 +32,21 @@ fn options(arch: &str) -> Vec<String> {
 
 /// Compiles (or reads from `cache_dir`) the kernels for `arch` under `driver`.
 pub fn compile(arch: &str, driver: i32, cache_dir: Option<&Path>) -> anyhow::Result<Ptxs> {
+    compile_source(SOURCE, "tensor.cu", arch, driver, cache_dir).map_err(|e| anyhow::anyhow!(e))
+}
+
+/// Compiles (or reads from `cache_dir`) CUDA C `source` for `arch` under
+/// `driver`; the error is NVRTC's log.
+pub fn compile_source(
+    source: &str,
+    name: &str,
+    arch: &str,
+    driver: i32,
+    cache_dir: Option<&Path>,
+) -> Result<Ptxs, String> {
     let opts = options(arch);
     let mut h = blake3::Hasher::new();
-    h.update(SOURCE.as_bytes());
+    h.update(source.as_bytes());
     for o in &opts {
         h.update(o.as_bytes());
         h.update(b"\0");
@@ -52,19 +65,18 @@ pub fn compile(arch: &str, driver: i32, cache_dir: Option<&Path>) -> anyhow::Res
     }
     let started = std::time::Instant::now();
     let compiled = cudarc::nvrtc::compile_ptx_with_opts(
-        SOURCE,
+        source,
         CompileOptions {
             options: opts,
-            name: Some("tensor.cu".into()),
+            name: Some(name.into()),
             ..Default::default()
         },
     )
     .map_err(|e| match e {
-        cudarc::nvrtc::CompileError::CompileError { log, .. } => anyhow::anyhow!(
-            "NVRTC could not compile kernels/tensor.cu: {}",
-            log.to_string_lossy()
-        ),
-        other => anyhow::anyhow!("NVRTC failed: {other:?}"),
+        cudarc::nvrtc::CompileError::CompileError { log, .. } => {
+            format!("NVRTC could not compile {name}: {}", log.to_string_lossy())
+        }
+        other => format!("NVRTC failed on {name}: {other:?}"),
     })?;
     let ptx = compiled.to_src();
     if let Some(p) = &path {

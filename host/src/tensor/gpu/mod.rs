@@ -16,7 +16,7 @@ mod backend;
 mod blas;
 mod kernels;
 
-pub use backend::{CudaBackend, GpuData};
+pub use backend::{CudaBackend, GpuData, TenantGpu};
 
 use cudarc::driver::CudaContext;
 use std::path::PathBuf;
@@ -32,6 +32,49 @@ pub struct GpuDevice {
     driver: i32,
     ptx: kernels::Ptxs,
     tf32: bool,
+    compute: (u32, u32),
+    limits: DeviceLimits,
+    cache_dir: Option<PathBuf>,
+}
+
+/// What one launch may ask of the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceLimits {
+    /// Most threads in one block.
+    pub max_threads_per_block: u32,
+    /// Largest block extents.
+    pub max_block: [u32; 3],
+    /// Largest grid extents.
+    pub max_grid: [u32; 3],
+    /// Most (static + dynamic) shared memory one block may use by default.
+    pub max_shared_per_block: u32,
+    /// Threads per warp.
+    pub warp_size: u32,
+    /// Streaming multiprocessors.
+    pub multiprocessors: u32,
+}
+
+impl DeviceLimits {
+    fn read(ctx: &CudaContext) -> Result<Self, cudarc::driver::DriverError> {
+        use cudarc::driver::sys::CUdevice_attribute as A;
+        let a = |x| ctx.attribute(x).map(|v| v.max(0) as u32);
+        Ok(Self {
+            max_threads_per_block: a(A::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK)?,
+            max_block: [
+                a(A::CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_X)?,
+                a(A::CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_Y)?,
+                a(A::CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_Z)?,
+            ],
+            max_grid: [
+                a(A::CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_X)?,
+                a(A::CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Y)?,
+                a(A::CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Z)?,
+            ],
+            max_shared_per_block: a(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK)?,
+            warp_size: a(A::CU_DEVICE_ATTRIBUTE_WARP_SIZE)?,
+            multiprocessors: a(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
+        })
+    }
 }
 
 /// Whether the CUDA driver library can be loaded on this machine.
@@ -61,6 +104,7 @@ impl GpuDevice {
         let mut driver = 0;
         // SAFETY: writes one int.
         unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver) };
+        let limits = DeviceLimits::read(&ctx).map_err(err)?;
         let arch = format!("sm_{major}{minor}");
         let ptx = kernels::compile(&arch, driver, cache_dir.as_deref())?;
         Ok(Self {
@@ -71,7 +115,48 @@ impl GpuDevice {
             driver,
             ptx,
             tf32,
+            compute: (major.max(0) as u32, minor.max(0) as u32),
+            limits,
+            cache_dir,
         })
+    }
+
+    /// The device's name, e.g. "NVIDIA H100 80GB HBM3".
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Compute capability (major, minor).
+    pub fn compute(&self) -> (u32, u32) {
+        self.compute
+    }
+
+    /// Device memory in bytes.
+    pub fn memory(&self) -> u64 {
+        self.memory as u64
+    }
+
+    /// The CUDA driver version (13000 for 13.0).
+    pub fn driver(&self) -> u32 {
+        self.driver.max(0) as u32
+    }
+
+    /// What a launch may ask for.
+    pub fn limits(&self) -> &DeviceLimits {
+        &self.limits
+    }
+
+    /// PTX for CUDA C `source` on this device (compiled by NVRTC, or read
+    /// from the on-disk cache); the NVRTC log when it does not compile.
+    pub fn compile(&self, source: &str, name: &str) -> Result<String, String> {
+        kernels::compile_source(
+            source,
+            name,
+            &self.arch,
+            self.driver,
+            self.cache_dir.as_deref(),
+        )
+        .map(|p| p.ptx)
     }
 
     /// One line for the start-up log.
