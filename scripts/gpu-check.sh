@@ -2,10 +2,12 @@
 # The GPU proof, run on the lent GPU machine from the repository root after
 # scripts/gpu-pack.sh filled .gpu/ here. Builds nothing. Runs:
 #   1. start-up on --device cuda (device line, NVRTC kernels compiled);
-#   2. every wasi:tensor e2e test (each op vs an f64 reference, edge shapes,
-#      bad arguments, quotas, hostile guests) with every host on the GPU and
+#   2. every wasi:tensor and wasi:cuda e2e test (each op vs an f64
+#      reference, edge shapes, bad arguments, quotas, hostile guests; guest
+#      kernel launches and their misuse) with every host on the GPU and
 #      device outputs poisoned with NaN before each op writes them;
-#   3. benches/gpu/bench.py (matmul and copy bandwidth vs PyTorch).
+#   3. benches/gpu/bench.py (matmul, block chain and copy bandwidth vs
+#      PyTorch; wasi:cuda launch overhead vs native cudarc).
 # Logs go to $OUT; a short table is printed last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -26,13 +28,14 @@ echo "$startup"
 export TENSOR_WASM_TEST_BIN=$G/tensor-wasm TENSOR_WASM_TEST_GUESTS=$G/guests \
   TENSOR_WASM_TEST_ROOT=$PWD TENSOR_WASM_TEST_TMP=/tmp/tw-tests \
   TENSOR_WASM_TEST_DEVICE=cuda TENSOR_WASM_GPU_POISON=1
-"$G/e2e" tensor_ --test-threads 4 > "$OUT/e2e-gpu.log" 2>&1
+"$G/e2e" tensor_ cuda_ --test-threads 4 > "$OUT/e2e-gpu.log" 2>&1
 e2e_rc=$?
 grep -E "^test |panicked|test result" "$OUT/e2e-gpu.log" | tail -40
 unset TENSOR_WASM_GPU_POISON
 
 PYTHONUNBUFFERED=1 python3 benches/gpu/bench.py --tensor-wasm "$G/tensor-wasm" \
-  --component "$G/guests/tensor_probe.wasm" > "$OUT/bench.log" 2> "$OUT/bench-server.log"
+  --component "$G/guests/tensor_probe.wasm" --native-launch "$G/cuda_launch" \
+  > "$OUT/bench.log" 2> "$OUT/bench-server.log"
 
 echo
 echo "== summary"

@@ -12,8 +12,14 @@ for l in sys.stdin:
     m = json.loads(l)
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "e2e" and m.get("executable"):
         print(m["executable"])')
+launch=$(cargo bench --no-run --bench cuda_launch --message-format=json 2>/dev/null \
+  | python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "cuda_launch" and m.get("executable"):
+        print(m["executable"])')
 rm -rf .gpu && mkdir -p .gpu/guests
-cp target/release/tensor-wasm .gpu/ && cp "$e2e" .gpu/e2e
+cp target/release/tensor-wasm .gpu/ && cp "$e2e" .gpu/e2e && cp "$launch" .gpu/cuda_launch
 cp target/guests/wasm32-wasip2/release/*.wasm .gpu/guests/
-strip .gpu/tensor-wasm .gpu/e2e
+strip .gpu/tensor-wasm .gpu/e2e .gpu/cuda_launch
 du -sh .gpu

@@ -6,7 +6,10 @@ back, then one element read back; median over ROUNDS, alternating sides), and
 guest memory → device copy bandwidth vs PyTorch's pageable host→device copy
 (GiB/s, each copy up to reading one element back), and a 12-layer
 attention+MLP block chain (seq 128, dim 768, 12 heads) issued op by op
-from a guest vs the same chain in PyTorch eager (ms per forward pass).
+from a guest vs the same chain in PyTorch eager (ms per forward pass), and
+the launch of a small kernel (vector_add, 256 elements) from a guest through
+wasi:cuda vs the same launch from native Rust cudarc (benches/gpu/cuda_launch.rs;
+µs per launch: the time to queue one, and including the final wait).
 """
 import argparse, json, statistics, subprocess, sys, time, urllib.request
 
@@ -93,11 +96,12 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--tensor-wasm", required=True)
     p.add_argument("--component", required=True)
+    p.add_argument("--native-launch", help="the cuda_launch bench binary")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--reps", type=int, default=20)
     args = p.parse_args()
     n = 4096
-    rows = []
+    rows, notes = [], []
     for label, flags, dtype, tdtype, tf32 in [
         ("f32", [], "f32", torch.float32, False),
         ("f32 (TF32)", ["--tf32"], "f32", torch.float32, True),
@@ -128,13 +132,38 @@ def main():
         finally:
             proc.terminate()
             proc.wait()
+    if args.native_launch:
+        proc, addr = start(args.tensor_wasm, args.component, [])
+        try:
+            reps = 20000
+            ours = {"enqueue_us": [], "total_us": []}
+            native = {"enqueue_us": [], "total_us": []}
+            for _ in range(args.rounds):
+                g = guest(addr, f"/bench/launch?reps={reps}&n=256")
+                out = subprocess.run([args.native_launch, str(reps), "1", "256"], check=True,
+                                     capture_output=True, text=True).stdout
+                nat = json.loads(out.strip().splitlines()[-1])
+                for k in ours:
+                    ours[k].append(g[k])
+                    native[k].append(nat[k])
+        finally:
+            proc.terminate()
+            proc.wait()
+        for k, label in [("enqueue_us", "queue"), ("total_us", "incl. wait")]:
+            o, t = statistics.median(ours[k]), statistics.median(native[k])
+            rows.append((f"wasi:cuda launch ({label}) us", o, t))
+            notes.append(f"launch {label}: guest {o:.2f} us vs native {t:.2f} us = "
+                         f"native + {o - t:.2f} us (target <= native + 2 us)")
     print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}; "
           f"{args.rounds} rounds x {args.reps} reps, medians")
     print(f"{'benchmark':<36} {'tensor-wasm':>12} {'pytorch':>10} {'ratio':>6}")
     for name, o, t in rows:
-        ratio = t / o if name.endswith(" ms") else o / t
+        ratio = t / o if name.endswith((" ms", " us")) else o / t
         print(f"{name:<36} {o:>12.2f} {t:>10.2f} {ratio:>6.2f}")
-    print("ratio: tensor-wasm / PyTorch throughput (for ms rows: PyTorch ms / ours; > 1 = faster)")
+    print("ratio: tensor-wasm / PyTorch throughput (for ms rows: PyTorch ms / ours; > 1 = faster);")
+    print("       launch rows compare with native Rust cudarc, not PyTorch (native us / ours)")
+    for line in notes:
+        print(line)
 
 
 if __name__ == "__main__":

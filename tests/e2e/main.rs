@@ -4,6 +4,7 @@
 mod support;
 
 mod bad_input;
+mod cuda;
 mod deployments;
 mod hello;
 mod hostile;

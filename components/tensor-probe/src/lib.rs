@@ -3,6 +3,8 @@
 //! - `POST /op`: runs one `wasi:tensor` op on JSON tensors (see [`OpRequest`]);
 //!   200 with the result tensor(s), or 422 `{"error":{"kind","message"}}`.
 //! - `GET /cuda`: calls each `wasi:cuda` family and reports each result.
+//! - `POST /cuda/run`: runs a JSON script of `wasi:cuda` steps (see
+//!   [`cuda_script`]).
 //! - `GET /scheduler`: `yield` and `remaining`.
 //! - `GET /quota?mb=N`: allocates 1 MiB tensors (at most N) until refused.
 //! - `GET /leak?mb=N`: allocates N MiB of tensors and never drops them.
@@ -16,6 +18,9 @@
 //!   forward pass of L attention+MLP blocks issued op by op.
 //! - `GET /bench/upload?mib=M&reps=R`: GiB/s of guest bytes into a tensor.
 //! - `GET /bench/overhead?reps=R`: µs per host call (a query and a tiny op).
+//! - `GET /bench/launch?reps=R&n=N`: µs per `wasi:cuda` kernel launch.
+
+mod cuda_script;
 
 use httpkit::{json, json_error, path, query_param, read_body};
 use serde::Deserialize;
@@ -492,6 +497,24 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
                 }
             }
             "/cuda" => json(out, 200, &cuda_report().to_string()),
+            "/cuda/run" => {
+                let steps: Vec<Value> = match read_body(&request)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+                {
+                    Ok(s) => s,
+                    Err(e) => return json_error(out, 400, "bad_request", &e),
+                };
+                json(out, 200, &cuda_script::run(&steps).to_string())
+            }
+            "/bench/launch" => {
+                let reps = q("reps").and_then(|v| v.parse().ok()).unwrap_or(10_000);
+                let n = q("n").and_then(|v| v.parse().ok()).unwrap_or(256);
+                match cuda_script::bench_launch(reps, n) {
+                    Ok(v) => json(out, 200, &v.to_string()),
+                    Err(e) => json_error(out, 422, "cuda", &format!("{e:?}")),
+                }
+            }
             "/scheduler" => {
                 let status = match scheduler::yield_() {
                     scheduler::YieldStatus::Continue => "continue",

@@ -3,7 +3,7 @@
 
 use super::signature::{Kind, Signature};
 use crate::tensor::quota::Charge;
-use cudarc::driver::{CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream};
+use cudarc::driver::{CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DriverError};
 use std::sync::Arc;
 
 /// Device memory a guest allocated (or took over from a tensor), charged to
@@ -21,15 +21,19 @@ pub struct Buffer {
 }
 
 impl Buffer {
-    /// Notes that `stream` works on this buffer.
-    pub(super) fn touch(&mut self, stream: &Arc<CudaStream>) {
-        let own = self.bytes.as_ref().map(|b| b.stream());
-        if own.is_some_and(|s| Arc::ptr_eq(s, stream))
-            || self.used_on.iter().any(|s| Arc::ptr_eq(s, stream))
-        {
-            return;
+    /// Notes that `stream` is about to work on this buffer: the first time,
+    /// `stream` is ordered after the work already queued on the buffer's
+    /// own stream (its zeroing, the tensor op that made it).
+    pub(super) fn touch(&mut self, stream: &Arc<CudaStream>) -> Result<(), DriverError> {
+        let Some(owner) = self.bytes.as_ref().map(|b| b.stream()) else {
+            return Ok(());
+        };
+        if Arc::ptr_eq(owner, stream) || self.used_on.iter().any(|s| Arc::ptr_eq(s, stream)) {
+            return Ok(());
         }
+        stream.join(owner)?;
         self.used_on.push(stream.clone());
+        Ok(())
     }
 
     /// Orders the stream that owns the bytes after every other stream that

@@ -293,7 +293,11 @@ impl memory::HostBuffer for CudaView<'_> {
         if data.is_empty() {
             return Ok(Ok(()));
         }
-        buffer.touch(&stream);
+        tri!(
+            buffer
+                .touch(&stream)
+                .map_err(launch::driver("ordering streams"))
+        );
         let Some(bytes) = buffer.bytes.as_mut() else {
             return Ok(Err(types::Error::Backend("the buffer has no bytes".into())));
         };
@@ -339,14 +343,16 @@ impl memory::HostBuffer for CudaView<'_> {
         if length == 0 {
             return Ok(Ok(()));
         }
+        for b in [&src, &dst] {
+            let touched = self.table.get_mut(b)?.touch(&stream);
+            tri!(touched.map_err(launch::driver("ordering streams")));
+        }
+        let (s, d) = (self.table.get(&src)?, self.table.get(&dst)?);
         let ptr = |b: &Buffer| b.bytes.as_ref().map(|x| x.device_ptr(&stream).0);
         let (Some(sp), Some(dp)) = (ptr(s), ptr(d)) else {
             return Ok(Err(types::Error::Backend("the buffer has no bytes".into())));
         };
-        tri!(launch::copy(&stream, dp + offset, sp + src_offset, length));
-        self.table.get_mut(&src)?.touch(&stream);
-        self.table.get_mut(&dst)?.touch(&stream);
-        Ok(Ok(()))
+        Ok(launch::copy(&stream, dp + offset, sp + src_offset, length))
     }
 
     async fn drop(&mut self, r: Resource<Buffer>) -> wasmtime::Result<()> {
@@ -534,6 +540,14 @@ impl kernels::HostKernel for CudaView<'_> {
     ) -> WResult<()> {
         let gpu = tri!(launch::gpu(self.tensors));
         let stream = self.stream_of(gpu, &on)?;
+        if !Arc::ptr_eq(&stream, gpu.stream()) {
+            for a in &args {
+                if let kernels::Argument::Buffer(b) | kernels::Argument::BufferAt((b, _)) = a {
+                    let touched = self.table.get_mut(b)?.touch(&stream);
+                    tri!(touched.map_err(launch::driver("ordering streams")));
+                }
+            }
+        }
         let kernel = self.table.get(&k)?;
         tri!(launch::check_config(&config, gpu, kernel));
         let mut checked = Vec::with_capacity(args.len());
@@ -565,17 +579,9 @@ impl kernels::HostKernel for CudaView<'_> {
             pointers.push(ptr);
         }
         tri!(launch::check_args(kernel, &checked));
-        tri!(launch::launch(
-            gpu, &stream, kernel, &config, &checked, &pointers
-        ));
-        if !Arc::ptr_eq(&stream, gpu.stream()) {
-            for a in &args {
-                if let kernels::Argument::Buffer(b) | kernels::Argument::BufferAt((b, _)) = a {
-                    self.table.get_mut(b)?.touch(&stream);
-                }
-            }
-        }
-        Ok(Ok(()))
+        Ok(launch::launch(
+            gpu, &stream, kernel, &config, &checked, &pointers,
+        ))
     }
 
     async fn drop(&mut self, r: Resource<Kernel>) -> wasmtime::Result<()> {

@@ -1,0 +1,76 @@
+//! The native side of the `wasi:cuda` launch-overhead benchmark: the same
+//! vetted `vector_add` (kernels/vetted/basics.cu, compiled by NVRTC for the
+//! device) launched from Rust through cudarc, in its cheapest form (a
+//! context with event tracking off, its own stream, arguments pushed per
+//! launch). Prints one JSON line per round: µs per launch to queue
+//! (`enqueue_us`) and including the final wait (`total_us`).
+//!
+//! `cuda_launch [REPS] [ROUNDS] [N]` — run by benches/gpu/bench.py on the
+//! GPU machine; built here by scripts/gpu-pack.sh.
+
+use cudarc::driver::{CudaContext, LaunchConfig, PushKernelArg};
+use cudarc::nvrtc::{CompileOptions, Ptx};
+use std::time::Instant;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let arg = |i: usize, d: u32| {
+        std::env::args()
+            .nth(i)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (reps, rounds, n) = (arg(1, 10_000), arg(2, 7), arg(3, 256));
+    let ctx = CudaContext::new_non_primary(0, 0)?;
+    // SAFETY: one stream; nothing else uses these buffers.
+    unsafe { ctx.disable_event_tracking() };
+    let stream = ctx.new_stream()?;
+    let (major, minor) = ctx.compute_capability()?;
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(
+        include_str!("../../kernels/vetted/basics.cu"),
+        CompileOptions {
+            options: vec![
+                format!("--gpu-architecture=sm_{major}{minor}"),
+                "--std=c++17".into(),
+                "--fmad=true".into(),
+            ],
+            ..Default::default()
+        },
+    )?;
+    let module = ctx.load_module(Ptx::from_src(ptx.to_src()))?;
+    let f = module.load_function("vector_add")?;
+    let a = stream.alloc_zeros::<f32>(n as usize)?;
+    let b = stream.alloc_zeros::<f32>(n as usize)?;
+    let mut c = stream.alloc_zeros::<f32>(n as usize)?;
+    let cfg = LaunchConfig {
+        grid_dim: (n.div_ceil(256).max(1), 1, 1),
+        block_dim: (n.clamp(1, 256), 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut launch = || -> Result<(), cudarc::driver::DriverError> {
+        let mut l = stream.launch_builder(&f);
+        l.arg(&a).arg(&b).arg(&mut c).arg(&n);
+        // SAFETY: vector_add(const float*, const float*, float*, unsigned)
+        // over n elements of buffers of n elements.
+        unsafe { l.launch(cfg) }.map(|_| ())
+    };
+    for _ in 0..100 {
+        launch()?;
+    }
+    stream.synchronize()?;
+    for _ in 0..rounds {
+        let t0 = Instant::now();
+        for _ in 0..reps {
+            launch()?;
+        }
+        let t1 = t0.elapsed();
+        stream.synchronize()?;
+        let t2 = t0.elapsed();
+        let per = |d: std::time::Duration| d.as_secs_f64() * 1e6 / reps.max(1) as f64;
+        println!(
+            "{{\"reps\": {reps}, \"n\": {n}, \"enqueue_us\": {}, \"total_us\": {}}}",
+            per(t1),
+            per(t2)
+        );
+    }
+    Ok(())
+}
