@@ -158,29 +158,17 @@ impl types::HostTensor for TensorView<'_> {
         shape: Vec<u32>,
         dtype: types::Dtype,
     ) -> WResult<Resource<Tensor>> {
-        let r = self
-            .ctx
-            .shared
-            .tensors
-            .from_bytes(&data, &shape, dtype.into());
+        let r = self.ctx.tensors.from_bytes(&data, &shape, dtype.into());
         self.put(r)
     }
 
     async fn from_f32(&mut self, data: Vec<f32>, shape: Vec<u32>) -> WResult<Resource<Tensor>> {
-        let r = self
-            .ctx
-            .shared
-            .tensors
-            .from_data(CpuData::F32(data), &shape);
+        let r = self.ctx.tensors.from_data(CpuData::F32(data), &shape);
         self.put(r)
     }
 
     async fn from_i64(&mut self, data: Vec<i64>, shape: Vec<u32>) -> WResult<Resource<Tensor>> {
-        let r = self
-            .ctx
-            .shared
-            .tensors
-            .from_data(CpuData::I64(data), &shape);
+        let r = self.ctx.tensors.from_data(CpuData::I64(data), &shape);
         self.put(r)
     }
 
