@@ -30,11 +30,13 @@ fn err(r: &Value, kind: &str, what: &str) {
     assert_eq!(r["error"]["kind"], kind, "{what}: {r}");
 }
 
-fn floats(v: &Value) -> Vec<f64> {
+/// f32 values read back (compared as f32: JSON parsing may be off by an
+/// f64 ulp).
+fn floats(v: &Value) -> Vec<f32> {
     v.as_array()
         .unwrap()
         .iter()
-        .map(|x| x.as_f64().unwrap())
+        .map(|x| x.as_f64().unwrap() as f32)
         .collect()
 }
 
@@ -44,8 +46,8 @@ fn f32s(rng: &mut Rng, n: usize) -> Vec<f64> {
         .collect()
 }
 
-fn add32(a: f64, b: f64) -> f64 {
-    (a as f32 + b as f32) as f64
+fn add32(a: f64, b: f64) -> f32 {
+    a as f32 + b as f32
 }
 
 const ADD: [&str; 4] = ["pointer", "pointer", "pointer", "u32"];
@@ -145,7 +147,7 @@ fn cuda_kernels_from_a_guest() {
     for (i, step) in r.iter().enumerate().skip(1) {
         ok(step, &format!("step {i}"));
     }
-    let sum: Vec<f64> = (0..n).map(|i| add32(a[i], b[i])).collect();
+    let sum: Vec<f32> = (0..n).map(|i| add32(a[i], b[i])).collect();
     assert_eq!(floats(&r[9]["ok"]), sum, "vector_add");
     let mut shifted = sum.clone();
     for i in 0..500 {
@@ -153,7 +155,7 @@ fn cuda_kernels_from_a_guest() {
     }
     assert_eq!(floats(&r[11]["ok"]), shifted, "vector_add with offsets");
     for (i, got) in floats(&r[14]["ok"]).iter().enumerate() {
-        let want = alpha as f64 * a[i] + b[i];
+        let (got, want) = (*got as f64, alpha as f64 * a[i] + b[i]);
         assert!(
             (got - want).abs() <= 1e-6 * (1.0 + want.abs()),
             "saxpy {i}: {got} vs {want}"
@@ -165,7 +167,11 @@ fn cuda_kernels_from_a_guest() {
     let t = floats(&r[29]["ok"]);
     for i in 0..rows {
         for j in 0..cols {
-            assert_eq!(t[j * rows + i], m[i * cols + j], "transpose ({i}, {j})");
+            assert_eq!(
+                t[j * rows + i],
+                m[i * cols + j] as f32,
+                "transpose ({i}, {j})"
+            );
         }
     }
     assert_eq!(r[30]["ok"], json!(["f32", "pointer", "pointer", "u64"]));

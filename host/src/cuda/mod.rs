@@ -78,5 +78,12 @@ pub fn add_to_linker<T: CudaStateView + 'static>(linker: &mut Linker<T>) -> anyh
     streams::add_to_linker::<T, HasCuda>(linker, T::cuda)?;
     memory::add_to_linker::<T, HasCuda>(linker, T::cuda)?;
     kernels::add_to_linker::<T, HasCuda>(linker, T::cuda)?;
+    // The generated `buffer.write` receives a host copy of the guest's
+    // bytes; this one copies them to the device in place.
+    linker.allow_shadowing(true);
+    linker
+        .instance("wasi:cuda/memory@0.1.0")?
+        .func_wrap("[method]buffer.write", types_impl::write_guest_bytes::<T>)?;
+    linker.allow_shadowing(false);
     Ok(())
 }

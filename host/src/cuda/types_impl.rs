@@ -14,7 +14,8 @@ use crate::tensor::types::Data;
 use crate::tensor::{DType, Tensor};
 use cudarc::driver::{CudaStream, DevicePtr};
 use std::sync::Arc;
-use wasmtime::component::Resource;
+use wasmtime::AsContext;
+use wasmtime::component::{Resource, WasmList};
 
 type WResult<T> = wasmtime::Result<Result<T, types::Error>>;
 
@@ -263,6 +264,63 @@ impl CudaView<'_> {
     }
 }
 
+impl CudaView<'_> {
+    /// Checks a write of `len` bytes at `offset` into `b` and orders it on
+    /// its stream: the stream and device address to copy to, or `None` for
+    /// an empty write.
+    fn write_target(
+        &mut self,
+        b: &Resource<Buffer>,
+        offset: u64,
+        len: u64,
+        on: &Option<Resource<Stream>>,
+    ) -> WResult<Option<(Arc<CudaStream>, u64)>> {
+        let gpu = tri!(launch::gpu(self.tensors));
+        let stream = self.stream_of(gpu, on)?;
+        let buffer = self.table.get_mut(b)?;
+        tri!(bounds(offset, len, buffer.size));
+        if len == 0 {
+            return Ok(Ok(None));
+        }
+        tri!(
+            buffer
+                .touch(&stream)
+                .map_err(launch::driver("ordering streams"))
+        );
+        let Some(bytes) = buffer.bytes.as_mut() else {
+            return Ok(Err(types::Error::Backend("the buffer has no bytes".into())));
+        };
+        let dst = bytes.device_ptr(&stream).0 + offset;
+        Ok(Ok(Some((stream, dst))))
+    }
+}
+
+/// `buffer.write` copying the guest's bytes to the device from where they
+/// lie in its linear memory (no host copy first); [`super::add_to_linker`]
+/// installs it over the generated binding.
+#[allow(clippy::type_complexity)]
+pub(super) fn write_guest_bytes<T: super::CudaStateView + 'static>(
+    mut store: wasmtime::StoreContextMut<'_, T>,
+    (b, offset, data, on): (
+        Resource<Buffer>,
+        u64,
+        WasmList<u8>,
+        Option<Resource<Stream>>,
+    ),
+) -> wasmtime::Result<(Result<(), types::Error>,)> {
+    let target = store
+        .data_mut()
+        .cuda()
+        .write_target(&b, offset, data.len() as u64, &on)?;
+    Ok((match target {
+        Ok(Some((stream, dst))) => {
+            launch::upload(&stream, dst, data.as_le_slice(store.as_context()))
+        }
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
+    },))
+}
+
 impl memory::HostBuffer for CudaView<'_> {
     async fn alloc(&mut self, size: u64) -> WResult<Resource<Buffer>> {
         let gpu = tri!(launch::gpu(self.tensors));
@@ -286,22 +344,10 @@ impl memory::HostBuffer for CudaView<'_> {
         data: Vec<u8>,
         on: Option<Resource<Stream>>,
     ) -> WResult<()> {
-        let gpu = tri!(launch::gpu(self.tensors));
-        let stream = self.stream_of(gpu, &on)?;
-        let buffer = self.table.get_mut(&b)?;
-        tri!(bounds(offset, data.len() as u64, buffer.size));
-        if data.is_empty() {
-            return Ok(Ok(()));
-        }
-        tri!(
-            buffer
-                .touch(&stream)
-                .map_err(launch::driver("ordering streams"))
-        );
-        let Some(bytes) = buffer.bytes.as_mut() else {
-            return Ok(Err(types::Error::Backend("the buffer has no bytes".into())));
+        let (stream, dst) = match tri!(self.write_target(&b, offset, data.len() as u64, &on)?) {
+            Some(target) => target,
+            None => return Ok(Ok(())),
         };
-        let dst = bytes.device_ptr(&stream).0 + offset;
         Ok(launch::upload(&stream, dst, &data))
     }
 

@@ -142,6 +142,14 @@ impl HasData for HasTensor {
 
 /// Adds `wasi:tensor` to `linker`.
 pub fn add_to_linker<T: TensorStateView + 'static>(linker: &mut Linker<T>) -> anyhow::Result<()> {
-    bindings::Imports::add_to_linker::<T, HasTensor>(linker, |s| s.tensor())
-        .map_err(anyhow::Error::from)
+    bindings::Imports::add_to_linker::<T, HasTensor>(linker, |s| s.tensor())?;
+    // The generated `from-bytes` receives a host copy of the guest's bytes;
+    // this one reads them in place.
+    linker.allow_shadowing(true);
+    linker.instance("wasi:tensor/types@0.1.0")?.func_wrap(
+        "[static]tensor.from-bytes",
+        types_impl::from_guest_bytes::<T>,
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
 }

@@ -7,7 +7,8 @@ use super::cpu::CpuData;
 use super::ops::Tensors;
 use super::types::{DType, TResult, Tensor, TensorError};
 use super::weights::{MetaValue, WeightsHandle};
-use wasmtime::component::Resource;
+use wasmtime::AsContext;
+use wasmtime::component::{Resource, WasmList};
 
 /// Work below which an op runs on the serving thread (about 0.1-1 ms).
 const INLINE_WORK: u64 = 1 << 20;
@@ -546,4 +547,17 @@ impl weights::HostWeights for TensorView<'_> {
         self.table.delete(w)?;
         Ok(())
     }
+}
+
+/// `tensor.from-bytes` reading the guest's bytes where they lie in its
+/// linear memory, rather than from a host copy lifted first (a 64 MiB
+/// upload would otherwise pay for a fresh 64 MiB allocation and copy).
+/// [`super::add_to_linker`] installs it over the generated binding.
+pub(super) fn from_guest_bytes<T: super::TensorStateView + 'static>(
+    mut store: wasmtime::StoreContextMut<'_, T>,
+    (data, shape, dtype): (WasmList<u8>, Vec<u32>, types::Dtype),
+) -> wasmtime::Result<(Result<Resource<Tensor>, types::Error>,)> {
+    let tensors = store.data_mut().tensor().ctx.tensors.clone();
+    let r = tensors.from_bytes(data.as_le_slice(store.as_context()), &shape, dtype.into());
+    Ok((store.data_mut().tensor().put(r)?,))
 }
