@@ -192,6 +192,20 @@ grants = {{ weights = {{ model = "model.safetensors" }} }}
     let v = json_of(&server.get("/weights?name=model&tensor=nope"));
     assert_eq!(v["error"]["kind"], "not-found");
 
+    // tensor.from-bytes (read in place from guest memory) and back, for
+    // each element size; a length that does not fit the shape is refused.
+    for (dtype, size) in [("u8", 1usize), ("f16", 2), ("f32", 4), ("i64", 8)] {
+        let n = 4099;
+        let body: Vec<u8> = (0..n * size).map(|i| (i * 131 % 251) as u8).collect();
+        let path = format!("/bytes?shape={n}&dtype={dtype}");
+        let resp = request(server.addr, "POST", &path, &[], &body);
+        assert_eq!(resp.status, 200, "{dtype}: {}", resp.text());
+        assert!(resp.body == body, "{dtype}: bytes changed on the way");
+        let resp = request(server.addr, "POST", &path, &[], &body[1..]);
+        assert_eq!(resp.status, 422, "{dtype}");
+        assert!(resp.text().contains("invalid-argument"), "{}", resp.text());
+    }
+
     // wasi:cuda: without a GPU every family answers no-device (on the GPU
     // check, tests/e2e/cuda.rs covers it).
     let v = json_of(&server.get("/cuda"));

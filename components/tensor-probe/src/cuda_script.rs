@@ -168,7 +168,11 @@ fn ok<T>(r: Result<T, cuda::Error>, f: impl FnOnce(T) -> Value) -> Value {
 
 fn step(h: &mut Held, s: &Value) -> Result<Value, String> {
     let stream = match s.get("stream") {
-        Some(v) => Some(get(&h.streams, v.as_u64().unwrap_or(u64::MAX) as usize, "stream")?),
+        Some(v) => Some(get(
+            &h.streams,
+            v.as_u64().unwrap_or(u64::MAX) as usize,
+            "stream",
+        )?),
         None => None,
     };
     let buf = |h: &Held, key: &str| -> Result<usize, String> {
@@ -208,7 +212,9 @@ fn step(h: &mut Held, s: &Value) -> Result<Value, String> {
         "write" => {
             let i = buf(h, "buf")?;
             let b = h.buffers[i].as_ref().unwrap();
-            ok(b.write(u(s, "offset"), &bytes_of(s), stream), |_| json!(null))
+            ok(b.write(u(s, "offset"), &bytes_of(s), stream), |_| {
+                json!(null)
+            })
         }
         "read" => {
             let i = buf(h, "buf")?;

@@ -2,6 +2,8 @@
 //! HTTP so the end-to-end tests can drive them, including misuse. Routes:
 //! - `POST /op`: runs one `wasi:tensor` op on JSON tensors (see [`OpRequest`]);
 //!   200 with the result tensor(s), or 422 `{"error":{"kind","message"}}`.
+//! - `POST /bytes?shape=A,B&dtype=D`: `tensor.from-bytes` on the body, then
+//!   `to-bytes`: 200 with the bytes read back, or 422 with the error.
 //! - `GET /cuda`: calls each `wasi:cuda` family and reports each result.
 //! - `POST /cuda/run`: runs a JSON script of `wasi:cuda` steps (see
 //!   [`cuda_script`]).
@@ -22,7 +24,7 @@
 
 mod cuda_script;
 
-use httpkit::{json, json_error, path, query_param, read_body};
+use httpkit::{json, json_error, path, query_param, read_body, respond};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tensorwasm_sdk::bindings::wasi::tensor::types as raw;
@@ -494,6 +496,30 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
                     Ok(Ok(v)) => json(out, 200, &v.to_string()),
                     Ok(Err(e)) => json(out, 422, &error_json(&e).to_string()),
                     Err(msg) => json_error(out, 400, "bad_request", &msg),
+                }
+            }
+            "/bytes" => {
+                let body = match read_body(&request) {
+                    Ok(b) => b,
+                    Err(e) => return json_error(out, 400, "bad_body", &e),
+                };
+                let shape: Vec<u32> = q("shape")
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter_map(|d| d.parse().ok())
+                    .collect();
+                let dtype = match dtype_of(&q("dtype").unwrap_or_else(f32_name)) {
+                    Ok(d) => d,
+                    Err(e) => return json_error(out, 400, "bad_request", &e),
+                };
+                match Tensor::from_bytes(&body, &shape, dtype).and_then(|t| t.to_bytes()) {
+                    Ok(back) => respond(
+                        out,
+                        200,
+                        &[("content-type", "application/octet-stream")],
+                        &back,
+                    ),
+                    Err(e) => json(out, 422, &error_json(&e).to_string()),
                 }
             }
             "/cuda" => json(out, 200, &cuda_report().to_string()),
