@@ -251,6 +251,164 @@ __device__ void gather(E* out, const E* table, const i64* ids, i64 n_ids, i64 di
     }
 }
 
+// ---- reductions along a middle axis of [outer, len, inner] ---------------
+// One thread per (outer, inner) position walks the axis; values are loaded as
+// f32 (ints exactly enough for comparisons of their own type: see argmax).
+
+template <typename T>
+__device__ void softmax_axis(T* out, const T* x, i64 outer, i64 len, i64 inner) {
+    GRID_LOOP(t, outer * inner) {
+        i64 base = (t / inner) * len * inner + t % inner;
+        float m = -INFINITY, s = 0.0f;
+        for (i64 j = 0; j < len; ++j) m = fmaxf(m, ld(x, base + j * inner));
+        for (i64 j = 0; j < len; ++j) s += expf(ld(x, base + j * inner) - m);
+        float inv = 1.0f / s;
+        for (i64 j = 0; j < len; ++j) st(out, base + j * inner, expf(ld(x, base + j * inner) - m) * inv);
+    }
+}
+
+// Mean along the axis; mask (f32, may be null) is [outer, len], 0 = skip.
+template <typename T>
+__device__ void mean_axis(T* out, const T* x, const float* mask, i64 outer, i64 len, i64 inner) {
+    GRID_LOOP(t, outer * inner) {
+        i64 o = t / inner, base = o * len * inner + t % inner;
+        float acc = 0.0f, count = 0.0f;
+        for (i64 j = 0; j < len; ++j) {
+            if (mask && mask[o * len + j] == 0.0f) continue;
+            count += 1.0f;
+            acc += ld(x, base + j * inner);
+        }
+        st(out, t, count > 0.0f ? acc / count : 0.0f);
+    }
+}
+
+// x / max(||x||_2, eps) along the axis.
+template <typename T>
+__device__ void l2norm_axis(T* out, const T* x, i64 outer, i64 len, i64 inner, float eps) {
+    GRID_LOOP(t, outer * inner) {
+        i64 base = (t / inner) * len * inner + t % inner;
+        float q = 0.0f;
+        for (i64 j = 0; j < len; ++j) { float v = ld(x, base + j * inner); q += v * v; }
+        float inv = 1.0f / fmaxf(sqrtf(q), eps);
+        for (i64 j = 0; j < len; ++j) st(out, base + j * inner, ld(x, base + j * inner) * inv);
+    }
+}
+
+// ---- element access for every dtype (comparisons, casts, integer math) ----
+
+__device__ __forceinline__ float fl(const float* p, i64 i) { return p[i]; }
+__device__ __forceinline__ float fl(const h16* p, i64 i) { return ld(p, i); }
+__device__ __forceinline__ float fl(const b16* p, i64 i) { return ld(p, i); }
+__device__ __forceinline__ int fl(const int* p, i64 i) { return p[i]; }
+__device__ __forceinline__ i64 fl(const i64* p, i64 i) { return p[i]; }
+__device__ __forceinline__ unsigned fl(const unsigned char* p, i64 i) { return p[i]; }
+
+// Index of the first maximum along the axis (as the CPU: strictly greater wins).
+template <typename T>
+__device__ void argmax_axis(i64* out, const T* x, i64 outer, i64 len, i64 inner) {
+    GRID_LOOP(t, outer * inner) {
+        i64 base = (t / inner) * len * inner + t % inner, best = 0;
+        auto bv = fl(x, base);
+        for (i64 j = 1; j < len; ++j) {
+            auto v = fl(x, base + j * inner);
+            if (v > bv) { bv = v; best = j; }
+        }
+        out[t] = best;
+    }
+}
+
+// The k largest of each row (largest first, lower index first on ties), one
+// block of 256 threads per row: k passes, each finding the best element that
+// comes after the previous pick in that order.
+template <typename T>
+__device__ void top_k_rows(T* values, i64* indices, const T* x, i64 rows, i64 len, i64 k) {
+    typedef decltype(fl(x, 0)) K;
+    __shared__ K sv[256];
+    __shared__ i64 si[256];
+    for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+        const T* row = x + r * len;
+        K pv = fl(row, 0);
+        i64 pi = -1;
+        for (i64 p = 0; p < k; ++p) {
+            K bv = fl(row, 0);
+            i64 bi = -1;
+            for (i64 j = threadIdx.x; j < len; j += blockDim.x) {
+                K v = fl(row, j);
+                bool after = pi < 0 || v < pv || (v == pv && j > pi);
+                bool better = bi < 0 || v > bv || (v == bv && j < bi);
+                if (after && better) { bv = v; bi = j; }
+            }
+            sv[threadIdx.x] = bv;
+            si[threadIdx.x] = bi;
+            __syncthreads();
+            for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+                if (threadIdx.x < w) {
+                    K ov = sv[threadIdx.x + w], mv = sv[threadIdx.x];
+                    i64 oi = si[threadIdx.x + w], mi = si[threadIdx.x];
+                    if (oi >= 0 && (mi < 0 || ov > mv || (ov == mv && oi < mi))) {
+                        sv[threadIdx.x] = ov;
+                        si[threadIdx.x] = oi;
+                    }
+                }
+                __syncthreads();
+            }
+            pv = sv[0];
+            pi = si[0];
+            if (threadIdx.x == 0) {
+                values[r * k + p] = row[pi < 0 ? 0 : pi];
+                indices[r * k + p] = pi < 0 ? 0 : pi;
+            }
+            __syncthreads();
+        }
+    }
+}
+
+// Casts with an integer side: int -> int keeps the low bits, int -> float
+// rounds to nearest (through f32, as the CPU), float -> int truncates and
+// saturates (NaN -> 0), like Rust's `as`.
+__device__ __forceinline__ i64 sat(float v, i64 lo, i64 hi) {
+    if (v != v) return 0;
+    if (v <= (float)lo) return lo;
+    if (v >= (float)hi) return hi;
+    return (i64)v;
+}
+template <typename D> struct Lim;
+template <> struct Lim<int> { static constexpr i64 lo = -2147483647LL - 1, hi = 2147483647LL; };
+template <> struct Lim<i64> { static constexpr i64 lo = -9223372036854775807LL - 1, hi = 9223372036854775807LL; };
+template <> struct Lim<unsigned char> { static constexpr i64 lo = 0, hi = 255; };
+
+template <typename S, typename D>
+__device__ void cast_int_int(D* out, const S* x, i64 n) {
+    GRID_LOOP(i, n) { out[i] = (D)(unsigned long long)(i64)x[i]; }
+}
+template <typename S, typename D>
+__device__ void cast_int_float(D* out, const S* x, i64 n) {
+    GRID_LOOP(i, n) { st(out, i, (float)x[i]); }
+}
+template <typename S, typename D>
+__device__ void cast_float_int(D* out, const S* x, i64 n) {
+    GRID_LOOP(i, n) { out[i] = (D)sat(ld(x, i), Lim<D>::lo, Lim<D>::hi); }
+}
+
+// Wrapping integer arithmetic with broadcasting; division truncates (the host
+// has checked the divisor for zeros; MIN / -1 wraps to MIN).
+template <typename T, typename U>
+__device__ void int_binary(T* out, const T* a, const T* b, i64 n, int op, Dims d) {
+    GRID_LOOP(i, n) {
+        i64 oa, ob;
+        offsets(d, i, &oa, &ob);
+        T x = a[oa], y = b[ob];
+        T r;
+        switch (op) {
+            case 0: r = (T)((U)x + (U)y); break;
+            case 1: r = (T)((U)x - (U)y); break;
+            case 2: r = (T)((U)x * (U)y); break;
+            default: r = ((T)-1 < (T)0 && y == (T)-1) ? (T)((U)0 - (U)x) : (T)(x / y); break;
+        }
+        out[i] = r;
+    }
+}
+
 // ---- instantiations ------------------------------------------------------
 
 #define FLOAT_KERNELS(T, N)                                                                    \
@@ -276,6 +434,17 @@ __device__ void gather(E* out, const E* table, const i64* ids, i64 n_ids, i64 di
                                         i64 off, float theta, int layout) {                    \
         rope(o, x, rows, seq, dim, off, theta, layout);                                        \
     }                                                                                          \
+    extern "C" __global__ void softmax_axis_##N(T* o, const T* x, i64 outer, i64 len, i64 in) { \
+        softmax_axis(o, x, outer, len, in);                                                    \
+    }                                                                                          \
+    extern "C" __global__ void mean_##N(T* o, const T* x, const float* m, i64 outer, i64 len,  \
+                                        i64 in) {                                              \
+        mean_axis(o, x, m, outer, len, in);                                                    \
+    }                                                                                          \
+    extern "C" __global__ void l2norm_##N(T* o, const T* x, i64 outer, i64 len, i64 in,        \
+                                          float eps) {                                         \
+        l2norm_axis(o, x, outer, len, in, eps);                                                \
+    }                                                                                          \
     extern "C" __global__ void to_f32_##N(float* o, const T* x, i64 n) { cast(o, x, n); }      \
     extern "C" __global__ void to_f16_##N(h16* o, const T* x, i64 n) { cast(o, x, n); }        \
     extern "C" __global__ void to_bf16_##N(b16* o, const T* x, i64 n) { cast(o, x, n); }
@@ -296,3 +465,49 @@ LAYOUT_KERNELS(unsigned char, b1)
 LAYOUT_KERNELS(unsigned short, b2)
 LAYOUT_KERNELS(unsigned int, b4)
 LAYOUT_KERNELS(unsigned long long, b8)
+
+// Kernels for every dtype: argmax and top-k.
+#define ANY_KERNELS(T, N)                                                                      \
+    extern "C" __global__ void argmax_##N(i64* o, const T* x, i64 outer, i64 len, i64 in) {    \
+        argmax_axis(o, x, outer, len, in);                                                     \
+    }                                                                                          \
+    extern "C" __global__ void top_k_##N(T* v, i64* idx, const T* x, i64 rows, i64 len, i64 k) { \
+        top_k_rows(v, idx, x, rows, len, k);                                                   \
+    }
+
+ANY_KERNELS(float, f32)
+ANY_KERNELS(h16, f16)
+ANY_KERNELS(b16, bf16)
+ANY_KERNELS(int, i32)
+ANY_KERNELS(i64, i64)
+ANY_KERNELS(unsigned char, u8)
+
+// Integer arithmetic and casts with an integer side: cast_<to>_<from>.
+#define INT_KERNELS(T, U, N)                                                                   \
+    extern "C" __global__ void int_binary_##N(T* o, const T* a, const T* b, i64 n, int op,     \
+                                              Dims d) {                                        \
+        int_binary<T, U>(o, a, b, n, op, d);                                                   \
+    }                                                                                          \
+    extern "C" __global__ void cast_i32_##N(int* o, const T* x, i64 n) { cast_int_int(o, x, n); } \
+    extern "C" __global__ void cast_i64_##N(i64* o, const T* x, i64 n) { cast_int_int(o, x, n); } \
+    extern "C" __global__ void cast_u8_##N(unsigned char* o, const T* x, i64 n) {              \
+        cast_int_int(o, x, n);                                                                 \
+    }                                                                                          \
+    extern "C" __global__ void cast_f32_##N(float* o, const T* x, i64 n) { cast_int_float(o, x, n); } \
+    extern "C" __global__ void cast_f16_##N(h16* o, const T* x, i64 n) { cast_int_float(o, x, n); } \
+    extern "C" __global__ void cast_bf16_##N(b16* o, const T* x, i64 n) { cast_int_float(o, x, n); }
+
+INT_KERNELS(int, unsigned, i32)
+INT_KERNELS(i64, unsigned long long, i64)
+INT_KERNELS(unsigned char, unsigned char, u8)
+
+#define FLOAT_TO_INT(T, N)                                                                     \
+    extern "C" __global__ void cast_i32_##N(int* o, const T* x, i64 n) { cast_float_int(o, x, n); } \
+    extern "C" __global__ void cast_i64_##N(i64* o, const T* x, i64 n) { cast_float_int(o, x, n); } \
+    extern "C" __global__ void cast_u8_##N(unsigned char* o, const T* x, i64 n) {              \
+        cast_float_int(o, x, n);                                                               \
+    }
+
+FLOAT_TO_INT(float, f32)
+FLOAT_TO_INT(h16, f16)
+FLOAT_TO_INT(b16, bf16)

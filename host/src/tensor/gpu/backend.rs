@@ -114,6 +114,15 @@ fn elem(d: DType) -> &'static str {
     }
 }
 
+/// [outer, len, inner] around `axis`.
+fn split(shape: &[usize], axis: usize) -> (usize, usize, usize) {
+    (
+        shape[..axis].iter().product(),
+        shape[axis],
+        shape[axis + 1..].iter().product(),
+    )
+}
+
 fn grid(n: usize) -> u32 {
     n.div_ceil(BLOCK as usize).clamp(1, 1 << 20) as u32
 }
@@ -453,6 +462,49 @@ impl CudaBackend {
         )
     }
 
+    /// Launches `{kernel}_{x's dtype}(out, x, outer, len, inner[, eps])`
+    /// over [outer, len, inner] around `axis`, one thread per (outer, inner);
+    /// the output is x's shape in `out_dtype`, or without the axis for
+    /// `argmax` (an i64 output).
+    fn along_axis(
+        &self,
+        x: &Tensor,
+        axis: usize,
+        kernel: &str,
+        out_dtype: DType,
+        eps: Option<f32>,
+    ) -> TResult<Data> {
+        self.bind()?;
+        let (outer, len, inner) = split(x.shape(), axis);
+        let reduces = out_dtype == DType::I64 && kernel == "argmax";
+        let out = self.alloc(if reduces { outer * inner } else { x.len() }, out_dtype)?;
+        if outer * inner > 0 && len > 0 {
+            let name = if reduces {
+                format!("{kernel}_{}", x.dtype().name())
+            } else {
+                format!("{kernel}_{}", suffix(x.dtype()))
+            };
+            let f = self
+                .tenant
+                .kernels
+                .get(&name)
+                .map_err(TensorError::Backend)?;
+            let (o, px) = (self.raw(&out.buf), self.ptr(x)?);
+            let (outer_, len_, inner_) = (outer as i64, len as i64, inner as i64);
+            let mut l = self.stream().launch_builder(&f);
+            l.arg(&o).arg(&px).arg(&outer_).arg(&len_).arg(&inner_);
+            if let Some(eps) = &eps {
+                l.arg(eps);
+            }
+            // SAFETY: the kernel walks [outer, len, inner] of x and writes
+            // the output allocated above for that shape.
+            unsafe { l.launch(cfg(grid(outer * inner))) }
+                .map(|_| ())
+                .map_err(cuda_err(kernel))?;
+        }
+        Ok(Data::Gpu(out))
+    }
+
     fn matmul_into(&self, g: &Gemm) -> TResult<()> {
         let blas = self.lane.blas.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY: the plan's extents were validated by the op layer and the
@@ -592,12 +644,21 @@ impl Backend for CudaBackend {
     }
 
     fn binary(&self, op: BinaryOp, a: &Tensor, b: &Tensor, out_shape: &[usize]) -> TResult<Data> {
-        if !a.dtype().is_float() || out_shape.len() > MAX_RANK {
+        if out_shape.len() > MAX_RANK {
             return self.via_cpu(&[a, b], |cpu, h| cpu.binary(op, &h[0], &h[1], out_shape));
+        }
+        let float = a.dtype().is_float();
+        if !float && op == BinaryOp::Div && self.download(b)?.as_i64().contains(&0) {
+            return Err(arg_err("integer division by zero"));
         }
         self.bind()?;
         let n: usize = out_shape.iter().product();
         let out = self.alloc(n, a.dtype())?;
+        let kernel = if float {
+            format!("binary_{}", suffix(a.dtype()))
+        } else {
+            format!("int_binary_{}", a.dtype().name())
+        };
         if n > 0 {
             let sa = broadcast_strides(a.shape(), out_shape);
             let sb = broadcast_strides(b.shape(), out_shape);
@@ -606,7 +667,7 @@ impl Backend for CudaBackend {
             let (n, op) = (n as i64, op as i32);
             launch!(
                 self,
-                &format!("binary_{}", suffix(a.dtype())),
+                &kernel,
                 grid(n as usize),
                 [&o, &pa, &pb, &n, &op, &dims]
             )?;
@@ -641,7 +702,8 @@ impl Backend for CudaBackend {
     fn softmax(&self, x: &Tensor, axis: usize, causal: bool) -> TResult<Data> {
         let shape = x.shape();
         if axis + 1 != shape.len() {
-            return self.via_cpu(&[x], |cpu, h| cpu.softmax(&h[0], axis, causal));
+            // Causal masking applies to the last axis only (as on the CPU).
+            return self.along_axis(x, axis, "softmax_axis", x.dtype(), None);
         }
         self.bind()?;
         let out = self.alloc(x.len(), x.dtype())?;
@@ -926,38 +988,88 @@ impl Backend for CudaBackend {
     }
 
     fn argmax(&self, x: &Tensor, axis: usize) -> TResult<Data> {
-        self.via_cpu(&[x], |cpu, h| cpu.argmax(&h[0], axis))
+        self.along_axis(x, axis, "argmax", DType::I64, None)
     }
 
     fn top_k(&self, x: &Tensor, k: usize) -> TResult<(Data, Data)> {
-        let h = self.to_host(&[x])?;
-        let (v, i) = CpuBackend.top_k(&h[0], k)?;
-        let up = |d: Data| match d {
-            Data::Cpu(c) => self.upload(c),
-            gpu => Ok(gpu),
-        };
-        Ok((up(v)?, up(i)?))
+        self.bind()?;
+        let len = *x.shape().last().unwrap_or(&1);
+        let rows = x.len().checked_div(len).unwrap_or(0);
+        let values = self.alloc(rows * k, x.dtype())?;
+        let indices = self.alloc(rows * k, DType::I64)?;
+        if rows * k > 0 {
+            let (v, i, px) = (self.raw(&values.buf), self.raw(&indices.buf), self.ptr(x)?);
+            let (rows_, len, k) = (rows as i64, len as i64, k as i64);
+            launch!(
+                self,
+                &format!("top_k_{}", x.dtype().name()),
+                rows_grid(rows),
+                [&v, &i, &px, &rows_, &len, &k]
+            )?;
+        }
+        Ok((Data::Gpu(values), Data::Gpu(indices)))
     }
 
     fn mean(&self, x: &Tensor, axis: usize, mask: Option<&Tensor>) -> TResult<Data> {
-        let mut inputs = vec![x];
-        inputs.extend(mask);
-        self.via_cpu(&inputs, |cpu, h| cpu.mean(&h[0], axis, h.get(1)))
+        // The mask, any dtype, as f32 on the device (0 = skip).
+        let mask = match mask {
+            Some(m) if m.dtype() != DType::F32 => Some(Tensor::new(
+                m.shape().to_vec(),
+                DType::F32,
+                self.cast(m, DType::F32)?,
+                None,
+            )),
+            other => other.cloned(),
+        };
+        let pm = match &mask {
+            Some(m) => self.ptr(m)?,
+            None => 0u64,
+        };
+        self.bind()?;
+        let shape = x.shape();
+        let (outer, len, inner) = split(shape, axis);
+        let out = self.alloc(outer * inner, x.dtype())?;
+        if outer * inner > 0 {
+            let (o, px) = (self.raw(&out.buf), self.ptr(x)?);
+            let (outer_, len, inner_) = (outer as i64, len as i64, inner as i64);
+            launch!(
+                self,
+                &format!("mean_{}", suffix(x.dtype())),
+                grid(outer * inner),
+                [&o, &px, &pm, &outer_, &len, &inner_]
+            )?;
+        }
+        Ok(Data::Gpu(out))
     }
 
     fn l2_normalize(&self, x: &Tensor, axis: usize, eps: f32) -> TResult<Data> {
-        self.via_cpu(&[x], |cpu, h| cpu.l2_normalize(&h[0], axis, eps))
+        self.along_axis(x, axis, "l2norm", x.dtype(), Some(eps))
     }
 
     fn cast(&self, x: &Tensor, dtype: DType) -> TResult<Data> {
-        if !x.dtype().is_float() || !dtype.is_float() {
-            return self.via_cpu(&[x], |cpu, h| cpu.cast(&h[0], dtype));
-        }
         self.bind()?;
         let out = self.alloc(x.len(), dtype)?;
         if !x.is_empty() {
             let (o, px, n) = (self.raw(&out.buf), self.ptr(x)?, x.len() as i64);
-            let name = format!("to_{}_{}", suffix(dtype), suffix(x.dtype()));
+            let name = if x.dtype().is_float() && dtype.is_float() {
+                format!("to_{}_{}", suffix(dtype), suffix(x.dtype()))
+            } else if x.dtype() == dtype {
+                format!("copy_{}", elem(dtype))
+            } else {
+                format!("cast_{}_{}", dtype.name(), x.dtype().name())
+            };
+            if x.dtype() == dtype {
+                // An identity cast of an integer tensor: a plain copy.
+                let dims = Dims::new(&[x.len()], &[1], &[1]).expect("rank 1");
+                let zero = 0i64;
+                return launch!(
+                    self,
+                    &name,
+                    grid(x.len()),
+                    [&o, &px, &n, &dims, &zero, &zero]
+                )
+                .map(|_| Data::Gpu(out));
+            }
             launch!(self, &name, grid(x.len()), [&o, &px, &n])?;
         }
         Ok(Data::Gpu(out))

@@ -6,11 +6,11 @@
 //! without a `cudaMalloc` per op; tensor bytes are capped per tenant by the
 //! op layer's quota before anything is allocated.
 //!
-//! Reductions that are not on any hot path (argmax, top-k, masked mean,
-//! l2-normalize, softmax over a non-last axis), integer arithmetic and casts
-//! to or from integers run on the CPU backend over a copy (documented in
-//! docs/WIT.md); everything else runs as the kernels in `kernels/tensor.cu`
-//! or cuBLAS.
+//! Every op runs as the kernels in `kernels/tensor.cu` or cuBLAS. Two
+//! checks read back from the device first: embedding ids (an out-of-range
+//! id is an error, never a wild read) and integer divisors (division by
+//! zero is an error); tensors of more than 8 axes in a broadcasting op go
+//! through the CPU over a copy.
 
 mod backend;
 mod blas;
