@@ -3,7 +3,12 @@
 wasmtime::component::bindgen!({
     path: ["../wit/tensor-0.1.0", "../wit/cuda-0.1.0"],
     world: "wasi:cuda/imports",
-    imports: { default: async | trappable },
+    // A launch only queues work: it runs as a plain (not async) host call,
+    // the cheapest kind.
+    imports: {
+        "wasi:cuda/kernels.[method]kernel.launch": trappable,
+        default: async | trappable,
+    },
     with: {
         "wasi:tensor/types": crate::tensor::bindings::wasi::tensor::types,
         "wasi:cuda/memory.buffer": crate::cuda::Buffer,

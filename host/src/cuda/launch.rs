@@ -194,6 +194,9 @@ pub fn check_args(kernel: &Kernel, args: &[Arg]) -> Result<(), types::Error> {
     })
 }
 
+/// Most arguments one launch passes.
+pub const MAX_ARGS: usize = 64;
+
 /// Queues the kernel with checked `args` (`pointers[i]` is the device
 /// address of pointer argument `i`).
 pub fn launch(
@@ -205,15 +208,20 @@ pub fn launch(
     pointers: &[u64],
 ) -> Result<(), types::Error> {
     gpu.bind().map_err(tensor_err)?;
-    let mut slots: Vec<[u8; 8]> = args
-        .iter()
-        .zip(pointers)
-        .map(|(a, &p)| a.bytes(p))
-        .collect();
-    let mut argv: Vec<*mut c_void> = slots
-        .iter_mut()
-        .map(|s| s.as_mut_ptr().cast::<c_void>())
-        .collect();
+    if args.len() > MAX_ARGS {
+        return Err(types::Error::InvalidArgument(format!(
+            "a launch takes at most {MAX_ARGS} arguments"
+        )));
+    }
+    let mut slots = [[0u8; 8]; MAX_ARGS];
+    for (slot, (a, &p)) in slots.iter_mut().zip(args.iter().zip(pointers)) {
+        *slot = a.bytes(p);
+    }
+    let mut argv = [std::ptr::null_mut::<c_void>(); MAX_ARGS];
+    for (p, slot) in argv.iter_mut().zip(slots.iter_mut()) {
+        *p = slot.as_mut_ptr().cast::<c_void>();
+    }
+    let argv = &mut argv[..args.len()];
     let (g, b) = (config.grid, config.block);
     // SAFETY: `argv` has one pointer per declared parameter, each to 8 bytes
     // holding the value in its declared kind (checked above); pointer
@@ -226,7 +234,7 @@ pub fn launch(
             (b.x, b.y, b.z),
             config.shared_memory_bytes,
             stream.cu_stream(),
-            &mut argv,
+            argv,
         )
     }
     .map_err(driver("launching"))

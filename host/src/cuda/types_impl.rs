@@ -577,7 +577,7 @@ impl kernels::HostKernel for CudaView<'_> {
             .collect())
     }
 
-    async fn launch(
+    fn launch(
         &mut self,
         k: Resource<Kernel>,
         config: kernels::LaunchConfig,
