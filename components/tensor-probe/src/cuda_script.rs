@@ -166,6 +166,15 @@ fn ok<T>(r: Result<T, cuda::Error>, f: impl FnOnce(T) -> Value) -> Value {
     }
 }
 
+/// Keeps what `r` made in `list` and answers its index.
+fn keep<T>(list: &mut Vec<T>, r: Result<T, cuda::Error>) -> Value {
+    let at = list.len();
+    ok(r, |v| {
+        list.push(v);
+        json!(at)
+    })
+}
+
 fn step(h: &mut Held, s: &Value) -> Result<Value, String> {
     let stream = match s.get("stream") {
         Some(v) => Some(get(
@@ -194,17 +203,7 @@ fn step(h: &mut Held, s: &Value) -> Result<Value, String> {
             })
         }),
         "sync" => ok(cuda::synchronize(), |_| json!(null)),
-        "alloc" => {
-            let r = cuda::Buffer::alloc(u(s, "size"));
-            let at = h.buffers.len();
-            match r {
-                Ok(b) => {
-                    h.buffers.push(Some(b));
-                    json!({ "ok": at })
-                }
-                Err(e) => fail(e),
-            }
-        }
+        "alloc" => keep(&mut h.buffers, cuda::Buffer::alloc(u(s, "size")).map(Some)),
         "size" => {
             let i = buf(h, "buf")?;
             json!({ "ok": h.buffers[i].as_ref().unwrap().size() })
@@ -249,11 +248,7 @@ fn step(h: &mut Held, s: &Value) -> Result<Value, String> {
                     },
                 ),
             };
-            let at = h.modules.len();
-            ok(r, |m| {
-                h.modules.push(m);
-                json!(at)
-            })
+            keep(&mut h.modules, r)
         }
         "kernel" => {
             let m = get(&h.modules, index(s, "module")?, "module")?;
@@ -265,11 +260,7 @@ fn step(h: &mut Held, s: &Value) -> Result<Value, String> {
                 .map(|p| param(p.as_str().unwrap_or("")))
                 .collect::<Result<Vec<_>, _>>()?;
             let r = m.kernel(s["name"].as_str().unwrap_or(""), &params);
-            let at = h.kernels.len();
-            ok(r, |k| {
-                h.kernels.push(k);
-                json!(at)
-            })
+            keep(&mut h.kernels, r)
         }
         "params" => {
             let k = get(&h.kernels, index(s, "kernel")?, "kernel")?;
@@ -313,24 +304,14 @@ fn step(h: &mut Held, s: &Value) -> Result<Value, String> {
             };
             ok(k.launch(config, &args, stream), |_| json!(null))
         }
-        "stream" => {
-            let at = h.streams.len();
-            ok(cuda::Stream::create(), |st| {
-                h.streams.push(st);
-                json!(at)
-            })
-        }
+        "stream" => keep(&mut h.streams, cuda::Stream::create()),
         "sync-stream" => ok(
             get(&h.streams, index(s, "stream")?, "stream")?.synchronize(),
             |_| json!(null),
         ),
         "record" => {
             let st = get(&h.streams, index(s, "stream")?, "stream")?;
-            let at = h.events.len();
-            ok(st.record_event(), |e| {
-                h.events.push(e);
-                json!(at)
-            })
+            keep(&mut h.events, st.record_event())
         }
         "wait" => {
             let st = get(&h.streams, index(s, "stream")?, "stream")?;
@@ -375,11 +356,7 @@ fn step(h: &mut Held, s: &Value) -> Result<Value, String> {
             } else {
                 t
             };
-            let at = h.buffers.len();
-            ok(cuda::tensor_into_buffer(t.0), |b| {
-                h.buffers.push(Some(b));
-                json!(at)
-            })
+            keep(&mut h.buffers, cuda::tensor_into_buffer(t.0).map(Some))
         }
         "buffer-into-tensor" => {
             let i = buf(h, "buf")?;
