@@ -7,9 +7,10 @@ guest memory → device copy bandwidth vs PyTorch's pageable host→device copy
 (GiB/s, each copy up to reading one element back), and a 12-layer
 attention+MLP block chain (seq 128, dim 768, 12 heads) issued op by op
 from a guest vs the same chain in PyTorch eager (ms per forward pass), and
-the launch of a small kernel (vector_add, 256 elements) from a guest through
-wasi:cuda vs the same launch from native Rust cudarc (benches/gpu/cuda_launch.rs;
-µs per launch: the time to queue one, and including the final wait).
+the launch of a small kernel (vector_add on 256 elements, and the
+argument-less `empty`) from a guest through wasi:cuda vs the same launch from
+native Rust cudarc (benches/gpu/cuda_launch.rs; µs per launch including the
+final wait), with the plain guest->host call cost on that machine.
 """
 import argparse, json, statistics, subprocess, sys, time, urllib.request
 
@@ -136,24 +137,23 @@ def main():
         proc, addr = start(args.tensor_wasm, args.component, [])
         try:
             reps = 20000
-            ours = {"enqueue_us": [], "total_us": []}
-            native = {"enqueue_us": [], "total_us": []}
-            for _ in range(args.rounds):
-                g = guest(addr, f"/bench/launch?reps={reps}&n=256")
-                out = subprocess.run([args.native_launch, str(reps), "1", "256"], check=True,
-                                     capture_output=True, text=True).stdout
-                nat = json.loads(out.strip().splitlines()[-1])
-                for k in ours:
-                    ours[k].append(g[k])
-                    native[k].append(nat[k])
+            for kernel, label in [("vector_add", "vector_add, 4 args"), ("empty", "empty, 0 args")]:
+                ours, native = [], []
+                for _ in range(args.rounds):
+                    g = guest(addr, f"/bench/launch?reps={reps}&n=256&kernel={kernel}")
+                    out = subprocess.run([args.native_launch, str(reps), "1", "256", kernel],
+                                         check=True, capture_output=True, text=True).stdout
+                    ours.append(g["total_us"])
+                    native.append(json.loads(out.strip().splitlines()[-1])["total_us"])
+                o, t = statistics.median(ours), statistics.median(native)
+                rows.append((f"wasi:cuda launch ({label}) us", o, t))
+                notes.append(f"launch {label}: guest {o:.2f} us vs native {t:.2f} us = "
+                             f"native + {o - t:.2f} us (target <= native + 2 us)")
+            calls = [guest(addr, "/bench/overhead?reps=50000")["query_us"] for _ in range(args.rounds)]
+            notes.append(f"guest->host call (tensor.shape): {statistics.median(calls):.2f} us")
         finally:
             proc.terminate()
             proc.wait()
-        for k, label in [("enqueue_us", "queue"), ("total_us", "incl. wait")]:
-            o, t = statistics.median(ours[k]), statistics.median(native[k])
-            rows.append((f"wasi:cuda launch ({label}) us", o, t))
-            notes.append(f"launch {label}: guest {o:.2f} us vs native {t:.2f} us = "
-                         f"native + {o - t:.2f} us (target <= native + 2 us)")
     print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}; "
           f"{args.rounds} rounds x {args.reps} reps, medians")
     print(f"{'benchmark':<36} {'tensor-wasm':>12} {'pytorch':>10} {'ratio':>6}")

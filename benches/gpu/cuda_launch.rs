@@ -5,8 +5,9 @@
 //! launch). Prints one JSON line per round: µs per launch to queue
 //! (`enqueue_us`) and including the final wait (`total_us`).
 //!
-//! `cuda_launch [REPS] [ROUNDS] [N]` — run by benches/gpu/bench.py on the
-//! GPU machine; built here by scripts/gpu-pack.sh.
+//! `cuda_launch [REPS] [ROUNDS] [N] [empty]` — run by benches/gpu/bench.py
+//! on the GPU machine; built here by scripts/gpu-pack.sh. With `empty`, the
+//! argument-less `empty` kernel on one thread instead.
 
 use cudarc::driver::{CudaContext, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::{CompileOptions, Ptx};
@@ -37,20 +38,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
     )?;
     let module = ctx.load_module(Ptx::from_src(ptx.to_src()))?;
-    let f = module.load_function("vector_add")?;
+    let empty = std::env::args().nth(4).as_deref() == Some("empty");
+    let f = module.load_function(if empty { "empty" } else { "vector_add" })?;
     let a = stream.alloc_zeros::<f32>(n as usize)?;
     let b = stream.alloc_zeros::<f32>(n as usize)?;
     let mut c = stream.alloc_zeros::<f32>(n as usize)?;
+    let threads = if empty { 1 } else { n };
     let cfg = LaunchConfig {
-        grid_dim: (n.div_ceil(256).max(1), 1, 1),
-        block_dim: (n.clamp(1, 256), 1, 1),
+        grid_dim: (threads.div_ceil(256).max(1), 1, 1),
+        block_dim: (threads.clamp(1, 256), 1, 1),
         shared_mem_bytes: 0,
     };
     let mut launch = || -> Result<(), cudarc::driver::DriverError> {
         let mut l = stream.launch_builder(&f);
-        l.arg(&a).arg(&b).arg(&mut c).arg(&n);
+        if !empty {
+            l.arg(&a).arg(&b).arg(&mut c).arg(&n);
+        }
         // SAFETY: vector_add(const float*, const float*, float*, unsigned)
-        // over n elements of buffers of n elements.
+        // over n elements of buffers of n elements, or empty().
         unsafe { l.launch(cfg) }.map(|_| ())
     };
     for _ in 0..100 {

@@ -385,35 +385,43 @@ fn step(h: &mut Held, s: &Value) -> Result<Value, String> {
     })
 }
 
-/// `GET /bench/launch?reps=R&n=N`: µs per `vector_add` launch of N elements
-/// (one block of up to 256 threads per 256 elements) issued from the guest:
-/// `enqueue_us` the mean time to queue one, `total_us` including the final
-/// wait for all of them.
-pub fn bench_launch(reps: u32, n: u32) -> Result<Value, cuda::Error> {
-    let bytes = n as u64 * 4;
+/// `GET /bench/launch?reps=R&n=N&kernel=K`: µs per launch issued from the
+/// guest of `vector_add` on N elements (4 arguments; one block of up to 256
+/// threads per 256 elements) or, with `kernel=empty`, of the argument-less
+/// `empty` on one thread: `enqueue_us` the mean time to queue one,
+/// `total_us` including the final wait for all of them.
+pub fn bench_launch(reps: u32, n: u32, empty: bool) -> Result<Value, cuda::Error> {
+    let bytes = n.max(1) as u64 * 4;
     let (a, b, c) = (
         cuda::Buffer::alloc(bytes)?,
         cuda::Buffer::alloc(bytes)?,
         cuda::Buffer::alloc(bytes)?,
     );
     let m = cuda::Module::load("basics")?;
+    use cuda::Argument as A;
     use cuda::ParamKind as P;
-    let k = m.kernel("vector_add", &[P::Pointer, P::Pointer, P::Pointer, P::U32])?;
+    let (k, args, threads) = if empty {
+        (m.kernel("empty", &[])?, Vec::new(), 1)
+    } else {
+        (
+            m.kernel("vector_add", &[P::Pointer, P::Pointer, P::Pointer, P::U32])?,
+            vec![A::Buffer(&a), A::Buffer(&b), A::Buffer(&c), A::U32(n)],
+            n,
+        )
+    };
     let config = cuda::LaunchConfig {
         grid: cuda::Dim3 {
-            x: n.div_ceil(256).max(1),
+            x: threads.div_ceil(256).max(1),
             y: 1,
             z: 1,
         },
         block: cuda::Dim3 {
-            x: n.clamp(1, 256),
+            x: threads.clamp(1, 256),
             y: 1,
             z: 1,
         },
         shared_memory_bytes: 0,
     };
-    use cuda::Argument as A;
-    let args = [A::Buffer(&a), A::Buffer(&b), A::Buffer(&c), A::U32(n)];
     for _ in 0..100 {
         k.launch(config, &args, None)?;
     }

@@ -20,7 +20,8 @@
 //!   forward pass of L attention+MLP blocks issued op by op.
 //! - `GET /bench/upload?mib=M&reps=R`: GiB/s of guest bytes into a tensor.
 //! - `GET /bench/overhead?reps=R`: µs per host call (a query and a tiny op).
-//! - `GET /bench/launch?reps=R&n=N`: µs per `wasi:cuda` kernel launch.
+//! - `GET /bench/launch?reps=R&n=N[&kernel=empty]`: µs per `wasi:cuda`
+//!   kernel launch.
 
 mod cuda_script;
 
@@ -536,7 +537,8 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
             "/bench/launch" => {
                 let reps = q("reps").and_then(|v| v.parse().ok()).unwrap_or(10_000);
                 let n = q("n").and_then(|v| v.parse().ok()).unwrap_or(256);
-                match cuda_script::bench_launch(reps, n) {
+                let empty = q("kernel").as_deref() == Some("empty");
+                match cuda_script::bench_launch(reps, n, empty) {
                     Ok(v) => json(out, 200, &v.to_string()),
                     Err(e) => json_error(out, 422, "cuda", &format!("{e:?}")),
                 }
