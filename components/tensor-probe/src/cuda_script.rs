@@ -64,6 +64,12 @@ fn u(step: &Value, key: &str) -> u64 {
     step[key].as_u64().unwrap_or(0)
 }
 
+fn dims(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .map(|a| a.iter().map(|d| d.as_u64().unwrap_or(0) as u32).collect())
+        .unwrap_or_default()
+}
+
 fn dim3(v: &Value) -> cuda::Dim3 {
     let d = |i: usize| v.get(i).and_then(Value::as_u64).unwrap_or(1) as u32;
     cuda::Dim3 {
@@ -339,13 +345,7 @@ fn step(h: &mut Held, s: &Value) -> Result<Value, String> {
                 .iter()
                 .map(|v| v.as_f64().unwrap_or(0.0) as f32)
                 .collect();
-            let shape: Vec<u32> = s["shape"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .map(|v| v.as_u64().unwrap_or(0) as u32)
-                .collect();
+            let shape = dims(&s["shape"]);
             let t = Tensor::from_f32(&data, &shape).map_err(|e| e.to_string())?;
             let t = if s["keep"].as_bool() == Some(true) {
                 // A second handle to the same storage forces a copy.
@@ -361,13 +361,7 @@ fn step(h: &mut Held, s: &Value) -> Result<Value, String> {
         "buffer-into-tensor" => {
             let i = buf(h, "buf")?;
             let b = h.buffers[i].take().unwrap();
-            let shape: Vec<u32> = s["shape"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .map(|v| v.as_u64().unwrap_or(0) as u32)
-                .collect();
+            let shape = dims(&s["shape"]);
             match cuda::buffer_into_tensor(b, &shape, Dtype::F32) {
                 Ok(t) => {
                     let t = Tensor(t);

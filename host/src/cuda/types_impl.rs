@@ -440,12 +440,16 @@ impl From<Kind> for kernels::ParamKind {
 impl kernels::Host for CudaView<'_> {}
 
 impl CudaView<'_> {
-    fn load_vetted(&mut self, m: &'static vetted::Vetted) -> WResult<Resource<Module>> {
-        let gpu = tri!(launch::gpu(self.tensors));
+    async fn load_vetted(&mut self, m: &'static vetted::Vetted) -> WResult<Resource<Module>> {
+        let tenant = tri!(launch::gpu(self.tensors)).tenant().clone();
+        // NVRTC takes a while the first time: not on the serving thread.
         let module = tri!(
-            gpu.tenant()
-                .module(m.source, false, m.name)
-                .map_err(types::Error::Backend)
+            launch::blocking(move || {
+                tenant
+                    .module(m.source, false, m.name)
+                    .map_err(types::Error::Backend)
+            })
+            .await?
         );
         Ok(Ok(self.table.push(Module {
             module,
@@ -459,7 +463,7 @@ impl kernels::HostModule for CudaView<'_> {
     async fn load(&mut self, name: String) -> WResult<Resource<Module>> {
         tri!(launch::gpu(self.tensors));
         match vetted::by_name(&name) {
-            Some(m) => self.load_vetted(m),
+            Some(m) => self.load_vetted(m).await,
             None => Ok(Err(types::Error::NotFound(format!(
                 "no vetted module `{name}` (vetted: {})",
                 vetted::names()
@@ -475,7 +479,7 @@ impl kernels::HostModule for CudaView<'_> {
             ))));
         }
         match vetted::by_digest(&digest) {
-            Some(m) => self.load_vetted(m),
+            Some(m) => self.load_vetted(m).await,
             None => Ok(Err(types::Error::NotFound(format!(
                 "no vetted module has digest {digest}"
             )))),
@@ -501,10 +505,14 @@ impl kernels::HostModule for CudaView<'_> {
             ))));
         }
         let is_ptx = matches!(kind, kernels::SourceKind::Ptx);
+        let tenant = gpu.tenant().clone();
         let module = tri!(
-            gpu.tenant()
-                .module(&source, is_ptx, "guest source")
-                .map_err(types::Error::InvalidArgument)
+            launch::blocking(move || {
+                tenant
+                    .module(&source, is_ptx, "guest source")
+                    .map_err(types::Error::InvalidArgument)
+            })
+            .await?
         );
         Ok(Ok(self.table.push(Module {
             module,
