@@ -64,6 +64,12 @@ pub enum Command {
     /// wasi:cuda, wasi:scheduler and WASI with nothing else granted unless
     /// asked (--dir, --env). The exit status is the job's.
     Run(RunArgs),
+    /// Read the gateway's audit records (written by the `audit` component).
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Make bearer tokens for the gateway's `auth` component.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Print a component's (or world's) imports and exports.
     Inspect {
         /// The component, artifact or `.wac` world.
@@ -72,6 +78,54 @@ pub enum Command {
         #[arg(long = "dep", value_name = "NAME=PATH", value_parser = parse_dep)]
         deps: Vec<(String, PathBuf)>,
     },
+}
+
+/// `tensor-wasm audit ...`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Print the newest records (JSON lines, oldest first).
+    Tail {
+        /// How many.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: usize,
+        /// Only this tenant's records.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The server's data directory [default: as `serve`].
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Print the records that match (JSON lines, oldest first).
+    Query {
+        /// Only this tenant's records.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only records since a time: a duration ago (`10m`, `2h`) or RFC 3339 (`2026-12-01T10:00:00Z`).
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// Only the record of this request (its `x-request-id`).
+        #[arg(long, value_name = "ID")]
+        request_id: Option<String>,
+        /// The server's data directory [default: as `serve`].
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+/// `tensor-wasm token ...`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a random token; prints it (once) and its `auth.tokens` entry (its hash, id and scopes).
+    New {
+        /// The token's id (in audit records, rate limits and logs).
+        #[arg(long, default_value = "client")]
+        id: String,
+        /// Its scopes: `read`, `write` or `admin`, each optionally on a path prefix (`write:/echo`).
+        #[arg(long, default_value = "read")]
+        scopes: String,
+    },
+    /// Print the `sha256:` hash of the token given on standard input.
+    Hash,
 }
 
 /// Flags of `serve`.
@@ -112,12 +166,29 @@ pub struct ServeArgs {
     /// Do not read or write the compiled-artifact cache.
     #[arg(long)]
     pub no_cache: bool,
+    /// Directory of the durable data: the wasi:keyvalue database (audit records included) [default: $TENSOR_WASM_DATA_DIR or ~/.local/share/tensor-wasm].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
     /// Engine settings.
     #[command(flatten)]
     pub engine: EngineArgs,
     /// Tensor device settings.
     #[command(flatten)]
     pub device: DeviceArgs,
+}
+
+/// The data directory: `flag`, else `$TENSOR_WASM_DATA_DIR`, else
+/// `~/.local/share/tensor-wasm` (the platform's data directory).
+pub fn data_dir(flag: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = flag {
+        return Ok(dir.clone());
+    }
+    if let Some(dir) = std::env::var_os("TENSOR_WASM_DATA_DIR").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
+    dirs::data_dir()
+        .map(|d| d.join("tensor-wasm"))
+        .ok_or_else(|| anyhow::anyhow!("no home directory to keep data in: pass --data-dir"))
 }
 
 /// Flags of `run`.

@@ -6,7 +6,8 @@
 //! 1. in explicit dependencies (`--dep NAME=PATH`, or a deployment's `deps`);
 //! 2. as `deps/<namespace>/<name>.wasm` next to the `.wac` file (wac's layout);
 //! 3. among the components built into the binary (`tensorwasm:hello`,
-//!    `tensorwasm:guard`).
+//!    `tensorwasm:guard`, and the gateway's `tensorwasm:router`, `auth`,
+//!    `ratelimit` and `audit`).
 
 use anyhow::{Context, Result, anyhow, bail};
 use indexmap::IndexMap;
@@ -27,10 +28,27 @@ pub const BUILTIN_PACKAGES: &[(&str, &[u8])] = &[
         "tensorwasm:guard",
         include_bytes!(concat!(env!("TW_GUEST_DIR"), "/guard.wasm")),
     ),
+    (
+        "tensorwasm:router",
+        include_bytes!(concat!(env!("TW_GUEST_DIR"), "/router.wasm")),
+    ),
+    (
+        "tensorwasm:auth",
+        include_bytes!(concat!(env!("TW_GUEST_DIR"), "/auth.wasm")),
+    ),
+    (
+        "tensorwasm:ratelimit",
+        include_bytes!(concat!(env!("TW_GUEST_DIR"), "/ratelimit.wasm")),
+    ),
+    (
+        "tensorwasm:audit",
+        include_bytes!(concat!(env!("TW_GUEST_DIR"), "/audit.wasm")),
+    ),
 ];
 
-/// The embedded default world, served by `tensor-wasm serve` with no path.
-pub const DEFAULT_WORLD: &str = include_str!("../../worlds/default.wac");
+/// The embedded default world (`worlds/gateway.wac`), served by
+/// `tensor-wasm serve` with no path.
+pub const DEFAULT_WORLD: &str = include_str!("../../worlds/gateway.wac");
 
 /// Where packages named by a world come from.
 #[derive(Debug, Clone, Default)]

@@ -13,6 +13,7 @@
 //! dirs = [{ host = "data", guest = "/data", writable = false }]
 //! outgoing-hosts = ["api.example.com"]
 //! config = { greeting = "hello" }
+//! secrets = { api-key = { env = "SHOP_API_KEY" }, db-pass = { file = "db.pass" } }
 //! env = { LOG_LEVEL = "info" }
 //! ```
 //!
@@ -86,6 +87,11 @@ pub struct Grants {
     /// Values the guest reads through `wasi:config/store`.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
+    /// Values the guest reads through `wasi:config/store` like `config`, but
+    /// never shown in logs, errors or metrics; given inline, or read at
+    /// start-up from an environment variable or a file.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, Secret>,
     /// Environment variables the guest sees.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -97,6 +103,57 @@ pub struct Grants {
     /// (`module.load-source`); without it only vetted kernels load.
     #[serde(default)]
     pub cuda_source: bool,
+}
+
+/// A secret config value. Its `Debug` never shows the value.
+#[derive(Clone, Deserialize)]
+#[serde(untagged, deny_unknown_fields)]
+pub enum Secret {
+    /// The value itself (or, once loaded, the value read from its source).
+    Value(String),
+    /// Read from this environment variable of the server at start-up.
+    Env {
+        /// The variable's name.
+        env: String,
+    },
+    /// Read from this file (relative to the deployment file) at start-up;
+    /// one trailing newline is dropped.
+    File {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
+impl Secret {
+    /// The value (empty until [`parse`] has read it from its source).
+    pub fn expose(&self) -> &str {
+        match self {
+            Secret::Value(v) => v,
+            _ => "",
+        }
+    }
+
+    /// Reads the value from its source; errors name the source, never a value.
+    fn load(&self, base: &Path) -> std::result::Result<Secret, String> {
+        Ok(Secret::Value(match self {
+            Secret::Value(v) => v.clone(),
+            Secret::Env { env } => std::env::var(env)
+                .map_err(|_| format!("environment variable `{env}` is not set"))?,
+            Secret::File { file } => {
+                let path = base.join(file);
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                let text = text.strip_suffix('\n').unwrap_or(&text);
+                text.strip_suffix('\r').unwrap_or(text).to_string()
+            }
+        }))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
 }
 
 /// One preopened directory.
@@ -266,6 +323,28 @@ pub fn parse(text: &str, path: &Path, defaults: &Limits) -> Result<Vec<Deploymen
                 );
             }
         }
+        for key in grants.config.keys().chain(grants.secrets.keys()) {
+            if key.starts_with(crate::state::RESERVED_CONFIG_PREFIX) {
+                bail!(
+                    "{}",
+                    ctx(&format!(
+                        "config key `{key}`: keys starting with `{}` are set by the host",
+                        crate::state::RESERVED_CONFIG_PREFIX
+                    ))
+                );
+            }
+        }
+        for (key, secret) in &mut grants.secrets {
+            if grants.config.contains_key(key) {
+                bail!(
+                    "{}",
+                    ctx(&format!("`{key}` is both a config value and a secret"))
+                );
+            }
+            *secret = secret
+                .load(base)
+                .map_err(|e| anyhow::anyhow!(ctx(&format!("secret `{key}`: {e}"))))?;
+        }
         specs.push(DeploymentSpec {
             name: raw.name,
             tenant: raw.tenant,
@@ -313,6 +392,39 @@ mod tests {
         assert_eq!(d.limits.body, 1 << 20);
         assert!(matches!(&d.source, Source::Component(p) if p == Path::new("/srv/a.wasm")));
         assert_eq!(d.grants.outgoing_hosts, vec!["example.com"]);
+    }
+
+    #[test]
+    fn secrets_load_from_their_sources_and_never_print() {
+        let dir = std::env::temp_dir().join(format!("tw-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("pass"), "from-file\n").unwrap();
+        // SAFETY: tests in this module do not read this variable concurrently.
+        unsafe { std::env::set_var("TW_TEST_SECRET", "from-env") };
+        let text = r#"
+            [[deployment]]
+            name = "a"
+            tenant = "t"
+            component = "a.wasm"
+            [deployment.grants]
+            secrets = { a = "inline", b = { env = "TW_TEST_SECRET" }, c = { file = "pass" } }
+        "#;
+        let specs = parse(text, &dir.join("d.toml"), &defaults()).unwrap();
+        let s = &specs[0].grants.secrets;
+        assert_eq!(s["a"].expose(), "inline");
+        assert_eq!(s["b"].expose(), "from-env");
+        assert_eq!(s["c"].expose(), "from-file");
+        let shown = format!("{:?}", specs[0]);
+        assert!(
+            !shown.contains("from-env") && !shown.contains("inline"),
+            "{shown}"
+        );
+        let missing = text.replace("TW_TEST_SECRET", "TW_TEST_SECRET_UNSET");
+        let err = parse(&missing, &dir.join("d.toml"), &defaults()).unwrap_err();
+        assert!(err.to_string().contains("TW_TEST_SECRET_UNSET"), "{err}");
+        let reserved = text.replace("a = \"inline\"", "\"tensorwasm.tenant\" = \"x\"");
+        assert!(parse(&reserved, &dir.join("d.toml"), &defaults()).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

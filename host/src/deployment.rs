@@ -5,7 +5,9 @@
 use crate::body::{self, Collected, ResponseBody, error_response};
 use crate::deploy::{DeploymentSpec, Limits, Route};
 use crate::guest::GuestRun;
+use crate::keyvalue::KeyvalueCtx;
 use crate::metrics::{DeploymentLabel, Metrics, RequestLabels};
+use crate::request_id;
 use crate::state::{GrantSet, RequestState};
 use crate::tensor::TenantTensors;
 use http::{Request, Response, StatusCode};
@@ -76,6 +78,7 @@ impl Deployment {
         pre: ProxyPre<RequestState>,
         metrics: Arc<Metrics>,
         tensors: Arc<TenantTensors>,
+        keyvalue: Option<Arc<crate::keyvalue::Store>>,
     ) -> Self {
         let label = DeploymentLabel {
             deployment: spec.name.clone(),
@@ -88,6 +91,8 @@ impl Deployment {
             deadline_kills: metrics.deadline_kills.get_or_create(&label).clone(),
             memory_cap_kills: metrics.memory_cap_kills.get_or_create(&label).clone(),
         };
+        let keyvalue = KeyvalueCtx::new(keyvalue, spec.tenant.as_str().into());
+        let grants = GrantSet::new(spec.grants, tensors, keyvalue, &spec.name);
         Self {
             who: format!("{}/{}", spec.tenant, spec.name).into(),
             name: spec.name,
@@ -99,17 +104,26 @@ impl Deployment {
                 .map(|n| Arc::new(Semaphore::new(n as usize))),
             limits: spec.limits,
             pre,
-            grants: GrantSet::new(spec.grants, tensors),
+            grants,
             stats: Arc::new(stats),
             metrics,
         }
     }
 
-    /// Serves one request and records it.
-    pub async fn serve(&self, engine: &Engine, req: Request<Incoming>) -> Response<ResponseBody> {
+    /// Serves one request from `client` and records it. The request carries
+    /// an `x-request-id` (the client's when valid, else a new one) and
+    /// `x-client-addr` into the world; the response carries the same id.
+    pub async fn serve(
+        &self,
+        engine: &Engine,
+        mut req: Request<Incoming>,
+        client: std::net::SocketAddr,
+    ) -> Response<ResponseBody> {
         let started = Instant::now();
+        let id = request_id::assign(req.headers_mut(), client);
         self.stats.in_flight.inc();
-        let response = self.run(engine, req).await;
+        let mut response = self.run(engine, req, &id).await;
+        request_id::stamp(response.headers_mut(), &id);
         self.stats.in_flight.dec();
         self.stats.latency.observe(started.elapsed().as_secs_f64());
         self.metrics
@@ -122,7 +136,12 @@ impl Deployment {
         response
     }
 
-    async fn run(&self, engine: &Engine, req: Request<Incoming>) -> Response<ResponseBody> {
+    async fn run(
+        &self,
+        engine: &Engine,
+        req: Request<Incoming>,
+        id: &str,
+    ) -> Response<ResponseBody> {
         let started_at = Instant::now();
         let deadline = tokio::time::Instant::from_std(started_at) + self.limits.timeout;
         let max_body = self.limits.body;
@@ -180,6 +199,7 @@ impl Deployment {
         let pre = self.pre.clone();
         let stats = self.stats.clone();
         let who = self.who.clone();
+        let request_id: Arc<str> = id.into();
         let failed = Arc::new(AtomicBool::new(false));
         let failed_flag = failed.clone();
         let mut guest = GuestRun::new(async move {
@@ -198,7 +218,7 @@ impl Deployment {
             if !matches!(end, GuestEnd::Returned) {
                 failed_flag.store(true, Ordering::Release);
             }
-            stats.record(&who, &end);
+            stats.record(&who, &request_id, &end);
             if !matches!(end, GuestEnd::Returned) {
                 // Dropping the store ends the guest's body (and outparam).
                 return (end, None);
@@ -291,24 +311,36 @@ impl Deployment {
 }
 
 impl Stats {
-    fn record(&self, who: &str, end: &GuestEnd) {
+    fn record(&self, who: &str, request_id: &str, end: &GuestEnd) {
         match end {
             GuestEnd::Returned => {}
-            GuestEnd::PoolFull => tracing::warn!(deployment = who, "instance pool full"),
+            GuestEnd::PoolFull => {
+                tracing::warn!(deployment = who, request_id, "instance pool full")
+            }
             GuestEnd::Deadline => {
                 self.deadline_kills.inc();
-                tracing::warn!(deployment = who, "guest stopped at its deadline");
+                tracing::warn!(
+                    deployment = who,
+                    request_id,
+                    "guest stopped at its deadline"
+                );
             }
             GuestEnd::MemoryCap(msg) => {
                 self.traps.inc();
                 self.memory_cap_kills.inc();
-                tracing::warn!(deployment = who, "guest died at its memory cap: {msg}");
+                tracing::warn!(
+                    deployment = who,
+                    request_id,
+                    "guest died at its memory cap: {msg}"
+                );
             }
             GuestEnd::Trapped(msg) => {
                 self.traps.inc();
-                tracing::warn!(deployment = who, "guest trapped: {msg}");
+                tracing::warn!(deployment = who, request_id, "guest trapped: {msg}");
             }
-            GuestEnd::HostError(msg) => tracing::error!(deployment = who, "host error: {msg}"),
+            GuestEnd::HostError(msg) => {
+                tracing::error!(deployment = who, request_id, "host error: {msg}")
+            }
         }
     }
 }

@@ -5,22 +5,27 @@
 //! public so that tests, benchmarks and fuzz targets can reach the parsers.
 #![deny(missing_docs)]
 
+pub mod audit;
 pub mod body;
 pub mod cache;
 pub mod cli;
 pub mod compose;
 pub mod cuda;
+pub mod default_world;
 pub mod deploy;
 pub mod deployment;
 pub mod engine;
 pub mod guest;
 pub mod job;
+pub mod keyvalue;
 pub mod load;
 pub mod metrics;
+pub mod request_id;
 pub mod router;
 pub mod scheduler;
 pub mod serve;
 pub mod server;
 pub mod state;
 pub mod tensor;
+pub mod token;
 pub mod units;

@@ -51,7 +51,7 @@ pub fn kind_of(path: &Path) -> Result<Kind> {
     }
 }
 
-/// The host's linker: full WASI 0.2, wasi:http, wasi:config, and our
+/// The host's linker: full WASI 0.2, wasi:http, wasi:config, wasi:keyvalue, and our
 /// wasi:tensor, wasi:cuda, wasi:scheduler.
 pub fn linker(engine: &Engine) -> Result<Linker<RequestState>> {
     let mut linker = Linker::new(engine);
@@ -60,6 +60,7 @@ pub fn linker(engine: &Engine) -> Result<Linker<RequestState>> {
         .map_err(anyhow::Error::from)?;
     wasmtime_wasi_config::add_to_linker(&mut linker, |s: &mut RequestState| s.config())
         .map_err(anyhow::Error::from)?;
+    crate::keyvalue::add_to_linker(&mut linker)?;
     crate::tensor::add_to_linker(&mut linker)?;
     crate::cuda::add_to_linker(&mut linker)?;
     crate::scheduler::add_to_linker(&mut linker)?;

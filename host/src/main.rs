@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use std::process::ExitCode;
-use tensor_wasm::{cli, compose, job, load, serve};
+use tensor_wasm::{audit, cli, compose, job, load, serve, token};
 
 fn main() -> ExitCode {
     // wasmtime creates error values on hot paths (e.g. when a store drops);
@@ -18,7 +18,7 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     // A job's terminal belongs to the job: only warnings from the host.
     let default_log = match cli.command {
-        cli::Command::Run(_) => "warn",
+        cli::Command::Run(_) | cli::Command::Audit(_) | cli::Command::Token(_) => "warn",
         _ => "info,wasmtime=warn,cranelift=warn",
     };
     tracing_subscriber::fmt()
@@ -74,6 +74,28 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
             engine,
         } => serve::compile(&input, &output, &deps.into_iter().collect(), &engine),
         cli::Command::Inspect { path, deps } => serve::inspect(&path, &deps.into_iter().collect()),
+        cli::Command::Audit(cli::AuditCommand::Tail {
+            lines,
+            tenant,
+            data_dir,
+        }) => audit::tail(&cli::data_dir(data_dir.as_ref())?, tenant, lines),
+        cli::Command::Audit(cli::AuditCommand::Query {
+            tenant,
+            since,
+            request_id,
+            data_dir,
+        }) => {
+            let filter = audit::Filter {
+                tenant,
+                since_ns: since.as_deref().map(audit::parse_since).transpose()?,
+                request_id,
+            };
+            audit::query(&cli::data_dir(data_dir.as_ref())?, &filter)
+        }
+        cli::Command::Token(cli::TokenCommand::New { id, scopes }) => {
+            token::new_command(&id, &scopes)
+        }
+        cli::Command::Token(cli::TokenCommand::Hash) => token::hash_command(),
         cli::Command::Run(_) => unreachable!("handled in main"),
     }
 }

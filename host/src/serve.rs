@@ -34,8 +34,18 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .path
         .as_ref()
         .filter(|p| matches!(load::kind_of(p), Ok(Kind::Deployments)));
+    let data_dir = crate::cli::data_dir(args.data_dir.as_ref())?;
     let specs = match &args.path {
-        None => vec![single("default", Source::Default, &defaults)],
+        None => {
+            let mut spec = single("default", Source::Default, &defaults);
+            let (grants, token_file) = crate::default_world::grants(&data_dir)?;
+            spec.grants = grants;
+            tracing::info!(
+                "default world: the bearer token for /echo is in {}",
+                token_file.display()
+            );
+            vec![spec]
+        }
         Some(path) => match load::kind_of(path)? {
             Kind::Deployments => deploy::load(path, &defaults)?,
             Kind::World => vec![single(
@@ -66,6 +76,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
     });
     let linker = load::linker(&engine)?;
     let metrics = Arc::new(Metrics::new());
+    let keyvalue = Arc::new(crate::keyvalue::Store::open(&data_dir)?);
+    tracing::info!("keyvalue store: {}", keyvalue.path().display());
     let kernel_cache = (!args.no_cache)
         .then(|| args.cache_dir.clone().or_else(ArtifactCache::default_dir))
         .flatten();
@@ -126,6 +138,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             pre,
             metrics.clone(),
             tensors,
+            Some(keyvalue.clone()),
         )));
     }
     let router = Router::new(deployments)?;

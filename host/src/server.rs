@@ -37,7 +37,9 @@ impl Host {
     async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
+        client: SocketAddr,
     ) -> Result<Response<ResponseBody>, Infallible> {
+        let mut req = req;
         let host = request_host(&req);
         let Some(deployment) = self
             .router
@@ -51,13 +53,16 @@ impl Host {
                     status: 404,
                 })
                 .inc();
-            return Ok(error_response(
+            let id = crate::request_id::assign(req.headers_mut(), client);
+            let mut response = error_response(
                 StatusCode::NOT_FOUND,
                 "no_route",
                 &format!("no deployment serves {}", req.uri().path()),
-            ));
+            );
+            crate::request_id::stamp(response.headers_mut(), &id);
+            return Ok(response);
         };
-        Ok(deployment.serve(&self.engine, req).await)
+        Ok(deployment.serve(&self.engine, req, client).await)
     }
 }
 
@@ -102,7 +107,7 @@ pub async fn serve(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, _peer) = match accepted {
+                let (stream, peer) = match accepted {
                     Ok(s) => s,
                     Err(e) => {
                         tracing::warn!("accept failed: {e}");
@@ -112,7 +117,7 @@ pub async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let host = host.clone();
-                let service = service_fn(move |req| host.clone().handle(req));
+                let service = service_fn(move |req| host.clone().handle(req, peer));
                 let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {

@@ -5,6 +5,7 @@
 
 use crate::cuda::{CudaCtx, CudaStateView, CudaView};
 use crate::deploy::Grants;
+use crate::keyvalue::{KeyvalueCtx, KeyvalueStateView, KeyvalueView};
 use crate::scheduler::{SchedulerCtx, SchedulerStateView};
 use crate::tensor::{TenantTensors, TensorCtx, TensorStateView, TensorView};
 use std::sync::Arc;
@@ -24,6 +25,7 @@ pub struct RequestState {
     pub limiter: MemoryLimiter,
     policy: OutgoingPolicy,
     config: Arc<WasiConfigVariables>,
+    keyvalue: KeyvalueCtx,
     tensor: TensorCtx,
     cuda: CudaCtx,
     scheduler: SchedulerCtx,
@@ -35,13 +37,44 @@ pub struct GrantSet {
     config: Arc<WasiConfigVariables>,
     outgoing: Arc<[String]>,
     tensors: Arc<TenantTensors>,
+    keyvalue: KeyvalueCtx,
     job_args: Option<Vec<String>>,
 }
 
+/// Config keys the host sets for every deployment (a deployment cannot set them).
+pub const RESERVED_CONFIG_PREFIX: &str = "tensorwasm.";
+
 impl GrantSet {
-    /// Prepares `grants` (and the deployment's tensor state) for per-request use.
-    pub fn new(grants: Grants, tensors: Arc<TenantTensors>) -> Self {
-        let config = Arc::new(grants.config.iter().collect());
+    /// Prepares `grants` (and the deployment's tensor and keyvalue state) for
+    /// per-request use. `wasi:config` sees the granted config and secrets,
+    /// plus `tensorwasm.tenant` and `tensorwasm.deployment`.
+    pub fn new(
+        grants: Grants,
+        tensors: Arc<TenantTensors>,
+        keyvalue: KeyvalueCtx,
+        deployment: &str,
+    ) -> Self {
+        let platform = [
+            (
+                "tensorwasm.tenant".to_string(),
+                keyvalue.tenant().to_string(),
+            ),
+            ("tensorwasm.deployment".to_string(), deployment.to_string()),
+        ];
+        let config = Arc::new(
+            grants
+                .config
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .chain(
+                    grants
+                        .secrets
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.expose().to_string())),
+                )
+                .chain(platform)
+                .collect(),
+        );
         let outgoing = grants
             .outgoing_hosts
             .iter()
@@ -52,6 +85,7 @@ impl GrantSet {
             config,
             outgoing,
             tensors,
+            keyvalue,
             job_args: None,
         }
     }
@@ -101,6 +135,7 @@ impl RequestState {
                 allowed: grants.outgoing.clone(),
             },
             config: grants.config.clone(),
+            keyvalue: grants.keyvalue.clone(),
             tensor: TensorCtx::new(grants.tensors.clone()),
             cuda: CudaCtx::new(grants.grants.cuda_source),
             scheduler: match budget {
@@ -121,6 +156,15 @@ impl TensorStateView for RequestState {
         TensorView {
             ctx: &self.tensor,
             table: &mut self.table,
+        }
+    }
+}
+
+impl KeyvalueStateView for RequestState {
+    fn keyvalue(&mut self) -> KeyvalueView<'_> {
+        KeyvalueView {
+            table: &mut self.table,
+            ctx: &self.keyvalue,
         }
     }
 }

@@ -68,8 +68,16 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `tensor-wasm serve ARGS` on ephemeral ports with its cache in `cache`.
+    /// Starts `tensor-wasm serve ARGS` on ephemeral ports with its cache in
+    /// `cache` and, unless ARGS name one, a data directory of its own beside it.
     pub fn start(args: &[&str], cache: &Path) -> Server {
+        static SERVERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let mut data = Vec::new();
+        if !args.contains(&"--data-dir") {
+            let n = SERVERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let dir = cache.join(format!("data-{n}"));
+            data = vec!["--data-dir".into(), dir.display().to_string()];
+        }
         let mut child = Command::new(bin())
             .arg("serve")
             .args([
@@ -81,6 +89,7 @@ impl Server {
             ])
             .arg(cache)
             .args(args)
+            .args(&data)
             .args(device_args())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -136,6 +145,12 @@ impl Server {
     /// The admin listener's `/metrics` text.
     pub fn metrics(&self) -> String {
         request(self.admin, "GET", "/metrics", &[], b"").text()
+    }
+
+    /// Kills the process with SIGKILL (no shutdown at all) and waits for it.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Sends SIGTERM and waits for the process to exit; returns its exit status.
@@ -205,18 +220,30 @@ pub fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Resp {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    write_request(&mut stream, method, path, headers, body, true);
+    try_request(addr, method, path, headers, body).expect("request")
+}
+
+/// [`request`], with connection and read failures returned (a server that
+/// dies mid-request).
+pub fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Resp> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut head = Vec::new();
+    write_request(&mut head, method, path, headers, body, true);
+    stream.write_all(&head)?;
     let mut reader = BufReader::new(stream);
-    read_response(&mut reader).expect("read response")
+    read_response(&mut reader)
 }
 
 /// Writes one request.
 pub fn write_request(
-    stream: &mut TcpStream,
+    stream: &mut impl Write,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],

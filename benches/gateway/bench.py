@@ -1,0 +1,148 @@
+"""The gateway chain's cost: bare hello vs router -> auth -> ratelimit -> audit -> hello.
+
+One tensor-wasm server holds three deployments, told apart by Host header:
+  bare.test       hello.wasm alone
+  gw.test         worlds/gateway.wac (GET /hello: router, auth, a rate-limit
+                  increment per request (durable), audit forwards)
+  gw-audit.test   the same world with audit.policy = "all" (also one durable
+                  audit record per request)
+wrk drives each in turn (order alternating per round); medians are printed.
+"""
+
+import argparse
+import hashlib
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "http"))
+from bench import cpu_seconds, free_port, parse_wrk  # noqa: E402
+
+TOKEN = "bench-token-0123456789"
+KINDS = ["bare", "gateway", "gateway+audit-all"]
+HOSTS = {"bare": "bare.test", "gateway": "gw.test", "gateway+audit-all": "gw-audit.test"}
+
+
+def deployment_file(d, hello, world):
+    digest = hashlib.sha256(TOKEN.encode()).hexdigest()
+    common = f'''
+[deployment.grants.config]
+"router.routes" = "GET,HEAD =/ welcome; * /hello app"
+"auth.tokens" = "bench sha256:{digest} admin"
+"ratelimit.default" = "1000000/1000000"
+'''
+    text = f'''
+[[deployment]]
+name = "bare"
+tenant = "bench"
+component = "{hello}"
+route = {{ host = "bare.test" }}
+
+[[deployment]]
+name = "gateway"
+tenant = "bench"
+world = "{world}"
+route = {{ host = "gw.test" }}
+{common}
+[[deployment]]
+name = "gateway-audit-all"
+tenant = "bench"
+world = "{world}"
+route = {{ host = "gw-audit.test" }}
+{common}"audit.policy" = "all"
+'''
+    path = os.path.join(d, "deploy.toml")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def wait_ready(port, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/hello",
+                                         headers={"Host": "bare.test"})
+            with urllib.request.urlopen(req, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("server did not become ready")
+
+
+def wrk(port, kind, conc, seconds, latency=True):
+    cmd = ["wrk", "-t1", f"-c{conc}", f"-d{seconds}s", "-H", f"Host: {HOSTS[kind]}",
+           "-H", f"Authorization: Bearer {TOKEN}"]
+    if latency:
+        cmd.append("--latency")
+    cmd.append(f"http://127.0.0.1:{port}/hello")
+    return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tensor-wasm", required=True)
+    ap.add_argument("--hello", required=True)
+    ap.add_argument("--world", required=True)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--concurrency", default="16,64")
+    args = ap.parse_args()
+    concs = [int(c) for c in args.concurrency.split(",")]
+    results = {(k, c): [] for k in KINDS for c in concs}
+    env = {k: v for k, v in os.environ.items() if k not in ("RUST_BACKTRACE", "RUST_LIB_BACKTRACE")}
+    with tempfile.TemporaryDirectory() as d:
+        port = free_port()
+        proc = subprocess.Popen(
+            [args.tensor_wasm, "serve", deployment_file(d, args.hello, args.world),
+             "--listen", f"127.0.0.1:{port}", "--admin-listen", "off",
+             "--cache-dir", os.path.join(d, "cache"), "--data-dir", os.path.join(d, "data")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        try:
+            wait_ready(port, proc)
+            for kind in KINDS:
+                wrk(port, kind, 16, 2, latency=False)  # warm-up
+            for rnd in range(args.rounds):
+                for conc in concs:
+                    order = KINDS if rnd % 2 == 0 else KINDS[::-1]
+                    for kind in order:
+                        cpu0 = cpu_seconds(proc.pid)
+                        r = parse_wrk(wrk(port, kind, conc, args.seconds))
+                        total = r["rps"] * args.seconds
+                        r["cpu_us"] = (cpu_seconds(proc.pid) - cpu0) / total * 1e6 if total else float("nan")
+                        results[(kind, conc)].append(r)
+                        print(f"round {rnd + 1} c={conc:<3} {kind:<18} {r['rps']:9.0f} req/s  "
+                              f"p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms  "
+                              f"{r['cpu_us']:.0f} µs CPU/req  non-2xx {r['non2xx']}", flush=True)
+                        time.sleep(0.5)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    print()
+    print(f"Medians of {args.rounds} rounds x {args.seconds}s, wrk -t1, GET /hello with a bearer token")
+    print("| concurrency | chain | req/s | p50 ms | p99 ms | server CPU µs/req | req/s vs bare | throughput cost |")
+    print("|---|---|---|---|---|---|---|---|")
+    for conc in concs:
+        base = statistics.median(r["rps"] for r in results[("bare", conc)])
+        for kind in KINDS:
+            rs = results[(kind, conc)]
+            rps = statistics.median(r["rps"] for r in rs)
+            print(f"| {conc} | {kind} | {rps:.0f} | {statistics.median(r['p50'] for r in rs):.3f} | "
+                  f"{statistics.median(r['p99'] for r in rs):.3f} | "
+                  f"{statistics.median(r['cpu_us'] for r in rs):.0f} | {rps / base:.2f}x | "
+                  f"{(1 - rps / base) * 100:.0f}% |")
+
+
+if __name__ == "__main__":
+    main()

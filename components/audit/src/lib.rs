@@ -1,0 +1,94 @@
+//! `audit`: writes one structured JSON record per state-changing request
+//! (every method but GET, HEAD, OPTIONS and TRACE; config
+//! `audit.policy = "all"` records every request) to the tenant's `audit`
+//! bucket of `wasi:keyvalue`, and forwards the request only once the host
+//! has acknowledged the write as durable. If the record cannot be written
+//! the request is refused with a 503: nothing unaudited gets through.
+//!
+//! A record: `{"time", "tenant", "deployment", "token", "method", "path",
+//! "request_id", "client"}`; `token` is the bearer token's id (never the
+//! token), `null` for anonymous callers. Keys are `<unix ns, 20 digits>-<request id>`,
+//! so keys sort by time. `tensor-wasm audit tail|query` reads them.
+
+use gatewaykit::keyvalue::store;
+use httpkit::{json_error, quote};
+use wasip2::http::types::{IncomingRequest, Method, ResponseOutparam};
+
+gatewaykit::bindings!("tensorwasm:audit/audit");
+
+/// The bucket records go to.
+const BUCKET: &str = "audit";
+
+fn method_name(m: &Method) -> String {
+    match m {
+        Method::Get => "GET".into(),
+        Method::Head => "HEAD".into(),
+        Method::Post => "POST".into(),
+        Method::Put => "PUT".into(),
+        Method::Delete => "DELETE".into(),
+        Method::Connect => "CONNECT".into(),
+        Method::Options => "OPTIONS".into(),
+        Method::Trace => "TRACE".into(),
+        Method::Patch => "PATCH".into(),
+        Method::Other(o) => o.clone(),
+    }
+}
+
+fn recorded(method: &Method) -> Result<bool, String> {
+    let mutating = !matches!(
+        method,
+        Method::Get | Method::Head | Method::Options | Method::Trace
+    );
+    match gatewaykit::config_get("audit.policy").as_deref() {
+        None | Some("mutating") => Ok(mutating),
+        Some("all") => Ok(true),
+        Some(other) => Err(format!(
+            "audit.policy: `{other}` is not `mutating` or `all`"
+        )),
+    }
+}
+
+fn record(request: &IncomingRequest, now: u64) -> (String, String) {
+    let opt = |v: Option<String>| v.map_or("null".to_string(), |s| quote(&s));
+    let request_id = gatewaykit::header(request, "x-request-id").unwrap_or_default();
+    let caller = gatewaykit::identity::caller(request);
+    let body = format!(
+        "{{\"time\":{},\"tenant\":{},\"deployment\":{},\"token\":{},\"method\":{},\"path\":{},\"request_id\":{},\"client\":{}}}",
+        quote(&gatewaykit::time::rfc3339(now)),
+        opt(gatewaykit::config_get("tensorwasm.tenant")),
+        opt(gatewaykit::config_get("tensorwasm.deployment")),
+        opt(caller.id().map(str::to_string)),
+        quote(&method_name(&request.method())),
+        quote(&httpkit::path(request)),
+        quote(&request_id),
+        opt(gatewaykit::header(request, "x-client-addr")),
+    );
+    (format!("{now:020}-{request_id}"), body)
+}
+
+struct Audit;
+
+impl exports::wasi::http::incoming_handler::Guest for Audit {
+    fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        match recorded(&request.method()) {
+            Ok(false) => return wasi::http::incoming_handler::handle(request, out),
+            Ok(true) => {}
+            Err(e) => return json_error(out, 500, "bad_config", &e),
+        }
+        let (key, body) = record(&request, gatewaykit::time::now_ns());
+        let written = store::open(BUCKET).and_then(|b| b.set(&key, body.as_bytes()));
+        match written {
+            Ok(()) => wasi::http::incoming_handler::handle(request, out),
+            Err(e) => json_error(
+                out,
+                503,
+                "audit_unavailable",
+                &format!(
+                    "the audit record could not be written, so the request was refused: {e:?}"
+                ),
+            ),
+        }
+    }
+}
+
+export!(Audit);

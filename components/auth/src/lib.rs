@@ -1,0 +1,87 @@
+//! `auth`: admits requests that carry a bearer token whose scopes cover the
+//! request, and forwards them unchanged; answers the others itself.
+//!
+//! Tokens come from config `auth.tokens` (see `gatewaykit::identity`):
+//! `ID sha256:HEX SCOPE...`, scopes `read`, `write` or `admin`, each
+//! optionally on a path prefix (`write:/echo`); a class includes the ones
+//! below it. GET/HEAD/OPTIONS are `read`, other methods `write`, and any
+//! request under a prefix in `auth.admin-paths` (comma-separated) `admin`.
+//!
+//! No or unknown token: 401 with `WWW-Authenticate: Bearer`; a known token
+//! without the scope: 403 `insufficient_scope`.
+
+use gatewaykit::identity::{Caller, caller_of, tokens};
+use gatewaykit::scope::{Class, Scope, prefixes};
+use httpkit::{json_error, path, quote, respond};
+use wasip2::http::types::{IncomingRequest, ResponseOutparam};
+
+gatewaykit::bindings!("tensorwasm:auth/auth");
+
+const REALM: &str = "tensorwasm";
+
+struct Auth;
+
+fn deny(out: ResponseOutparam, status: u16, challenge: &str, code: &str, message: &str) {
+    let body = format!(
+        "{{\"error\":{{\"code\":{},\"message\":{}}}}}",
+        quote(code),
+        quote(message)
+    );
+    respond(
+        out,
+        status,
+        &[
+            ("content-type", "application/json"),
+            ("www-authenticate", challenge),
+        ],
+        body.as_bytes(),
+    );
+}
+
+impl exports::wasi::http::incoming_handler::Guest for Auth {
+    fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        let tokens = match tokens() {
+            Ok(t) => t,
+            Err(e) => return json_error(out, 500, "bad_config", &e),
+        };
+        let admin = prefixes(&gatewaykit::config_get("auth.admin-paths").unwrap_or_default());
+        let path = path(&request);
+        let class = Class::of(&request.method(), &path, &admin);
+        match caller_of(&request, &tokens) {
+            (Caller::Anonymous, _) => deny(
+                out,
+                401,
+                &format!("Bearer realm=\"{REALM}\""),
+                "unauthorized",
+                "this route needs a bearer token (Authorization: Bearer TOKEN)",
+            ),
+            (Caller::Unknown, _) | (_, None) => deny(
+                out,
+                401,
+                &format!("Bearer realm=\"{REALM}\", error=\"invalid_token\""),
+                "invalid_token",
+                "the bearer token is not valid",
+            ),
+            (Caller::Token(_), Some(token)) => {
+                if token.scopes.iter().any(|s| s.allows(class, &path)) {
+                    return wasi::http::incoming_handler::handle(request, out);
+                }
+                let needed = Scope {
+                    class,
+                    prefix: path.clone(),
+                };
+                deny(
+                    out,
+                    403,
+                    &format!(
+                        "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", scope=\"{needed}\""
+                    ),
+                    "insufficient_scope",
+                    &format!("the token `{}` lacks the scope {needed}", token.id),
+                )
+            }
+        }
+    }
+}
+
+export!(Auth);

@@ -1,0 +1,66 @@
+//! What TensorWasm's gateway components (router, auth, ratelimit, audit)
+//! share: `wasi:config` and `wasi:keyvalue` bindings, bearer-token identity
+//! (tokens are kept as SHA-256 hashes in config and compared in constant
+//! time), method classes and scopes, and wall-clock time.
+//!
+//! A WASI 0.2 middleware cannot add headers for the next one, so every
+//! component that needs the caller's identity derives it the same way, from
+//! the `Authorization` header and the shared `auth.tokens` config: the
+//! token's id, never the token itself.
+#![deny(missing_docs)]
+
+pub mod identity;
+pub mod scope;
+pub mod time;
+
+#[allow(missing_docs)]
+mod bindings {
+    wit_bindgen::generate!({
+        world: "tensorwasm:gatewaykit/kit",
+        path: ["../../wit/deps/config", "../../wit/deps/keyvalue", "wit"],
+        generate_all,
+    });
+}
+
+pub use bindings::wasi::config;
+pub use bindings::wasi::keyvalue;
+
+use wasip2::http::types::IncomingRequest;
+
+/// A config value (`None` when unset or when the store fails).
+pub fn config_get(key: &str) -> Option<String> {
+    config::store::get(key).ok().flatten()
+}
+
+/// The first value of request header `name`, as text.
+pub fn header(request: &IncomingRequest, name: &str) -> Option<String> {
+    request
+        .headers()
+        .get(name)
+        .into_iter()
+        .next()
+        .and_then(|v| String::from_utf8(v).ok())
+}
+
+/// Generates a gateway component's bindings for `$world` (its `wit/`
+/// folder), with `wasi:http` mapped onto the `wasip2` crate's types so
+/// requests pass between components unchanged.
+#[macro_export]
+macro_rules! bindings {
+    ($world:tt) => {
+        wit_bindgen::generate!({
+            world: $world,
+            path: ["../../wit/deps/io", "../../wit/deps/clocks", "../../wit/deps/random",
+                   "../../wit/deps/filesystem", "../../wit/deps/sockets", "../../wit/deps/cli",
+                   "../../wit/deps/http", "wit"],
+            with: {
+                "wasi:http/types@0.2.12": wasip2::http::types,
+                "wasi:http/incoming-handler@0.2.12": generate,
+                "wasi:io/error@0.2.12": wasip2::io::error,
+                "wasi:io/poll@0.2.12": wasip2::io::poll,
+                "wasi:io/streams@0.2.12": wasip2::io::streams,
+                "wasi:clocks/monotonic-clock@0.2.12": wasip2::clocks::monotonic_clock,
+            },
+        });
+    };
+}

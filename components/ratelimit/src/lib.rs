@@ -1,0 +1,215 @@
+//! `ratelimit`: a token bucket per caller (the bearer token's id, or the
+//! client address for anonymous callers), shared by every instance through
+//! `wasi:keyvalue` atomics; over the limit: 429 with `Retry-After` and
+//! `RateLimit-*` headers. Admitted requests are forwarded unchanged (a
+//! WASI 0.2 middleware cannot add headers to a response it does not make).
+//!
+//! Config: `ratelimit.default = "QPS/BURST"` (e.g. `"10/20"`; unset: no
+//! limit) and per token `ratelimit.token.ID = "QPS/BURST"` or `"off"`.
+//!
+//! # The bucket, with increments only
+//! `wasi:keyvalue` offers atomic increment but no compare-and-swap, so the
+//! bucket is kept as claimable slots: time is cut into slots of
+//! `σ = (BURST/K)/QPS` seconds, each producing `BURST/K` tokens (K ≤ 16), and
+//! a request may take a token from any of the last K slots, oldest first,
+//! by incrementing that slot's counter: the increment that returns a value
+//! within the slot's capacity holds the token. Rejected requests change
+//! nothing (they only read), so a flood cannot starve its own bucket, and in
+//! any interval of t seconds at most `QPS·t + BURST + BURST/K` requests are
+//! admitted.
+
+use gatewaykit::keyvalue::{atomics, batch, store};
+use httpkit::{json_error, respond};
+use wasip2::http::types::{IncomingRequest, ResponseOutparam};
+
+gatewaykit::bindings!("tensorwasm:ratelimit/ratelimit");
+
+/// Most slots a bucket is cut into.
+const MAX_SLOTS: u64 = 16;
+/// Increments tried before giving up on a contended bucket.
+const TRIES: usize = 3;
+
+/// A bucket's rate and size.
+#[derive(Debug, Clone, Copy)]
+struct Policy {
+    qps: f64,
+    burst: u64,
+}
+
+fn parse_policy(key: &str, text: &str) -> Result<Option<Policy>, String> {
+    let text = text.trim();
+    if text == "off" {
+        return Ok(None);
+    }
+    let bad = || format!("{key}: expected `QPS/BURST` (e.g. `10/20`) or `off`, got `{text}`");
+    let (qps, burst) = text.split_once('/').ok_or_else(bad)?;
+    let qps: f64 = qps.trim().parse().map_err(|_| bad())?;
+    let burst: u64 = burst.trim().parse().map_err(|_| bad())?;
+    if !(qps.is_finite() && qps > 0.0) || burst == 0 || burst > 1_000_000 {
+        return Err(bad());
+    }
+    Ok(Some(Policy { qps, burst }))
+}
+
+/// The policy for caller `id` (a token's own, else the default).
+fn policy(token: Option<&str>) -> Result<Option<Policy>, String> {
+    if let Some(id) = token {
+        let key = format!("ratelimit.token.{id}");
+        if let Some(text) = gatewaykit::config_get(&key) {
+            return parse_policy(&key, &text);
+        }
+    }
+    match gatewaykit::config_get("ratelimit.default") {
+        Some(text) => parse_policy("ratelimit.default", &text),
+        None => Ok(None),
+    }
+}
+
+/// The slot layout of a policy.
+struct Slots {
+    count: u64,
+    burst: u64,
+    length_ns: u64,
+}
+
+impl Slots {
+    fn new(p: Policy) -> Self {
+        let count = p.burst.min(MAX_SLOTS);
+        let per_slot = p.burst as f64 / count as f64;
+        let length_ns = ((per_slot / p.qps) * 1e9).max(1.0) as u64;
+        Self {
+            count,
+            burst: p.burst,
+            length_ns,
+        }
+    }
+
+    /// Tokens slot `j` produces: the slots' shares of BURST, exact over K slots.
+    fn capacity(&self, j: u64) -> u64 {
+        let share =
+            |j: u64| (u128::from(j) * u128::from(self.burst) / u128::from(self.count)) as u64;
+        share(j + 1) - share(j)
+    }
+}
+
+fn key(slot: u64) -> String {
+    format!("{slot:020}")
+}
+
+enum Verdict {
+    Admit,
+    Reject { retry_ns: u64 },
+}
+
+/// Takes one token from `bucket` at time `now` (ns).
+fn take(bucket: &store::Bucket, slots: &Slots, now: u64) -> Result<Verdict, store::Error> {
+    let current = now / slots.length_ns;
+    let first = current.saturating_sub(slots.count - 1);
+    let window: Vec<u64> = (first..=current).collect();
+    let keys: Vec<String> = window.iter().map(|&j| key(j)).collect();
+    let values = batch::get_many(bucket, &keys)?;
+    let used = |v: &Option<(String, Vec<u8>)>| {
+        v.as_ref()
+            .and_then(|(_, bytes)| std::str::from_utf8(bytes).ok()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let free: Vec<u64> = window
+        .iter()
+        .zip(&values)
+        .filter(|(j, v)| used(v) < slots.capacity(**j))
+        .map(|(j, _)| *j)
+        .collect();
+    for &j in free.iter().take(TRIES) {
+        let n = atomics::increment(bucket, &key(j), 1)?;
+        if n <= slots.capacity(j) {
+            if n == 1 {
+                collect_garbage(bucket, first);
+            }
+            return Ok(Verdict::Admit);
+        }
+    }
+    let next_slot = (current + 1).saturating_mul(slots.length_ns);
+    Ok(Verdict::Reject {
+        retry_ns: next_slot.saturating_sub(now),
+    })
+}
+
+/// Deletes the counters of slots before `first` (no request can claim them
+/// any more); done by the first claim of each slot.
+fn collect_garbage(bucket: &store::Bucket, first: u64) {
+    let Ok(listed) = bucket.list_keys(None) else {
+        return;
+    };
+    let stale: Vec<String> = listed
+        .keys
+        .into_iter()
+        .take_while(|k| k.parse::<u64>().is_ok_and(|j| j < first))
+        .collect();
+    if !stale.is_empty() {
+        let _ = batch::delete_many(bucket, &stale);
+    }
+}
+
+fn too_many(out: ResponseOutparam, p: Policy, retry_ns: u64) {
+    let retry = retry_ns.div_ceil(1_000_000_000).max(1).to_string();
+    let limit = p.burst.to_string();
+    let window = ((p.burst as f64 / p.qps).ceil() as u64).max(1);
+    let policy = format!("{};w={window}", p.burst);
+    let body = format!(
+        "{{\"error\":{{\"code\":\"rate_limited\",\"message\":\"rate limit of {} requests/s (burst {}) exceeded; retry in {retry} s\"}}}}",
+        p.qps, p.burst
+    );
+    respond(
+        out,
+        429,
+        &[
+            ("content-type", "application/json"),
+            ("retry-after", &retry),
+            ("ratelimit-limit", &limit),
+            ("ratelimit-remaining", "0"),
+            ("ratelimit-reset", &retry),
+            ("ratelimit-policy", &policy),
+        ],
+        body.as_bytes(),
+    );
+}
+
+/// Who the bucket belongs to: the token's id, else the client's address.
+fn bucket_name(request: &IncomingRequest, token: Option<&str>) -> String {
+    match token {
+        Some(id) => format!("ratelimit/token/{id}"),
+        None => {
+            let addr = gatewaykit::header(request, "x-client-addr").unwrap_or_default();
+            let ip = addr.rsplit_once(':').map_or(addr.as_str(), |(ip, _)| ip);
+            format!("ratelimit/client/{ip}")
+        }
+    }
+}
+
+struct RateLimit;
+
+impl exports::wasi::http::incoming_handler::Guest for RateLimit {
+    fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        let caller = gatewaykit::identity::caller(&request);
+        let policy = match policy(caller.id()) {
+            Ok(Some(p)) => p,
+            Ok(None) => return wasi::http::incoming_handler::handle(request, out),
+            Err(e) => return json_error(out, 500, "bad_config", &e),
+        };
+        let name = bucket_name(&request, caller.id());
+        let verdict = store::open(&name)
+            .and_then(|bucket| take(&bucket, &Slots::new(policy), gatewaykit::time::now_ns()));
+        match verdict {
+            Ok(Verdict::Admit) => wasi::http::incoming_handler::handle(request, out),
+            Ok(Verdict::Reject { retry_ns }) => too_many(out, policy, retry_ns),
+            Err(e) => json_error(
+                out,
+                503,
+                "ratelimit_unavailable",
+                &format!("the rate limiter's store failed: {e:?}"),
+            ),
+        }
+    }
+}
+
+export!(RateLimit);

@@ -1,0 +1,109 @@
+//! `tensor-wasm audit tail|query`: reads the audit records the gateway's
+//! `audit` component wrote to each tenant's `audit` bucket, from the
+//! keyvalue database (read-only: a running server may go on writing).
+
+use crate::keyvalue::{Reader, parse_table_name};
+use anyhow::{Result, anyhow};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The bucket the `audit` component writes to.
+pub const BUCKET: &str = "audit";
+
+/// Which records to show.
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    /// Only this tenant's.
+    pub tenant: Option<String>,
+    /// Only records at or after this time (ns since the epoch).
+    pub since_ns: Option<u64>,
+    /// Only the record of this request.
+    pub request_id: Option<String>,
+}
+
+/// One record: its time (from its key) and its JSON text.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// Nanoseconds since the epoch.
+    pub time_ns: u64,
+    /// The request id in its key.
+    pub request_id: String,
+    /// The JSON record.
+    pub json: String,
+}
+
+/// The records in `data_dir` that pass `filter`, oldest first.
+pub fn records(data_dir: &Path, filter: &Filter) -> Result<Vec<Record>> {
+    let reader = Reader::open(data_dir)?;
+    let mut out = Vec::new();
+    for table in reader.tables()? {
+        let Some((tenant, bucket)) = parse_table_name(&table) else {
+            continue;
+        };
+        if bucket != BUCKET || filter.tenant.as_deref().is_some_and(|t| t != tenant) {
+            continue;
+        }
+        for (key, value) in reader.entries(&table)? {
+            let Some((time, id)) = key.split_once('-') else {
+                continue;
+            };
+            let Ok(time_ns) = time.parse::<u64>() else {
+                continue;
+            };
+            if filter.since_ns.is_some_and(|s| time_ns < s)
+                || filter.request_id.as_deref().is_some_and(|r| r != id)
+            {
+                continue;
+            }
+            out.push(Record {
+                time_ns,
+                request_id: id.to_string(),
+                json: String::from_utf8_lossy(&value).into_owned(),
+            });
+        }
+    }
+    out.sort_by(|a, b| (a.time_ns, &a.request_id).cmp(&(b.time_ns, &b.request_id)));
+    Ok(out)
+}
+
+/// Parses `--since`: a duration ago (`10m`, `2h`) or an RFC 3339 time.
+pub fn parse_since(text: &str) -> Result<u64> {
+    let when = match humantime::parse_duration(text) {
+        Ok(ago) => SystemTime::now()
+            .checked_sub(ago)
+            .ok_or_else(|| anyhow!("--since {text}: too long ago"))?,
+        Err(_) => humantime::parse_rfc3339_weak(text).map_err(|_| {
+            anyhow!(
+                "--since {text}: expected a duration (10m, 2h) or a time (2026-12-01T10:00:00Z)"
+            )
+        })?,
+    };
+    Ok(when
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_nanos()
+        .min(u128::from(u64::MAX)) as u64)
+}
+
+/// `tensor-wasm audit tail`: the last `n` records, oldest first.
+pub fn tail(data_dir: &Path, tenant: Option<String>, n: usize) -> Result<()> {
+    let all = records(
+        data_dir,
+        &Filter {
+            tenant,
+            ..Filter::default()
+        },
+    )?;
+    for r in &all[all.len().saturating_sub(n)..] {
+        println!("{}", r.json);
+    }
+    Ok(())
+}
+
+/// `tensor-wasm audit query`: every record that passes `filter`.
+pub fn query(data_dir: &Path, filter: &Filter) -> Result<()> {
+    for r in records(data_dir, filter)? {
+        println!("{}", r.json);
+    }
+    Ok(())
+}

@@ -1,0 +1,62 @@
+//! What `tensor-wasm serve` with no path serves: the gateway world
+//! (`worlds/gateway.wac`) in front of `hello`, configured so that the
+//! welcome page and `/hello` are public and `/echo` takes a bearer token.
+//!
+//! The token is made on first use and kept in the data directory
+//! (`default-token`, readable only by its owner); only its hash goes into
+//! the world's config, and it is never logged.
+
+use crate::deploy::Grants;
+use anyhow::{Context, Result};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The default world's routes (`router.routes`).
+pub const ROUTES: &str = "GET,HEAD =/ welcome; GET,HEAD =/hello welcome; * /echo app";
+/// The default world's rate limit (`ratelimit.default`).
+pub const RATE_LIMIT: &str = "100/200";
+/// The file in the data directory that holds the default world's token.
+pub const TOKEN_FILE: &str = "default-token";
+
+/// The default world's grants: its config, with the hash of the token kept
+/// in `data_dir` (made now if missing). Returns the grants and the token file.
+pub fn grants(data_dir: &Path) -> Result<(Grants, PathBuf)> {
+    let path = data_dir.join(TOKEN_FILE);
+    let token = match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+        _ => create(&path)?,
+    };
+    let config = BTreeMap::from([
+        ("router.routes".to_string(), ROUTES.to_string()),
+        (
+            "auth.tokens".to_string(),
+            format!("default {} admin", crate::token::hash(&token)),
+        ),
+        ("ratelimit.default".to_string(), RATE_LIMIT.to_string()),
+        ("audit.policy".to_string(), "mutating".to_string()),
+    ]);
+    Ok((
+        Grants {
+            config,
+            ..Grants::default()
+        },
+        path,
+    ))
+}
+
+fn create(path: &Path) -> Result<String> {
+    let token = crate::token::generate()?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    std::io::Write::write_all(&mut file, format!("{token}\n").as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(token)
+}

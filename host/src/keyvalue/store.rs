@@ -1,0 +1,327 @@
+//! The durable store behind `wasi:keyvalue`: one redb database file, one
+//! table per tenant bucket, and a single writer thread that commits the
+//! writes of every waiting request together (group commit). A write is
+//! acknowledged only after its transaction is committed with redb's default
+//! durability (fsync), so an acknowledged write survives `kill -9`.
+
+use anyhow::{Context, Result, anyhow};
+use redb::{
+    ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle,
+};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use tokio::sync::oneshot;
+
+/// Keys are UTF-8 strings, values bytes.
+type Def<'a> = TableDefinition<'a, &'static str, &'static [u8]>;
+
+/// Most writes one commit carries.
+const GROUP_MAX: usize = 512;
+
+/// Keys returned per `list-keys` page.
+pub const PAGE: usize = 1000;
+
+/// One change, applied inside a write transaction.
+#[derive(Debug)]
+pub enum Write {
+    /// Store `value` at `key`.
+    Set(String, Vec<u8>),
+    /// Remove `key`.
+    Delete(String),
+    /// Add `delta` to the decimal number at `key` (absent: 0); answers the sum.
+    Increment(String, u64),
+}
+
+/// What a committed batch of writes answers: the last increment's value, if any.
+pub type WriteResult = std::result::Result<Option<u64>, String>;
+
+struct Job {
+    table: String,
+    writes: Vec<Write>,
+    reply: oneshot::Sender<WriteResult>,
+}
+
+/// The database and its writer thread. Cheap to share (`Arc`).
+pub struct Store {
+    db: std::sync::Arc<Database>,
+    path: PathBuf,
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Store {
+    /// Opens (or creates) the database at `dir/keyvalue.redb` and starts its writer.
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+        let path = dir.join("keyvalue.redb");
+        let db = Database::builder()
+            .set_concurrency_mode(ConcurrencyMode::SingleWriter)
+            .create(&path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => anyhow!(
+                    "{}: the database is open in another tensor-wasm server; give each server \
+                     its own --data-dir",
+                    path.display()
+                ),
+                e => anyhow!("cannot open the database {}: {e}", path.display()),
+            })?;
+        let db = std::sync::Arc::new(db);
+        let (tx, rx) = mpsc::channel();
+        let writer_db = db.clone();
+        std::thread::Builder::new()
+            .name("keyvalue-writer".into())
+            .spawn(move || writer(&writer_db, &rx))
+            .context("cannot start the keyvalue writer thread")?;
+        Ok(Self { db, path, jobs: tx })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Applies `writes` to `table` and waits until they are durable.
+    pub async fn write(&self, table: String, writes: Vec<Write>) -> WriteResult {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.jobs.send(Job {
+            table,
+            writes,
+            reply,
+        });
+        if sent.is_err() {
+            return Err("the keyvalue writer is gone".into());
+        }
+        rx.await
+            .map_err(|_| "the keyvalue writer stopped".to_string())?
+    }
+
+    /// The values of `keys` in `table` (absent tables read as empty).
+    pub fn get_many(&self, table: &str, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        let txn = self.db.begin_read()?;
+        let t = match txn.open_table(Def::new(table)) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![None; keys.len()]),
+            Err(e) => return Err(e.into()),
+        };
+        keys.iter()
+            .map(|k| Ok(t.get(k.as_str())?.map(|v| v.value().to_vec())))
+            .collect()
+    }
+
+    /// Up to [`PAGE`] keys of `table` after skipping `skip`, and whether more follow.
+    pub fn keys(&self, table: &str, skip: u64) -> Result<(Vec<String>, bool)> {
+        let txn = self.db.begin_read()?;
+        let t = match txn.open_table(Def::new(table)) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok((Vec::new(), false)),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        let mut iter = t.iter()?.skip(usize::try_from(skip).unwrap_or(usize::MAX));
+        for item in iter.by_ref().take(PAGE) {
+            out.push(item?.0.value().to_string());
+        }
+        Ok((out, iter.next().is_some()))
+    }
+}
+
+fn writer(db: &Database, rx: &mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < GROUP_MAX {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        match commit(db, &jobs) {
+            Ok(results) => {
+                for (job, r) in jobs.into_iter().zip(results) {
+                    let _ = job.reply.send(r);
+                }
+            }
+            Err(e) => {
+                tracing::error!("keyvalue commit failed: {e:#}");
+                for job in jobs {
+                    let _ = job
+                        .reply
+                        .send(Err("the write could not be committed".into()));
+                }
+            }
+        }
+    }
+}
+
+/// Applies every job in one transaction and commits it; a job whose
+/// increment cannot apply (not a number, overflow) fails alone.
+fn commit(db: &Database, jobs: &[Job]) -> Result<Vec<WriteResult>> {
+    let txn = db.begin_write()?;
+    let mut results = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let mut t = txn.open_table(Def::new(&job.table))?;
+        results.push(apply(&mut t, &job.writes)?);
+    }
+    txn.commit()?;
+    Ok(results)
+}
+
+fn apply(
+    t: &mut redb::Table<&'static str, &'static [u8]>,
+    writes: &[Write],
+) -> Result<WriteResult> {
+    // Check every increment first so a failing job changes nothing.
+    for w in writes {
+        if let Write::Increment(key, delta) = w {
+            let current = t.get(key.as_str())?.map(|v| v.value().to_vec());
+            if let Err(e) = incremented(current.as_deref(), *delta) {
+                return Ok(Err(format!("cannot increment `{key}`: {e}")));
+            }
+        }
+    }
+    let mut last = None;
+    for w in writes {
+        match w {
+            Write::Set(k, v) => {
+                t.insert(k.as_str(), v.as_slice())?;
+            }
+            Write::Delete(k) => {
+                t.remove(k.as_str())?;
+            }
+            Write::Increment(k, delta) => {
+                let current = t.get(k.as_str())?.map(|v| v.value().to_vec());
+                let n = incremented(current.as_deref(), *delta).map_err(|e| anyhow!(e))?;
+                t.insert(k.as_str(), n.to_string().as_bytes())?;
+                last = Some(n);
+            }
+        }
+    }
+    Ok(Ok(last))
+}
+
+/// `current` (a decimal u64, absent = 0) plus `delta`.
+fn incremented(current: Option<&[u8]>, delta: u64) -> std::result::Result<u64, String> {
+    let n = match current {
+        None => 0,
+        Some(bytes) => std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or("the value is not a decimal number")?,
+    };
+    n.checked_add(delta)
+        .ok_or_else(|| "the sum overflows u64".to_string())
+}
+
+/// Read-only access for `tensor-wasm audit`, while a server may be writing.
+pub struct Reader {
+    db: redb::ReadOnlyDatabase,
+}
+
+impl Reader {
+    /// Opens the database in `dir` read-only.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let path = dir.join("keyvalue.redb");
+        if !path.is_file() {
+            anyhow::bail!(
+                "no database at {} (nothing was written yet, or pass --data-dir)",
+                path.display()
+            );
+        }
+        let db = Database::builder()
+            .set_concurrency_mode(ConcurrencyMode::SingleWriter)
+            .open_read_only(&path)
+            .map_err(|e| anyhow!("cannot open {} read-only: {e}", path.display()))?;
+        Ok(Self { db })
+    }
+
+    /// The names of all tables.
+    pub fn tables(&self) -> Result<Vec<String>> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.list_tables()?.map(|t| t.name().to_string()).collect())
+    }
+
+    /// Every entry of `table` in key order.
+    pub fn entries(&self, table: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let txn = self.db.begin_read()?;
+        let t = match txn.open_table(Def::new(table)) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        t.iter()?
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((k.value().to_string(), v.value().to_vec()))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tw-kv-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn block<F: Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn writes_are_read_back_paged_and_survive_reopening() {
+        let dir = temp("pages");
+        {
+            let store = Store::open(&dir).unwrap();
+            let writes = (0..2500)
+                .map(|i| Write::Set(format!("k{i:05}"), vec![i as u8]))
+                .collect();
+            block(store.write("t".into(), writes)).unwrap();
+            assert_eq!(
+                block(store.write("t".into(), vec![Write::Increment("n".into(), 7)])),
+                Ok(Some(7))
+            );
+            let (first, more) = store.keys("t", 0).unwrap();
+            assert_eq!((first.len(), more), (PAGE, true));
+            let (last, more) = store.keys("t", 2 * PAGE as u64).unwrap();
+            assert_eq!((last.len(), more), (501, false));
+            assert_eq!(store.keys("absent", 0).unwrap(), (Vec::new(), false));
+            // A failing increment changes nothing of its job.
+            let bad = block(store.write(
+                "t".into(),
+                vec![
+                    Write::Delete("k00000".into()),
+                    Write::Increment("k00001".into(), 1),
+                ],
+            ));
+            assert!(bad.unwrap_err().contains("not a decimal number"));
+            assert!(store.get_many("t", &["k00000".into()]).unwrap()[0].is_some());
+            let overflow =
+                block(store.write("t".into(), vec![Write::Increment("n".into(), u64::MAX)]));
+            assert!(overflow.unwrap_err().contains("overflows"));
+        }
+        let store = Store::open(&dir).unwrap();
+        let got = store
+            .get_many("t", &["k00003".into(), "n".into(), "zz".into()])
+            .unwrap();
+        assert_eq!(got, vec![Some(vec![3]), Some(b"7".to_vec()), None]);
+        let reader = Reader::open(&dir).unwrap();
+        assert_eq!(reader.tables().unwrap(), vec!["t".to_string()]);
+        assert_eq!(reader.entries("t").unwrap().len(), 2501);
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_second_server_on_the_same_directory_gets_a_clear_error() {
+        let dir = temp("twice");
+        let _first = Store::open(&dir).unwrap();
+        let err = Store::open(&dir).err().unwrap().to_string();
+        assert!(err.contains("--data-dir"), "{err}");
+    }
+}

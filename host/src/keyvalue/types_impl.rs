@@ -1,0 +1,206 @@
+//! The `wasi:keyvalue` host traits: store, atomics and batch.
+
+use super::bindings::wasi::keyvalue::{atomics, batch, store};
+use super::store::Write;
+use super::types::Bucket;
+use super::{KeyvalueView, MAX_IDENTIFIER, MAX_KEY, MAX_VALUE, table_name};
+use store::{Error, KeyResponse};
+use wasmtime::component::Resource;
+
+/// Most keys one batch call may name.
+const MAX_BATCH: usize = 10_000;
+
+type Answer<T> = wasmtime::Result<Result<T, Error>>;
+
+fn other(msg: impl Into<String>) -> Error {
+    Error::Other(msg.into())
+}
+
+fn check_key(key: &str) -> Result<(), Error> {
+    if key.len() > MAX_KEY {
+        return Err(other(format!(
+            "the key is {} bytes; at most {MAX_KEY} are allowed",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+fn check_value(value: &[u8]) -> Result<(), Error> {
+    if value.len() > MAX_VALUE {
+        return Err(other(format!(
+            "the value is {} bytes; at most {MAX_VALUE} are allowed",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+fn check_batch(n: usize) -> Result<(), Error> {
+    if n > MAX_BATCH {
+        return Err(other(format!(
+            "{n} keys in one batch; at most {MAX_BATCH} are allowed"
+        )));
+    }
+    Ok(())
+}
+
+impl KeyvalueView<'_> {
+    fn bucket(&self, b: &Resource<Bucket>) -> wasmtime::Result<String> {
+        Ok(self.table.get(b)?.table.clone())
+    }
+
+    fn db(&self) -> Result<&super::Store, Error> {
+        self.ctx.store.as_deref().ok_or(Error::NoSuchStore)
+    }
+
+    fn read(&self, table: &str, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, Error> {
+        self.db()?.get_many(table, keys).map_err(|e| {
+            tracing::error!("keyvalue read failed: {e:#}");
+            other("the store could not be read")
+        })
+    }
+
+    /// Commits `writes`; the returned future holds only the store, not the view.
+    fn write(
+        &self,
+        table: String,
+        writes: Vec<Write>,
+    ) -> impl Future<Output = Result<Option<u64>, Error>> + Send + 'static {
+        let db = self.ctx.store.clone();
+        async move {
+            let db = db.ok_or(Error::NoSuchStore)?;
+            db.write(table, writes).await.map_err(other)
+        }
+    }
+}
+
+impl store::Host for KeyvalueView<'_> {
+    async fn open(&mut self, identifier: String) -> Answer<Resource<Bucket>> {
+        if self.ctx.store.is_none() {
+            return Ok(Err(Error::NoSuchStore));
+        }
+        if identifier.len() > MAX_IDENTIFIER {
+            return Ok(Err(other(format!(
+                "bucket identifiers are at most {MAX_IDENTIFIER} bytes"
+            ))));
+        }
+        let table = table_name(&self.ctx.tenant, &identifier);
+        Ok(Ok(self.table.push(Bucket { table })?))
+    }
+}
+
+impl store::HostBucket for KeyvalueView<'_> {
+    async fn get(&mut self, b: Resource<Bucket>, key: String) -> Answer<Option<Vec<u8>>> {
+        let table = self.bucket(&b)?;
+        Ok(check_key(&key)
+            .and_then(|()| self.read(&table, std::slice::from_ref(&key)))
+            .map(|mut v| v.pop().flatten()))
+    }
+
+    async fn set(&mut self, b: Resource<Bucket>, key: String, value: Vec<u8>) -> Answer<()> {
+        let table = self.bucket(&b)?;
+        if let Err(e) = check_key(&key).and_then(|()| check_value(&value)) {
+            return Ok(Err(e));
+        }
+        Ok(self
+            .write(table, vec![Write::Set(key, value)])
+            .await
+            .map(drop))
+    }
+
+    async fn delete(&mut self, b: Resource<Bucket>, key: String) -> Answer<()> {
+        let table = self.bucket(&b)?;
+        if let Err(e) = check_key(&key) {
+            return Ok(Err(e));
+        }
+        Ok(self.write(table, vec![Write::Delete(key)]).await.map(drop))
+    }
+
+    async fn exists(&mut self, b: Resource<Bucket>, key: String) -> Answer<bool> {
+        let table = self.bucket(&b)?;
+        Ok(check_key(&key)
+            .and_then(|()| self.read(&table, std::slice::from_ref(&key)))
+            .map(|v| v.first().is_some_and(Option::is_some)))
+    }
+
+    async fn list_keys(&mut self, b: Resource<Bucket>, cursor: Option<u64>) -> Answer<KeyResponse> {
+        let table = self.bucket(&b)?;
+        let skip = cursor.unwrap_or(0);
+        let listed = match self.db() {
+            Ok(db) => db.keys(&table, skip).map_err(|e| {
+                tracing::error!("keyvalue list failed: {e:#}");
+                other("the store could not be read")
+            }),
+            Err(e) => Err(e),
+        };
+        Ok(listed.map(|(keys, more)| KeyResponse {
+            cursor: more.then(|| skip + keys.len() as u64),
+            keys,
+        }))
+    }
+
+    async fn drop(&mut self, b: Resource<Bucket>) -> wasmtime::Result<()> {
+        self.table.delete(b)?;
+        Ok(())
+    }
+}
+
+impl atomics::Host for KeyvalueView<'_> {
+    async fn increment(&mut self, b: Resource<Bucket>, key: String, delta: u64) -> Answer<u64> {
+        let table = self.bucket(&b)?;
+        if let Err(e) = check_key(&key) {
+            return Ok(Err(e));
+        }
+        Ok(self
+            .write(table, vec![Write::Increment(key, delta)])
+            .await
+            .and_then(|n| n.ok_or_else(|| other("the increment returned no value"))))
+    }
+}
+
+impl batch::Host for KeyvalueView<'_> {
+    async fn get_many(
+        &mut self,
+        b: Resource<Bucket>,
+        keys: Vec<String>,
+    ) -> Answer<Vec<Option<(String, Vec<u8>)>>> {
+        let table = self.bucket(&b)?;
+        if let Err(e) =
+            check_batch(keys.len()).and_then(|()| keys.iter().try_for_each(|k| check_key(k)))
+        {
+            return Ok(Err(e));
+        }
+        Ok(self.read(&table, &keys).map(|values| {
+            keys.into_iter()
+                .zip(values)
+                .map(|(k, v)| v.map(|v| (k, v)))
+                .collect()
+        }))
+    }
+
+    async fn set_many(&mut self, b: Resource<Bucket>, pairs: Vec<(String, Vec<u8>)>) -> Answer<()> {
+        let table = self.bucket(&b)?;
+        let checked = check_batch(pairs.len()).and_then(|()| {
+            pairs
+                .iter()
+                .try_for_each(|(k, v)| check_key(k).and_then(|()| check_value(v)))
+        });
+        if let Err(e) = checked {
+            return Ok(Err(e));
+        }
+        let writes = pairs.into_iter().map(|(k, v)| Write::Set(k, v)).collect();
+        Ok(self.write(table, writes).await.map(drop))
+    }
+
+    async fn delete_many(&mut self, b: Resource<Bucket>, keys: Vec<String>) -> Answer<()> {
+        let table = self.bucket(&b)?;
+        if let Err(e) =
+            check_batch(keys.len()).and_then(|()| keys.iter().try_for_each(|k| check_key(k)))
+        {
+            return Ok(Err(e));
+        }
+        let writes = keys.into_iter().map(Write::Delete).collect();
+        Ok(self.write(table, writes).await.map(drop))
+    }
+}

@@ -1,0 +1,91 @@
+//! Request identity the host gives every request before the world sees it:
+//! an `x-request-id` (the client's own when it is valid, else a new one) and
+//! the client's address in `x-client-addr` (always the host's: a client
+//! cannot forge it). The id goes back on the response and into the logs.
+
+use http::{HeaderMap, HeaderValue};
+use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The request-id header.
+pub const REQUEST_ID: &str = "x-request-id";
+/// The client-address header the host sets.
+pub const CLIENT_ADDR: &str = "x-client-addr";
+/// Longest client-supplied id kept.
+const MAX_LEN: usize = 128;
+
+static SEED: LazyLock<std::hash::RandomState> = LazyLock::new(std::hash::RandomState::new);
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Whether a client's id is kept: 1–128 visible ASCII characters from
+/// `A-Z a-z 0-9 - _ . : / + =`.
+pub fn is_valid(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=".contains(&b))
+}
+
+/// A new id: 32 hex digits, unpredictable and unique within the process.
+pub fn generate() -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let half = |salt: u64| {
+        let mut h = SEED.build_hasher();
+        h.write_u64(n);
+        h.write_u64(salt);
+        h.finish()
+    };
+    format!("{:016x}{:016x}", half(0x5eed), half(0xfeed))
+}
+
+/// Sets the request's `x-request-id` (keeping a valid one) and
+/// `x-client-addr`; returns the id.
+pub fn assign(headers: &mut HeaderMap, client: SocketAddr) -> String {
+    let given = headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| is_valid(v))
+        .map(str::to_string);
+    let id = given.unwrap_or_else(generate);
+    stamp(headers, &id);
+    if let Ok(v) = HeaderValue::from_str(&client.to_string()) {
+        headers.insert(CLIENT_ADDR, v);
+    }
+    id
+}
+
+/// Sets `x-request-id: id` (replacing any other).
+pub fn stamp(headers: &mut HeaderMap, id: &str) {
+    if let Ok(v) = HeaderValue::from_str(id) {
+        headers.insert(REQUEST_ID, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_valid_ids_and_replaces_others() {
+        let client: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(REQUEST_ID, HeaderValue::from_static("abc-123"));
+        h.insert(CLIENT_ADDR, HeaderValue::from_static("6.6.6.6:1"));
+        assert_eq!(assign(&mut h, client), "abc-123");
+        assert_eq!(h[CLIENT_ADDR], "127.0.0.1:4000");
+        for bad in ["", "has space", "quote\"", &"x".repeat(129)] {
+            let mut h = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(bad) {
+                h.insert(REQUEST_ID, v);
+            }
+            let id = assign(&mut h, client);
+            assert_ne!(id, bad);
+            assert_eq!(id.len(), 32);
+            assert_eq!(h[REQUEST_ID], id.as_str());
+        }
+        assert_ne!(generate(), generate());
+    }
+}
