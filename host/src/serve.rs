@@ -35,6 +35,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .as_ref()
         .filter(|p| matches!(load::kind_of(p), Ok(Kind::Deployments)));
     let data_dir = crate::cli::data_dir(args.data_dir.as_ref())?;
+    // Opened when the first deployment that imports wasi:keyvalue loads, so
+    // servers without one do not claim the data directory.
+    let mut keyvalue: Option<Arc<crate::keyvalue::Store>> = None;
     let specs = match &args.path {
         None => {
             let mut spec = single("default", Source::Default, &defaults);
@@ -76,8 +79,6 @@ pub fn run(args: ServeArgs) -> Result<()> {
     });
     let linker = load::linker(&engine)?;
     let metrics = Arc::new(Metrics::new());
-    let keyvalue = Arc::new(crate::keyvalue::Store::open(&data_dir)?);
-    tracing::info!("keyvalue store: {}", keyvalue.path().display());
     let kernel_cache = (!args.no_cache)
         .then(|| args.cache_dir.clone().or_else(ArtifactCache::default_dir))
         .flatten();
@@ -118,6 +119,15 @@ pub fn run(args: ServeArgs) -> Result<()> {
             ),
         };
         let pre = load::prepare(&engine, &linker, &origin, &loaded).map_err(context)?;
+        let uses_keyvalue = loaded
+            .component_type()
+            .imports(&engine)
+            .any(|(name, _)| name.starts_with("wasi:keyvalue/"));
+        if uses_keyvalue && keyvalue.is_none() {
+            let store = crate::keyvalue::Store::open(&data_dir)?;
+            tracing::info!("keyvalue store: {}", store.path().display());
+            keyvalue = Some(Arc::new(store));
+        }
         tracing::info!(
             "deployment `{}` (tenant `{}`): {} on {}{}",
             spec.name,
@@ -138,7 +148,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             pre,
             metrics.clone(),
             tensors,
-            Some(keyvalue.clone()),
+            keyvalue.clone(),
         )));
     }
     let router = Router::new(deployments)?;

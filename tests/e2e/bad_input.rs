@@ -5,6 +5,7 @@ use crate::support::*;
 
 fn serve_fails(path: &str, extra: &[&str], dir: &std::path::Path) -> String {
     let cache = dir.join("cache");
+    let data = dir.join("data");
     let mut args = vec![
         "serve",
         path,
@@ -14,6 +15,8 @@ fn serve_fails(path: &str, extra: &[&str], dir: &std::path::Path) -> String {
         "off",
         "--cache-dir",
         cache.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
     let (code, _, stderr) = run(&args);

@@ -73,8 +73,31 @@ route = {{ host = "beta.test", path = "/hello" }}
     assert_eq!(on("beta.test", "/fs").text(), "/data");
     assert_eq!(on("bare.test", "/env").text(), "");
     assert_eq!(on("bare.test", "/fs").text(), "");
-    assert_eq!(on("beta.test", "/config").text(), "currency=EUR");
-    assert_eq!(on("bare.test", "/config").text(), "");
+    // Granted config, plus the two keys the host sets for every deployment.
+    let mut beta: Vec<String> = on("beta.test", "/config")
+        .text()
+        .lines()
+        .map(String::from)
+        .collect();
+    beta.sort();
+    assert_eq!(
+        beta,
+        [
+            "currency=EUR",
+            "tensorwasm.deployment=beta",
+            "tensorwasm.tenant=globex"
+        ]
+    );
+    let mut bare: Vec<String> = on("bare.test", "/config")
+        .text()
+        .lines()
+        .map(String::from)
+        .collect();
+    bare.sort();
+    assert_eq!(
+        bare,
+        ["tensorwasm.deployment=bare", "tensorwasm.tenant=initech"]
+    );
     let fetch = format!("/fetch?url=http://{}/hello", upstream.addr);
     assert_eq!(
         on("beta.test", &fetch).text(),

@@ -75,7 +75,10 @@ impl Server {
         let mut data = Vec::new();
         if !args.contains(&"--data-dir") {
             let n = SERVERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let dir = cache.join(format!("data-{n}"));
+            let name = cache
+                .file_name()
+                .map_or("server".into(), |n| n.to_string_lossy());
+            let dir = cache.with_file_name(format!("{name}-data-{n}"));
             data = vec!["--data-dir".into(), dir.display().to_string()];
         }
         let mut child = Command::new(bin())

@@ -19,21 +19,6 @@ gatewaykit::bindings!("tensorwasm:audit/audit");
 /// The bucket records go to.
 const BUCKET: &str = "audit";
 
-fn method_name(m: &Method) -> String {
-    match m {
-        Method::Get => "GET".into(),
-        Method::Head => "HEAD".into(),
-        Method::Post => "POST".into(),
-        Method::Put => "PUT".into(),
-        Method::Delete => "DELETE".into(),
-        Method::Connect => "CONNECT".into(),
-        Method::Options => "OPTIONS".into(),
-        Method::Trace => "TRACE".into(),
-        Method::Patch => "PATCH".into(),
-        Method::Other(o) => o.clone(),
-    }
-}
-
 fn recorded(method: &Method) -> Result<bool, String> {
     let mutating = !matches!(
         method,
@@ -58,7 +43,7 @@ fn record(request: &IncomingRequest, now: u64) -> (String, String) {
         opt(gatewaykit::config_get("tensorwasm.tenant")),
         opt(gatewaykit::config_get("tensorwasm.deployment")),
         opt(caller.id().map(str::to_string)),
-        quote(&method_name(&request.method())),
+        quote(&gatewaykit::method_name(&request.method())),
         quote(&httpkit::path(request)),
         quote(&request_id),
         opt(gatewaykit::header(request, "x-client-addr")),

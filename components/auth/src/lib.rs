@@ -66,9 +66,10 @@ impl exports::wasi::http::incoming_handler::Guest for Auth {
                 if token.scopes.iter().any(|s| s.allows(class, &path)) {
                     return wasi::http::incoming_handler::handle(request, out);
                 }
+                // The path goes into a quoted-string of the challenge.
                 let needed = Scope {
                     class,
-                    prefix: path.clone(),
+                    prefix: path.replace(['"', '\\'], "_"),
                 };
                 deny(
                     out,

@@ -25,11 +25,27 @@ mod bindings {
 pub use bindings::wasi::config;
 pub use bindings::wasi::keyvalue;
 
-use wasip2::http::types::IncomingRequest;
+use wasip2::http::types::{IncomingRequest, Method};
 
 /// A config value (`None` when unset or when the store fails).
 pub fn config_get(key: &str) -> Option<String> {
     config::store::get(key).ok().flatten()
+}
+
+/// A method's name (`GET`, ...; other methods as the client sent them).
+pub fn method_name(m: &Method) -> String {
+    match m {
+        Method::Get => "GET".into(),
+        Method::Head => "HEAD".into(),
+        Method::Post => "POST".into(),
+        Method::Put => "PUT".into(),
+        Method::Delete => "DELETE".into(),
+        Method::Connect => "CONNECT".into(),
+        Method::Options => "OPTIONS".into(),
+        Method::Trace => "TRACE".into(),
+        Method::Patch => "PATCH".into(),
+        Method::Other(o) => o.clone(),
+    }
 }
 
 /// The first value of request header `name`, as text.
@@ -42,7 +58,7 @@ pub fn header(request: &IncomingRequest, name: &str) -> Option<String> {
         .and_then(|v| String::from_utf8(v).ok())
 }
 
-/// Generates a gateway component's bindings for `$world` (its `wit/`
+/// Generates a middleware's (or the router's) bindings for `$world` (its `wit/`
 /// folder), with `wasi:http` mapped onto the `wasip2` crate's types so
 /// requests pass between components unchanged.
 #[macro_export]

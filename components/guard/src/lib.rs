@@ -8,20 +8,7 @@
 
 use wasip2::http::types::{IncomingRequest, Method, ResponseOutparam};
 
-wit_bindgen::generate!({
-    world: "tensorwasm:guard/guard",
-    path: ["../../wit/deps/io", "../../wit/deps/clocks", "../../wit/deps/random",
-           "../../wit/deps/filesystem", "../../wit/deps/sockets", "../../wit/deps/cli",
-           "../../wit/deps/http", "wit"],
-    with: {
-        "wasi:http/types@0.2.12": wasip2::http::types,
-        "wasi:http/incoming-handler@0.2.12": generate,
-        "wasi:io/error@0.2.12": wasip2::io::error,
-        "wasi:io/poll@0.2.12": wasip2::io::poll,
-        "wasi:io/streams@0.2.12": wasip2::io::streams,
-        "wasi:clocks/monotonic-clock@0.2.12": wasip2::clocks::monotonic_clock,
-    },
-});
+gatewaykit::bindings!("tensorwasm:guard/guard");
 
 struct Guard;
 

@@ -9,7 +9,7 @@
 //! specific matching prefix wins. Unset: `GET,HEAD =/ welcome; * / app`.
 
 use httpkit::{json_error, path, respond};
-use wasip2::http::types::{IncomingRequest, Method, ResponseOutparam};
+use wasip2::http::types::{IncomingRequest, ResponseOutparam};
 
 gatewaykit::bindings!("tensorwasm:router/router");
 
@@ -98,21 +98,6 @@ fn parse_routes(text: &str) -> Result<Vec<Rule>, String> {
     Ok(rules)
 }
 
-fn method_name(m: &Method) -> String {
-    match m {
-        Method::Get => "GET".into(),
-        Method::Head => "HEAD".into(),
-        Method::Post => "POST".into(),
-        Method::Put => "PUT".into(),
-        Method::Delete => "DELETE".into(),
-        Method::Connect => "CONNECT".into(),
-        Method::Options => "OPTIONS".into(),
-        Method::Trace => "TRACE".into(),
-        Method::Patch => "PATCH".into(),
-        Method::Other(o) => o.to_ascii_uppercase(),
-    }
-}
-
 struct Router;
 
 impl exports::wasi::http::incoming_handler::Guest for Router {
@@ -123,7 +108,7 @@ impl exports::wasi::http::incoming_handler::Guest for Router {
             Err(e) => return json_error(out, 500, "bad_config", &e),
         };
         let path = path(&request);
-        let method = method_name(&request.method());
+        let method = gatewaykit::method_name(&request.method()).to_ascii_uppercase();
         let matching: Vec<&Rule> = rules.iter().filter(|r| r.matches_path(&path)).collect();
         if matching.is_empty() {
             return json_error(out, 404, "not_found", &format!("no route for {path}"));

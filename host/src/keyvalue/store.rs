@@ -41,11 +41,22 @@ struct Job {
     reply: oneshot::Sender<WriteResult>,
 }
 
-/// The database and its writer thread. Cheap to share (`Arc`).
+/// The database and its writer thread. Share it with an `Arc`; dropping the
+/// last one waits for the writer to finish what it was given.
 pub struct Store {
     db: std::sync::Arc<Database>,
     path: PathBuf,
-    jobs: mpsc::Sender<Job>,
+    jobs: Option<mpsc::Sender<Job>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
 }
 
 impl Store {
@@ -68,11 +79,16 @@ impl Store {
         let db = std::sync::Arc::new(db);
         let (tx, rx) = mpsc::channel();
         let writer_db = db.clone();
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("keyvalue-writer".into())
             .spawn(move || writer(&writer_db, &rx))
             .context("cannot start the keyvalue writer thread")?;
-        Ok(Self { db, path, jobs: tx })
+        Ok(Self {
+            db,
+            path,
+            jobs: Some(tx),
+            writer: Some(writer),
+        })
     }
 
     /// The database file.
@@ -83,12 +99,12 @@ impl Store {
     /// Applies `writes` to `table` and waits until they are durable.
     pub async fn write(&self, table: String, writes: Vec<Write>) -> WriteResult {
         let (reply, rx) = oneshot::channel();
-        let sent = self.jobs.send(Job {
+        let job = Job {
             table,
             writes,
             reply,
-        });
-        if sent.is_err() {
+        };
+        if self.jobs.as_ref().is_none_or(|j| j.send(job).is_err()) {
             return Err("the keyvalue writer is gone".into());
         }
         rx.await
