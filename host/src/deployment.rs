@@ -78,7 +78,7 @@ impl Deployment {
         pre: ProxyPre<RequestState>,
         metrics: Arc<Metrics>,
         tensors: Arc<TenantTensors>,
-        keyvalue: Option<Arc<crate::keyvalue::Store>>,
+        keyvalue: KeyvalueCtx,
     ) -> Self {
         let label = DeploymentLabel {
             deployment: spec.name.clone(),
@@ -91,7 +91,6 @@ impl Deployment {
             deadline_kills: metrics.deadline_kills.get_or_create(&label).clone(),
             memory_cap_kills: metrics.memory_cap_kills.get_or_create(&label).clone(),
         };
-        let keyvalue = KeyvalueCtx::new(keyvalue, spec.tenant.as_str().into());
         let grants = GrantSet::new(spec.grants, tensors, keyvalue, &spec.name);
         Self {
             who: format!("{}/{}", spec.tenant, spec.name).into(),

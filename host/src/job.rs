@@ -69,7 +69,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
     let argv = std::iter::once(program)
         .chain(args.args.iter().cloned())
         .collect();
-    let keyvalue = crate::keyvalue::KeyvalueCtx::new(None, "job".into());
+    let keyvalue = crate::keyvalue::KeyvalueCtx::new(None, Default::default(), "job".into());
     let grants = GrantSet::new(grants, tensors, keyvalue, "job").for_job(argv);
     let started = Instant::now();
     let state = RequestState::new(&grants, args.engine.max_memory, started, args.timeout)?;

@@ -38,6 +38,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     // Opened when the first deployment that imports wasi:keyvalue loads, so
     // servers without one do not claim the data directory.
     let mut keyvalue: Option<Arc<crate::keyvalue::Store>> = None;
+    let volatile = Arc::new(crate::keyvalue::Volatile::default());
     let specs = match &args.path {
         None => {
             let mut spec = single("default", Source::Default, &defaults);
@@ -143,12 +144,17 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 &spec.grants.weights,
             )
             .map_err(context)?;
+        let kv = crate::keyvalue::KeyvalueCtx::new(
+            keyvalue.clone(),
+            volatile.clone(),
+            spec.tenant.as_str().into(),
+        );
         deployments.push(Arc::new(Deployment::new(
             spec,
             pre,
             metrics.clone(),
             tensors,
-            keyvalue.clone(),
+            kv,
         )));
     }
     let router = Router::new(deployments)?;

@@ -75,6 +75,30 @@ route = {{ host = "b.test" }}
     );
     assert_eq!(on("b.test", "GET", "/notes/k", b"").text_ok(), "b's own");
 
+    // Volatile buckets (in the server's memory) are per tenant too.
+    assert_eq!(
+        on("a.test", "PUT", "/notes/v?bucket=volatile:c", b"hot").status,
+        204
+    );
+    assert_eq!(
+        on("a2.test", "GET", "/notes/v?bucket=volatile:c", b"").text_ok(),
+        "hot"
+    );
+    assert_eq!(
+        on("b.test", "GET", "/notes/v?bucket=volatile:c", b"").status,
+        404
+    );
+    assert_eq!(
+        on(
+            "a.test",
+            "POST",
+            "/notes/v2/incr?bucket=volatile:c&by=3",
+            b""
+        )
+        .text_ok(),
+        "{\"value\":3}"
+    );
+
     // Increments are atomic counters in decimal; a non-number refuses them.
     assert_eq!(
         on("a.test", "POST", "/notes/n/incr?by=5", b"").text_ok(),

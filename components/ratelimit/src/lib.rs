@@ -177,11 +177,11 @@ fn too_many(out: ResponseOutparam, p: Policy, retry_ns: u64) {
 /// Who the bucket belongs to: the token's id, else the client's address.
 fn bucket_name(request: &IncomingRequest, token: Option<&str>) -> String {
     match token {
-        Some(id) => format!("ratelimit/token/{id}"),
+        Some(id) => format!("volatile:ratelimit/token/{id}"),
         None => {
             let addr = gatewaykit::header(request, "x-client-addr").unwrap_or_default();
             let ip = addr.rsplit_once(':').map_or(addr.as_str(), |(ip, _)| ip);
-            format!("ratelimit/client/{ip}")
+            format!("volatile:ratelimit/client/{ip}")
         }
     }
 }

@@ -7,6 +7,9 @@
 //! writes of all waiting instances together and answers each only once its
 //! transaction is durable (fsync), so an acknowledged write survives a crash.
 //!
+//! Buckets named `volatile:…` live in the server's memory instead
+//! ([`volatile`]): shared and atomic, but not durable.
+//!
 //! Lifecycle (the same for every capability): one [`Store`] per server, a
 //! [`KeyvalueCtx`] per instance in the `Store` data (the tenant's name and
 //! the database), bucket handles in the instance's resource table.
@@ -16,9 +19,11 @@ pub mod bindings;
 pub mod store;
 mod types;
 mod types_impl;
+pub mod volatile;
 
 pub use store::{Reader, Store};
 pub use types::Bucket;
+pub use volatile::Volatile;
 
 use std::sync::Arc;
 use wasmtime::component::{HasData, Linker, ResourceTable};
@@ -34,14 +39,19 @@ pub const MAX_VALUE: usize = 16 << 20;
 #[derive(Clone)]
 pub struct KeyvalueCtx {
     store: Option<Arc<Store>>,
+    volatile: Arc<Volatile>,
     tenant: Arc<str>,
 }
 
 impl KeyvalueCtx {
-    /// An instance of `tenant`'s, over `store` (`None`: every `open` fails
-    /// with `no-such-store`).
-    pub fn new(store: Option<Arc<Store>>, tenant: Arc<str>) -> Self {
-        Self { store, tenant }
+    /// An instance of `tenant`'s, over `store` (`None`: opening a durable
+    /// bucket fails with `no-such-store`) and the server's volatile buckets.
+    pub fn new(store: Option<Arc<Store>>, volatile: Arc<Volatile>, tenant: Arc<str>) -> Self {
+        Self {
+            store,
+            volatile,
+            tenant,
+        }
     }
 
     /// The tenant whose buckets this instance opens.

@@ -215,7 +215,7 @@ fn apply(
 }
 
 /// `current` (a decimal u64, absent = 0) plus `delta`.
-fn incremented(current: Option<&[u8]>, delta: u64) -> std::result::Result<u64, String> {
+pub(super) fn incremented(current: Option<&[u8]>, delta: u64) -> std::result::Result<u64, String> {
     let n = match current {
         None => 0,
         Some(bytes) => std::str::from_utf8(bytes)

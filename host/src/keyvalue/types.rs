@@ -5,4 +5,6 @@
 pub struct Bucket {
     /// The table's name ([`super::table_name`]).
     pub table: String,
+    /// Whether it is a volatile (in-memory) bucket.
+    pub volatile: bool,
 }

@@ -46,38 +46,57 @@ fn check_batch(n: usize) -> Result<(), Error> {
 }
 
 impl KeyvalueView<'_> {
-    fn bucket(&self, b: &Resource<Bucket>) -> wasmtime::Result<String> {
-        Ok(self.table.get(b)?.table.clone())
+    fn bucket(&self, b: &Resource<Bucket>) -> wasmtime::Result<Bucket> {
+        Ok(self.table.get(b)?.clone())
     }
 
     fn db(&self) -> Result<&super::Store, Error> {
         self.ctx.store.as_deref().ok_or(Error::NoSuchStore)
     }
 
-    fn read(&self, table: &str, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, Error> {
-        self.db()?.get_many(table, keys).map_err(|e| {
+    fn read(&self, b: &Bucket, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, Error> {
+        if b.volatile {
+            return Ok(self.ctx.volatile.get_many(&b.table, keys));
+        }
+        self.db()?.get_many(&b.table, keys).map_err(|e| {
             tracing::error!("keyvalue read failed: {e:#}");
             other("the store could not be read")
         })
     }
 
-    /// Commits `writes`; the returned future holds only the store, not the view.
+    fn list(&self, b: &Bucket, skip: u64) -> Result<(Vec<String>, bool), Error> {
+        if b.volatile {
+            return Ok(self.ctx.volatile.keys(&b.table, skip));
+        }
+        self.db()?.keys(&b.table, skip).map_err(|e| {
+            tracing::error!("keyvalue list failed: {e:#}");
+            other("the store could not be read")
+        })
+    }
+
+    /// Applies `writes` (volatile buckets at once; durable ones once
+    /// committed); the returned future holds only the store, not the view.
     fn write(
         &self,
-        table: String,
+        b: Bucket,
         writes: Vec<Write>,
     ) -> impl Future<Output = Result<Option<u64>, Error>> + Send + 'static {
         let db = self.ctx.store.clone();
+        let volatile = b.volatile.then(|| self.ctx.volatile.clone());
         async move {
+            if let Some(v) = volatile {
+                return v.write(&b.table, writes).map_err(other);
+            }
             let db = db.ok_or(Error::NoSuchStore)?;
-            db.write(table, writes).await.map_err(other)
+            db.write(b.table, writes).await.map_err(other)
         }
     }
 }
 
 impl store::Host for KeyvalueView<'_> {
     async fn open(&mut self, identifier: String) -> Answer<Resource<Bucket>> {
-        if self.ctx.store.is_none() {
+        let volatile = identifier.starts_with(super::volatile::PREFIX);
+        if self.ctx.store.is_none() && !volatile {
             return Ok(Err(Error::NoSuchStore));
         }
         if identifier.len() > MAX_IDENTIFIER {
@@ -86,7 +105,7 @@ impl store::Host for KeyvalueView<'_> {
             ))));
         }
         let table = table_name(&self.ctx.tenant, &identifier);
-        Ok(Ok(self.table.push(Bucket { table })?))
+        Ok(Ok(self.table.push(Bucket { table, volatile })?))
     }
 }
 
@@ -127,14 +146,7 @@ impl store::HostBucket for KeyvalueView<'_> {
     async fn list_keys(&mut self, b: Resource<Bucket>, cursor: Option<u64>) -> Answer<KeyResponse> {
         let table = self.bucket(&b)?;
         let skip = cursor.unwrap_or(0);
-        let listed = match self.db() {
-            Ok(db) => db.keys(&table, skip).map_err(|e| {
-                tracing::error!("keyvalue list failed: {e:#}");
-                other("the store could not be read")
-            }),
-            Err(e) => Err(e),
-        };
-        Ok(listed.map(|(keys, more)| KeyResponse {
+        Ok(self.list(&table, skip).map(|(keys, more)| KeyResponse {
             cursor: more.then(|| skip + keys.len() as u64),
             keys,
         }))

@@ -1,0 +1,141 @@
+//! Volatile buckets: `open("volatile:NAME")` gives a bucket kept in the
+//! server's memory instead of the database. Shared by every instance like
+//! any bucket and applied atomically, but not durable: gone when the server
+//! stops. For state that is cheap to lose and hot to write, such as the
+//! gateway's rate-limit counters, whose every request would otherwise wait
+//! for an fsync.
+
+use super::store::{PAGE, Write, WriteResult, incremented};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+/// The identifier prefix that selects a volatile bucket.
+pub const PREFIX: &str = "volatile:";
+/// Most bytes (keys and values) all volatile buckets of a server hold.
+pub const MAX_BYTES: usize = 256 << 20;
+
+/// The server's volatile buckets, by table name.
+#[derive(Default)]
+pub struct Volatile {
+    inner: Mutex<Tables>,
+}
+
+#[derive(Default)]
+struct Tables {
+    tables: HashMap<String, BTreeMap<String, Vec<u8>>>,
+    bytes: usize,
+}
+
+impl Volatile {
+    /// Applies `writes` to `table` at once (all or nothing).
+    pub fn write(&self, table: &str, writes: Vec<Write>) -> WriteResult {
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let Tables { tables, bytes } = &mut *guard;
+        let t = tables.entry(table.to_string()).or_default();
+        // Check first, so a failing job changes nothing.
+        let mut growth = 0usize;
+        for w in &writes {
+            match w {
+                Write::Set(k, v) => growth += k.len() + v.len(),
+                Write::Increment(k, delta) => {
+                    incremented(t.get(k).map(Vec::as_slice), *delta)
+                        .map_err(|e| format!("cannot increment `{k}`: {e}"))?;
+                    growth += k.len() + 20;
+                }
+                Write::Delete(_) => {}
+            }
+        }
+        if *bytes + growth > MAX_BYTES {
+            return Err(format!(
+                "the volatile buckets are full ({} MiB)",
+                MAX_BYTES >> 20
+            ));
+        }
+        let mut last = None;
+        for w in writes {
+            match w {
+                Write::Set(k, v) => {
+                    *bytes += k.len() + v.len();
+                    if let Some(old) = t.insert(k.clone(), v) {
+                        *bytes -= k.len() + old.len();
+                    }
+                }
+                Write::Delete(k) => {
+                    if let Some(old) = t.remove(&k) {
+                        *bytes -= k.len() + old.len();
+                    }
+                }
+                Write::Increment(k, delta) => {
+                    let n = incremented(t.get(&k).map(Vec::as_slice), delta)?;
+                    let v = n.to_string().into_bytes();
+                    *bytes += k.len() + v.len();
+                    if let Some(old) = t.insert(k.clone(), v) {
+                        *bytes -= k.len() + old.len();
+                    }
+                    last = Some(n);
+                }
+            }
+        }
+        Ok(last)
+    }
+
+    /// The values of `keys` in `table`.
+    pub fn get_many(&self, table: &str, keys: &[String]) -> Vec<Option<Vec<u8>>> {
+        let guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let t = guard.tables.get(table);
+        keys.iter()
+            .map(|k| t.and_then(|t| t.get(k)).cloned())
+            .collect()
+    }
+
+    /// Up to [`PAGE`] keys of `table` after skipping `skip`, and whether more follow.
+    pub fn keys(&self, table: &str, skip: u64) -> (Vec<String>, bool) {
+        let guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(t) = guard.tables.get(table) else {
+            return (Vec::new(), false);
+        };
+        let mut iter = t.keys().skip(usize::try_from(skip).unwrap_or(usize::MAX));
+        let page: Vec<String> = iter.by_ref().take(PAGE).cloned().collect();
+        (page, iter.next().is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_apply_atomically_and_account_their_bytes() {
+        let v = Volatile::default();
+        assert_eq!(
+            v.write("t", vec![Write::Increment("n".into(), 2)]),
+            Ok(Some(2))
+        );
+        assert_eq!(
+            v.write("t", vec![Write::Increment("n".into(), 3)]),
+            Ok(Some(5))
+        );
+        v.write("t", vec![Write::Set("k".into(), b"x".to_vec())])
+            .unwrap();
+        let bad = v.write(
+            "t",
+            vec![Write::Delete("n".into()), Write::Increment("k".into(), 1)],
+        );
+        assert!(bad.unwrap_err().contains("not a decimal number"));
+        assert_eq!(
+            v.get_many("t", &["n".into(), "k".into(), "z".into()]),
+            vec![Some(b"5".to_vec()), Some(b"x".to_vec()), None]
+        );
+        assert_eq!(
+            v.keys("t", 0),
+            (vec!["k".to_string(), "n".to_string()], false)
+        );
+        v.write(
+            "t",
+            vec![Write::Delete("k".into()), Write::Delete("n".into())],
+        )
+        .unwrap();
+        assert_eq!(v.inner.lock().unwrap().bytes, 0);
+        assert_eq!(v.get_many("other", &["n".into()]), vec![None]);
+    }
+}
