@@ -11,8 +11,9 @@ use std::sync::Mutex;
 
 /// The identifier prefix that selects a volatile bucket.
 pub const PREFIX: &str = "volatile:";
-/// Most bytes (keys and values) all volatile buckets of a server hold.
-pub const MAX_BYTES: usize = 256 << 20;
+/// Most bytes (keys and values) one tenant's volatile buckets hold together,
+/// so that no tenant can take the memory another's rate limits need.
+pub const MAX_BYTES: usize = 64 << 20;
 
 /// The server's volatile buckets, by table name.
 #[derive(Default)]
@@ -23,7 +24,8 @@ pub struct Volatile {
 #[derive(Default)]
 struct Tables {
     tables: HashMap<String, BTreeMap<String, Vec<u8>>>,
-    bytes: usize,
+    /// Bytes held, by tenant.
+    bytes: HashMap<String, usize>,
 }
 
 impl Volatile {
@@ -31,6 +33,8 @@ impl Volatile {
     pub fn write(&self, table: &str, writes: Vec<Write>) -> WriteResult {
         let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let Tables { tables, bytes } = &mut *guard;
+        let tenant = super::parse_table_name(table).map_or("", |(t, _)| t);
+        let bytes = bytes.entry(tenant.to_string()).or_default();
         let t = tables.entry(table.to_string()).or_default();
         // Check first, so a failing job changes nothing.
         let mut growth = 0usize;
@@ -47,7 +51,7 @@ impl Volatile {
         }
         if *bytes + growth > MAX_BYTES {
             return Err(format!(
-                "the volatile buckets are full ({} MiB)",
+                "the tenant's volatile buckets are full ({} MiB)",
                 MAX_BYTES >> 20
             ));
         }
@@ -135,7 +139,19 @@ mod tests {
             vec![Write::Delete("k".into()), Write::Delete("n".into())],
         )
         .unwrap();
-        assert_eq!(v.inner.lock().unwrap().bytes, 0);
+        assert_eq!(v.inner.lock().unwrap().bytes[""], 0);
+        // Each tenant has its own cap.
+        let big = vec![0u8; MAX_BYTES / 2 + 1];
+        let a = super::super::table_name("a", "volatile:x");
+        let b = super::super::table_name("b", "volatile:x");
+        v.write(&a, vec![Write::Set("1".into(), big.clone())])
+            .unwrap();
+        assert!(
+            v.write(&a, vec![Write::Set("2".into(), big.clone())])
+                .unwrap_err()
+                .contains("full")
+        );
+        v.write(&b, vec![Write::Set("1".into(), big)]).unwrap();
         assert_eq!(v.get_many("other", &["n".into()]), vec![None]);
     }
 }
