@@ -169,6 +169,9 @@ pub struct ServeArgs {
     /// Directory of the durable data: the wasi:keyvalue database (audit records included) [default: $TENSOR_WASM_DATA_DIR or ~/.local/share/tensor-wasm].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Directory of the models that deployments grant by name (`grants.models`), filled by `bash scripts/fetch-models.sh` [default: $TENSOR_WASM_MODELS_DIR or ~/.cache/tensor-wasm/models].
+    #[arg(long, value_name = "DIR")]
+    pub models_dir: Option<PathBuf>,
     /// Engine settings.
     #[command(flatten)]
     pub engine: EngineArgs,

@@ -44,6 +44,14 @@ pub const BUILTIN_PACKAGES: &[(&str, &[u8])] = &[
         "tensorwasm:audit",
         include_bytes!(concat!(env!("TW_GUEST_DIR"), "/audit.wasm")),
     ),
+    (
+        "tensorwasm:openai",
+        include_bytes!(concat!(env!("TW_GUEST_DIR"), "/openai.wasm")),
+    ),
+    (
+        "tensorwasm:minilm",
+        include_bytes!(concat!(env!("TW_GUEST_DIR"), "/minilm.wasm")),
+    ),
 ];
 
 /// The embedded default world (`worlds/gateway.wac`), served by

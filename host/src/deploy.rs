@@ -99,6 +99,11 @@ pub struct Grants {
     /// `wasi:tensor/weights`; loaded once at start-up.
     #[serde(default)]
     pub weights: BTreeMap<String, PathBuf>,
+    /// Models from the models directory (`scripts/fetch-models.sh`), by
+    /// name: each grants its weights under its name and its folder,
+    /// read-only, at `/models/<name>` (see `models.rs`).
+    #[serde(default)]
+    pub models: Vec<String>,
     /// Whether the guest may compile kernels of its own through `wasi:cuda`
     /// (`module.load-source`); without it only vetted kernels load.
     #[serde(default)]
@@ -322,6 +327,14 @@ pub fn parse(text: &str, path: &Path, defaults: &Limits) -> Result<Vec<Deploymen
                     ))
                 );
             }
+        }
+        if let Some(bad) = grants.models.iter().find(|m| !crate::models::valid_name(m)) {
+            bail!(
+                "{}",
+                ctx(&format!(
+                    "model `{bad}`: a model is named by its folder name (letters, digits, `-`, `_`, `.`)"
+                ))
+            );
         }
         for key in grants.config.keys().chain(grants.secrets.keys()) {
             if key.starts_with(crate::state::RESERVED_CONFIG_PREFIX) {

@@ -20,6 +20,7 @@ pub mod job;
 pub mod keyvalue;
 pub mod load;
 pub mod metrics;
+pub mod models;
 pub mod request_id;
 pub mod router;
 pub mod scheduler;

@@ -64,6 +64,13 @@ pub fn run(args: ServeArgs) -> Result<()> {
             )],
         },
     };
+    let mut specs = specs;
+    if specs.iter().any(|s| !s.grants.models.is_empty()) {
+        let models_dir = crate::models::models_dir(args.models_dir.as_ref())?;
+        for spec in &mut specs {
+            crate::models::grant(&mut spec.grants, &models_dir, &spec.name);
+        }
+    }
     let max_memory = specs
         .iter()
         .map(|s| s.limits.memory)

@@ -1,0 +1,151 @@
+//! `minilm`: the all-MiniLM-L6-v2 sentence-embedding model as a component.
+//! It exports `tensorwasm:inference/embeddings@0.1.0`; all the math runs on
+//! the host's tensor backend through `wasi:tensor` (the GPU when the host has
+//! one).
+//!
+//! What it needs from the deployment (docs/OPENAI.md):
+//! - the weights grant `all-minilm-l6-v2` → the model's `model.safetensors`;
+//! - the model folder granted read-only at `/models/all-minilm-l6-v2`, for
+//!   `tokenizer.json`.
+//!
+//! The pipeline is sentence-transformers' own: BERT WordPiece tokenization
+//! (lower case, `[CLS] … [SEP]`, truncated at 256 tokens), the 6-layer BERT
+//! encoder, mean pooling over the real tokens and L2 normalization. A batch
+//! is sorted by length and run in chunks, so padding stays small.
+
+mod bert;
+
+#[allow(missing_docs)]
+mod bindings {
+    wit_bindgen::generate!({
+        inline: "
+            package tensorwasm:minilm;
+            world minilm {
+                export tensorwasm:inference/embeddings@0.1.0;
+            }
+        ",
+        path: ["../../wit/tensor-0.1.0", "../../wit/inference-0.1.0"],
+        generate_all,
+    });
+}
+
+use bindings::exports::tensorwasm::inference::embeddings::{EmbeddingBatch, Guest, Input};
+use bindings::tensorwasm::inference::types::{Error, ModelInfo, ModelKind};
+use tokenizers::Tokenizer;
+
+/// The id clients use.
+const MODEL_ID: &str = "all-minilm-l6-v2";
+/// The weights grant holding `model.safetensors`.
+const WEIGHTS_GRANT: &str = "all-minilm-l6-v2";
+/// Where the deployment mounts the model folder.
+const TOKENIZER_PATH: &str = "/models/all-minilm-l6-v2/tokenizer.json";
+/// sentence-transformers' `max_seq_length` for this model.
+const MAX_TOKENS: usize = 256;
+/// The most inputs one request may embed (OpenAI's limit is 2048).
+const MAX_INPUTS: usize = 2048;
+/// How to fetch the model (named in every "model unavailable" error).
+const FETCH_HINT: &str = "fetch it with `bash scripts/fetch-models.sh` and grant it as in docs/OPENAI.md";
+
+struct Component;
+
+impl Guest for Component {
+    fn models() -> Vec<ModelInfo> {
+        vec![ModelInfo {
+            id: MODEL_ID.into(),
+            owned_by: "sentence-transformers".into(),
+            kind: ModelKind::Embedding,
+            context_length: MAX_TOKENS as u32,
+            dimensions: bert::HIDDEN as u32,
+        }]
+    }
+
+    fn embed(model: String, inputs: Vec<Input>) -> Result<EmbeddingBatch, Error> {
+        if model != MODEL_ID {
+            return Err(Error::UnknownModel(format!(
+                "this component serves `{MODEL_ID}`, not `{model}`"
+            )));
+        }
+        if inputs.is_empty() {
+            return Err(Error::InvalidRequest("`input` must not be empty".into()));
+        }
+        if inputs.len() > MAX_INPUTS {
+            return Err(Error::InvalidRequest(format!(
+                "at most {MAX_INPUTS} inputs per request, got {}",
+                inputs.len()
+            )));
+        }
+        let sequences = tokenize(&inputs)?;
+        let prompt_tokens = sequences.iter().map(|s| s.len() as u32).sum();
+        let encoder = bert::Encoder::open(WEIGHTS_GRANT).map_err(|e| match e {
+            bert::OpenError::Missing(m) => {
+                Error::ModelUnavailable(format!("{MODEL_ID}: {m}; {FETCH_HINT}"))
+            }
+            bert::OpenError::Tensor(e) => Error::Backend(e.to_string()),
+        })?;
+        let vectors = encoder
+            .embed(&sequences)
+            .map_err(|e| Error::Backend(e.to_string()))?;
+        Ok(EmbeddingBatch {
+            vectors,
+            prompt_tokens,
+        })
+    }
+}
+
+/// Token ids of every input, `[CLS] … [SEP]`, at most [`MAX_TOKENS`] long.
+fn tokenize(inputs: &[Input]) -> Result<Vec<Vec<u32>>, Error> {
+    let mut tokenizer: Option<Tokenizer> = None;
+    let mut out = Vec::with_capacity(inputs.len());
+    for (i, input) in inputs.iter().enumerate() {
+        let ids = match input {
+            Input::Text(text) => {
+                if tokenizer.is_none() {
+                    tokenizer = Some(load_tokenizer()?);
+                }
+                let t = tokenizer.as_ref().expect("loaded above");
+                t.encode(text.as_str(), true)
+                    .map_err(|e| Error::InvalidRequest(format!("input {i}: {e}")))?
+                    .get_ids()
+                    .to_vec()
+            }
+            Input::Tokens(ids) => {
+                if ids.is_empty() {
+                    return Err(Error::InvalidRequest(format!("input {i} has no tokens")));
+                }
+                if let Some(bad) = ids.iter().find(|&&id| id as usize >= bert::VOCAB) {
+                    return Err(Error::InvalidRequest(format!(
+                        "input {i}: token {bad} is outside the vocabulary (0..{})",
+                        bert::VOCAB
+                    )));
+                }
+                let mut v = ids.clone();
+                v.truncate(MAX_TOKENS);
+                v
+            }
+        };
+        out.push(ids);
+    }
+    Ok(out)
+}
+
+/// The model's WordPiece tokenizer, set up as sentence-transformers uses it.
+fn load_tokenizer() -> Result<Tokenizer, Error> {
+    let json = std::fs::read(TOKENIZER_PATH).map_err(|e| {
+        Error::ModelUnavailable(format!(
+            "{MODEL_ID}: cannot read {TOKENIZER_PATH}: {e}; {FETCH_HINT}"
+        ))
+    })?;
+    let mut tokenizer = Tokenizer::from_bytes(&json).map_err(|e| {
+        Error::ModelUnavailable(format!("{MODEL_ID}: bad {TOKENIZER_PATH}: {e}"))
+    })?;
+    tokenizer.with_padding(None);
+    tokenizer
+        .with_truncation(Some(tokenizers::TruncationParams {
+            max_length: MAX_TOKENS,
+            ..Default::default()
+        }))
+        .map_err(|e| Error::ModelUnavailable(format!("{MODEL_ID}: {e}")))?;
+    Ok(tokenizer)
+}
+
+bindings::export!(Component with_types_in bindings);

@@ -1,0 +1,94 @@
+//! `openai`: the OpenAI-compatible HTTP API in front of model components.
+//!
+//! It imports `tensorwasm:inference/embeddings@0.1.0`, which a world plugs a
+//! model component into (`worlds/openai.wac`), and answers:
+//! - `GET /v1/models`, `GET /v1/models/{id}`;
+//! - `POST /v1/embeddings` (`input` a string, a list of strings, a list of
+//!   token ids or a list of those; `encoding_format` `float` or `base64`).
+//!
+//! Errors are OpenAI error objects (`{"error": {"message", "type", "param",
+//! "code"}}`) with OpenAI's status codes. docs/OPENAI.md has the details.
+
+mod embeddings;
+mod error;
+
+#[allow(missing_docs)]
+mod bindings {
+    wit_bindgen::generate!({
+        inline: "
+            package tensorwasm:openai;
+            world openai {
+                import tensorwasm:inference/embeddings@0.1.0;
+            }
+        ",
+        path: ["../../wit/tensor-0.1.0", "../../wit/inference-0.1.0"],
+        generate_all,
+    });
+}
+
+use bindings::tensorwasm::inference::embeddings as embed_api;
+use bindings::tensorwasm::inference::types::{ModelInfo, ModelKind};
+use error::ApiError;
+use httpkit::{json, path, read_body};
+use serde_json::json;
+use wasip2::http::types::{IncomingRequest, Method, ResponseOutparam};
+
+struct OpenAi;
+
+impl wasip2::exports::http::incoming_handler::Guest for OpenAi {
+    fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        let path = path(&request);
+        let result = route(&request, request.method(), path.trim_end_matches('/'));
+        match result {
+            Ok(body) => json(out, 200, &body.to_string()),
+            Err(e) => e.send(out),
+        }
+    }
+}
+
+/// Answers one request with a JSON body, or an API error.
+fn route(request: &IncomingRequest, method: Method, path: &str) -> Result<serde_json::Value, ApiError> {
+    match (method, path) {
+        (Method::Get, "/v1/models") => Ok(json!({
+            "object": "list",
+            "data": models().iter().map(model_object).collect::<Vec<_>>(),
+        })),
+        (Method::Get, p) if p.starts_with("/v1/models/") => {
+            let id = &p["/v1/models/".len()..];
+            models()
+                .iter()
+                .find(|m| m.id == id)
+                .map(model_object)
+                .ok_or_else(|| ApiError::model_not_found(id))
+        }
+        (Method::Post, "/v1/embeddings") => {
+            let body = read_body(request).map_err(ApiError::invalid_request)?;
+            embeddings::create(&body)
+        }
+        (_, "/v1/models" | "/v1/embeddings") => Err(ApiError::method_not_allowed()),
+        (_, p) => Err(ApiError::not_found(p)),
+    }
+}
+
+/// Every model the plugged-in components serve.
+fn models() -> Vec<ModelInfo> {
+    embed_api::models()
+}
+
+/// A model as `/v1/models` lists it.
+fn model_object(m: &ModelInfo) -> serde_json::Value {
+    let kind = match m.kind {
+        ModelKind::Embedding => "embedding",
+        ModelKind::Generation => "generation",
+    };
+    json!({
+        "id": m.id,
+        "object": "model",
+        "created": 0,
+        "owned_by": m.owned_by,
+        "kind": kind,
+        "context_length": m.context_length,
+    })
+}
+
+wasip2::http::proxy::export!(OpenAi);
