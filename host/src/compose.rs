@@ -52,6 +52,10 @@ pub const BUILTIN_PACKAGES: &[(&str, &[u8])] = &[
         "tensorwasm:minilm",
         include_bytes!(concat!(env!("TW_GUEST_DIR"), "/minilm.wasm")),
     ),
+    (
+        "tensorwasm:smollm",
+        include_bytes!(concat!(env!("TW_GUEST_DIR"), "/smollm.wasm")),
+    ),
 ];
 
 /// The embedded default world (`worlds/gateway.wac`), served by

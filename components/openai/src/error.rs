@@ -102,16 +102,20 @@ impl ApiError {
         }
     }
 
-    /// Sends the error.
-    pub fn send(self, out: ResponseOutparam) {
-        let body = json!({
+    /// The error object.
+    pub fn body(&self) -> serde_json::Value {
+        json!({
             "error": {
                 "message": self.message,
                 "type": self.kind,
                 "param": self.param,
                 "code": self.code,
             }
-        });
-        json(out, self.status, &body.to_string());
+        })
+    }
+
+    /// Sends the error.
+    pub fn send(self, out: ResponseOutparam) {
+        json(out, self.status, &self.body().to_string());
     }
 }

@@ -1,14 +1,19 @@
 //! `openai`: the OpenAI-compatible HTTP API in front of model components.
 //!
-//! It imports `tensorwasm:inference/embeddings@0.1.0`, which a world plugs a
-//! model component into (`worlds/openai.wac`), and answers:
+//! It imports `tensorwasm:inference/embeddings@0.1.0` and
+//! `tensorwasm:inference/generation@0.1.0`, which a world plugs model
+//! components into (`worlds/openai.wac`), and answers:
 //! - `GET /v1/models`, `GET /v1/models/{id}`;
 //! - `POST /v1/embeddings` (`input` a string, a list of strings, a list of
-//!   token ids or a list of those; `encoding_format` `float` or `base64`).
+//!   token ids or a list of those; `encoding_format` `float` or `base64`);
+//! - `POST /v1/completions` and `POST /v1/chat/completions` (`max_tokens`,
+//!   `temperature`, `top_p`, `seed`, `stop`, `stream` as server-sent events,
+//!   `stream_options.include_usage`).
 //!
 //! Errors are OpenAI error objects (`{"error": {"message", "type", "param",
 //! "code"}}`) with OpenAI's status codes. docs/OPENAI.md has the details.
 
+mod completions;
 mod embeddings;
 mod error;
 
@@ -19,6 +24,7 @@ mod bindings {
             package tensorwasm:openai;
             world openai {
                 import tensorwasm:inference/embeddings@0.1.0;
+                import tensorwasm:inference/generation@0.1.0;
             }
         ",
         path: ["../../wit/tensor-0.1.0", "../../wit/inference-0.1.0"],
@@ -27,6 +33,7 @@ mod bindings {
 }
 
 use bindings::tensorwasm::inference::embeddings as embed_api;
+use bindings::tensorwasm::inference::generation as generate_api;
 use bindings::tensorwasm::inference::types::{ModelInfo, ModelKind};
 use error::ApiError;
 use httpkit::{json, path, read_body};
@@ -38,7 +45,23 @@ struct OpenAi;
 impl wasip2::exports::http::incoming_handler::Guest for OpenAi {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
         let path = path(&request);
-        let result = route(&request, request.method(), path.trim_end_matches('/'));
+        let path = path.trim_end_matches('/');
+        let kind = match path {
+            "/v1/completions" => Some(completions::Kind::Text),
+            "/v1/chat/completions" => Some(completions::Kind::Chat),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            if !matches!(request.method(), Method::Post) {
+                return ApiError::method_not_allowed().send(out);
+            }
+            match read_body(&request) {
+                Ok(body) => completions::create(kind, &body, out),
+                Err(e) => ApiError::invalid_request(e).send(out),
+            }
+            return;
+        }
+        let result = route(&request, request.method(), path);
         match result {
             Ok(body) => json(out, 200, &body.to_string()),
             Err(e) => e.send(out),
@@ -72,7 +95,9 @@ fn route(request: &IncomingRequest, method: Method, path: &str) -> Result<serde_
 
 /// Every model the plugged-in components serve.
 fn models() -> Vec<ModelInfo> {
-    embed_api::models()
+    let mut all = embed_api::models();
+    all.extend(generate_api::models());
+    all
 }
 
 /// A model as `/v1/models` lists it.

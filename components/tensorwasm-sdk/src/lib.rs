@@ -35,6 +35,7 @@ mod tensor;
 
 pub use bindings::wasi::tensor::ops::RopeLayout;
 pub use bindings::wasi::tensor::types::Dtype;
+pub use bindings::wasi::tensor::weights::MetadataValue;
 pub use tensor::{Error, Result, Tensor, Weights, attention, concat};
 
 /// `wasi:scheduler`: cooperative deadlines.

@@ -312,4 +312,9 @@ impl Weights {
     pub fn tensors(&self) -> Vec<weights::TensorInfo> {
         self.0.tensors()
     }
+
+    /// The file's metadata value under `key` (GGUF key-value pairs).
+    pub fn metadata(&self, key: &str) -> Option<weights::MetadataValue> {
+        self.0.metadata(key)
+    }
 }

@@ -1,0 +1,226 @@
+//! `smollm`: the SmolLM2-135M-Instruct chat model as a component. It exports
+//! `tensorwasm:inference/generation@0.1.0`; the decoder runs as `wasi:tensor`
+//! ops on the host's backend (the GPU when the host has one), with the KV
+//! cache kept as host tensors between tokens.
+//!
+//! It needs the weights grant `smollm2-135m-instruct` → the model's GGUF file
+//! (`grants.models = ["smollm2-135m-instruct"]`, docs/OPENAI.md). The host
+//! dequantizes the GGUF's blocks to f32 once, at start-up; the tokenizer
+//! (byte-level BPE) and the ChatML template come from the file's metadata.
+
+mod llama;
+mod sample;
+mod tokenizer;
+
+#[allow(missing_docs)]
+mod bindings {
+    wit_bindgen::generate!({
+        inline: "
+            package tensorwasm:smollm;
+            world smollm {
+                export tensorwasm:inference/generation@0.1.0;
+            }
+        ",
+        path: ["../../wit/tensor-0.1.0", "../../wit/inference-0.1.0"],
+        generate_all,
+    });
+}
+
+use bindings::exports::tensorwasm::inference::generation::{
+    Completion as CompletionHandle, FinishReason, Guest, GuestCompletion, Prompt, Sampling, Usage,
+};
+use bindings::tensorwasm::inference::types::{ContextOverflow, Error, ModelInfo, ModelKind};
+use sample::{Sampler, Scan, StopScan};
+use std::cell::RefCell;
+use tensorwasm_sdk::Weights;
+
+/// The id clients use, and the weights grant's name.
+const MODEL_ID: &str = "smollm2-135m-instruct";
+/// How to fetch the model (named in every "model unavailable" error).
+const FETCH_HINT: &str =
+    "fetch it with `bash scripts/fetch-models.sh` and grant it as in docs/OPENAI.md";
+/// SmolLM2's context, in tokens (the GGUF's `llama.context_length`).
+const CONTEXT: u32 = 8192;
+
+struct Component;
+
+impl Guest for Component {
+    type Completion = Completion;
+
+    fn models() -> Vec<ModelInfo> {
+        vec![ModelInfo {
+            id: MODEL_ID.into(),
+            owned_by: "HuggingFaceTB".into(),
+            kind: ModelKind::Generation,
+            context_length: CONTEXT,
+            dimensions: 0,
+        }]
+    }
+
+    fn start(model: String, prompt: Prompt, options: Sampling) -> Result<CompletionHandle, Error> {
+        if model != MODEL_ID {
+            return Err(Error::UnknownModel(format!(
+                "this component serves `{MODEL_ID}`, not `{model}`"
+            )));
+        }
+        check(&options)?;
+        let weights = Weights::open(MODEL_ID).map_err(|e| match e.kind() {
+            "not-granted" | "not-found" => {
+                Error::ModelUnavailable(format!("{MODEL_ID}: {e}; {FETCH_HINT}"))
+            }
+            _ => Error::Backend(e.to_string()),
+        })?;
+        let model = llama::Model::open(&weights).map_err(Error::ModelUnavailable)?;
+        let vocab = tokenizer::Vocab::from_gguf(&weights).map_err(Error::ModelUnavailable)?;
+        let text = match prompt {
+            Prompt::Text(t) => t,
+            Prompt::Chat(messages) => {
+                if messages.is_empty() {
+                    return Err(Error::InvalidRequest("`messages` must not be empty".into()));
+                }
+                tokenizer::chat_prompt(&messages)
+            }
+        };
+        let ids = vocab.encode(&text).map_err(Error::InvalidRequest)?;
+        if ids.is_empty() {
+            return Err(Error::InvalidRequest("the prompt is empty".into()));
+        }
+        let requested = ids.len() as u64 + u64::from(options.max_tokens);
+        let maximum = model.config.context.min(CONTEXT as usize) as u32;
+        if requested > u64::from(maximum) {
+            return Err(Error::ContextLengthExceeded(ContextOverflow {
+                requested: requested.min(u64::from(u32::MAX)) as u32,
+                maximum,
+            }));
+        }
+        let seed = options
+            .seed
+            .unwrap_or_else(wasip2::random::random::get_random_u64);
+        let mut cache = model.cache();
+        let logits = model
+            .forward(&ids, &mut cache)
+            .map_err(|e| Error::Backend(e.to_string()))?;
+        let state = State {
+            sampler: Sampler::new(options.temperature, options.top_p, seed),
+            prompt_tokens: ids.len() as u32,
+            generated: Vec::new(),
+            released: 0,
+            pending: Some(logits),
+            finish: None,
+            cache,
+            model,
+            vocab,
+            options,
+        };
+        Ok(CompletionHandle::new(Completion(RefCell::new(state))))
+    }
+}
+
+/// Checks the sampling options against the WIT's ranges.
+fn check(o: &Sampling) -> Result<(), Error> {
+    let bad = |m: String| Err(Error::InvalidRequest(m));
+    if o.max_tokens == 0 {
+        return bad("`max_tokens` must be at least 1".into());
+    }
+    if !(0.0..=2.0).contains(&o.temperature) {
+        return bad(format!("`temperature` must be in [0, 2], not {}", o.temperature));
+    }
+    if !(o.top_p > 0.0 && o.top_p <= 1.0) {
+        return bad(format!("`top_p` must be in (0, 1], not {}", o.top_p));
+    }
+    if o.stop.len() > 4 || o.stop.iter().any(String::is_empty) {
+        return bad("`stop` takes at most 4 sequences, none empty".into());
+    }
+    Ok(())
+}
+
+/// A completion's state between `next` calls.
+struct State {
+    model: llama::Model,
+    vocab: tokenizer::Vocab,
+    cache: llama::Cache,
+    sampler: Sampler,
+    options: Sampling,
+    prompt_tokens: u32,
+    generated: Vec<u32>,
+    /// Bytes of the decoded text already returned.
+    released: usize,
+    /// Logits of the position to pick next, when not yet picked.
+    pending: Option<tensorwasm_sdk::Tensor>,
+    finish: Option<FinishReason>,
+}
+
+impl State {
+    /// Generates until there is text to return or the completion ends.
+    fn next(&mut self) -> Result<Option<String>, Error> {
+        let backend = |e: tensorwasm_sdk::Error| Error::Backend(e.to_string());
+        while self.finish.is_none() {
+            let logits = match self.pending.take() {
+                Some(l) => l,
+                None => {
+                    let last = *self.generated.last().expect("a token was generated");
+                    self.model.forward(&[last], &mut self.cache).map_err(backend)?
+                }
+            };
+            let id = self.sampler.pick(&logits).map_err(backend)?;
+            if self.vocab.end_ids.contains(&id) {
+                // The model ended: release what was held back for a stop sequence.
+                self.finish = Some(FinishReason::Stop);
+                let text = self.vocab.decode(&self.generated);
+                if text.len() > self.released {
+                    let piece = text[self.released..].to_string();
+                    self.released = text.len();
+                    return Ok(Some(piece));
+                }
+                break;
+            }
+            self.generated.push(id);
+            let text = self.vocab.decode(&self.generated);
+            let stops = StopScan::new(&self.options.stop);
+            let release = match stops.scan(&text, self.released) {
+                Scan::Stop(at) => {
+                    self.finish = Some(FinishReason::Stop);
+                    at
+                }
+                Scan::Release(at) => at,
+            };
+            if self.finish.is_none() && self.generated.len() >= self.options.max_tokens as usize {
+                self.finish = Some(FinishReason::Length);
+            }
+            let end = if matches!(self.finish, Some(FinishReason::Length)) {
+                text.len()
+            } else {
+                release
+            };
+            if end > self.released {
+                let piece = text[self.released..end].to_string();
+                self.released = end;
+                return Ok(Some(piece));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// The `completion` resource.
+struct Completion(RefCell<State>);
+
+impl GuestCompletion for Completion {
+    fn next(&self) -> Result<Option<String>, Error> {
+        self.0.borrow_mut().next()
+    }
+
+    fn finish_reason(&self) -> Option<FinishReason> {
+        self.0.borrow().finish
+    }
+
+    fn usage(&self) -> Usage {
+        let s = self.0.borrow();
+        Usage {
+            prompt_tokens: s.prompt_tokens,
+            completion_tokens: s.generated.len() as u32,
+        }
+    }
+}
+
+bindings::export!(Component with_types_in bindings);

@@ -1,0 +1,157 @@
+//! SmolLM2-135M's Llama decoder as `wasi:tensor` ops, with a KV cache held
+//! as host (device) tensors across decode steps.
+
+use tensorwasm_sdk::{RopeLayout, Tensor, Weights, attention, concat};
+
+/// Hyper-parameters read from the GGUF metadata.
+#[allow(missing_docs)]
+pub struct Config {
+    pub layers: usize,
+    pub hidden: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub rms_eps: f32,
+    pub rope_theta: f32,
+    pub context: usize,
+}
+
+struct Layer {
+    attn_norm: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    ffn_norm: Tensor,
+    gate: Tensor,
+    up: Tensor,
+    down: Tensor,
+}
+
+/// The model's weights (shared host tensors, loaded once by the host).
+pub struct Model {
+    pub config: Config,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    out_norm: Tensor,
+    /// The output projection ([vocab, hidden]; the embedding when tied).
+    lm_head: Tensor,
+}
+
+/// Keys and values of every layer for the positions read so far.
+pub struct Cache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    /// Positions held.
+    pub len: usize,
+}
+
+fn integer(w: &Weights, key: &str) -> Result<usize, String> {
+    match w.metadata(key) {
+        Some(tensorwasm_sdk::MetadataValue::Integer(v)) if v > 0 => Ok(v as usize),
+        _ => Err(format!("the GGUF file has no positive integer `{key}`")),
+    }
+}
+
+fn float(w: &Weights, key: &str) -> Result<f32, String> {
+    match w.metadata(key) {
+        Some(tensorwasm_sdk::MetadataValue::Float(v)) => Ok(v as f32),
+        _ => Err(format!("the GGUF file has no number `{key}`")),
+    }
+}
+
+impl Model {
+    /// The model in `w` (a llama-architecture GGUF file).
+    pub fn open(w: &Weights) -> Result<Self, String> {
+        let config = Config {
+            layers: integer(w, "llama.block_count")?,
+            hidden: integer(w, "llama.embedding_length")?,
+            heads: integer(w, "llama.attention.head_count")?,
+            kv_heads: integer(w, "llama.attention.head_count_kv")?,
+            rms_eps: float(w, "llama.attention.layer_norm_rms_epsilon")?,
+            rope_theta: float(w, "llama.rope.freq_base")?,
+            context: integer(w, "llama.context_length")?,
+        };
+        if config.hidden % config.heads != 0 || config.heads % config.kv_heads != 0 {
+            return Err("the GGUF file's head counts do not divide its width".into());
+        }
+        let get = |name: &str| w.get(name).map_err(|e| format!("tensor `{name}`: {e}"));
+        let mut layers = Vec::with_capacity(config.layers);
+        for i in 0..config.layers {
+            let t = |part: &str| get(&format!("blk.{i}.{part}.weight"));
+            layers.push(Layer {
+                attn_norm: t("attn_norm")?,
+                q: t("attn_q")?,
+                k: t("attn_k")?,
+                v: t("attn_v")?,
+                o: t("attn_output")?,
+                ffn_norm: t("ffn_norm")?,
+                gate: t("ffn_gate")?,
+                up: t("ffn_up")?,
+                down: t("ffn_down")?,
+            });
+        }
+        let embed = get("token_embd.weight")?;
+        let lm_head = match w.get("output.weight") {
+            Ok(t) => t,
+            Err(_) => get("token_embd.weight")?,
+        };
+        Ok(Self {
+            embed,
+            layers,
+            out_norm: get("output_norm.weight")?,
+            lm_head,
+            config,
+        })
+    }
+
+    /// An empty cache.
+    pub fn cache(&self) -> Cache {
+        Cache {
+            layers: (0..self.config.layers).map(|_| None).collect(),
+            len: 0,
+        }
+    }
+
+    /// Reads `ids` at the positions after the cache's and returns the logits
+    /// [1, vocab] of the last one; the cache grows by `ids.len()`.
+    pub fn forward(&self, ids: &[u32], cache: &mut Cache) -> tensorwasm_sdk::Result<Tensor> {
+        let c = &self.config;
+        let s = ids.len() as u32;
+        let head_dim = (c.hidden / c.heads) as u32;
+        let (h, kvh) = (c.heads as u32, c.kv_heads as u32);
+        let offset = cache.len as u32;
+        let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+        let ids = Tensor::from_i64(&ids, &[s])?;
+        let mut x = self.embed.embedding(&ids)?; // [s, hidden]
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            let n = x.rms_norm(Some(&layer.attn_norm), c.rms_eps)?;
+            let split = |t: Tensor, heads: u32| -> tensorwasm_sdk::Result<Tensor> {
+                t.reshape(&[1, s, heads, head_dim])?
+                    .permute(&[0, 2, 1, 3])?
+                    .rope(offset, c.rope_theta, RopeLayout::Interleaved)
+            };
+            let q = split(n.matmul_t(&layer.q)?, h)?;
+            let k = split(n.matmul_t(&layer.k)?, kvh)?;
+            let v = n
+                .matmul_t(&layer.v)?
+                .reshape(&[1, s, kvh, head_dim])?
+                .permute(&[0, 2, 1, 3])?;
+            let (k, v) = match slot.take() {
+                Some((pk, pv)) => (concat(&[&pk, &k], 2)?, concat(&[&pv, &v], 2)?),
+                None => (k, v),
+            };
+            let attended = attention(&q, &k, &v, None, scale, true)?
+                .permute(&[0, 2, 1, 3])?
+                .reshape(&[s, c.hidden as u32])?;
+            *slot = Some((k, v));
+            x = x.add(&attended.matmul_t(&layer.o)?)?;
+            let n = x.rms_norm(Some(&layer.ffn_norm), c.rms_eps)?;
+            let gated = n.matmul_t(&layer.gate)?.silu()?.mul(&n.matmul_t(&layer.up)?)?;
+            x = x.add(&gated.matmul_t(&layer.down)?)?;
+        }
+        cache.len += ids.element_count() as usize;
+        x.narrow(0, s - 1, 1)?
+            .rms_norm(Some(&self.out_norm), c.rms_eps)?
+            .matmul_t(&self.lm_head)
+    }
+}
