@@ -11,6 +11,7 @@ mod hello;
 mod hostile;
 mod keyvalue;
 mod lifecycle;
+mod openai;
 mod reference;
 mod tensor_guests;
 mod tensor_ops;

@@ -59,7 +59,10 @@ impl Encoder {
             })
         };
         let pair = |prefix: &str, a: &str, b: &str| -> Result<(Tensor, Tensor), OpenError> {
-            Ok((get(&format!("{prefix}.{a}"))?, get(&format!("{prefix}.{b}"))?))
+            Ok((
+                get(&format!("{prefix}.{a}"))?,
+                get(&format!("{prefix}.{b}"))?,
+            ))
         };
         let linear = |prefix: &str| pair(prefix, "weight", "bias");
         let mut layers = Vec::with_capacity(LAYERS);
@@ -167,7 +170,9 @@ impl Encoder {
                 LAYER_NORM_EPS,
             )?;
         }
-        x.mean(1, Some(&keep_mask))?.l2_normalize(-1, 1e-12)?.to_f32()
+        x.mean(1, Some(&keep_mask))?
+            .l2_normalize(-1, 1e-12)?
+            .to_f32()
     }
 }
 

@@ -44,7 +44,8 @@ const MAX_TOKENS: usize = 256;
 /// The most inputs one request may embed (OpenAI's limit is 2048).
 const MAX_INPUTS: usize = 2048;
 /// How to fetch the model (named in every "model unavailable" error).
-const FETCH_HINT: &str = "fetch it with `bash scripts/fetch-models.sh` and grant it as in docs/OPENAI.md";
+const FETCH_HINT: &str =
+    "fetch it with `bash scripts/fetch-models.sh` and grant it as in docs/OPENAI.md";
 
 struct Component;
 
@@ -135,9 +136,8 @@ fn load_tokenizer() -> Result<Tokenizer, Error> {
             "{MODEL_ID}: cannot read {TOKENIZER_PATH}: {e}; {FETCH_HINT}"
         ))
     })?;
-    let mut tokenizer = Tokenizer::from_bytes(&json).map_err(|e| {
-        Error::ModelUnavailable(format!("{MODEL_ID}: bad {TOKENIZER_PATH}: {e}"))
-    })?;
+    let mut tokenizer = Tokenizer::from_bytes(&json)
+        .map_err(|e| Error::ModelUnavailable(format!("{MODEL_ID}: bad {TOKENIZER_PATH}: {e}")))?;
     tokenizer.with_padding(None);
     tokenizer
         .with_truncation(Some(tokenizers::TruncationParams {

@@ -85,8 +85,15 @@ fn parse(kind: Kind, body: &[u8]) -> Result<Parsed, ApiError> {
     if req.echo == Some(true) {
         return Err(ApiError::invalid_param("echo", "`echo` is not supported"));
     }
-    if req.logprobs.as_ref().is_some_and(|l| !l.is_null() && l != &json!(false)) {
-        return Err(ApiError::invalid_param("logprobs", "`logprobs` is not supported"));
+    if req
+        .logprobs
+        .as_ref()
+        .is_some_and(|l| !l.is_null() && l != &json!(false))
+    {
+        return Err(ApiError::invalid_param(
+            "logprobs",
+            "`logprobs` is not supported",
+        ));
     }
     let prompt = match kind {
         Kind::Text => match req.prompt {
@@ -102,9 +109,9 @@ fn parse(kind: Kind, body: &[u8]) -> Result<Parsed, ApiError> {
             }
         },
         Kind::Chat => {
-            let raw = req.messages.ok_or_else(|| {
-                ApiError::invalid_param("messages", "`messages` is required")
-            })?;
+            let raw = req
+                .messages
+                .ok_or_else(|| ApiError::invalid_param("messages", "`messages` is required"))?;
             Prompt::Chat(raw.into_iter().map(message).collect::<Result<_, _>>()?)
         }
     };
@@ -115,17 +122,26 @@ fn parse(kind: Kind, body: &[u8]) -> Result<Parsed, ApiError> {
             .into_iter()
             .map(|v| match v {
                 Value::String(s) => Ok(s),
-                _ => Err(ApiError::invalid_param("stop", "`stop` must be a string or a list of strings")),
+                _ => Err(ApiError::invalid_param(
+                    "stop",
+                    "`stop` must be a string or a list of strings",
+                )),
             })
             .collect::<Result<_, _>>()?,
         Some(_) => {
-            return Err(ApiError::invalid_param("stop", "`stop` must be a string or a list of strings"));
+            return Err(ApiError::invalid_param(
+                "stop",
+                "`stop` must be a string or a list of strings",
+            ));
         }
     };
-    let max_tokens = req.max_completion_tokens.or(req.max_tokens).unwrap_or(match kind {
-        Kind::Text => 16,
-        Kind::Chat => CHAT_DEFAULT_MAX_TOKENS,
-    });
+    let max_tokens = req
+        .max_completion_tokens
+        .or(req.max_tokens)
+        .unwrap_or(match kind {
+            Kind::Text => 16,
+            Kind::Chat => CHAT_DEFAULT_MAX_TOKENS,
+        });
     Ok(Parsed {
         model: req.model,
         prompt,
@@ -143,7 +159,10 @@ fn parse(kind: Kind, body: &[u8]) -> Result<Parsed, ApiError> {
 
 /// A chat message; `content` may be a string or a list of text parts.
 fn message(m: RawMessage) -> Result<Message, ApiError> {
-    if !matches!(m.role.as_str(), "system" | "developer" | "user" | "assistant") {
+    if !matches!(
+        m.role.as_str(),
+        "system" | "developer" | "user" | "assistant"
+    ) {
         return Err(ApiError::invalid_param(
             "messages",
             format!("unsupported message role `{}`", m.role),
@@ -154,15 +173,32 @@ fn message(m: RawMessage) -> Result<Message, ApiError> {
         Some(Value::String(s)) => s,
         Some(Value::Array(parts)) => parts
             .iter()
-            .map(|p| match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
-                (Some("text"), Some(t)) => Ok(t.to_string()),
-                _ => Err(ApiError::invalid_param("messages", "only text content parts are supported")),
+            .map(|p| {
+                match (
+                    p.get("type").and_then(Value::as_str),
+                    p.get("text").and_then(Value::as_str),
+                ) {
+                    (Some("text"), Some(t)) => Ok(t.to_string()),
+                    _ => Err(ApiError::invalid_param(
+                        "messages",
+                        "only text content parts are supported",
+                    )),
+                }
             })
             .collect::<Result<Vec<_>, _>>()?
             .concat(),
-        Some(_) => return Err(ApiError::invalid_param("messages", "`content` must be a string or a list of parts")),
+        Some(_) => {
+            return Err(ApiError::invalid_param(
+                "messages",
+                "`content` must be a string or a list of parts",
+            ));
+        }
     };
-    let role = if m.role == "developer" { "system".into() } else { m.role };
+    let role = if m.role == "developer" {
+        "system".into()
+    } else {
+        m.role
+    };
     Ok(Message { role, content })
 }
 
@@ -179,7 +215,11 @@ pub fn create(kind: Kind, body: &[u8], out: ResponseOutparam) {
     let meta = Meta {
         id: format!(
             "{}-{:016x}{:016x}",
-            if kind == Kind::Chat { "chatcmpl" } else { "cmpl" },
+            if kind == Kind::Chat {
+                "chatcmpl"
+            } else {
+                "cmpl"
+            },
             wasip2::random::random::get_random_u64(),
             wasip2::random::random::get_random_u64()
         ),
@@ -218,7 +258,9 @@ impl Meta {
             FinishReason::Length => "length",
         });
         match (self.kind, chunk) {
-            (Kind::Text, _) => json!({"index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish}),
+            (Kind::Text, _) => {
+                json!({"index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish})
+            }
             (Kind::Chat, false) => json!({
                 "index": 0,
                 "message": {"role": "assistant", "content": text.unwrap_or(""), "refusal": null},
@@ -309,7 +351,11 @@ fn stream(meta: &Meta, completion: &Completion, include_usage: bool, out: Respon
                 }
             }
         }
-        let last_text = if meta.kind == Kind::Text { Some("") } else { None };
+        let last_text = if meta.kind == Kind::Text {
+            Some("")
+        } else {
+            None
+        };
         send(&meta.envelope(
             vec![meta.choice(last_text, completion.finish_reason(), true)],
             None,

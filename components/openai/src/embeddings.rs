@@ -40,7 +40,10 @@ pub fn create(body: &[u8]) -> Result<Value, ApiError> {
         if d as usize != width {
             return Err(ApiError::invalid_param(
                 "dimensions",
-                format!("`{}` produces {width}-dimensional vectors; `dimensions` {d} is not supported", req.model),
+                format!(
+                    "`{}` produces {width}-dimensional vectors; `dimensions` {d} is not supported",
+                    req.model
+                ),
             ));
         }
     }
@@ -77,7 +80,11 @@ fn inputs(input: &Value) -> Result<Vec<Input>, ApiError> {
     let tokens = |items: &[Value]| -> Result<Vec<u32>, ApiError> {
         items
             .iter()
-            .map(|t| t.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(bad))
+            .map(|t| {
+                t.as_u64()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or_else(bad)
+            })
             .collect()
     };
     match input {

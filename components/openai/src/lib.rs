@@ -70,7 +70,11 @@ impl wasip2::exports::http::incoming_handler::Guest for OpenAi {
 }
 
 /// Answers one request with a JSON body, or an API error.
-fn route(request: &IncomingRequest, method: Method, path: &str) -> Result<serde_json::Value, ApiError> {
+fn route(
+    request: &IncomingRequest,
+    method: Method,
+    path: &str,
+) -> Result<serde_json::Value, ApiError> {
     match (method, path) {
         (Method::Get, "/v1/models") => Ok(json!({
             "object": "list",

@@ -123,7 +123,10 @@ fn check(o: &Sampling) -> Result<(), Error> {
         return bad("`max_tokens` must be at least 1".into());
     }
     if !(0.0..=2.0).contains(&o.temperature) {
-        return bad(format!("`temperature` must be in [0, 2], not {}", o.temperature));
+        return bad(format!(
+            "`temperature` must be in [0, 2], not {}",
+            o.temperature
+        ));
     }
     if !(o.top_p > 0.0 && o.top_p <= 1.0) {
         return bad(format!("`top_p` must be in (0, 1], not {}", o.top_p));
@@ -159,7 +162,9 @@ impl State {
                 Some(l) => l,
                 None => {
                     let last = *self.generated.last().expect("a token was generated");
-                    self.model.forward(&[last], &mut self.cache).map_err(backend)?
+                    self.model
+                        .forward(&[last], &mut self.cache)
+                        .map_err(backend)?
                 }
             };
             let id = self.sampler.pick(&logits).map_err(backend)?;

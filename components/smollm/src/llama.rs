@@ -146,7 +146,10 @@ impl Model {
             *slot = Some((k, v));
             x = x.add(&attended.matmul_t(&layer.o)?)?;
             let n = x.rms_norm(Some(&layer.ffn_norm), c.rms_eps)?;
-            let gated = n.matmul_t(&layer.gate)?.silu()?.mul(&n.matmul_t(&layer.up)?)?;
+            let gated = n
+                .matmul_t(&layer.gate)?
+                .silu()?
+                .mul(&n.matmul_t(&layer.up)?)?;
             x = x.add(&gated.matmul_t(&layer.down)?)?;
         }
         cache.len += ids.element_count() as usize;

@@ -112,7 +112,11 @@ impl<'a> StopScan<'a> {
         let held = self
             .stops
             .iter()
-            .flat_map(|s| (1..s.len()).filter(move |&n| s.is_char_boundary(n)).map(move |n| &s[..n]))
+            .flat_map(|s| {
+                (1..s.len())
+                    .filter(move |&n| s.is_char_boundary(n))
+                    .map(move |n| &s[..n])
+            })
             .filter(|prefix| text[..end].ends_with(prefix))
             .map(str::len)
             .max()

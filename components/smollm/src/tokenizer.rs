@@ -100,7 +100,10 @@ pub fn chat_prompt(messages: &[Message]) -> String {
         out.push_str(&format!("<|im_start|>system\n{DEFAULT_SYSTEM}<|im_end|>\n"));
     }
     for m in messages {
-        out.push_str(&format!("<|im_start|>{}\n{}<|im_end|>\n", m.role, m.content));
+        out.push_str(&format!(
+            "<|im_start|>{}\n{}<|im_end|>\n",
+            m.role, m.content
+        ));
     }
     out.push_str("<|im_start|>assistant\n");
     out

