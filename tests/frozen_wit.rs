@@ -56,6 +56,7 @@ fn released_wit_packages_are_unchanged() {
         "cuda-0.1.0",
         "scheduler-0.1.0",
         "platform-0.1.0",
+        "inference-0.1.0",
     ] {
         assert!(
             packages.contains(want),
@@ -93,6 +94,7 @@ fn wit_packages_resolve_with_their_deps() {
         "scheduler-0.1.0",
         "cuda-0.1.0",
         "platform-0.1.0",
+        "inference-0.1.0",
     ] {
         resolve
             .push_path(wit.join(package))
@@ -123,5 +125,25 @@ fn wit_packages_resolve_with_their_deps() {
                 "{world} lacks {want}: {imports:?}"
             );
         }
+    }
+    let inference = resolve
+        .packages
+        .iter()
+        .find(|(_, p)| p.name.to_string() == "tensorwasm:inference@0.1.0")
+        .map(|(id, _)| id)
+        .expect("tensorwasm:inference@0.1.0");
+    for (world, export) in [
+        ("embedding-model", "tensorwasm:inference/embeddings@0.1.0"),
+        ("generation-model", "tensorwasm:inference/generation@0.1.0"),
+    ] {
+        let id = resolve
+            .select_world(&[inference], Some(world))
+            .unwrap_or_else(|e| panic!("{world}: {e:#}"));
+        let exports: Vec<String> = resolve.worlds[id]
+            .exports
+            .keys()
+            .map(|k| resolve.name_world_key(k))
+            .collect();
+        assert!(exports.iter().any(|e| e == export), "{world}: {exports:?}");
     }
 }

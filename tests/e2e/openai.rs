@@ -275,7 +275,15 @@ fn bad_requests_get_openai_error_objects() {
             assert_eq!(v["error"]["param"], p, "{status} {v}");
         }
     };
-    let cases: Vec<(&str, Value, u16, Option<&str>, Option<&str>)> = vec![
+    // (path, body, status, code, param)
+    type Case = (
+        &'static str,
+        Value,
+        u16,
+        Option<&'static str>,
+        Option<&'static str>,
+    );
+    let cases: Vec<Case> = vec![
         (
             "/v1/embeddings",
             json!({"model": "nope", "input": "x"}),

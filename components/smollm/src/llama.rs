@@ -70,7 +70,9 @@ impl Model {
             rope_theta: float(w, "llama.rope.freq_base")?,
             context: integer(w, "llama.context_length")?,
         };
-        if config.hidden % config.heads != 0 || config.heads % config.kv_heads != 0 {
+        if !config.hidden.is_multiple_of(config.heads)
+            || !config.heads.is_multiple_of(config.kv_heads)
+        {
             return Err("the GGUF file's head counts do not divide its width".into());
         }
         let get = |name: &str| w.get(name).map_err(|e| format!("tensor `{name}`: {e}"));

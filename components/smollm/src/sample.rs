@@ -136,34 +136,3 @@ fn floor_boundary(text: &str, mut i: usize) -> usize {
     }
     i
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stops_end_text_and_their_beginnings_are_held() {
-        let stops = vec!["END".to_string()];
-        let s = StopScan::new(&stops);
-        assert!(matches!(s.scan("hello E", 0), Scan::Release(6)));
-        assert!(matches!(s.scan("hello EN", 0), Scan::Release(6)));
-        assert!(matches!(s.scan("hello END more", 0), Scan::Stop(6)));
-        assert!(matches!(s.scan("hello", 0), Scan::Release(5)));
-        assert!(matches!(s.scan("caf\u{fffd}", 0), Scan::Release(3)));
-    }
-
-    #[test]
-    fn draws_are_seeded_and_stay_in_the_nucleus() {
-        let logits = [0.0, 5.0, 4.9, -3.0];
-        let picks = |seed| {
-            let mut s = Sampler::new(1.0, 0.5, seed);
-            (0..50).map(|_| s.draw(&logits)).collect::<Vec<_>>()
-        };
-        assert_eq!(picks(7), picks(7));
-        // top-p 0.5 keeps only the single most likely token here.
-        assert!(picks(7).iter().all(|&id| id == 1));
-        let mut s = Sampler::new(1.0, 1.0, 3);
-        let wide: Vec<u32> = (0..200).map(|_| s.draw(&logits)).collect();
-        assert!(wide.contains(&1) && wide.contains(&2));
-    }
-}
