@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The OpenAI API's GPU check and benchmark, run on the lent GPU machine from
+# the repository root once scripts/gpu-pack-openai.sh's .gpu/ and every
+# .xfer/part-* chunk are there. Builds nothing. Runs:
+#   1. the models folder reassembled from the chunks (digests checked);
+#   2. benches/openai/bench.py on --device cuda: embeddings vs the numpy
+#      float64 reference (cosine) and greedy generation vs the reference
+#      (token for token), then embeddings/s at batch 1/32/128 and generation
+#      (time to first token, decode tokens/s) vs sentence-transformers and
+#      transformers on PyTorch, same GPU;
+#   3. the same on --device cpu vs PyTorch on this machine's CPU.
+# Logs go to $OUT; the tables are printed last.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu-openai}
+mkdir -p "$OUT"
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+G=$PWD/.gpu
+[ -x "$G/tensor-wasm" ] || { echo "no .gpu/: run scripts/gpu-pack-openai.sh first and carry .gpu"; exit 2; }
+(cd .xfer && sha256sum -c --quiet SHA256SUMS) || { echo "model chunks missing or damaged: $(ls .xfer)"; exit 2; }
+models=/tmp/tw-models
+rm -rf "$models" && mkdir -p "$models"
+cat .xfer/part-* | tar -C "$models" -xf - || exit 2
+python3 -m pip install -q --no-index --no-deps --target /tmp/site "$G"/whl/*.whl && export PYTHONPATH=/tmp/site
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
+refs=(--reference-embeddings "$G/ref/embeddings.json" --sentences "$G/ref/sentences.json"
+      --reference-generation "$G/ref/generation.json" --prompts "$G/ref/prompts.json")
+for dev in cuda cpu; do
+  PYTHONUNBUFFERED=1 timeout 270 python3 benches/openai/bench.py --tensor-wasm "$G/tensor-wasm" \
+    --models "$models" --device "$dev" --rounds "${ROUNDS:-5}" "${refs[@]}" > "$OUT/bench-$dev.log" 2>&1
+  echo "== $dev (rc $?)"
+  grep -E "correctness|differs|Error|error" "$OUT/bench-$dev.log" | head -8
+done
+echo
+echo "== summary"
+echo "device: $(cat "$OUT/device.txt")"
+for dev in cuda cpu; do echo "-- $dev"; sed -n '/^device /,$p' "$OUT/bench-$dev.log"; done
