@@ -6,7 +6,7 @@
 //! What it needs from the deployment (docs/OPENAI.md):
 //! - the weights grant `all-minilm-l6-v2` → the model's `model.safetensors`;
 //! - the model folder granted read-only at `/models/all-minilm-l6-v2`, for
-//!   `tokenizer.json`.
+//!   the tokenizer's `vocab.txt`.
 //!
 //! The pipeline is sentence-transformers' own: BERT WordPiece tokenization
 //! (lower case, `[CLS] … [SEP]`, truncated at 256 tokens), the 6-layer BERT
@@ -31,14 +31,18 @@ mod bindings {
 
 use bindings::exports::tensorwasm::inference::embeddings::{EmbeddingBatch, Guest, Input};
 use bindings::tensorwasm::inference::types::{Error, ModelInfo, ModelKind};
-use tokenizers::Tokenizer;
+use tokenizers::models::wordpiece::WordPiece;
+use tokenizers::normalizers::bert::BertNormalizer;
+use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+use tokenizers::processors::template::TemplateProcessing;
+use tokenizers::{AddedToken, Tokenizer};
 
 /// The id clients use.
 const MODEL_ID: &str = "all-minilm-l6-v2";
 /// The weights grant holding `model.safetensors`.
 const WEIGHTS_GRANT: &str = "all-minilm-l6-v2";
-/// Where the deployment mounts the model folder.
-const TOKENIZER_PATH: &str = "/models/all-minilm-l6-v2/tokenizer.json";
+/// The WordPiece vocabulary, in the model folder the deployment mounts.
+const VOCAB_PATH: &str = "/models/all-minilm-l6-v2/vocab.txt";
 /// sentence-transformers' `max_seq_length` for this model.
 const MAX_TOKENS: usize = 256;
 /// The most inputs one request may embed (OpenAI's limit is 2048).
@@ -129,22 +133,58 @@ fn tokenize(inputs: &[Input]) -> Result<Vec<Vec<u32>>, Error> {
     Ok(out)
 }
 
-/// The model's WordPiece tokenizer, set up as sentence-transformers uses it.
+/// The model's WordPiece tokenizer, set up as its `tokenizer.json` says
+/// (BERT normalizer: clean text, CJK split, lower case, accents stripped; BERT
+/// pre-tokenizer; WordPiece with `##`; `[CLS] … [SEP]`), truncated as
+/// sentence-transformers does. Built from `vocab.txt`, one token per line:
+/// about twice as fast as parsing `tokenizer.json`, which matters because
+/// every request builds it anew.
 fn load_tokenizer() -> Result<Tokenizer, Error> {
-    let json = std::fs::read(TOKENIZER_PATH).map_err(|e| {
-        Error::ModelUnavailable(format!(
-            "{MODEL_ID}: cannot read {TOKENIZER_PATH}: {e}; {FETCH_HINT}"
-        ))
+    let unavailable = |m: String| Error::ModelUnavailable(format!("{MODEL_ID}: {m}"));
+    let text = std::fs::read_to_string(VOCAB_PATH).map_err(|e| {
+        unavailable(format!("cannot read {VOCAB_PATH}: {e}; {FETCH_HINT}"))
     })?;
-    let mut tokenizer = Tokenizer::from_bytes(&json)
-        .map_err(|e| Error::ModelUnavailable(format!("{MODEL_ID}: bad {TOKENIZER_PATH}: {e}")))?;
-    tokenizer.with_padding(None);
+    let vocab: tokenizers::models::bpe::Vocab = text
+        .lines()
+        .enumerate()
+        .map(|(i, t)| (t.to_string(), i as u32))
+        .collect();
+    let id = |t: &str| {
+        vocab
+            .get(t)
+            .copied()
+            .ok_or_else(|| unavailable(format!("{VOCAB_PATH} has no {t}")))
+    };
+    let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
+    let specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
+    let wordpiece = WordPiece::builder()
+        .vocab(vocab)
+        .unk_token("[UNK]".into())
+        .continuing_subword_prefix("##".into())
+        .max_input_chars_per_word(100)
+        .build()
+        .map_err(|e| unavailable(e.to_string()))?;
+    let mut tokenizer = Tokenizer::new(wordpiece);
+    tokenizer
+        .with_normalizer(Some(BertNormalizer::new(true, true, None, true)))
+        .map_err(|e| unavailable(e.to_string()))?;
+    tokenizer.with_pre_tokenizer(Some(BertPreTokenizer));
+    let template = TemplateProcessing::builder()
+        .try_single("[CLS] $A [SEP]")
+        .map_err(|e| unavailable(e.to_string()))?
+        .special_tokens(vec![("[CLS]", cls), ("[SEP]", sep)])
+        .build()
+        .map_err(|e| unavailable(e.to_string()))?;
+    tokenizer.with_post_processor(Some(template));
+    tokenizer
+        .add_special_tokens(specials.map(|t| AddedToken::from(t, true)))
+        .map_err(|e| unavailable(e.to_string()))?;
     tokenizer
         .with_truncation(Some(tokenizers::TruncationParams {
             max_length: MAX_TOKENS,
             ..Default::default()
         }))
-        .map_err(|e| Error::ModelUnavailable(format!("{MODEL_ID}: {e}")))?;
+        .map_err(|e| unavailable(e.to_string()))?;
     Ok(tokenizer)
 }
 
