@@ -17,6 +17,10 @@ mkdir -p "$OUT"
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 G=$PWD/.gpu
 [ -x "$G/tensor-wasm" ] || { echo "no .gpu/: run scripts/gpu-pack-openai.sh first and carry .gpu"; exit 2; }
+# Each device call replaces .xfer/ with what it carries, so the earlier calls
+# copied their chunk to /tmp/xfer (kept while the machine stays warm):
+#   carry [".xfer/part-00"], command "mkdir -p /tmp/xfer && cp .xfer/part-* /tmp/xfer/", ...
+mkdir -p .xfer && for f in /tmp/xfer/part-*; do [ -e "$f" ] && [ ! -e ".xfer/${f##*/}" ] && cp "$f" .xfer/; done
 (cd .xfer && sha256sum -c --quiet SHA256SUMS) || { echo "model chunks missing or damaged: $(ls .xfer)"; exit 2; }
 models=/tmp/tw-models
 rm -rf "$models" && mkdir -p "$models"

@@ -2,8 +2,8 @@
 
 use crate::bindings::tensorwasm::inference::embeddings::{Input, embed};
 use crate::error::ApiError;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -20,7 +20,7 @@ struct Request {
 }
 
 /// Embeds the request's inputs.
-pub fn create(body: &[u8]) -> Result<Value, ApiError> {
+pub fn create(body: &[u8]) -> Result<String, ApiError> {
     let req: Request = serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid_request(format!("invalid JSON body: {e}")))?;
     let base64 = match req.encoding_format.as_deref() {
@@ -47,25 +47,61 @@ pub fn create(body: &[u8]) -> Result<Value, ApiError> {
             ));
         }
     }
-    let data: Vec<Value> = batch
+    // Serialized straight from the vectors: a `Value` per float costs more
+    // than the model at large batches.
+    let data: Vec<Embedding> = batch
         .vectors
         .iter()
         .enumerate()
-        .map(|(index, v)| {
-            let embedding = if base64 {
-                Value::String(base64_f32(v))
+        .map(|(index, v)| Embedding {
+            object: "embedding",
+            index,
+            embedding: if base64 {
+                Vector::Base64(base64_f32(v))
             } else {
-                json!(v)
-            };
-            json!({"object": "embedding", "index": index, "embedding": embedding})
+                Vector::Float(v)
+            },
         })
         .collect();
-    Ok(json!({
-        "object": "list",
-        "data": data,
-        "model": req.model,
-        "usage": {"prompt_tokens": batch.prompt_tokens, "total_tokens": batch.prompt_tokens},
-    }))
+    let response = Response {
+        object: "list",
+        data,
+        model: &req.model,
+        usage: Usage {
+            prompt_tokens: batch.prompt_tokens,
+            total_tokens: batch.prompt_tokens,
+        },
+    };
+    serde_json::to_string(&response)
+        .map_err(|e| ApiError::invalid_request(format!("cannot encode the response: {e}")))
+}
+
+#[derive(Serialize)]
+struct Response<'a> {
+    object: &'static str,
+    data: Vec<Embedding<'a>>,
+    model: &'a str,
+    usage: Usage,
+}
+
+#[derive(Serialize)]
+struct Embedding<'a> {
+    object: &'static str,
+    index: usize,
+    embedding: Vector<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Vector<'a> {
+    Float(&'a [f32]),
+    Base64(String),
+}
+
+#[derive(Serialize)]
+struct Usage {
+    prompt_tokens: u32,
+    total_tokens: u32,
 }
 
 /// `input` as OpenAI accepts it: a string, a list of strings, a list of token

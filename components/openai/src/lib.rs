@@ -63,29 +63,30 @@ impl wasip2::exports::http::incoming_handler::Guest for OpenAi {
         }
         let result = route(&request, request.method(), path);
         match result {
-            Ok(body) => json(out, 200, &body.to_string()),
+            Ok(body) => json(out, 200, &body),
             Err(e) => e.send(out),
         }
     }
 }
 
-/// Answers one request with a JSON body, or an API error.
+/// Answers one request with a JSON body (as text), or an API error.
 fn route(
     request: &IncomingRequest,
     method: Method,
     path: &str,
-) -> Result<serde_json::Value, ApiError> {
+) -> Result<String, ApiError> {
     match (method, path) {
         (Method::Get, "/v1/models") => Ok(json!({
             "object": "list",
             "data": models().iter().map(model_object).collect::<Vec<_>>(),
-        })),
+        })
+        .to_string()),
         (Method::Get, p) if p.starts_with("/v1/models/") => {
             let id = &p["/v1/models/".len()..];
             models()
                 .iter()
                 .find(|m| m.id == id)
-                .map(model_object)
+                .map(|m| model_object(m).to_string())
                 .ok_or_else(|| ApiError::model_not_found(id))
         }
         (Method::Post, "/v1/embeddings") => {
