@@ -33,7 +33,9 @@ cat > .gpu/ref/prompts.json <<'EOF'
  {"messages": [{"role": "user", "content": "Write a haiku about GPUs."}]},
  {"text": "The quick brown fox"},
  {"text": "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n"},
- {"text": "In 1969, the first humans landed on"}]
+ {"text": "In 1969, the first humans landed on"},
+ {"text": "Water boils at a temperature of"},
+ {"text": "Here is a list of the planets in the solar system:"}]
 EOF
 "$python" scripts/reference_embeddings.py "$models/all-minilm-l6-v2" .gpu/ref/sentences.json > .gpu/ref/embeddings.json
 "$python" scripts/reference_generation.py "$models/smollm2-135m-instruct/model.gguf" .gpu/ref/prompts.json 32 > .gpu/ref/generation.json

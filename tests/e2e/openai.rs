@@ -181,6 +181,8 @@ fn greedy_generation_matches_the_reference_token_for_token_streaming_too() {
         {"text": "The quick brown fox"},
         {"text": "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n"},
         {"text": "In 1969, the first humans landed on"},
+        {"text": "Water boils at a temperature of"},
+        {"text": "Here is a list of the planets in the solar system:"},
     ]);
     let prompts_file = dir.join("prompts.json");
     std::fs::write(&prompts_file, prompts.to_string()).unwrap();
