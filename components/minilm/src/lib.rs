@@ -141,9 +141,8 @@ fn tokenize(inputs: &[Input]) -> Result<Vec<Vec<u32>>, Error> {
 /// every request builds it anew.
 fn load_tokenizer() -> Result<Tokenizer, Error> {
     let unavailable = |m: String| Error::ModelUnavailable(format!("{MODEL_ID}: {m}"));
-    let text = std::fs::read_to_string(VOCAB_PATH).map_err(|e| {
-        unavailable(format!("cannot read {VOCAB_PATH}: {e}; {FETCH_HINT}"))
-    })?;
+    let text = std::fs::read_to_string(VOCAB_PATH)
+        .map_err(|e| unavailable(format!("cannot read {VOCAB_PATH}: {e}; {FETCH_HINT}")))?;
     let vocab: tokenizers::models::bpe::Vocab = text
         .lines()
         .enumerate()

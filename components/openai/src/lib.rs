@@ -70,11 +70,7 @@ impl wasip2::exports::http::incoming_handler::Guest for OpenAi {
 }
 
 /// Answers one request with a JSON body (as text), or an API error.
-fn route(
-    request: &IncomingRequest,
-    method: Method,
-    path: &str,
-) -> Result<String, ApiError> {
+fn route(request: &IncomingRequest, method: Method, path: &str) -> Result<String, ApiError> {
     match (method, path) {
         (Method::Get, "/v1/models") => Ok(json!({
             "object": "list",
