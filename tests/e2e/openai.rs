@@ -209,14 +209,14 @@ fn greedy_generation_matches_the_reference_token_for_token_streaming_too() {
         ],
     );
     let results = seen.as_array().unwrap();
-    assert_eq!(results.len(), 6);
+    assert_eq!(results.len(), 8);
     let full_length = results
         .iter()
         .filter(|r| r["reference_tokens"] == 32)
         .count();
     assert!(
-        full_length >= 3,
-        "too few prompts ran all 32 tokens: {seen}"
+        full_length >= 5,
+        "fewer than 5 prompts ran all 32 tokens: {seen}"
     );
     for r in results {
         assert_eq!(r["text"], r["reference_text"], "{r}");
