@@ -94,13 +94,27 @@ impl PackageSources {
     }
 }
 
+/// What happens to each package's bytes before they are composed: deploy-time
+/// pre-initialization (`crate::preinit`) when serving, [`unchanged`] elsewhere.
+pub type Prepare<'a> = &'a dyn Fn(&str, Vec<u8>) -> Result<Vec<u8>>;
+
+/// The [`Prepare`] that leaves packages as they are.
+pub fn unchanged(_name: &str, bytes: Vec<u8>) -> Result<Vec<u8>> {
+    Ok(bytes)
+}
+
 /// Composes the world in `source` (read from `origin`, used in errors) into
-/// a component's bytes.
-pub fn compose(origin: &str, source: &str, sources: &PackageSources) -> Result<Vec<u8>> {
+/// a component's bytes, each package passed through `prepare` first.
+pub fn compose(
+    origin: &str,
+    source: &str,
+    sources: &PackageSources,
+    prepare: Prepare<'_>,
+) -> Result<Vec<u8>> {
     // wac-parser asserts on some malformed inputs; a bad file must give an
     // error, never a panic.
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        compose_inner(origin, source, sources)
+        compose_inner(origin, source, sources, prepare)
     }));
     match result {
         Ok(r) => r,
@@ -108,7 +122,12 @@ pub fn compose(origin: &str, source: &str, sources: &PackageSources) -> Result<V
     }
 }
 
-fn compose_inner(origin: &str, source: &str, sources: &PackageSources) -> Result<Vec<u8>> {
+fn compose_inner(
+    origin: &str,
+    source: &str,
+    sources: &PackageSources,
+    prepare: Prepare<'_>,
+) -> Result<Vec<u8>> {
     let doc = Document::parse(source).map_err(|e| located(origin, source, &e))?;
     let mut packages: IndexMap<BorrowedPackageKey<'_>, Vec<u8>> = IndexMap::new();
     loop {
@@ -141,7 +160,7 @@ fn compose_inner(origin: &str, source: &str, sources: &PackageSources) -> Result
                         position(origin, source, span.offset())
                     );
                 }
-                packages.insert(key, bytes);
+                packages.insert(key, prepare(&name, bytes)?);
             }
             Err(e) => return Err(located(origin, source, &e)),
         }
@@ -184,12 +203,16 @@ fn position(origin: &str, source: &str, offset: usize) -> String {
 }
 
 /// Reads and composes the `.wac` file at `path`.
-pub fn compose_file(path: &Path, deps: &BTreeMap<String, PathBuf>) -> Result<Vec<u8>> {
+pub fn compose_file(
+    path: &Path,
+    deps: &BTreeMap<String, PathBuf>,
+    prepare: Prepare<'_>,
+) -> Result<Vec<u8>> {
     let source =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let sources = PackageSources {
         deps: deps.clone(),
         base_dir: path.parent().map(Path::to_path_buf),
     };
-    compose(&path.display().to_string(), &source, &sources)
+    compose(&path.display().to_string(), &source, &sources, prepare)
 }

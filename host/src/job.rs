@@ -27,7 +27,13 @@ pub fn run(args: RunArgs) -> Result<u8> {
         max_instances: args.engine.max_instances,
     })?;
     let cache = ArtifactCache::new(args.cache_dir.clone().or_else(ArtifactCache::default_dir));
-    let component = load::load_path(&engine, &cache, &args.path, &BTreeMap::new())?;
+    let component = load::load_path(
+        &engine,
+        &cache,
+        &args.path,
+        &BTreeMap::new(),
+        &crate::compose::unchanged,
+    )?;
     let exports_run = component
         .component_type()
         .exports(&engine)

@@ -21,6 +21,7 @@ pub mod keyvalue;
 pub mod load;
 pub mod metrics;
 pub mod models;
+pub mod preinit;
 pub mod request_id;
 pub mod router;
 pub mod scheduler;

@@ -103,17 +103,19 @@ pub fn compile(
     Ok(component)
 }
 
-/// Loads whatever `path` holds (component, artifact or world) as a component.
+/// Loads whatever `path` holds (component, artifact or world) as a component;
+/// a component, or each package of a world, passes through `prepare` first.
 pub fn load_path(
     engine: &Engine,
     cache: &ArtifactCache,
     path: &Path,
     deps: &BTreeMap<String, PathBuf>,
+    prepare: compose::Prepare<'_>,
 ) -> Result<Component> {
     let origin = path.display().to_string();
     match kind_of(path)? {
         Kind::World => {
-            let bytes = compose::compose_file(path, deps)?;
+            let bytes = compose::compose_file(path, deps, prepare)?;
             compile(engine, cache, &origin, &bytes)
         }
         Kind::Artifact => {
@@ -124,6 +126,8 @@ pub fn load_path(
         }
         Kind::Component => {
             let bytes = std::fs::read(path).with_context(|| format!("cannot read {origin}"))?;
+            check_component_bytes(&origin, &bytes)?;
+            let bytes = prepare(&origin, bytes)?;
             compile(engine, cache, &origin, &bytes)
         }
         Kind::Deployments => bail!("{origin}: a deployment file cannot be used here"),

@@ -55,7 +55,8 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
             output,
             deps,
         } => {
-            let bytes = compose::compose_file(&world, &deps.into_iter().collect())?;
+            let bytes =
+                compose::compose_file(&world, &deps.into_iter().collect(), &compose::unchanged)?;
             load::check_component_bytes(&world.display().to_string(), &bytes)?;
             std::fs::write(&output, &bytes)
                 .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", output.display()))?;

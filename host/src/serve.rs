@@ -9,8 +9,10 @@ use crate::deployment::Deployment;
 use crate::engine::{self, EngineOptions, EpochTicker};
 use crate::load::{self, Kind};
 use crate::metrics::Metrics;
+use crate::preinit::Preinit;
 use crate::router::Router;
 use crate::server::{self, Host};
+use crate::state::GrantSet;
 use crate::tensor::TensorHost;
 use crate::tensor::device::Device;
 use anyhow::{Context, Result, anyhow};
@@ -94,6 +96,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let tensor_host = TensorHost::new(device, metrics.tensor_bytes.clone());
     tracing::info!("tensor backend: {}", tensor_host.backend_name());
 
+    // Started before the deployments load: pre-initializers run under deadlines.
+    let _ticker = EpochTicker::start(&engine);
     let mut deployments = Vec::new();
     for spec in specs {
         let context = |e: anyhow::Error| match from_file {
@@ -105,12 +109,38 @@ pub fn run(args: ServeArgs) -> Result<()> {
             ),
             None => e,
         };
+        let tensors = tensor_host
+            .tenant(
+                &spec.tenant,
+                spec.limits.tensor_memory,
+                &spec.grants.weights,
+            )
+            .map_err(context)?;
+        let init_grants = GrantSet::new(
+            spec.grants.clone(),
+            tensors.clone(),
+            crate::keyvalue::KeyvalueCtx::new(
+                keyvalue.clone(),
+                volatile.clone(),
+                spec.tenant.as_str().into(),
+            ),
+            &spec.name,
+        );
+        let preinit = Preinit {
+            engine: &engine,
+            linker: &linker,
+            cache: &cache,
+            grants: &init_grants,
+            limits: &spec.limits,
+        };
+        let prepare = |name: &str, bytes: Vec<u8>| preinit.apply(name, bytes);
         let (origin, loaded) = match &spec.source {
             Source::Default => {
                 let bytes = compose::compose(
                     "embedded default world",
                     compose::DEFAULT_WORLD,
                     &compose::PackageSources::default(),
+                    &prepare,
                 )?;
                 (
                     "embedded default world".to_string(),
@@ -119,11 +149,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
             }
             Source::World(p, d) => (
                 p.display().to_string(),
-                load::load_path(&engine, &cache, p, d).map_err(context)?,
+                load::load_path(&engine, &cache, p, d, &prepare).map_err(context)?,
             ),
             Source::Component(p) => (
                 p.display().to_string(),
-                load::load_path(&engine, &cache, p, &BTreeMap::new()).map_err(context)?,
+                load::load_path(&engine, &cache, p, &BTreeMap::new(), &prepare).map_err(context)?,
             ),
         };
         let pre = load::prepare(&engine, &linker, &origin, &loaded).map_err(context)?;
@@ -144,13 +174,6 @@ pub fn run(args: ServeArgs) -> Result<()> {
             spec.route.host.as_deref().unwrap_or("*"),
             spec.route.path.as_deref().unwrap_or("/")
         );
-        let tensors = tensor_host
-            .tenant(
-                &spec.tenant,
-                spec.limits.tensor_memory,
-                &spec.grants.weights,
-            )
-            .map_err(context)?;
         let kv = crate::keyvalue::KeyvalueCtx::new(
             keyvalue.clone(),
             volatile.clone(),
@@ -184,7 +207,6 @@ pub fn run(args: ServeArgs) -> Result<()> {
             )
         }
     };
-    let _ticker = EpochTicker::start(&engine);
     let host = Arc::new(Host {
         engine,
         router,
@@ -296,7 +318,13 @@ pub fn compile(
         max_memory: args.max_memory,
         max_instances: args.max_instances,
     })?;
-    let loaded = load::load_path(&engine, &ArtifactCache::new(None), input, deps)?;
+    let loaded = load::load_path(
+        &engine,
+        &ArtifactCache::new(None),
+        input,
+        deps,
+        &compose::unchanged,
+    )?;
     cache::write_artifact(&loaded, None, output)?;
     eprintln!("compiled {} into {}", input.display(), output.display());
     Ok(())
@@ -308,7 +336,13 @@ pub fn inspect(path: &Path, deps: &BTreeMap<String, PathBuf>) -> Result<()> {
         max_memory: 256 << 20,
         max_instances: 1,
     })?;
-    let loaded = load::load_path(&engine, &ArtifactCache::new(None), path, deps)?;
+    let loaded = load::load_path(
+        &engine,
+        &ArtifactCache::new(None),
+        path,
+        deps,
+        &compose::unchanged,
+    )?;
     let ty = loaded.component_type();
     println!("{}", path.display());
     println!("imports:");

@@ -41,6 +41,9 @@ pub struct GrantSet {
     job_args: Option<Vec<String>>,
 }
 
+/// The seed of `wasi:random` while a component pre-initializes.
+const INIT_SEED: u64 = 0x7465_6e73_6f72_7761;
+
 /// Config keys the host sets for every deployment (a deployment cannot set them).
 pub const RESERVED_CONFIG_PREFIX: &str = "tensorwasm.";
 
@@ -107,7 +110,29 @@ impl RequestState {
         started: Instant,
         budget: Option<Duration>,
     ) -> anyhow::Result<Self> {
+        Self::build(grants, max_memory, started, budget, WasiCtxBuilder::new())
+    }
+
+    /// State for a component's deploy-time initializer (`crate::preinit`):
+    /// the same grants, with `wasi:random` seeded by a constant, so that the
+    /// same component and inputs snapshot to the same bytes.
+    pub fn for_initialization(grants: &GrantSet, max_memory: u64) -> anyhow::Result<Self> {
+        use rand::SeedableRng;
         let mut builder = WasiCtxBuilder::new();
+        builder
+            .secure_random(rand::rngs::StdRng::seed_from_u64(INIT_SEED))
+            .insecure_random(rand::rngs::StdRng::seed_from_u64(INIT_SEED ^ 1))
+            .insecure_random_seed(u128::from(INIT_SEED));
+        Self::build(grants, max_memory, Instant::now(), None, builder)
+    }
+
+    fn build(
+        grants: &GrantSet,
+        max_memory: u64,
+        started: Instant,
+        budget: Option<Duration>,
+        mut builder: WasiCtxBuilder,
+    ) -> anyhow::Result<Self> {
         if let Some(args) = &grants.job_args {
             builder.args(args).inherit_stdio();
         }

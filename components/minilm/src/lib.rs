@@ -22,6 +22,9 @@ mod bindings {
             package tensorwasm:minilm;
             world minilm {
                 export tensorwasm:inference/embeddings@0.1.0;
+                /// Run once at deploy time by the host (`crate::preinit`):
+                /// builds the tokenizer into the snapshot every instance starts from.
+                export wizer-initialize: func();
             }
         ",
         path: ["../../wit/tensor-0.1.0", "../../wit/inference-0.1.0"],
@@ -31,6 +34,7 @@ mod bindings {
 
 use bindings::exports::tensorwasm::inference::embeddings::{EmbeddingBatch, Guest, Input};
 use bindings::tensorwasm::inference::types::{Error, ModelInfo, ModelKind};
+use std::sync::OnceLock;
 use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::bert::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
@@ -52,6 +56,20 @@ const FETCH_HINT: &str =
     "fetch it with `bash scripts/fetch-models.sh` and grant it as in docs/OPENAI.md";
 
 struct Component;
+
+/// The tokenizer, built by [`bindings::Guest::wizer_initialize`] when the
+/// host pre-initializes the component, else by the first request that needs it.
+static TOKENIZER: OnceLock<Tokenizer> = OnceLock::new();
+
+impl bindings::Guest for Component {
+    fn wizer_initialize() {
+        // A missing vocabulary is left for requests to report (503).
+        if let Ok(t) = load_tokenizer() {
+            let _ = TOKENIZER.set(t);
+        }
+        tensorwasm_sdk::preinit::finish();
+    }
+}
 
 impl Guest for Component {
     fn models() -> Vec<ModelInfo> {
@@ -99,20 +117,14 @@ impl Guest for Component {
 
 /// Token ids of every input, `[CLS] … [SEP]`, at most [`MAX_TOKENS`] long.
 fn tokenize(inputs: &[Input]) -> Result<Vec<Vec<u32>>, Error> {
-    let mut tokenizer: Option<Tokenizer> = None;
     let mut out = Vec::with_capacity(inputs.len());
     for (i, input) in inputs.iter().enumerate() {
         let ids = match input {
-            Input::Text(text) => {
-                if tokenizer.is_none() {
-                    tokenizer = Some(load_tokenizer()?);
-                }
-                let t = tokenizer.as_ref().expect("loaded above");
-                t.encode(text.as_str(), true)
-                    .map_err(|e| Error::InvalidRequest(format!("input {i}: {e}")))?
-                    .get_ids()
-                    .to_vec()
-            }
+            Input::Text(text) => tokenizer()?
+                .encode(text.as_str(), true)
+                .map_err(|e| Error::InvalidRequest(format!("input {i}: {e}")))?
+                .get_ids()
+                .to_vec(),
             Input::Tokens(ids) => {
                 if ids.is_empty() {
                     return Err(Error::InvalidRequest(format!("input {i} has no tokens")));
@@ -133,12 +145,22 @@ fn tokenize(inputs: &[Input]) -> Result<Vec<Vec<u32>>, Error> {
     Ok(out)
 }
 
+/// The tokenizer: the pre-initialized one, else built now (and kept for the
+/// rest of this instance).
+fn tokenizer() -> Result<&'static Tokenizer, Error> {
+    if let Some(t) = TOKENIZER.get() {
+        return Ok(t);
+    }
+    let t = load_tokenizer()?;
+    Ok(TOKENIZER.get_or_init(|| t))
+}
+
 /// The model's WordPiece tokenizer, set up as its `tokenizer.json` says
 /// (BERT normalizer: clean text, CJK split, lower case, accents stripped; BERT
 /// pre-tokenizer; WordPiece with `##`; `[CLS] … [SEP]`), truncated as
-/// sentence-transformers does. Built from `vocab.txt`, one token per line:
-/// about twice as fast as parsing `tokenizer.json`, which matters because
-/// every request builds it anew.
+/// sentence-transformers does. Built from `vocab.txt`, one token per line
+/// (about twice as fast as parsing `tokenizer.json`, which matters when the
+/// component is not pre-initialized and each instance builds it).
 fn load_tokenizer() -> Result<Tokenizer, Error> {
     let unavailable = |m: String| Error::ModelUnavailable(format!("{MODEL_ID}: {m}"));
     let text = std::fs::read_to_string(VOCAB_PATH)

@@ -19,6 +19,9 @@ mod bindings {
             package tensorwasm:smollm;
             world smollm {
                 export tensorwasm:inference/generation@0.1.0;
+                /// Run once at deploy time by the host (`crate::preinit`):
+                /// builds the tokenizer into the snapshot every instance starts from.
+                export wizer-initialize: func();
             }
         ",
         path: ["../../wit/tensor-0.1.0", "../../wit/inference-0.1.0"],
@@ -32,6 +35,7 @@ use bindings::exports::tensorwasm::inference::generation::{
 use bindings::tensorwasm::inference::types::{ContextOverflow, Error, ModelInfo, ModelKind};
 use sample::{Sampler, Scan, StopScan};
 use std::cell::RefCell;
+use std::sync::OnceLock;
 use tensorwasm_sdk::Weights;
 
 /// The id clients use, and the weights grant's name.
@@ -43,6 +47,32 @@ const FETCH_HINT: &str =
 const CONTEXT: u32 = 8192;
 
 struct Component;
+
+/// The tokenizer, built by [`bindings::Guest::wizer_initialize`] when the
+/// host pre-initializes the component, else by the first request.
+static VOCAB: OnceLock<tokenizer::Vocab> = OnceLock::new();
+
+impl bindings::Guest for Component {
+    fn wizer_initialize() {
+        // A missing model is left for requests to report (503). The weights
+        // handle is dropped here: host handles do not survive the snapshot.
+        if let Ok(weights) = Weights::open(MODEL_ID)
+            && let Ok(vocab) = tokenizer::Vocab::from_gguf(&weights)
+        {
+            let _ = VOCAB.set(vocab);
+        }
+        tensorwasm_sdk::preinit::finish();
+    }
+}
+
+/// The tokenizer: the pre-initialized one, else built from `weights` now.
+fn vocab(weights: &Weights) -> Result<&'static tokenizer::Vocab, Error> {
+    if let Some(v) = VOCAB.get() {
+        return Ok(v);
+    }
+    let v = tokenizer::Vocab::from_gguf(weights).map_err(Error::ModelUnavailable)?;
+    Ok(VOCAB.get_or_init(|| v))
+}
 
 impl Guest for Component {
     type Completion = Completion;
@@ -71,7 +101,7 @@ impl Guest for Component {
             _ => Error::Backend(e.to_string()),
         })?;
         let model = llama::Model::open(&weights).map_err(Error::ModelUnavailable)?;
-        let vocab = tokenizer::Vocab::from_gguf(&weights).map_err(Error::ModelUnavailable)?;
+        let vocab = vocab(&weights)?;
         let text = match prompt {
             Prompt::Text(t) => t,
             Prompt::Chat(messages) => {
@@ -140,7 +170,7 @@ fn check(o: &Sampling) -> Result<(), Error> {
 /// A completion's state between `next` calls.
 struct State {
     model: llama::Model,
-    vocab: tokenizer::Vocab,
+    vocab: &'static tokenizer::Vocab,
     cache: llama::Cache,
     sampler: Sampler,
     options: Sampling,

@@ -38,6 +38,23 @@ pub use bindings::wasi::tensor::types::Dtype;
 pub use bindings::wasi::tensor::weights::MetadataValue;
 pub use tensor::{Error, Result, Tensor, Weights, attention, concat};
 
+/// Deploy-time pre-initialization (the host runs a component's exported
+/// `wizer-initialize: func()` once and snapshots its memory; docs/DEPLOYMENTS.md).
+pub mod preinit {
+    unsafe extern "C" {
+        fn __wasilibc_reset_preopens();
+    }
+
+    /// Call last in `wizer-initialize`: forgets the directory handles
+    /// wasi-libc cached while the initializer read files, so each instance
+    /// started from the snapshot looks up its own.
+    pub fn finish() {
+        // SAFETY: wasi-libc's documented reset for pre-initialized programs;
+        // it only drops libc's preopen table, which is rebuilt on next use.
+        unsafe { __wasilibc_reset_preopens() }
+    }
+}
+
 /// `wasi:scheduler`: cooperative deadlines.
 pub mod scheduler {
     pub use crate::bindings::wasi::scheduler::cooperative::{YieldStatus, remaining, yield_};

@@ -92,23 +92,32 @@ int_binary_fn!(i32_binary, i32);
 int_binary_fn!(i64_binary, i64);
 int_binary_fn!(u8_binary, u8);
 
-/// erf(x) to within about 1.2e-7 (Numerical Recipes' erfc, Chebyshev fit).
+/// erf(x) in f32 to within 5e-7: a rational fit, odd degree-13 numerator
+/// over even degree-8 denominator on [-4, 4] (±1 beyond, in f32). No `exp`,
+/// so it vectorizes; GELU on a BERT layer's activations is a large share of
+/// a CPU forward pass.
 fn erf(x: f32) -> f32 {
-    let x = x as f64;
-    let z = x.abs();
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let r = t
-        * (-z * z - 1.265_512_23
-            + t * (1.000_023_68
-                + t * (0.374_091_96
-                    + t * (0.096_784_18
-                        + t * (-0.186_288_06
-                            + t * (0.278_868_07
-                                + t * (-1.135_203_98
-                                    + t * (1.488_515_87
-                                        + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
-            .exp();
-    (if x >= 0.0 { 1.0 - r } else { r - 1.0 }) as f32
+    const ALPHA: [f32; 7] = [
+        -2.726_142_2e-10,
+        2.770_681_4e-8,
+        -2.101_024e-6,
+        -5.692_506_4e-5,
+        -7.349_906_3e-4,
+        -2.954_600_0e-3,
+        -1.609_603_3e-2,
+    ];
+    const BETA: [f32; 5] = [
+        -1.456_607_2e-5,
+        -2.133_740_6e-4,
+        -1.682_827e-3,
+        -7.373_329_2e-3,
+        -1.426_474e-2,
+    ];
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let p = ALPHA[1..].iter().fold(ALPHA[0], |p, &c| p * x2 + c) * x;
+    let q = BETA[1..].iter().fold(BETA[0], |q, &c| q * x2 + c);
+    p / q
 }
 
 /// The scalar function of a unary op.
@@ -390,6 +399,8 @@ mod tests {
             (0.5, 0.520_499_877_8),
             (1.0, 0.842_700_792_9),
             (-2.0, -0.995_322_265),
+            (3.2, 0.999_993_974_2),
+            (-5.0, -0.999_999_999_998),
         ] {
             assert!((erf(x as f32) as f64 - want).abs() < 1e-6, "erf({x})");
         }

@@ -8,6 +8,7 @@
 use super::layout::{broadcast_strides, strides};
 use super::math::softmax_last;
 use super::sgemm;
+use super::skinny;
 use crate::tensor::backend::MatmulPlan;
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -127,6 +128,12 @@ pub fn matmul(
         return out;
     }
     let (ar, br) = (a_shape.len(), b_shape.len());
+    if br == 2 && !plan.transpose_a {
+        // One shared right operand (a weight) and a row-major left one: the
+        // whole batch is a single (batch·m)×k product, W read once.
+        product(&mut out, batch * m, n, k, a, b, plan.transpose_b);
+        return out;
+    }
     let sa = broadcast_strides(&batch_dims(a_shape), &plan.batch);
     let sb = broadcast_strides(&batch_dims(b_shape), &plan.batch);
     let a_mat = a_shape[ar - 2] * a_shape[ar - 1];
@@ -174,6 +181,20 @@ pub fn matmul(
         }
     }
     out
+}
+
+/// `dst` (m×n) = a (m×k, row-major) · b, b stored k×n or, `transpose_b`,
+/// n×k: [`skinny`] for few rows against a transposed b, else [`sgemm`] (or
+/// `gemm` on all cores) for large products, single-threaded `gemm` for small.
+fn product(dst: &mut [f32], m: usize, n: usize, k: usize, a: &[f32], b: &[f32], transpose_b: bool) {
+    let b_st = if transpose_b { (1, k) } else { (n, 1) };
+    if transpose_b && m <= skinny::MAX_ROWS {
+        skinny::matmul_t(dst, m, n, k, a, b);
+    } else if m * n * k >= PAR_FLOPS {
+        large_gemm_into(dst, m, n, k, a, (k, 1), b, b_st);
+    } else {
+        gemm_into(dst, m, n, k, a, (k, 1), b, b_st, Parallelism::None);
+    }
 }
 
 /// The batch dimensions of a matrix operand's shape.

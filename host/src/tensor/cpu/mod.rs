@@ -6,6 +6,7 @@ pub mod layout;
 pub mod math;
 pub mod matmul;
 mod sgemm;
+mod skinny;
 
 pub use data::CpuData;
 use data::map_same;

@@ -1,0 +1,209 @@
+//! Pre-initialization of components at deploy time, with wasmtime's Wizer.
+//!
+//! A component that exports `wizer-initialize: func()` (Wizer's convention)
+//! is instantiated once when its deployment loads, under that deployment's
+//! grants (its model folders, config and weights), and the function runs.
+//! The component is then replaced by a snapshot of its memories and globals
+//! so every per-request instance starts
+//! from the initialized state: a tokenizer already built, a table already
+//! parsed. Instances stay fresh per request; they only start further along.
+//! (The function stays exported; a composed world does not re-export it.)
+//!
+//! What does not survive the snapshot is host state: handles to files,
+//! tensors, weights or streams opened during initialization are gone in the
+//! next instance, so the function must close what it opens (and reset
+//! wasi-libc's preopen cache, `__wasilibc_reset_preopens`, after file
+//! reads). Its randomness is seeded deterministically, so the same inputs give
+//! the same snapshot, which the artifact cache then compiles once.
+
+use crate::cache::ArtifactCache;
+use crate::deploy::Limits;
+use crate::state::{GrantSet, RequestState};
+use anyhow::{Context, Result, anyhow};
+use std::time::Instant;
+use wasmtime::component::{Instance, Linker, WasmList};
+use wasmtime::{Engine, Store, UpdateDeadline};
+use wasmtime_wizer::{ComponentInstanceState, Wizer};
+
+/// The export a component names to be pre-initialized.
+pub const INIT_EXPORT: &str = "wizer-initialize";
+
+/// Epoch ticks between the initializer's deadline checks.
+const YIELD_TICKS: u64 = 2;
+
+/// Whether `bytes` is a component exporting [`INIT_EXPORT`] at its top level.
+pub fn wants_init(bytes: &[u8]) -> bool {
+    let mut depth = 0usize;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        match payload {
+            Ok(wasmparser::Payload::ModuleSection { .. })
+            | Ok(wasmparser::Payload::ComponentSection { .. }) => depth += 1,
+            Ok(wasmparser::Payload::End(_)) => depth = depth.saturating_sub(1),
+            Ok(wasmparser::Payload::ComponentExportSection(exports)) if depth == 0 => {
+                let found = exports
+                    .into_iter()
+                    .flatten()
+                    .any(|e| e.name.name == INIT_EXPORT);
+                if found {
+                    return true;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+/// What pre-initialization needs from the deployment being loaded.
+pub struct Preinit<'a> {
+    /// The engine the deployment runs on.
+    pub engine: &'a Engine,
+    /// The host's linker.
+    pub linker: &'a Linker<RequestState>,
+    /// Compiles the instrumented component once per distinct input.
+    pub cache: &'a ArtifactCache,
+    /// The deployment's grants, as its requests see them.
+    pub grants: &'a GrantSet,
+    /// The deployment's limits: its memory cap and time budget apply.
+    pub limits: &'a Limits,
+}
+
+impl Preinit<'_> {
+    /// `bytes` pre-initialized when it asks to be ([`wants_init`]), else
+    /// unchanged. `name` names the component in errors.
+    pub fn apply(&self, name: &str, bytes: Vec<u8>) -> Result<Vec<u8>> {
+        if !wants_init(&bytes) {
+            return Ok(bytes);
+        }
+        let started = Instant::now();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting a runtime for pre-initialization")?;
+        let out = runtime
+            .block_on(self.run(&bytes))
+            .map_err(|e| anyhow!("{name}: pre-initialization (`{INIT_EXPORT}`) failed: {e:#}"))?;
+        tracing::info!(
+            "{name}: pre-initialized in {:?} ({} KiB snapshot)",
+            started.elapsed(),
+            out.len() / 1024
+        );
+        Ok(out)
+    }
+
+    async fn run(&self, bytes: &[u8]) -> Result<Vec<u8>> {
+        let mut wizer = Wizer::new();
+        // Removing the export breaks wit-bindgen components in wizer 48 (the
+        // core export goes, the component's lift of it stays); composed
+        // worlds do not re-export it anyway.
+        wizer.keep_init_func(true);
+        let (cx, instrumented) = wizer
+            .instrument_component(bytes)
+            .map_err(anyhow::Error::from)?;
+        let (component, _) = self.cache.load(self.engine, &instrumented)?;
+        let state = RequestState::for_initialization(self.grants, self.limits.memory)?;
+        let mut store = Store::new(self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        let deadline = Instant::now() + self.limits.timeout;
+        store.set_epoch_deadline(YIELD_TICKS);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(YIELD_TICKS))
+            }
+        });
+        let instance = self
+            .linker
+            .instantiate_async(&mut store, &component)
+            .await
+            .map_err(anyhow::Error::from)
+            .context("instantiating")?;
+        let init = instance
+            .get_typed_func::<(), ()>(&mut store, INIT_EXPORT)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("`{INIT_EXPORT}` must have type `func()`"))?;
+        let ran = tokio::time::timeout(self.limits.timeout, init.call_async(&mut store, ())).await;
+        match ran {
+            Err(_) => anyhow::bail!("it ran past the deployment's timeout"),
+            Ok(Err(e)) => {
+                return Err(anyhow::Error::from(e).context("the initializer trapped"));
+            }
+            Ok(Ok(())) => {}
+        }
+        // Wizer's state readers that follow are short and host-written.
+        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(YIELD_TICKS)));
+        let mut access = Access {
+            store: &mut store,
+            instance,
+        };
+        wizer
+            .snapshot_component(&cx, &mut access)
+            .await
+            .map_err(anyhow::Error::from)
+    }
+}
+
+/// Wizer's view of the initialized instance: the state-reading functions its
+/// instrumentation exported.
+struct Access<'a> {
+    store: &'a mut Store<RequestState>,
+    instance: Instance,
+}
+
+impl Access<'_> {
+    /// Calls the instrumentation's `instance#func`. These exports exist in
+    /// every instrumented component and only read state, so a failure is a
+    /// bug in the instrumentation, not in the guest.
+    async fn call<R: wasmtime::component::Lift + Send + Sync + 'static>(
+        &mut self,
+        instance: &str,
+        func: &str,
+    ) -> R {
+        let (_, outer) = self
+            .instance
+            .get_export(&mut *self.store, None, instance)
+            .expect("wizer instruments every component with its access instance");
+        let (_, index) = self
+            .instance
+            .get_export(&mut *self.store, Some(&outer), func)
+            .expect("wizer's access instance exports each state reader");
+        let f = self
+            .instance
+            .get_typed_func::<(), (R,)>(&mut *self.store, index)
+            .expect("wizer's state readers have the types it expects");
+        f.call_async(&mut *self.store, ())
+            .await
+            .expect("reading a snapshot value cannot trap")
+            .0
+    }
+}
+
+impl ComponentInstanceState for Access<'_> {
+    async fn call_func_ret_list_u8(
+        &mut self,
+        instance: &str,
+        func: &str,
+        contents: impl FnOnce(&[u8]) + Send,
+    ) {
+        let list: WasmList<u8> = self.call(instance, func).await;
+        contents(list.as_le_slice(&*self.store));
+    }
+
+    async fn call_func_ret_s32(&mut self, instance: &str, func: &str) -> i32 {
+        self.call(instance, func).await
+    }
+
+    async fn call_func_ret_s64(&mut self, instance: &str, func: &str) -> i64 {
+        self.call(instance, func).await
+    }
+
+    async fn call_func_ret_f32(&mut self, instance: &str, func: &str) -> u32 {
+        self.call::<f32>(instance, func).await.to_bits()
+    }
+
+    async fn call_func_ret_f64(&mut self, instance: &str, func: &str) -> u64 {
+        self.call::<f64>(instance, func).await.to_bits()
+    }
+}
