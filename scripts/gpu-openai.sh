@@ -31,11 +31,11 @@ refs=(--reference-embeddings "$G/ref/embeddings.json" --sentences "$G/ref/senten
       --reference-generation "$G/ref/generation.json" --prompts "$G/ref/prompts.json")
 for dev in cuda cpu; do
   PYTHONUNBUFFERED=1 timeout 270 python3 benches/openai/bench.py --tensor-wasm "$G/tensor-wasm" \
-    --models "$models" --device "$dev" --rounds "${ROUNDS:-5}" "${refs[@]}" > "$OUT/bench-$dev.log" 2>&1
+    --models "$models" --device "$dev" --rounds "${ROUNDS:-5}" --profile "${refs[@]}" > "$OUT/bench-$dev.log" 2>&1
   echo "== $dev (rc $?)"
   grep -E "correctness|differs|Error|error" "$OUT/bench-$dev.log" | head -8
 done
 echo
 echo "== summary"
 echo "device: $(cat "$OUT/device.txt")"
-for dev in cuda cpu; do echo "-- $dev"; sed -n '/^device /,$p' "$OUT/bench-$dev.log"; done
+for dev in cuda cpu; do echo "-- $dev"; sed -n '/^| request /,$p' "$OUT/bench-$dev.log"; done

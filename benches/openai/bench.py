@@ -3,7 +3,7 @@ machine, same run (and, first, correctness on this machine's backend).
 
     python3 benches/openai/bench.py --tensor-wasm BIN --models DIR --device cuda|cpu
         [--reference-embeddings REF.json --sentences S.json]
-        [--reference-generation REF.json --prompts P.json] [--rounds 5] [--no-peer]
+        [--reference-generation REF.json --prompts P.json] [--rounds 5] [--no-peer] [--profile]
 
 TensorWasm: `tensor-wasm serve` of worlds/openai.wac (router, auth, ratelimit,
 audit, openai, minilm, smollm: a fresh instance of all of them per request),
@@ -15,6 +15,11 @@ Measured: embeddings/s at batch 1, 32 and 128 (tokenization included on both
 sides; ours over HTTP with `encoding_format: base64`, as the official client
 asks, decoded to numpy like sentence-transformers returns); generation at batch 1: time to first token and decode tokens/s. Prints
 medians of the rounds and the ratios; a markdown table last.
+
+--profile adds, before the tables, where one request's time goes on the
+server: per batch size the client's latency, the instance's lifetime, the
+wall time inside `wasi:tensor` ops and read-backs, and the op count (from the
+host's `tensor use of one instance` debug lines).
 """
 
 import argparse
@@ -83,11 +88,14 @@ secrets = {{ "auth.tokens" = "bench sha256:{digest} read write" }}
 ''')
     port = free_port()
     log = open(os.path.join(d, "server.log"), "w")
+    env = dict(os.environ)
+    if args.profile:
+        env["TENSOR_WASM_LOG"] = "info,tensor_wasm::tensor=debug"
     proc = subprocess.Popen(
         [args.tensor_wasm, "serve", deploy, "--listen", f"127.0.0.1:{port}", "--admin-listen", "off",
          "--device", args.device, "--models-dir", args.models, "--cache-dir", os.path.join(d, "cache"),
          "--data-dir", os.path.join(d, "data"), "--max-memory", "1GiB"],
-        stdout=subprocess.DEVNULL, stderr=log)
+        stdout=subprocess.DEVNULL, stderr=log, env=env)
     deadline = time.time() + 300
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -154,6 +162,44 @@ def embed_base64(port, batch):
     return [np.frombuffer(__import__("base64").b64decode(d["embedding"]), dtype="<f4") for d in r["data"]]
 
 
+def usage_lines(log_path, skip):
+    """The host's per-instance tensor usage lines after the first `skip`."""
+    import re
+    lines = [l for l in open(log_path, encoding="utf-8", errors="replace") if "tensor use of one instance" in l]
+    out = []
+    for l in lines[skip:]:
+        out.append({k: float(v) for k, v in re.findall(r"(\w+)=([0-9.]+)", l)})
+    return out, len(lines)
+
+
+def profile(port, log_path, corpus, reps=7):
+    """Where a request's time goes on the server, per batch size (medians)."""
+    print("| request | client ms | instance lifetime ms | in tensor ops ms | in read-backs ms | ops |")
+    print("|---|---|---|---|---|---|")
+    _, seen = usage_lines(log_path, 0)
+    cases = [(f"embeddings batch {b}", lambda b=b: embed_base64(port, corpus[:b])) for b in (1, 32, 128)]
+    cases.append(("embeddings batch 128 as token ids", lambda: post(port, "/v1/embeddings", {
+        "model": EMBEDDER, "input": [[101] + [2000 + (i * 7 + j) % 5000 for j in range(4 + (i * 7) % 37)] + [102]
+                                     for i in range(128)]})))
+    cases.append(("completion, 1 token", lambda: post(port, "/v1/completions", {
+        "model": GENERATOR, "prompt": GEN_PROMPT, "max_tokens": 1, "temperature": 0})))
+    for name, call in cases:
+        call()
+        client = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            call()
+            client.append(time.perf_counter() - t0)
+        time.sleep(0.3)  # the store (and its usage line) ends after the response
+        rows, seen2 = usage_lines(log_path, seen)
+        seen = seen2
+        rows = rows[-reps:]
+        med = lambda k: statistics.median(r.get(k, 0.0) for r in rows) if rows else float("nan")
+        print(f"| {name} | {statistics.median(client) * 1000:.2f} | {med('lifetime_ms'):.2f} | "
+              f"{med('op_ms'):.2f} | {med('read_ms'):.2f} | {med('ops'):.0f} |", flush=True)
+    print()
+
+
 def ours_generation(port, rounds):
     ttft, rate, counts = [], [], []
     for _ in range(rounds + 1):
@@ -214,6 +260,7 @@ def main():
     ap.add_argument("--reference-generation")
     ap.add_argument("--prompts")
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
     batches = [1, 32, 128]
     corpus = sentences(128)
@@ -231,6 +278,8 @@ def main():
                 print(f"tensorwasm embeddings batch {b}: {ours[b]:.1f}/s", flush=True)
             ttft, rate, n = ours_generation(port, args.rounds)
             print(f"tensorwasm generation: ttft {ttft * 1000:.1f} ms, decode {rate:.1f} tok/s ({n} tokens)", flush=True)
+            if args.profile:
+                profile(port, os.path.join(d, "server.log"), corpus)
         finally:
             proc.terminate()
             proc.wait(timeout=60)

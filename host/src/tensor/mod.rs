@@ -18,6 +18,7 @@ pub mod ops;
 pub mod quota;
 pub mod types;
 mod types_impl;
+pub mod usage;
 pub mod weights;
 
 pub use types::{DType, Tensor, TensorError};
@@ -104,6 +105,7 @@ impl TenantTensors {
 pub struct TensorCtx {
     shared: Arc<TenantTensors>,
     tensors: ops::Tensors,
+    usage: usage::Usage,
 }
 
 impl TensorCtx {
@@ -111,7 +113,11 @@ impl TensorCtx {
     /// its own from the tenant's pool).
     pub fn new(shared: Arc<TenantTensors>) -> Self {
         let tensors = shared.tensors.for_instance();
-        Self { shared, tensors }
+        Self {
+            shared,
+            tensors,
+            usage: usage::Usage::default(),
+        }
     }
 
     /// The instance's tensor operations.

@@ -7,6 +7,7 @@ use super::cpu::CpuData;
 use super::ops::Tensors;
 use super::types::{DType, TResult, Tensor, TensorError};
 use super::weights::{MetaValue, WeightsHandle};
+use std::time::Instant;
 use wasmtime::AsContext;
 use wasmtime::component::{Resource, WasmList};
 
@@ -98,15 +99,19 @@ impl TensorView<'_> {
         x: Tensor,
         convert: impl FnOnce(&CpuData) -> T + Send + 'static,
     ) -> WResult<T> {
+        let started = Instant::now();
         let tensors = self.ctx.tensors.clone();
         let work = x.len() as u64 * 8;
         let read = move || tensors.read(&x).map(|d| convert(&d)).map_err(Into::into);
-        if work < INLINE_WORK && !self.ctx.tensors.backend().enqueues() {
-            return Ok(read());
-        }
-        tokio::task::spawn_blocking(read)
-            .await
-            .map_err(|e| wasmtime::Error::msg(format!("tensor read failed: {e}")))
+        let r = if work < INLINE_WORK && !self.ctx.tensors.backend().enqueues() {
+            Ok(read())
+        } else {
+            tokio::task::spawn_blocking(read)
+                .await
+                .map_err(|e| wasmtime::Error::msg(format!("tensor read failed: {e}")))
+        };
+        self.ctx.usage.read(started);
+        r
     }
 
     /// Runs an op: inline when `work` (about one unit per multiply-add or
@@ -118,6 +123,7 @@ impl TensorView<'_> {
         work: u64,
         op: impl FnOnce(&Tensors) -> TResult<Tensor> + Send + 'static,
     ) -> WResult<Resource<Tensor>> {
+        let started = Instant::now();
         let tensors = self.ctx.tensors.clone();
         let r = if work < INLINE_WORK || tensors.backend().enqueues() {
             op(&tensors)
@@ -126,6 +132,7 @@ impl TensorView<'_> {
                 .await
                 .map_err(|e| wasmtime::Error::msg(format!("tensor op failed: {e}")))?
         };
+        self.ctx.usage.op(started);
         self.put(r)
     }
 

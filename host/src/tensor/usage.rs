@@ -1,0 +1,68 @@
+//! What one instance did with `wasi:tensor`: op and read counts and the
+//! wall time spent inside them, logged at debug level when the instance
+//! ends (`TENSOR_WASM_LOG=info,tensor_wasm::tensor=debug`). The rest of the instance's
+//! lifetime is the guest's own work and the host's HTTP handling.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Counters for one instance (atomics: host calls hold `&self` across awaits).
+#[derive(Debug)]
+pub struct Usage {
+    born: Instant,
+    ops: AtomicU64,
+    op_nanos: AtomicU64,
+    reads: AtomicU64,
+    read_nanos: AtomicU64,
+}
+
+impl Default for Usage {
+    fn default() -> Self {
+        Self {
+            born: Instant::now(),
+            ops: AtomicU64::new(0),
+            op_nanos: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
+            read_nanos: AtomicU64::new(0),
+        }
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Usage {
+    /// Records an op (or weights look-up) that started at `since`.
+    pub fn op(&self, since: Instant) {
+        self.ops.fetch_add(1, Ordering::Relaxed);
+        self.op_nanos
+            .fetch_add(nanos(since.elapsed()), Ordering::Relaxed);
+    }
+
+    /// Records a read-back (which waits for the queued work) that started at `since`.
+    pub fn read(&self, since: Instant) {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        self.read_nanos
+            .fetch_add(nanos(since.elapsed()), Ordering::Relaxed);
+    }
+}
+
+impl Drop for Usage {
+    fn drop(&mut self) {
+        let ops = *self.ops.get_mut();
+        let reads = *self.reads.get_mut();
+        if ops + reads == 0 {
+            return;
+        }
+        let ms = |n: u64| n as f64 / 1e6;
+        tracing::debug!(
+            ops,
+            op_ms = ms(*self.op_nanos.get_mut()),
+            reads,
+            read_ms = ms(*self.read_nanos.get_mut()),
+            lifetime_ms = ms(nanos(self.born.elapsed())),
+            "tensor use of one instance"
+        );
+    }
+}
