@@ -35,11 +35,7 @@ mod bindings {
 use bindings::exports::tensorwasm::inference::embeddings::{EmbeddingBatch, Guest, Input};
 use bindings::tensorwasm::inference::types::{Error, ModelInfo, ModelKind};
 use std::sync::OnceLock;
-use tokenizers::models::wordpiece::WordPiece;
-use tokenizers::normalizers::bert::BertNormalizer;
-use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
-use tokenizers::processors::template::TemplateProcessing;
-use tokenizers::{AddedToken, Tokenizer};
+use wordpiece::WordPiece;
 
 /// The id clients use.
 const MODEL_ID: &str = "all-minilm-l6-v2";
@@ -59,7 +55,7 @@ struct Component;
 
 /// The tokenizer, built by [`bindings::Guest::wizer_initialize`] when the
 /// host pre-initializes the component, else by the first request that needs it.
-static TOKENIZER: OnceLock<Tokenizer> = OnceLock::new();
+static TOKENIZER: OnceLock<WordPiece> = OnceLock::new();
 
 impl bindings::Guest for Component {
     fn wizer_initialize() {
@@ -120,11 +116,7 @@ fn tokenize(inputs: &[Input]) -> Result<Vec<Vec<u32>>, Error> {
     let mut out = Vec::with_capacity(inputs.len());
     for (i, input) in inputs.iter().enumerate() {
         let ids = match input {
-            Input::Text(text) => tokenizer()?
-                .encode(text.as_str(), true)
-                .map_err(|e| Error::InvalidRequest(format!("input {i}: {e}")))?
-                .get_ids()
-                .to_vec(),
+            Input::Text(text) => tokenizer()?.encode(text),
             Input::Tokens(ids) => {
                 if ids.is_empty() {
                     return Err(Error::InvalidRequest(format!("input {i} has no tokens")));
@@ -147,7 +139,7 @@ fn tokenize(inputs: &[Input]) -> Result<Vec<Vec<u32>>, Error> {
 
 /// The tokenizer: the pre-initialized one, else built now (and kept for the
 /// rest of this instance).
-fn tokenizer() -> Result<&'static Tokenizer, Error> {
+fn tokenizer() -> Result<&'static WordPiece, Error> {
     if let Some(t) = TOKENIZER.get() {
         return Ok(t);
     }
@@ -155,58 +147,16 @@ fn tokenizer() -> Result<&'static Tokenizer, Error> {
     Ok(TOKENIZER.get_or_init(|| t))
 }
 
-/// The model's WordPiece tokenizer, set up as its `tokenizer.json` says
-/// (BERT normalizer: clean text, CJK split, lower case, accents stripped; BERT
+/// The model's WordPiece tokenizer, as its `tokenizer.json` sets it up (BERT
+/// normalizer: clean text, CJK split, lower case, accents stripped; BERT
 /// pre-tokenizer; WordPiece with `##`; `[CLS] … [SEP]`), truncated as
-/// sentence-transformers does. Built from `vocab.txt`, one token per line
-/// (about twice as fast as parsing `tokenizer.json`, which matters when the
-/// component is not pre-initialized and each instance builds it).
-fn load_tokenizer() -> Result<Tokenizer, Error> {
+/// sentence-transformers does; built from `vocab.txt`, one token per line.
+fn load_tokenizer() -> Result<WordPiece, Error> {
     let unavailable = |m: String| Error::ModelUnavailable(format!("{MODEL_ID}: {m}"));
     let text = std::fs::read_to_string(VOCAB_PATH)
         .map_err(|e| unavailable(format!("cannot read {VOCAB_PATH}: {e}; {FETCH_HINT}")))?;
-    let vocab: tokenizers::models::bpe::Vocab = text
-        .lines()
-        .enumerate()
-        .map(|(i, t)| (t.to_string(), i as u32))
-        .collect();
-    let id = |t: &str| {
-        vocab
-            .get(t)
-            .copied()
-            .ok_or_else(|| unavailable(format!("{VOCAB_PATH} has no {t}")))
-    };
-    let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
-    let specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
-    let wordpiece = WordPiece::builder()
-        .vocab(vocab)
-        .unk_token("[UNK]".into())
-        .continuing_subword_prefix("##".into())
-        .max_input_chars_per_word(100)
-        .build()
-        .map_err(|e| unavailable(e.to_string()))?;
-    let mut tokenizer = Tokenizer::new(wordpiece);
-    tokenizer
-        .with_normalizer(Some(BertNormalizer::new(true, true, None, true)))
-        .map_err(|e| unavailable(e.to_string()))?;
-    tokenizer.with_pre_tokenizer(Some(BertPreTokenizer));
-    let template = TemplateProcessing::builder()
-        .try_single("[CLS] $A [SEP]")
-        .map_err(|e| unavailable(e.to_string()))?
-        .special_tokens(vec![("[CLS]", cls), ("[SEP]", sep)])
-        .build()
-        .map_err(|e| unavailable(e.to_string()))?;
-    tokenizer.with_post_processor(Some(template));
-    tokenizer
-        .add_special_tokens(specials.map(|t| AddedToken::from(t, true)))
-        .map_err(|e| unavailable(e.to_string()))?;
-    tokenizer
-        .with_truncation(Some(tokenizers::TruncationParams {
-            max_length: MAX_TOKENS,
-            ..Default::default()
-        }))
-        .map_err(|e| unavailable(e.to_string()))?;
-    Ok(tokenizer)
+    WordPiece::from_vocab_txt(&text, MAX_TOKENS)
+        .map_err(|e| unavailable(format!("{VOCAB_PATH}: {e}")))
 }
 
 bindings::export!(Component with_types_in bindings);
