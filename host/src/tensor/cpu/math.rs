@@ -4,6 +4,7 @@
 
 use super::layout::{broadcast_strides, for_each_row};
 use crate::tensor::backend::{BinaryOp, NormKind, RopeLayout, UnaryOp};
+use super::simd::multiversion;
 use rayon::prelude::*;
 
 /// Elements per task below which a kernel stays on the calling thread.
@@ -64,6 +65,111 @@ pub fn binary<T: Copy + Send + Sync>(
     result
 }
 
+/// How an operand of a broadcasting op repeats: the length of the block of
+/// `out`'s trailing dimensions it spans contiguously, if it covers them
+/// exactly and broadcasts along all the leading ones (`None` otherwise).
+/// A full operand repeats with period `n`, a bias over the last axis with
+/// period `out[rank-1]`.
+fn period(shape: &[usize], out: &[usize]) -> Option<usize> {
+    let st = broadcast_strides(shape, out);
+    let own = super::layout::strides(out);
+    let len: usize = shape.iter().product();
+    let mut block = 1;
+    for i in (0..out.len()).rev() {
+        if block == len {
+            // The remaining dimensions of `shape` are all 1: it broadcasts there.
+            return Some(len);
+        }
+        if st[i] != own[i] || st[i] != block {
+            return None;
+        }
+        block *= out[i];
+    }
+    (block == len).then_some(len)
+}
+
+multiversion! {
+    /// `out[i] = a[i] op b[i % b.len()]` (or with `a` repeating when
+    /// `a_repeats`), for `out` a whole number of `b`'s periods.
+    fn zip_into(a: &[f32], b: &[f32], out: &mut [f32], op: BinaryOp, a_repeats: bool) {
+        let f = float_binary(op);
+        let (full, rep) = if a_repeats { (b, a) } else { (a, b) };
+        for (o, x) in out.chunks_exact_mut(rep.len()).zip(full.chunks_exact(rep.len())) {
+            match (op, a_repeats) {
+                (BinaryOp::Add, _) => {
+                    for ((o, &x), &y) in o.iter_mut().zip(x).zip(rep) {
+                        *o = x + y;
+                    }
+                }
+                (BinaryOp::Mul, _) => {
+                    for ((o, &x), &y) in o.iter_mut().zip(x).zip(rep) {
+                        *o = x * y;
+                    }
+                }
+                (BinaryOp::Sub, false) => {
+                    for ((o, &x), &y) in o.iter_mut().zip(x).zip(rep) {
+                        *o = x - y;
+                    }
+                }
+                (_, false) => {
+                    for ((o, &x), &y) in o.iter_mut().zip(x).zip(rep) {
+                        *o = f(x, y);
+                    }
+                }
+                (_, true) => {
+                    for ((o, &y), &x) in o.iter_mut().zip(x).zip(rep) {
+                        *o = f(x, y);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A broadcasting f32 binary op: vectorized and parallel when one operand is
+/// full-size and the other repeats over trailing dimensions (same shapes,
+/// a bias row, a per-channel vector), generic otherwise.
+pub fn binary_f32(
+    a: &[f32],
+    ashape: &[usize],
+    b: &[f32],
+    bshape: &[usize],
+    out: &[usize],
+    op: BinaryOp,
+) -> Vec<f32> {
+    let n: usize = out.iter().product();
+    let fast = if a.len() == n && n > 0 {
+        period(bshape, out).map(|p| (false, p))
+    } else if b.len() == n && n > 0 {
+        period(ashape, out).map(|p| (true, p))
+    } else {
+        None
+    };
+    // Short periods (a scalar, a few channels) vectorize badly per period.
+    let Some((a_repeats, p)) = fast.filter(|&(_, p)| p >= 16) else {
+        return binary(a, ashape, b, bshape, out, float_binary(op));
+    };
+    let (full, rep) = if a_repeats { (b, a) } else { (a, b) };
+    let mut result = vec![0.0f32; n];
+    let chunk = p * (PAR_MIN / p).max(1);
+    let run = |(o, x): (&mut [f32], &[f32])| {
+        if a_repeats {
+            zip_into(rep, x, o, op, true)
+        } else {
+            zip_into(x, rep, o, op, false)
+        }
+    };
+    if n >= PAR_MIN {
+        result
+            .par_chunks_mut(chunk)
+            .zip(full.par_chunks(chunk))
+            .for_each(run);
+    } else {
+        run((&mut result, full));
+    }
+    result
+}
+
 /// The float function of a binary op.
 pub fn float_binary(op: BinaryOp) -> fn(f32, f32) -> f32 {
     match op {
@@ -96,6 +202,7 @@ int_binary_fn!(u8_binary, u8);
 /// over even degree-8 denominator on [-4, 4] (±1 beyond, in f32). No `exp`,
 /// so it vectorizes; GELU on a BERT layer's activations is a large share of
 /// a CPU forward pass.
+#[inline(always)]
 fn erf(x: f32) -> f32 {
     const ALPHA: [f32; 7] = [
         -2.726_142e-10,
@@ -120,11 +227,18 @@ fn erf(x: f32) -> f32 {
     p / q
 }
 
+/// GELU (erf form).
+#[inline(always)]
+fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
 /// The scalar function of a unary op.
-fn unary_fn(op: UnaryOp) -> impl Fn(f32) -> f32 + Sync {
-    move |x: f32| match op {
+#[inline(always)]
+fn unary_fn(op: UnaryOp, x: f32) -> f32 {
+    match op {
         UnaryOp::Scale(s) => x * s,
-        UnaryOp::Gelu => 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)),
+        UnaryOp::Gelu => gelu(x),
         UnaryOp::GeluTanh => {
             const C: f32 = 0.797_884_6; // sqrt(2/pi)
             0.5 * x * (1.0 + (C * (x + 0.044_715 * x * x * x)).tanh())
@@ -136,14 +250,45 @@ fn unary_fn(op: UnaryOp) -> impl Fn(f32) -> f32 + Sync {
     }
 }
 
+multiversion! {
+    /// `out[i] = op(x[i])`, one loop per op so the branch-free ones vectorize.
+    fn unary_into(x: &[f32], out: &mut [f32], op: UnaryOp) {
+        match op {
+            UnaryOp::Gelu => {
+                for (o, &v) in out.iter_mut().zip(x) {
+                    *o = gelu(v);
+                }
+            }
+            UnaryOp::Scale(f) => {
+                for (o, &v) in out.iter_mut().zip(x) {
+                    *o = v * f;
+                }
+            }
+            UnaryOp::Relu => {
+                for (o, &v) in out.iter_mut().zip(x) {
+                    *o = v.max(0.0);
+                }
+            }
+            op => {
+                for (o, &v) in out.iter_mut().zip(x) {
+                    *o = unary_fn(op, v);
+                }
+            }
+        }
+    }
+}
+
 /// Applies a unary op elementwise.
 pub fn unary(x: &[f32], op: UnaryOp) -> Vec<f32> {
-    let f = unary_fn(op);
+    let mut out = vec![0.0f32; x.len()];
     if x.len() >= PAR_MIN {
-        x.par_iter().map(|&v| f(v)).collect()
+        out.par_chunks_mut(PAR_MIN)
+            .zip(x.par_chunks(PAR_MIN))
+            .for_each(|(o, i)| unary_into(i, o, op));
     } else {
-        x.iter().map(|&v| f(v)).collect()
+        unary_into(x, &mut out, op);
     }
+    out
 }
 
 /// Softmax of one contiguous row in place; entries past `valid` are masked (0).
@@ -156,7 +301,10 @@ fn softmax_row(row: &mut [f32], valid: usize) {
     let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0f32;
     for v in live.iter_mut() {
-        *v = (*v - max).exp();
+        let d = *v - max;
+        // exp(d) is 0 in f32 below this; libm's underflow path (errno) is slow,
+        // and masked scores (-1e9) take it for every padded key.
+        *v = if d < -104.0 { 0.0 } else { d.exp() };
         sum += *v;
     }
     let inv = 1.0 / sum;
@@ -208,6 +356,41 @@ pub fn softmax_strided(x: &[f32], len: usize, inner: usize) -> Vec<f32> {
     out
 }
 
+multiversion! {
+    /// Normalizes each row of `dim` in `rows` in place.
+    fn norm_rows(
+        rows: &mut [f32],
+        dim: usize,
+        kind: NormKind,
+        weight: Option<&[f32]>,
+        bias: Option<&[f32]>,
+        eps: f32,
+    ) {
+        let n = dim as f32;
+        for row in rows.chunks_exact_mut(dim) {
+            let mean = match kind {
+                NormKind::Layer => row.iter().sum::<f32>() / n,
+                NormKind::Rms => 0.0,
+            };
+            let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n;
+            let inv = 1.0 / (var + eps).sqrt();
+            for v in row.iter_mut() {
+                *v = (*v - mean) * inv;
+            }
+            if let Some(w) = weight {
+                for (v, &w) in row.iter_mut().zip(w) {
+                    *v *= w;
+                }
+            }
+            if let Some(b) = bias {
+                for (v, &b) in row.iter_mut().zip(b) {
+                    *v += b;
+                }
+            }
+        }
+    }
+}
+
 /// Layer or RMS normalization of rows of `dim`, then weight and bias.
 pub fn norm(
     x: &[f32],
@@ -221,31 +404,11 @@ pub fn norm(
     if dim == 0 {
         return out;
     }
-    let body = |row: &mut [f32]| {
-        let n = dim as f32;
-        let mean = match kind {
-            NormKind::Layer => row.iter().sum::<f32>() / n,
-            NormKind::Rms => 0.0,
-        };
-        let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n;
-        let inv = 1.0 / (var + eps).sqrt();
-        for (i, v) in row.iter_mut().enumerate() {
-            let mut y = (*v - mean) * inv;
-            if let Some(w) = weight {
-                y *= w[i];
-            }
-            if let Some(b) = bias {
-                y += b[i];
-            }
-            *v = y;
-        }
-    };
+    let body = |rows: &mut [f32]| norm_rows(rows, dim, kind, weight, bias, eps);
     if out.len() >= PAR_MIN {
-        out.par_chunks_mut(dim.max(1))
-            .with_min_len(rows_per_task(dim))
-            .for_each(body);
+        out.par_chunks_mut(dim * rows_per_task(dim)).for_each(body);
     } else {
-        out.chunks_mut(dim).for_each(body);
+        body(&mut out);
     }
     out
 }
@@ -403,6 +566,56 @@ mod tests {
             (-5.0, -0.999_999_999_998),
         ] {
             assert!((erf(x as f32) as f64 - want).abs() < 1e-6, "erf({x})");
+        }
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i as u32).wrapping_mul(2_654_435_761) ^ seed) as f32 / 4e9 - 0.5)
+            .collect()
+    }
+
+    #[test]
+    fn fast_binary_equals_the_generic_one() {
+        let cases: &[(&[usize], &[usize])] = &[
+            (&[4, 9, 384], &[384]),
+            (&[4, 9, 384], &[4, 9, 384]),
+            (&[4, 9, 384], &[1, 9, 384]),
+            (&[384], &[4, 9, 384]),
+            (&[2, 3, 64, 40], &[64, 40]),
+            (&[2, 3, 64, 40], &[2, 1, 64, 40]),
+            (&[300, 200], &[300, 1]),
+            (&[300, 200], &[]),
+            (&[1, 100_000], &[100_000]),
+            (&[40, 2000], &[2000]),
+        ];
+        for (ashape, bshape) in cases {
+            let out: Vec<usize> = {
+                let rank = ashape.len().max(bshape.len());
+                let dim = |s: &[usize], i: usize| {
+                    let pad = rank - s.len();
+                    if i < pad { 1 } else { s[i - pad] }
+                };
+                (0..rank).map(|i| dim(ashape, i).max(dim(bshape, i))).collect()
+            };
+            let a = values(ashape.iter().product(), 1);
+            let b = values(bshape.iter().product(), 2);
+            for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div] {
+                let want = binary(&a, ashape, &b, bshape, &out, float_binary(op));
+                let got = binary_f32(&a, ashape, &b, bshape, &out, op);
+                assert_eq!(got, want, "{ashape:?} {op:?} {bshape:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn vectorized_unary_ops_equal_the_scalar_ones() {
+        let x: Vec<f32> = values(100_003, 3).iter().map(|v| v * 20.0).collect();
+        for op in [UnaryOp::Gelu, UnaryOp::Scale(0.37), UnaryOp::Relu, UnaryOp::Silu] {
+            let got = unary(&x, op);
+            for (g, &v) in got.iter().zip(&x) {
+                assert_eq!(g.to_bits(), unary_fn(op, v).to_bits(), "{op:?}({v})");
+            }
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod layout;
 pub mod math;
 pub mod matmul;
 mod sgemm;
+mod simd;
 mod skinny;
 
 pub use data::CpuData;
@@ -98,17 +99,10 @@ impl Backend for CpuBackend {
                 CpuData::U8(math::binary(x, sa, y, sb, out, math::u8_binary(op)))
             }
             (CpuData::F32(x), CpuData::F32(y)) => {
-                CpuData::F32(math::binary(x, sa, y, sb, out, math::float_binary(op)))
+                CpuData::F32(math::binary_f32(x, sa, y, sb, out, op))
             }
             (x, y) => CpuData::from_f32(
-                math::binary(
-                    &x.as_f32(),
-                    sa,
-                    &y.as_f32(),
-                    sb,
-                    out,
-                    math::float_binary(op),
-                ),
+                math::binary_f32(&x.as_f32(), sa, &y.as_f32(), sb, out, op),
                 a.dtype(),
             ),
         };
