@@ -5,6 +5,7 @@
 //! public so that tests, benchmarks and fuzz targets can reach the parsers.
 #![deny(missing_docs)]
 
+pub mod alloc;
 pub mod audit;
 pub mod body;
 pub mod cache;

@@ -4,6 +4,10 @@ use clap::Parser;
 use std::process::ExitCode;
 use tensor_wasm::{audit, cli, compose, job, load, serve, token};
 
+/// Large blocks (tensor buffers) are kept for reuse rather than unmapped.
+#[global_allocator]
+static ALLOCATOR: tensor_wasm::alloc::CachingAllocator = tensor_wasm::alloc::CachingAllocator;
+
 fn main() -> ExitCode {
     // wasmtime creates error values on hot paths (e.g. when a store drops);
     // with RUST_BACKTRACE set each would walk the stack. Keep panic
