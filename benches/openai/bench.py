@@ -13,8 +13,11 @@ driven over HTTP on 127.0.0.1 with urllib. PyTorch: sentence-transformers
 
 Measured: embeddings/s at batch 1, 32 and 128 (tokenization included on both
 sides; ours over HTTP with `encoding_format: base64`, as the official client
-asks, decoded to numpy like sentence-transformers returns); generation at batch 1: time to first token and decode tokens/s. Prints
-medians of the rounds and the ratios; a markdown table last.
+asks, decoded to numpy like sentence-transformers returns); generation at
+batch 1: time to first token and decode tokens/s. The two sides run in
+interleaved rounds (which goes first alternates), so a noisy machine slows
+both alike; prints each round, then medians and the median of the per-round
+ratios in a markdown table last.
 
 --profile adds, before the tables, where one request's time goes on the
 server: per batch size the client's latency, the instance's lifetime, the
@@ -143,16 +146,12 @@ def check(port, args):
     return out
 
 
-def time_calls(fn, rounds, reps):
-    """Median seconds per call over `rounds` rounds of `reps` calls."""
-    fn()
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        times.append((time.perf_counter() - t0) / reps)
-    return statistics.median(times)
+def time_call(fn, reps):
+    """Mean seconds per call over `reps` calls."""
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - t0) / reps
 
 
 def embed_base64(port, batch):
@@ -200,53 +199,93 @@ def profile(port, log_path, corpus, reps=7):
     print()
 
 
-def ours_generation(port, rounds):
-    ttft, rate, counts = [], [], []
-    for _ in range(rounds + 1):
-        t0 = time.perf_counter()
-        r = post(port, "/v1/completions", {"model": GENERATOR, "prompt": GEN_PROMPT,
-                                           "max_tokens": GEN_TOKENS, "temperature": 0, "stream": True}, stream=True)
-        stamps = []
-        for line in r:
-            line = line.strip()
-            if not line.startswith(b"data: ") or line == b"data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if chunk["choices"] and chunk["choices"][0].get("text"):
-                stamps.append(time.perf_counter())
-        ttft.append(stamps[0] - t0)
-        rate.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
-        counts.append(len(stamps))
-    return statistics.median(ttft[1:]), statistics.median(rate[1:]), counts[-1]
+def ours_generation(port):
+    """One streamed greedy completion: (time to first token, decode tokens/s)."""
+    t0 = time.perf_counter()
+    r = post(port, "/v1/completions", {"model": GENERATOR, "prompt": GEN_PROMPT,
+                                       "max_tokens": GEN_TOKENS, "temperature": 0, "stream": True}, stream=True)
+    stamps = []
+    for line in r:
+        line = line.strip()
+        if not line.startswith(b"data: ") or line == b"data: [DONE]":
+            continue
+        chunk = json.loads(line[6:])
+        if chunk["choices"] and chunk["choices"][0].get("text"):
+            stamps.append(time.perf_counter())
+    return stamps[0] - t0, (len(stamps) - 1) / (stamps[-1] - stamps[0])
 
 
-def peer(args, batches, corpus):
-    import torch
-    from sentence_transformers import SentenceTransformer
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    dev = "cuda" if args.device.startswith("cuda") else "cpu"
-    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
-    st = SentenceTransformer(os.path.join(args.models, EMBEDDER), device=dev)
-    emb = {}
-    for b in batches:
-        batch = corpus[:b]
+class Peer:
+    """The same models on PyTorch: sentence-transformers and transformers."""
 
-        def call():
-            st.encode(batch, batch_size=b, convert_to_numpy=True)
-            sync()
-        emb[b] = b / time_calls(call, args.rounds, max(1, 64 // b))
-    gdir = os.path.join(args.models, GENERATOR)
-    tok = AutoTokenizer.from_pretrained(gdir, gguf_file="model.gguf")
-    model = AutoModelForCausalLM.from_pretrained(gdir, gguf_file="model.gguf", torch_dtype=torch.float32).to(dev)
-    ids = tok(GEN_PROMPT, return_tensors="pt").input_ids.to(dev)
+    def __init__(self, args):
+        import torch
+        from sentence_transformers import SentenceTransformer
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        self.torch = torch
+        dev = "cuda" if args.device.startswith("cuda") else "cpu"
+        self.sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+        self.st = SentenceTransformer(os.path.join(args.models, EMBEDDER), device=dev)
+        gdir = os.path.join(args.models, GENERATOR)
+        tok = AutoTokenizer.from_pretrained(gdir, gguf_file="model.gguf")
+        self.model = AutoModelForCausalLM.from_pretrained(
+            gdir, gguf_file="model.gguf", dtype=torch.float32).to(dev)
+        self.ids = tok(GEN_PROMPT, return_tensors="pt").input_ids.to(dev)
 
-    def gen(n):
-        with torch.no_grad():
-            model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
-        sync()
-    t1 = time_calls(lambda: gen(1), args.rounds, 1)
-    tn = time_calls(lambda: gen(GEN_TOKENS), args.rounds, 1)
-    return emb, t1, (GEN_TOKENS - 1) / (tn - t1)
+    def embed(self, batch):
+        self.st.encode(batch, batch_size=len(batch), convert_to_numpy=True)
+        self.sync()
+
+    def generate(self, n):
+        with self.torch.no_grad():
+            self.model.generate(self.ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        self.sync()
+
+    def generation(self):
+        """(time to first token, decode tokens/s) from generate(1) and generate(N)."""
+        t1 = time_call(lambda: self.generate(1), 1)
+        tn = time_call(lambda: self.generate(GEN_TOKENS), 1)
+        return t1, (GEN_TOKENS - 1) / (tn - t1)
+
+
+def rounds(args, port, peer, batches, corpus):
+    """Interleaved rounds (the order of the two sides alternating): for each
+    measure, one (ours, theirs) pair per round; theirs is None without a peer."""
+    rows = {f"embeddings/s, batch {b}": [] for b in batches}
+    rows["time to first token (ms)"] = []
+    rows["decode tokens/s"] = []
+    calls = {b: (lambda b=b: embed_base64(port, corpus[:b]),
+                 (lambda b=b: peer.embed(corpus[:b])) if peer else None) for b in batches}
+    for ours, theirs in calls.values():  # warm both up
+        ours()
+        if theirs:
+            theirs()
+    ours_generation(port)
+    if peer:
+        peer.generation()
+    for r in range(args.rounds):
+        sides = [0, 1] if r % 2 == 0 else [1, 0]
+        for b in batches:
+            reps = max(1, 64 // b)
+            got = [None, None]
+            for side in sides:
+                fn = calls[b][side]
+                if fn:
+                    got[side] = b / time_call(fn, reps)
+            rows[f"embeddings/s, batch {b}"].append(tuple(got))
+        gen = [None, None]
+        for side in sides:
+            if side == 0:
+                gen[0] = ours_generation(port)
+            elif peer:
+                gen[1] = peer.generation()
+        rows["time to first token (ms)"].append(
+            (gen[0][0] * 1000, gen[1][0] * 1000 if gen[1] else None))
+        rows["decode tokens/s"].append((gen[0][1], gen[1][1] if gen[1] else None))
+        print(f"round {r + 1}: " + "; ".join(
+            f"{k} {v[-1][0]:.1f}" + (f" vs {v[-1][1]:.1f}" if v[-1][1] else "") for k, v in rows.items()),
+            flush=True)
+    return rows
 
 
 def main():
@@ -264,42 +303,34 @@ def main():
     args = ap.parse_args()
     batches = [1, 32, 128]
     corpus = sentences(128)
+    peer = None if args.no_peer else Peer(args)
     with tempfile.TemporaryDirectory() as d:
         proc, port = start_server(args, d)
         try:
             checks = check(port, args)
             print("correctness:", json.dumps(checks), flush=True)
-            ours = {}
-            for b in batches:
-                batch = corpus[:b]
-                # base64: what the official `openai` client asks for by default.
-                ours[b] = b / time_calls(lambda: embed_base64(port, batch),
-                                         args.rounds, max(1, 64 // b))
-                print(f"tensorwasm embeddings batch {b}: {ours[b]:.1f}/s", flush=True)
-            ttft, rate, n = ours_generation(port, args.rounds)
-            print(f"tensorwasm generation: ttft {ttft * 1000:.1f} ms, decode {rate:.1f} tok/s ({n} tokens)", flush=True)
+            rows = rounds(args, port, peer, batches, corpus)
             if args.profile:
                 profile(port, os.path.join(d, "server.log"), corpus)
         finally:
             proc.terminate()
             proc.wait(timeout=60)
     print()
-    print(f"device {args.device}; medians of {args.rounds} rounds; float32 on both sides")
-    if args.no_peer:
+    print(f"device {args.device}; {args.rounds} interleaved rounds, medians; float32 on both sides")
+    med = statistics.median
+    if not peer:
         print("| what | TensorWasm |")
         print("|---|---|")
-        for b in batches:
-            print(f"| embeddings/s, batch {b} | {ours[b]:.1f} |")
-        print(f"| time to first token (ms) | {ttft * 1000:.1f} |")
-        print(f"| decode tokens/s | {rate:.1f} |")
+        for k, v in rows.items():
+            print(f"| {k} | {med(o for o, _ in v):.1f} |")
         return
-    emb, t1, prate = peer(args, batches, corpus)
-    print("| what | TensorWasm | PyTorch | ratio (≥ 1 is TensorWasm faster) |")
+    print("| what | TensorWasm | PyTorch | ratio (≥ 1 is TensorWasm faster; median of per-round ratios) |")
     print("|---|---|---|---|")
-    for b in batches:
-        print(f"| embeddings/s, batch {b} | {ours[b]:.1f} | {emb[b]:.1f} | {ours[b] / emb[b]:.2f}x |")
-    print(f"| time to first token (ms) | {ttft * 1000:.1f} | {t1 * 1000:.1f} | {t1 / ttft:.2f}x |")
-    print(f"| decode tokens/s | {rate:.1f} | {prate:.1f} | {rate / prate:.2f}x |")
+    for k, v in rows.items():
+        ours, theirs = med(o for o, _ in v), med(t for _, t in v)
+        # Time to first token: lower is better, so the ratio is theirs / ours.
+        ratio = med((t / o) if k.startswith("time") else (o / t) for o, t in v)
+        print(f"| {k} | {ours:.1f} | {theirs:.1f} | {ratio:.2f}x |")
 
 
 if __name__ == "__main__":
