@@ -21,7 +21,8 @@ ratios in a markdown table last.
 
 --profile adds, before the tables, where one request's time goes on the
 server: per batch size the client's latency, the instance's lifetime, the
-wall time inside `wasi:tensor` ops and read-backs, and the op count (from the
+wall time inside `wasi:tensor` ops, read-backs and other tensor calls
+(uploads, reshapes, drops, weights look-ups), and their counts (from the
 host's `tensor use of one instance` debug lines).
 """
 
@@ -173,8 +174,8 @@ def usage_lines(log_path, skip):
 
 def profile(port, log_path, corpus, reps=7):
     """Where a request's time goes on the server, per batch size (medians)."""
-    print("| request | client ms | instance lifetime ms | in tensor ops ms | in read-backs ms | ops |")
-    print("|---|---|---|---|---|---|")
+    print("| request | client ms | instance lifetime ms | in tensor ops ms | in read-backs ms | in other tensor calls ms | ops | other calls |")
+    print("|---|---|---|---|---|---|---|---|")
     _, seen = usage_lines(log_path, 0)
     cases = [(f"embeddings batch {b}", lambda b=b: embed_base64(port, corpus[:b])) for b in (1, 32, 128)]
     cases.append(("embeddings batch 128 as token ids", lambda: post(port, "/v1/embeddings", {
@@ -195,7 +196,8 @@ def profile(port, log_path, corpus, reps=7):
         rows = rows[-reps:]
         med = lambda k: statistics.median(r.get(k, 0.0) for r in rows) if rows else float("nan")
         print(f"| {name} | {statistics.median(client) * 1000:.2f} | {med('lifetime_ms'):.2f} | "
-              f"{med('op_ms'):.2f} | {med('read_ms'):.2f} | {med('ops'):.0f} |", flush=True)
+              f"{med('op_ms'):.2f} | {med('read_ms'):.2f} | {med('call_ms'):.2f} | {med('ops'):.0f} | "
+              f"{med('calls'):.0f} |", flush=True)
     print()
 
 

@@ -188,7 +188,11 @@ mod tests {
             p.write_bytes(7, layout.size());
             a.dealloc(p, layout);
             let q = a.alloc_zeroed(layout);
-            assert!(std::slice::from_raw_parts(q, layout.size()).iter().all(|&b| b == 0));
+            assert!(
+                std::slice::from_raw_parts(q, layout.size())
+                    .iter()
+                    .all(|&b| b == 0)
+            );
             let r = a.realloc(q, layout, 3 << 20);
             assert_eq!(r, q, "same class: no move");
             let big = a.realloc(r, Layout::from_size_align(3 << 20, 4).unwrap(), 9 << 20);

@@ -81,7 +81,13 @@ fn is_control(c: char) -> bool {
 }
 
 fn is_punctuation(c: char) -> bool {
-    c.is_ascii_punctuation() || c.is_punctuation()
+    // Every ASCII character of a Unicode punctuation category is ASCII
+    // punctuation, so ASCII needs no table look-up.
+    if c.is_ascii() {
+        c.is_ascii_punctuation()
+    } else {
+        c.is_punctuation()
+    }
 }
 
 fn is_chinese_char(c: char) -> bool {

@@ -166,17 +166,23 @@ impl types::HostTensor for TensorView<'_> {
         shape: Vec<u32>,
         dtype: types::Dtype,
     ) -> WResult<Resource<Tensor>> {
+        let started = Instant::now();
         let r = self.ctx.tensors.from_bytes(&data, &shape, dtype.into());
+        self.ctx.usage.call(started);
         self.put(r)
     }
 
     async fn from_f32(&mut self, data: Vec<f32>, shape: Vec<u32>) -> WResult<Resource<Tensor>> {
+        let started = Instant::now();
         let r = self.ctx.tensors.from_data(CpuData::F32(data), &shape);
+        self.ctx.usage.call(started);
         self.put(r)
     }
 
     async fn from_i64(&mut self, data: Vec<i64>, shape: Vec<u32>) -> WResult<Resource<Tensor>> {
+        let started = Instant::now();
         let r = self.ctx.tensors.from_data(CpuData::I64(data), &shape);
+        self.ctx.usage.call(started);
         self.put(r)
     }
 
@@ -186,7 +192,9 @@ impl types::HostTensor for TensorView<'_> {
         dtype: types::Dtype,
         value: f64,
     ) -> WResult<Resource<Tensor>> {
+        let started = Instant::now();
         let r = self.ctx.tensors.full(&shape, dtype.into(), value);
+        self.ctx.usage.call(started);
         self.put(r)
     }
 
@@ -213,7 +221,9 @@ impl types::HostTensor for TensorView<'_> {
     }
 
     async fn drop(&mut self, x: Resource<Tensor>) -> wasmtime::Result<()> {
+        let started = Instant::now();
         self.table.delete(x)?;
+        self.ctx.usage.call(started);
         Ok(())
     }
 }
@@ -359,7 +369,9 @@ impl ops::Host for TensorView<'_> {
 
     async fn reshape(&mut self, x: Resource<Tensor>, shape: Vec<u32>) -> WResult<Resource<Tensor>> {
         let x = self.get(&x)?;
+        let started = Instant::now();
         let r = self.ctx.tensors.reshape(&x, &shape);
+        self.ctx.usage.call(started);
         self.put(r)
     }
 
@@ -516,7 +528,9 @@ impl weights::HostWeights for TensorView<'_> {
     }
 
     async fn get(&mut self, w: Resource<WeightsHandle>, name: String) -> WResult<Resource<Tensor>> {
+        let started = Instant::now();
         let w = self.table.get(&w)?.0.clone();
+        self.ctx.usage.call(started);
         match w.get(&name) {
             Some(t) => Ok(Ok(self.table.push(t.clone())?)),
             None => Ok(Err(types::Error::NotFound(format!(

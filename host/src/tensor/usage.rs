@@ -1,5 +1,5 @@
-//! What one instance did with `wasi:tensor`: op and read counts and the
-//! wall time spent inside them, logged at debug level when the instance
+//! What one instance did with `wasi:tensor`: op, read-back and other call
+//! counts and the wall time spent inside them, logged at debug level when the instance
 //! ends (`TENSOR_WASM_LOG=info,tensor_wasm::tensor=debug`). The rest of the instance's
 //! lifetime is the guest's own work and the host's HTTP handling.
 
@@ -14,6 +14,8 @@ pub struct Usage {
     op_nanos: AtomicU64,
     reads: AtomicU64,
     read_nanos: AtomicU64,
+    calls: AtomicU64,
+    call_nanos: AtomicU64,
 }
 
 impl Default for Usage {
@@ -24,6 +26,8 @@ impl Default for Usage {
             op_nanos: AtomicU64::new(0),
             reads: AtomicU64::new(0),
             read_nanos: AtomicU64::new(0),
+            calls: AtomicU64::new(0),
+            call_nanos: AtomicU64::new(0),
         }
     }
 }
@@ -33,7 +37,7 @@ fn nanos(d: Duration) -> u64 {
 }
 
 impl Usage {
-    /// Records an op (or weights look-up) that started at `since`.
+    /// Records an op that started at `since`.
     pub fn op(&self, since: Instant) {
         self.ops.fetch_add(1, Ordering::Relaxed);
         self.op_nanos
@@ -44,6 +48,16 @@ impl Usage {
     pub fn read(&self, since: Instant) {
         self.reads.fetch_add(1, Ordering::Relaxed);
         self.read_nanos
+            .fetch_add(nanos(since.elapsed()), Ordering::Relaxed);
+    }
+}
+
+impl Usage {
+    /// Records another call (an upload, a reshape, a drop, a weights
+    /// look-up) that started at `since`.
+    pub fn call(&self, since: Instant) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.call_nanos
             .fetch_add(nanos(since.elapsed()), Ordering::Relaxed);
     }
 }
@@ -61,6 +75,8 @@ impl Drop for Usage {
             op_ms = ms(*self.op_nanos.get_mut()),
             reads,
             read_ms = ms(*self.read_nanos.get_mut()),
+            calls = *self.calls.get_mut(),
+            call_ms = ms(*self.call_nanos.get_mut()),
             lifetime_ms = ms(nanos(self.born.elapsed())),
             "tensor use of one instance"
         );

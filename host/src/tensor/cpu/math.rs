@@ -3,8 +3,8 @@
 //! split across the rayon pool.
 
 use super::layout::{broadcast_strides, for_each_row};
-use crate::tensor::backend::{BinaryOp, NormKind, RopeLayout, UnaryOp};
 use super::simd::multiversion;
+use crate::tensor::backend::{BinaryOp, NormKind, RopeLayout, UnaryOp};
 use rayon::prelude::*;
 
 /// Elements per task below which a kernel stays on the calling thread.
@@ -596,7 +596,9 @@ mod tests {
                     let pad = rank - s.len();
                     if i < pad { 1 } else { s[i - pad] }
                 };
-                (0..rank).map(|i| dim(ashape, i).max(dim(bshape, i))).collect()
+                (0..rank)
+                    .map(|i| dim(ashape, i).max(dim(bshape, i)))
+                    .collect()
             };
             let a = values(ashape.iter().product(), 1);
             let b = values(bshape.iter().product(), 2);
@@ -611,7 +613,12 @@ mod tests {
     #[test]
     fn vectorized_unary_ops_equal_the_scalar_ones() {
         let x: Vec<f32> = values(100_003, 3).iter().map(|v| v * 20.0).collect();
-        for op in [UnaryOp::Gelu, UnaryOp::Scale(0.37), UnaryOp::Relu, UnaryOp::Silu] {
+        for op in [
+            UnaryOp::Gelu,
+            UnaryOp::Scale(0.37),
+            UnaryOp::Relu,
+            UnaryOp::Silu,
+        ] {
             let got = unary(&x, op);
             for (g, &v) in got.iter().zip(&x) {
                 assert_eq!(g.to_bits(), unary_fn(op, v).to_bits(), "{op:?}({v})");

@@ -597,6 +597,26 @@ impl Backend for CudaBackend {
         }
         let (pa, pb) = (self.ptr(a)?, self.ptr(b)?);
         let (ar, br) = (a.shape().len(), b.shape().len());
+        if br == 2 && !plan.transpose_a {
+            // One shared right operand (a weight) and a row-major left one:
+            // the whole batch is a single (batch·m)×k product, which cuBLAS
+            // tiles far better than `batch` products of m rows.
+            self.matmul_into(&Gemm {
+                m: batch * m,
+                n,
+                k,
+                a: pa,
+                ta: false,
+                b: pb,
+                tb: plan.transpose_b,
+                c,
+                batch: 1,
+                strides: (0, 0, 0),
+                in_type: a.dtype(),
+                out_type: a.dtype(),
+            })?;
+            return Ok(Data::Gpu(out));
+        }
         let sa = broadcast_strides(&a.shape()[..ar - 2], &plan.batch);
         let sb = broadcast_strides(&b.shape()[..br - 2], &plan.batch);
         let out_strides = strides(&plan.batch);
