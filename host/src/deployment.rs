@@ -20,13 +20,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+use wasmtime::{Engine, Store, Trap};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
-
-/// Epoch ticks a guest runs before yielding to the async runtime.
-const YIELD_TICKS: u64 = 2;
 
 /// How long past the deadline a response waits for its guest's verdict.
 const TASK_END_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -183,18 +180,9 @@ impl Deployment {
 
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limiter);
-        // Every couple of epoch ticks a running guest yields to the runtime, so
-        // a spinning guest cannot starve other requests; past the budget it
-        // is interrupted (a trap).
-        let wall_deadline = started_at + self.limits.timeout;
-        store.set_epoch_deadline(YIELD_TICKS);
-        store.epoch_deadline_callback(move |_| {
-            if Instant::now() >= wall_deadline {
-                Ok(UpdateDeadline::Interrupt)
-            } else {
-                Ok(UpdateDeadline::Yield(YIELD_TICKS))
-            }
-        });
+        // A running guest yields to the runtime every couple of epoch ticks
+        // and is interrupted (a trap) past its budget.
+        crate::engine::set_wall_deadline(&mut store, Some(started_at + self.limits.timeout));
         let pre = self.pre.clone();
         let stats = self.stats.clone();
         let who = self.who.clone();

@@ -12,6 +12,23 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 /// and yield to other requests at this granularity.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
+/// Epoch ticks a guest runs before yielding to the async runtime.
+pub const YIELD_TICKS: u64 = 2;
+
+/// Makes a store's guest yield to the async runtime every [`YIELD_TICKS`]
+/// epoch ticks, so a spinning guest cannot starve other work, and stop (a
+/// trap) once `deadline` has passed; with no deadline it only yields.
+pub fn set_wall_deadline<T: 'static>(
+    store: &mut wasmtime::Store<T>,
+    deadline: Option<std::time::Instant>,
+) {
+    store.set_epoch_deadline(YIELD_TICKS);
+    store.epoch_deadline_callback(move |_| match deadline {
+        Some(d) if std::time::Instant::now() >= d => Ok(wasmtime::UpdateDeadline::Interrupt),
+        _ => Ok(wasmtime::UpdateDeadline::Yield(YIELD_TICKS)),
+    });
+}
+
 /// Engine settings chosen on the command line.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {

@@ -13,7 +13,7 @@ use crate::tensor::device::Device;
 use anyhow::{Context, Result, anyhow, bail};
 use std::collections::BTreeMap;
 use std::time::Instant;
-use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime::{Store, Trap};
 use wasmtime_wasi::p2::bindings::Command;
 
 /// The export a job must have.
@@ -89,11 +89,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
         let mut store = Store::new(&engine, state);
         store.limiter(|s| &mut s.limiter);
         let deadline = args.timeout.map(|t| started + t);
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| match deadline {
-            Some(d) if Instant::now() >= d => Ok(UpdateDeadline::Interrupt),
-            _ => Ok(UpdateDeadline::Yield(1)),
-        });
+        crate::engine::set_wall_deadline(&mut store, deadline);
         let command = Command::instantiate_async(&mut store, &component, &linker)
             .await
             .map_err(|e| {

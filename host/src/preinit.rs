@@ -22,14 +22,11 @@ use crate::state::{GrantSet, RequestState};
 use anyhow::{Context, Result, anyhow};
 use std::time::Instant;
 use wasmtime::component::{Instance, Linker, WasmList};
-use wasmtime::{Engine, Store, UpdateDeadline};
+use wasmtime::{Engine, Store};
 use wasmtime_wizer::{ComponentInstanceState, Wizer};
 
 /// The export a component names to be pre-initialized.
 pub const INIT_EXPORT: &str = "wizer-initialize";
-
-/// Epoch ticks between the initializer's deadline checks.
-const YIELD_TICKS: u64 = 2;
 
 /// Whether `bytes` is a component exporting [`INIT_EXPORT`] at its top level.
 pub fn wants_init(bytes: &[u8]) -> bool {
@@ -105,15 +102,7 @@ impl Preinit<'_> {
         let state = RequestState::for_initialization(self.grants, self.limits.memory)?;
         let mut store = Store::new(self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        let deadline = Instant::now() + self.limits.timeout;
-        store.set_epoch_deadline(YIELD_TICKS);
-        store.epoch_deadline_callback(move |_| {
-            if Instant::now() >= deadline {
-                Ok(UpdateDeadline::Interrupt)
-            } else {
-                Ok(UpdateDeadline::Yield(YIELD_TICKS))
-            }
-        });
+        crate::engine::set_wall_deadline(&mut store, Some(Instant::now() + self.limits.timeout));
         let instance = self
             .linker
             .instantiate_async(&mut store, &component)
@@ -125,58 +114,102 @@ impl Preinit<'_> {
             .map_err(anyhow::Error::from)
             .with_context(|| format!("`{INIT_EXPORT}` must have type `func()`"))?;
         let ran = tokio::time::timeout(self.limits.timeout, init.call_async(&mut store, ())).await;
+        let timeout = || {
+            anyhow!(
+                "it ran past the deployment's timeout ({})",
+                humantime::format_duration(self.limits.timeout)
+            )
+        };
         match ran {
-            Err(_) => anyhow::bail!("it ran past the deployment's timeout"),
+            Err(_) => return Err(timeout()),
+            Ok(Err(_)) if store.data().limiter.hit => {
+                anyhow::bail!(
+                    "it grew past the deployment's memory cap ({})",
+                    crate::units::format_size(self.limits.memory)
+                )
+            }
             Ok(Err(e)) => {
-                return Err(anyhow::Error::from(e).context("the initializer trapped"));
+                if matches!(
+                    e.downcast_ref::<wasmtime::Trap>(),
+                    Some(wasmtime::Trap::Interrupt)
+                ) {
+                    return Err(timeout());
+                }
+                // The innermost cause names the fault; the outer layers (a
+                // wasm backtrace) only say that wasm was running.
+                let cause = e.root_cause().to_string();
+                let cause = cause.lines().next().unwrap_or_default();
+                anyhow::bail!("the initializer trapped: {cause}");
             }
             Ok(Ok(())) => {}
         }
         // Wizer's state readers that follow are short and host-written.
-        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(YIELD_TICKS)));
+        crate::engine::set_wall_deadline(&mut store, None);
         let mut access = Access {
             store: &mut store,
             instance,
+            failed: None,
         };
-        wizer
+        let snapshot = wizer
             .snapshot_component(&cx, &mut access)
             .await
-            .map_err(anyhow::Error::from)
+            .map_err(anyhow::Error::from)?;
+        match access.failed {
+            Some(e) => Err(e.context("reading the initialized state")),
+            None => Ok(snapshot),
+        }
     }
 }
 
 /// Wizer's view of the initialized instance: the state-reading functions its
-/// instrumentation exported.
+/// instrumentation exported. Wizer's trait cannot return errors, so the
+/// first one is kept here (and a default value returned) for [`Preinit`] to
+/// report once the snapshot is taken.
 struct Access<'a> {
     store: &'a mut Store<RequestState>,
     instance: Instance,
+    failed: Option<anyhow::Error>,
 }
 
 impl Access<'_> {
-    /// Calls the instrumentation's `instance#func`. These exports exist in
-    /// every instrumented component and only read state, so a failure is a
-    /// bug in the instrumentation, not in the guest.
-    async fn call<R: wasmtime::component::Lift + Send + Sync + 'static>(
+    /// Calls the instrumentation's `instance#func` (a state reader).
+    async fn call<R: wasmtime::component::Lift + Default + Send + Sync + 'static>(
         &mut self,
         instance: &str,
         func: &str,
     ) -> R {
+        match self.try_call(instance, func).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.failed.get_or_insert(e);
+                R::default()
+            }
+        }
+    }
+
+    async fn try_call<R: wasmtime::component::Lift + Send + Sync + 'static>(
+        &mut self,
+        instance: &str,
+        func: &str,
+    ) -> Result<R> {
+        let missing = || anyhow!("the instrumented component has no `{instance}#{func}`");
         let (_, outer) = self
             .instance
             .get_export(&mut *self.store, None, instance)
-            .expect("wizer instruments every component with its access instance");
+            .ok_or_else(missing)?;
         let (_, index) = self
             .instance
             .get_export(&mut *self.store, Some(&outer), func)
-            .expect("wizer's access instance exports each state reader");
+            .ok_or_else(missing)?;
         let f = self
             .instance
             .get_typed_func::<(), (R,)>(&mut *self.store, index)
-            .expect("wizer's state readers have the types it expects");
-        f.call_async(&mut *self.store, ())
+            .map_err(anyhow::Error::from)?;
+        let (r,) = f
+            .call_async(&mut *self.store, ())
             .await
-            .expect("reading a snapshot value cannot trap")
-            .0
+            .map_err(anyhow::Error::from)?;
+        Ok(r)
     }
 }
 
@@ -187,8 +220,13 @@ impl ComponentInstanceState for Access<'_> {
         func: &str,
         contents: impl FnOnce(&[u8]) + Send,
     ) {
-        let list: WasmList<u8> = self.call(instance, func).await;
-        contents(list.as_le_slice(&*self.store));
+        match self.try_call::<WasmList<u8>>(instance, func).await {
+            Ok(list) => contents(list.as_le_slice(&*self.store)),
+            Err(e) => {
+                self.failed.get_or_insert(e);
+                contents(&[]);
+            }
+        }
     }
 
     async fn call_func_ret_s32(&mut self, instance: &str, func: &str) -> i32 {

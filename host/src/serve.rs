@@ -307,6 +307,24 @@ fn stem(path: &Path) -> String {
     if s.is_empty() { "main".into() } else { s }
 }
 
+/// Loads `path` (and its `deps`) as written, not pre-initialized, on an
+/// engine with `opts` and no artifact cache: what `compile` and `inspect` see.
+fn load_unchanged(
+    opts: &EngineOptions,
+    path: &Path,
+    deps: &BTreeMap<String, PathBuf>,
+) -> Result<(wasmtime::Engine, wasmtime::component::Component)> {
+    let engine = engine::build(opts)?;
+    let loaded = load::load_path(
+        &engine,
+        &ArtifactCache::new(None),
+        path,
+        deps,
+        &compose::unchanged,
+    )?;
+    Ok((engine, loaded))
+}
+
 /// Runs `tensor-wasm compile`.
 pub fn compile(
     input: &Path,
@@ -314,16 +332,13 @@ pub fn compile(
     deps: &BTreeMap<String, PathBuf>,
     args: &EngineArgs,
 ) -> Result<()> {
-    let engine = engine::build(&EngineOptions {
-        max_memory: args.max_memory,
-        max_instances: args.max_instances,
-    })?;
-    let loaded = load::load_path(
-        &engine,
-        &ArtifactCache::new(None),
+    let (_, loaded) = load_unchanged(
+        &EngineOptions {
+            max_memory: args.max_memory,
+            max_instances: args.max_instances,
+        },
         input,
         deps,
-        &compose::unchanged,
     )?;
     cache::write_artifact(&loaded, None, output)?;
     eprintln!("compiled {} into {}", input.display(), output.display());
@@ -332,16 +347,13 @@ pub fn compile(
 
 /// Runs `tensor-wasm inspect`.
 pub fn inspect(path: &Path, deps: &BTreeMap<String, PathBuf>) -> Result<()> {
-    let engine = engine::build(&EngineOptions {
-        max_memory: 256 << 20,
-        max_instances: 1,
-    })?;
-    let loaded = load::load_path(
-        &engine,
-        &ArtifactCache::new(None),
+    let (engine, loaded) = load_unchanged(
+        &EngineOptions {
+            max_memory: 256 << 20,
+            max_instances: 1,
+        },
         path,
         deps,
-        &compose::unchanged,
     )?;
     let ty = loaded.component_type();
     println!("{}", path.display());

@@ -12,6 +12,7 @@ mod hostile;
 mod keyvalue;
 mod lifecycle;
 mod openai;
+mod preinit;
 mod reference;
 mod tensor_guests;
 mod tensor_ops;
