@@ -28,6 +28,13 @@ gatewaykit::bindings!("tensorwasm:ratelimit/ratelimit");
 const MAX_SLOTS: u64 = 16;
 /// Increments tried before giving up on a contended bucket.
 const TRIES: usize = 3;
+/// How long a slot's counter is kept after it leaves the window (at most
+/// [`KEEP_SLOTS`] of them). A request still in flight reads the window of the
+/// time it started; were a counter it can see deleted under it, it would find
+/// the slot unclaimed and take that token a second time.
+const KEEP_NS: u64 = 10_000_000_000;
+/// Most slots kept beyond the window.
+const KEEP_SLOTS: u64 = 512;
 
 /// A bucket's rate and size.
 #[derive(Debug, Clone, Copy)]
@@ -122,8 +129,10 @@ fn take(bucket: &store::Bucket, slots: &Slots, now: u64) -> Result<Verdict, stor
     for &j in free.iter().take(TRIES) {
         let n = atomics::increment(bucket, &key(j), 1)?;
         if n <= slots.capacity(j) {
-            if n == 1 {
-                collect_garbage(bucket, first);
+            // Once a window, the first claim of a slot clears out old counters.
+            if n == 1 && j % slots.count == 0 {
+                let kept = (KEEP_NS / slots.length_ns).clamp(slots.count, KEEP_SLOTS);
+                collect_garbage(bucket, first.saturating_sub(kept));
             }
             return Ok(Verdict::Admit);
         }
@@ -134,8 +143,8 @@ fn take(bucket: &store::Bucket, slots: &Slots, now: u64) -> Result<Verdict, stor
     })
 }
 
-/// Deletes the counters of slots before `first` (no request can claim them
-/// any more); done by the first claim of each slot.
+/// Deletes the counters of slots before `first` (long out of every
+/// request's window: see [`KEEP_NS`]).
 fn collect_garbage(bucket: &store::Bucket, first: u64) {
     let Ok(listed) = bucket.list_keys(None) else {
         return;
