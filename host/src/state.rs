@@ -50,7 +50,9 @@ pub const RESERVED_CONFIG_PREFIX: &str = "tensorwasm.";
 impl GrantSet {
     /// Prepares `grants` (and the deployment's tensor and keyvalue state) for
     /// per-request use. `wasi:config` sees the granted config and secrets,
-    /// plus `tensorwasm.tenant` and `tensorwasm.deployment`.
+    /// plus `tensorwasm.tenant`, `tensorwasm.deployment` and
+    /// `tensorwasm.tensor-device` (where `wasi:tensor` computes: `cpu` or
+    /// `cuda:N`, so a model can pick its batching for the device).
     pub fn new(
         grants: Grants,
         tensors: Arc<TenantTensors>,
@@ -63,6 +65,10 @@ impl GrantSet {
                 keyvalue.tenant().to_string(),
             ),
             ("tensorwasm.deployment".to_string(), deployment.to_string()),
+            (
+                "tensorwasm.tensor-device".to_string(),
+                tensors.device_name(),
+            ),
         ];
         let config = Arc::new(
             grants

@@ -73,7 +73,8 @@ route = {{ host = "beta.test", path = "/hello" }}
     assert_eq!(on("beta.test", "/fs").text(), "/data");
     assert_eq!(on("bare.test", "/env").text(), "");
     assert_eq!(on("bare.test", "/fs").text(), "");
-    // Granted config, plus the two keys the host sets for every deployment.
+    // Granted config, plus the keys the host sets for every deployment.
+    let device = format!("tensorwasm.tensor-device={}", server.tensor_device());
     let mut beta: Vec<String> = on("beta.test", "/config")
         .text()
         .lines()
@@ -85,7 +86,8 @@ route = {{ host = "beta.test", path = "/hello" }}
         [
             "currency=EUR",
             "tensorwasm.deployment=beta",
-            "tensorwasm.tenant=globex"
+            "tensorwasm.tenant=globex",
+            &device,
         ]
     );
     let mut bare: Vec<String> = on("bare.test", "/config")
@@ -96,7 +98,11 @@ route = {{ host = "beta.test", path = "/hello" }}
     bare.sort();
     assert_eq!(
         bare,
-        ["tensorwasm.deployment=bare", "tensorwasm.tenant=initech"]
+        [
+            "tensorwasm.deployment=bare",
+            "tensorwasm.tenant=initech",
+            &device
+        ]
     );
     let fetch = format!("/fetch?url=http://{}/hello", upstream.addr);
     assert_eq!(

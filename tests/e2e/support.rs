@@ -135,6 +135,19 @@ impl Server {
         }
     }
 
+    /// The tensor backend the server chose (`cpu`, `cuda:0`), from its log.
+    pub fn tensor_device(&self) -> String {
+        let log = self.log();
+        let rest = log
+            .split("tensor backend: ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no `tensor backend:` line in the log:\n{log}"));
+        rest.split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    }
+
     /// Everything the server wrote to stderr so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().join("\n")

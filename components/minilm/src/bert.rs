@@ -89,19 +89,17 @@ impl Encoder {
     }
 
     /// One unit vector per sequence, in input order.
-    pub fn embed(&self, sequences: &[Vec<u32>]) -> tensorwasm_sdk::Result<Vec<Vec<f32>>> {
+    pub fn embed(
+        &self,
+        sequences: &[Vec<u32>],
+        chunking: Chunking,
+    ) -> tensorwasm_sdk::Result<Vec<Vec<f32>>> {
         // Shortest first, so each chunk pads to a length close to its own.
         let mut order: Vec<usize> = (0..sequences.len()).collect();
         order.sort_by_key(|&i| sequences[i].len());
+        let lengths: Vec<usize> = order.iter().map(|&i| sequences[i].len().max(1)).collect();
         let mut out = vec![Vec::new(); sequences.len()];
-        let mut start = 0;
-        while start < order.len() {
-            let mut end = start + 1;
-            while end < order.len()
-                && (end + 1 - start) * sequences[order[end]].len() <= CHUNK_TOKENS
-            {
-                end += 1;
-            }
+        for (start, end) in chunking.split(&lengths) {
             let chunk: Vec<&[u32]> = order[start..end]
                 .iter()
                 .map(|&i| sequences[i].as_slice())
@@ -110,7 +108,6 @@ impl Encoder {
             for (k, v) in vectors.chunks(HIDDEN).enumerate() {
                 out[order[start + k]] = v.to_vec();
             }
-            start = end;
         }
         Ok(out)
     }
@@ -173,6 +170,85 @@ impl Encoder {
         x.mean(1, Some(&keep_mask))?
             .l2_normalize(-1, 1e-12)?
             .to_f32()
+    }
+}
+
+/// How a batch, sorted by length, is cut into padded chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunking {
+    /// As few chunks as [`CHUNK_TOKENS`] allows: on a GPU each chunk costs
+    /// its ops' launches whatever its size, and padding is nearly free.
+    Fewest,
+    /// Chunks that pad little: on a CPU every padded token costs its share
+    /// of the arithmetic, and a chunk's fixed cost is small ([`CPU_CHUNK_COST`]).
+    LeastPadding,
+}
+
+/// A chunk's fixed cost on a CPU in padded tokens' worth of work (its ~140
+/// ops' dispatch against ~0.3 ms of arithmetic per token on the dev machine).
+const CPU_CHUNK_COST: usize = 32;
+/// Most sequences in one chunk considered by the padding search.
+const MAX_CHUNK_ROWS: usize = 256;
+
+impl Chunking {
+    /// The policy for `wasi:tensor` computing on `device` (`cpu`, `cuda:0`).
+    pub fn for_device(device: &str) -> Self {
+        if device == "cpu" {
+            Chunking::LeastPadding
+        } else {
+            Chunking::Fewest
+        }
+    }
+
+    /// Half-open ranges of `lengths` (sorted ascending) forming the chunks,
+    /// each within [`CHUNK_TOKENS`] padded tokens (a longer single sequence
+    /// is a chunk of its own).
+    pub fn split(self, lengths: &[usize]) -> Vec<(usize, usize)> {
+        let fits = |start: usize, end: usize| (end - start) * lengths[end - 1] <= CHUNK_TOKENS;
+        match self {
+            Chunking::Fewest => {
+                let mut out = Vec::new();
+                let mut start = 0;
+                while start < lengths.len() {
+                    let mut end = start + 1;
+                    while end < lengths.len() && fits(start, end + 1) {
+                        end += 1;
+                    }
+                    out.push((start, end));
+                    start = end;
+                }
+                out
+            }
+            Chunking::LeastPadding => {
+                // best[e]: least cost of chunking lengths[..e]; from[e]: where
+                // its last chunk starts. Cost: padded tokens + CPU_CHUNK_COST.
+                let n = lengths.len();
+                let mut best = vec![usize::MAX; n + 1];
+                let mut from = vec![0; n + 1];
+                best[0] = 0;
+                for end in 1..=n {
+                    let lowest = end.saturating_sub(MAX_CHUNK_ROWS);
+                    for start in (lowest..end).rev() {
+                        if start + 1 < end && !fits(start, end) {
+                            break;
+                        }
+                        let cost = best[start] + (end - start) * lengths[end - 1] + CPU_CHUNK_COST;
+                        if cost < best[end] {
+                            best[end] = cost;
+                            from[end] = start;
+                        }
+                    }
+                }
+                let mut out = Vec::new();
+                let mut end = n;
+                while end > 0 {
+                    out.push((from[end], end));
+                    end = from[end];
+                }
+                out.reverse();
+                out
+            }
+        }
     }
 }
 

@@ -21,13 +21,15 @@ mod bindings {
         inline: "
             package tensorwasm:minilm;
             world minilm {
+                /// `tensorwasm.tensor-device` says where the math runs.
+                import wasi:config/store@0.2.0-rc.1;
                 export tensorwasm:inference/embeddings@0.1.0;
                 /// Run once at deploy time by the host (`crate::preinit`):
                 /// builds the tokenizer into the snapshot every instance starts from.
                 export wizer-initialize: func();
             }
         ",
-        path: ["../../wit/tensor-0.1.0", "../../wit/inference-0.1.0"],
+        path: ["../../wit/tensor-0.1.0", "../../wit/inference-0.1.0", "../../wit/deps/config"],
         generate_all,
     });
 }
@@ -102,13 +104,21 @@ impl Guest for Component {
             bert::OpenError::Tensor(e) => Error::Backend(e.to_string()),
         })?;
         let vectors = encoder
-            .embed(&sequences)
+            .embed(&sequences, bert::Chunking::for_device(&tensor_device()))
             .map_err(|e| Error::Backend(e.to_string()))?;
         Ok(EmbeddingBatch {
             vectors,
             prompt_tokens,
         })
     }
+}
+
+/// Where the host computes `wasi:tensor` (`cpu`, `cuda:0`; empty if unsaid).
+fn tensor_device() -> String {
+    bindings::wasi::config::store::get("tensorwasm.tensor-device")
+        .ok()
+        .flatten()
+        .unwrap_or_default()
 }
 
 /// Token ids of every input, `[CLS] … [SEP]`, at most [`MAX_TOKENS`] long.

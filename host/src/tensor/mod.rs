@@ -99,6 +99,11 @@ impl TenantTensors {
     pub fn bytes_in_use(&self) -> u64 {
         self.quota.used()
     }
+
+    /// Where this deployment's tensors compute: `cpu` or `cuda:N`.
+    pub fn device_name(&self) -> String {
+        self.tensors.backend().name()
+    }
 }
 
 /// Per-instance tensor state kept in the `Store`.
