@@ -1,9 +1,12 @@
 """The gateway chain's cost: bare hello vs router -> auth -> ratelimit -> audit -> hello.
 
-One tensor-wasm server holds three deployments, told apart by Host header:
+One tensor-wasm server holds four deployments, told apart by Host header:
   bare.test       hello.wasm alone
+  noop.test       benches/gateway/noop-chain.wac: four middlewares that only
+                  forward (benches/gateway/noop, no_std) in front of hello --
+                  the floor of any 4-component chain with a fresh world per request
   gw.test         worlds/gateway.wac (GET /hello: router, auth, a rate-limit
-                  increment per request (durable), audit forwards)
+                  increment per request (volatile), audit forwards)
   gw-audit.test   the same world with audit.policy = "all" (also one durable
                   audit record per request)
 wrk drives each in turn (order alternating per round); medians are printed.
@@ -24,11 +27,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "http"))
 from bench import cpu_seconds, free_port, parse_wrk  # noqa: E402
 
 TOKEN = "bench-token-0123456789"
-KINDS = ["bare", "gateway", "gateway+audit-all"]
-HOSTS = {"bare": "bare.test", "gateway": "gw.test", "gateway+audit-all": "gw-audit.test"}
+KINDS = ["bare", "4 no-op components", "gateway", "gateway+audit-all"]
+HOSTS = {"bare": "bare.test", "4 no-op components": "noop.test", "gateway": "gw.test",
+         "gateway+audit-all": "gw-audit.test"}
 
 
-def deployment_file(d, hello, world):
+def deployment_file(d, hello, world, noop):
     digest = hashlib.sha256(TOKEN.encode()).hexdigest()
     common = f'''
 [deployment.grants.config]
@@ -42,6 +46,14 @@ name = "bare"
 tenant = "bench"
 component = "{hello}"
 route = {{ host = "bare.test" }}
+
+[[deployment]]
+name = "noop"
+tenant = "bench"
+world = "{os.path.join(os.path.dirname(os.path.abspath(__file__)), "noop-chain.wac")}"
+route = {{ host = "noop.test" }}
+[deployment.deps]
+"tensorwasm:noop" = "{noop}"
 
 [[deployment]]
 name = "gateway"
@@ -92,6 +104,7 @@ def main():
     ap.add_argument("--tensor-wasm", required=True)
     ap.add_argument("--hello", required=True)
     ap.add_argument("--world", required=True)
+    ap.add_argument("--noop", required=True, help="benches/gateway/noop's component")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--concurrency", default="16,64")
@@ -102,7 +115,7 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         port = free_port()
         proc = subprocess.Popen(
-            [args.tensor_wasm, "serve", deployment_file(d, args.hello, args.world),
+            [args.tensor_wasm, "serve", deployment_file(d, args.hello, args.world, args.noop),
              "--listen", f"127.0.0.1:{port}", "--admin-listen", "off",
              "--cache-dir", os.path.join(d, "cache"), "--data-dir", os.path.join(d, "data")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
