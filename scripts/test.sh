@@ -26,9 +26,9 @@ cargo clippy --release --all-targets -- -D warnings
 echo "== tests (release host: guests compile 20-70x faster than under a debug host)"
 log=$(mktemp)
 cargo test --release 2>&1 | tee "$log"
-echo "== guest crates' native tests (the wordpiece tokenizer against Hugging Face tokenizers)"
+echo "== guest crates' native tests (the wordpiece tokenizer against Hugging Face tokenizers, openai's base64)"
 host=$(rustc -vV | sed -n 's/^host: //p')
-(cd components && cargo test --release -p wordpiece --target "$host") 2>&1 | tee -a "$log"
+(cd components && cargo test --release -p wordpiece -p openai --target "$host") 2>&1 | tee -a "$log"
 echo "== GPU tests: skipped (no NVIDIA GPU on this machine; GPU runs are recorded in docs/GPU-RESULTS.md)"
 awk '/^test result:/ { p += $4; f += $6; s += $8 } END { printf "\ntests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
 rm -f "$log"

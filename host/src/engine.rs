@@ -67,6 +67,10 @@ pub fn build(opts: &EngineOptions) -> Result<Engine> {
             .linear_memory_keep_resident(1 << 20);
     }
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    // Diagnostics: name guest functions in `perf` (docs/OPERATIONS.md).
+    if std::env::var_os("TENSOR_WASM_PERFMAP").is_some() {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     let engine = Engine::new(&config)
         .map_err(|e| anyhow::anyhow!("cannot create the wasmtime engine: {e}"))?;
     Ok(engine)
