@@ -8,7 +8,8 @@
 #      (token for token), then embeddings/s at batch 1/32/128 and generation
 #      (time to first token, decode tokens/s) vs sentence-transformers and
 #      transformers on PyTorch, same GPU;
-#   3. the same on --device cpu vs PyTorch on this machine's CPU.
+#   3. the same on --device cpu vs PyTorch on this machine's CPU
+#      (DEVICES="cuda" skips it).
 # Logs go to $OUT; the tables are printed last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -29,8 +30,8 @@ python3 -m pip install -q --no-index --no-deps --target /tmp/site "$G"/whl/*.whl
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
 refs=(--reference-embeddings "$G/ref/embeddings.json" --sentences "$G/ref/sentences.json"
       --reference-generation "$G/ref/generation.json" --prompts "$G/ref/prompts.json")
-for dev in cuda cpu; do
-  PYTHONUNBUFFERED=1 timeout 270 python3 benches/openai/bench.py --tensor-wasm "$G/tensor-wasm" \
+for dev in ${DEVICES:-cuda cpu}; do
+  PYTHONUNBUFFERED=1 timeout "${BENCH_TIMEOUT:-270}" python3 benches/openai/bench.py --tensor-wasm "$G/tensor-wasm" \
     --models "$models" --device "$dev" --rounds "${ROUNDS:-5}" --profile "${refs[@]}" > "$OUT/bench-$dev.log" 2>&1
   echo "== $dev (rc $?)"
   grep -E "correctness|differs|Error|error" "$OUT/bench-$dev.log" | head -8
@@ -38,4 +39,4 @@ done
 echo
 echo "== summary"
 echo "device: $(cat "$OUT/device.txt")"
-for dev in cuda cpu; do echo "-- $dev"; sed -n '/^| request /,$p' "$OUT/bench-$dev.log"; done
+for dev in ${DEVICES:-cuda cpu}; do echo "-- $dev"; sed -n '/^| request /,$p' "$OUT/bench-$dev.log"; done
