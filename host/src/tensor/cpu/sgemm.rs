@@ -216,6 +216,11 @@ mod avx2 {
     /// Packs depth `pc..pc+kc`, columns `j0..j0+cols` of B into one NR-column
     /// micro-panel laid out [p][NR], zero-padding missing columns.
     fn pack_b(out: &mut [f32], b: Operand, pc: usize, j0: usize, cols: usize) {
+        if b.rs == 1 && b.cs != 1 {
+            // SAFETY: pack_b runs only inside `sgemm`, which needs AVX2.
+            unsafe { pack_b_transposed(out, b, pc, j0, cols) };
+            return;
+        }
         for (p, dst) in out.chunks_exact_mut(NR).enumerate() {
             let row = (pc + p) * b.rs;
             if b.cs == 1 && cols == NR {
@@ -230,6 +235,91 @@ mod avx2 {
                 }
             }
         }
+    }
+
+    /// [`pack_b`] for a transposed row-major B (x·Wᵀ, q·kᵀ), where each
+    /// column is contiguous in depth: 8×8 blocks are loaded along the
+    /// columns and transposed in registers (a scalar gather per element
+    /// cost ~14% of a batch-32 embedding on the CPU).
+    ///
+    /// # Safety
+    /// AVX2 must be available.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn pack_b_transposed(out: &mut [f32], b: Operand, pc: usize, j0: usize, cols: usize) {
+        let kc = out.len() / NR;
+        let columns: [&[f32]; NR] = std::array::from_fn(|j| {
+            if j < cols {
+                &b.data[(j0 + j) * b.cs + pc..][..kc]
+            } else {
+                &[]
+            }
+        });
+        let full = kc / 8 * 8;
+        for half in 0..NR / 8 {
+            let cols8 = &columns[half * 8..half * 8 + 8];
+            for p0 in (0..full).step_by(8) {
+                // SAFETY: every non-empty column holds kc ≥ p0 + 8 elements;
+                // each store writes 8 floats at (p0+i)·NR + half·8 < kc·NR.
+                unsafe {
+                    let load = |c: &[f32]| {
+                        if c.is_empty() {
+                            _mm256_setzero_ps()
+                        } else {
+                            _mm256_loadu_ps(c.as_ptr().add(p0))
+                        }
+                    };
+                    let rows = transpose8([
+                        load(cols8[0]),
+                        load(cols8[1]),
+                        load(cols8[2]),
+                        load(cols8[3]),
+                        load(cols8[4]),
+                        load(cols8[5]),
+                        load(cols8[6]),
+                        load(cols8[7]),
+                    ]);
+                    for (i, r) in rows.into_iter().enumerate() {
+                        _mm256_storeu_ps(out.as_mut_ptr().add((p0 + i) * NR + half * 8), r);
+                    }
+                }
+            }
+        }
+        for p in full..kc {
+            for (j, column) in columns.iter().enumerate() {
+                out[p * NR + j] = column.get(p).copied().unwrap_or(0.0);
+            }
+        }
+    }
+
+    /// Transposes an 8×8 block held as 8 row vectors.
+    #[target_feature(enable = "avx2,fma")]
+    fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        [
+            _mm256_permute2f128_ps::<0x20>(u0, u4),
+            _mm256_permute2f128_ps::<0x20>(u1, u5),
+            _mm256_permute2f128_ps::<0x20>(u2, u6),
+            _mm256_permute2f128_ps::<0x20>(u3, u7),
+            _mm256_permute2f128_ps::<0x31>(u0, u4),
+            _mm256_permute2f128_ps::<0x31>(u1, u5),
+            _mm256_permute2f128_ps::<0x31>(u2, u6),
+            _mm256_permute2f128_ps::<0x31>(u3, u7),
+        ]
     }
 
     /// Runs the micro-kernel over one packed A block and the packed B panel,
