@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tensor_wasm::units::{parse_duration, parse_size};
+use tensor_wasm::platform::units::{parse_duration, parse_size};
 
 fuzz_target!(|text: &str| {
     let _ = parse_size(text);

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tensor_wasm::compose::{PackageSources, compose};
+use tensor_wasm::platform::compose::{PackageSources, compose};
 
 fuzz_target!(|text: &str| {
     let _ = compose("fuzz.wac", text, &PackageSources::default());

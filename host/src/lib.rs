@@ -1,34 +1,26 @@
-//! The TensorWasm host: serves `wasi:http` components and composed worlds, a
-//! fresh isolated instance per request, for many tenants on one server.
+//! The TensorWasm host: serves `wasi:http` components and composed worlds
+//! for many tenants on one server (a fresh isolated instance per request).
 //!
-//! The `tensor-wasm` binary is a thin CLI over this library; the modules are
-//! public so that tests, benchmarks and fuzz targets can reach the parsers.
+//! The tree is the map (docs/ARCHITECTURE.md):
+//! - [`commands`]: the `tensor-wasm` CLI verbs, thin over the rest;
+//! - [`serving`]: a request's path — listener, router, deployment, guest run;
+//! - [`assembly`]: from a deployment spec to a ready deployment, in one place;
+//! - [`platform`]: engine, artifact cache, composition, loading, metrics;
+//! - one module per host capability: [`tensor`], [`cuda`], [`scheduler`],
+//!   [`keyvalue`], [`config`], [`outgoing`].
+//!
+//! The modules are public so that tests, benchmarks and fuzz targets can
+//! reach the parsers.
 #![deny(missing_docs)]
 
-pub mod alloc;
-pub mod audit;
-pub mod body;
-pub mod cache;
-pub mod cli;
-pub mod compose;
+pub mod assembly;
+pub mod commands;
+pub mod config;
 pub mod cuda;
-pub mod default_world;
-pub mod deploy;
-pub mod deployment;
-pub mod engine;
-pub mod guest;
-pub mod job;
 pub mod keyvalue;
-pub mod load;
-pub mod metrics;
-pub mod models;
-pub mod preinit;
-pub mod request_id;
-pub mod router;
+pub mod outgoing;
+pub mod platform;
 pub mod scheduler;
-pub mod serve;
-pub mod server;
-pub mod state;
+pub mod serving;
 pub mod tensor;
-pub mod token;
-pub mod units;
+pub mod wasi;

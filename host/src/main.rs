@@ -1,12 +1,14 @@
-//! The `tensor-wasm` command.
+//! The `tensor-wasm` command: logging, the allocator, and the verbs in
+//! `tensor_wasm::commands`.
 
 use clap::Parser;
 use std::process::ExitCode;
-use tensor_wasm::{audit, cli, compose, job, load, serve, token};
+use tensor_wasm::commands::{self, args};
 
 /// Large blocks (tensor buffers) are kept for reuse rather than unmapped.
 #[global_allocator]
-static ALLOCATOR: tensor_wasm::alloc::CachingAllocator = tensor_wasm::alloc::CachingAllocator;
+static ALLOCATOR: tensor_wasm::platform::alloc::CachingAllocator =
+    tensor_wasm::platform::alloc::CachingAllocator;
 
 fn main() -> ExitCode {
     // wasmtime creates error values on hot paths (e.g. when a store drops);
@@ -19,10 +21,10 @@ fn main() -> ExitCode {
     std::panic::set_hook(Box::new(|info| {
         eprintln!("error: internal error (a bug in tensor-wasm): {info}");
     }));
-    let cli = cli::Cli::parse();
+    let cli = args::Cli::parse();
     // A job's terminal belongs to the job: only warnings from the host.
     let default_log = match cli.command {
-        cli::Command::Run(_) | cli::Command::Audit(_) | cli::Command::Token(_) => "warn",
+        args::Command::Run(_) | args::Command::Audit(_) | args::Command::Token(_) => "warn",
         _ => "info,wasmtime=warn,cranelift=warn",
     };
     tracing_subscriber::fmt()
@@ -33,74 +35,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    if let cli::Command::Run(args) = cli.command {
-        return match job::run(args) {
-            Ok(code) => ExitCode::from(code),
-            Err(e) => {
-                eprintln!("error: {}", load::first_line(&e));
-                ExitCode::FAILURE
-            }
-        };
-    }
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+    match commands::run(cli) {
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {}", load::first_line(&e));
+            eprintln!("error: {}", tensor_wasm::platform::load::first_line(&e));
             ExitCode::FAILURE
         }
-    }
-}
-
-fn run(cli: cli::Cli) -> anyhow::Result<()> {
-    match cli.command {
-        cli::Command::Serve(args) => serve::run(args),
-        cli::Command::Compose {
-            world,
-            output,
-            deps,
-        } => {
-            let bytes =
-                compose::compose_file(&world, &deps.into_iter().collect(), &compose::unchanged)?;
-            load::check_component_bytes(&world.display().to_string(), &bytes)?;
-            std::fs::write(&output, &bytes)
-                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", output.display()))?;
-            eprintln!(
-                "composed {} into {} ({} bytes)",
-                world.display(),
-                output.display(),
-                bytes.len()
-            );
-            Ok(())
-        }
-        cli::Command::Compile {
-            input,
-            output,
-            deps,
-            engine,
-        } => serve::compile(&input, &output, &deps.into_iter().collect(), &engine),
-        cli::Command::Inspect { path, deps } => serve::inspect(&path, &deps.into_iter().collect()),
-        cli::Command::Audit(cli::AuditCommand::Tail {
-            lines,
-            tenant,
-            data_dir,
-        }) => audit::tail(&cli::data_dir(data_dir.as_ref())?, tenant, lines),
-        cli::Command::Audit(cli::AuditCommand::Query {
-            tenant,
-            since,
-            request_id,
-            data_dir,
-        }) => {
-            let filter = audit::Filter {
-                tenant,
-                since_ns: since.as_deref().map(audit::parse_since).transpose()?,
-                request_id,
-            };
-            audit::query(&cli::data_dir(data_dir.as_ref())?, &filter)
-        }
-        cli::Command::Token(cli::TokenCommand::New { id, scopes }) => {
-            token::new_command(&id, &scopes)
-        }
-        cli::Command::Token(cli::TokenCommand::Hash) => token::hash_command(),
-        cli::Command::Run(_) => unreachable!("handled in main"),
     }
 }

@@ -55,18 +55,16 @@ const ADD: [&str; 4] = ["pointer", "pointer", "pointer", "u32"];
 #[test]
 fn cuda_kernels_from_a_guest() {
     let dir = scratch("cuda_kernels");
-    let file = dir.join("deploy.toml");
     let probe = guest("tensor_probe");
-    std::fs::write(
-        &file,
-        format!(
+    let file = deployment_file(
+        &dir,
+        &format!(
             "[[deployment]]\nname = \"vetted\"\ntenant = \"acme\"\ncomponent = {probe:?}\n\
              route = {{ host = \"vetted.test\" }}\nlimits = {{ tensor-memory = \"64MiB\" }}\n\n\
              [[deployment]]\nname = \"own\"\ntenant = \"lab\"\ncomponent = {probe:?}\n\
              route = {{ host = \"own.test\" }}\ngrants = {{ cuda-source = true }}\n"
         ),
-    )
-    .unwrap();
+    );
     let server = Server::start(&[file.to_str().unwrap()], &dir.join("cache"));
     if std::env::var_os("TENSOR_WASM_TEST_DEVICE").is_none() {
         let r = run(

@@ -9,10 +9,9 @@ fn two_tenants_are_routed_apart_with_their_own_limits_and_grants() {
     // An upstream for outgoing HTTP: another real server.
     let upstream = Server::start(&[guest("hello").to_str().unwrap()], &dir.join("cache"));
     std::fs::create_dir_all(dir.join("shared-data")).unwrap();
-    let file = dir.join("deploy.toml");
-    std::fs::write(
-        &file,
-        format!(
+    let file = deployment_file(
+        &dir,
+        &format!(
             r#"
 [[deployment]]
 name = "alpha"
@@ -49,8 +48,7 @@ route = {{ host = "beta.test", path = "/hello" }}
             hostile = guest("hostile"),
             upstream = upstream.addr,
         ),
-    )
-    .unwrap();
+    );
     let server = Server::start(&[file.to_str().unwrap()], &dir.join("cache"));
     let on = |host: &str, path: &str| request(server.addr, "GET", path, &[("host", host)], b"");
 
@@ -158,15 +156,13 @@ route = {{ host = "beta.test", path = "/hello" }}
 #[test]
 fn concurrency_limit_queues_requests_within_their_budget() {
     let dir = scratch("concurrency");
-    let file = dir.join("deploy.toml");
-    std::fs::write(
-        &file,
-        format!(
+    let file = deployment_file(
+        &dir,
+        &format!(
             "[[deployment]]\nname = \"one\"\ntenant = \"t\"\ncomponent = {:?}\nlimits = {{ concurrency = 1, timeout = \"2s\" }}\n",
             guest("hostile")
         ),
-    )
-    .unwrap();
+    );
     let server = Server::start(&[file.to_str().unwrap()], &dir.join("cache"));
     let addr = server.addr;
     let get = move |path: &'static str| {

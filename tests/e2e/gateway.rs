@@ -19,7 +19,12 @@ const TOKENS: &[(&str, &str, &str)] = &[
 fn tokens_config() -> String {
     TOKENS
         .iter()
-        .map(|(id, token, scopes)| format!("{id} {} {scopes}", tensor_wasm::token::hash(token)))
+        .map(|(id, token, scopes)| {
+            format!(
+                "{id} {} {scopes}",
+                tensor_wasm::platform::token::hash(token)
+            )
+        })
         .collect::<Vec<_>>()
         .join("; ")
 }
@@ -30,10 +35,9 @@ fn bearer(token: &str) -> String {
 
 /// A deployment file serving `world` for `tenant` with this gateway config.
 fn deployment(dir: &Path, world: &Path, deps: &str, config: &str, secrets: &str) -> PathBuf {
-    let file = dir.join("deploy.toml");
-    std::fs::write(
-        &file,
-        format!(
+    deployment_file(
+        dir,
+        &format!(
             r#"
 [[deployment]]
 name = "gw"
@@ -47,8 +51,6 @@ secrets = {{ {secrets} }}
 "#
         ),
     )
-    .unwrap();
-    file
 }
 
 /// `tensor-wasm audit query ARGS` against `data`: the records, one JSON value each.
@@ -206,7 +208,7 @@ fn scopes_decide_401_403_or_200_and_mutations_are_audited() {
     for needle in [
         "sup3r-s3cret-value",
         "tok-writer-2",
-        &tensor_wasm::token::hash("tok-boss-3"),
+        &tensor_wasm::platform::token::hash("tok-boss-3"),
     ] {
         assert!(!log.contains(needle), "{needle} in the log:\n{log}");
         assert!(!metrics.contains(needle), "{needle} in the metrics");

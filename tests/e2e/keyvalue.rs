@@ -7,10 +7,9 @@ use crate::support::*;
 fn buckets_hold_values_and_tenants_cannot_read_each_other() {
     let dir = scratch("keyvalue_tenants");
     let notes = guest("notes");
-    let file = dir.join("deploy.toml");
-    std::fs::write(
-        &file,
-        format!(
+    let file = deployment_file(
+        &dir,
+        &format!(
             r#"
 [[deployment]]
 name = "a"
@@ -31,8 +30,7 @@ component = {notes:?}
 route = {{ host = "b.test" }}
 "#
         ),
-    )
-    .unwrap();
+    );
     let server = Server::start(&[file.to_str().unwrap()], &dir.join("cache"));
     let on = |host: &str, method: &str, path: &str, body: &[u8]| {
         request(server.addr, method, path, &[("host", host)], body)

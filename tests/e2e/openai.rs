@@ -62,10 +62,9 @@ fn python_json(script: &Path, args: &[&str]) -> Value {
 
 /// Serves the OpenAI world with both models granted from `models`.
 fn serve(dir: &Path, models: &Path) -> Server {
-    let file = dir.join("deploy.toml");
-    std::fs::write(
-        &file,
-        format!(
+    let file = deployment_file(
+        dir,
+        &format!(
             r#"
 [[deployment]]
 name = "openai"
@@ -79,10 +78,9 @@ config = {{ "router.routes" = "GET,HEAD =/ welcome; * /v1 app", "ratelimit.defau
 secrets = {{ "auth.tokens" = "client {hash} read write" }}
 "#,
             world = root().join("worlds/openai.wac"),
-            hash = tensor_wasm::token::hash(TOKEN),
+            hash = tensor_wasm::platform::token::hash(TOKEN),
         ),
-    )
-    .unwrap();
+    );
     Server::start(
         &[
             file.to_str().unwrap(),

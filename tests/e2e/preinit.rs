@@ -29,6 +29,23 @@ env = {{ INIT_MODE = "{mode}" }}
     file.display().to_string()
 }
 
+/// The first deployment's initializer already sees the keyvalue store: the
+/// store is the server's, open before any deployment pre-initializes.
+#[test]
+fn an_initializer_sees_the_keyvalue_store() {
+    let dir = scratch("preinit_keyvalue");
+    let file = deployment(&dir, "keyvalue");
+    let server = Server::start(&[&file], &dir.join("cache"));
+    let r = server.get("/");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.text(),
+        "initialized=yes table=332833500 requests=1 keyvalue=open\n",
+        "log:\n{}",
+        server.log()
+    );
+}
+
 #[test]
 fn requests_start_from_the_initialized_snapshot_in_fresh_instances() {
     let dir = scratch("preinit_ok");

@@ -57,6 +57,13 @@ pub fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// Writes deployment-file `text` to `dir/deploy.toml`; returns its path.
+pub fn deployment_file(dir: &Path, text: &str) -> PathBuf {
+    let file = dir.join("deploy.toml");
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
 /// A running host.
 pub struct Server {
     child: Child,

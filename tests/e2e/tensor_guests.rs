@@ -69,10 +69,9 @@ fn assert_rows_close(got: &[Vec<f64>], want: &Nd) {
 fn each_interface_works_from_a_guest_over_http() {
     let dir = scratch("tensor_interfaces");
     write_safetensors(&dir.join("model.safetensors"));
-    let file = dir.join("deploy.toml");
-    std::fs::write(
-        &file,
-        format!(
+    let file = deployment_file(
+        &dir,
+        &format!(
             r#"
 [[deployment]]
 name = "service"
@@ -90,8 +89,7 @@ grants = {{ weights = {{ model = "model.safetensors" }} }}
             service = guest("tensor_service"),
             probe = guest("tensor_probe"),
         ),
-    )
-    .unwrap();
+    );
     let server = Server::start(&[file.to_str().unwrap()], &dir.join("cache"));
     let post = |path: &str, body: &Value| {
         request(
@@ -236,10 +234,9 @@ grants = {{ weights = {{ model = "model.safetensors" }} }}
 #[test]
 fn hostile_tensor_guests_are_contained() {
     let dir = scratch("tensor_hostile");
-    let file = dir.join("deploy.toml");
-    std::fs::write(
-        &file,
-        format!(
+    let file = deployment_file(
+        &dir,
+        &format!(
             r#"
 [[deployment]]
 name = "greedy"
@@ -257,8 +254,7 @@ limits = {{ tensor-memory = "64MiB" }}
 "#,
             probe = guest("tensor_probe"),
         ),
-    )
-    .unwrap();
+    );
     let server = Server::start(&[file.to_str().unwrap()], &dir.join("cache"));
     let addr = server.addr;
     let greedy = |path: &str| request(addr, "GET", path, &[("host", "greedy.test")], b"");
@@ -371,15 +367,13 @@ fn bad_weights_grants_are_refused_at_start() {
         ("junk.safetensors", "not a valid safetensors file"),
         ("junk.gguf", "not a valid GGUF file"),
     ] {
-        let file = dir.join("deploy.toml");
-        std::fs::write(
-            &file,
-            format!(
+        let file = deployment_file(
+            &dir,
+            &format!(
                 "[[deployment]]\nname = \"m\"\ntenant = \"t\"\ncomponent = {:?}\ngrants = {{ weights = {{ model = \"{weights}\" }} }}\n",
                 guest("tensor_probe")
             ),
-        )
-        .unwrap();
+        );
         let (code, _, stderr) = run(&[
             "serve",
             file.to_str().unwrap(),
@@ -404,7 +398,6 @@ fn bad_weights_grants_are_refused_at_start() {
 #[test]
 fn four_tenants_one_exhausting_its_cap() {
     let dir = scratch("tensor_four_tenants");
-    let file = dir.join("deploy.toml");
     let mut toml = String::new();
     for (name, cap) in [
         ("t0", "16MiB"),
@@ -418,7 +411,7 @@ fn four_tenants_one_exhausting_its_cap() {
             guest("tensor_probe")
         );
     }
-    std::fs::write(&file, toml).unwrap();
+    let file = deployment_file(&dir, &toml);
     let server = Server::start(&[file.to_str().unwrap()], &dir.join("cache"));
     let addr = server.addr;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -749,15 +742,13 @@ fn write_gguf(path: &Path) -> Vec<(&'static str, Vec<u64>, Vec<f64>)> {
 fn gguf_weights_are_dequantized_with_typed_metadata() {
     let dir = scratch("tensor_gguf");
     let expected = write_gguf(&dir.join("model.gguf"));
-    let file = dir.join("deploy.toml");
-    std::fs::write(
-        &file,
-        format!(
+    let file = deployment_file(
+        &dir,
+        &format!(
             "[[deployment]]\nname = \"g\"\ntenant = \"t\"\ncomponent = {:?}\ngrants = {{ weights = {{ llm = \"model.gguf\" }} }}\n",
             guest("tensor_probe")
         ),
-    )
-    .unwrap();
+    );
     let server = Server::start(&[file.to_str().unwrap()], &dir.join("cache"));
     for (name, shape, want) in &expected {
         let v = json_of(&server.get(&format!("/weights?name=llm&tensor={name}")));

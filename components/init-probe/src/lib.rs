@@ -4,12 +4,15 @@
 //! - `ok`: builds a table (the squares of 0..1000) and notes that it ran;
 //! - `trap`: panics;
 //! - `spin`: never returns;
-//! - `oom`: allocates until the memory cap stops it.
+//! - `oom`: allocates until the memory cap stops it;
+//! - `keyvalue`: as `ok`, and opens the tenant's durable `wasi:keyvalue`
+//!   bucket `probe`, noting whether the host's store was there.
 //!
 //! `GET /` answers `initialized=<yes|no> table=<sum> requests=<n>`: whether
 //! the instance started from the initialized state, the table's sum, and how
 //! many requests this instance has served, which is always 1 when every
-//! request gets a fresh instance.
+//! request gets a fresh instance; in `keyvalue` mode ` keyvalue=<what the
+//! initializer saw>` follows.
 
 use httpkit::respond;
 use std::hint::black_box;
@@ -31,6 +34,8 @@ mod bindings {
 
 /// Built by the initializer only.
 static TABLE: OnceLock<Vec<u64>> = OnceLock::new();
+/// What opening a durable bucket gave the initializer (`keyvalue` mode).
+static KEYVALUE: OnceLock<String> = OnceLock::new();
 /// Requests this instance has served.
 static SERVED: AtomicU32 = AtomicU32::new(0);
 
@@ -50,6 +55,18 @@ impl bindings::Guest for Probe {
                     black_box(&hoard);
                 }
             }
+            Ok("keyvalue") => {
+                use gatewaykit::keyvalue::store;
+                // The handle is dropped here: host resources do not survive
+                // the snapshot.
+                let seen = match store::open("probe") {
+                    Ok(_) => "open".to_string(),
+                    Err(store::Error::NoSuchStore) => "no-such-store".to_string(),
+                    Err(e) => format!("{e:?}"),
+                };
+                let _ = KEYVALUE.set(seen);
+                let _ = TABLE.set((0..1000u64).map(|i| i * i).collect());
+            }
             _ => {
                 let _ = TABLE.set((0..1000u64).map(|i| i * i).collect());
             }
@@ -64,7 +81,10 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
             Some(t) => ("yes", t.iter().sum::<u64>()),
             None => ("no", 0),
         };
-        let body = format!("initialized={initialized} table={sum} requests={served}\n");
+        let keyvalue = KEYVALUE
+            .get()
+            .map_or(String::new(), |k| format!(" keyvalue={k}"));
+        let body = format!("initialized={initialized} table={sum} requests={served}{keyvalue}\n");
         respond(out, 200, &[("content-type", "text/plain")], body.as_bytes());
     }
 }

@@ -4,11 +4,11 @@
 
 use super::Kernel;
 use super::bindings::wasi::cuda::{kernels, types};
+use super::error::{driver, tensor_err};
 use super::signature::{self, Arg, ArgError};
-use crate::tensor::TensorError;
 use crate::tensor::gpu::CudaBackend;
 use crate::tensor::ops::Tensors;
-use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DriverError, result, sys};
+use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, result, sys};
 use std::ffi::c_void;
 use std::sync::Arc;
 
@@ -17,36 +17,7 @@ pub type Gpu = CudaBackend;
 
 /// The GPU the instance's tensors live on, or `no-device`.
 pub fn gpu(tensors: &Tensors) -> Result<&Gpu, types::Error> {
-    tensors.backend().as_cuda().ok_or(types::Error::NoDevice)
-}
-
-/// A tensor-layer error as a `wasi:cuda` one.
-pub fn tensor_err(e: TensorError) -> types::Error {
-    match e {
-        TensorError::QuotaExceeded {
-            requested,
-            in_use,
-            limit,
-        } => types::Error::QuotaExceeded(types::QuotaError {
-            requested,
-            in_use,
-            limit,
-        }),
-        TensorError::Backend(m) => types::Error::Backend(m),
-        other => types::Error::InvalidArgument(other.to_string()),
-    }
-}
-
-/// A driver error during `what`.
-pub fn driver(what: &str) -> impl Fn(DriverError) -> types::Error + '_ {
-    move |e| {
-        let text = format!("{e:?}");
-        if text.contains("OUT_OF_MEMORY") {
-            types::Error::Backend(format!("{what}: GPU out of memory"))
-        } else {
-            types::Error::Backend(format!("{what}: {text}"))
-        }
-    }
+    tensors.cuda().ok_or(types::Error::NoDevice)
 }
 
 /// Runs `f` (which waits on the device) on a blocking thread.

@@ -9,10 +9,13 @@
 //! configurations are checked against the device's limits. Buffers are
 //! charged to the tenant's tensor-memory quota.
 //!
-//! Lifecycle: a [`CudaCtx`] per instance, kept in the `Store`; handles live
-//! in the instance's resource table and are freed with it.
+//! Lifecycle (`crate::assembly::capabilities`): per deployment its
+//! `cuda-source` grant, a [`CudaCtx`] per instance, kept in the `Store`;
+//! handles live in the instance's resource table and are freed with it. The
+//! device, context and stream are the instance's tensor state's.
 
 mod bindings;
+mod error;
 mod launch;
 pub mod signature;
 mod types;
@@ -21,10 +24,48 @@ pub mod vetted;
 
 pub use types::{Buffer, Event, Kernel, Module, Stream};
 
+use crate::assembly::capabilities::{
+    Capability, DeploymentEnv, InstanceEnv, InstanceState, ServerEnv,
+};
 use crate::tensor::ops::Tensors;
 use cudarc::driver::CudaStream;
 use std::sync::Arc;
 use wasmtime::component::{HasData, Linker, ResourceTable};
+
+/// The `wasi:cuda` capability (its device is the tensor capability's).
+pub struct Cuda;
+
+impl Capability for Cuda {
+    /// Whether the deployment lets guests compile kernels of their own.
+    type Deployment = bool;
+    type Instance = CudaCtx;
+
+    fn new(_: &ServerEnv) -> anyhow::Result<Self> {
+        Ok(Cuda)
+    }
+
+    fn add_to_linker(linker: &mut Linker<InstanceState>) -> anyhow::Result<()> {
+        add_to_linker(linker)
+    }
+
+    fn deployment(&self, env: &DeploymentEnv) -> anyhow::Result<bool> {
+        Ok(env.grants.cuda_source)
+    }
+
+    fn instance(allow_source: &bool, _: &InstanceEnv) -> anyhow::Result<CudaCtx> {
+        Ok(CudaCtx::new(*allow_source))
+    }
+}
+
+impl CudaStateView for InstanceState {
+    fn cuda(&mut self) -> CudaView<'_> {
+        CudaView {
+            table: &mut self.table,
+            tensors: self.caps.tensor.tensors(),
+            ctx: &mut self.caps.cuda,
+        }
+    }
+}
 
 /// Per-instance `wasi:cuda` state.
 #[derive(Default)]

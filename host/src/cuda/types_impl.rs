@@ -4,6 +4,7 @@
 //! guest names a stream of its own.
 
 use super::bindings::wasi::cuda::{device, kernels, memory, streams, types};
+use super::error;
 use super::launch::{self, Gpu};
 use super::signature::Kind;
 use super::{Buffer, CudaView, Event, Kernel, Module, Stream, vetted};
@@ -70,7 +71,7 @@ impl CudaView<'_> {
             .tensors
             .quota()
             .charge(size)
-            .map_err(launch::tensor_err)?;
+            .map_err(error::tensor_err)?;
         let bytes = launch::alloc_zeroed(gpu, size)?;
         Ok(Buffer {
             bytes: Some(bytes),
@@ -145,7 +146,7 @@ impl streams::HostStream for CudaView<'_> {
         let event = &self.table.get(&e)?.event;
         Ok(stream
             .wait(event)
-            .map_err(launch::driver("waiting for an event")))
+            .map_err(error::driver("waiting for an event")))
     }
 
     async fn drop(&mut self, r: Resource<Stream>) -> wasmtime::Result<()> {
@@ -162,7 +163,7 @@ impl streams::HostEvent for CudaView<'_> {
         launch::blocking(move || {
             event
                 .synchronize()
-                .map_err(launch::driver("waiting for an event"))
+                .map_err(error::driver("waiting for an event"))
         })
         .await
     }
@@ -171,13 +172,13 @@ impl streams::HostEvent for CudaView<'_> {
         let event = &self.table.get(&e)?.event;
         Ok(event
             .try_is_complete()
-            .map_err(launch::driver("querying an event")))
+            .map_err(error::driver("querying an event")))
     }
 
     async fn elapsed_ms(&mut self, start: Resource<Event>, end: Resource<Event>) -> WResult<f32> {
         let a = self.table.get(&start)?.event.clone();
         let b = self.table.get(&end)?.event.clone();
-        launch::blocking(move || a.elapsed_ms(&b).map_err(launch::driver("timing events"))).await
+        launch::blocking(move || a.elapsed_ms(&b).map_err(error::driver("timing events"))).await
     }
 
     async fn drop(&mut self, r: Resource<Event>) -> wasmtime::Result<()> {
@@ -226,7 +227,7 @@ impl memory::Host for CudaView<'_> {
     ) -> WResult<Resource<Tensor>> {
         let mut buffer = self.table.delete(b)?;
         let dtype: DType = dtype.into();
-        let shape = tri!(dims(&shape).map_err(launch::tensor_err));
+        let shape = tri!(dims(&shape).map_err(error::tensor_err));
         let bytes = shape.iter().product::<usize>() as u64 * dtype.size() as u64;
         if bytes != buffer.size {
             return Ok(Err(types::Error::InvalidArgument(format!(
@@ -285,7 +286,7 @@ impl CudaView<'_> {
         tri!(
             buffer
                 .touch(&stream)
-                .map_err(launch::driver("ordering streams"))
+                .map_err(error::driver("ordering streams"))
         );
         let Some(bytes) = buffer.bytes.as_mut() else {
             return Ok(Err(types::Error::Backend("the buffer has no bytes".into())));
@@ -391,7 +392,7 @@ impl memory::HostBuffer for CudaView<'_> {
         }
         for b in [&src, &dst] {
             let touched = self.table.get_mut(b)?.touch(&stream);
-            tri!(touched.map_err(launch::driver("ordering streams")));
+            tri!(touched.map_err(error::driver("ordering streams")));
         }
         let (s, d) = (self.table.get(&src)?, self.table.get(&dst)?);
         let ptr = |b: &Buffer| b.bytes.as_ref().map(|x| x.device_ptr(&stream).0);
@@ -555,10 +556,10 @@ impl kernels::HostModule for CudaView<'_> {
         ));
         let attr = |v: Result<i32, _>| v.map(|v: i32| v.max(0) as u32);
         let max_threads = tri!(
-            attr(function.max_threads_per_block()).map_err(launch::driver("kernel attributes"))
+            attr(function.max_threads_per_block()).map_err(error::driver("kernel attributes"))
         );
         let static_shared =
-            tri!(attr(function.shared_size_bytes()).map_err(launch::driver("kernel attributes")));
+            tri!(attr(function.shared_size_bytes()).map_err(error::driver("kernel attributes")));
         Ok(Ok(self.table.push(Kernel {
             function,
             kinds,
@@ -598,7 +599,7 @@ impl kernels::HostKernel for CudaView<'_> {
             for a in &args {
                 if let kernels::Argument::Buffer(b) | kernels::Argument::BufferAt((b, _)) = a {
                     let touched = self.table.get_mut(b)?.touch(&stream);
-                    tri!(touched.map_err(launch::driver("ordering streams")));
+                    tri!(touched.map_err(error::driver("ordering streams")));
                 }
             }
         }

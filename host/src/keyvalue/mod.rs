@@ -10,22 +10,29 @@
 //! Buckets named `volatile:…` live in the server's memory instead
 //! ([`volatile`]): shared and atomic, but not durable.
 //!
-//! Lifecycle (the same for every capability): one [`Store`] per server, a
-//! [`KeyvalueCtx`] per instance in the `Store` data (the tenant's name and
-//! the database), bucket handles in the instance's resource table.
+//! Lifecycle (`crate::assembly::capabilities`): one [`Keyvalue`] per server
+//! (its database opens on first use, so a server whose guests never open a
+//! durable bucket does not claim the data directory; the assembly opens it
+//! at start-up for deployments that import `wasi:keyvalue`, so errors show
+//! then), a [`KeyvalueCtx`] per deployment and instance (the tenant's name),
+//! bucket handles in the instance's resource table.
 
 #[allow(missing_docs)]
 pub mod bindings;
-pub mod store;
+pub mod durable;
 mod types;
 mod types_impl;
 pub mod volatile;
 
-pub use store::{Reader, Store};
+pub use durable::{Durable, Reader};
 pub use types::Bucket;
 pub use volatile::Volatile;
 
-use std::sync::Arc;
+use crate::assembly::capabilities::{
+    Capability, DeploymentEnv, InstanceEnv, InstanceState, ServerEnv,
+};
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use wasmtime::component::{HasData, Linker, ResourceTable};
 
 /// Longest bucket identifier accepted, in bytes.
@@ -35,28 +42,86 @@ pub const MAX_KEY: usize = 4096;
 /// Largest value accepted, in bytes.
 pub const MAX_VALUE: usize = 16 << 20;
 
-/// Per-instance `wasi:keyvalue` state.
+/// The server's keyvalue stores.
+pub struct Keyvalue {
+    stores: Arc<Stores>,
+}
+
+/// The durable store (opened once, on first use) and the volatile one.
+pub struct Stores {
+    dir: Option<PathBuf>,
+    durable: OnceLock<Result<Durable, String>>,
+    volatile: Volatile,
+}
+
+impl Stores {
+    /// The durable store, opened now if it is not yet; `None` on a server
+    /// without a data directory (a job).
+    pub fn durable(&self) -> Option<Result<&Durable, &str>> {
+        let dir = self.dir.as_ref()?;
+        let opened = self.durable.get_or_init(|| {
+            let store = Durable::open(dir).map_err(|e| format!("{e:#}"))?;
+            tracing::info!("keyvalue store: {}", store.path().display());
+            Ok(store)
+        });
+        Some(opened.as_ref().map_err(String::as_str))
+    }
+}
+
+impl Keyvalue {
+    /// Opens the durable store now (a deployment imports `wasi:keyvalue`),
+    /// so that a store that cannot open stops the server at start-up.
+    pub fn open_durable(&self) -> anyhow::Result<()> {
+        match self.stores.durable() {
+            Some(Err(e)) => Err(anyhow::anyhow!("{e}")),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Capability for Keyvalue {
+    type Deployment = KeyvalueCtx;
+    type Instance = KeyvalueCtx;
+
+    fn new(env: &ServerEnv) -> anyhow::Result<Self> {
+        Ok(Keyvalue {
+            stores: Arc::new(Stores {
+                dir: env.data_dir.clone(),
+                durable: OnceLock::new(),
+                volatile: Volatile::default(),
+            }),
+        })
+    }
+
+    fn add_to_linker(linker: &mut Linker<InstanceState>) -> anyhow::Result<()> {
+        add_to_linker(linker)
+    }
+
+    fn deployment(&self, env: &DeploymentEnv) -> anyhow::Result<KeyvalueCtx> {
+        Ok(KeyvalueCtx {
+            stores: self.stores.clone(),
+            tenant: env.tenant.into(),
+        })
+    }
+
+    fn instance(ctx: &KeyvalueCtx, _: &InstanceEnv) -> anyhow::Result<KeyvalueCtx> {
+        Ok(ctx.clone())
+    }
+}
+
+/// A deployment's (and its instances') `wasi:keyvalue` state.
 #[derive(Clone)]
 pub struct KeyvalueCtx {
-    store: Option<Arc<Store>>,
-    volatile: Arc<Volatile>,
+    stores: Arc<Stores>,
     tenant: Arc<str>,
 }
 
-impl KeyvalueCtx {
-    /// An instance of `tenant`'s, over `store` (`None`: opening a durable
-    /// bucket fails with `no-such-store`) and the server's volatile buckets.
-    pub fn new(store: Option<Arc<Store>>, volatile: Arc<Volatile>, tenant: Arc<str>) -> Self {
-        Self {
-            store,
-            volatile,
-            tenant,
+impl KeyvalueStateView for InstanceState {
+    fn keyvalue(&mut self) -> KeyvalueView<'_> {
+        KeyvalueView {
+            table: &mut self.table,
+            ctx: &self.caps.keyvalue,
         }
-    }
-
-    /// The tenant whose buckets this instance opens.
-    pub fn tenant(&self) -> &str {
-        &self.tenant
     }
 }
 

@@ -1,7 +1,7 @@
 //! The `wasi:keyvalue` host traits: store, atomics and batch.
 
 use super::bindings::wasi::keyvalue::{atomics, batch, store};
-use super::store::Write;
+use super::durable::Write;
 use super::types::Bucket;
 use super::{KeyvalueView, MAX_IDENTIFIER, MAX_KEY, MAX_VALUE, table_name};
 use store::{Error, KeyResponse};
@@ -45,18 +45,31 @@ fn check_batch(n: usize) -> Result<(), Error> {
     Ok(())
 }
 
+/// The server's durable store: `no-such-store` without a data directory,
+/// an error (logged once here) when it could not be opened.
+fn durable(stores: &super::Stores) -> Result<&super::Durable, Error> {
+    match stores.durable() {
+        None => Err(Error::NoSuchStore),
+        Some(Ok(db)) => Ok(db),
+        Some(Err(e)) => {
+            tracing::error!("keyvalue store unavailable: {e}");
+            Err(other("the store could not be opened"))
+        }
+    }
+}
+
 impl KeyvalueView<'_> {
     fn bucket(&self, b: &Resource<Bucket>) -> wasmtime::Result<Bucket> {
         Ok(self.table.get(b)?.clone())
     }
 
-    fn db(&self) -> Result<&super::Store, Error> {
-        self.ctx.store.as_deref().ok_or(Error::NoSuchStore)
+    fn db(&self) -> Result<&super::Durable, Error> {
+        durable(&self.ctx.stores)
     }
 
     fn read(&self, b: &Bucket, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, Error> {
         if b.volatile {
-            return Ok(self.ctx.volatile.get_many(&b.table, keys));
+            return Ok(self.ctx.stores.volatile.get_many(&b.table, keys));
         }
         self.db()?.get_many(&b.table, keys).map_err(|e| {
             tracing::error!("keyvalue read failed: {e:#}");
@@ -66,7 +79,7 @@ impl KeyvalueView<'_> {
 
     fn list(&self, b: &Bucket, skip: u64) -> Result<(Vec<String>, bool), Error> {
         if b.volatile {
-            return Ok(self.ctx.volatile.keys(&b.table, skip));
+            return Ok(self.ctx.stores.volatile.keys(&b.table, skip));
         }
         self.db()?.keys(&b.table, skip).map_err(|e| {
             tracing::error!("keyvalue list failed: {e:#}");
@@ -81,14 +94,15 @@ impl KeyvalueView<'_> {
         b: Bucket,
         writes: Vec<Write>,
     ) -> impl Future<Output = Result<Option<u64>, Error>> + Send + 'static {
-        let db = self.ctx.store.clone();
-        let volatile = b.volatile.then(|| self.ctx.volatile.clone());
+        let stores = self.ctx.stores.clone();
         async move {
-            if let Some(v) = volatile {
-                return v.write(&b.table, writes).map_err(other);
+            if b.volatile {
+                return stores.volatile.write(&b.table, writes).map_err(other);
             }
-            let db = db.ok_or(Error::NoSuchStore)?;
-            db.write(b.table, writes).await.map_err(other)
+            durable(&stores)?
+                .write(b.table, writes)
+                .await
+                .map_err(other)
         }
     }
 }
@@ -96,8 +110,8 @@ impl KeyvalueView<'_> {
 impl store::Host for KeyvalueView<'_> {
     async fn open(&mut self, identifier: String) -> Answer<Resource<Bucket>> {
         let volatile = identifier.starts_with(super::volatile::PREFIX);
-        if self.ctx.store.is_none() && !volatile {
-            return Ok(Err(Error::NoSuchStore));
+        if !volatile && let Err(e) = self.db() {
+            return Ok(Err(e));
         }
         if identifier.len() > MAX_IDENTIFIER {
             return Ok(Err(other(format!(

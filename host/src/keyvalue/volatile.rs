@@ -5,7 +5,7 @@
 //! gateway's rate-limit counters, whose every request would otherwise wait
 //! for an fsync.
 
-use super::store::{PAGE, Write, WriteResult, incremented};
+use super::durable::{PAGE, Write, WriteResult, incremented};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 

@@ -2,12 +2,16 @@
 //! serving thread run other work, then reports how the instance's budget
 //! stands.
 //!
-//! Lifecycle: a [`SchedulerCtx`] per instance, in the `Store`, holding the
-//! request's deadline.
+//! Lifecycle (`crate::assembly::capabilities`): a [`SchedulerCtx`] per
+//! instance, in the `Store`, holding the request's deadline; nothing per
+//! server or deployment.
 
 mod bindings;
 mod types_impl;
 
+use crate::assembly::capabilities::{
+    Capability, DeploymentEnv, InstanceEnv, InstanceState, ServerEnv,
+};
 use std::time::{Duration, Instant};
 use wasmtime::component::{HasData, Linker};
 
@@ -15,6 +19,39 @@ use wasmtime::component::{HasData, Linker};
 const NEAR_FRACTION: f64 = 0.1;
 /// Budget left below which `yield` always answers `deadline-near`.
 const NEAR_FLOOR: Duration = Duration::from_millis(50);
+
+/// The scheduler capability (no server-wide state).
+pub struct Scheduler;
+
+impl Capability for Scheduler {
+    type Deployment = ();
+    type Instance = SchedulerCtx;
+
+    fn new(_: &ServerEnv) -> anyhow::Result<Self> {
+        Ok(Scheduler)
+    }
+
+    fn add_to_linker(linker: &mut Linker<InstanceState>) -> anyhow::Result<()> {
+        add_to_linker(linker)
+    }
+
+    fn deployment(&self, _: &DeploymentEnv) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    fn instance(_: &(), env: &InstanceEnv) -> anyhow::Result<SchedulerCtx> {
+        Ok(match env.budget {
+            Some(b) => SchedulerCtx::new(env.started, b),
+            None => SchedulerCtx::unbounded(),
+        })
+    }
+}
+
+impl SchedulerStateView for InstanceState {
+    fn scheduler(&mut self) -> &mut SchedulerCtx {
+        &mut self.caps.scheduler
+    }
+}
 
 /// Per-instance scheduling state.
 #[derive(Debug, Clone)]

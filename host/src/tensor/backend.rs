@@ -3,9 +3,10 @@
 //! backend, so a backend method may assume well-formed arguments (it still
 //! checks what only the data can tell, such as ids out of range).
 
-use super::cpu::CpuData;
-use super::types::{DType, Data, TResult, Tensor};
-use std::sync::Arc;
+use super::dtype::DType;
+use super::error::TResult;
+use super::storage::CpuData;
+use super::types::{Data, Tensor};
 
 /// Elementwise binary operations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,17 +84,9 @@ pub trait Backend: Send + Sync + 'static {
     fn enqueues(&self) -> bool {
         false
     }
-    /// The backend one instance issues its work on: on a GPU, the same
-    /// tenant context with a stream (lane) of the instance's own, returned
-    /// to the tenant's pool when the instance ends.
-    fn for_instance(self: Arc<Self>) -> Arc<dyn Backend>;
     /// Waits until all work issued through this backend has finished.
     fn synchronize(&self) -> TResult<()> {
         Ok(())
-    }
-    /// The CUDA backend behind this one, for `wasi:cuda`.
-    fn as_cuda(&self) -> Option<&super::gpu::CudaBackend> {
-        None
     }
     /// Moves host elements into backend storage.
     fn upload(&self, data: CpuData) -> TResult<Data>;

@@ -4,7 +4,7 @@
 
 use super::backend::Backend;
 use super::cpu::CpuBackend;
-use super::gpu::{self, GpuDevice};
+use super::gpu::{self, CudaBackend, GpuDevice};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -47,7 +47,7 @@ pub enum Device {
         /// The device.
         gpu: Arc<GpuDevice>,
         /// Backends by tenant.
-        tenants: Mutex<HashMap<String, Arc<dyn Backend>>>,
+        tenants: Mutex<HashMap<String, Arc<CudaBackend>>>,
     },
 }
 
@@ -84,19 +84,74 @@ impl Device {
         }
     }
 
-    /// The backend `tenant`'s tensors live on.
-    pub fn backend(&self, tenant: &str) -> anyhow::Result<Arc<dyn Backend>> {
+    /// Where tensors compute, as guests are told: `cpu` or `cuda:N`.
+    pub fn name(&self) -> String {
         match self {
-            Self::Cpu(b) => Ok(b.clone()),
+            Self::Cpu(_) => "cpu".into(),
+            Self::Cuda { gpu, .. } => format!("cuda:{}", gpu.ordinal()),
+        }
+    }
+
+    /// The backend `tenant`'s tensors live on.
+    pub fn backend(&self, tenant: &str) -> anyhow::Result<DeviceHandle> {
+        match self {
+            Self::Cpu(b) => Ok(DeviceHandle::Cpu(b.clone())),
             Self::Cuda { gpu, tenants } => {
                 let mut map = tenants.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(b) = map.get(tenant) {
-                    return Ok(b.clone());
+                    return Ok(DeviceHandle::Cuda(b.clone()));
                 }
-                let b: Arc<dyn Backend> = gpu.tenant_backend()?;
+                let b = gpu.tenant_backend()?;
                 map.insert(tenant.to_string(), b.clone());
-                Ok(b)
+                Ok(DeviceHandle::Cuda(b))
             }
+        }
+    }
+}
+
+/// The backend a tenant (or one instance) computes on: the trait every op
+/// goes through, and on a GPU the CUDA backend itself, which `wasi:cuda`
+/// issues on (same context, same lane as the instance's tensor ops).
+#[derive(Clone)]
+pub enum DeviceHandle {
+    /// The shared CPU backend.
+    Cpu(Arc<CpuBackend>),
+    /// A tenant's CUDA context, on one lane.
+    Cuda(Arc<CudaBackend>),
+}
+
+impl DeviceHandle {
+    /// The backend, for tensor ops.
+    pub fn backend(&self) -> &dyn Backend {
+        match self {
+            Self::Cpu(b) => b.as_ref(),
+            Self::Cuda(b) => b.as_ref(),
+        }
+    }
+
+    /// The CUDA backend, `None` on the CPU.
+    pub fn cuda(&self) -> Option<&CudaBackend> {
+        match self {
+            Self::Cpu(_) => None,
+            Self::Cuda(b) => Some(b),
+        }
+    }
+
+    /// The handle one instance issues its work on: on a GPU, the same
+    /// tenant context with a lane of the instance's own, returned to the
+    /// tenant's pool when the instance ends.
+    pub fn for_instance(&self) -> Self {
+        match self {
+            Self::Cpu(b) => Self::Cpu(b.clone()),
+            Self::Cuda(b) => Self::Cuda(Arc::new(b.lease())),
+        }
+    }
+
+    /// Identifies the backend's storage (weights are shared per key).
+    pub fn key(&self) -> usize {
+        match self {
+            Self::Cpu(b) => Arc::as_ptr(b) as usize,
+            Self::Cuda(b) => Arc::as_ptr(b) as usize,
         }
     }
 }

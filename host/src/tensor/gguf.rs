@@ -3,12 +3,12 @@
 //! offset is checked against the file, so a malformed file is an error, never
 //! a panic.
 
-use super::cpu::CpuData;
-use super::weights::MetaValue;
+use super::loaded::MetaValue;
+use super::storage::CpuData;
 use anyhow::{Context, Result, bail, ensure};
 use half::{bf16, f16};
 
-use super::weights::LoadedFile;
+use super::loaded::LoadedFile;
 
 /// The most tensors or metadata entries accepted.
 const MAX_ENTRIES: u64 = 1 << 20;

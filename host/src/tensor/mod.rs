@@ -1,8 +1,8 @@
 //! `wasi:tensor@0.1.0`: immutable tensors held by the host, operations on
-//! them through one backend trait (CPU now), model weights shared by all
-//! instances, and per-tenant memory accounting.
+//! them through one backend trait (the CPU, or a CUDA device), model weights
+//! shared by all instances, and per-tenant memory accounting.
 //!
-//! Lifecycle (the same for every capability): [`TensorHost`] is built once
+//! Lifecycle (`crate::assembly::capabilities`): [`TensorHost`] is built once
 //! per server, [`TenantTensors`] once per deployment (its quota and granted
 //! weights), and a [`TensorCtx`] per instance, kept in the `Store`; guest
 //! handles live in the instance's `ResourceTable` and are freed with it.
@@ -12,18 +12,28 @@ pub mod backend;
 pub mod bindings;
 pub mod cpu;
 pub mod device;
+pub mod dtype;
+pub mod error;
 pub mod gguf;
 pub mod gpu;
+pub mod layout;
+pub mod loaded;
 pub mod ops;
 pub mod quota;
+pub mod storage;
 pub mod types;
 mod types_impl;
 pub mod usage;
 pub mod weights;
 
-pub use types::{DType, Tensor, TensorError};
+pub use dtype::DType;
+pub use error::TensorError;
+pub use types::Tensor;
 
-use crate::metrics::TenantLabel;
+use crate::assembly::capabilities::{
+    Capability, DeploymentEnv, InstanceEnv, InstanceState, ServerEnv,
+};
+use crate::platform::metrics::TenantLabel;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use std::collections::BTreeMap;
@@ -33,15 +43,15 @@ use wasmtime::component::{HasData, Linker, ResourceTable};
 
 /// Server-wide tensor state: the backend, tenant quotas, loaded weights.
 pub struct TensorHost {
-    device: device::Device,
+    device: Arc<device::Device>,
     quotas: quota::Quotas,
     weights: weights::WeightsCache,
     bytes: Family<TenantLabel, Gauge>,
 }
 
 impl TensorHost {
-    /// Tensor state on `backend`, reporting tenant bytes through `bytes`.
-    pub fn new(device: device::Device, bytes: Family<TenantLabel, Gauge>) -> Self {
+    /// Tensor state on `device`, reporting tenant bytes through `bytes`.
+    pub fn new(device: Arc<device::Device>, bytes: Family<TenantLabel, Gauge>) -> Self {
         Self {
             device,
             quotas: quota::Quotas::default(),
@@ -84,6 +94,39 @@ impl TensorHost {
             quota,
             weights,
         }))
+    }
+}
+
+impl Capability for TensorHost {
+    type Deployment = Arc<TenantTensors>;
+    type Instance = TensorCtx;
+
+    fn new(env: &ServerEnv) -> anyhow::Result<Self> {
+        Ok(TensorHost::new(
+            env.device.clone(),
+            env.metrics.tensor_bytes.clone(),
+        ))
+    }
+
+    fn add_to_linker(linker: &mut Linker<InstanceState>) -> anyhow::Result<()> {
+        add_to_linker(linker)
+    }
+
+    fn deployment(&self, env: &DeploymentEnv) -> anyhow::Result<Arc<TenantTensors>> {
+        self.tenant(env.tenant, env.limits.tensor_memory, &env.grants.weights)
+    }
+
+    fn instance(shared: &Arc<TenantTensors>, _: &InstanceEnv) -> anyhow::Result<TensorCtx> {
+        Ok(TensorCtx::new(shared.clone()))
+    }
+}
+
+impl TensorStateView for InstanceState {
+    fn tensor(&mut self) -> TensorView<'_> {
+        TensorView {
+            ctx: &self.caps.tensor,
+            table: &mut self.table,
+        }
     }
 }
 

@@ -3,9 +3,12 @@
 //! backend gets the same checks, so errors are the same on CPU and GPU.
 
 use super::backend::{Backend, BinaryOp, MatmulPlan, NormKind, RopeLayout, UnaryOp};
-use super::cpu::CpuData;
+use super::device::DeviceHandle;
+use super::dtype::DType;
+use super::error::{TResult, arg_err, dtype_err, shape_err};
 use super::quota::Quota;
-use super::types::{DType, Data, TResult, Tensor, arg_err, dtype_err, shape_err};
+use super::storage::CpuData;
+use super::types::{Data, Tensor};
 use std::sync::Arc;
 
 /// Largest element count of one tensor (2^40).
@@ -14,7 +17,7 @@ pub const MAX_ELEMENTS: u64 = 1 << 40;
 /// Tensor operations for one tenant on one backend.
 #[derive(Clone)]
 pub struct Tensors {
-    backend: Arc<dyn Backend>,
+    device: DeviceHandle,
     quota: Arc<Quota>,
 }
 
@@ -102,15 +105,15 @@ fn min_rank(op: &str, x: &Tensor, rank: usize) -> TResult<()> {
 }
 
 impl Tensors {
-    /// Operations on `backend`, charged to `quota`.
-    pub fn new(backend: Arc<dyn Backend>, quota: Arc<Quota>) -> Self {
-        Self { backend, quota }
+    /// Operations on `device`, charged to `quota`.
+    pub fn new(device: DeviceHandle, quota: Arc<Quota>) -> Self {
+        Self { device, quota }
     }
 
     /// The same operations issued on the backend one instance uses.
     pub fn for_instance(&self) -> Self {
         Self {
-            backend: self.backend.clone().for_instance(),
+            device: self.device.for_instance(),
             quota: self.quota.clone(),
         }
     }
@@ -121,8 +124,13 @@ impl Tensors {
     }
 
     /// The backend.
-    pub fn backend(&self) -> &Arc<dyn Backend> {
-        &self.backend
+    pub fn backend(&self) -> &dyn Backend {
+        self.device.backend()
+    }
+
+    /// The CUDA backend these operations issue on, `None` on the CPU.
+    pub fn cuda(&self) -> Option<&super::gpu::CudaBackend> {
+        self.device.cuda()
     }
 
     /// Charges the output, then computes it.
@@ -162,7 +170,7 @@ impl Tensors {
                 bytes.len()
             )));
         }
-        self.make(shape, dtype, || self.backend.upload_bytes(bytes, dtype))
+        self.make(shape, dtype, || self.backend().upload_bytes(bytes, dtype))
     }
 
     /// A tensor from host elements of matching count.
@@ -176,7 +184,7 @@ impl Tensors {
             )));
         }
         let dtype = data.dtype();
-        self.make(shape, dtype, || self.backend.upload(data))
+        self.make(shape, dtype, || self.backend().upload(data))
     }
 
     /// A tensor filled with `value`.
@@ -184,13 +192,13 @@ impl Tensors {
         let shape = dims(shape)?;
         let n = shape.iter().product();
         self.make(shape, dtype, || {
-            self.backend.upload(CpuData::full(n, dtype, value))
+            self.backend().upload(CpuData::full(n, dtype, value))
         })
     }
 
     /// Reads a tensor back.
     pub fn read(&self, x: &Tensor) -> TResult<CpuData> {
-        self.backend.download(x)
+        self.backend().download(x)
     }
 
     /// Batched matrix product.
@@ -230,7 +238,7 @@ impl Tensors {
         };
         let mut shape = batch;
         shape.extend([m, n]);
-        self.make(shape, a.dtype(), || self.backend.matmul(a, b, &plan))
+        self.make(shape, a.dtype(), || self.backend().matmul(a, b, &plan))
     }
 
     /// Broadcasting elementwise op.
@@ -244,13 +252,15 @@ impl Tensors {
         same_dtype(name, a, b)?;
         let shape = broadcast(a.shape(), b.shape())?;
         let out = shape.clone();
-        self.make(shape, a.dtype(), || self.backend.binary(op, a, b, &out))
+        self.make(shape, a.dtype(), || self.backend().binary(op, a, b, &out))
     }
 
     /// Elementwise float op.
     pub fn unary(&self, op: UnaryOp, x: &Tensor) -> TResult<Tensor> {
         float(unary_name(op), x)?;
-        self.make(x.shape().to_vec(), x.dtype(), || self.backend.unary(op, x))
+        self.make(x.shape().to_vec(), x.dtype(), || {
+            self.backend().unary(op, x)
+        })
     }
 
     /// Softmax.
@@ -270,7 +280,7 @@ impl Tensors {
             }
         }
         self.make(x.shape().to_vec(), x.dtype(), || {
-            self.backend.softmax(x, ax, causal)
+            self.backend().softmax(x, ax, causal)
         })
     }
 
@@ -303,7 +313,7 @@ impl Tensors {
             return Err(arg_err(format!("{name} eps must be ≥ 0, got {eps}")));
         }
         self.make(x.shape().to_vec(), x.dtype(), || {
-            self.backend.norm(kind, x, weight, bias, eps)
+            self.backend().norm(kind, x, weight, bias, eps)
         })
     }
 
@@ -364,7 +374,7 @@ impl Tensors {
         let _workspace = self.quota.charge(workspace)?;
         let shape = vec![qs[0], qs[1], qs[2], vs[3]];
         self.make(shape, q.dtype(), || {
-            self.backend.attention(q, k, v, mask, scale, causal)
+            self.backend().attention(q, k, v, mask, scale, causal)
         })
     }
 
@@ -384,7 +394,9 @@ impl Tensors {
         }
         let mut shape = ids.shape().to_vec();
         shape.push(table.shape()[1]);
-        self.make(shape, table.dtype(), || self.backend.embedding(table, ids))
+        self.make(shape, table.dtype(), || {
+            self.backend().embedding(table, ids)
+        })
     }
 
     /// Same storage, new shape (no copy, no charge).
@@ -417,7 +429,7 @@ impl Tensors {
             return Ok(x.clone());
         }
         let shape: Vec<usize> = order.iter().map(|&d| x.shape()[d]).collect();
-        self.make(shape, x.dtype(), || self.backend.permute(x, &order))
+        self.make(shape, x.dtype(), || self.backend().permute(x, &order))
     }
 
     /// Swaps two axes.
@@ -441,7 +453,9 @@ impl Tensors {
         }
         let mut shape = x.shape().to_vec();
         shape[ax] = len;
-        self.make(shape, x.dtype(), || self.backend.narrow(x, ax, start, len))
+        self.make(shape, x.dtype(), || {
+            self.backend().narrow(x, ax, start, len)
+        })
     }
 
     /// Joins along one axis.
@@ -471,7 +485,7 @@ impl Tensors {
         }
         let mut shape = first.shape().to_vec();
         shape[ax] = total;
-        self.make(shape, first.dtype(), || self.backend.concat(xs, ax))
+        self.make(shape, first.dtype(), || self.backend().concat(xs, ax))
     }
 
     /// Rotary embedding.
@@ -487,7 +501,7 @@ impl Tensors {
             )));
         }
         self.make(x.shape().to_vec(), x.dtype(), || {
-            self.backend.rope(x, offset as usize, theta, layout)
+            self.backend().rope(x, offset as usize, theta, layout)
         })
     }
 
@@ -499,7 +513,7 @@ impl Tensors {
         }
         let mut shape = x.shape().to_vec();
         shape.remove(ax);
-        self.make(shape, DType::I64, || self.backend.argmax(x, ax))
+        self.make(shape, DType::I64, || self.backend().argmax(x, ax))
     }
 
     /// The k largest along the last axis.
@@ -517,7 +531,7 @@ impl Tensors {
         let n: usize = shape.iter().product();
         let values = self.quota.charge(n as u64 * x.dtype().size() as u64)?;
         let indices = self.quota.charge(n as u64 * 8)?;
-        let (v, i) = self.backend.top_k(x, k)?;
+        let (v, i) = self.backend().top_k(x, k)?;
         Ok((
             Tensor::new(shape.clone(), x.dtype(), v, Some(values)),
             Tensor::new(shape, DType::I64, i, Some(indices)),
@@ -538,7 +552,7 @@ impl Tensors {
         }
         let mut shape = x.shape().to_vec();
         shape.remove(ax);
-        self.make(shape, x.dtype(), || self.backend.mean(x, ax, mask))
+        self.make(shape, x.dtype(), || self.backend().mean(x, ax, mask))
     }
 
     /// L2 normalization along an axis.
@@ -549,7 +563,7 @@ impl Tensors {
             return Err(arg_err(format!("l2-normalize eps must be ≥ 0, got {eps}")));
         }
         self.make(x.shape().to_vec(), x.dtype(), || {
-            self.backend.l2_normalize(x, ax, eps)
+            self.backend().l2_normalize(x, ax, eps)
         })
     }
 
@@ -558,7 +572,7 @@ impl Tensors {
         if dtype == x.dtype() {
             return Ok(x.clone());
         }
-        self.make(x.shape().to_vec(), dtype, || self.backend.cast(x, dtype))
+        self.make(x.shape().to_vec(), dtype, || self.backend().cast(x, dtype))
     }
 }
 

@@ -1,7 +1,7 @@
 //! Per-tenant tensor-memory accounting: every tensor's bytes are charged to
 //! its tenant when created and released when its last handle drops.
 
-use super::types::{TResult, TensorError};
+use super::error::{TResult, TensorError};
 use prometheus_client::metrics::gauge::Gauge;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

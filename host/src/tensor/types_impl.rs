@@ -3,10 +3,13 @@
 use super::TensorView;
 use super::backend::{BinaryOp, NormKind, RopeLayout as Layout, UnaryOp};
 use super::bindings::wasi::tensor::{ops, types, weights};
-use super::cpu::CpuData;
+use super::dtype::DType;
+use super::error::{TResult, TensorError};
+use super::loaded::MetaValue;
 use super::ops::Tensors;
-use super::types::{DType, TResult, Tensor, TensorError};
-use super::weights::{MetaValue, WeightsHandle};
+use super::storage::CpuData;
+use super::types::Tensor;
+use super::weights::WeightsHandle;
 use std::time::Instant;
 use wasmtime::AsContext;
 use wasmtime::component::{Resource, WasmList};
@@ -104,6 +107,12 @@ impl TensorView<'_> {
         Ok(self.table.get(r)?.clone())
     }
 
+    /// Counts a call that started at `started`, then [`Self::put`]s its result.
+    fn put_timed(&mut self, started: Instant, r: TResult<Tensor>) -> WResult<Resource<Tensor>> {
+        self.ctx.usage.call(started);
+        self.put(r)
+    }
+
     /// Stores an op's result as a new handle; errors become the WIT variant.
     fn put(&mut self, r: TResult<Tensor>) -> WResult<Resource<Tensor>> {
         match r {
@@ -187,22 +196,19 @@ impl types::HostTensor for TensorView<'_> {
     ) -> WResult<Resource<Tensor>> {
         let started = Instant::now();
         let r = self.ctx.tensors.from_bytes(&data, &shape, dtype.into());
-        self.ctx.usage.call(started);
-        self.put(r)
+        self.put_timed(started, r)
     }
 
     async fn from_f32(&mut self, data: Vec<f32>, shape: Vec<u32>) -> WResult<Resource<Tensor>> {
         let started = Instant::now();
         let r = self.ctx.tensors.from_data(CpuData::F32(data), &shape);
-        self.ctx.usage.call(started);
-        self.put(r)
+        self.put_timed(started, r)
     }
 
     async fn from_i64(&mut self, data: Vec<i64>, shape: Vec<u32>) -> WResult<Resource<Tensor>> {
         let started = Instant::now();
         let r = self.ctx.tensors.from_data(CpuData::I64(data), &shape);
-        self.ctx.usage.call(started);
-        self.put(r)
+        self.put_timed(started, r)
     }
 
     async fn full(
@@ -213,8 +219,7 @@ impl types::HostTensor for TensorView<'_> {
     ) -> WResult<Resource<Tensor>> {
         let started = Instant::now();
         let r = self.ctx.tensors.full(&shape, dtype.into(), value);
-        self.ctx.usage.call(started);
-        self.put(r)
+        self.put_timed(started, r)
     }
 
     async fn shape(&mut self, x: Resource<Tensor>) -> wasmtime::Result<Vec<u32>> {
@@ -390,8 +395,7 @@ impl ops::Host for TensorView<'_> {
         let x = self.get(&x)?;
         let started = Instant::now();
         let r = self.ctx.tensors.reshape(&x, &shape);
-        self.ctx.usage.call(started);
-        self.put(r)
+        self.put_timed(started, r)
     }
 
     async fn permute(&mut self, x: Resource<Tensor>, dims: Vec<u32>) -> WResult<Resource<Tensor>> {
@@ -597,7 +601,8 @@ pub(super) fn from_guest_bytes<T: super::TensorStateView + 'static>(
     mut store: wasmtime::StoreContextMut<'_, T>,
     (data, shape, dtype): (WasmList<u8>, Vec<u32>, types::Dtype),
 ) -> wasmtime::Result<(Result<Resource<Tensor>, types::Error>,)> {
+    let started = Instant::now();
     let tensors = store.data_mut().tensor().ctx.tensors.clone();
     let r = tensors.from_bytes(data.as_le_slice(store.as_context()), &shape, dtype.into());
-    Ok((store.data_mut().tensor().put(r)?,))
+    Ok((store.data_mut().tensor().put_timed(started, r)?,))
 }

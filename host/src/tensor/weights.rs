@@ -3,38 +3,16 @@
 //! read-only tensors, and handed to every instance without a copy.
 
 use super::backend::Backend;
+use super::device::DeviceHandle;
 
-use super::cpu::CpuData;
-use super::types::{DType, Tensor};
+use super::dtype::DType;
+use super::loaded::{LoadedFile, MetaValue};
+use super::storage::CpuData;
+use super::types::Tensor;
 use anyhow::{Context, Result, bail};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-
-/// A metadata value (mirrors `wasi:tensor/weights.metadata-value`).
-#[derive(Debug, Clone, PartialEq)]
-pub enum MetaValue {
-    /// A string.
-    Text(String),
-    /// An integer.
-    Integer(i64),
-    /// A float.
-    Float(f64),
-    /// A boolean.
-    Boolean(bool),
-    /// Strings.
-    TextList(Vec<String>),
-    /// Integers.
-    IntegerList(Vec<i64>),
-    /// Floats.
-    FloatList(Vec<f64>),
-}
-
-/// One tensor read from a file: name, row-major shape (outermost first), elements.
-pub type LoadedTensor = (String, Vec<usize>, CpuData);
-
-/// A file's tensors (in file order) and metadata.
-pub type LoadedFile = (Vec<LoadedTensor>, Vec<(String, MetaValue)>);
 
 /// A loaded weights file.
 #[derive(Debug)]
@@ -174,21 +152,21 @@ pub struct WeightsCache {
 
 impl WeightsCache {
     /// The file at `path`, loading it on first use.
-    pub fn get(&self, path: &Path, backend: &Arc<dyn Backend>) -> Result<Arc<WeightsFile>> {
+    pub fn get(&self, path: &Path, device: &DeviceHandle) -> Result<Arc<WeightsFile>> {
         let canonical = path
             .canonicalize()
             .with_context(|| format!("weights file {} not found", path.display()))?;
-        let key = (canonical, Arc::as_ptr(backend) as *const () as usize);
+        let key = (canonical, device.key());
         let mut map = self.by_path.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(w) = map.get(&key) {
             return Ok(w.clone());
         }
         let started = std::time::Instant::now();
-        let w = Arc::new(WeightsFile::load(&key.0, backend.as_ref())?);
+        let w = Arc::new(WeightsFile::load(&key.0, device.backend())?);
         tracing::info!(
             "weights {} on {}: {} tensors loaded in {:?}",
             key.0.display(),
-            backend.name(),
+            device.backend().name(),
             w.names.len(),
             started.elapsed()
         );

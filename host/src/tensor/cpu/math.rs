@@ -2,9 +2,10 @@
 //! f32 by the caller), plus the integer elementwise ops. Large inputs are
 //! split across the rayon pool.
 
-use super::layout::{broadcast_strides, for_each_row};
+use super::movement::for_each_row;
 use super::simd::multiversion;
 use crate::tensor::backend::{BinaryOp, NormKind, RopeLayout, UnaryOp};
+use crate::tensor::layout::broadcast_strides;
 use rayon::prelude::*;
 
 /// Elements per task below which a kernel stays on the calling thread.
@@ -72,7 +73,7 @@ pub fn binary<T: Copy + Send + Sync>(
 /// period `out[rank-1]`.
 fn period(shape: &[usize], out: &[usize]) -> Option<usize> {
     let st = broadcast_strides(shape, out);
-    let own = super::layout::strides(out);
+    let own = crate::tensor::layout::strides(out);
     let len: usize = shape.iter().product();
     let mut block = 1;
     for i in (0..out.len()).rev() {

@@ -5,11 +5,11 @@
 //! small and batched products run single-threaded `gemm` kernels, one batch
 //! entry per task.
 
-use super::layout::{broadcast_strides, strides};
 use super::math::softmax_last;
 use super::sgemm;
 use super::skinny;
 use crate::tensor::backend::MatmulPlan;
+use crate::tensor::layout::{broadcast_strides, strides};
 use gemm::Parallelism;
 use rayon::prelude::*;
 

@@ -1,20 +1,18 @@
 //! The CPU backend: host memory, `gemm` for products, rayon for large
 //! elementwise work. f16/bf16 compute in f32 and round once at the end.
 
-mod data;
-pub mod layout;
 pub mod math;
 pub mod matmul;
+pub mod movement;
 mod sgemm;
 mod simd;
 mod skinny;
 
-pub use data::CpuData;
-use data::map_same;
-use std::sync::Arc;
-
 use super::backend::{Backend, BinaryOp, MatmulPlan, NormKind, RopeLayout, UnaryOp};
-use super::types::{DType, Data, TResult, Tensor, arg_err};
+use super::dtype::DType;
+use super::error::{TResult, arg_err};
+use super::storage::{CpuData, map_same};
+use super::types::{Data, Tensor};
 use std::borrow::Cow;
 
 /// The CPU backend.
@@ -56,10 +54,6 @@ fn last_dim(shape: &[usize]) -> usize {
 impl Backend for CpuBackend {
     fn name(&self) -> String {
         "cpu".into()
-    }
-
-    fn for_instance(self: Arc<Self>) -> Arc<dyn Backend> {
-        self
     }
 
     fn upload(&self, data: CpuData) -> TResult<Data> {
@@ -169,7 +163,7 @@ impl Backend for CpuBackend {
         let full = [dims.b, dims.hq, dims.sq, dims.sk];
         let m = mask.map(floats);
         let m_strides = mask.map(|t| {
-            let s = layout::broadcast_strides(t.shape(), &full);
+            let s = crate::tensor::layout::broadcast_strides(t.shape(), &full);
             [s[0], s[1], s[2], s[3]]
         });
         let out = matmul::attention(
@@ -194,21 +188,21 @@ impl Backend for CpuBackend {
             )));
         }
         Ok(Data::Cpu(
-            map_same!(host(table), v => layout::gather(v, dim, &ids)),
+            map_same!(host(table), v => movement::gather(v, dim, &ids)),
         ))
     }
 
     fn permute(&self, x: &Tensor, dims: &[usize]) -> TResult<Data> {
         let shape = x.shape();
         Ok(Data::Cpu(
-            map_same!(host(x), v => layout::permute(v, shape, dims)),
+            map_same!(host(x), v => movement::permute(v, shape, dims)),
         ))
     }
 
     fn narrow(&self, x: &Tensor, axis: usize, start: usize, len: usize) -> TResult<Data> {
         let shape = x.shape();
         Ok(Data::Cpu(
-            map_same!(host(x), v => layout::narrow(v, shape, axis, start, len)),
+            map_same!(host(x), v => movement::narrow(v, shape, axis, start, len)),
         ))
     }
 
@@ -222,7 +216,7 @@ impl Backend for CpuBackend {
                         _ => unreachable!("dtypes checked by the op layer"),
                     })
                     .collect();
-                CpuData::$variant(layout::concat(&parts, axis))
+                CpuData::$variant(movement::concat(&parts, axis))
             }};
         }
         let data = match xs[0].dtype() {

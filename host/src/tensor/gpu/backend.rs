@@ -1,281 +1,28 @@
-//! [`CudaBackend`]: the `Backend` trait on one tenant's CUDA context.
+//! [`CudaBackend`]: the `Backend` trait on one tenant's CUDA context,
+//! issuing on one lane (attention in `attention.rs`).
 
 use super::GpuDevice;
 use super::blas::{self, Gemm};
+use super::data::GpuData;
 use super::kernels::Kernels;
+use super::launch::*;
+use super::tenant::{IDLE_LANES, Lane, TenantGpu, keep_pool_memory};
 use crate::tensor::backend::{Backend, BinaryOp, MatmulPlan, NormKind, RopeLayout, UnaryOp};
-use crate::tensor::cpu::layout::{broadcast_strides, strides};
-use crate::tensor::cpu::{CpuBackend, CpuData};
-use crate::tensor::types::{DType, Data, TResult, Tensor, TensorError, arg_err};
-use cudarc::cublas::CudaBlas;
-use cudarc::driver::{
-    CudaContext, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig,
-    PushKernelArg,
-};
-use cudarc::nvrtc::Ptx;
+use crate::tensor::cpu::CpuBackend;
+use crate::tensor::dtype::DType;
+use crate::tensor::error::{TResult, TensorError, arg_err};
+use crate::tensor::layout::{broadcast_strides, strides};
+use crate::tensor::storage::CpuData;
+use crate::tensor::types::{Data, Tensor};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, PushKernelArg};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-
-/// Device bytes of one tensor (at least one byte is allocated).
-pub struct GpuData {
-    buf: CudaSlice<u8>,
-}
-
-impl GpuData {
-    /// Wraps device bytes.
-    pub fn from_slice(buf: CudaSlice<u8>) -> Self {
-        Self { buf }
-    }
-
-    /// The device bytes.
-    pub fn slice(&self) -> &CudaSlice<u8> {
-        &self.buf
-    }
-
-    /// Takes the device bytes out.
-    pub fn into_slice(self) -> CudaSlice<u8> {
-        self.buf
-    }
-}
-
-impl std::fmt::Debug for GpuData {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "GpuData({} bytes)", self.buf.len())
-    }
-}
-
-/// Kernel-side `Dims` (kernels/tensor.cu): a strided walk of up to 8 axes.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Dims {
-    rank: i32,
-    shape: [i64; MAX_RANK],
-    sa: [i64; MAX_RANK],
-    sb: [i64; MAX_RANK],
-}
-
-// SAFETY: plain-old-data with the C layout the kernels declare.
-unsafe impl DeviceRepr for Dims {}
-
-const MAX_RANK: usize = 8;
-/// Threads per block of every kernel (the reductions assume 256).
-const BLOCK: u32 = 256;
-
-impl Dims {
-    /// A walk over `shape` with strides `sa` and `sb`; None past 8 axes.
-    fn new(shape: &[usize], sa: &[usize], sb: &[usize]) -> Option<Self> {
-        if shape.len() > MAX_RANK {
-            return None;
-        }
-        let mut d = Dims {
-            rank: shape.len() as i32,
-            shape: [1; MAX_RANK],
-            sa: [0; MAX_RANK],
-            sb: [0; MAX_RANK],
-        };
-        for i in 0..shape.len() {
-            d.shape[i] = shape[i] as i64;
-            d.sa[i] = sa[i] as i64;
-            d.sb[i] = sb[i] as i64;
-        }
-        Some(d)
-    }
-}
-
-fn cuda_err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> TensorError + '_ {
-    move |e| {
-        let text = format!("{e:?}");
-        if text.contains("OUT_OF_MEMORY") {
-            TensorError::Backend(format!("{what}: GPU out of memory"))
-        } else {
-            TensorError::Backend(format!("{what}: {text}"))
-        }
-    }
-}
-
-/// Kernel-name suffix of a float dtype.
-fn suffix(d: DType) -> &'static str {
-    match d {
-        DType::F32 => "f32",
-        DType::F16 => "f16",
-        DType::BF16 => "bf16",
-        DType::I32 | DType::U8 => "b4",
-        DType::I64 => "b8",
-    }
-}
-
-/// Kernel-name suffix of the copy kernels for an element size.
-fn elem(d: DType) -> &'static str {
-    match d.size() {
-        1 => "b1",
-        2 => "b2",
-        4 => "b4",
-        _ => "b8",
-    }
-}
-
-/// [outer, len, inner] around `axis`.
-fn split(shape: &[usize], axis: usize) -> (usize, usize, usize) {
-    (
-        shape[..axis].iter().product(),
-        shape[axis],
-        shape[axis + 1..].iter().product(),
-    )
-}
-
-fn grid(n: usize) -> u32 {
-    n.div_ceil(BLOCK as usize).clamp(1, 1 << 20) as u32
-}
-
-fn rows_grid(rows: usize) -> u32 {
-    rows.clamp(1, 65_535) as u32
-}
-
-fn cfg(grid: u32) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (grid, 1, 1),
-        block_dim: (BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
-/// Launches kernel `$name` on the tenant's stream with `$grid` blocks of
-/// [`BLOCK`] threads and the listed arguments (each a reference to a
-/// `DeviceRepr` value, in the kernel's parameter order).
-macro_rules! launch {
-    ($self:expr, $name:expr, $grid:expr, [$($arg:expr),* $(,)?]) => {{
-        let name: &str = $name;
-        let f = $self.tenant.kernels.get(&name).map_err(TensorError::Backend)?;
-        let mut l = $self.stream().launch_builder(&f);
-        $( l.arg($arg); )*
-        // SAFETY: each call site passes the kernel's declared parameter list
-        // with pointers to live buffers of the extents the kernel walks.
-        unsafe { l.launch(cfg($grid)) }
-            .map(|_| ())
-            .map_err(cuda_err(name))
-    }};
-}
-
-/// Makes the device's stream-ordered pool keep freed memory for reuse
-/// instead of returning it to the driver at every synchronization (so an op
-/// does not pay a `cuMemMap` for its output); tenants' bytes are capped by
-/// their quotas, not by the pool. Best effort: a failure only costs speed.
-fn keep_pool_memory(ctx: &Arc<CudaContext>) {
-    use cudarc::driver::sys;
-    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
-    let mut threshold = u64::MAX;
-    // SAFETY: plain driver calls on the device of a live context; the
-    // attribute takes a pointer to a u64.
-    let r = unsafe {
-        let r = sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device());
-        if r != sys::CUresult::CUDA_SUCCESS {
-            r
-        } else {
-            sys::cuMemPoolSetAttribute(
-                pool,
-                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
-                (&mut threshold as *mut u64).cast(),
-            )
-        }
-    };
-    if r != sys::CUresult::CUDA_SUCCESS {
-        tracing::warn!("GPU memory pool left at its defaults: {r:?}");
-    }
-}
-
-/// A stream with its own cuBLAS handle: the ordered queue one instance's
-/// work runs on.
-pub struct Lane {
-    stream: Arc<CudaStream>,
-    blas: Mutex<CudaBlas>,
-}
-
-impl Lane {
-    fn new(ctx: &Arc<CudaContext>) -> anyhow::Result<Self> {
-        let stream = ctx
-            .new_stream()
-            .map_err(|e| anyhow::anyhow!("new CUDA stream: {e:?}"))?;
-        let blas = CudaBlas::new(stream.clone()).map_err(|e| anyhow::anyhow!("cuBLAS: {e:?}"))?;
-        Ok(Self {
-            stream,
-            blas: Mutex::new(blas),
-        })
-    }
-}
-
-/// Idle lanes a tenant keeps for its next instances.
-const IDLE_LANES: usize = 16;
-
-/// One tenant's CUDA context, kernels and pool of lanes.
-pub struct TenantGpu {
-    device: Arc<GpuDevice>,
-    ctx: Arc<CudaContext>,
-    kernels: Kernels,
-    poison: bool,
-    idle: Mutex<Vec<Arc<Lane>>>,
-    modules: Mutex<HashMap<blake3::Hash, Arc<CudaModule>>>,
-}
-
-/// Guest modules a tenant context keeps loaded.
-const MODULES_KEPT: usize = 64;
-
-impl TenantGpu {
-    /// The tenant's context.
-    pub fn context(&self) -> &Arc<CudaContext> {
-        &self.ctx
-    }
-
-    /// The device.
-    pub fn device(&self) -> &Arc<GpuDevice> {
-        &self.device
-    }
-
-    /// A guest module (CUDA C, compiled once per device, or PTX) loaded
-    /// into this context once; the compiler's or loader's message when it
-    /// does not build.
-    pub fn module(
-        &self,
-        source: &str,
-        is_ptx: bool,
-        name: &str,
-    ) -> Result<Arc<CudaModule>, String> {
-        let key = blake3::Hasher::new()
-            .update(&[is_ptx as u8])
-            .update(source.as_bytes())
-            .finalize();
-        if let Some(m) = self
-            .modules
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-        {
-            return Ok(m.clone());
-        }
-        let ptx = if is_ptx {
-            source.to_string()
-        } else {
-            self.device.compile(source, name)?
-        };
-        self.ctx
-            .bind_to_thread()
-            .map_err(|e| format!("binding the context: {e:?}"))?;
-        let module = self
-            .ctx
-            .load_module(Ptx::from_src(ptx))
-            .map_err(|e| format!("the driver could not load {name}: {e:?}"))?;
-        let mut kept = self.modules.lock().unwrap_or_else(|e| e.into_inner());
-        if kept.len() < MODULES_KEPT {
-            kept.insert(key, module.clone());
-        }
-        Ok(module)
-    }
-}
 
 /// The [`Backend`] on one tenant's context, issuing work on one lane: the
 /// tenant's own (weights, start-up) or one leased from the tenant's pool
 /// for the life of an instance.
 pub struct CudaBackend {
-    tenant: Arc<TenantGpu>,
+    pub(super) tenant: Arc<TenantGpu>,
     lane: Arc<Lane>,
     leased: bool,
 }
@@ -369,7 +116,7 @@ impl CudaBackend {
 
     /// Uninitialized device memory for `n` elements of `dtype` (NaN-poisoned
     /// when TENSOR_WASM_GPU_POISON is set, to catch unwritten elements).
-    fn alloc(&self, n: usize, dtype: DType) -> TResult<GpuData> {
+    pub(super) fn alloc(&self, n: usize, dtype: DType) -> TResult<GpuData> {
         let bytes = (n * dtype.size()).max(1);
         // SAFETY: u8 has no invalid bit patterns; every op writes what it reads back.
         let buf = unsafe { self.stream().alloc::<u8>(bytes) }.map_err(cuda_err("allocating"))?;
@@ -384,7 +131,7 @@ impl CudaBackend {
         Ok(GpuData { buf })
     }
 
-    fn ptr(&self, x: &Tensor) -> TResult<u64> {
+    pub(super) fn ptr(&self, x: &Tensor) -> TResult<u64> {
         match x.data() {
             Data::Gpu(g) => Ok(self.raw(&g.buf)),
             Data::Cpu(_) => Err(TensorError::Backend(
@@ -393,14 +140,14 @@ impl CudaBackend {
         }
     }
 
-    fn raw(&self, buf: &CudaSlice<u8>) -> u64 {
+    pub(super) fn raw(&self, buf: &CudaSlice<u8>) -> u64 {
         let (p, _g) = buf.device_ptr(self.stream());
         p
     }
 
     /// Runs `f` on the CPU backend over host copies of `inputs` and uploads
     /// the result (ops not worth a kernel).
-    fn via_cpu(
+    pub(super) fn via_cpu(
         &self,
         inputs: &[&Tensor],
         f: impl FnOnce(&CpuBackend, &[Tensor]) -> TResult<Data>,
@@ -412,7 +159,7 @@ impl CudaBackend {
         }
     }
 
-    fn to_host(&self, inputs: &[&Tensor]) -> TResult<Vec<Tensor>> {
+    pub(super) fn to_host(&self, inputs: &[&Tensor]) -> TResult<Vec<Tensor>> {
         inputs
             .iter()
             .map(|t| {
@@ -427,7 +174,7 @@ impl CudaBackend {
     }
 
     /// A copy of `x` as f32 (itself when already f32).
-    fn as_f32(&self, x: &Tensor) -> TResult<Tensor> {
+    pub(super) fn as_f32(&self, x: &Tensor) -> TResult<Tensor> {
         if x.dtype() == DType::F32 {
             return Ok(x.clone());
         }
@@ -437,7 +184,7 @@ impl CudaBackend {
 
     /// dst[dst_off + walk(dst_strides)] = src[src_off + walk(src_strides)] over `shape`.
     #[allow(clippy::too_many_arguments)]
-    fn copy(
+    pub(super) fn copy(
         &self,
         dtype: DType,
         dst: u64,
@@ -466,7 +213,7 @@ impl CudaBackend {
     /// over [outer, len, inner] around `axis`, one thread per (outer, inner);
     /// the output is x's shape in `out_dtype`, or without the axis for
     /// `argmax` (an i64 output).
-    fn along_axis(
+    pub(super) fn along_axis(
         &self,
         x: &Tensor,
         axis: usize,
@@ -505,7 +252,7 @@ impl CudaBackend {
         Ok(Data::Gpu(out))
     }
 
-    fn matmul_into(&self, g: &Gemm) -> TResult<()> {
+    pub(super) fn matmul_into(&self, g: &Gemm) -> TResult<()> {
         let blas = self.lane.blas.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY: the plan's extents were validated by the op layer and the
         // buffers were allocated for them in this context.
@@ -523,19 +270,11 @@ impl Backend for CudaBackend {
         true
     }
 
-    fn for_instance(self: Arc<Self>) -> Arc<dyn Backend> {
-        Arc::new(self.lease())
-    }
-
     fn synchronize(&self) -> TResult<()> {
         self.bind()?;
         self.stream()
             .synchronize()
             .map_err(cuda_err("waiting for the GPU"))
-    }
-
-    fn as_cuda(&self) -> Option<&CudaBackend> {
-        Some(self)
     }
 
     fn upload(&self, data: CpuData) -> TResult<Data> {
@@ -785,123 +524,7 @@ impl Backend for CudaBackend {
         scale: f32,
         causal: bool,
     ) -> TResult<Data> {
-        self.bind()?;
-        let (qs, ks, vs) = (q.shape(), k.shape(), v.shape());
-        let (b, hq, hk, sq, sk, d, dv) = (qs[0], qs[1], ks[1], qs[2], ks[2], qs[3], vs[3]);
-        let dt = q.dtype();
-        let out = self.alloc(b * hq * sq * dv, dt)?;
-        if out.buf.len() <= 1 && b * hq * sq * dv == 0 {
-            return Ok(Data::Gpu(out));
-        }
-        let group = hq / hk;
-        let rows = group * sq;
-        let scores = self.alloc(b * hk * rows * sk, DType::F32)?;
-        // Probabilities stay f32 (as on the CPU: f16/bf16 round once, at the end).
-        let probs = self.alloc(b * hk * rows * sk, DType::F32)?;
-        let (pq, pk) = (self.ptr(q)?, self.ptr(k)?);
-        let (ps, pp, po) = (
-            self.raw(&scores.buf),
-            self.raw(&probs.buf),
-            self.raw(&out.buf),
-        );
-        if sk > 0 {
-            if d > 0 {
-                self.matmul_into(&Gemm {
-                    m: rows,
-                    n: sk,
-                    k: d,
-                    a: pq,
-                    ta: false,
-                    b: pk,
-                    tb: true,
-                    c: ps,
-                    batch: b * hk,
-                    strides: (rows * d, sk * d, rows * sk),
-                    in_type: dt,
-                    out_type: DType::F32,
-                })?;
-            } else {
-                // SAFETY: ps spans the score matrix.
-                unsafe {
-                    cudarc::driver::result::memset_d8_async(
-                        ps,
-                        0,
-                        b * hk * rows * sk * 4,
-                        self.stream().cu_stream(),
-                    )
-                }
-                .map_err(cuda_err("zeroing"))?;
-            }
-            let m32 = mask.map(|m| self.as_f32(m)).transpose()?;
-            let (pm, ms) = match &m32 {
-                Some(m) => {
-                    let s = broadcast_strides(m.shape(), &[b, hq, sq, sk]);
-                    (
-                        self.ptr(m)?,
-                        [s[0] as i64, s[1] as i64, s[2] as i64, s[3] as i64],
-                    )
-                }
-                None => (0, [0; 4]),
-            };
-            let (hk_, g_, sq_, sk_) = (hk as i64, group as i64, sq as i64, sk as i64);
-            let (all, causal) = ((b * hk * rows) as i64, causal as i32);
-            launch!(
-                self,
-                "attn_softmax_f32",
-                rows_grid(all as usize),
-                [
-                    &pp, &ps, &hk_, &g_, &sq_, &sk_, &scale, &pm, &ms[0], &ms[1], &ms[2], &ms[3],
-                    &causal, &all
-                ]
-            )?;
-        }
-        if dv > 0 && sk > 0 {
-            // probs (f32) · v in f32, then rounded once to the output dtype.
-            let v32 = self.as_f32(v)?;
-            let out32 = if dt == DType::F32 {
-                None
-            } else {
-                Some(self.alloc(b * hq * sq * dv, DType::F32)?)
-            };
-            let target = out32.as_ref().map_or(po, |o| self.raw(&o.buf));
-            self.matmul_into(&Gemm {
-                m: rows,
-                n: dv,
-                k: sk,
-                a: pp,
-                ta: false,
-                b: self.ptr(&v32)?,
-                tb: false,
-                c: target,
-                batch: b * hk,
-                strides: (rows * sk, sk * dv, rows * dv),
-                in_type: DType::F32,
-                out_type: DType::F32,
-            })?;
-            if let Some(o32) = &out32 {
-                let (src, n) = (self.raw(&o32.buf), (b * hq * sq * dv) as i64);
-                launch!(
-                    self,
-                    &format!("to_{}_f32", suffix(dt)),
-                    grid(n as usize),
-                    [&po, &src, &n]
-                )?;
-            }
-        } else {
-            // SAFETY: po spans the output.
-            unsafe {
-                cudarc::driver::result::memset_d8_async(
-                    po,
-                    0,
-                    b * hq * sq * dv * dt.size(),
-                    self.stream().cu_stream(),
-                )
-            }
-            .map_err(cuda_err("zeroing"))?;
-        }
-        // The workspaces are freed in stream order after the kernels that use them.
-        drop((scores, probs));
-        Ok(Data::Gpu(out))
+        self.attend(q, k, v, mask, scale, causal)
     }
 
     fn embedding(&self, table: &Tensor, ids: &Tensor) -> TResult<Data> {

@@ -2,7 +2,7 @@
 //! f32 accumulation for every dtype; f32 inputs use full-precision FP32
 //! unless TF32 is enabled for the device.
 
-use crate::tensor::types::DType;
+use crate::tensor::dtype::DType;
 use cudarc::cublas::result::gemm_strided_batched_ex;
 use cudarc::cublas::sys::{
     cublasComputeType_t, cublasGemmAlgo_t, cublasHandle_t, cublasOperation_t, cudaDataType,

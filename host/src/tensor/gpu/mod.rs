@@ -1,6 +1,7 @@
 //! The CUDA backend (cudarc, libraries loaded at run time): one CUDA context
-//! per tenant (separate device address spaces) with its own stream, cuBLAS
-//! handle and loaded kernels. Ops enqueue on the tenant's stream and return;
+//! per tenant (separate device address spaces) with its cuBLAS handle and
+//! loaded kernels, and a lane (stream) per instance, leased from the
+//! tenant's pool. Ops enqueue on the instance's lane and return;
 //! only `download` (the guest's read-back) waits. Memory comes from CUDA's
 //! stream-ordered pool (`cuMemAllocAsync`), so freed buffers are reused
 //! without a `cudaMalloc` per op; tensor bytes are capped per tenant by the
@@ -12,11 +13,17 @@
 //! zero is an error); tensors of more than 8 axes in a broadcasting op go
 //! through the CPU over a copy.
 
+mod attention;
 mod backend;
 mod blas;
+mod data;
 mod kernels;
+mod launch;
+mod tenant;
 
-pub use backend::{CudaBackend, GpuData, TenantGpu};
+pub use backend::CudaBackend;
+pub use data::GpuData;
+pub use tenant::TenantGpu;
 
 use cudarc::driver::CudaContext;
 use std::path::PathBuf;
@@ -119,6 +126,11 @@ impl GpuDevice {
             limits,
             cache_dir,
         })
+    }
+
+    /// The device's ordinal (the `N` of `cuda:N`).
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
     }
 
     /// The device's name, e.g. "NVIDIA H100 80GB HBM3".

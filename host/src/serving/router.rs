@@ -1,7 +1,7 @@
 //! Picks the deployment for a request: by host (exact, port ignored) and the
 //! longest matching path prefix (whole segments).
 
-use crate::deployment::Deployment;
+use crate::serving::deployment::Deployment;
 use std::sync::Arc;
 
 /// The routing table.

@@ -1,6 +1,6 @@
 //! The `tensor-wasm` command line.
 
-use crate::units::{parse_duration, parse_size};
+use crate::platform::units::{parse_duration, parse_size};
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -178,20 +178,6 @@ pub struct ServeArgs {
     /// Tensor device settings.
     #[command(flatten)]
     pub device: DeviceArgs,
-}
-
-/// The data directory: `flag`, else `$TENSOR_WASM_DATA_DIR`, else
-/// `~/.local/share/tensor-wasm` (the platform's data directory).
-pub fn data_dir(flag: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
-    if let Some(dir) = flag {
-        return Ok(dir.clone());
-    }
-    if let Some(dir) = std::env::var_os("TENSOR_WASM_DATA_DIR").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(dir));
-    }
-    dirs::data_dir()
-        .map(|d| d.join("tensor-wasm"))
-        .ok_or_else(|| anyhow::anyhow!("no home directory to keep data in: pass --data-dir"))
 }
 
 /// Flags of `run`.

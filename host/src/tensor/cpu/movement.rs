@@ -1,31 +1,8 @@
 //! Data movement on host memory: permute, narrow, concat, gather, and the
-//! broadcast indexing the elementwise kernels share. Generic over the
-//! element type, so every dtype moves the same way.
+//! row walk under broadcast strides the elementwise kernels share. Generic
+//! over the element type, so every dtype moves the same way.
 
-/// Row-major strides of `shape`.
-pub fn strides(shape: &[usize]) -> Vec<usize> {
-    let mut s = vec![1; shape.len()];
-    for i in (0..shape.len().saturating_sub(1)).rev() {
-        s[i] = s[i + 1] * shape[i + 1];
-    }
-    s
-}
-
-/// Strides of `shape` aligned to the right of `out` (rank ≥ `shape`'s), 0
-/// where `shape` broadcasts (missing or size-1 dimensions).
-pub fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
-    let own = strides(shape);
-    let pad = out.len() - shape.len();
-    (0..out.len())
-        .map(|i| {
-            if i < pad || shape[i - pad] == 1 {
-                0
-            } else {
-                own[i - pad]
-            }
-        })
-        .collect()
-}
+use crate::tensor::layout::strides;
 
 /// Calls `f(offset_a, offset_b, out_index_of_row_start)` once per row (all
 /// dimensions but the last) of `out`, with the element offsets of each

@@ -3,37 +3,14 @@
 //! weights file (`model.safetensors` or `model.gguf`) as weights under the
 //! model's name, and the folder itself, read-only, at `/models/<name>`.
 
-use crate::deploy::{DirGrant, Grants};
-use std::path::{Path, PathBuf};
+use crate::assembly::spec::{DirGrant, Grants};
+use std::path::Path;
 
 /// The command that fetches models, named in every "model missing" message.
 pub const FETCH_COMMAND: &str = "bash scripts/fetch-models.sh";
 
 /// Weights file names a model folder may hold, in the order looked for.
 const WEIGHTS_FILES: &[&str] = &["model.safetensors", "model.gguf"];
-
-/// The models directory: `flag`, else `$TENSOR_WASM_MODELS_DIR`, else
-/// `~/.cache/tensor-wasm/models`.
-pub fn models_dir(flag: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
-    if let Some(dir) = flag {
-        return Ok(dir.clone());
-    }
-    if let Some(dir) = std::env::var_os("TENSOR_WASM_MODELS_DIR").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(dir));
-    }
-    dirs::cache_dir()
-        .map(|d| d.join("tensor-wasm").join("models"))
-        .ok_or_else(|| anyhow::anyhow!("no home directory to find models in: pass --models-dir"))
-}
-
-/// Whether `name` may name a model (a folder name, nothing more).
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        && !name.starts_with('.')
-}
 
 /// Turns `grants.models` into weights and directory grants. A model that is
 /// not in `dir` is left out with a warning (naming the fetch command), so
@@ -69,10 +46,12 @@ mod tests {
 
     #[test]
     fn names_are_plain_folder_names() {
-        assert!(valid_name("all-minilm-l6-v2"));
-        assert!(valid_name("smollm2-135m-instruct"));
+        assert!(crate::assembly::spec::valid_model_name("all-minilm-l6-v2"));
+        assert!(crate::assembly::spec::valid_model_name(
+            "smollm2-135m-instruct"
+        ));
         for bad in ["", "..", "../x", "a/b", ".hidden", "a b"] {
-            assert!(!valid_name(bad), "{bad:?}");
+            assert!(!crate::assembly::spec::valid_model_name(bad), "{bad:?}");
         }
     }
 

@@ -43,14 +43,14 @@ struct Job {
 
 /// The database and its writer thread. Share it with an `Arc`; dropping the
 /// last one waits for the writer to finish what it was given.
-pub struct Store {
+pub struct Durable {
     db: std::sync::Arc<Database>,
     path: PathBuf,
     jobs: Option<mpsc::Sender<Job>>,
     writer: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Drop for Store {
+impl Drop for Durable {
     fn drop(&mut self) {
         drop(self.jobs.take());
         if let Some(writer) = self.writer.take() {
@@ -59,7 +59,7 @@ impl Drop for Store {
     }
 }
 
-impl Store {
+impl Durable {
     /// Opens (or creates) the database at `dir/keyvalue.redb` and starts its writer.
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir)
@@ -293,7 +293,7 @@ mod tests {
     fn writes_are_read_back_paged_and_survive_reopening() {
         let dir = temp("pages");
         {
-            let store = Store::open(&dir).unwrap();
+            let store = Durable::open(&dir).unwrap();
             let writes = (0..2500)
                 .map(|i| Write::Set(format!("k{i:05}"), vec![i as u8]))
                 .collect();
@@ -321,7 +321,7 @@ mod tests {
                 block(store.write("t".into(), vec![Write::Increment("n".into(), u64::MAX)]));
             assert!(overflow.unwrap_err().contains("overflows"));
         }
-        let store = Store::open(&dir).unwrap();
+        let store = Durable::open(&dir).unwrap();
         let got = store
             .get_many("t", &["k00003".into(), "n".into(), "zz".into()])
             .unwrap();
@@ -336,8 +336,8 @@ mod tests {
     #[test]
     fn a_second_server_on_the_same_directory_gets_a_clear_error() {
         let dir = temp("twice");
-        let _first = Store::open(&dir).unwrap();
-        let err = Store::open(&dir).err().unwrap().to_string();
+        let _first = Durable::open(&dir).unwrap();
+        let err = Durable::open(&dir).err().unwrap().to_string();
         assert!(err.contains("--data-dir"), "{err}");
     }
 }

@@ -1,11 +1,13 @@
-//! The serving loop: HTTP/1.1 (keep-alive) and HTTP/2 on one listener, each
-//! request routed to its deployment, the admin listener beside it, and a
-//! graceful shutdown on SIGINT/SIGTERM that lets in-flight requests finish.
+//! The serving loop: one single-threaded runtime per serving thread, each
+//! accepting HTTP/1.1 (keep-alive) and HTTP/2 on its own `SO_REUSEPORT`
+//! listener (a request stays on one thread from accept to response), each
+//! request routed to its deployment, the admin listener ([`super::admin`])
+//! beside them, and a graceful shutdown on SIGINT/SIGTERM that lets
+//! in-flight requests finish.
 
-use crate::body::{ResponseBody, error_response, full};
-use crate::deployment::Deployment;
-use crate::metrics::{Metrics, RequestLabels};
-use crate::router::{Router, request_host};
+use super::body::{ResponseBody, error_response};
+use super::router::{Router, request_host};
+use crate::platform::metrics::{Metrics, RequestLabels};
 use anyhow::{Context, Result};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -22,7 +24,7 @@ use tokio::net::TcpListener;
 use wasmtime::Engine;
 
 /// Everything a request needs, shared by all connections.
-pub struct Host {
+pub struct Server {
     /// The engine all components run on.
     pub engine: Engine,
     /// The routing table.
@@ -33,7 +35,105 @@ pub struct Host {
     pub draining: AtomicBool,
 }
 
-impl Host {
+/// Where and how to listen.
+pub struct Listen {
+    /// The serving address.
+    pub addr: SocketAddr,
+    /// The admin address, if any.
+    pub admin: Option<SocketAddr>,
+    /// Serving threads (each with its own listener and runtime).
+    pub threads: usize,
+    /// How long in-flight requests may finish after a shutdown signal.
+    pub grace: Duration,
+}
+
+impl Server {
+    /// A server over `router`'s deployments, not yet draining.
+    pub fn new(engine: Engine, router: Router, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            engine,
+            router,
+            metrics,
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// Binds, serves until SIGINT or SIGTERM, then drains for up to the
+    /// grace period and returns.
+    pub fn run(self: Arc<Self>, listen: &Listen) -> Result<()> {
+        let listeners = bind_shared(listen.addr, listen.threads.max(1))?;
+        let admin = listen
+            .admin
+            .map(|a| bind_shared(a, 1).context("--admin-listen"))
+            .transpose()?;
+        tracing::info!(
+            "serving on http://{} ({} threads)",
+            listeners[0].local_addr()?,
+            listeners.len()
+        );
+        if let Some(a) = &admin {
+            tracing::info!("admin on http://{}", a[0].local_addr()?);
+        }
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut workers = Vec::new();
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let (server, mut stop, grace) = (self.clone(), stop_rx.clone(), listen.grace);
+            let worker = std::thread::Builder::new()
+                .name(format!("serve-{i}"))
+                .spawn(move || -> Result<()> {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    rt.block_on(async move {
+                        let listener = TcpListener::from_std(listener)?;
+                        let stopped = async move {
+                            let _ = stop.wait_for(|s| *s).await;
+                        };
+                        serve(server, listener, grace, stopped).await;
+                        Ok(())
+                    })
+                })
+                .context("cannot start a serving thread")?;
+            workers.push(worker);
+        }
+        self.control(admin.map(|mut a| a.remove(0)), listen.grace)?;
+        let _ = stop_tx.send(true);
+        for worker in workers {
+            match worker.join() {
+                Ok(r) => r?,
+                Err(_) => anyhow::bail!("a serving thread panicked"),
+            }
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+
+    /// Serves the admin listener until a shutdown signal, then marks the
+    /// server draining.
+    fn control(
+        self: &Arc<Self>,
+        admin: Option<std::net::TcpListener>,
+        grace: Duration,
+    ) -> Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        rt.block_on(async {
+            if let Some(admin) = admin {
+                let admin = TcpListener::from_std(admin)?;
+                tokio::spawn(super::admin::serve_admin(self.clone(), admin));
+            }
+            shutdown_signal().await;
+            self.draining.store(true, Ordering::Relaxed);
+            tracing::info!(
+                "shutting down: no new connections; waiting up to {} for in-flight requests",
+                humantime::format_duration(grace)
+            );
+            anyhow::Ok(())
+        })
+    }
+
     async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
@@ -53,13 +153,13 @@ impl Host {
                     status: 404,
                 })
                 .inc();
-            let id = crate::request_id::assign(req.headers_mut(), client);
+            let id = crate::serving::request_id::assign(req.headers_mut(), client);
             let mut response = error_response(
                 StatusCode::NOT_FOUND,
                 "no_route",
                 &format!("no deployment serves {}", req.uri().path()),
             );
-            crate::request_id::stamp(response.headers_mut(), &id);
+            crate::serving::request_id::stamp(response.headers_mut(), &id);
             return Ok(response);
         };
         Ok(deployment.serve(&self.engine, req, client).await)
@@ -94,8 +194,8 @@ pub fn bind_shared(addr: SocketAddr, count: usize) -> Result<Vec<std::net::TcpLi
 }
 
 /// Serves `listener` until `shutdown` resolves, then drains for up to `grace`.
-pub async fn serve(
-    host: Arc<Host>,
+async fn serve(
+    server: Arc<Server>,
     listener: TcpListener,
     grace: Duration,
     shutdown: impl Future<Output = ()>,
@@ -116,8 +216,8 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let host = host.clone();
-                let service = service_fn(move |req| host.clone().handle(req, peer));
+                let server = server.clone();
+                let service = service_fn(move |req| server.clone().handle(req, peer));
                 let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
@@ -130,79 +230,15 @@ pub async fn serve(
         }
     }
     drop(listener);
-    host.draining.store(true, Ordering::Relaxed);
+    server.draining.store(true, Ordering::Relaxed);
     tokio::select! {
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
     }
 }
 
-/// Serves `/healthz`, `/readyz` and `/metrics` on the admin listener.
-pub async fn serve_admin(host: Arc<Host>, listener: TcpListener) {
-    let builder = auto::Builder::new(TokioExecutor::new());
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let host = host.clone();
-        let service = service_fn(move |req: Request<Incoming>| {
-            let host = host.clone();
-            async move { Ok::<_, Infallible>(admin_response(&host, req.uri().path())) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-    }
-}
-
-fn admin_response(host: &Host, path: &str) -> Response<ResponseBody> {
-    let text = |status: StatusCode, body: String, ctype: &'static str| {
-        let mut r = Response::new(full(body));
-        *r.status_mut() = status;
-        r.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static(ctype),
-        );
-        r
-    };
-    match path {
-        "/healthz" => text(StatusCode::OK, "ok\n".into(), "text/plain"),
-        "/readyz" if host.draining.load(Ordering::Relaxed) => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "draining\n".into(),
-            "text/plain",
-        ),
-        "/readyz" => {
-            let names: Vec<&str> = host
-                .router
-                .deployments()
-                .iter()
-                .map(|d: &Arc<Deployment>| d.name.as_str())
-                .collect();
-            text(
-                StatusCode::OK,
-                format!("ready: {}\n", names.join(", ")),
-                "text/plain",
-            )
-        }
-        "/metrics" => text(
-            StatusCode::OK,
-            host.metrics.encode(),
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        ),
-        _ => error_response(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "admin routes: /healthz, /readyz, /metrics",
-        ),
-    }
-}
-
 /// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
+async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -2,9 +2,9 @@
 //! is, compose or compile it (through the artifact cache), and check that it
 //! exports `wasi:http/incoming-handler` and imports nothing the host lacks.
 
-use crate::cache::{self, ArtifactCache, Origin};
-use crate::compose;
-use crate::state::RequestState;
+use crate::assembly::capabilities::InstanceState;
+use crate::platform::cache::{self, ArtifactCache, Origin};
+use crate::platform::compose;
 use anyhow::{Context, Result, anyhow, bail};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -49,22 +49,6 @@ pub fn kind_of(path: &Path) -> Result<Kind> {
     } else {
         Ok(Kind::Component)
     }
-}
-
-/// The host's linker: full WASI 0.2, wasi:http, wasi:config, wasi:keyvalue, and our
-/// wasi:tensor, wasi:cuda, wasi:scheduler.
-pub fn linker(engine: &Engine) -> Result<Linker<RequestState>> {
-    let mut linker = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
-    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
-        .map_err(anyhow::Error::from)?;
-    wasmtime_wasi_config::add_to_linker(&mut linker, |s: &mut RequestState| s.config())
-        .map_err(anyhow::Error::from)?;
-    crate::keyvalue::add_to_linker(&mut linker)?;
-    crate::tensor::add_to_linker(&mut linker)?;
-    crate::cuda::add_to_linker(&mut linker)?;
-    crate::scheduler::add_to_linker(&mut linker)?;
-    Ok(linker)
 }
 
 /// Checks that `bytes` are a component (not a core module, not junk).
@@ -137,10 +121,10 @@ pub fn load_path(
 /// Checks the component's exports and imports and pre-instantiates it.
 pub fn prepare(
     engine: &Engine,
-    linker: &Linker<RequestState>,
+    linker: &Linker<InstanceState>,
     origin: &str,
     component: &Component,
-) -> Result<ProxyPre<RequestState>> {
+) -> Result<ProxyPre<InstanceState>> {
     let ty = component.component_type();
     let exports: Vec<String> = ty
         .exports(engine)

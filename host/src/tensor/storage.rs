@@ -1,6 +1,7 @@
-//! Host-memory tensor elements, one typed vector per dtype.
+//! Host-memory tensor elements, one typed vector per dtype: what guests
+//! upload and read back, weights load into, and the CPU backend computes on.
 
-use crate::tensor::types::DType;
+use crate::tensor::dtype::DType;
 use half::{bf16, f16};
 use std::borrow::Cow;
 

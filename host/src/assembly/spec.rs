@@ -20,12 +20,25 @@
 //! Relative paths are relative to the deployment file. Nothing is granted by
 //! default. See `docs/DEPLOYMENTS.md`.
 
-use crate::units::{parse_duration, parse_size};
+use crate::platform::units::{parse_duration, parse_size};
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// Config keys the host sets for every deployment (the config capability); a
+/// deployment cannot set them.
+pub const RESERVED_CONFIG_PREFIX: &str = "tensorwasm.";
+
+/// Whether `name` may name a model (a folder name, nothing more).
+pub fn valid_model_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !name.starts_with('.')
+}
 
 /// A parsed deployment file.
 #[derive(Debug, Deserialize)]
@@ -328,7 +341,7 @@ pub fn parse(text: &str, path: &Path, defaults: &Limits) -> Result<Vec<Deploymen
                 );
             }
         }
-        if let Some(bad) = grants.models.iter().find(|m| !crate::models::valid_name(m)) {
+        if let Some(bad) = grants.models.iter().find(|m| !valid_model_name(m)) {
             bail!(
                 "{}",
                 ctx(&format!(
@@ -337,12 +350,12 @@ pub fn parse(text: &str, path: &Path, defaults: &Limits) -> Result<Vec<Deploymen
             );
         }
         for key in grants.config.keys().chain(grants.secrets.keys()) {
-            if key.starts_with(crate::state::RESERVED_CONFIG_PREFIX) {
+            if key.starts_with(RESERVED_CONFIG_PREFIX) {
                 bail!(
                     "{}",
                     ctx(&format!(
                         "config key `{key}`: keys starting with `{}` are set by the host",
-                        crate::state::RESERVED_CONFIG_PREFIX
+                        RESERVED_CONFIG_PREFIX
                     ))
                 );
             }

@@ -1,5 +1,5 @@
 //! Bearer tokens for the gateway's `auth` component: new random tokens,
-//! their SHA-256 hashes (what `auth.tokens` holds), and `tensor-wasm token`.
+//! and their SHA-256 hashes (what `auth.tokens` holds).
 
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
@@ -33,33 +33,6 @@ pub fn check_id(id: &str) -> Result<()> {
     {
         bail!("token id `{id}` must be 1-64 letters, digits, `-`, `_` or `.`");
     }
-    Ok(())
-}
-
-/// `tensor-wasm token new`: prints a new token and its `auth.tokens` line.
-pub fn new_command(id: &str, scopes: &str) -> Result<()> {
-    check_id(id)?;
-    let token = generate()?;
-    println!("token: {token}");
-    println!("auth.tokens entry: {id} {} {}", hash(&token), scopes.trim());
-    eprintln!(
-        "The token is shown only now: give it to the client (Authorization: Bearer TOKEN) and \
-         put the entry (which holds only its hash) in the deployment's `auth.tokens` config."
-    );
-    Ok(())
-}
-
-/// `tensor-wasm token hash`: the hash of the token on standard input.
-pub fn hash_command() -> Result<()> {
-    let mut text = String::new();
-    std::io::stdin()
-        .read_to_string(&mut text)
-        .context("cannot read the token from standard input")?;
-    let token = text.trim();
-    if token.is_empty() {
-        bail!("no token on standard input");
-    }
-    println!("{}", hash(token));
     Ok(())
 }
 

@@ -38,15 +38,6 @@ impl ArtifactCache {
         Self { dir }
     }
 
-    /// The default directory: `$TENSOR_WASM_CACHE_DIR`, else the user's cache
-    /// directory (`~/.cache/tensor-wasm`).
-    pub fn default_dir() -> Option<PathBuf> {
-        if let Some(dir) = std::env::var_os("TENSOR_WASM_CACHE_DIR") {
-            return Some(PathBuf::from(dir));
-        }
-        dirs::cache_dir().map(|d| d.join("tensor-wasm"))
-    }
-
     /// Returns the compiled component for `bytes`, from the cache when a valid
     /// entry exists, compiling (and storing) it otherwise.
     pub fn load(&self, engine: &Engine, bytes: &[u8]) -> Result<(Component, Origin)> {

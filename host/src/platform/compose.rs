@@ -60,7 +60,7 @@ pub const BUILTIN_PACKAGES: &[(&str, &[u8])] = &[
 
 /// The embedded default world (`worlds/gateway.wac`), served by
 /// `tensor-wasm serve` with no path.
-pub const DEFAULT_WORLD: &str = include_str!("../../worlds/gateway.wac");
+pub const DEFAULT_WORLD: &str = include_str!("../../../worlds/gateway.wac");
 
 /// Where packages named by a world come from.
 #[derive(Debug, Clone, Default)]
@@ -95,7 +95,7 @@ impl PackageSources {
 }
 
 /// What happens to each package's bytes before they are composed: deploy-time
-/// pre-initialization (`crate::preinit`) when serving, [`unchanged`] elsewhere.
+/// pre-initialization (`crate::platform::preinit`) when serving, [`unchanged`] elsewhere.
 pub type Prepare<'a> = &'a dyn Fn(&str, Vec<u8>) -> Result<Vec<u8>>;
 
 /// The [`Prepare`] that leaves packages as they are.

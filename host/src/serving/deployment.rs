@@ -2,14 +2,12 @@
 //! and metrics, and the handling of one request for it — a fresh instance
 //! under the tenant's wall-clock budget and memory cap.
 
-use crate::body::{self, Collected, ResponseBody, error_response};
-use crate::deploy::{DeploymentSpec, Limits, Route};
-use crate::guest::GuestRun;
-use crate::keyvalue::KeyvalueCtx;
-use crate::metrics::{DeploymentLabel, Metrics, RequestLabels};
-use crate::request_id;
-use crate::state::{GrantSet, RequestState};
-use crate::tensor::TenantTensors;
+use crate::assembly::capabilities::{DeploymentCapabilities, InstanceEnv, InstanceState};
+use crate::assembly::spec::{DeploymentSpec, Limits, Route};
+use crate::platform::metrics::{DeploymentLabel, Metrics, RequestLabels};
+use crate::serving::body::{self, Collected, ResponseBody, error_response};
+use crate::serving::guest::GuestRun;
+use crate::serving::request_id;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -39,8 +37,8 @@ pub struct Deployment {
     limits: Limits,
     /// `tenant/name`, for logs.
     who: Arc<str>,
-    pre: ProxyPre<RequestState>,
-    grants: GrantSet,
+    pre: ProxyPre<InstanceState>,
+    caps: DeploymentCapabilities,
     slots: Option<Arc<Semaphore>>,
     stats: Arc<Stats>,
     metrics: Arc<Metrics>,
@@ -69,13 +67,13 @@ enum GuestEnd {
 }
 
 impl Deployment {
-    /// Wraps a prepared component for `spec`.
+    /// Wraps a prepared component for `spec`, whose capabilities are `caps`
+    /// (built by [`crate::assembly::Assembly`]).
     pub fn new(
         spec: DeploymentSpec,
-        pre: ProxyPre<RequestState>,
+        pre: ProxyPre<InstanceState>,
         metrics: Arc<Metrics>,
-        tensors: Arc<TenantTensors>,
-        keyvalue: KeyvalueCtx,
+        caps: DeploymentCapabilities,
     ) -> Self {
         let label = DeploymentLabel {
             deployment: spec.name.clone(),
@@ -88,7 +86,6 @@ impl Deployment {
             deadline_kills: metrics.deadline_kills.get_or_create(&label).clone(),
             memory_cap_kills: metrics.memory_cap_kills.get_or_create(&label).clone(),
         };
-        let grants = GrantSet::new(spec.grants, tensors, keyvalue, &spec.name);
         Self {
             who: format!("{}/{}", spec.tenant, spec.name).into(),
             name: spec.name,
@@ -100,7 +97,7 @@ impl Deployment {
                 .map(|n| Arc::new(Semaphore::new(n as usize))),
             limits: spec.limits,
             pre,
-            grants,
+            caps,
             stats: Arc::new(stats),
             metrics,
         }
@@ -149,12 +146,12 @@ impl Deployment {
             Err(r) => return r,
         };
 
-        let mut state = match RequestState::new(
-            &self.grants,
-            self.limits.memory,
-            started_at,
-            Some(self.limits.timeout),
-        ) {
+        let env = InstanceEnv {
+            started: started_at,
+            budget: Some(self.limits.timeout),
+            random_seed: None,
+        };
+        let mut state = match InstanceState::new(&self.caps, self.limits.memory, &env) {
             Ok(s) => s,
             Err(e) => {
                 return error_response(
@@ -182,7 +179,10 @@ impl Deployment {
         store.limiter(|s| &mut s.limiter);
         // A running guest yields to the runtime every couple of epoch ticks
         // and is interrupted (a trap) past its budget.
-        crate::engine::set_wall_deadline(&mut store, Some(started_at + self.limits.timeout));
+        crate::platform::engine::set_wall_deadline(
+            &mut store,
+            Some(started_at + self.limits.timeout),
+        );
         let pre = self.pre.clone();
         let stats = self.stats.clone();
         let who = self.who.clone();
@@ -381,7 +381,7 @@ fn failure_response(end: &GuestEnd, limits: &Limits) -> Response<ResponseBody> {
             "memory_limit",
             &format!(
                 "the component exceeded its memory limit of {}",
-                crate::units::format_size(limits.memory)
+                crate::platform::units::format_size(limits.memory)
             ),
         ),
         GuestEnd::Trapped(msg) => error_response(
@@ -428,7 +428,7 @@ fn too_large(max: u64) -> Response<ResponseBody> {
         "body_too_large",
         &format!(
             "the request body exceeds the limit of {}",
-            crate::units::format_size(max)
+            crate::platform::units::format_size(max)
         ),
     )
 }

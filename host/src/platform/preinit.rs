@@ -16,14 +16,17 @@
 //! reads). Its randomness is seeded deterministically, so the same inputs give
 //! the same snapshot, which the artifact cache then compiles once.
 
-use crate::cache::ArtifactCache;
-use crate::deploy::Limits;
-use crate::state::{GrantSet, RequestState};
+use crate::assembly::capabilities::{DeploymentCapabilities, InstanceEnv, InstanceState};
+use crate::assembly::spec::Limits;
+use crate::platform::cache::ArtifactCache;
 use anyhow::{Context, Result, anyhow};
 use std::time::Instant;
 use wasmtime::component::{Instance, Linker, WasmList};
 use wasmtime::{Engine, Store};
 use wasmtime_wizer::{ComponentInstanceState, Wizer};
+
+/// The seed of `wasi:random` while a component pre-initializes.
+const INIT_SEED: u64 = 0x7465_6e73_6f72_7761;
 
 /// The export a component names to be pre-initialized.
 pub const INIT_EXPORT: &str = "wizer-initialize";
@@ -57,11 +60,11 @@ pub struct Preinit<'a> {
     /// The engine the deployment runs on.
     pub engine: &'a Engine,
     /// The host's linker.
-    pub linker: &'a Linker<RequestState>,
+    pub linker: &'a Linker<InstanceState>,
     /// Compiles the instrumented component once per distinct input.
     pub cache: &'a ArtifactCache,
-    /// The deployment's grants, as its requests see them.
-    pub grants: &'a GrantSet,
+    /// The deployment's capabilities, as its requests see them.
+    pub caps: &'a DeploymentCapabilities,
     /// The deployment's limits: its memory cap and time budget apply.
     pub limits: &'a Limits,
 }
@@ -99,10 +102,18 @@ impl Preinit<'_> {
             .instrument_component(bytes)
             .map_err(anyhow::Error::from)?;
         let (component, _) = self.cache.load(self.engine, &instrumented)?;
-        let state = RequestState::for_initialization(self.grants, self.limits.memory)?;
+        let env = InstanceEnv {
+            started: Instant::now(),
+            budget: None,
+            random_seed: Some(INIT_SEED),
+        };
+        let state = InstanceState::new(self.caps, self.limits.memory, &env)?;
         let mut store = Store::new(self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        crate::engine::set_wall_deadline(&mut store, Some(Instant::now() + self.limits.timeout));
+        crate::platform::engine::set_wall_deadline(
+            &mut store,
+            Some(Instant::now() + self.limits.timeout),
+        );
         let instance = self
             .linker
             .instantiate_async(&mut store, &component)
@@ -125,7 +136,7 @@ impl Preinit<'_> {
             Ok(Err(_)) if store.data().limiter.hit => {
                 anyhow::bail!(
                     "it grew past the deployment's memory cap ({})",
-                    crate::units::format_size(self.limits.memory)
+                    crate::platform::units::format_size(self.limits.memory)
                 )
             }
             Ok(Err(e)) => {
@@ -144,7 +155,7 @@ impl Preinit<'_> {
             Ok(Ok(())) => {}
         }
         // Wizer's state readers that follow are short and host-written.
-        crate::engine::set_wall_deadline(&mut store, None);
+        crate::platform::engine::set_wall_deadline(&mut store, None);
         let mut access = Access {
             store: &mut store,
             instance,
@@ -166,7 +177,7 @@ impl Preinit<'_> {
 /// first one is kept here (and a default value returned) for [`Preinit`] to
 /// report once the snapshot is taken.
 struct Access<'a> {
-    store: &'a mut Store<RequestState>,
+    store: &'a mut Store<InstanceState>,
     instance: Instance,
     failed: Option<anyhow::Error>,
 }

@@ -6,7 +6,7 @@
 //! (`default-token`, readable only by its owner); only its hash goes into
 //! the world's config, and it is never logged.
 
-use crate::deploy::Grants;
+use crate::assembly::spec::Grants;
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -30,7 +30,7 @@ pub fn grants(data_dir: &Path) -> Result<(Grants, PathBuf)> {
         ("router.routes".to_string(), ROUTES.to_string()),
         (
             "auth.tokens".to_string(),
-            format!("default {} admin", crate::token::hash(&token)),
+            format!("default {} admin", crate::platform::token::hash(&token)),
         ),
         ("ratelimit.default".to_string(), RATE_LIMIT.to_string()),
         ("audit.policy".to_string(), "mutating".to_string()),
@@ -45,7 +45,7 @@ pub fn grants(data_dir: &Path) -> Result<(Grants, PathBuf)> {
 }
 
 fn create(path: &Path) -> Result<String> {
-    let token = crate::token::generate()?;
+    let token = crate::platform::token::generate()?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }

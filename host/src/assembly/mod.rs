@@ -1,0 +1,212 @@
+//! From a deployment spec to a ready deployment, in one place: the
+//! [`Assembly`] owns what every deployment shares (engine, linker, artifact
+//! cache, each capability's server-wide state, metrics) and turns a
+//! [`spec::DeploymentSpec`] into a [`Deployment`] — models granted, each
+//! capability's deployment state built, the component loaded (composed,
+//! pre-initialized, compiled) and pre-instantiated. `serve` and `run` call
+//! it; so will anything that deploys while the server runs.
+
+pub mod capabilities;
+pub mod default_world;
+pub mod models;
+pub mod spec;
+
+use crate::platform::cache::ArtifactCache;
+use crate::platform::compose;
+use crate::platform::engine::{self, EngineOptions, EpochTicker};
+use crate::platform::load;
+use crate::platform::metrics::Metrics;
+use crate::platform::preinit::Preinit;
+use crate::serving::deployment::Deployment;
+use crate::tensor::device::{Device, DeviceSpec};
+use anyhow::Result;
+use capabilities::{
+    DeploymentCapabilities, DeploymentEnv, InstanceEnv, InstanceState, ServerCapabilities,
+    ServerEnv,
+};
+use spec::{DeploymentSpec, Source};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wasmtime::Engine;
+use wasmtime::component::{Component, Linker};
+
+/// What an [`Assembly`] is built with.
+pub struct Options {
+    /// Engine settings (the largest memory cap of any deployment).
+    pub engine: EngineOptions,
+    /// Where compiled artifacts and kernels are cached; `None`: nowhere.
+    pub cache_dir: Option<PathBuf>,
+    /// Durable data (the keyvalue store); `None`: none (a job).
+    pub data_dir: Option<PathBuf>,
+    /// `--models-dir`, looked up only when a deployment grants models.
+    pub models_dir: Option<PathBuf>,
+    /// The tensor device to open.
+    pub device: DeviceSpec,
+    /// Whether float32 matrix products may use TF32 on the GPU.
+    pub tf32: bool,
+}
+
+/// Everything deployments share, and the one way to assemble one.
+pub struct Assembly {
+    engine: Engine,
+    linker: Linker<InstanceState>,
+    cache: ArtifactCache,
+    caps: ServerCapabilities,
+    metrics: Arc<Metrics>,
+    models_dir: Option<PathBuf>,
+    /// Started before any deployment loads: pre-initializers run under
+    /// deadlines.
+    _ticker: EpochTicker,
+}
+
+impl Assembly {
+    /// Opens the engine, the device and every capability's server state.
+    pub fn new(opts: Options) -> Result<Self> {
+        let engine = engine::build(&opts.engine)?;
+        let device = Device::open(opts.device, opts.cache_dir.clone(), opts.tf32)?;
+        tracing::info!("tensor backend: {}", device.describe());
+        let metrics = Arc::new(Metrics::new());
+        let caps = ServerCapabilities::new(&ServerEnv {
+            data_dir: opts.data_dir,
+            device: Arc::new(device),
+            metrics: metrics.clone(),
+        })?;
+        let mut linker = Linker::new(&engine);
+        ServerCapabilities::add_to_linker(&mut linker)?;
+        Ok(Self {
+            _ticker: EpochTicker::start(&engine),
+            engine,
+            linker,
+            cache: ArtifactCache::new(opts.cache_dir),
+            caps,
+            metrics,
+            models_dir: opts.models_dir,
+        })
+    }
+
+    /// The engine every instance runs on.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Operator metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Assembles `spec` into a deployment ready to serve.
+    pub fn for_deployment(&self, mut spec: DeploymentSpec) -> Result<Deployment> {
+        if !spec.grants.models.is_empty() {
+            let dir = crate::platform::dirs::models_dir(self.models_dir.as_ref())?;
+            models::grant(&mut spec.grants, &dir, &spec.name);
+        }
+        let caps = self.capabilities(&spec, None)?;
+        let (origin, component) = self.load(&spec, &caps)?;
+        let pre = load::prepare(&self.engine, &self.linker, &origin, &component)?;
+        let uses_keyvalue = component
+            .component_type()
+            .imports(&self.engine)
+            .any(|(name, _)| name.starts_with("wasi:keyvalue/"));
+        if uses_keyvalue {
+            self.caps.keyvalue.open_durable()?;
+        }
+        tracing::info!(
+            "deployment `{}` (tenant `{}`): {} on {}{}",
+            spec.name,
+            spec.tenant,
+            origin,
+            spec.route.host.as_deref().unwrap_or("*"),
+            spec.route.path.as_deref().unwrap_or("/")
+        );
+        Ok(Deployment::new(spec, pre, self.metrics.clone(), caps))
+    }
+
+    /// Assembles a headless job (`tensor-wasm run`): its component, loaded
+    /// as written, and the state of its one instance, started now with
+    /// `budget` and seeing `argv`.
+    pub fn for_job(
+        &self,
+        spec: &DeploymentSpec,
+        argv: &[String],
+        budget: Option<Duration>,
+    ) -> Result<(Component, InstanceState)> {
+        let Source::Component(path) = &spec.source else {
+            anyhow::bail!("a job is one component");
+        };
+        let component = load::load_path(
+            &self.engine,
+            &self.cache,
+            path,
+            &BTreeMap::new(),
+            &compose::unchanged,
+        )?;
+        let caps = self.capabilities(spec, Some(argv))?;
+        let env = InstanceEnv {
+            started: Instant::now(),
+            budget,
+            random_seed: None,
+        };
+        let state = InstanceState::new(&caps, spec.limits.memory, &env)?;
+        Ok((component, state))
+    }
+
+    /// The linker jobs instantiate with.
+    pub fn linker(&self) -> &Linker<InstanceState> {
+        &self.linker
+    }
+
+    fn capabilities(
+        &self,
+        spec: &DeploymentSpec,
+        job_args: Option<&[String]>,
+    ) -> Result<DeploymentCapabilities> {
+        self.caps.deployment(&DeploymentEnv {
+            name: &spec.name,
+            tenant: &spec.tenant,
+            grants: &spec.grants,
+            limits: &spec.limits,
+            job_args,
+        })
+    }
+
+    /// Loads the spec's component or world, pre-initializing each package
+    /// that asks for it under the deployment's own capabilities.
+    fn load(
+        &self,
+        spec: &DeploymentSpec,
+        caps: &DeploymentCapabilities,
+    ) -> Result<(String, Component)> {
+        let preinit = Preinit {
+            engine: &self.engine,
+            linker: &self.linker,
+            cache: &self.cache,
+            caps,
+            limits: &spec.limits,
+        };
+        let prepare = |name: &str, bytes: Vec<u8>| preinit.apply(name, bytes);
+        let (origin, component) = match &spec.source {
+            Source::Default => {
+                let origin = "embedded default world".to_string();
+                let bytes = compose::compose(
+                    &origin,
+                    compose::DEFAULT_WORLD,
+                    &compose::PackageSources::default(),
+                    &prepare,
+                )?;
+                let component = load::compile(&self.engine, &self.cache, &origin, &bytes)?;
+                (origin, component)
+            }
+            Source::World(path, deps) => (
+                path.display().to_string(),
+                load::load_path(&self.engine, &self.cache, path, deps, &prepare)?,
+            ),
+            Source::Component(path) => (
+                path.display().to_string(),
+                load::load_path(&self.engine, &self.cache, path, &BTreeMap::new(), &prepare)?,
+            ),
+        };
+        Ok((origin, component))
+    }
+}

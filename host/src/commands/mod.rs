@@ -1,0 +1,57 @@
+//! The `tensor-wasm` CLI verbs: each parses its flags ([`args`]) and calls
+//! the layers below; none wires the host by hand.
+
+pub mod args;
+pub mod artifact;
+pub mod audit;
+pub mod job;
+pub mod serve;
+pub mod token;
+
+use args::{AuditCommand, Cli, Command, TokenCommand};
+
+/// Runs one command; a job's exit status is its own, any other success 0.
+pub fn run(cli: Cli) -> anyhow::Result<u8> {
+    let collect = |deps: Vec<_>| deps.into_iter().collect();
+    match cli.command {
+        Command::Serve(args) => serve::run(args)?,
+        Command::Run(args) => return job::run(args),
+        Command::Compose {
+            world,
+            output,
+            deps,
+        } => artifact::compose(&world, &output, &collect(deps))?,
+        Command::Compile {
+            input,
+            output,
+            deps,
+            engine,
+        } => artifact::compile(&input, &output, &collect(deps), &engine)?,
+        Command::Inspect { path, deps } => artifact::inspect(&path, &collect(deps))?,
+        Command::Audit(AuditCommand::Tail {
+            lines,
+            tenant,
+            data_dir,
+        }) => audit::tail(&data_dir_of(data_dir)?, tenant, lines)?,
+        Command::Audit(AuditCommand::Query {
+            tenant,
+            since,
+            request_id,
+            data_dir,
+        }) => {
+            let filter = audit::Filter {
+                tenant,
+                since_ns: since.as_deref().map(audit::parse_since).transpose()?,
+                request_id,
+            };
+            audit::query(&data_dir_of(data_dir)?, &filter)?
+        }
+        Command::Token(TokenCommand::New { id, scopes }) => token::new_command(&id, &scopes)?,
+        Command::Token(TokenCommand::Hash) => token::hash_command()?,
+    }
+    Ok(0)
+}
+
+fn data_dir_of(flag: Option<std::path::PathBuf>) -> anyhow::Result<std::path::PathBuf> {
+    crate::platform::dirs::data_dir(flag.as_ref())
+}

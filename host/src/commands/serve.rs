@@ -1,0 +1,147 @@
+//! `tensor-wasm serve`: from a path and flags to deployment specs, then the
+//! assembly builds each deployment and the server listens.
+
+use super::args::ServeArgs;
+use crate::assembly::spec::{self, DeploymentSpec, Limits, Route, Source};
+use crate::assembly::{Assembly, Options, default_world};
+use crate::platform::dirs;
+use crate::platform::engine::EngineOptions;
+use crate::platform::load::{self, Kind};
+use crate::serving::router::Router;
+use crate::serving::server::{Listen, Server};
+use anyhow::{Result, anyhow};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Runs `tensor-wasm serve`.
+pub fn run(args: ServeArgs) -> Result<()> {
+    let data_dir = dirs::data_dir(args.data_dir.as_ref())?;
+    let specs = specs(&args, &data_dir)?;
+    let assembly = Assembly::new(options(&args, &specs, data_dir))?;
+    let from_file = args
+        .path
+        .as_ref()
+        .filter(|p| matches!(load::kind_of(p), Ok(Kind::Deployments)));
+    let mut deployments = Vec::new();
+    for spec in specs {
+        let name = spec.name.clone();
+        let deployment = assembly.for_deployment(spec).map_err(|e| match from_file {
+            Some(file) => anyhow!(
+                "{}: deployment `{name}`: {}",
+                file.display(),
+                load::first_line(&e)
+            ),
+            None => e,
+        })?;
+        deployments.push(Arc::new(deployment));
+    }
+    let server = Server::new(
+        assembly.engine().clone(),
+        Router::new(deployments)?,
+        assembly.metrics().clone(),
+    );
+    server.run(&listen(&args)?)
+}
+
+/// The deployments `args` asks for, with the flags' limits as defaults.
+fn specs(args: &ServeArgs, data_dir: &Path) -> Result<Vec<DeploymentSpec>> {
+    let defaults = Limits {
+        timeout: args.request_timeout,
+        memory: args.engine.max_memory,
+        concurrency: args.concurrency,
+        body: args.max_body_size,
+        tensor_memory: args.tensor_memory,
+    };
+    let Some(path) = &args.path else {
+        let mut spec = single("default", Source::Default, &defaults);
+        let (grants, token_file) = default_world::grants(data_dir)?;
+        spec.grants = grants;
+        tracing::info!(
+            "default world: the bearer token for /echo is in {}",
+            token_file.display()
+        );
+        return Ok(vec![spec]);
+    };
+    let deps: BTreeMap<String, PathBuf> = args.deps.iter().cloned().collect();
+    Ok(match load::kind_of(path)? {
+        Kind::Deployments => spec::load(path, &defaults)?,
+        Kind::World => vec![single(
+            &stem(path),
+            Source::World(path.clone(), deps),
+            &defaults,
+        )],
+        Kind::Component | Kind::Artifact => vec![single(
+            &stem(path),
+            Source::Component(path.clone()),
+            &defaults,
+        )],
+    })
+}
+
+/// The assembly's options: the engine sized for the largest memory cap.
+fn options(args: &ServeArgs, specs: &[DeploymentSpec], data_dir: PathBuf) -> Options {
+    let max_memory = specs
+        .iter()
+        .map(|s| s.limits.memory)
+        .max()
+        .unwrap_or(args.engine.max_memory);
+    Options {
+        engine: EngineOptions {
+            max_memory,
+            max_instances: args.engine.max_instances,
+        },
+        cache_dir: (!args.no_cache)
+            .then(|| dirs::cache_dir(args.cache_dir.as_ref()))
+            .flatten(),
+        data_dir: Some(data_dir),
+        models_dir: args.models_dir.clone(),
+        device: args.device.device,
+        tf32: args.device.tf32,
+    }
+}
+
+fn listen(args: &ServeArgs) -> Result<Listen> {
+    let admin = match args.admin_listen.as_str() {
+        "off" | "none" => None,
+        a => Some(a.parse().map_err(|_| {
+            anyhow!("--admin-listen: `{a}` is not an address like 127.0.0.1:9090 (or `off`)")
+        })?),
+    };
+    Ok(Listen {
+        addr: args.listen,
+        admin,
+        threads: args
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        grace: args.shutdown_grace,
+    })
+}
+
+fn single(name: &str, source: Source, defaults: &Limits) -> DeploymentSpec {
+    DeploymentSpec {
+        name: name.to_string(),
+        tenant: "default".into(),
+        source,
+        route: Route::default(),
+        limits: defaults.clone(),
+        grants: Default::default(),
+    }
+}
+
+fn stem(path: &Path) -> String {
+    let s: String = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.is_empty() { "main".into() } else { s }
+}

@@ -1,0 +1,66 @@
+//! `wasi:config@0.2.0-rc.1` (wasmtime-wasi-config): a deployment's granted
+//! config values and secrets, plus the values the host sets for every
+//! deployment (keys under [`RESERVED_CONFIG_PREFIX`], which a deployment cannot
+//! set): `tensorwasm.tenant`, `tensorwasm.deployment` and
+//! `tensorwasm.tensor-device` (where `wasi:tensor` computes: `cpu` or
+//! `cuda:N`, so a model can pick its batching for the device).
+
+use crate::assembly::capabilities::{
+    Capability, DeploymentEnv, InstanceEnv, InstanceState, ServerEnv,
+};
+use crate::assembly::spec::RESERVED_CONFIG_PREFIX;
+use anyhow::Result;
+use std::sync::Arc;
+use wasmtime::component::Linker;
+use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
+
+/// The config capability: what every deployment's config is told of the server.
+pub struct Config {
+    tensor_device: String,
+}
+
+impl Capability for Config {
+    type Deployment = Arc<WasiConfigVariables>;
+    type Instance = Arc<WasiConfigVariables>;
+
+    fn new(env: &ServerEnv) -> Result<Self> {
+        Ok(Config {
+            tensor_device: env.device.name(),
+        })
+    }
+
+    fn add_to_linker(linker: &mut Linker<InstanceState>) -> Result<()> {
+        wasmtime_wasi_config::add_to_linker(linker, |s: &mut InstanceState| {
+            WasiConfig::new(&s.caps.config)
+        })
+        .map_err(anyhow::Error::from)
+    }
+
+    fn deployment(&self, env: &DeploymentEnv) -> Result<Arc<WasiConfigVariables>> {
+        let grants = env.grants;
+        let platform = [
+            ("tenant", env.tenant.to_string()),
+            ("deployment", env.name.to_string()),
+            ("tensor-device", self.tensor_device.clone()),
+        ]
+        .map(|(k, v)| (format!("{RESERVED_CONFIG_PREFIX}{k}"), v));
+        Ok(Arc::new(
+            grants
+                .config
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .chain(
+                    grants
+                        .secrets
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.expose().to_string())),
+                )
+                .chain(platform)
+                .collect(),
+        ))
+    }
+
+    fn instance(config: &Arc<WasiConfigVariables>, _: &InstanceEnv) -> Result<Self::Instance> {
+        Ok(config.clone())
+    }
+}

@@ -1,0 +1,17 @@
+//! What every entry point shares beneath the capabilities: the wasmtime
+//! [`engine`], the compiled-[`cache`], [`compose`]-ing worlds, [`load`]-ing
+//! files into components, deploy-time [`preinit`]-ialization, the host
+//! allocator ([`alloc`]), the instance memory cap ([`limiter`]), operator [`metrics`], bearer [`token`]s, [`units`]
+//! and the host's directories ([`dirs`]).
+
+pub mod alloc;
+pub mod cache;
+pub mod compose;
+pub mod dirs;
+pub mod engine;
+pub mod limiter;
+pub mod load;
+pub mod metrics;
+pub mod preinit;
+pub mod token;
+pub mod units;

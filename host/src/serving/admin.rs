@@ -1,0 +1,79 @@
+//! The admin listener: `/healthz`, `/readyz` (503 while draining) and
+//! Prometheus `/metrics`.
+
+use super::body::{ResponseBody, error_response, full};
+use super::deployment::Deployment;
+use super::server::Server;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::net::TcpListener;
+
+/// Serves `/healthz`, `/readyz` and `/metrics` on the admin listener.
+pub async fn serve_admin(server: Arc<Server>, listener: TcpListener) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let server = server.clone();
+        let service = service_fn(move |req: Request<Incoming>| {
+            let server = server.clone();
+            async move { Ok::<_, Infallible>(admin_response(&server, req.uri().path())) }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+}
+
+fn admin_response(server: &Server, path: &str) -> Response<ResponseBody> {
+    let text = |status: StatusCode, body: String, ctype: &'static str| {
+        let mut r = Response::new(full(body));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(ctype),
+        );
+        r
+    };
+    match path {
+        "/healthz" => text(StatusCode::OK, "ok\n".into(), "text/plain"),
+        "/readyz" if server.draining.load(Ordering::Relaxed) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining\n".into(),
+            "text/plain",
+        ),
+        "/readyz" => {
+            let names: Vec<&str> = server
+                .router
+                .deployments()
+                .iter()
+                .map(|d: &Arc<Deployment>| d.name.as_str())
+                .collect();
+            text(
+                StatusCode::OK,
+                format!("ready: {}\n", names.join(", ")),
+                "text/plain",
+            )
+        }
+        "/metrics" => text(
+            StatusCode::OK,
+            server.metrics.encode(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+        _ => error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "admin routes: /healthz, /readyz, /metrics",
+        ),
+    }
+}

@@ -1,0 +1,121 @@
+//! What every kernel launch shares: the kernel-side strided walk
+//! ([`Dims`]), launch shapes, kernel-name suffixes, driver-error mapping,
+//! and the `launch!` macro.
+
+use crate::tensor::dtype::DType;
+use crate::tensor::error::TensorError;
+use cudarc::driver::{DeviceRepr, LaunchConfig};
+
+/// Kernel-side `Dims` (kernels/tensor.cu): a strided walk of up to 8 axes.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(super) struct Dims {
+    rank: i32,
+    shape: [i64; MAX_RANK],
+    sa: [i64; MAX_RANK],
+    sb: [i64; MAX_RANK],
+}
+
+// SAFETY: plain-old-data with the C layout the kernels declare.
+unsafe impl DeviceRepr for Dims {}
+
+pub(super) const MAX_RANK: usize = 8;
+/// Threads per block of every kernel (the reductions assume 256).
+pub(super) const BLOCK: u32 = 256;
+
+impl Dims {
+    /// A walk over `shape` with strides `sa` and `sb`; None past 8 axes.
+    pub(super) fn new(shape: &[usize], sa: &[usize], sb: &[usize]) -> Option<Self> {
+        if shape.len() > MAX_RANK {
+            return None;
+        }
+        let mut d = Dims {
+            rank: shape.len() as i32,
+            shape: [1; MAX_RANK],
+            sa: [0; MAX_RANK],
+            sb: [0; MAX_RANK],
+        };
+        for i in 0..shape.len() {
+            d.shape[i] = shape[i] as i64;
+            d.sa[i] = sa[i] as i64;
+            d.sb[i] = sb[i] as i64;
+        }
+        Some(d)
+    }
+}
+
+pub(super) fn cuda_err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> TensorError + '_ {
+    move |e| {
+        let text = format!("{e:?}");
+        if text.contains("OUT_OF_MEMORY") {
+            TensorError::Backend(format!("{what}: GPU out of memory"))
+        } else {
+            TensorError::Backend(format!("{what}: {text}"))
+        }
+    }
+}
+
+/// Kernel-name suffix of a float dtype.
+pub(super) fn suffix(d: DType) -> &'static str {
+    match d {
+        DType::F32 => "f32",
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        DType::I32 | DType::U8 => "b4",
+        DType::I64 => "b8",
+    }
+}
+
+/// Kernel-name suffix of the copy kernels for an element size.
+pub(super) fn elem(d: DType) -> &'static str {
+    match d.size() {
+        1 => "b1",
+        2 => "b2",
+        4 => "b4",
+        _ => "b8",
+    }
+}
+
+/// [outer, len, inner] around `axis`.
+pub(super) fn split(shape: &[usize], axis: usize) -> (usize, usize, usize) {
+    (
+        shape[..axis].iter().product(),
+        shape[axis],
+        shape[axis + 1..].iter().product(),
+    )
+}
+
+pub(super) fn grid(n: usize) -> u32 {
+    n.div_ceil(BLOCK as usize).clamp(1, 1 << 20) as u32
+}
+
+pub(super) fn rows_grid(rows: usize) -> u32 {
+    rows.clamp(1, 65_535) as u32
+}
+
+pub(super) fn cfg(grid: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (grid, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Launches kernel `$name` on the instance's lane with `$grid` blocks of
+/// [`BLOCK`] threads and the listed arguments (each a reference to a
+/// `DeviceRepr` value, in the kernel's parameter order).
+macro_rules! launch {
+    ($self:expr, $name:expr, $grid:expr, [$($arg:expr),* $(,)?]) => {{
+        let name: &str = $name;
+        let f = $self.tenant.kernels.get(&name).map_err($crate::tensor::error::TensorError::Backend)?;
+        let mut l = $self.stream().launch_builder(&f);
+        $( l.arg($arg); )*
+        // SAFETY: each call site passes the kernel's declared parameter list
+        // with pointers to live buffers of the extents the kernel walks.
+        unsafe { l.launch(cfg($grid)) }
+            .map(|_| ())
+            .map_err(cuda_err(name))
+    }};
+}
+
+pub(super) use launch;

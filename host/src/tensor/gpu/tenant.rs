@@ -1,0 +1,125 @@
+//! One tenant's GPU state: its CUDA context, loaded kernels and guest
+//! modules, and its pool of lanes (a stream and cuBLAS handle each).
+
+use super::GpuDevice;
+use super::kernels::Kernels;
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaContext, CudaModule, CudaStream};
+use cudarc::nvrtc::Ptx;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Makes the device's stream-ordered pool keep freed memory for reuse
+/// instead of returning it to the driver at every synchronization (so an op
+/// does not pay a `cuMemMap` for its output); tenants' bytes are capped by
+/// their quotas, not by the pool. Best effort: a failure only costs speed.
+pub(super) fn keep_pool_memory(ctx: &Arc<CudaContext>) {
+    use cudarc::driver::sys;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut threshold = u64::MAX;
+    // SAFETY: plain driver calls on the device of a live context; the
+    // attribute takes a pointer to a u64.
+    let r = unsafe {
+        let r = sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device());
+        if r != sys::CUresult::CUDA_SUCCESS {
+            r
+        } else {
+            sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut threshold as *mut u64).cast(),
+            )
+        }
+    };
+    if r != sys::CUresult::CUDA_SUCCESS {
+        tracing::warn!("GPU memory pool left at its defaults: {r:?}");
+    }
+}
+
+/// A stream with its own cuBLAS handle: the ordered queue one instance's
+/// work runs on.
+pub struct Lane {
+    pub(super) stream: Arc<CudaStream>,
+    pub(super) blas: Mutex<CudaBlas>,
+}
+
+impl Lane {
+    pub(super) fn new(ctx: &Arc<CudaContext>) -> anyhow::Result<Self> {
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| anyhow::anyhow!("new CUDA stream: {e:?}"))?;
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| anyhow::anyhow!("cuBLAS: {e:?}"))?;
+        Ok(Self {
+            stream,
+            blas: Mutex::new(blas),
+        })
+    }
+}
+
+/// Idle lanes a tenant keeps for its next instances.
+pub(super) const IDLE_LANES: usize = 16;
+
+/// One tenant's CUDA context, kernels and pool of lanes.
+pub struct TenantGpu {
+    pub(super) device: Arc<GpuDevice>,
+    pub(super) ctx: Arc<CudaContext>,
+    pub(super) kernels: Kernels,
+    pub(super) poison: bool,
+    pub(super) idle: Mutex<Vec<Arc<Lane>>>,
+    pub(super) modules: Mutex<HashMap<blake3::Hash, Arc<CudaModule>>>,
+}
+
+/// Guest modules a tenant context keeps loaded.
+const MODULES_KEPT: usize = 64;
+
+impl TenantGpu {
+    /// The tenant's context.
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// The device.
+    pub fn device(&self) -> &Arc<GpuDevice> {
+        &self.device
+    }
+
+    /// A guest module (CUDA C, compiled once per device, or PTX) loaded
+    /// into this context once; the compiler's or loader's message when it
+    /// does not build.
+    pub fn module(
+        &self,
+        source: &str,
+        is_ptx: bool,
+        name: &str,
+    ) -> Result<Arc<CudaModule>, String> {
+        let key = blake3::Hasher::new()
+            .update(&[is_ptx as u8])
+            .update(source.as_bytes())
+            .finalize();
+        if let Some(m) = self
+            .modules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Ok(m.clone());
+        }
+        let ptx = if is_ptx {
+            source.to_string()
+        } else {
+            self.device.compile(source, name)?
+        };
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| format!("binding the context: {e:?}"))?;
+        let module = self
+            .ctx
+            .load_module(Ptx::from_src(ptx))
+            .map_err(|e| format!("the driver could not load {name}: {e:?}"))?;
+        let mut kept = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() < MODULES_KEPT {
+            kept.insert(key, module.clone());
+        }
+        Ok(module)
+    }
+}
