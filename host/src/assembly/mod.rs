@@ -32,6 +32,9 @@ use std::time::{Duration, Instant};
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
+/// The export a job must have.
+pub const JOB_EXPORT: &str = "wasi:cli/run";
+
 /// What an [`Assembly`] is built with.
 pub struct Options {
     /// Engine settings (the largest memory cap of any deployment).
@@ -124,8 +127,8 @@ impl Assembly {
     }
 
     /// Assembles a headless job (`tensor-wasm run`): its component, loaded
-    /// as written, and the state of its one instance, started now with
-    /// `budget` and seeing `argv`.
+    /// as written and exporting [`JOB_EXPORT`], and the state of its one
+    /// instance, started now with `budget` and seeing `argv`.
     pub fn for_job(
         &self,
         spec: &DeploymentSpec,
@@ -142,6 +145,16 @@ impl Assembly {
             &BTreeMap::new(),
             &compose::unchanged,
         )?;
+        let exports_run = component
+            .component_type()
+            .exports(&self.engine)
+            .any(|(name, _)| name.starts_with(JOB_EXPORT));
+        if !exports_run {
+            anyhow::bail!(
+                "{}: does not export {JOB_EXPORT}; a job is a command component (build a Rust `bin` for wasm32-wasip2)",
+                path.display()
+            );
+        }
         let caps = self.capabilities(spec, Some(argv))?;
         let env = InstanceEnv {
             started: Instant::now(),

@@ -259,7 +259,8 @@ pub fn parse(text: &str, path: &Path, defaults: &Limits) -> Result<Vec<Deploymen
     let mut names = std::collections::HashSet::new();
     let mut specs = Vec::new();
     for raw in file.deployment {
-        let ctx = |what: &str| format!("{}: deployment `{}`: {what}", path.display(), raw.name);
+        let name = raw.name.clone();
+        let at = Place { path, name: &name };
         if raw.name.is_empty()
             || !raw
                 .name
@@ -273,114 +274,128 @@ pub fn parse(text: &str, path: &Path, defaults: &Limits) -> Result<Vec<Deploymen
             );
         }
         if !names.insert(raw.name.clone()) {
-            bail!("{}", ctx("duplicate name"));
+            return Err(at.err("duplicate name"));
         }
-        if raw.tenant.is_empty() {
-            bail!("{}", ctx("`tenant` must not be empty"));
+        specs.push(raw.validate(&at, base, defaults)?);
+    }
+    Ok(specs)
+}
+
+/// Where an error is: the file and the deployment.
+struct Place<'a> {
+    path: &'a Path,
+    name: &'a str,
+}
+
+impl Place<'_> {
+    fn err(&self, what: &str) -> anyhow::Error {
+        anyhow::anyhow!(
+            "{}: deployment `{}`: {what}",
+            self.path.display(),
+            self.name
+        )
+    }
+}
+
+impl RawDeployment {
+    /// Checks one deployment and resolves its paths against `base`.
+    fn validate(self, at: &Place, base: &Path, defaults: &Limits) -> Result<DeploymentSpec> {
+        if self.tenant.is_empty() {
+            return Err(at.err("`tenant` must not be empty"));
         }
-        let source = match (&raw.component, &raw.world) {
+        let source = match (&self.component, &self.world) {
             (Some(c), None) => Source::Component(base.join(c)),
             (None, Some(w)) => Source::World(
                 base.join(w),
-                raw.deps
+                self.deps
                     .iter()
                     .map(|(k, v)| (k.clone(), base.join(v)))
                     .collect(),
             ),
-            _ => bail!("{}", ctx("set exactly one of `component` or `world`")),
+            _ => return Err(at.err("set exactly one of `component` or `world`")),
         };
-        if let Some(p) = &raw.route.path
+        if let Some(p) = &self.route.path
             && !p.starts_with('/')
         {
-            bail!("{}", ctx(&format!("route path `{p}` must start with `/`")));
+            return Err(at.err(&format!("route path `{p}` must start with `/`")));
         }
+        Ok(DeploymentSpec {
+            limits: self.limits.resolve(at, defaults)?,
+            grants: self.grants.resolve(at, base)?,
+            name: self.name,
+            tenant: self.tenant,
+            source,
+            route: self.route,
+        })
+    }
+}
+
+impl RawLimits {
+    /// The limits, with `defaults` for those not set.
+    fn resolve(&self, at: &Place, defaults: &Limits) -> Result<Limits> {
+        let size = |v: &Option<String>, default: u64| match v {
+            Some(v) => parse_size(v).map_err(|e| at.err(&e)),
+            None => Ok(default),
+        };
         let limits = Limits {
-            timeout: match &raw.limits.timeout {
-                Some(t) => parse_duration(t).map_err(|e| anyhow::anyhow!(ctx(&e)))?,
+            timeout: match &self.timeout {
+                Some(t) => parse_duration(t).map_err(|e| at.err(&e))?,
                 None => defaults.timeout,
             },
-            memory: match &raw.limits.memory {
-                Some(m) => parse_size(m).map_err(|e| anyhow::anyhow!(ctx(&e)))?,
-                None => defaults.memory,
-            },
-            concurrency: raw.limits.concurrency.or(defaults.concurrency),
-            body: match &raw.limits.body {
-                Some(b) => parse_size(b).map_err(|e| anyhow::anyhow!(ctx(&e)))?,
-                None => defaults.body,
-            },
-            tensor_memory: match &raw.limits.tensor_memory {
-                Some(b) => parse_size(b).map_err(|e| anyhow::anyhow!(ctx(&e)))?,
-                None => defaults.tensor_memory,
-            },
+            memory: size(&self.memory, defaults.memory)?,
+            concurrency: self.concurrency.or(defaults.concurrency),
+            body: size(&self.body, defaults.body)?,
+            tensor_memory: size(&self.tensor_memory, defaults.tensor_memory)?,
         };
         if limits.concurrency == Some(0) {
-            bail!("{}", ctx("`concurrency` must be at least 1"));
+            return Err(at.err("`concurrency` must be at least 1"));
         }
-        let mut grants = raw.grants.clone();
-        for dir in &mut grants.dirs {
+        Ok(limits)
+    }
+}
+
+impl Grants {
+    /// Checks the grants, resolves their paths against `base` and reads
+    /// the secrets from their sources.
+    fn resolve(mut self, at: &Place, base: &Path) -> Result<Grants> {
+        for dir in &mut self.dirs {
             dir.host = base.join(&dir.host);
             if !dir.host.is_dir() {
-                bail!(
-                    "{}",
-                    ctx(&format!(
-                        "granted directory {} does not exist",
-                        dir.host.display()
-                    ))
-                );
+                let shown = dir.host.display();
+                return Err(at.err(&format!("granted directory {shown} does not exist")));
             }
         }
-        for (name, file) in &mut grants.weights {
+        for (name, file) in &mut self.weights {
             *file = base.join(&*file);
             if !file.is_file() {
-                bail!(
-                    "{}",
-                    ctx(&format!(
-                        "granted weights `{name}`: file {} does not exist",
-                        file.display()
-                    ))
-                );
+                let shown = file.display();
+                return Err(at.err(&format!(
+                    "granted weights `{name}`: file {shown} does not exist"
+                )));
             }
         }
-        if let Some(bad) = grants.models.iter().find(|m| !valid_model_name(m)) {
-            bail!(
-                "{}",
-                ctx(&format!(
-                    "model `{bad}`: a model is named by its folder name (letters, digits, `-`, `_`, `.`)"
-                ))
-            );
+        if let Some(bad) = self.models.iter().find(|m| !valid_model_name(m)) {
+            return Err(at.err(&format!(
+                "model `{bad}`: a model is named by its folder name (letters, digits, `-`, `_`, `.`)"
+            )));
         }
-        for key in grants.config.keys().chain(grants.secrets.keys()) {
+        for key in self.config.keys().chain(self.secrets.keys()) {
             if key.starts_with(RESERVED_CONFIG_PREFIX) {
-                bail!(
-                    "{}",
-                    ctx(&format!(
-                        "config key `{key}`: keys starting with `{}` are set by the host",
-                        RESERVED_CONFIG_PREFIX
-                    ))
-                );
+                return Err(at.err(&format!(
+                    "config key `{key}`: keys starting with `{RESERVED_CONFIG_PREFIX}` are set by the host"
+                )));
             }
         }
-        for (key, secret) in &mut grants.secrets {
-            if grants.config.contains_key(key) {
-                bail!(
-                    "{}",
-                    ctx(&format!("`{key}` is both a config value and a secret"))
-                );
+        for (key, secret) in &mut self.secrets {
+            if self.config.contains_key(key) {
+                return Err(at.err(&format!("`{key}` is both a config value and a secret")));
             }
             *secret = secret
                 .load(base)
-                .map_err(|e| anyhow::anyhow!(ctx(&format!("secret `{key}`: {e}"))))?;
+                .map_err(|e| at.err(&format!("secret `{key}`: {e}")))?;
         }
-        specs.push(DeploymentSpec {
-            name: raw.name,
-            tenant: raw.tenant,
-            source,
-            route: raw.route,
-            limits,
-            grants,
-        });
+        Ok(self)
     }
-    Ok(specs)
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! same capabilities a served instance gets, and the terminal's stdio.
 
 use super::args::RunArgs;
+use crate::assembly::capabilities::InstanceState;
 use crate::assembly::spec::{DeploymentSpec, DirGrant, Grants, Limits, Source};
 use crate::assembly::{Assembly, Options};
 use crate::platform::dirs;
@@ -9,15 +10,12 @@ use crate::platform::engine::EngineOptions;
 use crate::platform::load;
 use anyhow::{Context, Result, anyhow, bail};
 use std::time::{Duration, Instant};
+use wasmtime::component::Component;
 use wasmtime::{Store, Trap};
 use wasmtime_wasi::p2::bindings::Command;
 
-/// The export a job must have.
-const RUN: &str = "wasi:cli/run";
-
 /// Runs the job; returns its exit status.
 pub fn run(args: RunArgs) -> Result<u8> {
-    let origin = args.path.display().to_string();
     let assembly = Assembly::new(Options {
         engine: EngineOptions {
             max_memory: args.engine.max_memory,
@@ -37,51 +35,50 @@ pub fn run(args: RunArgs) -> Result<u8> {
         .chain(args.args.iter().cloned())
         .collect();
     let (component, state) = assembly.for_job(&spec(&args), &argv, args.timeout)?;
-    let engine = assembly.engine();
-    let exports_run = component
-        .component_type()
-        .exports(engine)
-        .any(|(name, _)| name.starts_with(RUN));
-    if !exports_run {
-        bail!(
-            "{origin}: does not export {RUN}; a job is a command component (build a Rust `bin` for wasm32-wasip2)"
-        );
-    }
-    let started = Instant::now();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async {
-        let mut store = Store::new(engine, state);
-        store.limiter(|s| &mut s.limiter);
-        let deadline = args.timeout.map(|t| started + t);
-        crate::platform::engine::set_wall_deadline(&mut store, deadline);
-        let command = Command::instantiate_async(&mut store, &component, assembly.linker())
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "{origin}: cannot instantiate: {}",
-                    load::first_line(&e.into())
-                )
-            })?;
-        match command.wasi_cli_run().call_run(&mut store).await {
-            Ok(Ok(())) => Ok(0),
-            Ok(Err(())) => Ok(1),
-            Err(e) => {
-                if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
-                    return Ok(exit.0.clamp(0, 255) as u8);
-                }
-                if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
-                    bail!("{origin}: stopped at its --timeout");
-                }
-                if store.data().limiter.hit {
-                    bail!("{origin}: exceeded its memory limit (--max-memory)");
-                }
-                bail!("{origin}: trapped: {}", e.root_cause())
+    let origin = args.path.display().to_string();
+    runtime.block_on(execute(&assembly, &component, state, args.timeout, &origin))
+}
+
+/// Runs the job's `wasi:cli/run` under its budget; its exit status.
+async fn execute(
+    assembly: &Assembly,
+    component: &Component,
+    state: InstanceState,
+    timeout: Option<Duration>,
+    origin: &str,
+) -> Result<u8> {
+    let mut store = Store::new(assembly.engine(), state);
+    store.limiter(|s| &mut s.limiter);
+    let deadline = timeout.map(|t| Instant::now() + t);
+    crate::platform::engine::set_wall_deadline(&mut store, deadline);
+    let command = Command::instantiate_async(&mut store, component, assembly.linker())
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "{origin}: cannot instantiate: {}",
+                load::first_line(&e.into())
+            )
+        })?;
+    match command.wasi_cli_run().call_run(&mut store).await {
+        Ok(Ok(())) => Ok(0),
+        Ok(Err(())) => Ok(1),
+        Err(e) => {
+            if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+                return Ok(exit.0.clamp(0, 255) as u8);
             }
+            if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+                bail!("{origin}: stopped at its --timeout");
+            }
+            if store.data().limiter.hit {
+                bail!("{origin}: exceeded its memory limit (--max-memory)");
+            }
+            bail!("{origin}: trapped: {}", e.root_cause())
         }
-    })
+    }
 }
 
 /// The job as a deployment of tenant `job`: its weights, read-only

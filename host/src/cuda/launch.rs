@@ -6,17 +6,15 @@ use super::Kernel;
 use super::bindings::wasi::cuda::{kernels, types};
 use super::error::{driver, tensor_err};
 use super::signature::{self, Arg, ArgError};
-use crate::tensor::gpu::CudaBackend;
+use crate::tensor::cuda::CudaBackend;
 use crate::tensor::ops::Tensors;
 use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, result, sys};
 use std::ffi::c_void;
 use std::sync::Arc;
 
-/// The instance's CUDA backend: its tenant's context and its own stream.
-pub type Gpu = CudaBackend;
-
-/// The GPU the instance's tensors live on, or `no-device`.
-pub fn gpu(tensors: &Tensors) -> Result<&Gpu, types::Error> {
+/// The CUDA backend the instance's tensors live on (its tenant's context
+/// and its own lane), or `no-device`.
+pub fn gpu(tensors: &Tensors) -> Result<&CudaBackend, types::Error> {
     tensors.cuda().ok_or(types::Error::NoDevice)
 }
 
@@ -40,7 +38,7 @@ pub async fn wait(streams: Vec<Arc<CudaStream>>) -> wasmtime::Result<Result<(), 
 }
 
 /// `size` zeroed bytes on the instance's stream.
-pub fn alloc_zeroed(gpu: &Gpu, size: u64) -> Result<CudaSlice<u8>, types::Error> {
+pub fn alloc_zeroed(gpu: &CudaBackend, size: u64) -> Result<CudaSlice<u8>, types::Error> {
     gpu.bind().map_err(tensor_err)?;
     let stream = gpu.stream();
     // SAFETY: zeroed right below, on the same stream, before any use.
@@ -50,7 +48,7 @@ pub fn alloc_zeroed(gpu: &Gpu, size: u64) -> Result<CudaSlice<u8>, types::Error>
 }
 
 /// A new stream in the instance's tenant context.
-pub fn new_stream(gpu: &Gpu) -> Result<Arc<CudaStream>, types::Error> {
+pub fn new_stream(gpu: &CudaBackend) -> Result<Arc<CudaStream>, types::Error> {
     gpu.tenant()
         .context()
         .new_stream()
@@ -108,7 +106,7 @@ pub fn download(stream: &CudaStream, src: u64, len: usize) -> Result<Vec<u8>, ty
 /// Checks a launch configuration against the device's and the kernel's limits.
 pub fn check_config(
     config: &kernels::LaunchConfig,
-    gpu: &Gpu,
+    gpu: &CudaBackend,
     kernel: &Kernel,
 ) -> Result<(), types::Error> {
     let limits = gpu.tenant().device().limits();
@@ -171,7 +169,7 @@ pub const MAX_ARGS: usize = 64;
 /// Queues the kernel with checked `args` (`pointers[i]` is the device
 /// address of pointer argument `i`).
 pub fn launch(
-    gpu: &Gpu,
+    gpu: &CudaBackend,
     stream: &CudaStream,
     kernel: &Kernel,
     config: &kernels::LaunchConfig,

@@ -108,6 +108,42 @@ fn is_ident(s: &str) -> bool {
         && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
 }
 
+/// Parses one parameter type of function `name`: a scalar kind or
+/// `elem[extent]`, whose extent factors are constants or earlier integer
+/// parameters (`names`, with their types `raw`).
+fn param(name: &str, ty: &str, names: &[String], raw: &[String]) -> Result<Param, String> {
+    let Some((elem, extent)) = ty.split_once('[') else {
+        let kind = Kind::scalar(ty).ok_or_else(|| format!("{name}: unknown type `{ty}`"))?;
+        return Ok(Param::Scalar(kind));
+    };
+    let elem =
+        elem_size(elem.trim()).ok_or_else(|| format!("{name}: unknown element type `{elem}`"))?;
+    let extent = extent
+        .strip_suffix(']')
+        .ok_or_else(|| format!("{name}: `{ty}`: missing `]`"))?;
+    let factor = |f: &str| {
+        let f = f.trim();
+        if let Ok(v) = f.parse() {
+            return Ok(Factor::Const(v));
+        }
+        let i = names
+            .iter()
+            .position(|n| n == f)
+            .ok_or_else(|| format!("{name}: extent `{f}` names no parameter"))?;
+        match Kind::scalar(&raw[i]) {
+            Some(Kind::F32 | Kind::F64) | None => {
+                Err(format!("{name}: extent `{f}` is not an integer parameter"))
+            }
+            Some(_) => Ok(Factor::Param(i)),
+        }
+    };
+    let extent = extent
+        .split('*')
+        .map(factor)
+        .collect::<Result<_, String>>()?;
+    Ok(Param::Pointer { elem, extent })
+}
+
 impl Signature {
     /// Parses `name(p: kind, q: elem[extent], ...)`.
     pub fn parse(text: &str) -> Result<Self, String> {
@@ -135,44 +171,10 @@ impl Signature {
             names.push(pname.to_string());
             raw.push(ty.to_string());
         }
-        let mut params = Vec::with_capacity(raw.len());
-        for ty in &raw {
-            let param = match ty.split_once('[') {
-                None => Param::Scalar(
-                    Kind::scalar(ty).ok_or_else(|| format!("{name}: unknown type `{ty}`"))?,
-                ),
-                Some((elem, extent)) => {
-                    let elem = elem_size(elem.trim())
-                        .ok_or_else(|| format!("{name}: unknown element type `{elem}`"))?;
-                    let extent = extent
-                        .strip_suffix(']')
-                        .ok_or_else(|| format!("{name}: `{ty}`: missing `]`"))?;
-                    let factors = extent
-                        .split('*')
-                        .map(|f| {
-                            let f = f.trim();
-                            if let Ok(v) = f.parse() {
-                                return Ok(Factor::Const(v));
-                            }
-                            let i = names.iter().position(|n| n == f).ok_or_else(|| {
-                                format!("{name}: extent `{f}` names no parameter")
-                            })?;
-                            match Kind::scalar(&raw[i]) {
-                                Some(Kind::F32 | Kind::F64) | None => {
-                                    Err(format!("{name}: extent `{f}` is not an integer parameter"))
-                                }
-                                Some(_) => Ok(Factor::Param(i)),
-                            }
-                        })
-                        .collect::<Result<Vec<_>, String>>()?;
-                    Param::Pointer {
-                        elem,
-                        extent: factors,
-                    }
-                }
-            };
-            params.push(param);
-        }
+        let params = raw
+            .iter()
+            .map(|ty| param(name, ty, &names, &raw))
+            .collect::<Result<Vec<_>, String>>()?;
         Ok(Self {
             name: name.to_string(),
             names,
@@ -318,46 +320,53 @@ pub fn check(declared: &[Kind], sig: Option<&Signature>, args: &[Arg]) -> Result
     }
     let Some(sig) = sig else { return Ok(()) };
     for (i, p) in sig.params.iter().enumerate() {
-        let Param::Pointer { elem, extent } = p else {
-            continue;
+        if let (Param::Pointer { elem, extent }, Arg::Pointer { offset, size }) = (p, &args[i]) {
+            check_extent(sig, i, *elem, extent, args, *offset, *size)?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks that pointer argument `i` (at `offset` into a buffer of `size`
+/// bytes) covers its declared extent of `elem`-byte elements.
+fn check_extent(
+    sig: &Signature,
+    i: usize,
+    elem: u64,
+    extent: &[Factor],
+    args: &[Arg],
+    offset: u64,
+    size: u64,
+) -> Result<(), ArgError> {
+    let overflow = || {
+        ArgError::Invalid(format!(
+            "{}: the extent of `{}` overflows",
+            sig.name, sig.names[i]
+        ))
+    };
+    let mut count: u64 = 1;
+    for f in extent {
+        let v = match f {
+            Factor::Const(c) => *c,
+            Factor::Param(j) => args[*j].count().ok_or_else(|| {
+                ArgError::Invalid(format!("{}: `{}` is negative", sig.name, sig.names[*j]))
+            })?,
         };
-        let Arg::Pointer { offset, size } = args[i] else {
-            continue;
-        };
-        let mut count: u64 = 1;
-        for f in extent {
-            let v = match f {
-                Factor::Const(c) => *c,
-                Factor::Param(j) => args[*j].count().ok_or_else(|| {
-                    ArgError::Invalid(format!("{}: `{}` is negative", sig.name, sig.names[*j]))
-                })?,
-            };
-            count = count.checked_mul(v).ok_or_else(|| {
-                ArgError::Invalid(format!(
-                    "{}: the extent of `{}` overflows",
-                    sig.name, sig.names[i]
-                ))
-            })?;
-        }
-        let length = count.checked_mul(*elem).ok_or_else(|| {
-            ArgError::Invalid(format!(
-                "{}: the extent of `{}` overflows",
-                sig.name, sig.names[i]
-            ))
-        })?;
-        if offset % elem != 0 {
-            return Err(ArgError::Invalid(format!(
-                "{}: `{}` at byte offset {offset} is not aligned to its {elem}-byte elements",
-                sig.name, sig.names[i]
-            )));
-        }
-        if offset.checked_add(length).is_none_or(|end| end > size) {
-            return Err(ArgError::OutOfBounds {
-                offset,
-                length,
-                size,
-            });
-        }
+        count = count.checked_mul(v).ok_or_else(overflow)?;
+    }
+    let length = count.checked_mul(elem).ok_or_else(overflow)?;
+    if !offset.is_multiple_of(elem) {
+        return Err(ArgError::Invalid(format!(
+            "{}: `{}` at byte offset {offset} is not aligned to its {elem}-byte elements",
+            sig.name, sig.names[i]
+        )));
+    }
+    if offset.checked_add(length).is_none_or(|end| end > size) {
+        return Err(ArgError::OutOfBounds {
+            offset,
+            length,
+            size,
+        });
     }
     Ok(())
 }

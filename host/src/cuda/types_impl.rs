@@ -5,11 +5,11 @@
 
 use super::bindings::wasi::cuda::{device, kernels, memory, streams, types};
 use super::error;
-use super::launch::{self, Gpu};
+use super::launch;
 use super::signature::Kind;
 use super::{Buffer, CudaView, Event, Kernel, Module, Stream, vetted};
 use crate::tensor::bindings::wasi::tensor::types::Dtype;
-use crate::tensor::gpu::GpuData;
+use crate::tensor::cuda::{CudaBackend, CudaData};
 use crate::tensor::ops::dims;
 use crate::tensor::types::Data;
 use crate::tensor::{DType, Tensor};
@@ -50,7 +50,7 @@ impl CudaView<'_> {
     /// The stream `on` names, or the instance's own.
     fn stream_of(
         &self,
-        gpu: &Gpu,
+        gpu: &CudaBackend,
         on: &Option<Resource<Stream>>,
     ) -> wasmtime::Result<Arc<CudaStream>> {
         Ok(match on {
@@ -60,13 +60,13 @@ impl CudaView<'_> {
     }
 
     /// Every stream of this instance: its own first, then those it created.
-    fn all_streams(&self, gpu: &Gpu) -> Vec<Arc<CudaStream>> {
+    fn all_streams(&self, gpu: &CudaBackend) -> Vec<Arc<CudaStream>> {
         std::iter::once(gpu.stream().clone())
             .chain(self.ctx.streams.iter().cloned())
             .collect()
     }
 
-    fn new_buffer(&mut self, gpu: &Gpu, size: u64) -> Result<Buffer, types::Error> {
+    fn new_buffer(&mut self, gpu: &CudaBackend, size: u64) -> Result<Buffer, types::Error> {
         let charge = self
             .tensors
             .quota()
@@ -198,7 +198,7 @@ impl memory::Host for CudaView<'_> {
             )));
         }
         let buffer = match tensor.into_parts() {
-            Ok((Data::Gpu(g), Some(charge))) => Buffer {
+            Ok((Data::Cuda(g), Some(charge))) => Buffer {
                 bytes: Some(g.into_slice()),
                 size,
                 charge: Some(charge),
@@ -239,15 +239,25 @@ impl memory::Host for CudaView<'_> {
         let (Some(slice), charge) = (buffer.bytes.take(), buffer.charge.take()) else {
             return Ok(Err(types::Error::Backend("the buffer has no bytes".into())));
         };
-        let tensor = Tensor::new(shape, dtype, Data::Gpu(GpuData::from_slice(slice)), charge);
+        let tensor = Tensor::new(
+            shape,
+            dtype,
+            Data::Cuda(CudaData::from_slice(slice)),
+            charge,
+        );
         Ok(Ok(self.table.push(tensor)?))
     }
 }
 
 impl CudaView<'_> {
     /// A new buffer holding a copy of `t`'s `size` bytes.
-    fn copy_tensor(&mut self, gpu: &Gpu, t: &Tensor, size: u64) -> Result<Buffer, types::Error> {
-        let Data::Gpu(g) = t.data() else {
+    fn copy_tensor(
+        &mut self,
+        gpu: &CudaBackend,
+        t: &Tensor,
+        size: u64,
+    ) -> Result<Buffer, types::Error> {
+        let Data::Cuda(g) = t.data() else {
             return Err(types::Error::Backend(
                 "a host tensor reached the GPU".into(),
             ));

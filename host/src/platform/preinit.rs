@@ -21,7 +21,7 @@ use crate::assembly::spec::Limits;
 use crate::platform::cache::ArtifactCache;
 use anyhow::{Context, Result, anyhow};
 use std::time::Instant;
-use wasmtime::component::{Instance, Linker, WasmList};
+use wasmtime::component::{Component, Instance, Linker, WasmList};
 use wasmtime::{Engine, Store};
 use wasmtime_wizer::{ComponentInstanceState, Wizer};
 
@@ -102,58 +102,7 @@ impl Preinit<'_> {
             .instrument_component(bytes)
             .map_err(anyhow::Error::from)?;
         let (component, _) = self.cache.load(self.engine, &instrumented)?;
-        let env = InstanceEnv {
-            started: Instant::now(),
-            budget: None,
-            random_seed: Some(INIT_SEED),
-        };
-        let state = InstanceState::new(self.caps, self.limits.memory, &env)?;
-        let mut store = Store::new(self.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        crate::platform::engine::set_wall_deadline(
-            &mut store,
-            Some(Instant::now() + self.limits.timeout),
-        );
-        let instance = self
-            .linker
-            .instantiate_async(&mut store, &component)
-            .await
-            .map_err(anyhow::Error::from)
-            .context("instantiating")?;
-        let init = instance
-            .get_typed_func::<(), ()>(&mut store, INIT_EXPORT)
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("`{INIT_EXPORT}` must have type `func()`"))?;
-        let ran = tokio::time::timeout(self.limits.timeout, init.call_async(&mut store, ())).await;
-        let timeout = || {
-            anyhow!(
-                "it ran past the deployment's timeout ({})",
-                humantime::format_duration(self.limits.timeout)
-            )
-        };
-        match ran {
-            Err(_) => return Err(timeout()),
-            Ok(Err(_)) if store.data().limiter.hit => {
-                anyhow::bail!(
-                    "it grew past the deployment's memory cap ({})",
-                    crate::platform::units::format_size(self.limits.memory)
-                )
-            }
-            Ok(Err(e)) => {
-                if matches!(
-                    e.downcast_ref::<wasmtime::Trap>(),
-                    Some(wasmtime::Trap::Interrupt)
-                ) {
-                    return Err(timeout());
-                }
-                // The innermost cause names the fault; the outer layers (a
-                // wasm backtrace) only say that wasm was running.
-                let cause = e.root_cause().to_string();
-                let cause = cause.lines().next().unwrap_or_default();
-                anyhow::bail!("the initializer trapped: {cause}");
-            }
-            Ok(Ok(())) => {}
-        }
+        let (mut store, instance) = self.initialize(&component).await?;
         // Wizer's state readers that follow are short and host-written.
         crate::platform::engine::set_wall_deadline(&mut store, None);
         let mut access = Access {
@@ -168,6 +117,71 @@ impl Preinit<'_> {
         match access.failed {
             Some(e) => Err(e.context("reading the initialized state")),
             None => Ok(snapshot),
+        }
+    }
+
+    /// Instantiates the instrumented `component` under the deployment's
+    /// capabilities and limits and runs its initializer.
+    async fn initialize(&self, component: &Component) -> Result<(Store<InstanceState>, Instance)> {
+        let env = InstanceEnv {
+            started: Instant::now(),
+            budget: None,
+            random_seed: Some(INIT_SEED),
+        };
+        let state = InstanceState::new(self.caps, self.limits.memory, &env)?;
+        let mut store = Store::new(self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        let deadline = Instant::now() + self.limits.timeout;
+        crate::platform::engine::set_wall_deadline(&mut store, Some(deadline));
+        let instance = self
+            .linker
+            .instantiate_async(&mut store, component)
+            .await
+            .map_err(anyhow::Error::from)
+            .context("instantiating")?;
+        let init = instance
+            .get_typed_func::<(), ()>(&mut store, INIT_EXPORT)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("`{INIT_EXPORT}` must have type `func()`"))?;
+        let ran = tokio::time::timeout(self.limits.timeout, init.call_async(&mut store, ())).await;
+        self.verdict(ran, store.data().limiter.hit)?;
+        Ok((store, instance))
+    }
+
+    /// How the initializer's run ended, as a one-line error.
+    fn verdict(
+        &self,
+        ran: Result<wasmtime::Result<()>, tokio::time::error::Elapsed>,
+        memory_hit: bool,
+    ) -> Result<()> {
+        let timeout = || {
+            anyhow!(
+                "it ran past the deployment's timeout ({})",
+                humantime::format_duration(self.limits.timeout)
+            )
+        };
+        match ran {
+            Err(_) => Err(timeout()),
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) if memory_hit => Err(anyhow!(
+                "it grew past the deployment's memory cap ({})",
+                crate::platform::units::format_size(self.limits.memory)
+            )),
+            Ok(Err(e))
+                if matches!(
+                    e.downcast_ref::<wasmtime::Trap>(),
+                    Some(wasmtime::Trap::Interrupt)
+                ) =>
+            {
+                Err(timeout())
+            }
+            Ok(Err(e)) => {
+                // The innermost cause names the fault; the outer layers (a
+                // wasm backtrace) only say that wasm was running.
+                let cause = e.root_cause().to_string();
+                let cause = cause.lines().next().unwrap_or_default();
+                Err(anyhow!("the initializer trapped: {cause}"))
+            }
         }
     }
 }

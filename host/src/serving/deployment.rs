@@ -18,10 +18,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use wasmtime::component::Resource;
 use wasmtime::{Engine, Store, Trap};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
 
 /// How long past the deadline a response waits for its guest's verdict.
 const TASK_END_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -52,6 +55,33 @@ struct Stats {
     traps: Counter,
     deadline_kills: Counter,
     memory_cap_kills: Counter,
+}
+
+/// What the guest task yields: how it ended, and its store after a clean
+/// return.
+type Finished = (GuestEnd, Option<Store<InstanceState>>);
+
+/// Where the guest's response head arrives.
+type AnswerRx = tokio::sync::oneshot::Receiver<
+    Result<
+        http::Response<HyperOutgoingBody>,
+        wasmtime_wasi_http::p2::bindings::http::types::ErrorCode,
+    >,
+>;
+
+/// A request ready to run: a fresh store holding it and its outparam.
+struct Call {
+    store: Store<InstanceState>,
+    request: Resource<HostIncomingRequest>,
+    outparam: Resource<HostResponseOutparam>,
+    answer: Answer,
+}
+
+/// What the request's side keeps: where the answer arrives, and whether the
+/// body went past its cap.
+struct Answer {
+    rx: AnswerRx,
+    overflow: Arc<AtomicBool>,
 }
 
 /// How a guest's run ended.
@@ -135,62 +165,95 @@ impl Deployment {
         req: Request<Incoming>,
         id: &str,
     ) -> Response<ResponseBody> {
-        let started_at = Instant::now();
-        let deadline = tokio::time::Instant::from_std(started_at) + self.limits.timeout;
-        let max_body = self.limits.body;
-        if content_length(&req).is_some_and(|n| n > max_body) {
-            return too_large(max_body);
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::from_std(started) + self.limits.timeout;
+        if content_length(&req).is_some_and(|n| n > self.limits.body) {
+            return too_large(self.limits.body);
         }
         let permit = match self.acquire_slot(deadline).await {
             Ok(p) => p,
             Err(r) => return r,
         };
+        let call = match self.prepare(engine, req, started) {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        let failed = Arc::new(AtomicBool::new(false));
+        let (mut guest, answer) = self.start(call, permit, deadline, id, failed.clone());
+        let response = match self.answer(&mut guest, answer.rx, deadline).await {
+            Ok(r) => r,
+            Err(r) => return r,
+        };
+        if answer.overflow.load(Ordering::Relaxed) {
+            return too_large(self.limits.body);
+        }
+        self.finish(guest, response, deadline, failed, &answer.overflow)
+            .await
+    }
 
+    /// A fresh instance's store, under the deployment's memory cap and the
+    /// request's wall-clock budget, holding the request and its outparam.
+    /// (The error is the response to send instead, built once per request.)
+    #[allow(clippy::result_large_err)]
+    fn prepare(
+        &self,
+        engine: &Engine,
+        req: Request<Incoming>,
+        started: Instant,
+    ) -> Result<Call, Response<ResponseBody>> {
         let env = InstanceEnv {
-            started: started_at,
+            started,
             budget: Some(self.limits.timeout),
             random_seed: None,
         };
-        let mut state = match InstanceState::new(&self.caps, self.limits.memory, &env) {
-            Ok(s) => s,
-            Err(e) => {
-                return error_response(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "grant_failed",
-                    &format!("{e:#}"),
-                );
-            }
-        };
+        let mut state = InstanceState::new(&self.caps, self.limits.memory, &env).map_err(|e| {
+            error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "grant_failed",
+                &format!("{e:#}"),
+            )
+        })?;
         let overflow = Arc::new(AtomicBool::new(false));
-        let req = limit_body(req, max_body, overflow.clone());
+        let req = limit_body(req, self.limits.body, overflow.clone());
         let (tx, rx) = tokio::sync::oneshot::channel();
         let mut http = state.http();
-        let handles = http
+        let (request, outparam) = http
             .new_incoming_request(Scheme::Http, req)
-            .and_then(|r| Ok((r, http.new_response_outparam(tx)?)));
-        let (request, outparam) = match handles {
-            Ok(h) => h,
-            Err(e) => {
-                return error_response(StatusCode::BAD_REQUEST, "bad_request", &e.to_string());
-            }
-        };
-
+            .and_then(|r| Ok((r, http.new_response_outparam(tx)?)))
+            .map_err(|e| error_response(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()))?;
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limiter);
         // A running guest yields to the runtime every couple of epoch ticks
         // and is interrupted (a trap) past its budget.
-        crate::platform::engine::set_wall_deadline(
-            &mut store,
-            Some(started_at + self.limits.timeout),
-        );
-        let pre = self.pre.clone();
-        let stats = self.stats.clone();
-        let who = self.who.clone();
+        crate::platform::engine::set_wall_deadline(&mut store, Some(started + self.limits.timeout));
+        Ok(Call {
+            store,
+            request,
+            outparam,
+            answer: Answer { rx, overflow },
+        })
+    }
+
+    /// Instantiates and runs the guest on its own task ([`GuestRun`]); it
+    /// sets `failed` if it ends any way but returning.
+    fn start(
+        &self,
+        call: Call,
+        permit: Option<OwnedSemaphorePermit>,
+        deadline: tokio::time::Instant,
+        id: &str,
+        failed: Arc<AtomicBool>,
+    ) -> (GuestRun<Finished>, Answer) {
+        let Call {
+            mut store,
+            request,
+            outparam,
+            answer,
+        } = call;
+        let (pre, stats, who) = (self.pre.clone(), self.stats.clone(), self.who.clone());
         let request_id: Arc<str> = id.into();
-        let failed = Arc::new(AtomicBool::new(false));
-        let failed_flag = failed.clone();
-        let mut guest = GuestRun::new(async move {
-            let _permit: Option<OwnedSemaphorePermit> = permit;
+        let guest = GuestRun::new(async move {
+            let _permit = permit;
             let run = async {
                 let t0 = Instant::now();
                 let proxy = pre.instantiate_async(&mut store).await?;
@@ -202,11 +265,9 @@ impl Deployment {
             };
             let result = tokio::time::timeout_at(deadline, run).await;
             let end = classify(result, store.data().limiter.hit);
-            if !matches!(end, GuestEnd::Returned) {
-                failed_flag.store(true, Ordering::Release);
-            }
             stats.record(&who, &request_id, &end);
             if !matches!(end, GuestEnd::Returned) {
+                failed.store(true, Ordering::Release);
                 // Dropping the store ends the guest's body (and outparam).
                 return (end, None);
             }
@@ -215,8 +276,16 @@ impl Deployment {
             // not delay the response.
             (end, Some(store))
         });
+        (guest, answer)
+    }
 
-        let mut rx = rx;
+    /// The guest's response head, or the error response that replaces it.
+    async fn answer(
+        &self,
+        guest: &mut GuestRun<Finished>,
+        mut rx: AnswerRx,
+        deadline: tokio::time::Instant,
+    ) -> Result<http::Response<HyperOutgoingBody>, Response<ResponseBody>> {
         let answer = match guest
             .run_until(tokio::time::timeout_at(deadline, &mut rx))
             .await
@@ -225,27 +294,34 @@ impl Deployment {
             Some(Ok(Err(_))) => None,
             // The guest (detached on drop) stops itself at the same deadline
             // and counts the kill.
-            Some(Err(_)) => return deadline_response(&self.limits),
+            Some(Err(_)) => return Err(deadline_response(&self.limits)),
             // The guest ended: it answered just before, or never will.
             None => rx.try_recv().ok(),
         };
-        let response = match answer {
-            Some(Ok(response)) => response,
-            Some(Err(code)) => {
-                return error_response(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "guest_error",
-                    &format!("the component answered with an error: {code:?}"),
-                );
-            }
+        match answer {
+            Some(Ok(response)) => Ok(response),
+            Some(Err(code)) => Err(error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "guest_error",
+                &format!("the component answered with an error: {code:?}"),
+            )),
             None => {
                 let end = guest.end().await.map_or(GuestEnd::Returned, |(end, _)| end);
-                return failure_response(&end, &self.limits);
+                Err(failure_response(&end, &self.limits))
             }
-        };
-        if overflow.load(Ordering::Relaxed) {
-            return too_large(max_body);
         }
+    }
+
+    /// Collects (or streams) the body alongside the guest; the store is
+    /// dropped after the body is sent.
+    async fn finish(
+        &self,
+        mut guest: GuestRun<Finished>,
+        response: http::Response<HyperOutgoingBody>,
+        deadline: tokio::time::Instant,
+        failed: Arc<AtomicBool>,
+        overflow: &AtomicBool,
+    ) -> Response<ResponseBody> {
         let (parts, guest_body) = response.into_parts();
         let streaming = parts
             .headers
@@ -258,9 +334,7 @@ impl Deployment {
         let body = match collected {
             Collected::Complete(bytes) => body::full(bytes),
             Collected::Stream(stream) => stream,
-            Collected::Deadline => {
-                return deadline_response(&self.limits);
-            }
+            Collected::Deadline => return deadline_response(&self.limits),
             Collected::Failed(msg) => {
                 // The guest is ending (or ends at its deadline): wait for its verdict.
                 let end =
@@ -272,7 +346,7 @@ impl Deployment {
             }
         };
         if overflow.load(Ordering::Relaxed) {
-            return too_large(max_body);
+            return too_large(self.limits.body);
         }
         let body = match guest.take_finished() {
             Some((_, Some(store))) => body::drop_after(body, store),

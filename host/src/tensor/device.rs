@@ -4,7 +4,7 @@
 
 use super::backend::Backend;
 use super::cpu::CpuBackend;
-use super::gpu::{self, CudaBackend, GpuDevice};
+use super::cuda::{self, CudaBackend, CudaDevice};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -45,7 +45,7 @@ pub enum Device {
     /// A CUDA device, one backend (context) per tenant.
     Cuda {
         /// The device.
-        gpu: Arc<GpuDevice>,
+        gpu: Arc<CudaDevice>,
         /// Backends by tenant.
         tenants: Mutex<HashMap<String, Arc<CudaBackend>>>,
     },
@@ -56,14 +56,14 @@ impl Device {
     pub fn open(spec: DeviceSpec, cache_dir: Option<PathBuf>, tf32: bool) -> anyhow::Result<Self> {
         let cuda = |n| -> anyhow::Result<Self> {
             Ok(Self::Cuda {
-                gpu: Arc::new(GpuDevice::open(n, cache_dir.clone(), tf32)?),
+                gpu: Arc::new(CudaDevice::open(n, cache_dir.clone(), tf32)?),
                 tenants: Mutex::new(HashMap::new()),
             })
         };
         match spec {
             DeviceSpec::Cpu => Ok(Self::cpu()),
             DeviceSpec::Cuda(n) => cuda(n).map_err(|e| e.context(format!("--device cuda:{n}"))),
-            DeviceSpec::Auto if !gpu::driver_present() => Ok(Self::cpu()),
+            DeviceSpec::Auto if !cuda::driver_present() => Ok(Self::cpu()),
             DeviceSpec::Auto => cuda(0).or_else(|e| {
                 tracing::warn!("CUDA driver present but unusable ({e:#}); using the CPU");
                 Ok(Self::cpu())

@@ -8,7 +8,7 @@ use super::storage::CpuData;
 use anyhow::{Context, Result, bail, ensure};
 use half::{bf16, f16};
 
-use super::loaded::LoadedFile;
+use super::loaded::{LoadedFile, LoadedTensor};
 
 /// The most tensors or metadata entries accepted.
 const MAX_ENTRIES: u64 = 1 << 20;
@@ -28,39 +28,37 @@ pub fn parse(bytes: &[u8]) -> Result<LoadedFile> {
         tensors <= MAX_ENTRIES && entries <= MAX_ENTRIES,
         "implausible GGUF header ({tensors} tensors, {entries} metadata entries)"
     );
-    let mut metadata = Vec::with_capacity(entries as usize);
-    let mut alignment = 32u64;
-    for _ in 0..entries {
-        let key = r.string()?;
-        let ty = r.u32()?;
-        let value = r.value(ty).with_context(|| format!("metadata `{key}`"))?;
-        if key == "general.alignment"
-            && let MetaValue::Integer(a) = value
-        {
-            ensure!(
-                a > 0 && (a as u64).is_power_of_two(),
-                "general.alignment {a} is not a power of two"
-            );
-            alignment = a as u64;
-        }
-        metadata.push((key, value));
-    }
+    let (metadata, alignment) = r.metadata(entries)?;
     let mut infos = Vec::with_capacity(tensors as usize);
     for _ in 0..tensors {
-        let name = r.string()?;
-        let rank = r.u32()?;
-        ensure!(rank <= 8, "tensor `{name}`: rank {rank} is too large");
-        let mut dims = Vec::with_capacity(rank as usize);
-        for _ in 0..rank {
-            dims.push(r.u64()?);
-        }
-        let ty = r.u32()?;
-        let offset = r.u64()?;
-        infos.push((name, dims, ty, offset));
+        infos.push(r.tensor_info()?);
     }
     let start = (r.at as u64).div_ceil(alignment) * alignment;
-    let mut out = Vec::with_capacity(infos.len());
-    for (name, dims, ty, offset) in infos {
+    let out = infos
+        .into_iter()
+        .map(|info| info.read(bytes, start))
+        .collect::<Result<_>>()?;
+    Ok((out, metadata))
+}
+
+/// A tensor's entry in the header: where its data lies, relative to the
+/// data section.
+struct TensorInfo {
+    name: String,
+    dims: Vec<u64>,
+    ty: u32,
+    offset: u64,
+}
+
+impl TensorInfo {
+    /// Decodes the tensor's data from `bytes` (the data section at `start`).
+    fn read(self, bytes: &[u8], start: u64) -> Result<LoadedTensor> {
+        let Self {
+            name,
+            dims,
+            ty,
+            offset,
+        } = self;
         let n = dims
             .iter()
             .try_fold(1u64, |acc, &d| acc.checked_mul(d))
@@ -87,9 +85,8 @@ pub fn parse(bytes: &[u8]) -> Result<LoadedFile> {
         let data = &bytes[begin as usize..(begin + len) as usize];
         // GGUF lists the innermost dimension first.
         let shape: Vec<usize> = dims.iter().rev().map(|&d| d as usize).collect();
-        out.push((name, shape, decode(ty, data)));
+        Ok((name, shape, decode(ty, data)))
     }
-    Ok((out, metadata))
 }
 
 /// Elements per block and bytes per block of a GGML type.
@@ -191,6 +188,49 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    /// `entries` metadata entries, and the data alignment they set.
+    fn metadata(&mut self, entries: u64) -> Result<(Vec<(String, MetaValue)>, u64)> {
+        let mut metadata = Vec::with_capacity(entries as usize);
+        let mut alignment = 32u64;
+        for _ in 0..entries {
+            let key = self.string()?;
+            let ty = self.u32()?;
+            let value = self
+                .value(ty)
+                .with_context(|| format!("metadata `{key}`"))?;
+            if key == "general.alignment"
+                && let MetaValue::Integer(a) = value
+            {
+                ensure!(
+                    a > 0 && (a as u64).is_power_of_two(),
+                    "general.alignment {a} is not a power of two"
+                );
+                alignment = a as u64;
+            }
+            metadata.push((key, value));
+        }
+        Ok((metadata, alignment))
+    }
+
+    /// One tensor's header entry.
+    fn tensor_info(&mut self) -> Result<TensorInfo> {
+        let name = self.string()?;
+        let rank = self.u32()?;
+        ensure!(rank <= 8, "tensor `{name}`: rank {rank} is too large");
+        let mut dims = Vec::with_capacity(rank as usize);
+        for _ in 0..rank {
+            dims.push(self.u64()?);
+        }
+        let ty = self.u32()?;
+        let offset = self.u64()?;
+        Ok(TensorInfo {
+            name,
+            dims,
+            ty,
+            offset,
+        })
+    }
+
     fn take(&mut self, n: u64) -> Result<&'a [u8]> {
         let end = (self.at as u64)
             .checked_add(n)

@@ -11,11 +11,11 @@ pub mod backend;
 #[allow(missing_docs)]
 pub mod bindings;
 pub mod cpu;
+pub mod cuda;
 pub mod device;
 pub mod dtype;
 pub mod error;
 pub mod gguf;
-pub mod gpu;
 pub mod layout;
 pub mod loaded;
 pub mod ops;

@@ -129,7 +129,7 @@ impl Tensors {
     }
 
     /// The CUDA backend these operations issue on, `None` on the CPU.
-    pub fn cuda(&self) -> Option<&super::gpu::CudaBackend> {
+    pub fn cuda(&self) -> Option<&super::cuda::CudaBackend> {
         self.device.cuda()
     }
 

@@ -12,7 +12,7 @@ pub enum Data {
     /// Host memory.
     Cpu(CpuData),
     /// Memory of a CUDA device, in the owning tenant's context.
-    Gpu(super::gpu::GpuData),
+    Cuda(super::cuda::CudaData),
 }
 
 /// Elements plus the quota charge they hold (released on drop).

@@ -127,60 +127,90 @@ pub fn matmul(
     if out.is_empty() {
         return out;
     }
-    let (ar, br) = (a_shape.len(), b_shape.len());
-    if br == 2 && !plan.transpose_a {
+    if b_shape.len() == 2 && !plan.transpose_a {
         // One shared right operand (a weight) and a row-major left one: the
         // whole batch is a single (batch·m)×k product, W read once.
         product(&mut out, batch * m, n, k, a, b, plan.transpose_b);
         return out;
     }
-    let sa = broadcast_strides(&batch_dims(a_shape), &plan.batch);
-    let sb = broadcast_strides(&batch_dims(b_shape), &plan.batch);
-    let a_mat = a_shape[ar - 2] * a_shape[ar - 1];
-    let b_mat = b_shape[br - 2] * b_shape[br - 1];
-    let a_st = if plan.transpose_a { (1, m) } else { (k, 1) };
-    let b_st = if plan.transpose_b { (1, k) } else { (n, 1) };
-    let out_strides = strides(&plan.batch);
-    let offsets = |bi: usize| {
-        let (mut oa, mut ob) = (0, 0);
-        for d in 0..plan.batch.len() {
-            let idx = (bi / out_strides[d]) % plan.batch[d];
-            oa += idx * sa[d];
-            ob += idx * sb[d];
-        }
-        (oa * a_mat, ob * b_mat)
-    };
-    let flops = m * n * k;
-    let run = |(bi, dst): (usize, &mut [f32]), par| {
-        let (oa, ob) = offsets(bi);
-        gemm_into(
-            dst,
-            m,
-            n,
-            k,
-            &a[oa..oa + a_mat],
-            a_st,
-            &b[ob..ob + b_mat],
-            b_st,
-            par,
-        );
-    };
-    if batch > 1 && flops < PAR_FLOPS * 4 {
+    let ops = Operands::new(a, a_shape, b, b_shape, plan);
+    if batch > 1 && m * n * k < PAR_FLOPS * 4 {
         out.par_chunks_mut(m * n)
             .enumerate()
-            .for_each(|item| run(item, Parallelism::None));
+            .for_each(|(bi, dst)| ops.product(bi, dst, Parallelism::None));
     } else {
         for (bi, dst) in out.chunks_mut(m * n).enumerate() {
-            let (oa, ob) = offsets(bi);
-            let (a, b) = (&a[oa..oa + a_mat], &b[ob..ob + b_mat]);
-            if flops >= PAR_FLOPS {
-                large_gemm_into(dst, m, n, k, a, a_st, b, b_st);
+            if m * n * k >= PAR_FLOPS {
+                let (a, b) = ops.matrices(bi);
+                large_gemm_into(dst, m, n, k, a, ops.a_st, b, ops.b_st);
             } else {
-                gemm_into(dst, m, n, k, a, a_st, b, b_st, Parallelism::None);
+                ops.product(bi, dst, Parallelism::None);
             }
         }
     }
     out
+}
+
+/// Both operands of a broadcast batched product, and where each batch
+/// element's matrices lie.
+struct Operands<'a> {
+    a: &'a [f32],
+    b: &'a [f32],
+    plan: &'a MatmulPlan,
+    /// Batch strides of each operand (in matrices) and of the output.
+    sa: Vec<usize>,
+    sb: Vec<usize>,
+    out_strides: Vec<usize>,
+    /// Elements per matrix of each operand.
+    a_mat: usize,
+    b_mat: usize,
+    /// (row, column) strides of each matrix.
+    a_st: (usize, usize),
+    b_st: (usize, usize),
+}
+
+impl<'a> Operands<'a> {
+    fn new(
+        a: &'a [f32],
+        a_shape: &[usize],
+        b: &'a [f32],
+        b_shape: &[usize],
+        plan: &'a MatmulPlan,
+    ) -> Self {
+        let (ar, br) = (a_shape.len(), b_shape.len());
+        let (m, n, k) = (plan.m, plan.n, plan.k);
+        Self {
+            a,
+            b,
+            plan,
+            sa: broadcast_strides(&batch_dims(a_shape), &plan.batch),
+            sb: broadcast_strides(&batch_dims(b_shape), &plan.batch),
+            out_strides: strides(&plan.batch),
+            a_mat: a_shape[ar - 2] * a_shape[ar - 1],
+            b_mat: b_shape[br - 2] * b_shape[br - 1],
+            a_st: if plan.transpose_a { (1, m) } else { (k, 1) },
+            b_st: if plan.transpose_b { (1, k) } else { (n, 1) },
+        }
+    }
+
+    /// The two matrices of batch element `bi`.
+    fn matrices(&self, bi: usize) -> (&'a [f32], &'a [f32]) {
+        let (mut oa, mut ob) = (0, 0);
+        for d in 0..self.plan.batch.len() {
+            let idx = (bi / self.out_strides[d]) % self.plan.batch[d];
+            oa += idx * self.sa[d];
+            ob += idx * self.sb[d];
+        }
+        let (oa, ob) = (oa * self.a_mat, ob * self.b_mat);
+        (&self.a[oa..oa + self.a_mat], &self.b[ob..ob + self.b_mat])
+    }
+
+    /// Batch element `bi`'s product into `dst`.
+    fn product(&self, bi: usize, dst: &mut [f32], par: Parallelism) {
+        let MatmulPlan { m, n, k, .. } = *self.plan;
+        let (a, b) = self.matrices(bi);
+        gemm_into(dst, m, n, k, a, self.a_st, b, self.b_st, par);
+    }
 }
 
 /// `dst` (m×n) = a (m×k, row-major) · b, b stored k×n or, `transpose_b`,
@@ -231,48 +261,81 @@ pub fn attention(
     scale: f32,
     causal: bool,
 ) -> Vec<f32> {
-    let AttentionDims {
-        b,
-        hq,
-        hk,
-        sq,
-        sk,
-        d,
-        dv,
-    } = *dims;
+    let AttentionDims { b, hq, sq, dv, .. } = *dims;
     let mut out = vec![0.0f32; b * hq * sq * dv];
     if out.is_empty() {
         return out;
     }
-    let group = hq / hk;
-    let head = |(bh, dst): (usize, &mut [f32])| {
+    let att = Attention {
+        q,
+        k,
+        v,
+        mask,
+        dims,
+        scale,
+        causal,
+    };
+    let head = |(bh, dst): (usize, &mut [f32])| att.head(bh, dst);
+    if b * hq > 1 {
+        out.par_chunks_mut(sq * dv).enumerate().for_each(head);
+    } else {
+        out.chunks_mut(sq * dv).enumerate().for_each(head);
+    }
+    out
+}
+
+/// The operands of one attention call.
+struct Attention<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    mask: Option<(&'a [f32], [usize; 4])>,
+    dims: &'a AttentionDims,
+    scale: f32,
+    causal: bool,
+}
+
+impl Attention<'_> {
+    /// Head `bh` (batch · heads + head) into `dst` (sq × dv).
+    fn head(&self, bh: usize, dst: &mut [f32]) {
+        let AttentionDims {
+            hq,
+            hk,
+            sq,
+            sk,
+            d,
+            dv,
+            ..
+        } = *self.dims;
         let (bi, h) = (bh / hq, bh % hq);
-        let kh = h / group;
+        let kh = h / (hq / hk);
         let qo = bh * sq * d;
         let ko = (bi * hk + kh) * sk * d;
         let vo = (bi * hk + kh) * sk * dv;
         let mut scores = vec![0.0f32; sq * sk];
+        let (q, k) = (&self.q[qo..qo + sq * d], &self.k[ko..ko + sk * d]);
         gemm_into(
             &mut scores,
             sq,
             sk,
             d,
-            &q[qo..qo + sq * d],
+            q,
             (d, 1),
-            &k[ko..ko + sk * d],
+            k,
             (1, d),
             Parallelism::None,
         );
         for i in 0..sq {
             for j in 0..sk {
                 let s = &mut scores[i * sk + j];
-                *s *= scale;
-                if let Some((m, st)) = mask {
+                *s *= self.scale;
+                if let Some((m, st)) = self.mask {
                     *s += m[bi * st[0] + h * st[1] + i * st[2] + j * st[3]];
                 }
             }
         }
-        let probs = softmax_last(&scores, sk, causal.then_some(sq));
+        let probs = softmax_last(&scores, sk, self.causal.then_some(sq));
+        let v = &self.v[vo..vo + sk * dv];
         gemm_into(
             dst,
             sq,
@@ -280,15 +343,9 @@ pub fn attention(
             sk,
             &probs,
             (sk, 1),
-            &v[vo..vo + sk * dv],
+            v,
             (dv, 1),
             Parallelism::None,
         );
-    };
-    if b * hq > 1 {
-        out.par_chunks_mut(sq * dv).enumerate().for_each(head);
-    } else {
-        out.chunks_mut(sq * dv).enumerate().for_each(head);
     }
-    out
 }

@@ -24,7 +24,7 @@ pub struct CpuBackend;
 fn host(x: &Tensor) -> &CpuData {
     match x.data() {
         Data::Cpu(d) => d,
-        Data::Gpu(_) => panic!("the CPU backend was given a GPU tensor"),
+        Data::Cuda(_) => panic!("the CPU backend was given a GPU tensor"),
     }
 }
 

@@ -3,11 +3,11 @@
 use cudarc::driver::CudaSlice;
 
 /// Device bytes of one tensor (at least one byte is allocated).
-pub struct GpuData {
+pub struct CudaData {
     pub(super) buf: CudaSlice<u8>,
 }
 
-impl GpuData {
+impl CudaData {
     /// Wraps device bytes.
     pub fn from_slice(buf: CudaSlice<u8>) -> Self {
         Self { buf }
@@ -24,8 +24,8 @@ impl GpuData {
     }
 }
 
-impl std::fmt::Debug for GpuData {
+impl std::fmt::Debug for CudaData {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "GpuData({} bytes)", self.buf.len())
+        write!(f, "CudaData({} bytes)", self.buf.len())
     }
 }

@@ -22,8 +22,8 @@ mod launch;
 mod tenant;
 
 pub use backend::CudaBackend;
-pub use data::GpuData;
-pub use tenant::TenantGpu;
+pub use data::CudaData;
+pub use tenant::CudaTenant;
 
 use cudarc::driver::CudaContext;
 use std::path::PathBuf;
@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 /// A CUDA device this server computes on.
 #[derive(Debug)]
-pub struct GpuDevice {
+pub struct CudaDevice {
     ordinal: usize,
     name: String,
     arch: String,
@@ -90,7 +90,7 @@ pub fn driver_present() -> bool {
     unsafe { cudarc::driver::sys::is_culib_present() }
 }
 
-impl GpuDevice {
+impl CudaDevice {
     /// Opens device `ordinal`, compiling (or loading cached) kernels for its
     /// architecture. `cache_dir` keeps compiled PTX across runs.
     pub fn open(ordinal: usize, cache_dir: Option<PathBuf>, tf32: bool) -> anyhow::Result<Self> {

@@ -1,7 +1,7 @@
 //! One tenant's GPU state: its CUDA context, loaded kernels and guest
 //! modules, and its pool of lanes (a stream and cuBLAS handle each).
 
-use super::GpuDevice;
+use super::CudaDevice;
 use super::kernels::Kernels;
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaModule, CudaStream};
@@ -60,8 +60,8 @@ impl Lane {
 pub(super) const IDLE_LANES: usize = 16;
 
 /// One tenant's CUDA context, kernels and pool of lanes.
-pub struct TenantGpu {
-    pub(super) device: Arc<GpuDevice>,
+pub struct CudaTenant {
+    pub(super) device: Arc<CudaDevice>,
     pub(super) ctx: Arc<CudaContext>,
     pub(super) kernels: Kernels,
     pub(super) poison: bool,
@@ -72,14 +72,14 @@ pub struct TenantGpu {
 /// Guest modules a tenant context keeps loaded.
 const MODULES_KEPT: usize = 64;
 
-impl TenantGpu {
+impl CudaTenant {
     /// The tenant's context.
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.ctx
     }
 
     /// The device.
-    pub fn device(&self) -> &Arc<GpuDevice> {
+    pub fn device(&self) -> &Arc<CudaDevice> {
         &self.device
     }
 

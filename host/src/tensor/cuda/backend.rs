@@ -1,12 +1,12 @@
 //! [`CudaBackend`]: the `Backend` trait on one tenant's CUDA context,
 //! issuing on one lane (attention in `attention.rs`).
 
-use super::GpuDevice;
+use super::CudaDevice;
 use super::blas::{self, Gemm};
-use super::data::GpuData;
+use super::data::CudaData;
 use super::kernels::Kernels;
 use super::launch::*;
-use super::tenant::{IDLE_LANES, Lane, TenantGpu, keep_pool_memory};
+use super::tenant::{CudaTenant, IDLE_LANES, Lane, keep_pool_memory};
 use crate::tensor::backend::{Backend, BinaryOp, MatmulPlan, NormKind, RopeLayout, UnaryOp};
 use crate::tensor::cpu::CpuBackend;
 use crate::tensor::dtype::DType;
@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 /// tenant's own (weights, start-up) or one leased from the tenant's pool
 /// for the life of an instance.
 pub struct CudaBackend {
-    pub(super) tenant: Arc<TenantGpu>,
+    pub(super) tenant: Arc<CudaTenant>,
     lane: Arc<Lane>,
     leased: bool,
 }
@@ -40,7 +40,7 @@ impl Drop for CudaBackend {
 
 impl CudaBackend {
     /// A new context on `device` with one lane.
-    pub fn new(device: Arc<GpuDevice>) -> anyhow::Result<Self> {
+    pub fn new(device: Arc<CudaDevice>) -> anyhow::Result<Self> {
         let e = |e| anyhow::anyhow!("CUDA device {}: {e:?}", device.ordinal);
         let ctx = CudaContext::new_non_primary(device.ordinal, 0).map_err(e)?;
         // Buffers never move between lanes while in use: an instance's
@@ -54,7 +54,7 @@ impl CudaBackend {
             .map_err(|err| anyhow::anyhow!("CUDA device {}: {err:#}", device.ordinal))?;
         let kernels = Kernels::load(&ctx, &device.ptx)?;
         Ok(Self {
-            tenant: Arc::new(TenantGpu {
+            tenant: Arc::new(CudaTenant {
                 poison: std::env::var_os("TENSOR_WASM_GPU_POISON").is_some(),
                 device,
                 ctx,
@@ -97,7 +97,7 @@ impl CudaBackend {
     }
 
     /// The tenant's context, kernels and lanes.
-    pub fn tenant(&self) -> &Arc<TenantGpu> {
+    pub fn tenant(&self) -> &Arc<CudaTenant> {
         &self.tenant
     }
 
@@ -116,7 +116,7 @@ impl CudaBackend {
 
     /// Uninitialized device memory for `n` elements of `dtype` (NaN-poisoned
     /// when TENSOR_WASM_GPU_POISON is set, to catch unwritten elements).
-    pub(super) fn alloc(&self, n: usize, dtype: DType) -> TResult<GpuData> {
+    pub(super) fn alloc(&self, n: usize, dtype: DType) -> TResult<CudaData> {
         let bytes = (n * dtype.size()).max(1);
         // SAFETY: u8 has no invalid bit patterns; every op writes what it reads back.
         let buf = unsafe { self.stream().alloc::<u8>(bytes) }.map_err(cuda_err("allocating"))?;
@@ -128,12 +128,12 @@ impl CudaBackend {
             }
             .map_err(cuda_err("poisoning"))?;
         }
-        Ok(GpuData { buf })
+        Ok(CudaData { buf })
     }
 
     pub(super) fn ptr(&self, x: &Tensor) -> TResult<u64> {
         match x.data() {
-            Data::Gpu(g) => Ok(self.raw(&g.buf)),
+            Data::Cuda(g) => Ok(self.raw(&g.buf)),
             Data::Cpu(_) => Err(TensorError::Backend(
                 "a host tensor reached the GPU backend".into(),
             )),
@@ -249,113 +249,23 @@ impl CudaBackend {
                 .map(|_| ())
                 .map_err(cuda_err(kernel))?;
         }
-        Ok(Data::Gpu(out))
+        Ok(Data::Cuda(out))
     }
 
-    pub(super) fn matmul_into(&self, g: &Gemm) -> TResult<()> {
-        let blas = self.lane.blas.lock().unwrap_or_else(|e| e.into_inner());
-        // SAFETY: the plan's extents were validated by the op layer and the
-        // buffers were allocated for them in this context.
-        unsafe { blas::gemm(*blas.handle(), g, self.tenant.device.tf32) }
-            .map_err(TensorError::Backend)
-    }
-}
-
-impl Backend for CudaBackend {
-    fn name(&self) -> String {
-        format!("cuda:{}", self.tenant.device.ordinal)
-    }
-
-    fn enqueues(&self) -> bool {
-        true
-    }
-
-    fn synchronize(&self) -> TResult<()> {
-        self.bind()?;
-        self.stream()
-            .synchronize()
-            .map_err(cuda_err("waiting for the GPU"))
-    }
-
-    fn upload(&self, data: CpuData) -> TResult<Data> {
-        self.upload_bytes(&data.as_le_bytes(), data.dtype())
-    }
-
-    fn upload_bytes(&self, bytes: &[u8], dtype: DType) -> TResult<Data> {
-        self.bind()?;
-        let mut out = self.alloc(bytes.len() / dtype.size(), dtype)?;
-        if !bytes.is_empty() {
-            self.stream()
-                .memcpy_htod(bytes, &mut out.buf.slice_mut(..bytes.len()))
-                .map_err(cuda_err("copying to the GPU"))?;
-        }
-        Ok(Data::Gpu(out))
-    }
-
-    fn download(&self, x: &Tensor) -> TResult<CpuData> {
-        self.bind()?;
-        let Data::Gpu(g) = x.data() else {
-            return Err(TensorError::Backend(
-                "a host tensor reached the GPU backend".into(),
-            ));
-        };
-        let mut bytes = vec![0u8; x.len() * x.dtype().size()];
-        if !bytes.is_empty() {
-            self.stream()
-                .memcpy_dtoh(&g.buf.slice(..bytes.len()), &mut bytes)
-                .map_err(cuda_err("copying from the GPU"))?;
-        }
-        self.stream()
-            .synchronize()
-            .map_err(cuda_err("waiting for the GPU"))?;
-        Ok(CpuData::from_le_bytes(&bytes, x.dtype()))
-    }
-
-    fn matmul(&self, a: &Tensor, b: &Tensor, plan: &MatmulPlan) -> TResult<Data> {
-        self.bind()?;
+    /// Batched products of `a` and `b` (device addresses `pa`, `pb`)
+    /// broadcast over `plan.batch` into `c`: one strided-batched cuBLAS call
+    /// when the operands step evenly through the batch, else one per element.
+    fn broadcast_products(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        plan: &MatmulPlan,
+        (pa, pb, c): (u64, u64, u64),
+    ) -> TResult<()> {
         let MatmulPlan { m, n, k, .. } = *plan;
         let batch: usize = plan.batch.iter().product();
-        let out = self.alloc(batch * m * n, a.dtype())?;
-        if batch * m * n == 0 {
-            return Ok(Data::Gpu(out));
-        }
-        let c = self.raw(&out.buf);
         let size = a.dtype().size();
-        if k == 0 {
-            // SAFETY: c spans the output's bytes.
-            unsafe {
-                cudarc::driver::result::memset_d8_async(
-                    c,
-                    0,
-                    batch * m * n * size,
-                    self.stream().cu_stream(),
-                )
-            }
-            .map_err(cuda_err("zeroing"))?;
-            return Ok(Data::Gpu(out));
-        }
-        let (pa, pb) = (self.ptr(a)?, self.ptr(b)?);
         let (ar, br) = (a.shape().len(), b.shape().len());
-        if br == 2 && !plan.transpose_a {
-            // One shared right operand (a weight) and a row-major left one:
-            // the whole batch is a single (batch·m)×k product, which cuBLAS
-            // tiles far better than `batch` products of m rows.
-            self.matmul_into(&Gemm {
-                m: batch * m,
-                n,
-                k,
-                a: pa,
-                ta: false,
-                b: pb,
-                tb: plan.transpose_b,
-                c,
-                batch: 1,
-                strides: (0, 0, 0),
-                in_type: a.dtype(),
-                out_type: a.dtype(),
-            })?;
-            return Ok(Data::Gpu(out));
-        }
         let sa = broadcast_strides(&a.shape()[..ar - 2], &plan.batch);
         let sb = broadcast_strides(&b.shape()[..br - 2], &plan.batch);
         let out_strides = strides(&plan.batch);
@@ -399,7 +309,115 @@ impl Backend for CudaBackend {
                 self.matmul_into(&gemm(i, 1, (0, 0)))?;
             }
         }
-        Ok(Data::Gpu(out))
+        Ok(())
+    }
+
+    /// Zeroes `bytes` bytes of this context's memory at `ptr`, in stream order.
+    ///
+    /// # Safety
+    /// `ptr..ptr + bytes` lies inside one live allocation of this context.
+    pub(super) unsafe fn zero(&self, ptr: u64, bytes: usize) -> TResult<()> {
+        // SAFETY: the caller's range is a live allocation (above).
+        unsafe { cudarc::driver::result::memset_d8_async(ptr, 0, bytes, self.stream().cu_stream()) }
+            .map_err(cuda_err("zeroing"))
+    }
+
+    pub(super) fn matmul_into(&self, g: &Gemm) -> TResult<()> {
+        let blas = self.lane.blas.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the plan's extents were validated by the op layer and the
+        // buffers were allocated for them in this context.
+        unsafe { blas::gemm(*blas.handle(), g, self.tenant.device.tf32) }
+            .map_err(TensorError::Backend)
+    }
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> String {
+        format!("cuda:{}", self.tenant.device.ordinal)
+    }
+
+    fn enqueues(&self) -> bool {
+        true
+    }
+
+    fn synchronize(&self) -> TResult<()> {
+        self.bind()?;
+        self.stream()
+            .synchronize()
+            .map_err(cuda_err("waiting for the GPU"))
+    }
+
+    fn upload(&self, data: CpuData) -> TResult<Data> {
+        self.upload_bytes(&data.as_le_bytes(), data.dtype())
+    }
+
+    fn upload_bytes(&self, bytes: &[u8], dtype: DType) -> TResult<Data> {
+        self.bind()?;
+        let mut out = self.alloc(bytes.len() / dtype.size(), dtype)?;
+        if !bytes.is_empty() {
+            self.stream()
+                .memcpy_htod(bytes, &mut out.buf.slice_mut(..bytes.len()))
+                .map_err(cuda_err("copying to the GPU"))?;
+        }
+        Ok(Data::Cuda(out))
+    }
+
+    fn download(&self, x: &Tensor) -> TResult<CpuData> {
+        self.bind()?;
+        let Data::Cuda(g) = x.data() else {
+            return Err(TensorError::Backend(
+                "a host tensor reached the GPU backend".into(),
+            ));
+        };
+        let mut bytes = vec![0u8; x.len() * x.dtype().size()];
+        if !bytes.is_empty() {
+            self.stream()
+                .memcpy_dtoh(&g.buf.slice(..bytes.len()), &mut bytes)
+                .map_err(cuda_err("copying from the GPU"))?;
+        }
+        self.stream()
+            .synchronize()
+            .map_err(cuda_err("waiting for the GPU"))?;
+        Ok(CpuData::from_le_bytes(&bytes, x.dtype()))
+    }
+
+    fn matmul(&self, a: &Tensor, b: &Tensor, plan: &MatmulPlan) -> TResult<Data> {
+        self.bind()?;
+        let MatmulPlan { m, n, k, .. } = *plan;
+        let batch: usize = plan.batch.iter().product();
+        let out = self.alloc(batch * m * n, a.dtype())?;
+        if batch * m * n == 0 {
+            return Ok(Data::Cuda(out));
+        }
+        let c = self.raw(&out.buf);
+        if k == 0 {
+            // SAFETY: c spans the output's bytes.
+            unsafe { self.zero(c, batch * m * n * a.dtype().size())? };
+            return Ok(Data::Cuda(out));
+        }
+        let (pa, pb) = (self.ptr(a)?, self.ptr(b)?);
+        if b.shape().len() == 2 && !plan.transpose_a {
+            // One shared right operand (a weight) and a row-major left one:
+            // the whole batch is a single (batch·m)×k product, which cuBLAS
+            // tiles far better than `batch` products of m rows.
+            self.matmul_into(&Gemm {
+                m: batch * m,
+                n,
+                k,
+                a: pa,
+                ta: false,
+                b: pb,
+                tb: plan.transpose_b,
+                c,
+                batch: 1,
+                strides: (0, 0, 0),
+                in_type: a.dtype(),
+                out_type: a.dtype(),
+            })?;
+            return Ok(Data::Cuda(out));
+        }
+        self.broadcast_products(a, b, plan, (pa, pb, c))?;
+        Ok(Data::Cuda(out))
     }
 
     fn binary(&self, op: BinaryOp, a: &Tensor, b: &Tensor, out_shape: &[usize]) -> TResult<Data> {
@@ -431,7 +449,7 @@ impl Backend for CudaBackend {
                 [&o, &pa, &pb, &n, &op, &dims]
             )?;
         }
-        Ok(Data::Gpu(out))
+        Ok(Data::Cuda(out))
     }
 
     fn unary(&self, op: UnaryOp, x: &Tensor) -> TResult<Data> {
@@ -455,7 +473,7 @@ impl Backend for CudaBackend {
                 [&o, &px, &n, &code, &factor]
             )?;
         }
-        Ok(Data::Gpu(out))
+        Ok(Data::Cuda(out))
     }
 
     fn softmax(&self, x: &Tensor, axis: usize, causal: bool) -> TResult<Data> {
@@ -482,7 +500,7 @@ impl Backend for CudaBackend {
                 [&o, &px, &rows, &len, &q]
             )?;
         }
-        Ok(Data::Gpu(out))
+        Ok(Data::Cuda(out))
     }
 
     fn norm(
@@ -512,7 +530,7 @@ impl Backend for CudaBackend {
                 [&o, &px, &pw, &pb, &rows, &dim, &kind, &eps]
             )?;
         }
-        Ok(Data::Gpu(out))
+        Ok(Data::Cuda(out))
     }
 
     fn attention(
@@ -539,7 +557,7 @@ impl Backend for CudaBackend {
         }
         let out = self.alloc(host_ids.len() * dim, table.dtype())?;
         if !host_ids.is_empty() && dim > 0 {
-            let Data::Gpu(dev_ids) = self.upload(CpuData::I64(host_ids.clone()))? else {
+            let Data::Cuda(dev_ids) = self.upload(CpuData::I64(host_ids.clone()))? else {
                 unreachable!("upload returns device data")
             };
             let (o, pt, pi) = (self.raw(&out.buf), self.ptr(table)?, self.raw(&dev_ids.buf));
@@ -551,7 +569,7 @@ impl Backend for CudaBackend {
                 [&o, &pt, &pi, &n, &dim_]
             )?;
         }
-        Ok(Data::Gpu(out))
+        Ok(Data::Cuda(out))
     }
 
     fn permute(&self, x: &Tensor, dims: &[usize]) -> TResult<Data> {
@@ -562,7 +580,7 @@ impl Backend for CudaBackend {
         let src: Vec<usize> = dims.iter().map(|&d| xs[d]).collect();
         let (o, px) = (self.raw(&out.buf), self.ptr(x)?);
         self.copy(x.dtype(), o, px, &shape, &src, &strides(&shape), (0, 0))?;
-        Ok(Data::Gpu(out))
+        Ok(Data::Cuda(out))
     }
 
     fn narrow(&self, x: &Tensor, axis: usize, start: usize, len: usize) -> TResult<Data> {
@@ -582,7 +600,7 @@ impl Backend for CudaBackend {
             &strides(&shape),
             (start * xs[axis], 0),
         )?;
-        Ok(Data::Gpu(out))
+        Ok(Data::Cuda(out))
     }
 
     fn concat(&self, xs: &[&Tensor], axis: usize) -> TResult<Data> {
@@ -607,7 +625,7 @@ impl Backend for CudaBackend {
             )?;
             at += t.shape()[axis];
         }
-        Ok(Data::Gpu(out))
+        Ok(Data::Cuda(out))
     }
 
     fn rope(&self, x: &Tensor, offset: usize, theta: f32, layout: RopeLayout) -> TResult<Data> {
@@ -627,7 +645,7 @@ impl Backend for CudaBackend {
                 [&o, &px, &rows, &seq, &dim_, &off, &theta, &layout]
             )?;
         }
-        Ok(Data::Gpu(out))
+        Ok(Data::Cuda(out))
     }
 
     fn argmax(&self, x: &Tensor, axis: usize) -> TResult<Data> {
@@ -650,7 +668,7 @@ impl Backend for CudaBackend {
                 [&v, &i, &px, &rows_, &len, &k]
             )?;
         }
-        Ok((Data::Gpu(values), Data::Gpu(indices)))
+        Ok((Data::Cuda(values), Data::Cuda(indices)))
     }
 
     fn mean(&self, x: &Tensor, axis: usize, mask: Option<&Tensor>) -> TResult<Data> {
@@ -682,7 +700,7 @@ impl Backend for CudaBackend {
                 [&o, &px, &pm, &outer_, &len, &inner_]
             )?;
         }
-        Ok(Data::Gpu(out))
+        Ok(Data::Cuda(out))
     }
 
     fn l2_normalize(&self, x: &Tensor, axis: usize, eps: f32) -> TResult<Data> {
@@ -711,10 +729,10 @@ impl Backend for CudaBackend {
                     grid(x.len()),
                     [&o, &px, &n, &dims, &zero, &zero]
                 )
-                .map(|_| Data::Gpu(out));
+                .map(|_| Data::Cuda(out));
             }
             launch!(self, &name, grid(x.len()), [&o, &px, &n])?;
         }
-        Ok(Data::Gpu(out))
+        Ok(Data::Cuda(out))
     }
 }
