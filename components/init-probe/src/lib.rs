@@ -1,5 +1,5 @@
 //! `init-probe`: a test guest for deploy-time pre-initialization
-//! (`host/src/preinit.rs`). Its `wizer-initialize` does what the environment
+//! (`host/src/platform/preinit.rs`). Its `wizer-initialize` does what the environment
 //! variable `INIT_MODE` (a deployment grant) says:
 //! - `ok`: builds a table (the squares of 0..1000) and notes that it ran;
 //! - `trap`: panics;

@@ -20,6 +20,7 @@
 #[allow(missing_docs)]
 pub mod bindings;
 pub mod durable;
+mod error;
 mod types;
 mod types_impl;
 pub mod volatile;

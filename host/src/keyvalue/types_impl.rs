@@ -2,61 +2,13 @@
 
 use super::bindings::wasi::keyvalue::{atomics, batch, store};
 use super::durable::Write;
+use super::error::{check_batch, check_key, check_value, durable, other};
 use super::types::Bucket;
-use super::{KeyvalueView, MAX_IDENTIFIER, MAX_KEY, MAX_VALUE, table_name};
+use super::{KeyvalueView, MAX_IDENTIFIER, table_name};
 use store::{Error, KeyResponse};
 use wasmtime::component::Resource;
 
-/// Most keys one batch call may name.
-const MAX_BATCH: usize = 10_000;
-
 type Answer<T> = wasmtime::Result<Result<T, Error>>;
-
-fn other(msg: impl Into<String>) -> Error {
-    Error::Other(msg.into())
-}
-
-fn check_key(key: &str) -> Result<(), Error> {
-    if key.len() > MAX_KEY {
-        return Err(other(format!(
-            "the key is {} bytes; at most {MAX_KEY} are allowed",
-            key.len()
-        )));
-    }
-    Ok(())
-}
-
-fn check_value(value: &[u8]) -> Result<(), Error> {
-    if value.len() > MAX_VALUE {
-        return Err(other(format!(
-            "the value is {} bytes; at most {MAX_VALUE} are allowed",
-            value.len()
-        )));
-    }
-    Ok(())
-}
-
-fn check_batch(n: usize) -> Result<(), Error> {
-    if n > MAX_BATCH {
-        return Err(other(format!(
-            "{n} keys in one batch; at most {MAX_BATCH} are allowed"
-        )));
-    }
-    Ok(())
-}
-
-/// The server's durable store: `no-such-store` without a data directory,
-/// an error (logged once here) when it could not be opened.
-fn durable(stores: &super::Stores) -> Result<&super::Durable, Error> {
-    match stores.durable() {
-        None => Err(Error::NoSuchStore),
-        Some(Ok(db)) => Ok(db),
-        Some(Err(e)) => {
-            tracing::error!("keyvalue store unavailable: {e}");
-            Err(other("the store could not be opened"))
-        }
-    }
-}
 
 impl KeyvalueView<'_> {
     fn bucket(&self, b: &Resource<Bucket>) -> wasmtime::Result<Bucket> {
