@@ -231,6 +231,18 @@ fn every_float_op_matches_an_f64_reference() {
                 dt,
             );
         }
+        // Nine axes: past what the GPU kernels walk, the op layer computes
+        // on the CPU over a copy; the result is the same.
+        let a9 = t.rand(&[2, 1, 2, 1, 2, 1, 2, 1, 3], dt, -2.0, 2.0);
+        let b9 = t.rand(&[1, 2, 1, 2, 1, 2, 1, 2, 1], dt, 0.5, 2.0);
+        t.check(
+            &l("mul rank9"),
+            "mul",
+            &[Some(&a9), Some(&b9)],
+            json!({}),
+            &r::binary(&a9.0, &b9.0, |x, y| x * y),
+            dt,
+        );
         let s = t.rand(&[], dt, -2.0, 2.0);
         let m2 = t.rand(&[2, 3], dt, -2.0, 2.0);
         t.check(

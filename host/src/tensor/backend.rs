@@ -84,6 +84,11 @@ pub trait Backend: Send + Sync + 'static {
     fn enqueues(&self) -> bool {
         false
     }
+    /// The most axes a broadcasting binary op takes here; past it the op
+    /// layer computes on the CPU over a copy.
+    fn max_broadcast_rank(&self) -> usize {
+        usize::MAX
+    }
     /// Waits until all work issued through this backend has finished.
     fn synchronize(&self) -> TResult<()> {
         Ok(())

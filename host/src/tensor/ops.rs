@@ -3,6 +3,7 @@
 //! backend gets the same checks, so errors are the same on CPU and GPU.
 
 use super::backend::{Backend, BinaryOp, MatmulPlan, NormKind, RopeLayout, UnaryOp};
+use super::cpu::CpuBackend;
 use super::device::DeviceHandle;
 use super::dtype::DType;
 use super::error::{TResult, arg_err, dtype_err, shape_err};
@@ -252,7 +253,32 @@ impl Tensors {
         same_dtype(name, a, b)?;
         let shape = broadcast(a.shape(), b.shape())?;
         let out = shape.clone();
+        if out.len() > self.backend().max_broadcast_rank() {
+            return self.make(shape, a.dtype(), || {
+                self.on_host(&[a, b], |cpu, h| cpu.binary(op, &h[0], &h[1], &out))
+            });
+        }
         self.make(shape, a.dtype(), || self.backend().binary(op, a, b, &out))
+    }
+
+    /// Computes `f` on the CPU backend over host copies of `inputs`, and
+    /// moves the result to this backend (for what a device backend lacks).
+    fn on_host(
+        &self,
+        inputs: &[&Tensor],
+        f: impl FnOnce(&CpuBackend, &[Tensor]) -> TResult<Data>,
+    ) -> TResult<Data> {
+        let host = inputs
+            .iter()
+            .map(|t| {
+                let data = Data::Cpu(self.backend().download(t)?);
+                Ok(Tensor::new(t.shape().to_vec(), t.dtype(), data, None))
+            })
+            .collect::<TResult<Vec<_>>>()?;
+        match f(&CpuBackend, &host)? {
+            Data::Cpu(d) => self.backend().upload(d),
+            done => Ok(done),
+        }
     }
 
     /// Elementwise float op.

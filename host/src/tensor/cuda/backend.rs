@@ -8,7 +8,6 @@ use super::kernels::Kernels;
 use super::launch::*;
 use super::tenant::{CudaTenant, IDLE_LANES, Lane, keep_pool_memory};
 use crate::tensor::backend::{Backend, BinaryOp, MatmulPlan, NormKind, RopeLayout, UnaryOp};
-use crate::tensor::cpu::CpuBackend;
 use crate::tensor::dtype::DType;
 use crate::tensor::error::{TResult, TensorError, arg_err};
 use crate::tensor::layout::{broadcast_strides, strides};
@@ -143,34 +142,6 @@ impl CudaBackend {
     pub(super) fn raw(&self, buf: &CudaSlice<u8>) -> u64 {
         let (p, _g) = buf.device_ptr(self.stream());
         p
-    }
-
-    /// Runs `f` on the CPU backend over host copies of `inputs` and uploads
-    /// the result (ops not worth a kernel).
-    pub(super) fn via_cpu(
-        &self,
-        inputs: &[&Tensor],
-        f: impl FnOnce(&CpuBackend, &[Tensor]) -> TResult<Data>,
-    ) -> TResult<Data> {
-        let host = self.to_host(inputs)?;
-        match f(&CpuBackend, &host)? {
-            Data::Cpu(d) => self.upload(d),
-            gpu => Ok(gpu),
-        }
-    }
-
-    pub(super) fn to_host(&self, inputs: &[&Tensor]) -> TResult<Vec<Tensor>> {
-        inputs
-            .iter()
-            .map(|t| {
-                Ok(Tensor::new(
-                    t.shape().to_vec(),
-                    t.dtype(),
-                    Data::Cpu(self.download(t)?),
-                    None,
-                ))
-            })
-            .collect()
     }
 
     /// A copy of `x` as f32 (itself when already f32).
@@ -340,6 +311,10 @@ impl Backend for CudaBackend {
         true
     }
 
+    fn max_broadcast_rank(&self) -> usize {
+        MAX_RANK
+    }
+
     fn synchronize(&self) -> TResult<()> {
         self.bind()?;
         self.stream()
@@ -421,9 +396,6 @@ impl Backend for CudaBackend {
     }
 
     fn binary(&self, op: BinaryOp, a: &Tensor, b: &Tensor, out_shape: &[usize]) -> TResult<Data> {
-        if out_shape.len() > MAX_RANK {
-            return self.via_cpu(&[a, b], |cpu, h| cpu.binary(op, &h[0], &h[1], out_shape));
-        }
         let float = a.dtype().is_float();
         if !float && op == BinaryOp::Div && self.download(b)?.as_i64().contains(&0) {
             return Err(arg_err("integer division by zero"));

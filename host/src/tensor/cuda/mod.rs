@@ -10,8 +10,9 @@
 //! Every op runs as the kernels in `kernels/tensor.cu` or cuBLAS. Two
 //! checks read back from the device first: embedding ids (an out-of-range
 //! id is an error, never a wild read) and integer divisors (division by
-//! zero is an error); tensors of more than 8 axes in a broadcasting op go
-//! through the CPU over a copy.
+//! zero is an error). A broadcasting op of more than 8 axes is past what
+//! the kernels walk: the op layer (`tensor/ops.rs`) computes it on the CPU
+//! over a copy.
 
 mod attention;
 mod backend;
