@@ -6,8 +6,8 @@
 //! - [`serving`]: a request's path — listener, router, deployment, guest run;
 //! - [`assembly`]: from a deployment spec to a ready deployment, in one place;
 //! - [`platform`]: engine, artifact cache, composition, loading, metrics;
-//! - one module per host capability: [`tensor`], [`cuda`], [`scheduler`],
-//!   [`keyvalue`], [`config`], [`outgoing`].
+//! - one module per host capability: [`wasi`], [`outgoing`], [`config`],
+//!   [`keyvalue`], [`tensor`], [`cuda`], [`scheduler`].
 //!
 //! The modules are public so that tests, benchmarks and fuzz targets can
 //! reach the parsers.

@@ -1,8 +1,8 @@
 //! What every entry point shares beneath the capabilities: the wasmtime
-//! [`engine`], the compiled-[`cache`], [`compose`]-ing worlds, [`load`]-ing
-//! files into components, deploy-time [`preinit`]-ialization, the host
-//! allocator ([`alloc`]), the instance memory cap ([`limiter`]), operator [`metrics`], bearer [`token`]s, [`units`]
-//! and the host's directories ([`dirs`]).
+//! [`engine`], the compiled-artifact [`cache`], [`compose`] for worlds,
+//! [`load`] for files, deploy-time [`preinit`], the host allocator
+//! ([`alloc`]), the instance memory cap ([`limiter`]), operator
+//! [`metrics`], bearer [`token`]s, [`units`] and the host's [`dirs`].
 
 pub mod alloc;
 pub mod cache;

@@ -3,7 +3,7 @@
 
 use super::body::{ResponseBody, error_response, full};
 use super::deployment::Deployment;
-use super::server::Server;
+use super::listener::Server;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;

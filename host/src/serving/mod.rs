@@ -1,5 +1,5 @@
 //! A request's path through the host: the listener accepts it
-//! ([`server`]), the [`router`] picks its deployment, the
+//! ([`listener`]), the [`router`] picks its deployment, the
 //! [`deployment`] runs a guest for it ([`guest`]) under the tenant's limits,
 //! and its [`body`] streams back with a [`request_id`].
 
@@ -7,6 +7,6 @@ pub mod admin;
 pub mod body;
 pub mod deployment;
 pub mod guest;
+pub mod listener;
 pub mod request_id;
 pub mod router;
-pub mod server;
