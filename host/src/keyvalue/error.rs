@@ -46,7 +46,7 @@ pub(super) fn check_batch(n: usize) -> Result<(), Error> {
 }
 
 /// The server's durable store: `no-such-store` without a data directory,
-/// an error (logged once here) when it could not be opened.
+/// an error (logged here, cause included) when it could not be opened.
 pub(super) fn durable(stores: &super::Stores) -> Result<&super::Durable, Error> {
     match stores.durable() {
         None => Err(Error::NoSuchStore),
