@@ -9,7 +9,32 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn hostile_guests_fail_alone_while_healthy_load_succeeds() {
-    let dir = scratch("hostile");
+    hostile_suite("hostile", "1");
+}
+
+/// The same with warm instances: no hostile request poisons the instance
+/// the next request gets.
+#[test]
+fn hostile_guests_fail_alone_with_reused_instances() {
+    let m = hostile_suite("hostile_reuse", "1000");
+    let dep = "deployment=\"hostile\"";
+    assert!(
+        metric(&m, "tensorwasm_instance_reuses_total", &[dep]) > 20.0,
+        "{m}"
+    );
+    for reason in ["trap", "deadline", "memory_cap"] {
+        let r = format!("reason=\"{reason}\"");
+        assert!(
+            metric(&m, "tensorwasm_instance_discards_total", &[dep, &r]) >= 1.0,
+            "{reason}: {m}"
+        );
+    }
+}
+
+/// Runs the hostile cases beside a healthy load with `reuse` requests per
+/// instance; returns the metrics at the end.
+fn hostile_suite(name: &str, reuse: &str) -> String {
+    let dir = scratch(name);
     let hostile = guest("hostile");
     let server = Server::start(
         &[
@@ -18,6 +43,8 @@ fn hostile_guests_fail_alone_while_healthy_load_succeeds() {
             "2s",
             "--max-memory",
             "64MiB",
+            "--max-instance-reuse-count",
+            reuse,
         ],
         &dir,
     );
@@ -86,6 +113,7 @@ fn hostile_guests_fail_alone_while_healthy_load_succeeds() {
     );
     // Still serving.
     assert_eq!(server.get("/ok").status, 200);
+    m
 }
 
 #[test]

@@ -14,5 +14,6 @@ mod lifecycle;
 mod openai;
 mod preinit;
 mod reference;
+mod reuse;
 mod tensor_guests;
 mod tensor_ops;

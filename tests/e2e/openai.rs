@@ -60,8 +60,9 @@ fn python_json(script: &Path, args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).expect("JSON from the script")
 }
 
-/// Serves the OpenAI world with both models granted from `models`.
-fn serve(dir: &Path, models: &Path) -> Server {
+/// Serves the OpenAI world with both models granted from `models`, each
+/// instance serving up to `reuse` requests.
+fn serve(dir: &Path, models: &Path, reuse: u32) -> Server {
     let file = deployment_file(
         dir,
         &format!(
@@ -71,6 +72,7 @@ name = "openai"
 tenant = "acme"
 world = {world:?}
 limits = {{ timeout = "120s" }}
+instances = {{ reuse = {reuse} }}
 
 [deployment.grants]
 models = ["{EMBEDDER}", "{GENERATOR}"]
@@ -137,7 +139,8 @@ fn embeddings_match_the_float64_reference_through_the_openai_client() {
         ],
     );
     std::fs::write(&reference, r.to_string()).unwrap();
-    let server = serve(&dir, models);
+    // Warm instances: the model components serve many requests each.
+    let server = serve(&dir, models, 1000);
     let seen = python_json(
         &root().join("tests/openai/client_check.py"),
         &[
@@ -165,6 +168,7 @@ fn embeddings_match_the_float64_reference_through_the_openai_client() {
         );
     }
     assert!(seen["single_cosine"].as_f64().unwrap() >= 0.9999);
+    assert_reused(&server);
 }
 
 #[test]
@@ -194,7 +198,7 @@ fn greedy_generation_matches_the_reference_token_for_token_streaming_too() {
     );
     let reference_file = dir.join("reference.json");
     std::fs::write(&reference_file, reference.to_string()).unwrap();
-    let server = serve(&dir, models);
+    let server = serve(&dir, models, 1000);
     let seen = python_json(
         &root().join("tests/openai/client_check.py"),
         &[
@@ -229,13 +233,33 @@ fn greedy_generation_matches_the_reference_token_for_token_streaming_too() {
     let chat = &results[0];
     assert_eq!(chat["stream_role"], "assistant");
     assert_eq!(chat["stream_usage"], chat["completion_tokens"]);
+    assert_reused(&server);
+}
+
+/// The world's instances served several requests each, and none was
+/// dropped for a failure or for tensors left behind.
+fn assert_reused(server: &Server) {
+    let m = server.metrics();
+    let dep = "deployment=\"openai\"";
+    assert!(
+        metric(&m, "tensorwasm_instance_reuses_total", &[dep]) >= 4.0,
+        "{m}"
+    );
+    for reason in ["trap", "handles_left", "host_error", "body"] {
+        let r = format!("reason=\"{reason}\"");
+        assert_eq!(
+            metric(&m, "tensorwasm_instance_discards_total", &[dep, &r]),
+            0.0,
+            "{reason}: {m}"
+        );
+    }
 }
 
 #[test]
 fn sampling_is_seeded_and_stop_sequences_end_the_text() {
     let (models, _) = tools();
     let dir = scratch("openai_sampling");
-    let server = serve(&dir, models);
+    let server = serve(&dir, models, 1);
     let s = python_json(
         &root().join("tests/openai/client_check.py"),
         &["sampling", &base_url(&server), TOKEN],
@@ -259,7 +283,7 @@ fn sampling_is_seeded_and_stop_sequences_end_the_text() {
 fn bad_requests_get_openai_error_objects() {
     let (models, _) = tools();
     let dir = scratch("openai_errors");
-    let server = serve(&dir, models);
+    let server = serve(&dir, models, 1);
     let error = |status: u16, v: &Value, code: Option<&str>, param: Option<&str>| {
         assert!(
             v["error"]["message"]
@@ -445,7 +469,7 @@ fn missing_models_are_named_with_the_command_that_fetches_them() {
     let dir = scratch("openai_missing");
     let empty = dir.join("no-models");
     std::fs::create_dir_all(&empty).unwrap();
-    let server = serve(&dir, &empty);
+    let server = serve(&dir, &empty, 1);
     assert!(
         server.log().contains("scripts/fetch-models.sh"),
         "the start-up warning names the fetch command:\n{}",

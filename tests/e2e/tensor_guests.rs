@@ -233,7 +233,35 @@ grants = {{ weights = {{ model = "model.safetensors" }} }}
 
 #[test]
 fn hostile_tensor_guests_are_contained() {
-    let dir = scratch("tensor_hostile");
+    hostile_tensor_suite("tensor_hostile", 1);
+}
+
+/// The same with warm instances: a request that leaves tensors behind gets
+/// its instance dropped (freeing them), so reuse never grows a tenant's
+/// memory, and the other tenant's reused instances keep computing.
+#[test]
+fn hostile_tensor_guests_are_contained_with_reused_instances() {
+    let m = hostile_tensor_suite("tensor_hostile_reuse", 100);
+    let greedy = "deployment=\"greedy\"";
+    let left = "reason=\"handles_left\"";
+    assert!(
+        metric(&m, "tensorwasm_instance_discards_total", &[greedy, left]) >= 5.0,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "tensorwasm_instance_reuses_total",
+            &["deployment=\"steady\""]
+        ) >= 10.0,
+        "{m}"
+    );
+}
+
+/// Runs the hostile tensor cases with `reuse` requests per instance;
+/// returns the metrics at the end.
+fn hostile_tensor_suite(name: &str, reuse: u32) -> String {
+    let dir = scratch(name);
     let file = deployment_file(
         &dir,
         &format!(
@@ -244,6 +272,7 @@ tenant = "greedy"
 component = {probe:?}
 route = {{ host = "greedy.test" }}
 limits = {{ tensor-memory = "16MiB" }}
+instances = {{ reuse = {reuse} }}
 
 [[deployment]]
 name = "steady"
@@ -251,6 +280,7 @@ tenant = "steady"
 component = {probe:?}
 route = {{ host = "steady.test" }}
 limits = {{ tensor-memory = "64MiB" }}
+instances = {{ reuse = {reuse} }}
 "#,
             probe = guest("tensor_probe"),
         ),
@@ -346,6 +376,7 @@ limits = {{ tensor-memory = "64MiB" }}
     );
     let log = server.log();
     assert!(log.contains("unknown handle index"), "{log}");
+    m
 }
 
 #[test]

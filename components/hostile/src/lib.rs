@@ -6,10 +6,17 @@
 //! `/slow?ms=N` sleeps N milliseconds, then answers 200;
 //! `/env` lists the environment it can see; `/fs` lists the preopened dirs;
 //! `/config` lists its `wasi:config` values; `/fetch?url=U` makes an
-//! outgoing GET to `U` and reports the status or the error.
+//! outgoing GET to `U` and reports the status or the error;
+//! `/count` reads the request body, then answers how many requests this
+//! instance has counted (a global: 1 unless instances are reused);
+//! `/grow?mb=N` keeps N more MiB in a global each time (a reused instance
+//! meets its memory cap); `/whoami` answers the `x-request-id` and
+//! `x-client-addr` headers it was given.
 
-use httpkit::{path, query_param, respond, write_all};
+use httpkit::{path, query_param, read_body, respond, write_all};
 use std::hint::black_box;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use wasip2::http::types::{Fields, IncomingRequest, OutgoingResponse, ResponseOutparam};
 
 wit_bindgen::generate!({
@@ -19,6 +26,11 @@ wit_bindgen::generate!({
 });
 
 struct Hostile;
+
+/// Requests this instance counted (`/count`).
+static COUNTED: AtomicU32 = AtomicU32::new(0);
+/// Memory kept across requests (`/grow`).
+static KEPT: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
 fn sleep_ms(ms: u64) {
     wasip2::clocks::monotonic_clock::subscribe_duration(ms.saturating_mul(1_000_000)).block();
@@ -58,6 +70,34 @@ impl wasip2::exports::http::incoming_handler::Guest for Hostile {
                     .unwrap_or(1000);
                 sleep_ms(ms);
                 respond(out, 200, &text, format!("slept {ms} ms\n").as_bytes());
+            }
+            "/count" => {
+                if let Err(e) = read_body(&request) {
+                    return respond(out, 400, &text, format!("body: {e}\n").as_bytes());
+                }
+                let n = COUNTED.fetch_add(1, Ordering::Relaxed) + 1;
+                respond(out, 200, &text, format!("{n}").as_bytes());
+            }
+            "/grow" => {
+                let mb: usize = query_param(&request, "mb")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(8);
+                let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+                kept.push(black_box(vec![1u8; mb << 20]));
+                let total = kept.len() * mb;
+                respond(out, 200, &text, format!("kept {total} MiB\n").as_bytes());
+            }
+            "/whoami" => {
+                let headers = request.headers();
+                let one = |name: &str| {
+                    headers
+                        .get(name)
+                        .first()
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                        .unwrap_or_default()
+                };
+                let body = format!("{} {}", one("x-request-id"), one("x-client-addr"));
+                respond(out, 200, &text, body.as_bytes());
             }
             "/env" => {
                 let vars: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();

@@ -78,6 +78,19 @@ impl InstanceState {
             caps: caps.instance(env)?,
         })
     }
+
+    /// Readies a reused instance's state for its next request, started as
+    /// `env` says (`serving/instances.rs`).
+    pub fn renew(&mut self, env: &InstanceEnv) {
+        self.caps.renew(env);
+    }
+
+    /// Whether the last request left host objects behind that rule out
+    /// reusing the instance (tensor memory, CUDA objects): dropping the
+    /// instance frees them.
+    pub fn left_behind(&mut self) -> bool {
+        InstanceCapabilities::left_behind(&mut self.table)
+    }
 }
 
 /// One host capability's lifecycle. `Self` is its server-wide state.
@@ -94,6 +107,14 @@ pub trait Capability: Sized + Send + Sync + 'static {
     fn deployment(&self, env: &DeploymentEnv) -> Result<Self::Deployment>;
     /// The state of one instance of a deployment.
     fn instance(deployment: &Self::Deployment, env: &InstanceEnv) -> Result<Self::Instance>;
+    /// Readies a reused instance's state for its next request (nothing to
+    /// do unless the state is per request).
+    fn renew(_instance: &mut Self::Instance, _env: &InstanceEnv) {}
+    /// Whether `table` holds handles of this capability that must not
+    /// outlive a request (none unless they hold memory or device objects).
+    fn left_behind(_table: &mut ResourceTable) -> bool {
+        false
+    }
 }
 
 /// Declares the capability list: the server, deployment and instance
@@ -150,6 +171,18 @@ macro_rules! capabilities {
                 Ok(InstanceCapabilities {
                     $($field: <$ty as Capability>::instance(&self.$field, env)?,)*
                 })
+            }
+        }
+
+        impl InstanceCapabilities {
+            /// Readies every capability's state for the instance's next request.
+            pub fn renew(&mut self, env: &InstanceEnv) {
+                $(<$ty as Capability>::renew(&mut self.$field, env);)*
+            }
+
+            /// Whether any capability's handles in `table` must not outlive a request.
+            pub fn left_behind(table: &mut ResourceTable) -> bool {
+                $(<$ty as Capability>::left_behind(table) ||)* false
             }
         }
     };

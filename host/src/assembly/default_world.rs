@@ -15,6 +15,10 @@ use std::path::{Path, PathBuf};
 pub const ROUTES: &str = "GET,HEAD =/ welcome; GET,HEAD =/hello welcome; * /echo app";
 /// The default world's rate limit (`ratelimit.default`).
 pub const RATE_LIMIT: &str = "100/200";
+/// Requests one instance of the default world serves: it is the operator's
+/// own world, so it reuses its instances (`--max-instance-reuse-count 1`
+/// turns that off).
+pub const REUSE: u32 = 1000;
 /// The file in the data directory that holds the default world's token.
 pub const TOKEN_FILE: &str = "default-token";
 

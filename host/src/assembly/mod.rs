@@ -18,6 +18,7 @@ use crate::platform::load;
 use crate::platform::metrics::Metrics;
 use crate::platform::preinit::Preinit;
 use crate::serving::deployment::Deployment;
+use crate::serving::instances::Pools;
 use crate::tensor::device::{Device, DeviceSpec};
 use anyhow::Result;
 use capabilities::{
@@ -58,6 +59,8 @@ pub struct Assembly {
     cache: ArtifactCache,
     caps: ServerCapabilities,
     metrics: Arc<Metrics>,
+    /// Reusing deployments' idle instances.
+    pools: Arc<Pools>,
     models_dir: Option<PathBuf>,
     /// Started before any deployment loads: pre-initializers run under
     /// deadlines.
@@ -85,6 +88,7 @@ impl Assembly {
             cache: ArtifactCache::new(opts.cache_dir),
             caps,
             metrics,
+            pools: Arc::default(),
             models_dir: opts.models_dir,
         })
     }
@@ -115,15 +119,29 @@ impl Assembly {
         if uses_keyvalue {
             self.caps.keyvalue.open_durable()?;
         }
+        let reuse = match spec.instances {
+            i if i.reused() => format!(
+                ", instances reused for up to {} requests, dropped after {} idle",
+                i.reuse,
+                humantime::format_duration(i.idle)
+            ),
+            _ => String::new(),
+        };
         tracing::info!(
-            "deployment `{}` (tenant `{}`): {} on {}{}",
+            "deployment `{}` (tenant `{}`): {} on {}{}{reuse}",
             spec.name,
             spec.tenant,
             origin,
             spec.route.host.as_deref().unwrap_or("*"),
             spec.route.path.as_deref().unwrap_or("/")
         );
-        Ok(Deployment::new(spec, pre, self.metrics.clone(), caps))
+        Ok(Deployment::new(
+            spec,
+            pre,
+            self.metrics.clone(),
+            caps,
+            &self.pools,
+        ))
     }
 
     /// Assembles a headless job (`tensor-wasm run`): its component, loaded

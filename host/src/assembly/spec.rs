@@ -7,6 +7,7 @@
 //! world = "worlds/shop.wac"          # or: component = "shop.wasm" / "shop.cwasm"
 //! route = { host = "shop.example", path = "/api" }
 //! limits = { timeout = "10s", memory = "64MiB", concurrency = 16, body = "1MiB" }
+//! instances = { reuse = 1000, idle = "10s" }   # default: a fresh instance per request
 //! deps = { "acme:shop" = "build/shop.wasm" }
 //!
 //! [deployment.grants]
@@ -60,6 +61,8 @@ struct RawDeployment {
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
+    instances: RawInstances,
+    #[serde(default)]
     grants: Grants,
     #[serde(default)]
     deps: BTreeMap<String, PathBuf>,
@@ -74,6 +77,13 @@ struct RawLimits {
     body: Option<String>,
     #[serde(rename = "tensor-memory")]
     tensor_memory: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInstances {
+    reuse: Option<u32>,
+    idle: Option<String>,
 }
 
 /// Which requests a deployment serves: an optional exact host (port ignored,
@@ -202,6 +212,34 @@ pub struct Limits {
     pub tensor_memory: u64,
 }
 
+/// How long a deployment's instances live: by default a fresh instance per
+/// request; with `reuse` above 1, an instance whose request ended cleanly
+/// serves the deployment's next requests, one at a time, up to `reuse` in
+/// all, and is dropped after `idle` without one (`serving/instances.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Instances {
+    /// Requests one instance serves (1: a fresh instance per request).
+    pub reuse: u32,
+    /// How long an instance waits for its next request before it is dropped.
+    pub idle: Duration,
+}
+
+impl Instances {
+    /// How long an idle instance is kept unless the deployment says.
+    pub const DEFAULT_IDLE: Duration = Duration::from_secs(10);
+
+    /// A fresh instance per request: the default.
+    pub const FRESH: Instances = Instances {
+        reuse: 1,
+        idle: Self::DEFAULT_IDLE,
+    };
+
+    /// Whether instances serve more than one request.
+    pub fn reused(&self) -> bool {
+        self.reuse > 1
+    }
+}
+
 /// Where a deployment's component comes from.
 #[derive(Debug, Clone)]
 pub enum Source {
@@ -226,6 +264,8 @@ pub struct DeploymentSpec {
     pub route: Route,
     /// Its limits.
     pub limits: Limits,
+    /// How long its instances live.
+    pub instances: Instances,
     /// What its guests may touch.
     pub grants: Grants,
 }
@@ -321,6 +361,7 @@ impl RawDeployment {
         }
         Ok(DeploymentSpec {
             limits: self.limits.resolve(at, defaults)?,
+            instances: self.instances.resolve(at)?,
             grants: self.grants.resolve(at, base)?,
             name: self.name,
             tenant: self.tenant,
@@ -351,6 +392,26 @@ impl RawLimits {
             return Err(at.err("`concurrency` must be at least 1"));
         }
         Ok(limits)
+    }
+}
+
+impl RawInstances {
+    /// The instance lifetime, fresh per request unless `reuse` says more.
+    fn resolve(&self, at: &Place) -> Result<Instances> {
+        let reuse = self.reuse.unwrap_or(1);
+        if reuse == 0 {
+            return Err(
+                at.err("`instances.reuse` must be at least 1 (1: a fresh instance per request)")
+            );
+        }
+        let idle = match &self.idle {
+            Some(t) => parse_duration(t).map_err(|e| at.err(&format!("`instances.idle`: {e}")))?,
+            None => Instances::DEFAULT_IDLE,
+        };
+        if idle.is_zero() {
+            return Err(at.err("`instances.idle` must be longer than 0s"));
+        }
+        Ok(Instances { reuse, idle })
     }
 }
 
@@ -421,6 +482,7 @@ mod tests {
             component = "a.wasm"
             route = { host = "a.example", path = "/api" }
             limits = { timeout = "2s", memory = "64MiB", concurrency = 4 }
+            instances = { reuse = 50, idle = "3s" }
             [deployment.grants]
             outgoing-hosts = ["example.com"]
             config = { k = "v" }
@@ -431,6 +493,13 @@ mod tests {
         assert_eq!(d.limits.timeout, Duration::from_secs(2));
         assert_eq!(d.limits.memory, 64 << 20);
         assert_eq!(d.limits.body, 1 << 20);
+        assert_eq!(
+            d.instances,
+            Instances {
+                reuse: 50,
+                idle: Duration::from_secs(3)
+            }
+        );
         assert!(matches!(&d.source, Source::Component(p) if p == Path::new("/srv/a.wasm")));
         assert_eq!(d.grants.outgoing_hosts, vec!["example.com"]);
     }
@@ -483,6 +552,18 @@ mod tests {
             (
                 "[[deployment]]\nname = \"a\"\ntenant = \"t\"\ncomponent = \"x\"\nlimits = { timeout = \"soon\" }\n",
                 "invalid duration",
+            ),
+            (
+                "[[deployment]]\nname = \"a\"\ntenant = \"t\"\ncomponent = \"x\"\ninstances = { reuse = 0 }\n",
+                "at least 1",
+            ),
+            (
+                "[[deployment]]\nname = \"a\"\ntenant = \"t\"\ncomponent = \"x\"\ninstances = { reuse = 5, idle = \"0s\" }\n",
+                "longer than 0s",
+            ),
+            (
+                "[[deployment]]\nname = \"a\"\ntenant = \"t\"\ncomponent = \"x\"\ninstances = { count = 5 }\n",
+                "unknown field",
             ),
             ("", "no deployments"),
             ("[[deployment]]\nname = \"a\"\n", "tenant"),

@@ -151,6 +151,12 @@ pub struct ServeArgs {
     /// Requests one deployment serves at once; more wait within their budget (default: no limit but the pool).
     #[arg(long, value_name = "N")]
     pub concurrency: Option<u32>,
+    /// Requests one instance serves, one at a time, before it is dropped (wasmtime's flag): 1 gives every request a fresh instance; more lets a request see what earlier requests left in the instance's memory (docs/DEPLOYMENTS.md). For a component or world; a deployment file sets `instances` per deployment [default: 1; the embedded default world: 1000].
+    #[arg(long, value_name = "N")]
+    pub max_instance_reuse_count: Option<u32>,
+    /// How long a reused instance waits for its next request before it is dropped [default: 10s].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub idle_instance_timeout: Option<Duration>,
     /// Serving threads, each with its own listener and runtime [default: one per CPU].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,

@@ -3,7 +3,7 @@
 
 use super::args::RunArgs;
 use crate::assembly::capabilities::InstanceState;
-use crate::assembly::spec::{DeploymentSpec, DirGrant, Grants, Limits, Source};
+use crate::assembly::spec::{DeploymentSpec, DirGrant, Grants, Instances, Limits, Source};
 use crate::assembly::{Assembly, Options};
 use crate::platform::dirs;
 use crate::platform::engine::EngineOptions;
@@ -96,6 +96,7 @@ fn spec(args: &RunArgs) -> DeploymentSpec {
             body: 0,
             tensor_memory: args.tensor_memory,
         },
+        instances: Instances::FRESH,
         grants: Grants {
             dirs: args
                 .dirs

@@ -2,7 +2,7 @@
 //! assembly builds each deployment and the server listens.
 
 use super::args::ServeArgs;
-use crate::assembly::spec::{self, DeploymentSpec, Limits, Route, Source};
+use crate::assembly::spec::{self, DeploymentSpec, Instances, Limits, Route, Source};
 use crate::assembly::{Assembly, Options, default_world};
 use crate::platform::dirs;
 use crate::platform::engine::EngineOptions;
@@ -53,19 +53,33 @@ fn specs(args: &ServeArgs, data_dir: &Path) -> Result<Vec<DeploymentSpec>> {
         body: args.max_body_size,
         tensor_memory: args.tensor_memory,
     };
+    let instances = instances(args)?;
     let Some(path) = &args.path else {
         let mut spec = single("default", Source::Default, &defaults);
+        // The operator's own world reuses its instances unless told not to.
+        spec.instances.reuse = args
+            .max_instance_reuse_count
+            .unwrap_or(default_world::REUSE);
         let (grants, token_file) = default_world::grants(data_dir)?;
         spec.grants = grants;
         tracing::info!(
             "default world: the bearer token for /echo is in {}",
             token_file.display()
         );
+        spec.instances.idle = instances.idle;
         return Ok(vec![spec]);
     };
     let deps: BTreeMap<String, PathBuf> = args.deps.iter().cloned().collect();
-    Ok(match load::kind_of(path)? {
-        Kind::Deployments => spec::load(path, &defaults)?,
+    let mut specs = match load::kind_of(path)? {
+        Kind::Deployments => {
+            if args.max_instance_reuse_count.is_some() || args.idle_instance_timeout.is_some() {
+                anyhow::bail!(
+                    "{}: instance reuse is chosen per deployment in a deployment file (`instances = {{ reuse = N, idle = \"10s\" }}`), not by --max-instance-reuse-count or --idle-instance-timeout",
+                    path.display()
+                );
+            }
+            return spec::load(path, &defaults);
+        }
         Kind::World => vec![single(
             &stem(path),
             Source::World(path.clone(), deps),
@@ -76,7 +90,27 @@ fn specs(args: &ServeArgs, data_dir: &Path) -> Result<Vec<DeploymentSpec>> {
             Source::Component(path.clone()),
             &defaults,
         )],
-    })
+    };
+    specs[0].instances = instances;
+    Ok(specs)
+}
+
+/// The instance lifetime the flags ask for (a fresh instance per request
+/// unless `--max-instance-reuse-count` says more).
+fn instances(args: &ServeArgs) -> Result<Instances> {
+    let reuse = args.max_instance_reuse_count.unwrap_or(1);
+    if reuse == 0 {
+        anyhow::bail!(
+            "--max-instance-reuse-count must be at least 1 (1: a fresh instance per request)"
+        );
+    }
+    let idle = args
+        .idle_instance_timeout
+        .unwrap_or(Instances::DEFAULT_IDLE);
+    if idle.is_zero() {
+        anyhow::bail!("--idle-instance-timeout must be longer than 0s");
+    }
+    Ok(Instances { reuse, idle })
 }
 
 /// The assembly's options: the engine sized for the largest memory cap.
@@ -125,6 +159,7 @@ fn single(name: &str, source: Source, defaults: &Limits) -> DeploymentSpec {
         source,
         route: Route::default(),
         limits: defaults.clone(),
+        instances: Instances::FRESH,
         grants: Default::default(),
     }
 }

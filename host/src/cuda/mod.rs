@@ -55,6 +55,23 @@ impl Capability for Cuda {
     fn instance(allow_source: &bool, _: &InstanceEnv) -> anyhow::Result<CudaCtx> {
         Ok(CudaCtx::new(*allow_source))
     }
+
+    /// A reused instance holds no CUDA handles (else it is not reused), so
+    /// the streams its last request made are done with.
+    fn renew(ctx: &mut CudaCtx, _: &InstanceEnv) {
+        ctx.streams.clear();
+    }
+
+    /// Every CUDA object holds device memory or a device context.
+    fn left_behind(table: &mut ResourceTable) -> bool {
+        table.iter_mut().any(|entry| {
+            entry.is::<Buffer>()
+                || entry.is::<Stream>()
+                || entry.is::<Event>()
+                || entry.is::<Module>()
+                || entry.is::<Kernel>()
+        })
+    }
 }
 
 impl CudaStateView for InstanceState {

@@ -30,6 +30,15 @@ pub struct RequestLabels {
     pub status: u16,
 }
 
+/// Labels of the instance-discard counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DiscardLabels {
+    /// Deployment name.
+    pub deployment: String,
+    /// Why the instance was dropped (`serving/instances.rs`).
+    pub reason: &'static str,
+}
+
 /// All of the host's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -37,8 +46,14 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     /// Time to response headers, seconds.
     pub latency: Family<DeploymentLabel, Histogram>,
-    /// Time to instantiate a component, seconds.
+    /// Time to instantiate a component, seconds (its count: instantiations).
     pub instantiation: Family<DeploymentLabel, Histogram>,
+    /// Requests served by an instance that had served one before.
+    pub reuses: Family<DeploymentLabel, Counter>,
+    /// Instances of reusing deployments dropped, by reason.
+    pub discards: Family<DiscardLabels, Counter>,
+    /// Instances waiting for their next request.
+    pub idle_instances: Family<DeploymentLabel, Gauge>,
     /// Requests being handled now.
     pub in_flight: Family<DeploymentLabel, Gauge>,
     /// Guests that trapped (any cause, deadline and memory kills included).
@@ -71,6 +86,9 @@ impl Metrics {
         let instantiation: Family<DeploymentLabel, Histogram> =
             Family::new_with_constructor(instantiation_histogram);
         let in_flight = Family::default();
+        let reuses = Family::default();
+        let discards = Family::default();
+        let idle_instances = Family::default();
         let traps = Family::default();
         let deadline_kills = Family::default();
         let memory_cap_kills = Family::default();
@@ -89,6 +107,21 @@ impl Metrics {
             "instantiation_duration_seconds",
             "Time to instantiate a component",
             instantiation.clone(),
+        );
+        registry.register(
+            "instance_reuses",
+            "Requests served by an instance that had served a request before",
+            reuses.clone(),
+        );
+        registry.register(
+            "instance_discards",
+            "Instances of reusing deployments dropped, by reason",
+            discards.clone(),
+        );
+        registry.register(
+            "idle_instances",
+            "Instances waiting for their next request",
+            idle_instances.clone(),
         );
         registry.register(
             "in_flight_requests",
@@ -116,6 +149,9 @@ impl Metrics {
             requests,
             latency,
             instantiation,
+            reuses,
+            discards,
+            idle_instances,
             in_flight,
             traps,
             deadline_kills,

@@ -45,6 +45,13 @@ impl Capability for Scheduler {
             None => SchedulerCtx::unbounded(),
         })
     }
+
+    /// The budget is the request's: a reused instance starts it anew.
+    fn renew(ctx: &mut SchedulerCtx, env: &InstanceEnv) {
+        if let Ok(fresh) = Self::instance(&(), env) {
+            *ctx = fresh;
+        }
+    }
 }
 
 impl SchedulerStateView for InstanceState {

@@ -1,12 +1,14 @@
 //! A deployment at run time: its pre-instantiated component, grants, limits
-//! and metrics, and the handling of one request for it — a fresh instance
-//! under the tenant's wall-clock budget and memory cap.
+//! and metrics, and the handling of one request for it — a fresh instance,
+//! or a warm one where the deployment reuses them (`instances.rs`), under the
+//! tenant's wall-clock budget and memory cap.
 
 use crate::assembly::capabilities::{DeploymentCapabilities, InstanceEnv, InstanceState};
 use crate::assembly::spec::{DeploymentSpec, Limits, Route};
 use crate::platform::metrics::{DeploymentLabel, Metrics, RequestLabels};
 use crate::serving::body::{self, Collected, ResponseBody, error_response};
 use crate::serving::guest::GuestRun;
+use crate::serving::instances::{Discard, Pool, Pools, Warm};
 use crate::serving::request_id;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -21,8 +23,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::Resource;
 use wasmtime::{Engine, Store, Trap};
 use wasmtime_wasi_http::WasiHttpView;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
 
@@ -42,6 +44,10 @@ pub struct Deployment {
     who: Arc<str>,
     pre: ProxyPre<InstanceState>,
     caps: DeploymentCapabilities,
+    /// Its idle instances, when it reuses them.
+    pool: Option<Arc<Pool>>,
+    /// Every deployment's, to make room in a full instance pool.
+    pools: Arc<Pools>,
     slots: Option<Arc<Semaphore>>,
     stats: Arc<Stats>,
     metrics: Arc<Metrics>,
@@ -69,19 +75,32 @@ type AnswerRx = tokio::sync::oneshot::Receiver<
     >,
 >;
 
-/// A request ready to run: a fresh store holding it and its outparam.
+/// A request ready to run: a store holding it and its outparam, with the
+/// instance already in it when it is a warm one.
 struct Call {
     store: Store<InstanceState>,
+    proxy: Option<Proxy>,
+    /// Requests the instance served before this one.
+    served: u32,
     request: Resource<HostIncomingRequest>,
     outparam: Resource<HostResponseOutparam>,
     answer: Answer,
 }
 
-/// What the request's side keeps: where the answer arrives, and whether the
-/// body went past its cap.
+/// What the request's side keeps: where the answer arrives, and what became
+/// of the request body.
 struct Answer {
     rx: AnswerRx,
-    overflow: Arc<AtomicBool>,
+    body: Arc<BodyState>,
+}
+
+/// What became of a request body while the guest read it.
+#[derive(Default)]
+struct BodyState {
+    /// It went past the deployment's cap (the client gets a 413).
+    overflow: AtomicBool,
+    /// Reading it failed (past the cap, or the client broke off).
+    broken: AtomicBool,
 }
 
 /// How a guest's run ended.
@@ -98,12 +117,14 @@ enum GuestEnd {
 
 impl Deployment {
     /// Wraps a prepared component for `spec`, whose capabilities are `caps`
-    /// (built by [`crate::assembly::Assembly`]).
+    /// (built by [`crate::assembly::Assembly`]); a reusing deployment keeps
+    /// its idle instances in a pool registered with `pools`.
     pub fn new(
         spec: DeploymentSpec,
         pre: ProxyPre<InstanceState>,
         metrics: Arc<Metrics>,
         caps: DeploymentCapabilities,
+        pools: &Arc<Pools>,
     ) -> Self {
         let label = DeploymentLabel {
             deployment: spec.name.clone(),
@@ -116,6 +137,7 @@ impl Deployment {
             deadline_kills: metrics.deadline_kills.get_or_create(&label).clone(),
             memory_cap_kills: metrics.memory_cap_kills.get_or_create(&label).clone(),
         };
+        let pool = pools.pool(&spec.name, spec.instances, &metrics);
         Self {
             who: format!("{}/{}", spec.tenant, spec.name).into(),
             name: spec.name,
@@ -126,6 +148,8 @@ impl Deployment {
                 .concurrency
                 .map(|n| Arc::new(Semaphore::new(n as usize))),
             limits: spec.limits,
+            pool,
+            pools: pools.clone(),
             pre,
             caps,
             stats: Arc::new(stats),
@@ -184,16 +208,17 @@ impl Deployment {
             Ok(r) => r,
             Err(r) => return r,
         };
-        if answer.overflow.load(Ordering::Relaxed) {
+        if answer.body.overflow.load(Ordering::Relaxed) {
             return too_large(self.limits.body);
         }
-        self.finish(guest, response, deadline, failed, &answer.overflow)
+        self.finish(guest, response, deadline, failed, &answer.body.overflow)
             .await
     }
 
-    /// A fresh instance's store, under the deployment's memory cap and the
-    /// request's wall-clock budget, holding the request and its outparam.
-    /// (The error is the response to send instead, built once per request.)
+    /// The store for this request — a warm instance's, renewed for it, or a
+    /// fresh one under the deployment's memory cap — with the request's
+    /// wall-clock budget, holding the request and its outparam. (The error
+    /// is the response to send instead, built once per request.)
     #[allow(clippy::result_large_err)]
     fn prepare(
         &self,
@@ -206,36 +231,56 @@ impl Deployment {
             budget: Some(self.limits.timeout),
             random_seed: None,
         };
-        let mut state = InstanceState::new(&self.caps, self.limits.memory, &env).map_err(|e| {
-            error_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "grant_failed",
-                &format!("{e:#}"),
-            )
-        })?;
-        let overflow = Arc::new(AtomicBool::new(false));
-        let req = limit_body(req, self.limits.body, overflow.clone());
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let mut http = state.http();
-        let (request, outparam) = http
-            .new_incoming_request(Scheme::Http, req)
-            .and_then(|r| Ok((r, http.new_response_outparam(tx)?)))
-            .map_err(|e| error_response(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()))?;
-        let mut store = Store::new(engine, state);
-        store.limiter(|s| &mut s.limiter);
+        let (mut store, proxy, served) = match self.pool.as_ref().and_then(|p| p.take()) {
+            Some(warm) => {
+                let mut store = warm.store;
+                store.data_mut().renew(&env);
+                (store, Some(warm.proxy), warm.served)
+            }
+            None => {
+                let state =
+                    InstanceState::new(&self.caps, self.limits.memory, &env).map_err(|e| {
+                        error_response(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "grant_failed",
+                            &format!("{e:#}"),
+                        )
+                    })?;
+                let mut store = Store::new(engine, state);
+                store.limiter(|s| &mut s.limiter);
+                (store, None, 0)
+            }
+        };
         // A running guest yields to the runtime every couple of epoch ticks
         // and is interrupted (a trap) past its budget.
         crate::platform::engine::set_wall_deadline(&mut store, Some(started + self.limits.timeout));
+        let body = Arc::new(BodyState::default());
+        let req = limit_body(req, self.limits.body, body.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut http = store.data_mut().http();
+        let (request, outparam) = http
+            .new_incoming_request(Scheme::Http, req)
+            .and_then(|r| Ok((r, http.new_response_outparam(tx)?)))
+            .map_err(|e| {
+                if proxy.is_some()
+                    && let Some(pool) = &self.pool
+                {
+                    pool.discard(Discard::HostError);
+                }
+                error_response(StatusCode::BAD_REQUEST, "bad_request", &e.to_string())
+            })?;
         Ok(Call {
             store,
+            proxy,
+            served,
             request,
             outparam,
-            answer: Answer { rx, overflow },
+            answer: Answer { rx, body },
         })
     }
 
-    /// Instantiates and runs the guest on its own task ([`GuestRun`]); it
-    /// sets `failed` if it ends any way but returning.
+    /// Instantiates (unless warm) and runs the guest on its own task
+    /// ([`GuestRun`]); it sets `failed` if it ends any way but returning.
     fn start(
         &self,
         call: Call,
@@ -246,35 +291,69 @@ impl Deployment {
     ) -> (GuestRun<Finished>, Answer) {
         let Call {
             mut store,
+            mut proxy,
+            served,
             request,
             outparam,
             answer,
         } = call;
         let (pre, stats, who) = (self.pre.clone(), self.stats.clone(), self.who.clone());
+        let (pool, pools) = (self.pool.clone(), self.pools.clone());
+        let body = answer.body.clone();
         let request_id: Arc<str> = id.into();
         let guest = GuestRun::new(async move {
             let _permit = permit;
+            let mut room_made = false;
             let run = async {
-                let t0 = Instant::now();
-                let proxy = pre.instantiate_async(&mut store).await?;
-                stats.instantiation.observe(t0.elapsed().as_secs_f64());
-                proxy
+                let instance = match proxy.take() {
+                    Some(warm) => warm,
+                    None => {
+                        let t0 = Instant::now();
+                        let p = instantiate(&pre, &mut store, &pools, &mut room_made).await?;
+                        stats.instantiation.observe(t0.elapsed().as_secs_f64());
+                        p
+                    }
+                };
+                let handled = instance
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, request, outparam)
-                    .await
+                    .await;
+                proxy = Some(instance);
+                handled
             };
             let result = tokio::time::timeout_at(deadline, run).await;
             let end = classify(result, store.data().limiter.hit);
             stats.record(&who, &request_id, &end);
             if !matches!(end, GuestEnd::Returned) {
                 failed.store(true, Ordering::Release);
+                if let (Some(pool), Some(why)) = (&pool, end.discard()) {
+                    pool.discard(why);
+                }
                 // Dropping the store ends the guest's body (and outparam).
                 return (end, None);
             }
-            // After a clean return the store goes to whoever finishes the
-            // response: dropping it resets the instance's memory, which need
-            // not delay the response.
-            (end, Some(store))
+            let (Some(pool), Some(proxy)) = (pool, proxy) else {
+                // After a clean return the store goes to whoever finishes
+                // the response: dropping it resets the instance's memory,
+                // which need not delay the response.
+                return (end, Some(store));
+            };
+            if body.broken.load(Ordering::Acquire) {
+                pool.discard(Discard::Body);
+            } else if room_made {
+                // Making room may have left a partial instance in the store.
+                pool.discard(Discard::Evicted);
+            } else if store.data_mut().left_behind() {
+                pool.discard(Discard::HandlesLeft);
+            } else {
+                let served = served + 1;
+                pool.give_back(Warm {
+                    store,
+                    proxy,
+                    served,
+                });
+            }
+            (end, None)
         });
         (guest, answer)
     }
@@ -406,6 +485,43 @@ impl Stats {
     }
 }
 
+impl GuestEnd {
+    /// Why an instance that ended this way is not reused (`None`: no
+    /// instance was made, or it may be).
+    fn discard(&self) -> Option<Discard> {
+        match self {
+            GuestEnd::Returned | GuestEnd::PoolFull => None,
+            GuestEnd::Deadline => Some(Discard::Deadline),
+            GuestEnd::MemoryCap(_) => Some(Discard::MemoryCap),
+            GuestEnd::Trapped(_) => Some(Discard::Trap),
+            GuestEnd::HostError(_) => Some(Discard::HostError),
+        }
+    }
+}
+
+/// Instantiates `pre` in `store`; when the instance pool is full, drops
+/// another deployment's (or this one's) longest-idle instance and tries
+/// again, noting in `room_made` that it did.
+async fn instantiate(
+    pre: &ProxyPre<InstanceState>,
+    store: &mut Store<InstanceState>,
+    pools: &Pools,
+    room_made: &mut bool,
+) -> wasmtime::Result<Proxy> {
+    loop {
+        match pre.instantiate_async(&mut *store).await {
+            Err(e)
+                if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                    .is_some()
+                    && pools.evict_one() =>
+            {
+                *room_made = true;
+            }
+            result => return result,
+        }
+    }
+}
+
 fn classify(
     result: Result<wasmtime::Result<()>, tokio::time::error::Elapsed>,
     memory_hit: bool,
@@ -517,18 +633,20 @@ fn content_length(req: &Request<Incoming>) -> Option<u64> {
 }
 
 /// Caps the request body at `max` bytes; past it the guest's read fails and
-/// `overflow` is set so the client gets a 413.
+/// `state.overflow` is set so the client gets a 413. Any failed read sets
+/// `state.broken`.
 fn limit_body(
     req: Request<Incoming>,
     max: u64,
-    overflow: Arc<AtomicBool>,
+    state: Arc<BodyState>,
 ) -> Request<
     impl http_body::Body<Data = bytes::Bytes, Error = wasmtime_wasi_http::Error> + Send + 'static,
 > {
     req.map(move |b| {
         Limited::new(b, max as usize).map_err(move |e| {
+            state.broken.store(true, Ordering::Release);
             if e.is::<http_body_util::LengthLimitError>() {
-                overflow.store(true, Ordering::Relaxed);
+                state.overflow.store(true, Ordering::Relaxed);
                 wasmtime_wasi_http::Error::HttpRequestBodySize(Some(max))
             } else {
                 match e.downcast::<hyper::Error>() {

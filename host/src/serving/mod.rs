@@ -1,12 +1,14 @@
 //! A request's path through the host: the listener accepts it
 //! ([`listener`]), the [`router`] picks its deployment, the
 //! [`deployment`] runs a guest for it ([`guest`]) under the tenant's limits,
-//! and its [`body`] streams back with a [`request_id`].
+//! in a fresh instance or a warm one ([`instances`]), and its [`body`]
+//! streams back with a [`request_id`].
 
 pub mod admin;
 pub mod body;
 pub mod deployment;
 pub mod guest;
+pub mod instances;
 pub mod listener;
 pub mod request_id;
 pub mod router;

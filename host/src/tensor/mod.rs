@@ -119,6 +119,15 @@ impl Capability for TensorHost {
     fn instance(shared: &Arc<TenantTensors>, _: &InstanceEnv) -> anyhow::Result<TensorCtx> {
         Ok(TensorCtx::new(shared.clone()))
     }
+
+    /// Tensors charged to the tenant's quota; shared weights may stay.
+    fn left_behind(table: &mut ResourceTable) -> bool {
+        table.iter_mut().any(|entry| {
+            entry
+                .downcast_ref::<types::Tensor>()
+                .is_some_and(|t| t.charged())
+        })
+    }
 }
 
 impl TensorStateView for InstanceState {

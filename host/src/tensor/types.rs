@@ -42,6 +42,11 @@ impl Tensor {
         }
     }
 
+    /// Whether its memory is charged to a tenant (not shared weights).
+    pub fn charged(&self) -> bool {
+        self.stored.charge.is_some()
+    }
+
     /// The dimensions.
     pub fn shape(&self) -> &[usize] {
         &self.shape
