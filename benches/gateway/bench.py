@@ -10,6 +10,8 @@ One tensor-wasm server holds four deployments, told apart by Host header:
   gw-audit.test   the same world with audit.policy = "all" (also one durable
                   audit record per request)
 wrk drives each in turn (order alternating per round); medians are printed.
+With --reuse N every deployment reuses its instances for up to N requests
+(`instances = { reuse = N }`); a list (1,1000) runs one server per value.
 """
 
 import argparse
@@ -32,7 +34,7 @@ HOSTS = {"bare": "bare.test", "4 no-op components": "noop.test", "gateway": "gw.
          "gateway+audit-all": "gw-audit.test"}
 
 
-def deployment_file(d, hello, world, noop):
+def deployment_file(d, hello, world, noop, reuse):
     digest = hashlib.sha256(TOKEN.encode()).hexdigest()
     common = f'''
 [deployment.grants.config]
@@ -68,7 +70,8 @@ world = "{world}"
 route = {{ host = "gw-audit.test" }}
 {common}"audit.policy" = "all"
 '''
-    path = os.path.join(d, "deploy.toml")
+    text = text.replace("[[deployment]]\n", f"[[deployment]]\ninstances = {{ reuse = {reuse} }}\n")
+    path = os.path.join(d, f"deploy-{reuse}.toml")
     with open(path, "w") as f:
         f.write(text)
     return path
@@ -99,6 +102,40 @@ def wrk(port, kind, conc, seconds, latency=True):
     return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
 
 
+def measure(args, d, reuse, concs, results):
+    """Runs one server with every deployment reusing up to `reuse` times."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RUST_BACKTRACE", "RUST_LIB_BACKTRACE")}
+    port = free_port()
+    proc = subprocess.Popen(
+        [args.tensor_wasm, "serve", deployment_file(d, args.hello, args.world, args.noop, reuse),
+         "--listen", f"127.0.0.1:{port}", "--admin-listen", "off",
+         "--cache-dir", os.path.join(d, "cache"), "--data-dir", os.path.join(d, f"data-{reuse}")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        wait_ready(port, proc)
+        for kind in KINDS:
+            wrk(port, kind, 16, 2, latency=False)  # warm-up
+        for rnd in range(args.rounds):
+            for conc in concs:
+                order = KINDS if rnd % 2 == 0 else KINDS[::-1]
+                for kind in order:
+                    cpu0 = cpu_seconds(proc.pid)
+                    r = parse_wrk(wrk(port, kind, conc, args.seconds))
+                    total = r["rps"] * args.seconds
+                    r["cpu_us"] = (cpu_seconds(proc.pid) - cpu0) / total * 1e6 if total else float("nan")
+                    results[(reuse, kind, conc)].append(r)
+                    print(f"reuse {reuse} round {rnd + 1} c={conc:<3} {kind:<18} {r['rps']:9.0f} req/s  "
+                          f"p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms  "
+                          f"{r['cpu_us']:.0f} µs CPU/req  non-2xx {r['non2xx']}", flush=True)
+                    time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tensor-wasm", required=True)
@@ -108,53 +145,28 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--concurrency", default="16,64")
+    ap.add_argument("--reuse", default="1000", help="requests per instance; a list runs each")
     args = ap.parse_args()
     concs = [int(c) for c in args.concurrency.split(",")]
-    results = {(k, c): [] for k in KINDS for c in concs}
-    env = {k: v for k, v in os.environ.items() if k not in ("RUST_BACKTRACE", "RUST_LIB_BACKTRACE")}
+    reuses = [int(r) for r in args.reuse.split(",")]
+    results = {(n, k, c): [] for n in reuses for k in KINDS for c in concs}
     with tempfile.TemporaryDirectory() as d:
-        port = free_port()
-        proc = subprocess.Popen(
-            [args.tensor_wasm, "serve", deployment_file(d, args.hello, args.world, args.noop),
-             "--listen", f"127.0.0.1:{port}", "--admin-listen", "off",
-             "--cache-dir", os.path.join(d, "cache"), "--data-dir", os.path.join(d, "data")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        try:
-            wait_ready(port, proc)
-            for kind in KINDS:
-                wrk(port, kind, 16, 2, latency=False)  # warm-up
-            for rnd in range(args.rounds):
-                for conc in concs:
-                    order = KINDS if rnd % 2 == 0 else KINDS[::-1]
-                    for kind in order:
-                        cpu0 = cpu_seconds(proc.pid)
-                        r = parse_wrk(wrk(port, kind, conc, args.seconds))
-                        total = r["rps"] * args.seconds
-                        r["cpu_us"] = (cpu_seconds(proc.pid) - cpu0) / total * 1e6 if total else float("nan")
-                        results[(kind, conc)].append(r)
-                        print(f"round {rnd + 1} c={conc:<3} {kind:<18} {r['rps']:9.0f} req/s  "
-                              f"p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms  "
-                              f"{r['cpu_us']:.0f} µs CPU/req  non-2xx {r['non2xx']}", flush=True)
-                        time.sleep(0.5)
-        finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        for reuse in reuses:
+            measure(args, d, reuse, concs, results)
     print()
     print(f"Medians of {args.rounds} rounds x {args.seconds}s, wrk -t1, GET /hello with a bearer token")
-    print("| concurrency | chain | req/s | p50 ms | p99 ms | server CPU µs/req | req/s vs bare | throughput cost |")
-    print("|---|---|---|---|---|---|---|---|")
-    for conc in concs:
-        base = statistics.median(r["rps"] for r in results[("bare", conc)])
-        for kind in KINDS:
-            rs = results[(kind, conc)]
-            rps = statistics.median(r["rps"] for r in rs)
-            print(f"| {conc} | {kind} | {rps:.0f} | {statistics.median(r['p50'] for r in rs):.3f} | "
-                  f"{statistics.median(r['p99'] for r in rs):.3f} | "
-                  f"{statistics.median(r['cpu_us'] for r in rs):.0f} | {rps / base:.2f}x | "
-                  f"{(1 - rps / base) * 100:.0f}% |")
+    print("| instances reused up to | concurrency | chain | req/s | p50 ms | p99 ms | server CPU µs/req | req/s vs bare | throughput cost |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for reuse in reuses:
+        for conc in concs:
+            base = statistics.median(r["rps"] for r in results[(reuse, "bare", conc)])
+            for kind in KINDS:
+                rs = results[(reuse, kind, conc)]
+                rps = statistics.median(r["rps"] for r in rs)
+                print(f"| {reuse} | {conc} | {kind} | {rps:.0f} | {statistics.median(r['p50'] for r in rs):.3f} | "
+                      f"{statistics.median(r['p99'] for r in rs):.3f} | "
+                      f"{statistics.median(r['cpu_us'] for r in rs):.0f} | {rps / base:.2f}x | "
+                      f"{(1 - rps / base) * 100:.0f}% |")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 # Gateway benchmark: bare hello vs four do-nothing middlewares and vs the full
 # gateway chain in front of hello, on one server, same run.
 #
-#   bash benches/gateway/run.sh [ROUNDS] [SECONDS] [CONCURRENCIES]
+#   bash benches/gateway/run.sh [ROUNDS] [SECONDS] [CONCURRENCIES] [REUSE]
 #
+# REUSE: requests per instance for every deployment (default 1000, warm
+# instances); a list such as 1,1000 measures each on its own server.
 # Installs wrk (Debian) if missing and prints a table of medians.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -17,4 +19,4 @@ python3 benches/gateway/bench.py \
   --hello "$PWD/target/guests/wasm32-wasip2/release/hello.wasm" \
   --world "$PWD/worlds/gateway.wac" \
   --noop "$PWD/benches/gateway/noop/target/wasm32-wasip2/release/noop_middleware.wasm" \
-  --rounds "${1:-3}" --seconds "${2:-10}" --concurrency "${3:-16,64}"
+  --rounds "${1:-3}" --seconds "${2:-10}" --concurrency "${3:-16,64}" --reuse "${4:-1000}"

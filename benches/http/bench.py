@@ -1,4 +1,8 @@
-"""Runs wrk against tensor-wasm and wasmtime serve, alternating, and prints medians."""
+"""Runs wrk against tensor-wasm and wasmtime serve, alternating, and prints medians.
+
+Two modes: `fresh` (each server's default: a fresh instance per request) and
+`reuse` (both with `--max-instance-reuse-count 1000`: warm instances).
+"""
 
 import argparse
 import os
@@ -34,11 +38,15 @@ def wait_ready(port, proc, timeout=60):
     raise RuntimeError("server did not become ready")
 
 
-def server_cmd(kind, args, port, cache):
+REUSE = ["--max-instance-reuse-count", "1000"]
+
+
+def server_cmd(kind, mode, args, port, cache):
+    reuse = REUSE if mode == "reuse" else []
     if kind == "tensor-wasm":
         return [args.tensor_wasm, "serve", args.component, "--listen", f"127.0.0.1:{port}",
-                "--admin-listen", "off", "--cache-dir", cache]
-    return [args.wasmtime, "serve", "-S", "cli", "--addr", f"127.0.0.1:{port}", args.component]
+                "--admin-listen", "off", "--cache-dir", cache] + reuse
+    return [args.wasmtime, "serve", "-S", "cli", "--addr", f"127.0.0.1:{port}"] + reuse + [args.component]
 
 
 def parse_wrk(out):
@@ -59,12 +67,12 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(kind, args, conc, cache):
+def measure(kind, mode, args, conc, cache):
     port = free_port()
     # Both servers run without RUST_BACKTRACE: with it, every error value
     # wasmtime makes on a hot path walks the stack.
     env = {k: v for k, v in os.environ.items() if k not in ("RUST_BACKTRACE", "RUST_LIB_BACKTRACE")}
-    proc = subprocess.Popen(server_cmd(kind, args, port, cache), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(server_cmd(kind, mode, args, port, cache), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=env)
     try:
         wait_ready(port, proc)
@@ -94,31 +102,39 @@ def main():
     ap.add_argument("--component", required=True)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--modes", default="fresh,reuse")
     args = ap.parse_args()
     kinds = ["tensor-wasm", "wasmtime"]
-    results = {(k, c): [] for k in kinds for c in (1, 16, 64)}
+    modes = args.modes.split(",")
+    concs = (1, 16, 64)
+    results = {(m, k, c): [] for m in modes for k in kinds for c in concs}
     with tempfile.TemporaryDirectory() as cache:
         for rnd in range(args.rounds):
-            for conc in (1, 16, 64):
-                order = kinds if rnd % 2 == 0 else kinds[::-1]
-                for kind in order:
-                    r = measure(kind, args, conc, cache)
-                    results[(kind, conc)].append(r)
-                    print(f"round {rnd + 1} c={conc:<3} {kind:<12} {r['rps']:9.0f} req/s  "
-                          f"p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms  "
-                          f"{r['cpu_us']:.0f} µs CPU/req  non-2xx {r['non2xx']}", flush=True)
+            for mode in modes:
+                for conc in concs:
+                    order = kinds if rnd % 2 == 0 else kinds[::-1]
+                    for kind in order:
+                        r = measure(kind, mode, args, conc, cache)
+                        results[(mode, kind, conc)].append(r)
+                        print(f"round {rnd + 1} {mode:<5} c={conc:<3} {kind:<12} {r['rps']:9.0f} req/s  "
+                              f"p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms  "
+                              f"{r['cpu_us']:.0f} µs CPU/req  non-2xx {r['non2xx']}", flush=True)
     print()
-    print(f"Medians of {args.rounds} rounds x {args.seconds}s, wrk -t1, GET {PATH}, fresh instance per request")
-    print("| concurrency | server | req/s | p50 ms | p99 ms | server CPU µs/req | req/s vs wasmtime |")
-    print("|---|---|---|---|---|---|---|")
-    for conc in (1, 16, 64):
-        base = statistics.median(r["rps"] for r in results[("wasmtime", conc)])
-        for kind in kinds:
-            rs = results[(kind, conc)]
-            rps = statistics.median(r["rps"] for r in rs)
-            print(f"| {conc} | {kind} | {rps:.0f} | {statistics.median(r['p50'] for r in rs):.3f} | "
-                  f"{statistics.median(r['p99'] for r in rs):.3f} | "
-                  f"{statistics.median(r['cpu_us'] for r in rs):.0f} | {rps / base:.2f}x |")
+    print(f"Medians of {args.rounds} rounds x {args.seconds}s, wrk -t1, GET {PATH}")
+    print("| instances | concurrency | server | req/s | p50 ms | p99 ms | server CPU µs/req "
+          "| req/s vs wasmtime | CPU/req vs wasmtime |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    med = statistics.median
+    for mode in modes:
+        for conc in concs:
+            peer = results[(mode, "wasmtime", conc)]
+            base, base_cpu = med(r["rps"] for r in peer), med(r["cpu_us"] for r in peer)
+            for kind in kinds:
+                rs = results[(mode, kind, conc)]
+                rps, cpu = med(r["rps"] for r in rs), med(r["cpu_us"] for r in rs)
+                print(f"| {mode} | {conc} | {kind} | {rps:.0f} | {med(r['p50'] for r in rs):.3f} | "
+                      f"{med(r['p99'] for r in rs):.3f} | {cpu:.0f} | {rps / base:.2f}x | "
+                      f"{cpu / base_cpu:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # HTTP serving benchmark: the same hello component under `tensor-wasm serve`
 # and `wasmtime serve` (48.0.8, the wasmtime our host embeds), alternating,
-# at concurrency 1, 16 and 64, with wrk as the load generator.
+# at concurrency 1, 16 and 64, with wrk as the load generator, in two modes:
+# each server's default (a fresh instance per request) and warm instances
+# (both with --max-instance-reuse-count 1000).
 #
-#   bash benches/http/run.sh [ROUNDS] [SECONDS]
+#   bash benches/http/run.sh [ROUNDS] [SECONDS] [MODES]   # MODES: fresh,reuse
 #
 # Installs what it needs once (wrk from Debian, wasmtime-cli from crates.io
 # into ~/.cache/tensor-wasm-bench) and prints a table of medians.
@@ -22,4 +24,4 @@ python3 benches/http/bench.py \
   --tensor-wasm target/release/tensor-wasm \
   --wasmtime "$tools/bin/wasmtime" \
   --component target/guests/wasm32-wasip2/release/hello.wasm \
-  --rounds "${1:-3}" --seconds "${2:-10}"
+  --rounds "${1:-3}" --seconds "${2:-10}" --modes "${3:-fresh,reuse}"

@@ -74,7 +74,7 @@ def post(port, path, body, stream=False):
     return json.loads(r.read())
 
 
-def start_server(args, d):
+def start_server(args, d, reuse=1):
     digest = hashlib.sha256(TOKEN.encode()).hexdigest()
     deploy = os.path.join(d, "deploy.toml")
     world = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "worlds", "openai.wac")
@@ -85,6 +85,7 @@ name = "openai"
 tenant = "bench"
 world = "{os.path.abspath(world)}"
 limits = {{ timeout = "600s", tensor-memory = "16GiB", body = "64MiB" }}
+instances = {{ reuse = {reuse} }}
 [deployment.grants]
 models = ["{EMBEDDER}", "{GENERATOR}"]
 config = {{ "router.routes" = "GET,HEAD =/ welcome; * /v1 app", "ratelimit.default" = "off" }}
@@ -290,6 +291,41 @@ def rounds(args, port, peer, batches, corpus):
     return rows
 
 
+def fresh_vs_reuse(args, corpus, reps=64):
+    """Embeddings at batch 1, requests/s from one client: the world with a
+    fresh instance per request vs warm instances (up to 1000 requests each),
+    two servers measured in alternation."""
+    modes = {"fresh": 1, "reuse 1000": 1000}
+    rows = {m: [] for m in modes}
+    with tempfile.TemporaryDirectory() as d:
+        servers = {}
+        try:
+            for m, n in modes.items():
+                os.makedirs(os.path.join(d, str(n)))
+                servers[m] = start_server(args, os.path.join(d, str(n)), reuse=n)
+            call = {m: (lambda port=port: embed_base64(port, corpus[:1])) for m, (_, port) in servers.items()}
+            for fn in call.values():
+                time_call(fn, 8)  # warm-up
+            for r in range(args.rounds):
+                for m in (list(modes) if r % 2 == 0 else list(modes)[::-1]):
+                    rows[m].append(1 / time_call(call[m], reps))
+                print(f"round {r + 1}: " + "; ".join(f"{m} {v[-1]:.1f} req/s" for m, v in rows.items()),
+                      flush=True)
+        finally:
+            for proc, _ in servers.values():
+                proc.terminate()
+                proc.wait(timeout=60)
+    med = statistics.median
+    print()
+    print(f"device {args.device}; {args.rounds} interleaved rounds x {reps} requests, medians; "
+          "POST /v1/embeddings, 1 sentence, base64, one client")
+    print("| instances | requests/s | vs fresh (median of per-round ratios) |")
+    print("|---|---|---|")
+    for m in modes:
+        ratio = med(a / b for a, b in zip(rows[m], rows["fresh"]))
+        print(f"| {m} | {med(rows[m]):.1f} | {ratio:.2f}x |")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tensor-wasm", required=True)
@@ -302,12 +338,17 @@ def main():
     ap.add_argument("--prompts")
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--fresh-vs-reuse", action="store_true",
+                    help="only embeddings at batch 1: fresh instances vs warm ones")
+    ap.add_argument("--reuse", type=int, default=1, help="requests per instance (instances.reuse)")
     args = ap.parse_args()
     batches = [1, 32, 128]
     corpus = sentences(128)
+    if args.fresh_vs_reuse:
+        return fresh_vs_reuse(args, corpus)
     peer = None if args.no_peer else Peer(args)
     with tempfile.TemporaryDirectory() as d:
-        proc, port = start_server(args, d)
+        proc, port = start_server(args, d, args.reuse)
         try:
             checks = check(port, args)
             print("correctness:", json.dumps(checks), flush=True)

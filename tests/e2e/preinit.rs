@@ -8,6 +8,11 @@ use std::path::Path;
 
 /// A deployment file serving `init-probe` with `INIT_MODE=mode`.
 fn deployment(dir: &Path, mode: &str) -> String {
+    deployment_reusing(dir, mode, 1)
+}
+
+/// The same, each instance serving up to `reuse` requests.
+fn deployment_reusing(dir: &Path, mode: &str, reuse: u32) -> String {
     let file = dir.join(format!("{mode}.toml"));
     std::fs::write(
         &file,
@@ -18,6 +23,7 @@ name = "probe"
 tenant = "acme"
 component = {probe:?}
 limits = {{ timeout = "2s", memory = "32MiB" }}
+instances = {{ reuse = {reuse} }}
 
 [deployment.grants]
 env = {{ INIT_MODE = "{mode}" }}
@@ -44,6 +50,21 @@ fn an_initializer_sees_the_keyvalue_store() {
         "log:\n{}",
         server.log()
     );
+}
+
+/// A warm instance started from the snapshot too, and keeps its state.
+#[test]
+fn reused_instances_start_from_the_initialized_snapshot() {
+    let dir = scratch("preinit_reuse");
+    let file = deployment_reusing(&dir, "keyvalue", 10);
+    let server = Server::start(&[&file], &dir.join("cache"));
+    for n in 1..=3 {
+        let r = server.get("/");
+        assert_eq!(
+            r.text(),
+            format!("initialized=yes table=332833500 requests={n} keyvalue=open\n")
+        );
+    }
 }
 
 #[test]

@@ -408,9 +408,6 @@ impl RawInstances {
             Some(t) => parse_duration(t).map_err(|e| at.err(&format!("`instances.idle`: {e}")))?,
             None => Instances::DEFAULT_IDLE,
         };
-        if idle.is_zero() {
-            return Err(at.err("`instances.idle` must be longer than 0s"));
-        }
         Ok(Instances { reuse, idle })
     }
 }
@@ -559,7 +556,7 @@ mod tests {
             ),
             (
                 "[[deployment]]\nname = \"a\"\ntenant = \"t\"\ncomponent = \"x\"\ninstances = { reuse = 5, idle = \"0s\" }\n",
-                "longer than 0s",
+                "greater than zero",
             ),
             (
                 "[[deployment]]\nname = \"a\"\ntenant = \"t\"\ncomponent = \"x\"\ninstances = { count = 5 }\n",
