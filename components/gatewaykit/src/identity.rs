@@ -5,6 +5,7 @@
 
 use crate::scope::Scope;
 use sha2::{Digest, Sha256};
+use std::sync::OnceLock;
 use wasip2::http::types::IncomingRequest;
 
 /// A configured token.
@@ -84,9 +85,16 @@ fn parse_hash(text: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// The configured tokens (`auth.tokens`); unset means none.
-pub fn tokens() -> Result<Vec<Token>, String> {
-    crate::config_get("auth.tokens").map_or(Ok(Vec::new()), |t| parse_tokens(&t))
+/// The configured tokens (`auth.tokens`); unset means none. Parsed once
+/// per instance, like the config they come from.
+pub fn tokens() -> Result<&'static [Token], String> {
+    static TOKENS: OnceLock<Result<Vec<Token>, String>> = OnceLock::new();
+    TOKENS
+        .get_or_init(|| {
+            crate::config_get("auth.tokens").map_or(Ok(Vec::new()), |t| parse_tokens(&t))
+        })
+        .as_deref()
+        .map_err(Clone::clone)
 }
 
 /// The bearer token in an `Authorization` value, if it is one.
@@ -128,7 +136,7 @@ pub fn caller_of(request: &IncomingRequest, tokens: &[Token]) -> (Caller, Option
 /// Who sent `request`, by the shared config (what ratelimit and audit use).
 pub fn caller(request: &IncomingRequest) -> Caller {
     match tokens() {
-        Ok(tokens) => caller_of(request, &tokens).0,
+        Ok(tokens) => caller_of(request, tokens).0,
         Err(_) => Caller::Unknown,
     }
 }

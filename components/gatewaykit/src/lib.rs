@@ -25,11 +25,19 @@ mod bindings {
 pub use bindings::wasi::config;
 pub use bindings::wasi::keyvalue;
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use wasip2::http::types::{IncomingRequest, Method};
 
-/// A config value (`None` when unset or when the store fails).
+/// A config value (`None` when unset or when the store fails). A
+/// deployment's config does not change while an instance lives, so each key
+/// is read once per instance: with warm instances, once per many requests.
 pub fn config_get(key: &str) -> Option<String> {
-    config::store::get(key).ok().flatten()
+    static SEEN: Mutex<BTreeMap<String, Option<String>>> = Mutex::new(BTreeMap::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    seen.entry(key.to_string())
+        .or_insert_with(|| config::store::get(key).ok().flatten())
+        .clone()
 }
 
 /// A method's name (`GET`, ...; other methods as the client sent them).

@@ -9,6 +9,7 @@
 //! specific matching prefix wins. Unset: `GET,HEAD =/ welcome; * / app`.
 
 use httpkit::{json_error, path, respond};
+use std::sync::OnceLock;
 use wasip2::http::types::{IncomingRequest, ResponseOutparam};
 
 gatewaykit::bindings!("tensorwasm:router/router");
@@ -102,10 +103,15 @@ struct Router;
 
 impl exports::wasi::http::incoming_handler::Guest for Router {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
-        let text = gatewaykit::config_get("router.routes");
-        let rules = match parse_routes(text.as_deref().unwrap_or(DEFAULT_ROUTES)) {
+        // Parsed once per instance: the config does not change while it lives.
+        static RULES: OnceLock<Result<Vec<Rule>, String>> = OnceLock::new();
+        let rules = RULES.get_or_init(|| {
+            let text = gatewaykit::config_get("router.routes");
+            parse_routes(text.as_deref().unwrap_or(DEFAULT_ROUTES))
+        });
+        let rules = match rules {
             Ok(r) => r,
-            Err(e) => return json_error(out, 500, "bad_config", &e),
+            Err(e) => return json_error(out, 500, "bad_config", e),
         };
         let path = path(&request);
         let method = gatewaykit::method_name(&request.method()).to_ascii_uppercase();

@@ -44,6 +44,10 @@ pub struct EngineOptions {
 pub fn build(opts: &EngineOptions) -> Result<Engine> {
     let mut config = Config::new();
     config.wasm_component_model(true);
+    // Guests are WASI 0.2 components, called one request at a time per
+    // instance (serving/instances.rs); without the component-model-async
+    // machinery every host call skips its task bookkeeping.
+    config.concurrency_support(false);
     config.epoch_interruption(true);
     let n = opts.max_instances.max(1);
     let mut pool = PoolingAllocationConfig::default();
