@@ -122,6 +122,41 @@ instances = {{ reuse = 100, idle = "300ms" }}
 }
 
 #[test]
+fn concurrent_requests_each_get_an_instance_of_their_own() {
+    let dir = scratch("reuse_concurrent");
+    let server = Server::start(
+        &[
+            guest("hostile").to_str().unwrap(),
+            "--max-instance-reuse-count",
+            "1000",
+        ],
+        &dir,
+    );
+    // Four requests at once: four instances, none waiting for another.
+    let t0 = std::time::Instant::now();
+    let slow: Vec<_> = (0..4)
+        .map(|_| {
+            let addr = server.addr;
+            std::thread::spawn(move || request(addr, "GET", "/slow?ms=600", &[], b"").status)
+        })
+        .collect();
+    for s in slow {
+        assert_eq!(s.join().unwrap(), 200);
+    }
+    assert!(
+        t0.elapsed() < Duration::from_millis(2000),
+        "{:?}",
+        t0.elapsed()
+    );
+    let m = server.metrics();
+    let dep = "deployment=\"hostile\"";
+    assert_eq!(metric(&m, "tensorwasm_idle_instances", &[dep]), 4.0, "{m}");
+    // Then one at a time: the most recently used instance serves them all.
+    assert_eq!(text(&server, "localhost", "/count"), "1");
+    assert_eq!(text(&server, "localhost", "/count"), "2");
+}
+
+#[test]
 fn a_failed_request_never_poisons_the_next_ones_instance() {
     let dir = scratch("reuse_poison");
     let server = Server::start(
