@@ -127,19 +127,12 @@ fn oversized_bodies_get_413() {
     let r = request(server.addr, "POST", "/echo", &[], &big);
     assert_eq!(r.status, 413, "{}", r.text());
     // Chunked, so the size is only known while reading.
-    let mut chunked = Vec::new();
-    for _ in 0..4 {
-        chunked.extend_from_slice(format!("{:x}\r\n", 30_000).as_bytes());
-        chunked.extend_from_slice(&[b'y'; 30_000]);
-        chunked.extend_from_slice(b"\r\n");
-    }
-    chunked.extend_from_slice(b"0\r\n\r\n");
     let r = request(
         server.addr,
         "POST",
         "/echo",
         &[("transfer-encoding", "chunked")],
-        &chunked,
+        &chunked_body(4, 30_000),
     );
     assert_eq!(r.status, 413, "{}", r.text());
     let small = request(server.addr, "POST", "/echo", &[], b"fits");

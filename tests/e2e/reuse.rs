@@ -5,6 +5,24 @@
 use crate::support::*;
 use std::time::Duration;
 
+/// A deployment file of `hostile` deployments `(name, tenant, instances)`,
+/// each routed by the host `NAME.test`.
+fn hostile_deployments(
+    dir: &std::path::Path,
+    deployments: &[(&str, &str, &str)],
+) -> std::path::PathBuf {
+    let text: String = deployments
+        .iter()
+        .map(|(name, tenant, instances)| {
+            format!(
+                "[[deployment]]\nname = \"{name}\"\ntenant = \"{tenant}\"\ncomponent = {:?}\nroute = {{ host = \"{name}.test\" }}\ninstances = {{ {instances} }}\n\n",
+                guest("hostile")
+            )
+        })
+        .collect();
+    deployment_file(dir, &text)
+}
+
 /// GET `path` on `host`; the body as text (asserting a 200).
 fn text(server: &Server, host: &str, path: &str) -> String {
     let r = request(server.addr, "GET", path, &[("host", host)], b"");
@@ -15,39 +33,14 @@ fn text(server: &Server, host: &str, path: &str) -> String {
 #[test]
 fn a_global_grows_with_reuse_within_its_deployment_only() {
     let dir = scratch("reuse_isolation");
-    let file = deployment_file(
+    let file = hostile_deployments(
         &dir,
-        &format!(
-            r#"
-[[deployment]]
-name = "a"
-tenant = "t1"
-component = {hostile:?}
-route = {{ host = "a.test" }}
-instances = {{ reuse = 4 }}
-
-[[deployment]]
-name = "b"
-tenant = "t2"
-component = {hostile:?}
-route = {{ host = "b.test" }}
-instances = {{ reuse = 100 }}
-
-[[deployment]]
-name = "fresh"
-tenant = "t1"
-component = {hostile:?}
-route = {{ host = "fresh.test" }}
-
-[[deployment]]
-name = "brief"
-tenant = "t1"
-component = {hostile:?}
-route = {{ host = "brief.test" }}
-instances = {{ reuse = 100, idle = "300ms" }}
-"#,
-            hostile = guest("hostile"),
-        ),
+        &[
+            ("a", "t1", "reuse = 4"),
+            ("b", "t2", "reuse = 100"),
+            ("fresh", "t1", ""),
+            ("brief", "t1", "reuse = 100, idle = \"300ms\""),
+        ],
     );
     let server = Server::start(&[file.to_str().unwrap()], &dir.join("cache"));
     let count = |host: &str| text(&server, host, "/count");
@@ -183,19 +176,12 @@ fn a_failed_request_never_poisons_the_next_ones_instance() {
         assert_eq!(count(), "2", "after {path}");
     }
     // A body past the cap: 413, and the instance that read it is dropped.
-    let mut chunked = Vec::new();
-    for _ in 0..3 {
-        chunked.extend_from_slice(format!("{:x}\r\n", 30_000).as_bytes());
-        chunked.extend_from_slice(&[b'y'; 30_000]);
-        chunked.extend_from_slice(b"\r\n");
-    }
-    chunked.extend_from_slice(b"0\r\n\r\n");
     let big = request(
         server.addr,
         "POST",
         "/count",
         &[("transfer-encoding", "chunked")],
-        &chunked,
+        &chunked_body(3, 30_000),
     );
     assert_eq!(big.status, 413, "{}", big.text());
     assert_eq!(count(), "1", "after an oversized body");
@@ -229,25 +215,9 @@ fn a_failed_request_never_poisons_the_next_ones_instance() {
 #[test]
 fn a_full_instance_pool_drops_idle_instances_to_make_room() {
     let dir = scratch("reuse_pool_full");
-    let file = deployment_file(
+    let file = hostile_deployments(
         &dir,
-        &format!(
-            r#"
-[[deployment]]
-name = "a"
-tenant = "t1"
-component = {hostile:?}
-route = {{ host = "a.test" }}
-instances = {{ reuse = 100, idle = "1h" }}
-
-[[deployment]]
-name = "b"
-tenant = "t2"
-component = {hostile:?}
-route = {{ host = "b.test" }}
-"#,
-            hostile = guest("hostile"),
-        ),
+        &[("a", "t1", "reuse = 100, idle = \"1h\""), ("b", "t2", "")],
     );
     let server = Server::start(
         &[file.to_str().unwrap(), "--max-instances", "1"],

@@ -64,6 +64,19 @@ pub fn deployment_file(dir: &Path, text: &str) -> PathBuf {
     file
 }
 
+/// A chunked request body of `chunks` chunks of `size` bytes each, so its
+/// length is only known while it is read.
+pub fn chunked_body(chunks: usize, size: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    for _ in 0..chunks {
+        body.extend_from_slice(format!("{size:x}\r\n").as_bytes());
+        body.extend(std::iter::repeat_n(b'y', size));
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(b"0\r\n\r\n");
+    body
+}
+
 /// A running host.
 pub struct Server {
     child: Child,
