@@ -68,7 +68,7 @@ pub enum Discard {
     /// It waited past `idle` for a request.
     Idle,
     /// The instance pool (`--max-instances`) was full and a new instance
-    /// needed its slot.
+    /// needed its slot (or it is that new instance, after its request).
     Evicted,
     /// Its guest trapped or panicked.
     Trap,
