@@ -47,7 +47,7 @@ impl exports::wasi::http::incoming_handler::Guest for Auth {
         let admin = prefixes(&gatewaykit::config_get("auth.admin-paths").unwrap_or_default());
         let path = path(&request);
         let class = Class::of(&request.method(), &path, &admin);
-        match caller_of(&request, &tokens) {
+        match caller_of(&request, tokens) {
             (Caller::Anonymous, _) => deny(
                 out,
                 401,

@@ -79,84 +79,75 @@ fn instantiation_histogram() -> Histogram {
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("tensorwasm");
-        let requests = Family::default();
-        let latency: Family<DeploymentLabel, Histogram> =
-            Family::new_with_constructor(latency_histogram);
-        let instantiation: Family<DeploymentLabel, Histogram> =
-            Family::new_with_constructor(instantiation_histogram);
-        let in_flight = Family::default();
-        let reuses = Family::default();
-        let discards = Family::default();
-        let idle_instances = Family::default();
-        let traps = Family::default();
-        let deadline_kills = Family::default();
-        let memory_cap_kills = Family::default();
-        let tensor_bytes = Family::default();
-        registry.register(
-            "requests",
-            "HTTP requests by deployment and status",
-            requests.clone(),
-        );
-        registry.register(
-            "request_duration_seconds",
-            "Time from request to response headers",
-            latency.clone(),
-        );
-        registry.register(
-            "instantiation_duration_seconds",
-            "Time to instantiate a component",
-            instantiation.clone(),
-        );
-        registry.register(
-            "instance_reuses",
-            "Requests served by an instance that had served a request before",
-            reuses.clone(),
-        );
-        registry.register(
-            "instance_discards",
-            "Instances of reusing deployments dropped, by reason",
-            discards.clone(),
-        );
-        registry.register(
-            "idle_instances",
-            "Instances waiting for their next request",
-            idle_instances.clone(),
-        );
-        registry.register(
-            "in_flight_requests",
-            "Requests being handled",
-            in_flight.clone(),
-        );
-        registry.register("guest_traps", "Guests that trapped", traps.clone());
-        registry.register(
-            "deadline_kills",
-            "Guests stopped at their wall-clock deadline",
-            deadline_kills.clone(),
-        );
-        registry.register(
-            "memory_cap_kills",
-            "Guests that died after hitting their memory cap",
-            memory_cap_kills.clone(),
-        );
-        registry.register(
-            "tensor_bytes",
-            "Tensor memory held by each tenant, in bytes",
-            tensor_bytes.clone(),
-        );
+        let mut r = Registry::with_prefix("tensorwasm");
         Self {
-            registry,
-            requests,
-            latency,
-            instantiation,
-            reuses,
-            discards,
-            idle_instances,
-            in_flight,
-            traps,
-            deadline_kills,
-            memory_cap_kills,
-            tensor_bytes,
+            requests: add(
+                &mut r,
+                "requests",
+                "HTTP requests by deployment and status",
+                Family::default(),
+            ),
+            latency: add(
+                &mut r,
+                "request_duration_seconds",
+                "Time from request to response headers",
+                Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            ),
+            instantiation: add(
+                &mut r,
+                "instantiation_duration_seconds",
+                "Time to instantiate a component",
+                Family::new_with_constructor(instantiation_histogram as fn() -> Histogram),
+            ),
+            reuses: add(
+                &mut r,
+                "instance_reuses",
+                "Requests served by an instance that had served a request before",
+                Family::default(),
+            ),
+            discards: add(
+                &mut r,
+                "instance_discards",
+                "Instances of reusing deployments dropped, by reason",
+                Family::default(),
+            ),
+            idle_instances: add(
+                &mut r,
+                "idle_instances",
+                "Instances waiting for their next request",
+                Family::default(),
+            ),
+            in_flight: add(
+                &mut r,
+                "in_flight_requests",
+                "Requests being handled",
+                Family::default(),
+            ),
+            traps: add(
+                &mut r,
+                "guest_traps",
+                "Guests that trapped",
+                Family::default(),
+            ),
+            deadline_kills: add(
+                &mut r,
+                "deadline_kills",
+                "Guests stopped at their wall-clock deadline",
+                Family::default(),
+            ),
+            memory_cap_kills: add(
+                &mut r,
+                "memory_cap_kills",
+                "Guests that died after hitting their memory cap",
+                Family::default(),
+            ),
+            tensor_bytes: add(
+                &mut r,
+                "tensor_bytes",
+                "Tensor memory held by each tenant, in bytes",
+                Family::default(),
+            ),
+            registry: r,
         }
     }
 
@@ -167,6 +158,17 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// Registers `metric` under `name` and hands it back.
+fn add<M: prometheus_client::registry::Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    registry.register(name, help, metric.clone());
+    metric
 }
 
 impl Default for Metrics {

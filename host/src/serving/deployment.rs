@@ -307,12 +307,7 @@ impl Deployment {
             let run = async {
                 let instance = match proxy.take() {
                     Some(warm) => warm,
-                    None => {
-                        let t0 = Instant::now();
-                        let p = instantiate(&pre, &mut store, &pools, &mut room_made).await?;
-                        stats.instantiation.observe(t0.elapsed().as_secs_f64());
-                        p
-                    }
+                    None => instantiate(&pre, &mut store, &pools, &stats, &mut room_made).await?,
                 };
                 let handled = instance
                     .wasi_http_incoming_handler()
@@ -338,21 +333,8 @@ impl Deployment {
                 // which need not delay the response.
                 return (end, Some(store));
             };
-            if body.broken.load(Ordering::Acquire) {
-                pool.discard(Discard::Body);
-            } else if room_made {
-                // Making room may have left a partial instance in the store.
-                pool.discard(Discard::Evicted);
-            } else if store.data_mut().left_behind() {
-                pool.discard(Discard::HandlesLeft);
-            } else {
-                let served = served + 1;
-                pool.give_back(Warm {
-                    store,
-                    proxy,
-                    served,
-                });
-            }
+            let warm = Warm::new(store, proxy, served + 1);
+            keep(&pool, warm, &body, room_made);
             (end, None)
         });
         (guest, answer)
@@ -499,15 +481,32 @@ impl GuestEnd {
     }
 }
 
-/// Instantiates `pre` in `store`; when the instance pool is full, drops
-/// another deployment's (or this one's) longest-idle instance and tries
-/// again, noting in `room_made` that it did.
+/// Gives `warm` back to `pool` after a clean return, unless the request's
+/// body broke, making room for it may have left a partial instance in its
+/// store, or the request left tensors or CUDA objects behind.
+fn keep(pool: &Pool, mut warm: Warm, body: &BodyState, room_made: bool) {
+    if body.broken.load(Ordering::Acquire) {
+        pool.discard(Discard::Body);
+    } else if room_made {
+        pool.discard(Discard::Evicted);
+    } else if warm.store.data_mut().left_behind() {
+        pool.discard(Discard::HandlesLeft);
+    } else {
+        pool.give_back(warm);
+    }
+}
+
+/// Instantiates `pre` in `store`, timed into `stats`; when the instance
+/// pool is full, drops another deployment's (or this one's) longest-idle
+/// instance and tries again, noting in `room_made` that it did.
 async fn instantiate(
     pre: &ProxyPre<InstanceState>,
     store: &mut Store<InstanceState>,
     pools: &Pools,
+    stats: &Stats,
     room_made: &mut bool,
 ) -> wasmtime::Result<Proxy> {
+    let t0 = Instant::now();
     loop {
         match pre.instantiate_async(&mut *store).await {
             Err(e)
@@ -517,7 +516,10 @@ async fn instantiate(
             {
                 *room_made = true;
             }
-            result => return result,
+            result => {
+                stats.instantiation.observe(t0.elapsed().as_secs_f64());
+                return result;
+            }
         }
     }
 }

@@ -59,6 +59,17 @@ pub struct Warm {
     pub served: u32,
 }
 
+impl Warm {
+    /// `proxy` in `store`, having served `served` requests.
+    pub fn new(store: Store<InstanceState>, proxy: Proxy, served: u32) -> Self {
+        Self {
+            store,
+            proxy,
+            served,
+        }
+    }
+}
+
 /// Why an instance of a reusing deployment was dropped (the `reason` label
 /// of `tensorwasm_instance_discards_total`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
