@@ -217,16 +217,35 @@ fn scopes_decide_401_403_or_200_and_mutations_are_audited() {
 
 #[test]
 fn thirty_two_clients_on_one_token_get_no_more_than_qps_t_plus_burst() {
+    rate_limit_holds("gateway_ratelimit", 1);
+}
+
+/// The same with warm instances, where each remembers the slot it last took
+/// a token from.
+#[test]
+fn the_rate_limit_holds_with_reused_instances() {
+    rate_limit_holds("gateway_ratelimit_reuse", 1000);
+}
+
+/// 32 clients on one token against a 40/s, burst 16 limit, each instance
+/// serving up to `reuse` requests: admitted within QPS·t + BURST.
+fn rate_limit_holds(name: &str, reuse: u32) {
     const QPS: f64 = 40.0;
     // BURST = 16 slots of one token each: the bucket is exact to one token.
     const BURST: f64 = 16.0;
-    let dir = scratch("gateway_ratelimit");
+    let dir = scratch(name);
     let world = root().join("worlds/gateway.wac");
     let config = format!(
         r#""router.routes" = "* /hello app", "ratelimit.default" = "{QPS}/{BURST}", "ratelimit.token.boss" = "off""#
     );
     let secrets = format!(r#""auth.tokens" = "{}""#, tokens_config());
     let file = deployment(&dir, &world, "", &config, &secrets);
+    let text = std::fs::read_to_string(&file).unwrap();
+    let text = text.replace(
+        "deps = {",
+        &format!("instances = {{ reuse = {reuse} }}\ndeps = {{"),
+    );
+    std::fs::write(&file, text).unwrap();
     let server = Server::start(&[file.to_str().unwrap()], &dir.join("cache"));
     let addr = server.addr;
     let stop = Arc::new(AtomicBool::new(false));

@@ -13,13 +13,21 @@
 //! `σ = (BURST/K)/QPS` seconds, each producing `BURST/K` tokens (K ≤ 16), and
 //! a request may take a token from any of the last K slots, oldest first,
 //! by incrementing that slot's counter: the increment that returns a value
-//! within the slot's capacity holds the token. Rejected requests change
-//! nothing (they only read), so a flood cannot starve its own bucket, and in
+//! within the slot's capacity holds the token. Rejected requests take no
+//! token (they read, and at most push a full slot's counter further past its
+//! capacity), so a flood cannot starve its own bucket, and in
 //! any interval of t seconds at most `QPS·t + BURST + BURST/K` requests are
 //! admitted.
+//!
+//! A warm instance (`instances = { reuse = N }`) remembers the slot it last
+//! took a token from, per bucket, and tries that slot first: one increment
+//! instead of reading the whole window, until the slot is full or leaves
+//! the window.
 
 use gatewaykit::keyvalue::{atomics, batch, store};
 use httpkit::{json_error, respond};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use wasip2::http::types::{IncomingRequest, ResponseOutparam};
 
 gatewaykit::bindings!("tensorwasm:ratelimit/ratelimit");
@@ -35,6 +43,12 @@ const TRIES: usize = 3;
 const KEEP_NS: u64 = 10_000_000_000;
 /// Most slots kept beyond the window.
 const KEEP_SLOTS: u64 = 512;
+
+/// Buckets whose last slot this instance remembers, at most.
+const REMEMBERED: usize = 256;
+
+/// The slot this instance last took a token from, per bucket name.
+static LAST: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
 
 /// A bucket's rate and size.
 #[derive(Debug, Clone, Copy)]
@@ -104,14 +118,51 @@ fn key(slot: u64) -> String {
 }
 
 enum Verdict {
-    Admit,
-    Reject { retry_ns: u64 },
+    /// A token taken from this slot.
+    Admit(u64),
+    Reject {
+        retry_ns: u64,
+    },
 }
 
-/// Takes one token from `bucket` at time `now` (ns).
-fn take(bucket: &store::Bucket, slots: &Slots, now: u64) -> Result<Verdict, store::Error> {
+/// Takes one token from `bucket` (named `name`) at time `now` (ns): from
+/// the slot this instance last took one from while it is in the window and
+/// not full, else from the oldest slot with tokens left.
+fn take(
+    bucket: &store::Bucket,
+    name: &str,
+    slots: &Slots,
+    now: u64,
+) -> Result<Verdict, store::Error> {
     let current = now / slots.length_ns;
     let first = current.saturating_sub(slots.count - 1);
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(&j) = last.get(name).filter(|j| (first..=current).contains(*j)) {
+        if atomics::increment(bucket, &key(j), 1)? <= slots.capacity(j) {
+            return Ok(Verdict::Admit(j));
+        }
+        // Full for good (counters only grow): forget it.
+        last.remove(name);
+    }
+    let verdict = take_oldest(bucket, slots, first, now)?;
+    if let Verdict::Admit(j) = verdict {
+        if last.len() >= REMEMBERED {
+            last.clear();
+        }
+        last.insert(name.to_string(), j);
+    }
+    Ok(verdict)
+}
+
+/// Takes one token from the oldest slot of the window from `first` to now
+/// with tokens left.
+fn take_oldest(
+    bucket: &store::Bucket,
+    slots: &Slots,
+    first: u64,
+    now: u64,
+) -> Result<Verdict, store::Error> {
+    let current = now / slots.length_ns;
     let window: Vec<u64> = (first..=current).collect();
     let keys: Vec<String> = window.iter().map(|&j| key(j)).collect();
     let values = batch::get_many(bucket, &keys)?;
@@ -134,7 +185,7 @@ fn take(bucket: &store::Bucket, slots: &Slots, now: u64) -> Result<Verdict, stor
                 let kept = (KEEP_NS / slots.length_ns).clamp(slots.count, KEEP_SLOTS);
                 collect_garbage(bucket, first.saturating_sub(kept));
             }
-            return Ok(Verdict::Admit);
+            return Ok(Verdict::Admit(j));
         }
     }
     let next_slot = (current + 1).saturating_mul(slots.length_ns);
@@ -206,10 +257,16 @@ impl exports::wasi::http::incoming_handler::Guest for RateLimit {
             Err(e) => return json_error(out, 500, "bad_config", &e),
         };
         let name = bucket_name(&request, caller.id());
-        let verdict = store::open(&name)
-            .and_then(|bucket| take(&bucket, &Slots::new(policy), gatewaykit::time::now_ns()));
+        let verdict = store::open(&name).and_then(|bucket| {
+            take(
+                &bucket,
+                &name,
+                &Slots::new(policy),
+                gatewaykit::time::now_ns(),
+            )
+        });
         match verdict {
-            Ok(Verdict::Admit) => wasi::http::incoming_handler::handle(request, out),
+            Ok(Verdict::Admit(_)) => wasi::http::incoming_handler::handle(request, out),
             Ok(Verdict::Reject { retry_ns }) => too_many(out, policy, retry_ns),
             Err(e) => json_error(
                 out,
