@@ -17,7 +17,6 @@ With --reuse N every deployment reuses its instances for up to N requests
 import argparse
 import hashlib
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "http"))
-from bench import cpu_seconds, free_port, parse_wrk  # noqa: E402
+from bench import describe, free_port, stop, timed  # noqa: E402
 
 TOKEN = "bench-token-0123456789"
 KINDS = ["bare", "4 no-op components", "gateway", "gateway+audit-all"]
@@ -119,21 +118,12 @@ def measure(args, d, reuse, concs, results):
             for conc in concs:
                 order = KINDS if rnd % 2 == 0 else KINDS[::-1]
                 for kind in order:
-                    cpu0 = cpu_seconds(proc.pid)
-                    r = parse_wrk(wrk(port, kind, conc, args.seconds))
-                    total = r["rps"] * args.seconds
-                    r["cpu_us"] = (cpu_seconds(proc.pid) - cpu0) / total * 1e6 if total else float("nan")
+                    r = timed(proc.pid, args.seconds, lambda: wrk(port, kind, conc, args.seconds))
                     results[(reuse, kind, conc)].append(r)
-                    print(f"reuse {reuse} round {rnd + 1} c={conc:<3} {kind:<18} {r['rps']:9.0f} req/s  "
-                          f"p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms  "
-                          f"{r['cpu_us']:.0f} µs CPU/req  non-2xx {r['non2xx']}", flush=True)
+                    print(f"reuse {reuse} round {rnd + 1} c={conc:<3} {kind:<18} {describe(r)}", flush=True)
                     time.sleep(0.5)
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc, 30)
 
 
 def main():

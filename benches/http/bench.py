@@ -67,6 +67,31 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def timed(pid, seconds, run_wrk):
+    """Runs `run_wrk()` (wrk's output) and parses it, adding the server's CPU
+    microseconds per request (`cpu_us`, from /proc)."""
+    cpu0 = cpu_seconds(pid)
+    r = parse_wrk(run_wrk())
+    total = r["rps"] * seconds
+    r["cpu_us"] = (cpu_seconds(pid) - cpu0) / total * 1e6 if total else float("nan")
+    return r
+
+
+def describe(r):
+    """One measurement as a log line's tail."""
+    return (f"{r['rps']:9.0f} req/s  p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms  "
+            f"{r['cpu_us']:.0f} µs CPU/req  non-2xx {r['non2xx']}")
+
+
+def stop(proc, timeout):
+    """SIGINT (graceful shutdown), then SIGKILL after `timeout` seconds."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def measure(kind, mode, args, conc, cache):
     port = free_port()
     # Both servers run without RUST_BACKTRACE: with it, every error value
@@ -78,21 +103,11 @@ def measure(kind, mode, args, conc, cache):
         wait_ready(port, proc)
         subprocess.run(["wrk", "-t1", f"-c{conc}", "-d2s", f"http://127.0.0.1:{port}{PATH}"],
                        capture_output=True, check=True)  # warm-up
-        cpu0 = cpu_seconds(proc.pid)
-        out = subprocess.run(["wrk", "-t1", f"-c{conc}", f"-d{args.seconds}s", "--latency",
-                              f"http://127.0.0.1:{port}{PATH}"],
-                             capture_output=True, text=True, check=True).stdout
-        cpu = cpu_seconds(proc.pid) - cpu0
-        r = parse_wrk(out)
-        total = r["rps"] * args.seconds
-        r["cpu_us"] = cpu / total * 1e6 if total else float("nan")
-        return r
+        return timed(proc.pid, args.seconds, lambda: subprocess.run(
+            ["wrk", "-t1", f"-c{conc}", f"-d{args.seconds}s", "--latency", f"http://127.0.0.1:{port}{PATH}"],
+            capture_output=True, text=True, check=True).stdout)
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc, 10)
 
 
 def main():
@@ -116,9 +131,7 @@ def main():
                     for kind in order:
                         r = measure(kind, mode, args, conc, cache)
                         results[(mode, kind, conc)].append(r)
-                        print(f"round {rnd + 1} {mode:<5} c={conc:<3} {kind:<12} {r['rps']:9.0f} req/s  "
-                              f"p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms  "
-                              f"{r['cpu_us']:.0f} µs CPU/req  non-2xx {r['non2xx']}", flush=True)
+                        print(f"round {rnd + 1} {mode:<5} c={conc:<3} {kind:<12} {describe(r)}", flush=True)
     print()
     print(f"Medians of {args.rounds} rounds x {args.seconds}s, wrk -t1, GET {PATH}")
     print("| instances | concurrency | server | req/s | p50 ms | p99 ms | server CPU µs/req "
