@@ -7,7 +7,7 @@
 //! - [`assembly`]: from a deployment spec to a ready deployment, in one place;
 //! - [`platform`]: engine, artifact cache, composition, loading, metrics;
 //! - one module per host capability: [`wasi`], [`outgoing`], [`config`],
-//!   [`keyvalue`], [`tensor`], [`cuda`], [`scheduler`].
+//!   [`keyvalue`], [`tensor`], [`cuda`], [`scheduler`], [`inference`].
 //!
 //! The modules are public so that tests, benchmarks and fuzz targets can
 //! reach the parsers.
@@ -17,6 +17,7 @@ pub mod assembly;
 pub mod commands;
 pub mod config;
 pub mod cuda;
+pub mod inference;
 pub mod keyvalue;
 pub mod outgoing;
 pub mod platform;

@@ -1,7 +1,9 @@
 //! `minilm`: the all-MiniLM-L6-v2 sentence-embedding model as a component.
-//! It exports `tensorwasm:inference/embeddings@0.1.0`; all the math runs on
-//! the host's tensor backend through `wasi:tensor` (the GPU when the host has
-//! one).
+//! It exports `tensorwasm:inference/embeddings@0.1.0` (one request's inputs,
+//! composed into a world) and `tensorwasm:inference/batch-embeddings@0.2.0`
+//! (many requests' inputs in one pass, called by the host's batcher:
+//! [`batch`]); all the math runs on the host's tensor backend through
+//! `wasi:tensor` (the GPU when the host has one).
 //!
 //! What it needs from the deployment (docs/OPENAI.md):
 //! - the weights grant `all-minilm-l6-v2` → the model's `model.safetensors`;
@@ -13,6 +15,7 @@
 //! encoder, mean pooling over the real tokens and L2 normalization. A batch
 //! is sorted by length and run in chunks, so padding stays small.
 
+mod batch;
 mod bert;
 
 #[allow(missing_docs)]
@@ -24,18 +27,25 @@ mod bindings {
                 /// `tensorwasm.tensor-device` says where the math runs.
                 import wasi:config/store@0.2.0-rc.1;
                 export tensorwasm:inference/embeddings@0.1.0;
+                export tensorwasm:inference/batch-embeddings@0.2.0;
                 /// Run once at deploy time by the host (`crate::preinit`):
                 /// builds the tokenizer into the snapshot every instance starts from.
                 export wizer-initialize: func();
             }
         ",
-        path: ["../../wit/tensor-0.1.0", "../../wit/inference-0.1.0", "../../wit/deps/config"],
+        path: [
+            "../../wit/tensor-0.1.0",
+            "../../wit/inference-0.1.0",
+            "../../wit/inference-0.2.0",
+            "../../wit/deps/config",
+        ],
         generate_all,
     });
 }
 
-use bindings::exports::tensorwasm::inference::embeddings::{EmbeddingBatch, Guest, Input};
-use bindings::tensorwasm::inference::types::{Error, ModelInfo, ModelKind};
+use bindings::exports::tensorwasm::inference0_1_0::embeddings::{EmbeddingBatch, Guest, Input};
+use bindings::tensorwasm::inference0_1_0::types::{Error, ModelInfo, ModelKind};
+use std::cell::RefCell;
 use std::sync::OnceLock;
 use wordpiece::WordPiece;
 
@@ -81,36 +91,58 @@ impl Guest for Component {
     }
 
     fn embed(model: String, inputs: Vec<Input>) -> Result<EmbeddingBatch, Error> {
-        if model != MODEL_ID {
-            return Err(Error::UnknownModel(format!(
-                "this component serves `{MODEL_ID}`, not `{model}`"
-            )));
-        }
-        if inputs.is_empty() {
-            return Err(Error::InvalidRequest("`input` must not be empty".into()));
-        }
-        if inputs.len() > MAX_INPUTS {
-            return Err(Error::InvalidRequest(format!(
-                "at most {MAX_INPUTS} inputs per request, got {}",
-                inputs.len()
-            )));
-        }
-        let sequences = tokenize(&inputs)?;
+        let sequences = check(&model, &inputs)?;
         let prompt_tokens = sequences.iter().map(|s| s.len() as u32).sum();
-        let encoder = bert::Encoder::open(WEIGHTS_GRANT).map_err(|e| match e {
-            bert::OpenError::Missing(m) => {
-                Error::ModelUnavailable(format!("{MODEL_ID}: {m}; {FETCH_HINT}"))
-            }
-            bert::OpenError::Tensor(e) => Error::Backend(e.to_string()),
+        let vectors = with_encoder(|e| {
+            e.embed(&sequences, bert::Chunking::for_device(&tensor_device()))
+                .map_err(|e| Error::Backend(e.to_string()))
         })?;
-        let vectors = encoder
-            .embed(&sequences, bert::Chunking::for_device(&tensor_device()))
-            .map_err(|e| Error::Backend(e.to_string()))?;
         Ok(EmbeddingBatch {
             vectors,
             prompt_tokens,
         })
     }
+}
+
+/// Checks one request (`model`, `inputs`) and tokenizes its inputs.
+fn check(model: &str, inputs: &[Input]) -> Result<Vec<Vec<u32>>, Error> {
+    if model != MODEL_ID {
+        return Err(Error::UnknownModel(format!(
+            "this component serves `{MODEL_ID}`, not `{model}`"
+        )));
+    }
+    if inputs.is_empty() {
+        return Err(Error::InvalidRequest("`input` must not be empty".into()));
+    }
+    if inputs.len() > MAX_INPUTS {
+        return Err(Error::InvalidRequest(format!(
+            "at most {MAX_INPUTS} inputs per request, got {}",
+            inputs.len()
+        )));
+    }
+    tokenize(inputs)
+}
+
+thread_local! {
+    /// The encoder, opened by the first call and kept for the instance's
+    /// life (a long-lived batching instance opens its weights once).
+    static ENCODER: RefCell<Option<bert::Encoder>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` on the encoder, opening the weights first if needed.
+fn with_encoder<T>(f: impl FnOnce(&bert::Encoder) -> Result<T, Error>) -> Result<T, Error> {
+    ENCODER.with_borrow_mut(|slot| {
+        if slot.is_none() {
+            let encoder = bert::Encoder::open(WEIGHTS_GRANT).map_err(|e| match e {
+                bert::OpenError::Missing(m) => {
+                    Error::ModelUnavailable(format!("{MODEL_ID}: {m}; {FETCH_HINT}"))
+                }
+                bert::OpenError::Tensor(e) => Error::Backend(e.to_string()),
+            })?;
+            *slot = Some(encoder);
+        }
+        f(slot.as_ref().expect("opened above"))
+    })
 }
 
 /// Where the host computes `wasi:tensor` (`cpu`, `cuda:0`; empty if unsaid).

@@ -1,5 +1,8 @@
 //! `smollm`: the SmolLM2-135M-Instruct chat model as a component. It exports
-//! `tensorwasm:inference/generation@0.1.0`; the decoder runs as `wasi:tensor`
+//! `tensorwasm:inference/generation@0.1.0` (one completion per instance,
+//! composed into a world) and `tensorwasm:inference/batch-generation@0.2.0`
+//! (many sequences decoded together by one long-lived instance, driven by the
+//! host's batcher: [`batch`]); the decoder runs as `wasi:tensor`
 //! ops on the host's backend (the GPU when the host has one), with the KV
 //! cache kept as host tensors between tokens.
 //!
@@ -8,6 +11,7 @@
 //! dequantizes the GGUF's blocks to f32 once, at start-up; the tokenizer
 //! (byte-level BPE) and the ChatML template come from the file's metadata.
 
+mod batch;
 mod llama;
 mod sample;
 mod tokenizer;
@@ -19,20 +23,25 @@ mod bindings {
             package tensorwasm:smollm;
             world smollm {
                 export tensorwasm:inference/generation@0.1.0;
+                export tensorwasm:inference/batch-generation@0.2.0;
                 /// Run once at deploy time by the host (`crate::preinit`):
                 /// builds the tokenizer into the snapshot every instance starts from.
                 export wizer-initialize: func();
             }
         ",
-        path: ["../../wit/tensor-0.1.0", "../../wit/inference-0.1.0"],
+        path: [
+            "../../wit/tensor-0.1.0",
+            "../../wit/inference-0.1.0",
+            "../../wit/inference-0.2.0",
+        ],
         generate_all,
     });
 }
 
-use bindings::exports::tensorwasm::inference::generation::{
+use bindings::exports::tensorwasm::inference0_1_0::generation::{
     Completion as CompletionHandle, FinishReason, Guest, GuestCompletion, Prompt, Sampling, Usage,
 };
-use bindings::tensorwasm::inference::types::{ContextOverflow, Error, ModelInfo, ModelKind};
+use bindings::tensorwasm::inference0_1_0::types::{ContextOverflow, Error, ModelInfo, ModelKind};
 use sample::{Sampler, Scan, StopScan};
 use std::cell::RefCell;
 use std::sync::OnceLock;
@@ -88,62 +97,86 @@ impl Guest for Component {
     }
 
     fn start(model: String, prompt: Prompt, options: Sampling) -> Result<CompletionHandle, Error> {
-        if model != MODEL_ID {
-            return Err(Error::UnknownModel(format!(
-                "this component serves `{MODEL_ID}`, not `{model}`"
-            )));
-        }
-        check(&options)?;
-        let weights = Weights::open(MODEL_ID).map_err(|e| match e.kind() {
-            "not-granted" | "not-found" => {
-                Error::ModelUnavailable(format!("{MODEL_ID}: {e}; {FETCH_HINT}"))
-            }
-            _ => Error::Backend(e.to_string()),
-        })?;
-        let model = llama::Model::open(&weights).map_err(Error::ModelUnavailable)?;
-        let vocab = vocab(&weights)?;
-        let text = match prompt {
-            Prompt::Text(t) => t,
-            Prompt::Chat(messages) => {
-                if messages.is_empty() {
-                    return Err(Error::InvalidRequest("`messages` must not be empty".into()));
-                }
-                tokenizer::chat_prompt(&messages)
-            }
-        };
-        let ids = vocab.encode(&text).map_err(Error::InvalidRequest)?;
-        if ids.is_empty() {
-            return Err(Error::InvalidRequest("the prompt is empty".into()));
-        }
-        let requested = ids.len() as u64 + u64::from(options.max_tokens);
-        let maximum = model.config.context.min(CONTEXT as usize) as u32;
-        if requested > u64::from(maximum) {
-            return Err(Error::ContextLengthExceeded(ContextOverflow {
-                requested: requested.min(u64::from(u32::MAX)) as u32,
-                maximum,
-            }));
-        }
-        let seed = options
-            .seed
-            .unwrap_or_else(wasip2::random::random::get_random_u64);
+        let model = open(&model)?;
+        let (ids, text) = prepare(&model, prompt, options)?;
         let mut cache = model.cache();
         let logits = model
             .forward(&ids, &mut cache)
             .map_err(|e| Error::Backend(e.to_string()))?;
         let state = State {
-            sampler: Sampler::new(options.temperature, options.top_p, seed),
-            prompt_tokens: ids.len() as u32,
-            generated: Vec::new(),
-            released: 0,
             pending: Some(logits),
-            finish: None,
             cache,
             model,
-            vocab,
-            options,
+            text,
         };
         Ok(CompletionHandle::new(Completion(RefCell::new(state))))
     }
+}
+
+/// The model's weights, if `model` names it.
+fn open(model: &str) -> Result<llama::Model, Error> {
+    if model != MODEL_ID {
+        return Err(unknown_model(model));
+    }
+    let weights = Weights::open(MODEL_ID).map_err(|e| match e.kind() {
+        "not-granted" | "not-found" => {
+            Error::ModelUnavailable(format!("{MODEL_ID}: {e}; {FETCH_HINT}"))
+        }
+        _ => Error::Backend(e.to_string()),
+    })?;
+    let model = llama::Model::open(&weights).map_err(Error::ModelUnavailable)?;
+    vocab(&weights)?;
+    Ok(model)
+}
+
+/// The error for a model id this component does not serve.
+fn unknown_model(model: &str) -> Error {
+    Error::UnknownModel(format!("this component serves `{MODEL_ID}`, not `{model}`"))
+}
+
+/// Checks a request against `model` and tokenizes its prompt: the prompt's
+/// ids and the sequence's text state.
+fn prepare(
+    model: &llama::Model,
+    prompt: Prompt,
+    options: Sampling,
+) -> Result<(Vec<u32>, Text), Error> {
+    check(&options)?;
+    let vocab = VOCAB.get().expect("`open` built the tokenizer");
+    let text = match prompt {
+        Prompt::Text(t) => t,
+        Prompt::Chat(messages) => {
+            if messages.is_empty() {
+                return Err(Error::InvalidRequest("`messages` must not be empty".into()));
+            }
+            tokenizer::chat_prompt(&messages)
+        }
+    };
+    let ids = vocab.encode(&text).map_err(Error::InvalidRequest)?;
+    if ids.is_empty() {
+        return Err(Error::InvalidRequest("the prompt is empty".into()));
+    }
+    let requested = ids.len() as u64 + u64::from(options.max_tokens);
+    let maximum = model.config.context.min(CONTEXT as usize) as u32;
+    if requested > u64::from(maximum) {
+        return Err(Error::ContextLengthExceeded(ContextOverflow {
+            requested: requested.min(u64::from(u32::MAX)) as u32,
+            maximum,
+        }));
+    }
+    let seed = options
+        .seed
+        .unwrap_or_else(wasip2::random::random::get_random_u64);
+    let text = Text {
+        vocab,
+        sampler: Sampler::new(options.temperature, options.top_p, seed),
+        prompt_tokens: ids.len() as u32,
+        generated: Vec::new(),
+        released: 0,
+        finish: None,
+        options,
+    };
+    Ok((ids, text))
 }
 
 /// Checks the sampling options against the WIT's ranges.
@@ -170,70 +203,94 @@ fn check(o: &Sampling) -> Result<(), Error> {
 /// A completion's state between `next` calls.
 struct State {
     model: llama::Model,
-    vocab: &'static tokenizer::Vocab,
     cache: llama::Cache,
-    sampler: Sampler,
-    options: Sampling,
-    prompt_tokens: u32,
-    generated: Vec<u32>,
-    /// Bytes of the decoded text already returned.
-    released: usize,
+    text: Text,
     /// Logits of the position to pick next, when not yet picked.
     pending: Option<tensorwasm_sdk::Tensor>,
-    finish: Option<FinishReason>,
 }
 
 impl State {
     /// Generates until there is text to return or the completion ends.
     fn next(&mut self) -> Result<Option<String>, Error> {
         let backend = |e: tensorwasm_sdk::Error| Error::Backend(e.to_string());
-        while self.finish.is_none() {
+        while self.text.finish.is_none() {
             let logits = match self.pending.take() {
                 Some(l) => l,
                 None => {
-                    let last = *self.generated.last().expect("a token was generated");
+                    let last = *self.text.generated.last().expect("a token was generated");
                     self.model
                         .forward(&[last], &mut self.cache)
                         .map_err(backend)?
                 }
             };
-            let id = self.sampler.pick(&logits).map_err(backend)?;
-            if self.vocab.end_ids.contains(&id) {
-                // The model ended: release what was held back for a stop sequence.
-                self.finish = Some(FinishReason::Stop);
-                let text = self.vocab.decode(&self.generated);
-                if text.len() > self.released {
-                    let piece = text[self.released..].to_string();
-                    self.released = text.len();
-                    return Ok(Some(piece));
-                }
-                break;
-            }
-            self.generated.push(id);
-            let text = self.vocab.decode(&self.generated);
-            let stops = StopScan::new(&self.options.stop);
-            let release = match stops.scan(&text, self.released) {
-                Scan::Stop(at) => {
-                    self.finish = Some(FinishReason::Stop);
-                    at
-                }
-                Scan::Release(at) => at,
-            };
-            if self.finish.is_none() && self.generated.len() >= self.options.max_tokens as usize {
-                self.finish = Some(FinishReason::Length);
-            }
-            let end = if matches!(self.finish, Some(FinishReason::Length)) {
-                text.len()
-            } else {
-                release
-            };
-            if end > self.released {
-                let piece = text[self.released..end].to_string();
-                self.released = end;
+            let id = self.text.sampler.pick(&logits).map_err(backend)?;
+            if let Some(piece) = self.text.push(id) {
                 return Ok(Some(piece));
             }
         }
         Ok(None)
+    }
+}
+
+/// A sequence's text: the tokens picked, what of their text was released,
+/// and why it ended.
+struct Text {
+    vocab: &'static tokenizer::Vocab,
+    sampler: Sampler,
+    options: Sampling,
+    prompt_tokens: u32,
+    generated: Vec<u32>,
+    /// Bytes of the decoded text already returned.
+    released: usize,
+    finish: Option<FinishReason>,
+}
+
+impl Text {
+    /// Takes the picked token `id`; returns the text it releases, if any
+    /// (held back: an unfinished character, a possible stop sequence), and
+    /// sets `finish` when the sequence ends.
+    fn push(&mut self, id: u32) -> Option<String> {
+        if self.vocab.end_ids.contains(&id) {
+            // The model ended: release what was held back for a stop sequence.
+            self.finish = Some(FinishReason::Stop);
+            let text = self.vocab.decode(&self.generated);
+            return self.release(&text, text.len());
+        }
+        self.generated.push(id);
+        let text = self.vocab.decode(&self.generated);
+        let release = match StopScan::new(&self.options.stop).scan(&text, self.released) {
+            Scan::Stop(at) => {
+                self.finish = Some(FinishReason::Stop);
+                at
+            }
+            Scan::Release(at) => at,
+        };
+        if self.finish.is_none() && self.generated.len() >= self.options.max_tokens as usize {
+            self.finish = Some(FinishReason::Length);
+        }
+        let end = if matches!(self.finish, Some(FinishReason::Length)) {
+            text.len()
+        } else {
+            release
+        };
+        self.release(&text, end)
+    }
+
+    /// `text` from what was released up to byte `end`, if any.
+    fn release(&mut self, text: &str, end: usize) -> Option<String> {
+        if end <= self.released {
+            return None;
+        }
+        let piece = text[self.released..end].to_string();
+        self.released = end;
+        Some(piece)
+    }
+
+    fn usage(&self) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.generated.len() as u32,
+        }
     }
 }
 
@@ -246,15 +303,11 @@ impl GuestCompletion for Completion {
     }
 
     fn finish_reason(&self) -> Option<FinishReason> {
-        self.0.borrow().finish
+        self.0.borrow().text.finish
     }
 
     fn usage(&self) -> Usage {
-        let s = self.0.borrow();
-        Usage {
-            prompt_tokens: s.prompt_tokens,
-            completion_tokens: s.generated.len() as u32,
-        }
+        self.0.borrow().text.usage()
     }
 }
 

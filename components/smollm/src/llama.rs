@@ -37,11 +37,21 @@ pub struct Model {
     lm_head: Tensor,
 }
 
-/// Keys and values of every layer for the positions read so far.
+/// Keys and values of every layer for the positions read so far, each
+/// [1, kv_heads, len, head_dim].
 pub struct Cache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    pub layers: Vec<Option<(Tensor, Tensor)>>,
     /// Positions held.
     pub len: usize,
+}
+
+/// The KV cache of a batch of sequences: per layer, keys and values
+/// [rows, kv_heads, capacity, head_dim]; row r holds sequence r's positions
+/// and zeros past them.
+pub struct BatchCache {
+    pub layers: Vec<(Tensor, Tensor)>,
+    pub rows: usize,
+    pub capacity: usize,
 }
 
 fn integer(w: &Weights, key: &str) -> Result<usize, String> {
@@ -159,4 +169,97 @@ impl Model {
             .rms_norm(Some(&self.out_norm), c.rms_eps)?
             .matmul_t(&self.lm_head)
     }
+
+    /// Width of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.config.hidden / self.config.heads
+    }
+
+    /// Decodes one token per row of `cache`: `ids[r]` at position
+    /// `positions[r]` (below the cache's capacity), writing its key and value
+    /// there; returns the logits [rows, vocab]. The same math as
+    /// [`Model::forward`], with the per-row rotary rotation applied as a
+    /// matrix product and positions past each row's masked out, so that every
+    /// product runs once for the whole batch.
+    pub fn decode(
+        &self,
+        ids: &[u32],
+        positions: &[usize],
+        cache: &mut BatchCache,
+    ) -> tensorwasm_sdk::Result<Tensor> {
+        let c = &self.config;
+        let (b, hd, cap) = (
+            ids.len() as u32,
+            self.head_dim() as u32,
+            cache.capacity as u32,
+        );
+        let (h, kvh) = (c.heads as u32, c.kv_heads as u32);
+        let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+        let mut x = self.embed.embedding(&Tensor::from_i64(&ids, &[b])?)?; // [b, hidden]
+        let rot = Tensor::from_f32(
+            &rotations(positions, hd as usize, c.rope_theta),
+            &[b, 1, hd, hd],
+        )?;
+        let (write, visible) = slots(positions, cache.capacity);
+        let write = Tensor::from_f32(&write, &[b, 1, cap, 1])?;
+        let visible = Tensor::from_f32(&visible, &[b, 1, 1, cap])?;
+        let scale = 1.0 / (hd as f32).sqrt();
+        for (layer, (kc, vc)) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            let n = x.rms_norm(Some(&layer.attn_norm), c.rms_eps)?;
+            let rotate = |t: Tensor, heads: u32| -> tensorwasm_sdk::Result<Tensor> {
+                t.reshape(&[b, 1, heads, hd])?
+                    .matmul(&rot)?
+                    .reshape(&[b, heads, 1, hd])
+            };
+            let q = rotate(n.matmul_t(&layer.q)?, h)?;
+            let k = rotate(n.matmul_t(&layer.k)?, kvh)?;
+            let v = n.matmul_t(&layer.v)?.reshape(&[b, kvh, 1, hd])?;
+            *kc = kc.add(&write.mul(&k)?)?;
+            *vc = vc.add(&write.mul(&v)?)?;
+            let attended = attention(&q, kc, vc, Some(&visible), scale, false)?
+                .reshape(&[b, c.hidden as u32])?;
+            x = x.add(&attended.matmul_t(&layer.o)?)?;
+            let n = x.rms_norm(Some(&layer.ffn_norm), c.rms_eps)?;
+            let gated = n
+                .matmul_t(&layer.gate)?
+                .silu()?
+                .mul(&n.matmul_t(&layer.up)?)?;
+            x = x.add(&gated.matmul_t(&layer.down)?)?;
+        }
+        x.rms_norm(Some(&self.out_norm), c.rms_eps)?
+            .matmul_t(&self.lm_head)
+    }
+}
+
+/// Per row, the rotary embedding at `positions[r]` as a [dim, dim] matrix R
+/// with `x · R` = the `rope` op's interleaved rotation (angles in f64, as the
+/// host computes them).
+fn rotations(positions: &[usize], dim: usize, theta: f32) -> Vec<f32> {
+    let mut out = vec![0.0f32; positions.len() * dim * dim];
+    for (r, &pos) in positions.iter().enumerate() {
+        let m = &mut out[r * dim * dim..(r + 1) * dim * dim];
+        for i in 0..dim / 2 {
+            let freq = f64::from(theta).powf(-2.0 * i as f64 / dim as f64);
+            let (sin, cos) = (pos as f64 * freq).sin_cos();
+            let (a, b) = (2 * i, 2 * i + 1);
+            m[a * dim + a] = cos as f32;
+            m[a * dim + b] = sin as f32;
+            m[b * dim + a] = -sin as f32;
+            m[b * dim + b] = cos as f32;
+        }
+    }
+    out
+}
+
+/// Per row: a one-hot [capacity] marking where its new key and value go, and
+/// the attention mask [capacity] (0 up to its position, a large negative
+/// score past it).
+fn slots(positions: &[usize], capacity: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut write = vec![0.0f32; positions.len() * capacity];
+    let mut visible = vec![-1e9f32; positions.len() * capacity];
+    for (r, &pos) in positions.iter().enumerate() {
+        write[r * capacity + pos] = 1.0;
+        visible[r * capacity..r * capacity + pos + 1].fill(0.0);
+    }
+    (write, visible)
 }

@@ -20,9 +20,14 @@ impl Sampler {
         }
     }
 
+    /// Whether this sampler picks the most likely token.
+    pub fn greedy(&self) -> bool {
+        self.temperature <= 0.0
+    }
+
     /// The next token from `logits` [1, vocab].
     pub fn pick(&mut self, logits: &Tensor) -> tensorwasm_sdk::Result<u32> {
-        if self.temperature <= 0.0 {
+        if self.greedy() {
             let bytes = logits.argmax(-1)?.to_bytes()?;
             let id = i64::from_le_bytes(bytes[..8].try_into().expect("an i64 id"));
             return Ok(id as u32);

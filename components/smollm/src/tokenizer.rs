@@ -1,7 +1,7 @@
 //! SmolLM2's byte-level BPE tokenizer and ChatML template, built from the
 //! GGUF file's metadata (`tokenizer.ggml.*`).
 
-use crate::bindings::exports::tensorwasm::inference::generation::Message;
+use crate::bindings::exports::tensorwasm::inference0_1_0::generation::Message;
 use tensorwasm_sdk::{MetadataValue, Weights};
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{BPE, Vocab as BpeVocab};

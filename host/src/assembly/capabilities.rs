@@ -196,4 +196,5 @@ capabilities! {
     tensor: crate::tensor::TensorHost,
     cuda: crate::cuda::Cuda,
     scheduler: crate::scheduler::Scheduler,
+    inference: crate::inference::Inference,
 }

@@ -6,6 +6,7 @@
 //! pre-initialized, compiled) and pre-instantiated. `serve` and `run` call
 //! it; so will anything that deploys while the server runs.
 
+mod batching;
 pub mod capabilities;
 pub mod default_world;
 pub mod models;
@@ -109,9 +110,13 @@ impl Assembly {
             let dir = crate::platform::dirs::models_dir(self.models_dir.as_ref())?;
             models::grant(&mut spec.grants, &dir, &spec.name);
         }
-        let caps = self.capabilities(&spec, None)?;
+        let caps = Arc::new(self.capabilities(&spec, None)?);
         let (origin, component) = self.load(&spec, &caps)?;
+        self.check_inference(&spec, &component)?;
         let pre = load::prepare(&self.engine, &self.linker, &origin, &component)?;
+        if let Some(inference) = &spec.inference {
+            caps.inference.set(self.batchers(&spec, inference, &caps)?);
+        }
         let uses_keyvalue = component
             .component_type()
             .imports(&self.engine)

@@ -66,6 +66,17 @@ struct RawDeployment {
     grants: Grants,
     #[serde(default)]
     deps: BTreeMap<String, PathBuf>,
+    inference: Option<RawInference>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInference {
+    embeddings: Option<String>,
+    generation: Option<String>,
+    #[serde(rename = "max-batch")]
+    max_batch: Option<u32>,
+    window: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -240,6 +251,39 @@ impl Instances {
     }
 }
 
+/// Batching across requests (`[deployment.inference]`): the model
+/// components that serve the world's `tensorwasm:inference@0.1.0` imports,
+/// each run as one long-lived instance that the host's batcher feeds with
+/// the work of every concurrent request of the deployment (`crate::inference`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inference {
+    /// The component serving `embeddings` (a package name or a `.wasm` path).
+    pub embeddings: Option<ModelSource>,
+    /// The component serving `generation`.
+    pub generation: Option<ModelSource>,
+    /// Requests embedded together, or sequences decoded together, at most.
+    pub max_batch: u32,
+    /// How long an embedding batch waits for more requests after the first.
+    pub window: Duration,
+}
+
+impl Inference {
+    /// Sequences or requests per batch unless the deployment says.
+    pub const DEFAULT_MAX_BATCH: u32 = 64;
+    /// The largest `max-batch` accepted.
+    pub const MAX_MAX_BATCH: u32 = 1024;
+}
+
+/// Where a model component comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// A package, found as a world's packages are (the deployment's `deps`,
+    /// then the components built into the binary), e.g. `tensorwasm:minilm`.
+    Package(String),
+    /// A component file.
+    Path(PathBuf),
+}
+
 /// Where a deployment's component comes from.
 #[derive(Debug, Clone)]
 pub enum Source {
@@ -268,6 +312,8 @@ pub struct DeploymentSpec {
     pub instances: Instances,
     /// What its guests may touch.
     pub grants: Grants,
+    /// Batching across requests, if the deployment opts in.
+    pub inference: Option<Inference>,
 }
 
 /// Parses the deployment file at `path`; `defaults` supplies unset limits.
@@ -359,7 +405,13 @@ impl RawDeployment {
         {
             return Err(at.err(&format!("route path `{p}` must start with `/`")));
         }
+        let inference = self
+            .inference
+            .as_ref()
+            .map(|i| i.resolve(at, base))
+            .transpose()?;
         Ok(DeploymentSpec {
+            inference,
             limits: self.limits.resolve(at, defaults)?,
             instances: self.instances.resolve(at)?,
             grants: self.grants.resolve(at, base)?,
@@ -409,6 +461,48 @@ impl RawInstances {
             None => Instances::DEFAULT_IDLE,
         };
         Ok(Instances { reuse, idle })
+    }
+}
+
+impl RawInference {
+    /// The batching settings; a model is a package name (`ns:name`) or a path.
+    fn resolve(&self, at: &Place, base: &Path) -> Result<Inference> {
+        let model = |v: &Option<String>| {
+            v.as_ref()
+                .map(|v| match v.contains(':') && !v.contains('/') {
+                    true => ModelSource::Package(v.clone()),
+                    false => ModelSource::Path(base.join(v)),
+                })
+        };
+        let inference = Inference {
+            embeddings: model(&self.embeddings),
+            generation: model(&self.generation),
+            max_batch: self.max_batch.unwrap_or(Inference::DEFAULT_MAX_BATCH),
+            // Zero is allowed: batch only what queued while the last batch ran.
+            window: match &self.window {
+                Some(t) => humantime::parse_duration(t.trim()).map_err(|e| {
+                    at.err(&format!(
+                        "`inference.window`: invalid duration `{t}`: {e} (try `500us` or `0s`)"
+                    ))
+                })?,
+                None => Duration::ZERO,
+            },
+        };
+        if inference.embeddings.is_none() && inference.generation.is_none() {
+            return Err(at.err(
+                "`inference` names no model component: set `embeddings`, `generation` or both",
+            ));
+        }
+        if !(1..=Inference::MAX_MAX_BATCH).contains(&inference.max_batch) {
+            return Err(at.err(&format!(
+                "`inference.max-batch` must be in 1..={}",
+                Inference::MAX_MAX_BATCH
+            )));
+        }
+        if inference.window > Duration::from_secs(1) {
+            return Err(at.err("`inference.window` must be at most 1s"));
+        }
+        Ok(inference)
     }
 }
 

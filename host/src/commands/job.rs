@@ -97,6 +97,7 @@ fn spec(args: &RunArgs) -> DeploymentSpec {
             tensor_memory: args.tensor_memory,
         },
         instances: Instances::FRESH,
+        inference: None,
         grants: Grants {
             dirs: args
                 .dirs

@@ -160,6 +160,7 @@ fn single(name: &str, source: Source, defaults: &Limits) -> DeploymentSpec {
         route: Route::default(),
         limits: defaults.clone(),
         instances: Instances::FRESH,
+        inference: None,
         grants: Default::default(),
     }
 }

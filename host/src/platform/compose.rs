@@ -73,7 +73,7 @@ pub struct PackageSources {
 
 impl PackageSources {
     /// Finds the bytes of package `name` (e.g. `tensorwasm:hello`).
-    fn find(&self, name: &str) -> Result<Option<Vec<u8>>> {
+    pub fn find(&self, name: &str) -> Result<Option<Vec<u8>>> {
         if let Some(path) = self.deps.get(name) {
             let bytes = std::fs::read(path)
                 .with_context(|| format!("cannot read package `{name}` from {}", path.display()))?;

@@ -39,6 +39,15 @@ pub struct DiscardLabels {
     pub reason: &'static str,
 }
 
+/// Labels of the batch-size histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BatchLabels {
+    /// Deployment name.
+    pub deployment: String,
+    /// `embeddings` or `generation`.
+    pub kind: &'static str,
+}
+
 /// All of the host's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -64,6 +73,13 @@ pub struct Metrics {
     pub memory_cap_kills: Family<DeploymentLabel, Counter>,
     /// Tensor bytes each tenant holds (returns to 0 when its requests end).
     pub tensor_bytes: Family<TenantLabel, Gauge>,
+    /// Requests (embeddings) or sequences (generation) per batched model call.
+    pub batch_size: Family<BatchLabels, Histogram>,
+}
+
+fn batch_histogram() -> Histogram {
+    // 1 .. 256
+    Histogram::new(exponential_buckets(1.0, 2.0, 9))
 }
 
 fn latency_histogram() -> Histogram {
@@ -146,6 +162,12 @@ impl Metrics {
                 "tensor_bytes",
                 "Tensor memory held by each tenant, in bytes",
                 Family::default(),
+            ),
+            batch_size: add(
+                &mut r,
+                "inference_batch_size",
+                "Requests or sequences served by one batched model call",
+                Family::new_with_constructor(batch_histogram as fn() -> Histogram),
             ),
             registry: r,
         }

@@ -43,7 +43,7 @@ pub struct Deployment {
     /// `tenant/name`, for logs.
     who: Arc<str>,
     pre: ProxyPre<InstanceState>,
-    caps: DeploymentCapabilities,
+    caps: Arc<DeploymentCapabilities>,
     /// Its idle instances, when it reuses them.
     pool: Option<Arc<Pool>>,
     /// Every deployment's, to make room in a full instance pool.
@@ -123,7 +123,7 @@ impl Deployment {
         spec: DeploymentSpec,
         pre: ProxyPre<InstanceState>,
         metrics: Arc<Metrics>,
-        caps: DeploymentCapabilities,
+        caps: Arc<DeploymentCapabilities>,
         pools: &Arc<Pools>,
     ) -> Self {
         let label = DeploymentLabel {

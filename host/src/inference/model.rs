@@ -1,0 +1,127 @@
+//! A model component's long-lived instance, on a thread of its own: one
+//! per deployment and model component, instantiated at deploy time under
+//! the deployment's own capabilities (tenant, grants, quotas), renewed after
+//! a trap. Its batcher ([`super::embed`], [`super::generate`]) is the only
+//! caller, one call at a time.
+
+use super::InferenceCtx;
+use crate::assembly::capabilities::{DeploymentCapabilities, InstanceEnv, InstanceState};
+use anyhow::{Context, Result};
+use std::future::Future;
+use std::sync::Weak;
+use std::time::{Duration, Instant};
+use wasmtime::Store;
+use wasmtime::component::InstancePre;
+
+/// A model world's exports (generated bindings).
+pub trait Exports: Sized + 'static {
+    /// Its pre-instantiated form.
+    type Pre: Clone + Send + 'static;
+    /// Type-checks the component against the world.
+    fn pre(pre: InstancePre<InstanceState>) -> Result<Self::Pre>;
+    /// Instantiates it in `store`.
+    fn instantiate(
+        pre: &Self::Pre,
+        store: &mut Store<InstanceState>,
+    ) -> impl Future<Output = Result<Self>>;
+}
+
+/// What a model instance is made from.
+pub struct Recipe<E: Exports> {
+    /// The engine.
+    pub engine: wasmtime::Engine,
+    /// The component, pre-instantiated.
+    pub pre: E::Pre,
+    /// The deployment's capabilities (weak: the deployment owns them, and
+    /// through them this instance's batcher).
+    pub caps: Weak<DeploymentCapabilities>,
+    /// Linear-memory cap.
+    pub memory: u64,
+    /// Wall-clock budget of one call.
+    pub timeout: Duration,
+}
+
+/// A running model instance.
+pub struct Model<E: Exports> {
+    recipe: Recipe<E>,
+    store: Store<InstanceState>,
+    exports: E,
+}
+
+impl<E: Exports> Model<E> {
+    /// Instantiates the recipe.
+    pub async fn new(recipe: Recipe<E>) -> Result<Self> {
+        let (store, exports) = Self::instantiate(&recipe).await?;
+        Ok(Self {
+            recipe,
+            store,
+            exports,
+        })
+    }
+
+    async fn instantiate(recipe: &Recipe<E>) -> Result<(Store<InstanceState>, E)> {
+        let caps = recipe.caps.upgrade().context("the deployment is gone")?;
+        let env = InstanceEnv {
+            started: Instant::now(),
+            budget: None,
+            random_seed: None,
+        };
+        let mut state = InstanceState::new(&caps, recipe.memory, &env)?;
+        // A model does not call models: no handle back to its own batcher.
+        state.caps.inference = InferenceCtx::default();
+        let mut store = Store::new(&recipe.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        crate::platform::engine::set_wall_deadline(
+            &mut store,
+            Some(Instant::now() + recipe.timeout),
+        );
+        let exports = E::instantiate(&recipe.pre, &mut store).await?;
+        Ok((store, exports))
+    }
+
+    /// The exports and the store, armed with a fresh per-call deadline.
+    pub fn call(&mut self) -> (&E, &mut Store<InstanceState>) {
+        let deadline = Instant::now() + self.recipe.timeout;
+        crate::platform::engine::set_wall_deadline(&mut self.store, Some(deadline));
+        (&self.exports, &mut self.store)
+    }
+
+    /// Replaces a trapped instance with a new one (its host objects —
+    /// tensors, every sequence's cache — are freed with the old store).
+    pub async fn renew(&mut self) -> Result<()> {
+        let (store, exports) = Self::instantiate(&self.recipe).await?;
+        self.store = store;
+        self.exports = exports;
+        Ok(())
+    }
+}
+
+/// Runs `body` on a new thread with its own single-threaded runtime and
+/// waits for its first report (`Ok` once its instance is up).
+pub fn spawn<T, F, Fut>(name: String, body: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(std::sync::mpsc::SyncSender<Result<T>>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.into()));
+                    return;
+                }
+            };
+            rt.block_on(body(ready_tx));
+        })
+        .context("cannot start a model thread")?;
+    ready_rx
+        .recv()
+        .context("the model thread ended before its instance was ready")?
+}
