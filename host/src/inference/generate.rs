@@ -14,6 +14,7 @@ use super::bindings::generator::tensorwasm::inference::types::{Error, ModelInfo}
 use super::model::{Exports, Model, Recipe, spawn};
 use crate::assembly::capabilities::InstanceState;
 use anyhow::Result;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use std::collections::{HashMap, VecDeque};
 use tokio::sync::{mpsc, oneshot};
@@ -69,8 +70,9 @@ impl Generator {
         name: String,
         recipe: Recipe<BatchGenerationModel>,
         max_batch: usize,
-        sizes: Histogram,
+        gauges: (Histogram, Gauge),
     ) -> Result<Self> {
+        let (sizes, sequences) = gauges;
         let (jobs, rx) = mpsc::unbounded_channel();
         let models = spawn(name, move |ready| async move {
             let mut model = match Model::new(recipe).await {
@@ -93,6 +95,7 @@ impl Generator {
                 model,
                 max_batch,
                 sizes,
+                sequences,
                 active: HashMap::new(),
                 waiting: VecDeque::new(),
             }
@@ -187,6 +190,8 @@ struct Batcher {
     model: Model<BatchGenerationModel>,
     max_batch: usize,
     sizes: Histogram,
+    /// Reports `active.len()`.
+    sequences: Gauge,
     /// Sequences in the batch, by id.
     active: HashMap<u32, mpsc::UnboundedSender<Event>>,
     /// Admissions waiting for room in the batch.
@@ -206,7 +211,9 @@ impl Batcher {
             while let Ok(job) = rx.try_recv() {
                 self.take(job).await;
             }
-            if !self.admit().await || !self.step().await {
+            let running = self.admit().await && self.step().await;
+            self.sequences.set(self.active.len() as i64);
+            if !running {
                 return;
             }
         }

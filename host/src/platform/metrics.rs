@@ -75,6 +75,8 @@ pub struct Metrics {
     pub tensor_bytes: Family<TenantLabel, Gauge>,
     /// Requests (embeddings) or sequences (generation) per batched model call.
     pub batch_size: Family<BatchLabels, Histogram>,
+    /// Sequences in a deployment's generation batch now.
+    pub batch_sequences: Family<DeploymentLabel, Gauge>,
 }
 
 fn batch_histogram() -> Histogram {
@@ -168,6 +170,12 @@ impl Metrics {
                 "inference_batch_size",
                 "Requests or sequences served by one batched model call",
                 Family::new_with_constructor(batch_histogram as fn() -> Histogram),
+            ),
+            batch_sequences: add(
+                &mut r,
+                "inference_sequences",
+                "Sequences in a generation batch (admitted, not yet ended or released)",
+                Family::default(),
             ),
             registry: r,
         }
