@@ -11,9 +11,10 @@ a prompt of its own (all started together); aggregate tokens/s = tokens of
 all streams / wall time from the first request to the last token; time to
 first token per stream (p50, p99). Peer: transformers `generate` of the same
 N prompts as one batch (left-padded, greedy, 64 new tokens each).
-Embeddings: N clients each sending batch-1 requests (one sentence,
-base64) for `--seconds`; embeddings/s of all. Anchor: one client sending
-batches of N; peer: sentence-transformers encoding N sentences per batch.
+Embeddings: N client processes each sending batch-1 requests (one
+sentence, base64, keep-alive) for `--seconds`; embeddings/s of all. Anchor:
+one client sending batches of N; peer: sentence-transformers encoding N
+sentences per batch.
 GPU utilization (nvidia-smi, sampled every 100 ms) is reported per side.
 Prints each round, then a markdown table of medians.
 """
@@ -21,6 +22,7 @@ Prints each round, then a markdown table of medians.
 import argparse
 import concurrent.futures as cf
 import json
+import multiprocessing
 import os
 import statistics
 import subprocess
@@ -104,23 +106,47 @@ def ours_chat(port, n):
     return sum(g[2] for g in got) / (end - t0), [g[0] * 1000 for g in got], gpu.mean
 
 
+def embed_client(job):
+    """One client process: batches of `batch` sentences over one keep-alive
+    connection from `start` for `seconds`; returns the embeddings received."""
+    port, i, stride, batch, start, seconds, corpus = job
+    import base64
+    import http.client
+    import numpy as np
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    headers = {"Authorization": f"Bearer {bench.TOKEN}", "Content-Type": "application/json"}
+    time.sleep(max(0.0, start - time.time()))
+    done, k = 0, i * batch
+    while time.time() < start + seconds:
+        texts = [corpus[(k + j) % len(corpus)] for j in range(batch)]
+        conn.request("POST", "/v1/embeddings", json.dumps(
+            {"model": bench.EMBEDDER, "input": texts, "encoding_format": "base64"}), headers)
+        r = conn.getresponse()
+        body = r.read()
+        if r.status != 200:
+            raise RuntimeError(f"embeddings: {r.status} {body[:200]!r}")
+        for d in json.loads(body)["data"]:
+            np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4")
+        done += batch
+        k += stride * batch
+    return done
+
+
+def embed_clients(port, clients, batch, seconds, corpus):
+    """Embeddings/s of `clients` processes each sending batches of `batch`
+    (processes, so the load generator is not one Python interpreter)."""
+    start = time.time() + 1.0
+    jobs = [(port, i, clients, batch, start, seconds, corpus) for i in range(clients)]
+    with multiprocessing.get_context("fork").Pool(clients) as pool:
+        done = pool.map(embed_client, jobs)
+    return sum(done) / seconds
+
+
 def ours_embeddings(port, n, seconds, corpus):
     """(embeddings/s, GPU use) of n clients each sending batch-1 requests for `seconds`."""
-    stop = time.perf_counter() + seconds
-    counts = [0] * n
-
-    def client(i):
-        k = i
-        while time.perf_counter() < stop:
-            bench.embed_base64(port, [corpus[k % len(corpus)]])
-            counts[i] += 1
-            k += n
-
-    with GpuUse() as gpu, cf.ThreadPoolExecutor(n) as ex:
-        t0 = time.perf_counter()
-        list(ex.map(client, range(n)))
-        dt = time.perf_counter() - t0
-    return sum(counts) / dt, gpu.mean
+    with GpuUse() as gpu:
+        eps = embed_clients(port, n, 1, seconds, corpus)
+    return eps, gpu.mean
 
 
 def batches_of(n, corpus):
@@ -133,14 +159,7 @@ def batches_of(n, corpus):
 
 def one_client_batches(port, n, seconds, corpus):
     """Embeddings/s of one client sending batches of n (the same sentences)."""
-    stop, done = time.perf_counter() + seconds, 0
-    t0 = time.perf_counter()
-    for batch in batches_of(n, corpus):
-        if time.perf_counter() >= stop:
-            break
-        bench.embed_base64(port, batch)
-        done += n
-    return done / (time.perf_counter() - t0)
+    return embed_clients(port, 1, n, seconds, corpus)
 
 
 class Peer(bench.Peer):

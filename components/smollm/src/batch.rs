@@ -1,9 +1,9 @@
 //! `tensorwasm:inference/batch-generation@0.2.0`: continuous batching in one
-//! long-lived instance. `admit` reads a prompt on its own (prefill) and
-//! parks the sequence with its KV cache and logits; each `step` picks one
-//! token for every sequence, drops those that ended, moves newly admitted
-//! ones into the batch's cache, and decodes all the rest with one pass of
-//! the model ([`llama::Model::decode`]), whatever their lengths.
+//! long-lived instance. `admit` checks and tokenizes a prompt and parks it;
+//! each `step` reads every parked prompt together ([`llama::Model::prefill`]),
+//! picks one token for every sequence, drops those that ended or were
+//! released, and decodes all the rest with one pass of the model
+//! ([`llama::Model::decode`]), whatever their lengths.
 
 use crate::bindings::exports::tensorwasm::inference0_1_0::generation as v1;
 use crate::bindings::exports::tensorwasm::inference0_2_0::batch_generation as v2;
@@ -17,26 +17,37 @@ use tensorwasm_sdk::{Dtype, Tensor, concat};
 
 /// Cache positions are allocated in steps of this many.
 const CAPACITY_STEP: usize = 128;
+/// Padded prompt tokens read in one prefill pass, at most (a longer prompt
+/// goes alone).
+const PREFILL_TOKENS: usize = 4096;
 
 /// A sequence of the batch.
 struct Sequence {
     id: u32,
     text: Text,
-    /// Positions read into the cache (prompt and fed tokens).
+    /// Positions read into its cache (prompt and fed tokens).
     position: usize,
-    /// Its prefill's cache and logits, until it joins the batch's cache.
-    joining: Option<(llama::Cache, Tensor)>,
+    /// Its prompt, until a step reads it.
+    prompt: Option<Vec<u32>>,
     /// Released by the host: leaves at the next step, unreported.
     gone: bool,
 }
 
-/// The batch: the model, its sequences (the first `cache.rows` in the
-/// cache's rows, in order; joining ones after) and the last decode's logits.
+/// Consecutive sequences' keys and values (per layer [count, kv_heads, len,
+/// head_dim], zeros past each row's position) and, until picked from, the
+/// logits [count, vocab] of each row's next token.
+struct Rows {
+    layers: Vec<(Tensor, Tensor)>,
+    logits: Option<Tensor>,
+    count: usize,
+}
+
+/// The batch: the model and its sequences, the first `rows.count` of them
+/// in the cache's rows, in order; newly admitted ones after.
 struct Batch {
     model: llama::Model,
     sequences: Vec<Sequence>,
-    cache: Option<llama::BatchCache>,
-    logits: Option<Tensor>,
+    rows: Option<Rows>,
     next_id: u32,
 }
 
@@ -67,8 +78,7 @@ impl v2::Guest for Component {
                 *slot = Some(Batch {
                     model: open(&model).map_err(from_v1)?,
                     sequences: Vec::new(),
-                    cache: None,
-                    logits: None,
+                    rows: None,
                     next_id: 0,
                 });
             }
@@ -78,18 +88,13 @@ impl v2::Guest for Component {
             }
             let (ids, text) =
                 prepare(&batch.model, prompt_v1(prompt), sampling_v1(options)).map_err(from_v1)?;
-            let mut cache = batch.model.cache();
-            let logits = batch
-                .model
-                .forward(&ids, &mut cache)
-                .map_err(|e| Error::Backend(e.to_string()))?;
             let id = batch.next_id;
             batch.next_id = batch.next_id.wrapping_add(1);
             batch.sequences.push(Sequence {
                 id,
                 text,
-                position: ids.len(),
-                joining: Some((cache, logits)),
+                position: 0,
+                prompt: Some(ids),
                 gone: false,
             });
             Ok(id)
@@ -123,76 +128,75 @@ impl v2::Guest for Component {
 
 impl Batch {
     fn step(&mut self) -> tensorwasm_sdk::Result<Vec<v2::TokenEvent>> {
-        let picks = self.pick()?;
-        let mut events = Vec::with_capacity(picks.len());
-        for (s, id) in self.sequences.iter_mut().zip(picks) {
-            if s.gone {
-                continue;
+        let cached = self.rows.as_ref().map_or(0, |r| r.count);
+        // Released before their prompt was read: nothing to free.
+        let mut i = 0;
+        self.sequences.retain(|s| {
+            i += 1;
+            i <= cached || !s.gone
+        });
+        let mut parts: Vec<Rows> = self.rows.take().into_iter().collect();
+        parts.extend(self.prefill(cached)?);
+        let mut events = Vec::with_capacity(self.sequences.len());
+        let mut first = 0;
+        for part in &mut parts {
+            let sequences = &mut self.sequences[first..first + part.count];
+            first += part.count;
+            let picks = pick(part, sequences)?;
+            for (s, id) in sequences.iter_mut().zip(picks) {
+                if !s.gone {
+                    events.push(event(s, id));
+                }
             }
-            let text = s.text.push(id).unwrap_or_default();
-            events.push(v2::TokenEvent {
-                sequence: s.id,
-                text,
-                finish: s.text.finish.map(|f| match f {
-                    FinishReason::Stop => v2::FinishReason::Stop,
-                    FinishReason::Length => v2::FinishReason::Length,
-                }),
-                usage: {
-                    let u = s.text.usage();
-                    v2::Usage {
-                        prompt_tokens: u.prompt_tokens,
-                        completion_tokens: u.completion_tokens,
-                    }
-                },
-            });
         }
-        self.regroup()?;
+        self.regroup(parts)?;
         self.decode()?;
         Ok(events)
     }
 
-    /// One token per sequence: greedy rows of the batch with one `argmax`,
-    /// the others from their own row or their prefill's logits.
-    fn pick(&mut self) -> tensorwasm_sdk::Result<Vec<u32>> {
-        let rows = self.cache.as_ref().map_or(0, |c| c.rows);
-        let greedy_rows = match &self.logits {
-            Some(l) if rows > 0 => {
-                let bytes = l.argmax(-1)?.to_bytes()?;
-                bytes
-                    .chunks_exact(8)
-                    .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as u32)
-                    .collect()
+    /// Reads the prompts of the sequences after the first `cached`, in
+    /// passes of at most [`PREFILL_TOKENS`] padded tokens.
+    fn prefill(&mut self, cached: usize) -> tensorwasm_sdk::Result<Vec<Rows>> {
+        let mut parts = Vec::new();
+        let mut start = cached;
+        while start < self.sequences.len() {
+            let mut end = start + 1;
+            let mut longest = self.sequences[start].prompt.as_ref().map_or(0, Vec::len);
+            while end < self.sequences.len() {
+                let len = self.sequences[end].prompt.as_ref().map_or(0, Vec::len);
+                if (end + 1 - start) * longest.max(len) > PREFILL_TOKENS {
+                    break;
+                }
+                longest = longest.max(len);
+                end += 1;
             }
-            _ => Vec::new(),
-        };
-        let mut picks = Vec::with_capacity(self.sequences.len());
-        for (r, s) in self.sequences.iter_mut().enumerate() {
-            let id = if let Some((_, logits)) = &s.joining {
-                s.text.sampler.pick(logits)?
-            } else if s.text.sampler.greedy() {
-                greedy_rows[r]
-            } else {
-                let row = self.logits.as_ref().expect("rows have logits");
-                s.text.sampler.pick(&row.narrow(0, r as u32, 1)?)?
-            };
-            picks.push(id);
+            let prompts: Vec<Vec<u32>> = self.sequences[start..end]
+                .iter_mut()
+                .map(|s| s.prompt.take().unwrap_or_default())
+                .collect();
+            let refs: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+            let (layers, logits) = self.model.prefill(&refs)?;
+            for (s, p) in self.sequences[start..end].iter_mut().zip(&prompts) {
+                s.position = p.len();
+            }
+            parts.push(Rows {
+                layers,
+                logits: Some(logits),
+                count: end - start,
+            });
+            start = end;
         }
-        Ok(picks)
+        Ok(parts)
     }
 
-    /// Drops ended and released sequences from the batch and moves the
-    /// newly admitted ones into its cache (growing its capacity if needed).
-    fn regroup(&mut self) -> tensorwasm_sdk::Result<()> {
-        let rows = self.cache.as_ref().map_or(0, |c| c.rows);
+    /// Keeps the rows of sequences that go on (dropping those that ended or
+    /// were released), fitted to one capacity, as the batch's cache.
+    fn regroup(&mut self, parts: Vec<Rows>) -> tensorwasm_sdk::Result<()> {
         let keep: Vec<bool> = self
             .sequences
             .iter()
             .map(|s| !s.gone && s.text.finish.is_none())
             .collect();
-        let changed = keep.iter().any(|k| !k) || self.sequences.len() > rows;
-        if !changed {
-            return self.grow();
-        }
         let need = self
             .sequences
             .iter()
@@ -201,104 +205,49 @@ impl Batch {
             .map(|(s, _)| s.position + 1)
             .max()
             .unwrap_or(0);
-        let old = self.cache.take();
-        let capacity = old
-            .as_ref()
-            .map_or(0, |c| c.capacity)
-            .max(need.div_ceil(CAPACITY_STEP) * CAPACITY_STEP);
-        let mut parts: Vec<Vec<(Tensor, Tensor)>> = Vec::new();
-        if let Some(old) = &old {
-            for (start, len) in runs(&keep[..rows]) {
-                parts.push(
-                    old.layers
-                        .iter()
-                        .map(|(k, v)| Ok((k.narrow(0, start, len)?, v.narrow(0, start, len)?)))
-                        .collect::<tensorwasm_sdk::Result<_>>()?,
-                );
-            }
-        }
-        for (s, k) in self.sequences.iter_mut().zip(&keep).skip(rows) {
-            if let (true, Some((cache, _))) = (*k, s.joining.take()) {
-                parts.push(
-                    cache
-                        .layers
-                        .into_iter()
-                        .map(|l| l.expect("prefilled"))
-                        .collect(),
-                );
-            }
-        }
-        let mut sequences = std::mem::take(&mut self.sequences);
-        let mut i = 0;
-        sequences.retain(|_| {
-            i += 1;
-            keep[i - 1]
-        });
-        for s in &mut sequences {
-            s.joining = None;
-        }
-        self.sequences = sequences;
-        self.logits = None;
-        self.cache = match parts.is_empty() {
-            true => None,
-            false => Some(self.join(parts, capacity)?),
-        };
-        Ok(())
-    }
-
-    /// One cache from per-layer pieces (each [rows, kv_heads, len,
-    /// head_dim]), padded to `capacity` positions and stacked by rows.
-    fn join(
-        &self,
-        parts: Vec<Vec<(Tensor, Tensor)>>,
-        capacity: usize,
-    ) -> tensorwasm_sdk::Result<llama::BatchCache> {
+        let capacity = need.div_ceil(CAPACITY_STEP) * CAPACITY_STEP;
         let layers = self.model.config.layers;
         let mut per_layer: Vec<(Vec<Tensor>, Vec<Tensor>)> =
             (0..layers).map(|_| (Vec::new(), Vec::new())).collect();
-        let mut rows = 0;
+        let mut first = 0;
         for part in parts {
-            rows += part.first().map_or(0, |(k, _)| k.shape()[0] as usize);
-            for ((k, v), (ks, vs)) in part.into_iter().zip(per_layer.iter_mut()) {
-                ks.push(pad(k, capacity)?);
-                vs.push(pad(v, capacity)?);
+            let kept = &keep[first..first + part.count];
+            first += part.count;
+            let whole = kept.iter().all(|k| *k);
+            for ((k, v), (ks, vs)) in part.layers.into_iter().zip(per_layer.iter_mut()) {
+                if whole {
+                    ks.push(fit(k, capacity)?);
+                    vs.push(fit(v, capacity)?);
+                    continue;
+                }
+                for (at, len) in runs(kept) {
+                    ks.push(fit(k.narrow(0, at, len)?, capacity)?);
+                    vs.push(fit(v.narrow(0, at, len)?, capacity)?);
+                }
             }
         }
-        let layers = per_layer
-            .into_iter()
-            .map(|(ks, vs)| Ok((stack(ks)?, stack(vs)?)))
-            .collect::<tensorwasm_sdk::Result<_>>()?;
-        Ok(llama::BatchCache {
-            layers,
-            rows,
-            capacity,
-        })
-    }
-
-    /// Grows the cache when a row's next position would not fit.
-    fn grow(&mut self) -> tensorwasm_sdk::Result<()> {
-        let need = self
-            .sequences
-            .iter()
-            .map(|s| s.position + 1)
-            .max()
-            .unwrap_or(0);
-        let Some(cache) = self.cache.take() else {
-            return Ok(());
+        let mut i = 0;
+        self.sequences.retain(|_| {
+            i += 1;
+            keep[i - 1]
+        });
+        self.rows = match self.sequences.is_empty() {
+            true => None,
+            false => Some(Rows {
+                layers: per_layer
+                    .into_iter()
+                    .map(|(ks, vs)| Ok((stack(ks)?, stack(vs)?)))
+                    .collect::<tensorwasm_sdk::Result<_>>()?,
+                logits: None,
+                count: self.sequences.len(),
+            }),
         };
-        if need <= cache.capacity {
-            self.cache = Some(cache);
-            return Ok(());
-        }
-        let capacity = need.div_ceil(CAPACITY_STEP) * CAPACITY_STEP;
-        let parts = vec![cache.layers];
-        self.cache = Some(self.join(parts, capacity)?);
         Ok(())
     }
 
     /// Feeds every sequence its last token: one decode for the batch.
     fn decode(&mut self) -> tensorwasm_sdk::Result<()> {
-        let Some(cache) = self.cache.as_mut() else {
+        let Some(rows) = self.rows.as_mut() else {
             return Ok(());
         };
         let ids: Vec<u32> = self
@@ -312,7 +261,11 @@ impl Batch {
             })
             .collect();
         let positions: Vec<usize> = self.sequences.iter().map(|s| s.position).collect();
-        self.logits = Some(self.model.decode(&ids, &positions, cache)?);
+        let capacity = rows.layers[0].0.shape()[2] as usize;
+        rows.logits = Some(
+            self.model
+                .decode(&ids, &positions, &mut rows.layers, capacity)?,
+        );
         for s in &mut self.sequences {
             s.position += 1;
         }
@@ -320,11 +273,60 @@ impl Batch {
     }
 }
 
-/// `t` [rows, kv_heads, len, head_dim] with zeros up to `capacity` positions.
-fn pad(t: Tensor, capacity: usize) -> tensorwasm_sdk::Result<Tensor> {
+/// One token for each of `part`'s sequences: the greedy ones with one
+/// `argmax` over the part's logits, the others from their own row.
+fn pick(part: &Rows, sequences: &mut [Sequence]) -> tensorwasm_sdk::Result<Vec<u32>> {
+    let logits = part
+        .logits
+        .as_ref()
+        .expect("every part has logits to pick from");
+    let greedy: Vec<u32> = if sequences.iter().any(|s| s.text.sampler.greedy()) {
+        logits
+            .argmax(-1)?
+            .to_bytes()?
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as u32)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut picks = Vec::with_capacity(sequences.len());
+    for (r, s) in sequences.iter_mut().enumerate() {
+        picks.push(match s.text.sampler.greedy() {
+            true => greedy[r],
+            false => s.text.sampler.pick(&logits.narrow(0, r as u32, 1)?)?,
+        });
+    }
+    Ok(picks)
+}
+
+/// What a sequence reports after taking the token `id`.
+fn event(s: &mut Sequence, id: u32) -> v2::TokenEvent {
+    let text = s.text.push(id).unwrap_or_default();
+    let usage = s.text.usage();
+    v2::TokenEvent {
+        sequence: s.id,
+        text,
+        finish: s.text.finish.map(|f| match f {
+            FinishReason::Stop => v2::FinishReason::Stop,
+            FinishReason::Length => v2::FinishReason::Length,
+        }),
+        usage: v2::Usage {
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+        },
+    }
+}
+
+/// `t` [rows, kv_heads, len, head_dim] with `capacity` positions: zeros
+/// added, or positions past every row's cut.
+fn fit(t: Tensor, capacity: usize) -> tensorwasm_sdk::Result<Tensor> {
     let shape = t.shape();
     let len = shape[2] as usize;
-    if len >= capacity {
+    if len > capacity {
+        return t.narrow(2, 0, capacity as u32);
+    }
+    if len == capacity {
         return Ok(t);
     }
     let zeros = Tensor::full(

@@ -45,15 +45,6 @@ pub struct Cache {
     pub len: usize,
 }
 
-/// The KV cache of a batch of sequences: per layer, keys and values
-/// [rows, kv_heads, capacity, head_dim]; row r holds sequence r's positions
-/// and zeros past them.
-pub struct BatchCache {
-    pub layers: Vec<(Tensor, Tensor)>,
-    pub rows: usize,
-    pub capacity: usize,
-}
-
 fn integer(w: &Weights, key: &str) -> Result<usize, String> {
     match w.metadata(key) {
         Some(tensorwasm_sdk::MetadataValue::Integer(v)) if v > 0 => Ok(v as usize),
@@ -170,14 +161,76 @@ impl Model {
             .matmul_t(&self.lm_head)
     }
 
+    /// Reads several prompts at once from position 0 (right-padded to the
+    /// longest; causal attention keeps each real token from seeing the
+    /// padding after it): per layer the keys and values [n, kv_heads, len,
+    /// head_dim] with zeros past each prompt, and the logits [n, vocab] of
+    /// each prompt's last token.
+    pub fn prefill(
+        &self,
+        prompts: &[&[u32]],
+    ) -> tensorwasm_sdk::Result<(Vec<(Tensor, Tensor)>, Tensor)> {
+        let c = &self.config;
+        let (n, hd) = (prompts.len() as u32, self.head_dim() as u32);
+        let (h, kvh) = (c.heads as u32, c.kv_heads as u32);
+        let len = prompts.iter().map(|p| p.len()).max().unwrap_or(0) as u32;
+        let mut ids = vec![0i64; (n * len) as usize];
+        let mut valid = vec![0.0f32; (n * len) as usize];
+        let mut last = Vec::with_capacity(prompts.len());
+        for (r, p) in prompts.iter().enumerate() {
+            let row = r * len as usize;
+            for (t, &id) in p.iter().enumerate() {
+                ids[row + t] = i64::from(id);
+                valid[row + t] = 1.0;
+            }
+            last.push((row + p.len() - 1) as i64);
+        }
+        let valid = Tensor::from_f32(&valid, &[n, 1, len, 1])?;
+        let mut x = self.embed.embedding(&Tensor::from_i64(&ids, &[n * len])?)?; // [n·len, hidden]
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut layers = Vec::with_capacity(c.layers);
+        for layer in &self.layers {
+            let nrm = x.rms_norm(Some(&layer.attn_norm), c.rms_eps)?;
+            let split = |t: Tensor, heads: u32| -> tensorwasm_sdk::Result<Tensor> {
+                t.reshape(&[n, len, heads, hd])?.permute(&[0, 2, 1, 3])
+            };
+            let q = split(nrm.matmul_t(&layer.q)?, h)?.rope(
+                0,
+                c.rope_theta,
+                RopeLayout::Interleaved,
+            )?;
+            let k = split(nrm.matmul_t(&layer.k)?, kvh)?
+                .rope(0, c.rope_theta, RopeLayout::Interleaved)?
+                .mul(&valid)?;
+            let v = split(nrm.matmul_t(&layer.v)?, kvh)?.mul(&valid)?;
+            let attended = attention(&q, &k, &v, None, scale, true)?
+                .permute(&[0, 2, 1, 3])?
+                .reshape(&[n * len, c.hidden as u32])?;
+            layers.push((k, v));
+            x = x.add(&attended.matmul_t(&layer.o)?)?;
+            let nrm = x.rms_norm(Some(&layer.ffn_norm), c.rms_eps)?;
+            let gated = nrm
+                .matmul_t(&layer.gate)?
+                .silu()?
+                .mul(&nrm.matmul_t(&layer.up)?)?;
+            x = x.add(&gated.matmul_t(&layer.down)?)?;
+        }
+        let last = x.embedding(&Tensor::from_i64(&last, &[n])?)?; // [n, hidden]
+        let logits = last
+            .rms_norm(Some(&self.out_norm), c.rms_eps)?
+            .matmul_t(&self.lm_head)?;
+        Ok((layers, logits))
+    }
+
     /// Width of one attention head.
     pub fn head_dim(&self) -> usize {
         self.config.hidden / self.config.heads
     }
 
-    /// Decodes one token per row of `cache`: `ids[r]` at position
-    /// `positions[r]` (below the cache's capacity), writing its key and value
-    /// there; returns the logits [rows, vocab]. The same math as
+    /// Decodes one token per row: `ids[r]` at position `positions[r]` (below
+    /// `capacity`), writing its key and value there in `layers` (per layer
+    /// [rows, kv_heads, capacity, head_dim], zeros past each row's position);
+    /// returns the logits [rows, vocab]. The same math as
     /// [`Model::forward`], with the per-row rotary rotation applied as a
     /// matrix product and positions past each row's masked out, so that every
     /// product runs once for the whole batch.
@@ -185,14 +238,11 @@ impl Model {
         &self,
         ids: &[u32],
         positions: &[usize],
-        cache: &mut BatchCache,
+        layers: &mut [(Tensor, Tensor)],
+        capacity: usize,
     ) -> tensorwasm_sdk::Result<Tensor> {
         let c = &self.config;
-        let (b, hd, cap) = (
-            ids.len() as u32,
-            self.head_dim() as u32,
-            cache.capacity as u32,
-        );
+        let (b, hd, cap) = (ids.len() as u32, self.head_dim() as u32, capacity as u32);
         let (h, kvh) = (c.heads as u32, c.kv_heads as u32);
         let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
         let mut x = self.embed.embedding(&Tensor::from_i64(&ids, &[b])?)?; // [b, hidden]
@@ -200,11 +250,11 @@ impl Model {
             &rotations(positions, hd as usize, c.rope_theta),
             &[b, 1, hd, hd],
         )?;
-        let (write, visible) = slots(positions, cache.capacity);
+        let (write, visible) = slots(positions, capacity);
         let write = Tensor::from_f32(&write, &[b, 1, cap, 1])?;
         let visible = Tensor::from_f32(&visible, &[b, 1, 1, cap])?;
         let scale = 1.0 / (hd as f32).sqrt();
-        for (layer, (kc, vc)) in self.layers.iter().zip(cache.layers.iter_mut()) {
+        for (layer, (kc, vc)) in self.layers.iter().zip(layers.iter_mut()) {
             let n = x.rms_norm(Some(&layer.attn_norm), c.rms_eps)?;
             let rotate = |t: Tensor, heads: u32| -> tensorwasm_sdk::Result<Tensor> {
                 t.reshape(&[b, 1, heads, hd])?
