@@ -57,6 +57,7 @@ fn released_wit_packages_are_unchanged() {
         "scheduler-0.1.0",
         "platform-0.1.0",
         "inference-0.1.0",
+        "inference-0.2.0",
     ] {
         assert!(
             packages.contains(want),
@@ -95,6 +96,7 @@ fn wit_packages_resolve_with_their_deps() {
         "cuda-0.1.0",
         "platform-0.1.0",
         "inference-0.1.0",
+        "inference-0.2.0",
     ] {
         resolve
             .push_path(wit.join(package))

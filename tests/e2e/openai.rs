@@ -63,16 +63,18 @@ fn python_json(script: &Path, args: &[&str]) -> Value {
 /// Serves the OpenAI world with both models granted from `models`, each
 /// instance serving up to `reuse` requests.
 fn serve(dir: &Path, models: &Path, reuse: u32) -> Server {
-    serve_world(dir, models, "worlds/openai.wac", reuse, "")
+    serve_world(dir, models, "worlds/openai.wac", reuse, "120s", "")
 }
 
-/// Serves `world` (relative to the repository) as the OpenAI world, with
-/// `extra` lines in its `[[deployment]]` table.
+/// Serves `world` (relative to the repository) as the OpenAI world, each
+/// request within `timeout`, with `extra` lines in its `[[deployment]]`
+/// table.
 pub(crate) fn serve_world(
     dir: &Path,
     models: &Path,
     world: &str,
     reuse: u32,
+    timeout: &str,
     extra: &str,
 ) -> Server {
     let file = deployment_file(
@@ -83,7 +85,7 @@ pub(crate) fn serve_world(
 name = "openai"
 tenant = "acme"
 world = {world:?}
-limits = {{ timeout = "120s" }}
+limits = {{ timeout = "{timeout}" }}
 instances = {{ reuse = {reuse} }}
 {extra}
 
@@ -211,12 +213,26 @@ fn greedy_generation_matches_the_reference_token_for_token_streaming_too() {
     );
     let reference_file = dir.join("reference.json");
     std::fs::write(&reference_file, reference.to_string()).unwrap();
-    let server = serve(&dir, models, 1000);
+    // The world with its models composed in, then with the host's batchers.
+    for (world, extra) in [
+        ("worlds/openai.wac", ""),
+        ("worlds/openai-batched.wac", crate::batching::BATCHED),
+    ] {
+        let at = dir.join(world.replace('/', "_"));
+        std::fs::create_dir_all(&at).unwrap();
+        let server = serve_world(&at, models, world, 1000, "120s", extra);
+        check_generation(&server, &reference_file, &prompts_file);
+    }
+}
+
+/// The official client's greedy completions on `server` against the
+/// reference, plain and streamed.
+fn check_generation(server: &Server, reference_file: &Path, prompts_file: &Path) {
     let seen = python_json(
         &root().join("tests/openai/client_check.py"),
         &[
             "generation",
-            &base_url(&server),
+            &base_url(server),
             TOKEN,
             reference_file.to_str().unwrap(),
             prompts_file.to_str().unwrap(),
@@ -246,7 +262,7 @@ fn greedy_generation_matches_the_reference_token_for_token_streaming_too() {
     let chat = &results[0];
     assert_eq!(chat["stream_role"], "assistant");
     assert_eq!(chat["stream_usage"], chat["completion_tokens"]);
-    assert_reused(&server);
+    assert_reused(server);
 }
 
 /// The world's instances served several requests each, and none was

@@ -329,19 +329,26 @@ fn stream(meta: &Meta, completion: &Completion, include_usage: bool, out: Respon
     ResponseOutparam::set(out, Ok(response));
     {
         let Ok(mut sink) = body.write() else { return };
+        // False once the client is gone: generation stops, and dropping the
+        // completion takes its sequence out of a batching host's batch.
         let mut send = |v: &Value| {
-            let _ = sink.write_all(format!("data: {v}\n\n").as_bytes());
-            let _ = sink.flush();
+            sink.write_all(format!("data: {v}\n\n").as_bytes()).is_ok() && sink.flush().is_ok()
         };
         if meta.kind == Kind::Chat {
             let mut first = meta.envelope(vec![meta.choice(Some(""), None, true)], None, true);
             first["choices"][0]["delta"]["role"] = json!("assistant");
-            send(&first);
+            if !send(&first) {
+                return;
+            }
         }
         loop {
             match completion.next() {
                 Ok(Some(piece)) => {
-                    send(&meta.envelope(vec![meta.choice(Some(&piece), None, true)], None, true))
+                    let chunk =
+                        meta.envelope(vec![meta.choice(Some(&piece), None, true)], None, true);
+                    if !send(&chunk) {
+                        return;
+                    }
                 }
                 Ok(None) => break,
                 Err(e) => {

@@ -147,13 +147,7 @@ impl Model {
                 .permute(&[0, 2, 1, 3])?
                 .reshape(&[s, c.hidden as u32])?;
             *slot = Some((k, v));
-            x = x.add(&attended.matmul_t(&layer.o)?)?;
-            let n = x.rms_norm(Some(&layer.ffn_norm), c.rms_eps)?;
-            let gated = n
-                .matmul_t(&layer.gate)?
-                .silu()?
-                .mul(&n.matmul_t(&layer.up)?)?;
-            x = x.add(&gated.matmul_t(&layer.down)?)?;
+            x = self.feed_forward(layer, x.add(&attended.matmul_t(&layer.o)?)?)?;
         }
         cache.len += ids.element_count() as usize;
         x.narrow(0, s - 1, 1)?
@@ -207,19 +201,23 @@ impl Model {
                 .permute(&[0, 2, 1, 3])?
                 .reshape(&[n * len, c.hidden as u32])?;
             layers.push((k, v));
-            x = x.add(&attended.matmul_t(&layer.o)?)?;
-            let nrm = x.rms_norm(Some(&layer.ffn_norm), c.rms_eps)?;
-            let gated = nrm
-                .matmul_t(&layer.gate)?
-                .silu()?
-                .mul(&nrm.matmul_t(&layer.up)?)?;
-            x = x.add(&gated.matmul_t(&layer.down)?)?;
+            x = self.feed_forward(layer, x.add(&attended.matmul_t(&layer.o)?)?)?;
         }
         let last = x.embedding(&Tensor::from_i64(&last, &[n])?)?; // [n, hidden]
         let logits = last
             .rms_norm(Some(&self.out_norm), c.rms_eps)?
             .matmul_t(&self.lm_head)?;
         Ok((layers, logits))
+    }
+
+    /// `x` plus the layer's SwiGLU feed-forward of `x` (RMS-normed).
+    fn feed_forward(&self, layer: &Layer, x: Tensor) -> tensorwasm_sdk::Result<Tensor> {
+        let n = x.rms_norm(Some(&layer.ffn_norm), self.config.rms_eps)?;
+        let gated = n
+            .matmul_t(&layer.gate)?
+            .silu()?
+            .mul(&n.matmul_t(&layer.up)?)?;
+        x.add(&gated.matmul_t(&layer.down)?)
     }
 
     /// Width of one attention head.
@@ -268,13 +266,7 @@ impl Model {
             *vc = vc.add(&write.mul(&v)?)?;
             let attended = attention(&q, kc, vc, Some(&visible), scale, false)?
                 .reshape(&[b, c.hidden as u32])?;
-            x = x.add(&attended.matmul_t(&layer.o)?)?;
-            let n = x.rms_norm(Some(&layer.ffn_norm), c.rms_eps)?;
-            let gated = n
-                .matmul_t(&layer.gate)?
-                .silu()?
-                .mul(&n.matmul_t(&layer.up)?)?;
-            x = x.add(&gated.matmul_t(&layer.down)?)?;
+            x = self.feed_forward(layer, x.add(&attended.matmul_t(&layer.o)?)?)?;
         }
         x.rms_norm(Some(&self.out_norm), c.rms_eps)?
             .matmul_t(&self.lm_head)

@@ -17,7 +17,6 @@ use crate::inference::model::{Exports, Recipe};
 use crate::platform::compose::PackageSources;
 use crate::platform::load;
 use crate::platform::metrics::{BatchLabels, DeploymentLabel};
-use crate::platform::preinit::Preinit;
 use anyhow::{Context, Result, anyhow, bail};
 use std::sync::Arc;
 use wasmtime::component::{Component, InstancePre};
@@ -158,14 +157,7 @@ impl Assembly {
                 (path.display().to_string(), bytes)
             }
         };
-        let preinit = Preinit {
-            engine: &self.engine,
-            linker: &self.linker,
-            cache: &self.cache,
-            caps,
-            limits: &spec.limits,
-        };
-        let bytes = preinit.apply(&name, bytes)?;
+        let bytes = self.preinit(spec, caps).apply(&name, bytes)?;
         let component = load::compile(&self.engine, &self.cache, &name, &bytes)?;
         let pre: InstancePre<InstanceState> = self
             .linker

@@ -132,8 +132,15 @@ impl Assembly {
             ),
             _ => String::new(),
         };
+        let batching = match &spec.inference {
+            Some(i) => format!(
+                ", batching across requests (up to {} per model call)",
+                i.max_batch
+            ),
+            None => String::new(),
+        };
         tracing::info!(
-            "deployment `{}` (tenant `{}`): {} on {}{}{reuse}",
+            "deployment `{}` (tenant `{}`): {} on {}{}{reuse}{batching}",
             spec.name,
             spec.tenant,
             origin,
@@ -207,6 +214,21 @@ impl Assembly {
         })
     }
 
+    /// Pre-initializes packages under `spec`'s limits and its capabilities.
+    fn preinit<'a>(
+        &'a self,
+        spec: &'a DeploymentSpec,
+        caps: &'a DeploymentCapabilities,
+    ) -> Preinit<'a> {
+        Preinit {
+            engine: &self.engine,
+            linker: &self.linker,
+            cache: &self.cache,
+            caps,
+            limits: &spec.limits,
+        }
+    }
+
     /// Loads the spec's component or world, pre-initializing each package
     /// that asks for it under the deployment's own capabilities.
     fn load(
@@ -214,13 +236,7 @@ impl Assembly {
         spec: &DeploymentSpec,
         caps: &DeploymentCapabilities,
     ) -> Result<(String, Component)> {
-        let preinit = Preinit {
-            engine: &self.engine,
-            linker: &self.linker,
-            cache: &self.cache,
-            caps,
-            limits: &spec.limits,
-        };
+        let preinit = self.preinit(spec, caps);
         let prepare = |name: &str, bytes: Vec<u8>| preinit.apply(name, bytes);
         let (origin, component) = match &spec.source {
             Source::Default => {

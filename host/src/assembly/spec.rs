@@ -629,6 +629,26 @@ mod tests {
     }
 
     #[test]
+    fn reads_the_batching_settings() {
+        let text = "[[deployment]]\nname = \"a\"\ntenant = \"t\"\nworld = \"w.wac\"\ninference = { embeddings = \"tensorwasm:minilm\", generation = \"models/gen.wasm\", max-batch = 16, window = \"500us\" }\n";
+        let spec = &parse(text, Path::new("/srv/d.toml"), &defaults()).unwrap()[0];
+        assert_eq!(
+            spec.inference,
+            Some(Inference {
+                embeddings: Some(ModelSource::Package("tensorwasm:minilm".into())),
+                generation: Some(ModelSource::Path("/srv/models/gen.wasm".into())),
+                max_batch: 16,
+                window: Duration::from_micros(500),
+            })
+        );
+        let text = "[[deployment]]\nname = \"a\"\ntenant = \"t\"\ncomponent = \"c.wasm\"\n";
+        assert_eq!(
+            parse(text, Path::new("d.toml"), &defaults()).unwrap()[0].inference,
+            None
+        );
+    }
+
+    #[test]
     fn rejects_bad_files() {
         let p = Path::new("d.toml");
         for (text, needle) in [
@@ -654,6 +674,26 @@ mod tests {
             ),
             (
                 "[[deployment]]\nname = \"a\"\ntenant = \"t\"\ncomponent = \"x\"\ninstances = { count = 5 }\n",
+                "unknown field",
+            ),
+            (
+                "[[deployment]]\nname = \"a\"\ntenant = \"t\"\nworld = \"w.wac\"\ninference = { max-batch = 8 }\n",
+                "names no model component",
+            ),
+            (
+                "[[deployment]]\nname = \"a\"\ntenant = \"t\"\nworld = \"w.wac\"\ninference = { embeddings = \"e:m\", max-batch = 2000 }\n",
+                "must be in 1..=1024",
+            ),
+            (
+                "[[deployment]]\nname = \"a\"\ntenant = \"t\"\nworld = \"w.wac\"\ninference = { embeddings = \"e:m\", window = \"soon\" }\n",
+                "`inference.window`: invalid duration",
+            ),
+            (
+                "[[deployment]]\nname = \"a\"\ntenant = \"t\"\nworld = \"w.wac\"\ninference = { embeddings = \"e:m\", window = \"2s\" }\n",
+                "at most 1s",
+            ),
+            (
+                "[[deployment]]\nname = \"a\"\ntenant = \"t\"\nworld = \"w.wac\"\ninference = { embedding = \"e:m\" }\n",
                 "unknown field",
             ),
             ("", "no deployments"),

@@ -9,7 +9,7 @@ use super::bindings::embedder::exports::tensorwasm::inference::batch_embeddings:
     EmbedRequest, EmbeddingBatch,
 };
 use super::bindings::embedder::tensorwasm::inference::types::{Error, ModelInfo};
-use super::model::{Exports, Model, Recipe, spawn};
+use super::model::{Exports, Model, Recipe, start};
 use crate::assembly::capabilities::InstanceState;
 use anyhow::Result;
 use prometheus_client::metrics::histogram::Histogram;
@@ -19,6 +19,7 @@ use wasmtime::Store;
 use wasmtime::component::InstancePre;
 
 impl Exports for BatchEmbeddingModel {
+    type Info = ModelInfo;
     type Pre = BatchEmbeddingModelPre<InstanceState>;
 
     fn pre(pre: InstancePre<InstanceState>) -> Result<Self::Pre> {
@@ -27,6 +28,12 @@ impl Exports for BatchEmbeddingModel {
 
     async fn instantiate(pre: &Self::Pre, store: &mut Store<InstanceState>) -> Result<Self> {
         Ok(pre.instantiate_async(store).await?)
+    }
+
+    async fn models(&self, store: &mut Store<InstanceState>) -> wasmtime::Result<Vec<ModelInfo>> {
+        self.tensorwasm_inference_batch_embeddings()
+            .call_models(store)
+            .await
     }
 }
 
@@ -64,25 +71,7 @@ impl Embedder {
         batching: Batching,
     ) -> Result<Self> {
         let (jobs, rx) = mpsc::unbounded_channel();
-        let models = spawn(name, move |ready| async move {
-            let mut model = match Model::new(recipe).await {
-                Ok(m) => m,
-                Err(e) => return drop(ready.send(Err(e))),
-            };
-            let (exports, store) = model.call();
-            let listed = exports
-                .tensorwasm_inference_batch_embeddings()
-                .call_models(store)
-                .await;
-            match listed {
-                Ok(models) => drop(ready.send(Ok(models))),
-                Err(e) => {
-                    let e = anyhow::Error::from(e).context("listing the model's models");
-                    return drop(ready.send(Err(e)));
-                }
-            }
-            serve(model, rx, batching).await;
-        })?;
+        let models = start(name, recipe, move |model| serve(model, rx, batching))?;
         Ok(Self { jobs, models })
     }
 

@@ -11,7 +11,7 @@ use super::bindings::generator::exports::tensorwasm::inference::batch_generation
     FinishReason, Prompt, Sampling, TokenEvent, Usage,
 };
 use super::bindings::generator::tensorwasm::inference::types::{Error, ModelInfo};
-use super::model::{Exports, Model, Recipe, spawn};
+use super::model::{Exports, Model, Recipe, start};
 use crate::assembly::capabilities::InstanceState;
 use anyhow::Result;
 use prometheus_client::metrics::gauge::Gauge;
@@ -22,6 +22,7 @@ use wasmtime::Store;
 use wasmtime::component::InstancePre;
 
 impl Exports for BatchGenerationModel {
+    type Info = ModelInfo;
     type Pre = BatchGenerationModelPre<InstanceState>;
 
     fn pre(pre: InstancePre<InstanceState>) -> Result<Self::Pre> {
@@ -30,6 +31,12 @@ impl Exports for BatchGenerationModel {
 
     async fn instantiate(pre: &Self::Pre, store: &mut Store<InstanceState>) -> Result<Self> {
         Ok(pre.instantiate_async(store).await?)
+    }
+
+    async fn models(&self, store: &mut Store<InstanceState>) -> wasmtime::Result<Vec<ModelInfo>> {
+        self.tensorwasm_inference_batch_generation()
+            .call_models(store)
+            .await
     }
 }
 
@@ -74,23 +81,7 @@ impl Generator {
     ) -> Result<Self> {
         let (sizes, sequences) = gauges;
         let (jobs, rx) = mpsc::unbounded_channel();
-        let models = spawn(name, move |ready| async move {
-            let mut model = match Model::new(recipe).await {
-                Ok(m) => m,
-                Err(e) => return drop(ready.send(Err(e))),
-            };
-            let (exports, store) = model.call();
-            let listed = exports
-                .tensorwasm_inference_batch_generation()
-                .call_models(store)
-                .await;
-            match listed {
-                Ok(models) => drop(ready.send(Ok(models))),
-                Err(e) => {
-                    let e = anyhow::Error::from(e).context("listing the model's models");
-                    return drop(ready.send(Err(e)));
-                }
-            }
+        let batcher = move |model| {
             Batcher {
                 model,
                 max_batch,
@@ -100,8 +91,8 @@ impl Generator {
                 waiting: VecDeque::new(),
             }
             .serve(rx)
-            .await;
-        })?;
+        };
+        let models = start(name, recipe, batcher)?;
         Ok(Self { jobs, models })
     }
 
@@ -257,9 +248,9 @@ impl Batcher {
                 Ok(Ok(id)) => {
                     let (tx, events) = mpsc::unbounded_channel();
                     self.active.insert(id, tx);
-                    if reply.send(Ok(Admitted { id, events })).is_err() {
-                        self.active.remove(&id);
-                    }
+                    // If the request is gone already, its receiver is
+                    // dropped with the reply and the next step releases it.
+                    let _ = reply.send(Ok(Admitted { id, events }));
                 }
                 Ok(Err(e)) => drop(reply.send(Err(e))),
                 Err(trap) => {

@@ -81,6 +81,14 @@ impl Capability for Inference {
     fn instance(ctx: &InferenceCtx, _: &InstanceEnv) -> anyhow::Result<InferenceCtx> {
         Ok(ctx.clone())
     }
+
+    /// A completion still held after its request keeps its sequence in the
+    /// batch: drop the instance (which releases it) rather than reuse it.
+    fn left_behind(table: &mut ResourceTable) -> bool {
+        table
+            .iter_mut()
+            .any(|entry| entry.is::<generate::Completion>())
+    }
 }
 
 /// What the host's `tensorwasm:inference` functions see of an instance.

@@ -17,6 +17,8 @@ use wasmtime::component::InstancePre;
 pub trait Exports: Sized + 'static {
     /// Its pre-instantiated form.
     type Pre: Clone + Send + 'static;
+    /// What it says of each model it serves.
+    type Info: Send + 'static;
     /// Type-checks the component against the world.
     fn pre(pre: InstancePre<InstanceState>) -> Result<Self::Pre>;
     /// Instantiates it in `store`.
@@ -24,6 +26,11 @@ pub trait Exports: Sized + 'static {
         pre: &Self::Pre,
         store: &mut Store<InstanceState>,
     ) -> impl Future<Output = Result<Self>>;
+    /// The models it serves.
+    fn models(
+        &self,
+        store: &mut Store<InstanceState>,
+    ) -> impl Future<Output = wasmtime::Result<Vec<Self::Info>>>;
 }
 
 /// What a model instance is made from.
@@ -96,12 +103,14 @@ impl<E: Exports> Model<E> {
     }
 }
 
-/// Runs `body` on a new thread with its own single-threaded runtime and
-/// waits for its first report (`Ok` once its instance is up).
-pub fn spawn<T, F, Fut>(name: String, body: F) -> Result<T>
+/// Starts `recipe`'s instance on a thread of its own (with its own
+/// single-threaded runtime), lists its models, then hands it to `serve`
+/// there; returns the models once the instance is up, or why it is not.
+pub fn start<E, F, Fut>(name: String, recipe: Recipe<E>, serve: F) -> Result<Vec<E::Info>>
 where
-    T: Send + 'static,
-    F: FnOnce(std::sync::mpsc::SyncSender<Result<T>>) -> Fut + Send + 'static,
+    E: Exports,
+    Recipe<E>: Send,
+    F: FnOnce(Model<E>) -> Fut + Send + 'static,
     Fut: Future<Output = ()>,
 {
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
@@ -113,12 +122,27 @@ where
                 .build()
             {
                 Ok(rt) => rt,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e.into()));
-                    return;
-                }
+                Err(e) => return drop(ready_tx.send(Err(e.into()))),
             };
-            rt.block_on(body(ready_tx));
+            rt.block_on(async move {
+                let up = async {
+                    let mut model = Model::new(recipe).await?;
+                    let (exports, store) = model.call();
+                    let models = exports
+                        .models(store)
+                        .await
+                        .map_err(anyhow::Error::from)
+                        .context("listing the component's models")?;
+                    anyhow::Ok((model, models))
+                };
+                match up.await {
+                    Ok((model, models)) => {
+                        let _ = ready_tx.send(Ok(models));
+                        serve(model).await;
+                    }
+                    Err(e) => drop(ready_tx.send(Err(e))),
+                }
+            });
         })
         .context("cannot start a model thread")?;
     ready_rx
