@@ -3,7 +3,7 @@
 //! model instance per model component, and each gets what it would get
 //! alone, or its own error.
 
-use crate::openai::{EMBEDDER, GENERATOR, TOKEN, post, serve_world, tools};
+use crate::openai::{EMBEDDER, GENERATOR, TIMEOUT, TOKEN, post, serve_world, tools};
 use crate::support::*;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Write};
@@ -48,13 +48,13 @@ fn batched_requests_get_what_they_would_get_alone() {
     let (plain_dir, batched_dir) = (dir.join("plain"), dir.join("batched"));
     std::fs::create_dir_all(&plain_dir).unwrap();
     std::fs::create_dir_all(&batched_dir).unwrap();
-    let plain = serve_world(&plain_dir, models, "worlds/openai.wac", 1000, "120s", "");
+    let plain = serve_world(&plain_dir, models, "worlds/openai.wac", 1000, TIMEOUT, "");
     let batched = serve_world(
         &batched_dir,
         models,
         "worlds/openai-batched.wac",
         1000,
-        "120s",
+        TIMEOUT,
         BATCHED,
     );
     let calls = vec![
@@ -151,7 +151,7 @@ fn sequences_leave_the_batch_when_their_client_leaves_or_their_deadline_passes()
         models,
         "worlds/openai-batched.wac",
         1000,
-        "6s",
+        r#"timeout = "6s""#,
         BATCHED,
     );
     let long = |stream: bool| {
@@ -223,6 +223,51 @@ fn sequences_leave_the_batch_when_their_client_leaves_or_their_deadline_passes()
         &chat("Say hi.", 4, json!({})).1,
     );
     assert_eq!(status, 200, "{v}");
+}
+
+#[test]
+fn a_batch_past_the_tenants_tensor_quota_fails_its_requests_alone() {
+    let (models, _) = tools();
+    let dir = scratch("batching_quota");
+    let server = serve_world(
+        &dir,
+        models,
+        "worlds/openai-batched.wac",
+        1000,
+        r#"timeout = "60s", tensor-memory = "16KiB""#,
+        BATCHED,
+    );
+    let calls = vec![
+        chat("What is the capital of France?", 8, json!({})),
+        chat("Why is the sky blue?", 8, json!({})),
+        embed(json!(["The quick brown fox jumps over the lazy dog."])),
+    ];
+    for (status, v) in all_at_once(&server, &calls) {
+        assert_eq!(status, 500, "{v}");
+        let message = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("quota"), "{v}");
+    }
+    // Nothing is left charged to the tenant, and the server goes on.
+    let m = server.metrics();
+    assert_eq!(
+        metric(&m, "tensorwasm_tensor_bytes", &["tenant=\"acme\""]),
+        0.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "tensorwasm_inference_sequences", &[]),
+        0.0,
+        "{m}"
+    );
+    let auth = format!("Bearer {TOKEN}");
+    let r = request(
+        server.addr,
+        "GET",
+        "/v1/models",
+        &[("authorization", &auth)],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
 }
 
 #[test]

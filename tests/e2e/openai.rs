@@ -12,6 +12,8 @@ use std::sync::OnceLock;
 pub(crate) const TOKEN: &str = "sk-e2e-openai-0123456789";
 pub(crate) const EMBEDDER: &str = "all-minilm-l6-v2";
 pub(crate) const GENERATOR: &str = "smollm2-135m-instruct";
+/// The OpenAI deployments' limits in the tests.
+pub(crate) const TIMEOUT: &str = r#"timeout = "120s""#;
 
 /// The models folder and the Python environment, made once per test run
 /// (tests/openai/setup.sh: `pip` from PyPI, the models checked against
@@ -63,18 +65,18 @@ fn python_json(script: &Path, args: &[&str]) -> Value {
 /// Serves the OpenAI world with both models granted from `models`, each
 /// instance serving up to `reuse` requests.
 fn serve(dir: &Path, models: &Path, reuse: u32) -> Server {
-    serve_world(dir, models, "worlds/openai.wac", reuse, "120s", "")
+    serve_world(dir, models, "worlds/openai.wac", reuse, TIMEOUT, "")
 }
 
-/// Serves `world` (relative to the repository) as the OpenAI world, each
-/// request within `timeout`, with `extra` lines in its `[[deployment]]`
-/// table.
+/// Serves `world` (relative to the repository) as the OpenAI world under
+/// `limits` (the inline table's body), with `extra` lines in its
+/// `[[deployment]]` table.
 pub(crate) fn serve_world(
     dir: &Path,
     models: &Path,
     world: &str,
     reuse: u32,
-    timeout: &str,
+    limits: &str,
     extra: &str,
 ) -> Server {
     let file = deployment_file(
@@ -85,7 +87,7 @@ pub(crate) fn serve_world(
 name = "openai"
 tenant = "acme"
 world = {world:?}
-limits = {{ timeout = "{timeout}" }}
+limits = {{ {limits} }}
 instances = {{ reuse = {reuse} }}
 {extra}
 
@@ -220,7 +222,7 @@ fn greedy_generation_matches_the_reference_token_for_token_streaming_too() {
     ] {
         let at = dir.join(world.replace('/', "_"));
         std::fs::create_dir_all(&at).unwrap();
-        let server = serve_world(&at, models, world, 1000, "120s", extra);
+        let server = serve_world(&at, models, world, 1000, TIMEOUT, extra);
         check_generation(&server, &reference_file, &prompts_file);
     }
 }
