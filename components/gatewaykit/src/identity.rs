@@ -107,19 +107,41 @@ pub fn bearer(authorization: &str) -> Option<&str> {
 /// The configured token matching `presented`, compared with every entry in
 /// constant time (no early exit, no data-dependent branch per byte).
 pub fn find<'a>(tokens: &'a [Token], presented: &str) -> Option<&'a Token> {
-    let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+    let digest = digest_of(presented);
     let mut found = None;
     for token in tokens {
-        let diff = token
-            .hash
-            .iter()
-            .zip(digest.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        if std::hint::black_box(diff) == 0 {
+        if std::hint::black_box(differs(&token.hash, &digest)) == 0 {
             found = Some(token);
         }
     }
     found
+}
+
+/// SHA-256 of `presented`. A warm instance keeps the last token it hashed
+/// and its digest: a caller's next request (compared in constant time, as a
+/// token of the same length) skips the hash.
+fn digest_of(presented: &str) -> [u8; 32] {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(Vec<u8>, [u8; 32])>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let presented = presented.as_bytes();
+    LAST.with_borrow_mut(|last| {
+        if let Some((token, digest)) = last.as_ref()
+            && token.len() == presented.len()
+            && std::hint::black_box(differs(token, presented)) == 0
+        {
+            return *digest;
+        }
+        let digest: [u8; 32] = Sha256::digest(presented).into();
+        *last = Some((presented.to_vec(), digest));
+        digest
+    })
+}
+
+/// Non-zero when `a` and `b` (of equal length) differ; reads every byte.
+fn differs(a: &[u8], b: &[u8]) -> u8 {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y))
 }
 
 /// Who sent `request`, judged against `tokens`.

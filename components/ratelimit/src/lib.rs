@@ -22,11 +22,14 @@
 //! A warm instance (`instances = { reuse = N }`) remembers the slot it last
 //! took a token from, per bucket, and tries that slot first: one increment
 //! instead of reading the whole window, until the slot is full or leaves
-//! the window.
+//! the window. It also keeps each token caller's parsed policy and open
+//! bucket, so a request costs the increment and little else.
 
 use gatewaykit::keyvalue::{atomics, batch, store};
 use httpkit::{json_error, respond};
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::sync::Mutex;
 use wasip2::http::types::{IncomingRequest, ResponseOutparam};
 
@@ -246,29 +249,74 @@ fn bucket_name(request: &IncomingRequest, token: Option<&str>) -> String {
     }
 }
 
+/// What a request of one caller needs: the policy, and the caller's bucket.
+struct Plan {
+    policy: Policy,
+    slots: Slots,
+    name: String,
+    bucket: store::Bucket,
+}
+
+thread_local! {
+    /// Token callers' plans, kept while the instance lives (config does not
+    /// change meanwhile); at most [`REMEMBERED`].
+    static PLANS: RefCell<BTreeMap<String, Rc<Plan>>> = const { RefCell::new(BTreeMap::new()) };
+}
+
+/// The plan for this request's caller (`None`: no limit), from the cache
+/// for token callers.
+fn plan(request: &IncomingRequest, token: Option<&str>) -> Result<Option<Rc<Plan>>, Refusal> {
+    if let Some(id) = token
+        && let Some(plan) = PLANS.with_borrow(|p| p.get(id).cloned())
+    {
+        return Ok(Some(plan));
+    }
+    let Some(policy) = policy(token).map_err(Refusal::Config)? else {
+        return Ok(None);
+    };
+    let name = bucket_name(request, token);
+    let bucket = store::open(&name).map_err(Refusal::Store)?;
+    let plan = Rc::new(Plan {
+        policy,
+        slots: Slots::new(policy),
+        name,
+        bucket,
+    });
+    if let Some(id) = token {
+        PLANS.with_borrow_mut(|p| {
+            if p.len() >= REMEMBERED {
+                p.clear();
+            }
+            p.insert(id.to_string(), plan.clone());
+        });
+    }
+    Ok(Some(plan))
+}
+
+/// Why a request could not be judged.
+enum Refusal {
+    Config(String),
+    Store(store::Error),
+}
+
 struct RateLimit;
 
 impl exports::wasi::http::incoming_handler::Guest for RateLimit {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
         let caller = gatewaykit::identity::caller(&request);
-        let policy = match policy(caller.id()) {
-            Ok(Some(p)) => p,
-            Ok(None) => return wasi::http::incoming_handler::handle(request, out),
-            Err(e) => return json_error(out, 500, "bad_config", &e),
-        };
-        let name = bucket_name(&request, caller.id());
-        let verdict = store::open(&name).and_then(|bucket| {
-            take(
-                &bucket,
-                &name,
-                &Slots::new(policy),
-                gatewaykit::time::now_ns(),
-            )
+        let verdict = plan(&request, caller.id()).and_then(|plan| {
+            let Some(plan) = plan else { return Ok(None) };
+            let now = gatewaykit::time::now_ns();
+            let verdict = take(&plan.bucket, &plan.name, &plan.slots, now);
+            Ok(Some((plan.policy, verdict.map_err(Refusal::Store)?)))
         });
         match verdict {
-            Ok(Verdict::Admit(_)) => wasi::http::incoming_handler::handle(request, out),
-            Ok(Verdict::Reject { retry_ns }) => too_many(out, policy, retry_ns),
-            Err(e) => json_error(
+            Ok(None | Some((_, Verdict::Admit(_)))) => {
+                wasi::http::incoming_handler::handle(request, out)
+            }
+            Ok(Some((policy, Verdict::Reject { retry_ns }))) => too_many(out, policy, retry_ns),
+            Err(Refusal::Config(e)) => json_error(out, 500, "bad_config", &e),
+            Err(Refusal::Store(e)) => json_error(
                 out,
                 503,
                 "ratelimit_unavailable",

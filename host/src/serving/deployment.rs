@@ -61,6 +61,8 @@ struct Stats {
     traps: Counter,
     deadline_kills: Counter,
     memory_cap_kills: Counter,
+    /// `requests_total{status="200"}`, resolved on the first 200.
+    ok: std::sync::OnceLock<Counter>,
 }
 
 /// What the guest task yields: how it ended, and its store after a clean
@@ -136,6 +138,7 @@ impl Deployment {
             traps: metrics.traps.get_or_create(&label).clone(),
             deadline_kills: metrics.deadline_kills.get_or_create(&label).clone(),
             memory_cap_kills: metrics.memory_cap_kills.get_or_create(&label).clone(),
+            ok: std::sync::OnceLock::new(),
         };
         let pool = pools.pool(&spec.name, spec.instances, &metrics);
         Self {
@@ -164,7 +167,7 @@ impl Deployment {
         &self,
         engine: &Engine,
         mut req: Request<Incoming>,
-        client: std::net::SocketAddr,
+        client: &http::HeaderValue,
     ) -> Response<ResponseBody> {
         let started = Instant::now();
         let id = request_id::assign(req.headers_mut(), client);
@@ -173,21 +176,32 @@ impl Deployment {
         request_id::stamp(response.headers_mut(), &id);
         self.stats.in_flight.dec();
         self.stats.latency.observe(started.elapsed().as_secs_f64());
-        self.metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                deployment: self.name.clone(),
-                status: response.status().as_u16(),
-            })
-            .inc();
+        self.count(response.status());
         response
+    }
+
+    /// Counts a response in `requests_total` (the common 200 without a
+    /// label lookup).
+    fn count(&self, status: StatusCode) {
+        let counter = |status: StatusCode| {
+            let labels = RequestLabels {
+                deployment: self.name.clone(),
+                status: status.as_u16(),
+            };
+            self.metrics.requests.get_or_create(&labels).clone()
+        };
+        if status == StatusCode::OK {
+            self.stats.ok.get_or_init(|| counter(status)).inc();
+        } else {
+            counter(status).inc();
+        }
     }
 
     async fn run(
         &self,
         engine: &Engine,
         req: Request<Incoming>,
-        id: &str,
+        id: &http::HeaderValue,
     ) -> Response<ResponseBody> {
         let started = Instant::now();
         let deadline = tokio::time::Instant::from_std(started) + self.limits.timeout;
@@ -286,7 +300,7 @@ impl Deployment {
         call: Call,
         permit: Option<OwnedSemaphorePermit>,
         deadline: tokio::time::Instant,
-        id: &str,
+        id: &http::HeaderValue,
         failed: Arc<AtomicBool>,
     ) -> (GuestRun<Finished>, Answer) {
         let Call {
@@ -300,7 +314,7 @@ impl Deployment {
         let (pre, stats, who) = (self.pre.clone(), self.stats.clone(), self.who.clone());
         let (pool, pools) = (self.pool.clone(), self.pools.clone());
         let body = answer.body.clone();
-        let request_id: Arc<str> = id.into();
+        let request_id = id.clone();
         let guest = GuestRun::new(async move {
             let _permit = permit;
             let mut room_made = false;
@@ -318,7 +332,7 @@ impl Deployment {
             };
             let result = tokio::time::timeout_at(deadline, run).await;
             let end = classify(result, store.data().limiter.hit);
-            stats.record(&who, &request_id, &end);
+            stats.record(&who, request_id.to_str().unwrap_or_default(), &end);
             if !matches!(end, GuestEnd::Returned) {
                 failed.store(true, Ordering::Release);
                 if let (Some(pool), Some(why)) = (&pool, end.discard()) {

@@ -6,7 +6,7 @@
 //! in-flight requests finish.
 
 use super::body::{ResponseBody, error_response};
-use super::router::{Router, request_host};
+use super::router::Router;
 use crate::platform::metrics::{Metrics, RequestLabels};
 use anyhow::{Context, Result};
 use http::{Request, Response, StatusCode};
@@ -138,15 +138,10 @@ impl Server {
     async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
-        client: SocketAddr,
+        client: http::HeaderValue,
     ) -> Result<Response<ResponseBody>, Infallible> {
         let mut req = req;
-        let host = request_host(&req);
-        let Some(deployment) = self
-            .router
-            .route(host.as_deref(), req.uri().path())
-            .cloned()
-        else {
+        let Some(deployment) = self.router.route_request(&req).cloned() else {
             self.metrics
                 .requests
                 .get_or_create(&RequestLabels {
@@ -154,7 +149,7 @@ impl Server {
                     status: 404,
                 })
                 .inc();
-            let id = crate::serving::request_id::assign(req.headers_mut(), client);
+            let id = crate::serving::request_id::assign(req.headers_mut(), &client);
             let mut response = error_response(
                 StatusCode::NOT_FOUND,
                 "no_route",
@@ -163,7 +158,7 @@ impl Server {
             crate::serving::request_id::stamp(response.headers_mut(), &id);
             return Ok(response);
         };
-        Ok(deployment.serve(&self.engine, req, client).await)
+        Ok(deployment.serve(&self.engine, req, &client).await)
     }
 }
 
@@ -218,7 +213,8 @@ async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let server = server.clone();
-                let service = service_fn(move |req| server.clone().handle(req, peer));
+                let client = crate::serving::request_id::client_value(peer);
+                let service = service_fn(move |req| server.clone().handle(req, client.clone()));
                 let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {

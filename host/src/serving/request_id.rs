@@ -30,7 +30,7 @@ pub fn is_valid(id: &str) -> bool {
 }
 
 /// A new id: 32 hex digits, unpredictable and unique within the process.
-pub fn generate() -> String {
+pub fn generate() -> HeaderValue {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let half = |salt: u64| {
         let mut h = SEED.build_hasher();
@@ -38,30 +38,38 @@ pub fn generate() -> String {
         h.write_u64(salt);
         h.finish()
     };
-    format!("{:016x}{:016x}", half(0x5eed), half(0xfeed))
+    let bits = (u128::from(half(0x5eed)) << 64) | u128::from(half(0xfeed));
+    let mut hex = [0u8; 32];
+    for (i, digit) in hex.iter_mut().enumerate() {
+        *digit = b"0123456789abcdef"[((bits >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&hex).expect("hex digits are a valid header value")
+}
+
+/// The `x-client-addr` value for a connection from `client` (made once per
+/// connection, not per request).
+pub fn client_value(client: SocketAddr) -> HeaderValue {
+    HeaderValue::from_str(&client.to_string()).expect("an address is a valid header value")
 }
 
 /// Sets the request's `x-request-id` (keeping a valid one) and
 /// `x-client-addr`; returns the id.
-pub fn assign(headers: &mut HeaderMap, client: SocketAddr) -> String {
-    let given = headers
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| is_valid(v))
-        .map(str::to_string);
-    let id = given.unwrap_or_else(generate);
-    stamp(headers, &id);
-    if let Ok(v) = HeaderValue::from_str(&client.to_string()) {
-        headers.insert(CLIENT_ADDR, v);
-    }
+pub fn assign(headers: &mut HeaderMap, client: &HeaderValue) -> HeaderValue {
+    let id = match headers.get(REQUEST_ID) {
+        Some(v) if v.to_str().is_ok_and(is_valid) => v.clone(),
+        _ => {
+            let id = generate();
+            headers.insert(REQUEST_ID, id.clone());
+            id
+        }
+    };
+    headers.insert(CLIENT_ADDR, client.clone());
     id
 }
 
 /// Sets `x-request-id: id` (replacing any other).
-pub fn stamp(headers: &mut HeaderMap, id: &str) {
-    if let Ok(v) = HeaderValue::from_str(id) {
-        headers.insert(REQUEST_ID, v);
-    }
+pub fn stamp(headers: &mut HeaderMap, id: &HeaderValue) {
+    headers.insert(REQUEST_ID, id.clone());
 }
 
 #[cfg(test)]
@@ -70,21 +78,22 @@ mod tests {
 
     #[test]
     fn keeps_valid_ids_and_replaces_others() {
-        let client: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let client = client_value("127.0.0.1:4000".parse().unwrap());
         let mut h = HeaderMap::new();
         h.insert(REQUEST_ID, HeaderValue::from_static("abc-123"));
         h.insert(CLIENT_ADDR, HeaderValue::from_static("6.6.6.6:1"));
-        assert_eq!(assign(&mut h, client), "abc-123");
+        assert_eq!(assign(&mut h, &client), "abc-123");
         assert_eq!(h[CLIENT_ADDR], "127.0.0.1:4000");
         for bad in ["", "has space", "quote\"", &"x".repeat(129)] {
             let mut h = HeaderMap::new();
             if let Ok(v) = HeaderValue::from_str(bad) {
                 h.insert(REQUEST_ID, v);
             }
-            let id = assign(&mut h, client);
+            let id = assign(&mut h, &client);
             assert_ne!(id, bad);
             assert_eq!(id.len(), 32);
-            assert_eq!(h[REQUEST_ID], id.as_str());
+            assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit));
+            assert_eq!(h[REQUEST_ID], id);
         }
         assert_ne!(generate(), generate());
     }

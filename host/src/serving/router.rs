@@ -8,6 +8,8 @@ use std::sync::Arc;
 pub struct Router {
     /// Most specific first: host-bound before any-host, longer prefixes first.
     entries: Vec<Arc<Deployment>>,
+    /// Whether any route names a host (else the Host header is never read).
+    host_bound: bool,
 }
 
 impl Router {
@@ -26,9 +28,21 @@ impl Router {
                 );
             }
         }
+        let host_bound = deployments.iter().any(|d| d.route.host.is_some());
         Ok(Self {
             entries: deployments,
+            host_bound,
         })
+    }
+
+    /// The deployment serving `req`, if any.
+    pub fn route_request<B>(&self, req: &http::Request<B>) -> Option<&Arc<Deployment>> {
+        let host = if self.host_bound {
+            request_host(req)
+        } else {
+            None
+        };
+        self.route(host.as_deref(), req.uri().path())
     }
 
     /// The deployment serving `host` (without port) and `path`, if any.
