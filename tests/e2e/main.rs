@@ -15,6 +15,7 @@ mod lifecycle;
 mod openai;
 mod preinit;
 mod reference;
+mod registry;
 mod reuse;
 mod tensor_guests;
 mod tensor_ops;

@@ -10,6 +10,7 @@ mod batching;
 pub mod capabilities;
 pub mod default_world;
 pub mod models;
+pub mod signed;
 pub mod spec;
 
 use crate::platform::cache::ArtifactCache;

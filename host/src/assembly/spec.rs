@@ -67,6 +67,8 @@ struct RawDeployment {
     #[serde(default)]
     deps: BTreeMap<String, PathBuf>,
     inference: Option<RawInference>,
+    #[serde(default, rename = "require-signed")]
+    require_signed: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -314,6 +316,8 @@ pub struct DeploymentSpec {
     pub grants: Grants,
     /// Batching across requests, if the deployment opts in.
     pub inference: Option<Inference>,
+    /// Run only artifacts signed by a trusted key (docs/REGISTRY.md).
+    pub require_signed: bool,
 }
 
 /// Parses the deployment file at `path`; `defaults` supplies unset limits.
@@ -390,12 +394,12 @@ impl RawDeployment {
             return Err(at.err("`tenant` must not be empty"));
         }
         let source = match (&self.component, &self.world) {
-            (Some(c), None) => Source::Component(base.join(c)),
+            (Some(c), None) => Source::Component(artifact_path(base, c)),
             (None, Some(w)) => Source::World(
-                base.join(w),
+                artifact_path(base, w),
                 self.deps
                     .iter()
-                    .map(|(k, v)| (k.clone(), base.join(v)))
+                    .map(|(k, v)| (k.clone(), artifact_path(base, v)))
                     .collect(),
             ),
             _ => return Err(at.err("set exactly one of `component` or `world`")),
@@ -419,7 +423,17 @@ impl RawDeployment {
             tenant: self.tenant,
             source,
             route: self.route,
+            require_signed: self.require_signed,
         })
+    }
+}
+
+/// A path relative to the deployment file, or a `registry:` reference as is.
+fn artifact_path(base: &Path, path: &Path) -> PathBuf {
+    if crate::assembly::signed::is_reference(path) {
+        path.to_path_buf()
+    } else {
+        base.join(path)
     }
 }
 

@@ -70,10 +70,79 @@ pub enum Command {
     /// Make bearer tokens for the gateway's `auth` component.
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Print a component's (or world's) imports and exports.
+    /// Signing keys and the trust policy (docs/REGISTRY.md).
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Store a component, world, kernel or model manifest in the registry under NAME:VERSION.
+    Push {
+        /// The file.
+        file: PathBuf,
+        /// Its name, e.g. `acme/shop:1.2.0`.
+        #[arg(long, value_name = "NAME:VERSION")]
+        name: String,
+        /// What it is: component, world, kernel or model [default: world for `.wac`, else component].
+        #[arg(long)]
+        kind: Option<String>,
+        /// Sign it with this secret key.
+        #[arg(long, value_name = "KEY")]
+        sign: Option<PathBuf>,
+        /// The data directory holding the registry [default: as `serve`].
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Write an artifact's bytes (checked against its digest) to a file.
+    Pull {
+        /// `NAME:VERSION` or `blake3:HEX`.
+        reference: String,
+        /// Where to write it.
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// The data directory holding the registry [default: as `serve`].
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// List the registry's artifacts: name, kind, digest, size, signers.
+    List {
+        /// The data directory holding the registry [default: as `serve`].
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Exit 0 only if the artifact is intact and signed by a trusted key (the registry's `trust` file and --trust-key).
+    Verify {
+        /// `NAME:VERSION` or `blake3:HEX`.
+        reference: String,
+        /// Trust this public key too (repeatable).
+        #[arg(long = "trust-key", value_name = "KEY.pub")]
+        trust_key: Vec<PathBuf>,
+        /// The data directory holding the registry [default: as `serve`].
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Add a signature to an artifact already in the registry.
+    Sign {
+        /// `NAME:VERSION`.
+        name: String,
+        /// The secret key.
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+        /// The data directory holding the registry [default: as `serve`].
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Delete blobs that no name points at.
+    Gc {
+        /// The data directory holding the registry [default: as `serve`].
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Print a component's (or world's) imports and exports; for a
+    /// `registry:` reference, its record (digest, signatures) first.
     Inspect {
-        /// The component, artifact or `.wac` world.
+        /// The component, artifact or `.wac` world, or `registry:NAME:VERSION` / `registry:blake3:HEX`.
         path: PathBuf,
+        /// The data directory holding the registry [default: as `serve`].
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
         /// Where a package named in the world comes from (repeatable).
         #[arg(long = "dep", value_name = "NAME=PATH", value_parser = parse_dep)]
         deps: Vec<(String, PathBuf)>,
@@ -128,10 +197,46 @@ pub enum TokenCommand {
     Hash,
 }
 
+/// `tensor-wasm key ...`.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Make an ed25519 key pair: KEY (secret, 0600) and KEY.pub.
+    Generate {
+        /// Where to write the secret key (refuses to overwrite).
+        #[arg(long, value_name = "KEY")]
+        out: PathBuf,
+        /// A comment stored in KEY.pub.
+        #[arg(long, default_value = "tensor-wasm")]
+        comment: String,
+    },
+    /// List the trusted and revoked keys (the registry's `trust` file).
+    List {
+        /// The data directory holding the registry [default: as `serve`].
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Trust a public key (adds it to the registry's `trust` file).
+    Trust {
+        /// The public key file (`KEY.pub`).
+        key: PathBuf,
+        /// The data directory holding the registry [default: as `serve`].
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Revoke a key by id: its signatures no longer count.
+    Revoke {
+        /// The key id (16 hex digits, as `key list` and `list` print).
+        id: String,
+        /// The data directory holding the registry [default: as `serve`].
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+}
+
 /// Flags of `serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Component (.wasm), artifact (.cwasm), world (.wac) or deployment file (.toml).
+    /// Component (.wasm), artifact (.cwasm), world (.wac), deployment file (.toml), or `registry:NAME:VERSION`.
     pub path: Option<PathBuf>,
     /// Address to serve HTTP on (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
@@ -178,6 +283,12 @@ pub struct ServeArgs {
     /// Directory of the models that deployments grant by name (`grants.models`), filled by `bash scripts/fetch-models.sh` [default: $TENSOR_WASM_MODELS_DIR or ~/.cache/tensor-wasm/models].
     #[arg(long, value_name = "DIR")]
     pub models_dir: Option<PathBuf>,
+    /// Trust artifacts signed by this public key (`KEY.pub`; repeatable). With any trusted key only signed artifacts run (docs/REGISTRY.md); the registry's `trust` file (`tensor-wasm key trust`) adds more.
+    #[arg(long = "trust-key", value_name = "KEY.pub")]
+    pub trust_key: Vec<PathBuf>,
+    /// Refuse every artifact not signed by a trusted key, server-wide (per deployment: `require-signed = true`).
+    #[arg(long)]
+    pub require_signed: bool,
     /// Engine settings.
     #[command(flatten)]
     pub engine: EngineArgs,

@@ -98,6 +98,7 @@ fn spec(args: &RunArgs) -> DeploymentSpec {
         },
         instances: Instances::FRESH,
         inference: None,
+        require_signed: false,
         grants: Grants {
             dirs: args
                 .dirs

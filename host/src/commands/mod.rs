@@ -5,10 +5,12 @@ pub mod args;
 pub mod artifact;
 pub mod audit;
 pub mod job;
+pub mod registry;
 pub mod serve;
 pub mod token;
 
 use args::{AuditCommand, Cli, Command, TokenCommand};
+use std::path::PathBuf;
 
 /// Runs one command; a job's exit status is its own, any other success 0.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
@@ -27,7 +29,50 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             deps,
             engine,
         } => artifact::compile(&input, &output, &collect(deps), &engine)?,
-        Command::Inspect { path, deps } => artifact::inspect(&path, &collect(deps))?,
+        Command::Inspect {
+            path,
+            deps,
+            data_dir,
+        } => {
+            let path = match path.to_str().and_then(|p| p.strip_prefix("registry:")) {
+                Some(reference) => {
+                    registry::checkout_for_inspect(reference, &data_dir_of(data_dir)?)?
+                }
+                None => path,
+            };
+            artifact::inspect(&path, &collect(deps))?
+        }
+        Command::Key(command) => registry::key(command, data_dir_of)?,
+        Command::Push {
+            file,
+            name,
+            kind,
+            sign,
+            data_dir,
+        } => registry::push(
+            &file,
+            &name,
+            kind.as_deref(),
+            sign.as_deref(),
+            &data_dir_of(data_dir)?,
+        )?,
+        Command::Pull {
+            reference,
+            output,
+            data_dir,
+        } => registry::pull(&reference, &output, &data_dir_of(data_dir)?)?,
+        Command::List { data_dir } => registry::list(&data_dir_of(data_dir)?)?,
+        Command::Verify {
+            reference,
+            trust_key,
+            data_dir,
+        } => registry::verify(&reference, &trust_key, &data_dir_of(data_dir)?)?,
+        Command::Sign {
+            name,
+            key,
+            data_dir,
+        } => registry::sign(&name, &key, &data_dir_of(data_dir)?)?,
+        Command::Gc { data_dir } => registry::gc(&data_dir_of(data_dir)?)?,
         Command::Audit(AuditCommand::Tail {
             lines,
             tenant,
@@ -52,6 +97,6 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-fn data_dir_of(flag: Option<std::path::PathBuf>) -> anyhow::Result<std::path::PathBuf> {
+fn data_dir_of(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     crate::platform::dirs::data_dir(flag.as_ref())
 }

@@ -3,13 +3,14 @@
 
 use super::args::ServeArgs;
 use crate::assembly::spec::{self, DeploymentSpec, Instances, Limits, Route, Source};
-use crate::assembly::{Assembly, Options, default_world};
+use crate::assembly::{Assembly, Options, default_world, signed};
 use crate::platform::dirs;
 use crate::platform::engine::EngineOptions;
 use crate::platform::load::{self, Kind};
 use crate::serving::listener::{Listen, Server};
 use crate::serving::router::Router;
 use anyhow::{Result, anyhow};
+use registry::Registry;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,12 +18,26 @@ use std::sync::Arc;
 /// Runs `tensor-wasm serve`.
 pub fn run(args: ServeArgs) -> Result<()> {
     let data_dir = dirs::data_dir(args.data_dir.as_ref())?;
-    let specs = specs(&args, &data_dir)?;
-    let assembly = Assembly::new(options(&args, &specs, data_dir))?;
+    let mut specs = specs(&args, &data_dir)?;
     let from_file = args
         .path
         .as_ref()
         .filter(|p| matches!(load::kind_of(p), Ok(Kind::Deployments)));
+    let registry = Registry::open(&data_dir)?;
+    let policy = signed::policy(&registry, &args.trust_key, args.require_signed)?;
+    if policy.active() {
+        tracing::info!(
+            "trust policy: only artifacts signed by one of {} trusted key(s) run",
+            policy.trusted.len()
+        );
+    }
+    for spec in &mut specs {
+        signed::resolve(spec, &registry, &policy).map_err(|e| match from_file {
+            Some(file) => anyhow!("{}: deployment `{}`: {e:#}", file.display(), spec.name),
+            None => anyhow!("{e:#}"),
+        })?;
+    }
+    let assembly = Assembly::new(options(&args, &specs, data_dir))?;
     let mut deployments = Vec::new();
     for spec in specs {
         let name = spec.name.clone();
@@ -70,6 +85,21 @@ fn specs(args: &ServeArgs, data_dir: &Path) -> Result<Vec<DeploymentSpec>> {
         return Ok(vec![spec]);
     };
     let deps: BTreeMap<String, PathBuf> = args.deps.iter().cloned().collect();
+    if let Some(reference) = path.to_str().and_then(|p| p.strip_prefix(signed::PREFIX)) {
+        let record = Registry::open(data_dir)?.record(reference)?;
+        let name = reference
+            .rsplit_once(':')
+            .and_then(|(repo, _)| repo.rsplit('/').next())
+            .filter(|_| !reference.starts_with("blake3:"))
+            .unwrap_or("artifact");
+        let source = match record.map(|r| r.kind) {
+            Some(registry::Kind::World) => Source::World(path.clone(), deps),
+            _ => Source::Component(path.clone()),
+        };
+        let mut spec = single(name, source, &defaults);
+        spec.instances = instances;
+        return Ok(vec![spec]);
+    }
     let mut specs = match load::kind_of(path)? {
         Kind::Deployments => {
             if args.max_instance_reuse_count.is_some() || args.idle_instance_timeout.is_some() {
@@ -161,6 +191,7 @@ fn single(name: &str, source: Source, defaults: &Limits) -> DeploymentSpec {
         limits: defaults.clone(),
         instances: Instances::FRESH,
         inference: None,
+        require_signed: false,
         grants: Default::default(),
     }
 }

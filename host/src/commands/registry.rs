@@ -1,0 +1,186 @@
+//! The registry verbs: `key`, `push`, `pull`, `list`, `verify`, `sign`,
+//! `gc`, and `inspect` of a `registry:` reference (docs/REGISTRY.md).
+
+use super::args::KeyCommand;
+use crate::assembly::signed;
+use anyhow::{Context, Result, bail};
+use registry::{Kind, Name, Policy, PublicKey, Record, Registry, SecretKey};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Runs `tensor-wasm key ...`.
+pub fn key(
+    command: KeyCommand,
+    data_dir: impl Fn(Option<PathBuf>) -> Result<PathBuf>,
+) -> Result<()> {
+    match command {
+        KeyCommand::Generate { out, comment } => {
+            let key = SecretKey::generate()?;
+            key.save(&out, &comment)?;
+            println!(
+                "wrote {} (secret, 0600) and {}.pub; key id {}",
+                out.display(),
+                out.display(),
+                key.public().id()
+            );
+        }
+        KeyCommand::List { data_dir: dir } => {
+            let registry = Registry::open(&data_dir(dir)?)?;
+            let mut policy = Policy::default();
+            policy.read_file(&registry.trust_file())?;
+            for (key, _) in &policy.trusted {
+                let state = if policy.revoked.contains(&key.id()) {
+                    "revoked"
+                } else {
+                    "trusted"
+                };
+                println!("{}  {state}  {key}", key.id());
+            }
+            for id in policy
+                .revoked
+                .iter()
+                .filter(|id| !policy.trusted.iter().any(|(k, _)| &k.id() == *id))
+            {
+                println!("{id}  revoked");
+            }
+        }
+        KeyCommand::Trust { key, data_dir: dir } => {
+            let registry = Registry::open(&data_dir(dir)?)?;
+            let public = PublicKey::load(&key)?;
+            append(
+                &registry.trust_file(),
+                &format!("trust {public} {}", key.display()),
+            )?;
+            println!("trusting key {}", public.id());
+        }
+        KeyCommand::Revoke { id, data_dir: dir } => {
+            if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                bail!("`{id}` is not a key id (16 hex digits, as `tensor-wasm key list` prints)");
+            }
+            let registry = Registry::open(&data_dir(dir)?)?;
+            append(
+                &registry.trust_file(),
+                &format!("revoke {}", id.to_ascii_lowercase()),
+            )?;
+            println!("revoked key {id}: its signatures no longer count");
+        }
+    }
+    Ok(())
+}
+
+fn append(path: &Path, line: &str) -> Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    writeln!(file, "{line}").with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Runs `tensor-wasm push`.
+pub fn push(
+    file: &Path,
+    name: &str,
+    kind: Option<&str>,
+    sign: Option<&Path>,
+    data_dir: &Path,
+) -> Result<()> {
+    let name = Name::parse(name)?;
+    let kind = match kind {
+        Some(k) => Kind::parse(k)?,
+        None if file.extension().is_some_and(|e| e == "wac") => Kind::World,
+        None => Kind::Component,
+    };
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    if kind == Kind::Component {
+        crate::platform::load::check_component_bytes(&file.display().to_string(), &bytes)?;
+    }
+    let key = sign.map(SecretKey::load).transpose()?;
+    let record = Registry::open(data_dir)?.push(&bytes, &name, kind, key.as_ref())?;
+    println!("{}", describe(&record));
+    Ok(())
+}
+
+/// Runs `tensor-wasm pull`.
+pub fn pull(reference: &str, output: &Path, data_dir: &Path) -> Result<()> {
+    let artifact = Registry::open(data_dir)?.fetch(reference)?;
+    std::fs::write(output, &artifact.bytes)
+        .with_context(|| format!("cannot write {}", output.display()))?;
+    println!(
+        "{} -> {} ({} bytes)",
+        artifact.digest,
+        output.display(),
+        artifact.bytes.len()
+    );
+    Ok(())
+}
+
+/// Runs `tensor-wasm list`.
+pub fn list(data_dir: &Path) -> Result<()> {
+    for record in Registry::open(data_dir)?.list()? {
+        println!("{}", describe(&record));
+    }
+    Ok(())
+}
+
+/// Runs `tensor-wasm verify`: fails unless intact and signed by a trusted key.
+pub fn verify(reference: &str, trust_keys: &[PathBuf], data_dir: &Path) -> Result<()> {
+    let registry = Registry::open(data_dir)?;
+    let policy = signed::policy(&registry, trust_keys, true)?;
+    let artifact = registry.fetch(reference)?;
+    let Some(record) = &artifact.record else {
+        bail!("{reference}: refused: it is unsigned (no record names it)");
+    };
+    match policy.check(record) {
+        Ok(key) => {
+            println!(
+                "{reference}: ok: {} signed by trusted key {key}",
+                artifact.digest
+            );
+            Ok(())
+        }
+        Err(why) => bail!("{reference}: refused: {why}"),
+    }
+}
+
+/// Runs `tensor-wasm sign`.
+pub fn sign(name: &str, key: &Path, data_dir: &Path) -> Result<()> {
+    let key = SecretKey::load(key)?;
+    let record = Registry::open(data_dir)?.sign(&Name::parse(name)?, &key)?;
+    println!("{}", describe(&record));
+    Ok(())
+}
+
+/// Runs `tensor-wasm gc`.
+pub fn gc(data_dir: &Path) -> Result<()> {
+    let (count, bytes) = Registry::open(data_dir)?.gc()?;
+    println!("deleted {count} unreferenced blob(s), {bytes} bytes");
+    Ok(())
+}
+
+/// For `inspect registry:REF`: prints the record and returns the checked
+/// checkout to inspect.
+pub fn checkout_for_inspect(reference: &str, data_dir: &Path) -> Result<PathBuf> {
+    let registry = Registry::open(data_dir)?;
+    if let Some(record) = registry.record(reference)? {
+        println!("{}", describe(&record));
+    }
+    Ok(registry.checkout(reference, &Policy::default())?)
+}
+
+/// One line: name, kind, digest, size, signers.
+fn describe(record: &Record) -> String {
+    let signers: Vec<&str> = record.signatures.iter().map(|s| s.key.as_str()).collect();
+    format!(
+        "{}  {}  {}  {} bytes  signed by: {}",
+        record.name,
+        record.kind.as_str(),
+        record.digest,
+        record.size,
+        if signers.is_empty() {
+            "nobody".to_string()
+        } else {
+            signers.join(", ")
+        }
+    )
+}
