@@ -15,6 +15,12 @@ if ! rustup target list --toolchain "$toolchain" --installed | grep -qx wasm32-w
   rustup target add --toolchain "$toolchain" wasm32-wasip2
 fi
 
+# A real OCI registry for the registry tests (distribution 2.8, from Debian).
+if ! command -v docker-registry >/dev/null && [ ! -x /usr/bin/docker-registry ]; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq docker-registry >/dev/null
+fi
+
 echo "== format"
 cargo fmt --all --check
 (cd components && cargo fmt --all --check)

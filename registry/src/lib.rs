@@ -19,6 +19,7 @@ pub mod error;
 pub mod index;
 pub mod keys;
 pub mod name;
+pub mod oci;
 pub mod store;
 pub mod trust;
 

@@ -81,6 +81,37 @@ impl Registry {
         })
     }
 
+    /// Stores an artifact fetched from elsewhere: under its own record
+    /// (signatures kept, its digest checked against the bytes) or, without
+    /// one, unsigned as `name`.
+    pub fn import(
+        &self,
+        bytes: &[u8],
+        record: Option<Record>,
+        name: &Name,
+        kind: Kind,
+    ) -> Result<Record> {
+        let Some(record) = record else {
+            return self.push(bytes, name, kind, None);
+        };
+        Name::parse(&record.name)?;
+        let actual = Digest::of(bytes);
+        if record.digest()? != actual || record.size != bytes.len() as u64 {
+            return Err(Error::Corrupt(format!(
+                "the record of {} names {} ({} bytes) but the bytes are {actual} ({} bytes)",
+                record.name,
+                record.digest,
+                record.size,
+                bytes.len()
+            )));
+        }
+        self.index.update(|records| {
+            self.blobs.put(bytes)?;
+            records.insert(record.name.clone(), record.clone());
+            Ok(record)
+        })
+    }
+
     /// Adds `key`'s signature to the record named `name`.
     pub fn sign(&self, name: &Name, key: &SecretKey) -> Result<Record> {
         self.index.update(|records| {

@@ -12,6 +12,7 @@ mod hello;
 mod hostile;
 mod keyvalue;
 mod lifecycle;
+mod oci;
 mod openai;
 mod preinit;
 mod reference;

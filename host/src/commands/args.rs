@@ -73,10 +73,10 @@ pub enum Command {
     /// Signing keys and the trust policy (docs/REGISTRY.md).
     #[command(subcommand)]
     Key(KeyCommand),
-    /// Store a component, world, kernel or model manifest in the registry under NAME:VERSION.
+    /// Store a component, world, kernel or model manifest in the registry under NAME:VERSION, and with --to push it (and its record, signatures included) to an OCI registry.
     Push {
-        /// The file.
-        file: PathBuf,
+        /// The file [default: the artifact already stored as --name].
+        file: Option<PathBuf>,
         /// Its name, e.g. `acme/shop:1.2.0`.
         #[arg(long, value_name = "NAME:VERSION")]
         name: String,
@@ -86,17 +86,20 @@ pub enum Command {
         /// Sign it with this secret key.
         #[arg(long, value_name = "KEY")]
         sign: Option<PathBuf>,
+        /// Also push it to an OCI registry (plain HTTP for localhost/127.0.0.1, else HTTPS).
+        #[arg(long, value_name = "oci://HOST/REPO:TAG")]
+        to: Option<String>,
         /// The data directory holding the registry [default: as `serve`].
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
     },
-    /// Write an artifact's bytes (checked against its digest) to a file.
+    /// Fetch an artifact from an OCI registry into the registry (`oci://HOST/REPO:TAG`, with its record and signatures when it has one), or write a stored artifact's bytes (checked against its digest) to a file.
     Pull {
-        /// `NAME:VERSION` or `blake3:HEX`.
+        /// `oci://HOST/REPO:TAG`, `NAME:VERSION` or `blake3:HEX`.
         reference: String,
-        /// Where to write it.
+        /// Where to write its bytes (required for a stored artifact).
         #[arg(short, long, value_name = "FILE")]
-        output: PathBuf,
+        output: Option<PathBuf>,
         /// The data directory holding the registry [default: as `serve`].
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,

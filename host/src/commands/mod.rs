@@ -48,19 +48,23 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             name,
             kind,
             sign,
+            to,
             data_dir,
-        } => registry::push(
-            &file,
-            &name,
-            kind.as_deref(),
-            sign.as_deref(),
-            &data_dir_of(data_dir)?,
-        )?,
+        } => {
+            let push = registry::Push {
+                file: file.as_deref(),
+                name: &name,
+                kind: kind.as_deref(),
+                sign: sign.as_deref(),
+                to: to.as_deref(),
+            };
+            registry::push(&push, &data_dir_of(data_dir)?)?
+        }
         Command::Pull {
             reference,
             output,
             data_dir,
-        } => registry::pull(&reference, &output, &data_dir_of(data_dir)?)?,
+        } => registry::pull(&reference, output.as_deref(), &data_dir_of(data_dir)?)?,
         Command::List { data_dir } => registry::list(&data_dir_of(data_dir)?)?,
         Command::Verify {
             reference,

@@ -77,41 +77,78 @@ fn append(path: &Path, line: &str) -> Result<()> {
     writeln!(file, "{line}").with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// What `tensor-wasm push` was asked.
+pub struct Push<'a> {
+    /// The file, or `None` for the artifact already stored as `name`.
+    pub file: Option<&'a Path>,
+    /// `NAME:VERSION`.
+    pub name: &'a str,
+    /// `component`, `world`, `kernel` or `model`.
+    pub kind: Option<&'a str>,
+    /// A secret key to sign with.
+    pub sign: Option<&'a Path>,
+    /// An OCI registry to push to as well.
+    pub to: Option<&'a str>,
+}
+
 /// Runs `tensor-wasm push`.
-pub fn push(
-    file: &Path,
-    name: &str,
-    kind: Option<&str>,
-    sign: Option<&Path>,
-    data_dir: &Path,
-) -> Result<()> {
-    let name = Name::parse(name)?;
-    let kind = match kind {
-        Some(k) => Kind::parse(k)?,
-        None if file.extension().is_some_and(|e| e == "wac") => Kind::World,
-        None => Kind::Component,
+pub fn push(args: &Push, data_dir: &Path) -> Result<()> {
+    let name = Name::parse(args.name)?;
+    let remote = args.to.map(registry::oci::Remote::parse).transpose()?;
+    let registry = Registry::open(data_dir)?;
+    let key = args.sign.map(SecretKey::load).transpose()?;
+    let (record, bytes) = match args.file {
+        Some(file) => {
+            let kind = match args.kind {
+                Some(k) => Kind::parse(k)?,
+                None if file.extension().is_some_and(|e| e == "wac") => Kind::World,
+                None => Kind::Component,
+            };
+            let bytes =
+                std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+            if kind == Kind::Component {
+                crate::platform::load::check_component_bytes(&file.display().to_string(), &bytes)?;
+            }
+            (registry.push(&bytes, &name, kind, key.as_ref())?, bytes)
+        }
+        None => {
+            if let Some(key) = &key {
+                registry.sign(&name, key)?;
+            }
+            let artifact = registry.fetch(args.name)?;
+            (artifact.record.expect("fetched by name"), artifact.bytes)
+        }
     };
-    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    if kind == Kind::Component {
-        crate::platform::load::check_component_bytes(&file.display().to_string(), &bytes)?;
-    }
-    let key = sign.map(SecretKey::load).transpose()?;
-    let record = Registry::open(data_dir)?.push(&bytes, &name, kind, key.as_ref())?;
     println!("{}", describe(&record));
+    if let Some(remote) = remote {
+        let url = registry::oci::push(&remote, &bytes, &record)?;
+        println!("pushed to {remote} ({url})");
+    }
     Ok(())
 }
 
 /// Runs `tensor-wasm pull`.
-pub fn pull(reference: &str, output: &Path, data_dir: &Path) -> Result<()> {
-    let artifact = Registry::open(data_dir)?.fetch(reference)?;
-    std::fs::write(output, &artifact.bytes)
-        .with_context(|| format!("cannot write {}", output.display()))?;
-    println!(
-        "{} -> {} ({} bytes)",
-        artifact.digest,
-        output.display(),
-        artifact.bytes.len()
-    );
+pub fn pull(reference: &str, output: Option<&Path>, data_dir: &Path) -> Result<()> {
+    let registry = Registry::open(data_dir)?;
+    let (bytes, digest) = if reference.starts_with("oci://") {
+        let remote = registry::oci::Remote::parse(reference)?;
+        let (bytes, record) = registry::oci::pull(&remote)?;
+        let name = Name::parse(&remote.local_name())?;
+        let record = registry.import(&bytes, record, &name, Kind::Component)?;
+        println!("{}", describe(&record));
+        (bytes, record.digest)
+    } else {
+        let Some(_) = output else {
+            bail!("{reference} is already in the registry; give -o FILE to write its bytes");
+        };
+        let artifact = registry.fetch(reference)?;
+        (artifact.bytes, artifact.digest.to_string())
+    };
+    if let Some(output) = output {
+        std::fs::write(output, &bytes)
+            .with_context(|| format!("cannot write {}", output.display()))?;
+        println!("{digest} -> {} ({} bytes)", output.display(), bytes.len());
+    }
     Ok(())
 }
 
