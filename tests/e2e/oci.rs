@@ -3,7 +3,8 @@
 //! 127.0.0.1: a signed component crosses to a clean data dir, verifies and
 //! serves; an unsigned one crosses unsigned and is refused by `verify`.
 
-use crate::support::{Server, guest, run, scratch};
+use crate::registry::{ok, tw};
+use crate::support::{Server, guest, scratch};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -60,107 +61,78 @@ impl Drop for OciRegistry {
     }
 }
 
-fn ok(args: &[&str]) -> String {
-    let (code, out, err) = run(args);
-    assert_eq!(code, 0, "{args:?}: {out}{err}");
-    out
-}
-
 #[test]
 fn a_signed_component_crosses_an_oci_registry_and_serves_on_a_clean_machine() {
     let dir = scratch("oci");
     let oci = OciRegistry::start(&dir);
-    let (a, b) = (dir.join("a"), dir.join("b"));
-    let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
-    let key = dir.join("k");
-    ok(&["key", "generate", "--out", key.to_str().unwrap()]);
-    let kpub = format!("{}.pub", key.display());
+    let (a, b) = (
+        dir.join("a").display().to_string(),
+        dir.join("b").display().to_string(),
+    );
+    let key = dir.join("k").display().to_string();
+    ok(&format!("key generate --out {key}"));
     let hello = guest("hello");
     let url = format!("oci://{}/acme/hello:1.0.0", oci.addr);
-    let out = ok(&[
-        "push",
-        hello.to_str().unwrap(),
-        "--name",
-        "acme/hello:1.0.0",
-        "--sign",
-        key.to_str().unwrap(),
-        "--to",
-        &url,
-        "--data-dir",
-        a,
-    ]);
+    let out = ok(&format!(
+        "push {} --name acme/hello:1.0.0 --sign {key} --to {url} --data-dir {a}",
+        hello.display()
+    ));
     assert!(out.contains("pushed to"), "{out}");
-
-    let out = ok(&["pull", &url, "--data-dir", b]);
+    let out = ok(&format!("pull {url} --data-dir {b}"));
     assert!(
         out.contains("acme/hello:1.0.0") && !out.contains("signed by: nobody"),
         "{out}"
     );
-    ok(&[
-        "verify",
-        "acme/hello:1.0.0",
+    ok(&format!(
+        "verify acme/hello:1.0.0 --trust-key {key}.pub --data-dir {b}"
+    ));
+    let kpub = format!("{key}.pub");
+    let args = [
+        "registry:acme/hello:1.0.0",
         "--trust-key",
         &kpub,
         "--data-dir",
-        b,
-    ]);
-    let server = Server::start(
-        &[
-            "registry:acme/hello:1.0.0",
-            "--trust-key",
-            &kpub,
-            "--data-dir",
-            b,
-        ],
-        &dir.join("cache"),
-    );
+        &b,
+    ];
+    let server = Server::start(&args, &dir.join("cache"));
     assert_eq!(server.get("/hello").text().trim(), "Hello from TensorWasm!");
     drop(server);
     let pulled = dir.join("pulled.wasm");
-    ok(&[
-        "pull",
-        &url,
-        "-o",
-        pulled.to_str().unwrap(),
-        "--data-dir",
-        b,
-    ]);
+    ok(&format!(
+        "pull {url} -o {} --data-dir {b}",
+        pulled.display()
+    ));
     assert_eq!(
         std::fs::read(&pulled).unwrap(),
         std::fs::read(&hello).unwrap()
     );
+}
 
-    // Unsigned: crosses as unsigned; verify refuses it.
+#[test]
+fn unsigned_and_missing_oci_artifacts_are_told_apart() {
+    let dir = scratch("oci-unsigned");
+    let oci = OciRegistry::start(&dir);
+    let (a, b) = (
+        dir.join("a").display().to_string(),
+        dir.join("b").display().to_string(),
+    );
+    let key = dir.join("k").display().to_string();
+    ok(&format!("key generate --out {key}"));
     let plain = format!("oci://{}/acme/plain:1", oci.addr);
-    ok(&[
-        "push",
-        hello.to_str().unwrap(),
-        "--name",
-        "acme/plain:1",
-        "--to",
-        &plain,
-        "--data-dir",
-        a,
-    ]);
-    ok(&["pull", &plain, "--data-dir", b]);
-    let (code, _, err) = run(&[
-        "verify",
-        "acme/plain:1",
-        "--trust-key",
-        &kpub,
-        "--data-dir",
-        b,
-    ]);
-    assert!(code != 0 && err.contains("unsigned"), "{err}");
-
-    // A tag that is not there, and a malformed reference: one clear error each.
-    let (code, _, err) = run(&[
-        "pull",
-        &format!("oci://{}/acme/none:1", oci.addr),
-        "--data-dir",
-        b,
-    ]);
-    assert!(code != 0 && err.contains("pull of oci://"), "{err}");
-    let (code, _, err) = run(&["pull", "oci://no-tag", "--data-dir", b]);
-    assert!(code != 0 && err.contains("oci://"), "{err}");
+    let hello = guest("hello").display().to_string();
+    ok(&format!(
+        "push {hello} --name acme/plain:1 --to {plain} --data-dir {a}"
+    ));
+    ok(&format!("pull {plain} --data-dir {b}"));
+    let (code, out) = tw(&format!(
+        "verify acme/plain:1 --trust-key {key}.pub --data-dir {b}"
+    ));
+    assert!(code != 0 && out.contains("unsigned"), "{out}");
+    let (code, out) = tw(&format!(
+        "pull oci://{}/acme/none:1 --data-dir {b}",
+        oci.addr
+    ));
+    assert!(code != 0 && out.contains("pull of oci://"), "{out}");
+    let (code, out) = tw(&format!("pull oci://no-tag --data-dir {b}"));
+    assert!(code != 0 && out.contains("oci://"), "{out}");
 }

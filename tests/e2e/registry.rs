@@ -3,16 +3,17 @@
 //! every refusal one clear line before anything listens.
 
 use crate::support::{Server, bin, guest, run, scratch};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// `tensor-wasm serve ARGS` must fail before listening; returns its stderr.
-fn refused(args: &[&str]) -> String {
+/// `tensor-wasm serve ARGS` (space-separated) must fail before listening;
+/// returns its stderr.
+pub fn refused(args: &str) -> String {
     let mut child = Command::new(bin())
         .arg("serve")
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "off"])
-        .args(args)
+        .args(args.split_whitespace())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -21,7 +22,7 @@ fn refused(args: &[&str]) -> String {
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > until {
             child.kill().unwrap();
-            panic!("serve {args:?} was expected to refuse but kept running");
+            panic!("serve {args} was expected to refuse but kept running");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -30,190 +31,208 @@ fn refused(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn ok(args: &[&str]) -> String {
-    let (code, out, err) = run(args);
-    assert_eq!(code, 0, "{args:?}: {out}{err}");
+/// Runs `tensor-wasm ARGS` (space-separated): (exit code, stdout + stderr).
+pub fn tw(args: &str) -> (i32, String) {
+    let args: Vec<&str> = args.split_whitespace().collect();
+    let (code, out, err) = run(&args);
+    (code, out + &err)
+}
+
+/// Runs `tensor-wasm ARGS`, which must succeed; its output.
+pub fn ok(args: &str) -> String {
+    let (code, out) = tw(args);
+    assert_eq!(code, 0, "{args}: {out}");
     out
 }
 
-fn key_id(out: &str) -> String {
-    out.rsplit("key id ").next().unwrap().trim().to_string()
+/// Runs `tensor-wasm ARGS`, which must fail saying `why`.
+fn fails(args: &str, why: &str) {
+    let (code, out) = tw(args);
+    assert!(
+        code != 0 && out.contains(why),
+        "{args}: expected `{why}`, got: {out}"
+    );
+}
+
+/// A data dir with `acme/hello:1.0.0` signed by key `k` and
+/// `acme/unsigned:1` unsigned.
+struct Setup {
+    dir: PathBuf,
+    data: String,
+    kpub: String,
+    opub: String,
+    id: String,
+}
+
+fn setup(name: &str) -> Setup {
+    let dir = scratch(name);
+    let data = dir.join("data").display().to_string();
+    let (k, other) = (
+        dir.join("k").display().to_string(),
+        dir.join("other").display().to_string(),
+    );
+    let out = ok(&format!("key generate --out {k}"));
+    let id = out.rsplit("key id ").next().unwrap().trim().to_string();
+    ok(&format!("key generate --out {other}"));
+    let (hello, hostile) = (
+        guest("hello").display().to_string(),
+        guest("hostile").display().to_string(),
+    );
+    let pushed = ok(&format!(
+        "push {hello} --name acme/hello:1.0.0 --sign {k} --data-dir {data}"
+    ));
+    assert!(pushed.contains(&format!("signed by: {id}")), "{pushed}");
+    ok(&format!(
+        "push {hostile} --name acme/unsigned:1 --data-dir {data}"
+    ));
+    Setup {
+        kpub: format!("{k}.pub"),
+        opub: format!("{other}.pub"),
+        dir,
+        data,
+        id,
+    }
 }
 
 #[test]
-fn signed_artifacts_serve_and_everything_else_is_refused_under_a_policy() {
-    let dir = scratch("registry-policy");
-    let data = dir.join("data");
-    let d = data.to_str().unwrap();
-    let (k, other) = (dir.join("k"), dir.join("other"));
-    let id = key_id(&ok(&["key", "generate", "--out", k.to_str().unwrap()]));
-    ok(&["key", "generate", "--out", other.to_str().unwrap()]);
-    let (kpub, opub) = (
-        format!("{}.pub", k.display()),
-        format!("{}.pub", other.display()),
+fn verify_passes_only_for_a_trusted_signer() {
+    let Setup {
+        data: d,
+        kpub,
+        opub,
+        ..
+    } = setup("registry-verify");
+    assert!(ok(&format!("list --data-dir {d}")).contains("acme/unsigned:1"));
+    ok(&format!(
+        "verify acme/hello:1.0.0 --trust-key {kpub} --data-dir {d}"
+    ));
+    fails(
+        &format!("verify acme/hello:1.0.0 --trust-key {opub} --data-dir {d}"),
+        "untrusted keys",
     );
-    let hello = guest("hello");
-    let pushed = ok(&[
-        "push",
-        hello.to_str().unwrap(),
-        "--name",
-        "acme/hello:1.0.0",
-        "--sign",
-        k.to_str().unwrap(),
-        "--data-dir",
-        d,
-    ]);
-    assert!(pushed.contains(&format!("signed by: {id}")), "{pushed}");
-    ok(&[
-        "push",
-        guest("hostile").to_str().unwrap(),
-        "--name",
-        "acme/unsigned:1",
-        "--data-dir",
-        d,
-    ]);
-    assert!(ok(&["list", "--data-dir", d]).contains("acme/unsigned:1"));
+    fails(
+        &format!("verify acme/unsigned:1 --trust-key {kpub} --data-dir {d}"),
+        "unsigned",
+    );
+}
 
-    // verify: exit 0 only for a trusted signer.
-    ok(&[
-        "verify",
-        "acme/hello:1.0.0",
-        "--trust-key",
-        &kpub,
-        "--data-dir",
-        d,
-    ]);
-    let (code, _, err) = run(&[
-        "verify",
-        "acme/hello:1.0.0",
-        "--trust-key",
-        &opub,
-        "--data-dir",
-        d,
-    ]);
-    assert!(code != 0 && err.contains("untrusted keys"), "{err}");
-    let (code, _, err) = run(&[
-        "verify",
-        "acme/unsigned:1",
-        "--trust-key",
-        &kpub,
-        "--data-dir",
-        d,
-    ]);
-    assert!(code != 0 && err.contains("unsigned"), "{err}");
-
-    // serve by name, under the policy.
+#[test]
+fn serve_runs_signed_artifacts_and_refuses_the_rest_under_a_policy() {
+    let Setup {
+        dir,
+        data: d,
+        kpub: k,
+        ..
+    } = setup("registry-serve");
     let cache = dir.join("cache");
+    let c = cache.display();
     let server = Server::start(
         &[
             "registry:acme/hello:1.0.0",
             "--trust-key",
-            &kpub,
+            &k,
             "--data-dir",
-            d,
+            &d,
         ],
         &cache,
     );
     assert_eq!(server.get("/hello").text().trim(), "Hello from TensorWasm!");
     drop(server);
-    let c = cache.to_str().unwrap();
-    let err = refused(&[
-        "registry:acme/unsigned:1",
-        "--trust-key",
-        &kpub,
-        "--data-dir",
-        d,
-        "--cache-dir",
-        c,
-    ]);
+    let err = refused(&format!(
+        "registry:acme/unsigned:1 --trust-key {k} --data-dir {d} --cache-dir {c}"
+    ));
     assert!(
         err.contains("acme/unsigned:1: refused: it is unsigned"),
         "{err}"
     );
-    // A local file: runs under the policy only if a trusted record has its digest.
-    let err = refused(&[
-        guest("hostile").to_str().unwrap(),
-        "--trust-key",
-        &kpub,
-        "--data-dir",
-        d,
-        "--cache-dir",
-        c,
-    ]);
+    // A local file runs under the policy only if a trusted record has its digest.
+    let hostile = guest("hostile").display().to_string();
+    let err = refused(&format!(
+        "{hostile} --trust-key {k} --data-dir {d} --cache-dir {c}"
+    ));
     assert!(
         err.contains("hostile.wasm") && err.contains("refused"),
         "{err}"
     );
-    let server = Server::start(
-        &[
-            hello.to_str().unwrap(),
-            "--trust-key",
-            &kpub,
-            "--data-dir",
-            d,
-        ],
-        &cache,
-    );
+    let hello = guest("hello").display().to_string();
+    let server = Server::start(&[&hello, "--trust-key", &k, "--data-dir", &d], &cache);
     assert_eq!(server.get("/hello").status, 200);
     drop(server);
+    // Without any policy an unsigned artifact (here the hostile guest)
+    // serves as a path would.
+    let server = Server::start(&["registry:acme/unsigned:1", "--data-dir", &d], &cache);
+    assert_eq!(server.get("/ok").text(), "ok\n");
+}
 
-    // A deployment file: `require-signed` with no trusted key, then trusted, then revoked.
+#[test]
+fn require_signed_deployments_follow_the_trust_file_and_revocation() {
+    let Setup {
+        dir,
+        data: d,
+        kpub,
+        id,
+        ..
+    } = setup("registry-trust");
+    let cache = dir.join("cache");
     let file = crate::support::deployment_file(
         &dir,
         "[[deployment]]\nname = \"shop\"\ntenant = \"acme\"\ncomponent = \"registry:acme/hello:1.0.0\"\nrequire-signed = true\n",
     );
-    let f = file.to_str().unwrap();
-    let err = refused(&[f, "--data-dir", d, "--cache-dir", c]);
+    let args = format!(
+        "{} --data-dir {d} --cache-dir {}",
+        file.display(),
+        cache.display()
+    );
+    let err = refused(&args);
     assert!(
         err.contains("deployment `shop`") && err.contains("untrusted keys"),
         "{err}"
     );
-    ok(&["key", "trust", &kpub, "--data-dir", d]);
-    assert!(ok(&["key", "list", "--data-dir", d]).contains(&format!("{id}  trusted")));
-    let server = Server::start(&[f, "--data-dir", d], &cache);
+    ok(&format!("key trust {kpub} --data-dir {d}"));
+    assert!(ok(&format!("key list --data-dir {d}")).contains(&format!("{id}  trusted")));
+    let server = Server::start(&[file.to_str().unwrap(), "--data-dir", &d], &cache);
     assert_eq!(server.get("/hello").status, 200);
     drop(server);
-    ok(&["key", "revoke", &id, "--data-dir", d]);
-    let err = refused(&[f, "--data-dir", d, "--cache-dir", c]);
-    assert!(
-        err.contains(&format!("signing key {id} is revoked")),
-        "{err}"
-    );
-    // Without any policy an unsigned artifact serves as a path would.
-    let plain = dir.join("plain");
-    ok(&[
-        "push",
-        hello.to_str().unwrap(),
-        "--name",
-        "acme/plain:1",
-        "--data-dir",
-        plain.to_str().unwrap(),
-    ]);
-    let server = Server::start(
-        &[
-            "registry:acme/plain:1",
-            "--data-dir",
-            plain.to_str().unwrap(),
-        ],
-        &cache,
-    );
-    assert_eq!(server.get("/hello").status, 200);
+    ok(&format!("key revoke {id} --data-dir {d}"));
+    assert!(refused(&args).contains(&format!("signing key {id} is revoked")));
 }
 
 #[test]
-fn tampered_missing_and_malformed_artifacts_get_one_clear_error() {
+fn malformed_names_and_files_are_refused_at_push() {
+    let dir = scratch("registry-names");
+    let d = dir.join("data").display().to_string();
+    let hello = guest("hello").display().to_string();
+    fails(
+        &format!("push {hello} --name ../etc/passwd:1 --data-dir {d}"),
+        "artifact name",
+    );
+    fails(
+        &format!("push {hello} --name acme/x --data-dir {d}"),
+        "REPO:VERSION",
+    );
+    let junk = dir.join("junk.wasm");
+    std::fs::write(&junk, b"not wasm").unwrap();
+    fails(
+        &format!("push {} --name acme/junk:1 --data-dir {d}", junk.display()),
+        "not a WebAssembly file",
+    );
+    fails(
+        &format!("pull acme/none:1 -o {} --data-dir {d}", junk.display()),
+        "no artifact named",
+    );
+}
+
+#[test]
+fn tampered_and_missing_blobs_get_one_clear_error_and_gc_collects() {
     let dir = scratch("registry-bad");
     let data = dir.join("data");
-    let d = data.to_str().unwrap();
+    let (d, c) = (
+        data.display().to_string(),
+        dir.join("cache").display().to_string(),
+    );
     let hello = guest("hello");
-    let out = ok(&[
-        "push",
-        hello.to_str().unwrap(),
-        "--name",
-        "acme/hello:1",
-        "--data-dir",
-        d,
-    ]);
+    let h = hello.display().to_string();
+    let out = ok(&format!("push {h} --name acme/hello:1 --data-dir {d}"));
     let digest = out
         .split_whitespace()
         .find(|w| w.starts_with("blake3:"))
@@ -223,113 +242,50 @@ fn tampered_missing_and_malformed_artifacts_get_one_clear_error() {
         .join("registry/blobs")
         .join(format!("{}.zst", &digest["blake3:".len()..]));
     let pulled = dir.join("pulled.wasm");
-    ok(&[
-        "pull",
-        &digest,
-        "-o",
-        pulled.to_str().unwrap(),
-        "--data-dir",
-        d,
-    ]);
+    ok(&format!(
+        "pull {digest} -o {} --data-dir {d}",
+        pulled.display()
+    ));
     assert_eq!(
         std::fs::read(&pulled).unwrap(),
         std::fs::read(&hello).unwrap()
     );
-
-    for (name, why) in [
-        ("../etc/passwd:1", "artifact name"),
-        ("acme/x", "REPO:VERSION"),
-    ] {
-        let (code, _, err) = run(&[
-            "push",
-            hello.to_str().unwrap(),
-            "--name",
-            name,
-            "--data-dir",
-            d,
-        ]);
-        assert!(code != 0 && err.contains(why), "{name}: {err}");
-    }
-    let junk = dir.join("junk.wasm");
-    std::fs::write(&junk, b"not wasm").unwrap();
-    let (code, _, err) = run(&[
-        "push",
-        junk.to_str().unwrap(),
-        "--name",
-        "acme/junk:1",
-        "--data-dir",
-        d,
-    ]);
-    assert!(code != 0 && err.contains("not a WebAssembly file"), "{err}");
-
     // Swapped bytes behind the digest: reported, never served.
     std::fs::write(&blob, zstd_frame_of(b"\0asm evil")).unwrap();
-    let (code, _, err) = run(&[
-        "pull",
-        "acme/hello:1",
-        "-o",
-        pulled.to_str().unwrap(),
-        "--data-dir",
-        d,
-    ]);
-    assert!(code != 0 && err.contains("is corrupt"), "{err}");
-    let c = dir.join("cache");
-    let err = refused(&[
-        "registry:acme/hello:1",
-        "--data-dir",
-        d,
-        "--cache-dir",
-        c.to_str().unwrap(),
-    ]);
+    fails(
+        &format!("pull acme/hello:1 -o {} --data-dir {d}", pulled.display()),
+        "is corrupt",
+    );
+    let err = refused(&format!(
+        "registry:acme/hello:1 --data-dir {d} --cache-dir {c}"
+    ));
     assert!(err.contains("is corrupt"), "{err}");
-    // A name whose blob is gone.
+    // A name whose blob is gone; a name that is not there.
     std::fs::remove_file(&blob).unwrap();
-    let err = refused(&[
-        "registry:acme/hello:1",
-        "--data-dir",
-        d,
-        "--cache-dir",
-        c.to_str().unwrap(),
-    ]);
+    let err = refused(&format!(
+        "registry:acme/hello:1 --data-dir {d} --cache-dir {c}"
+    ));
     assert!(err.contains("not in the registry"), "{err}");
-    let err = refused(&[
-        "registry:acme/nothing:1",
-        "--data-dir",
-        d,
-        "--cache-dir",
-        c.to_str().unwrap(),
-    ]);
+    let err = refused(&format!(
+        "registry:acme/nothing:1 --data-dir {d} --cache-dir {c}"
+    ));
     assert!(err.contains("no artifact named acme/nothing:1"), "{err}");
-
     // gc deletes what no name points at.
-    ok(&[
-        "push",
-        hello.to_str().unwrap(),
-        "--name",
-        "acme/hello:1",
-        "--data-dir",
-        d,
-    ]);
-    ok(&[
-        "push",
-        guest("hostile").to_str().unwrap(),
-        "--name",
-        "acme/hello:1",
-        "--data-dir",
-        d,
-    ]);
-    assert!(ok(&["gc", "--data-dir", d]).contains("deleted 1 unreferenced blob"));
+    ok(&format!("push {h} --name acme/hello:1 --data-dir {d}"));
+    let hostile = guest("hostile").display().to_string();
+    ok(&format!(
+        "push {hostile} --name acme/hello:1 --data-dir {d}"
+    ));
+    assert!(ok(&format!("gc --data-dir {d}")).contains("deleted 1 unreferenced blob"));
     assert!(!Path::new(&blob).exists());
 }
 
-/// A zstd frame of `bytes` (what a blob file holds), made with the `zstd`
-/// command-line tool's format: a raw block frame built by hand.
+/// A zstd frame holding `bytes` as one raw block (what a blob file holds).
 fn zstd_frame_of(bytes: &[u8]) -> Vec<u8> {
-    // Magic, frame header (single segment, 1-byte content size), one raw
-    // last block.
     assert!(bytes.len() < 256);
+    // Magic; frame header: single segment, 1-byte content size.
     let mut out = vec![0x28, 0xb5, 0x2f, 0xfd, 0x20, bytes.len() as u8];
-    let header = ((bytes.len() as u32) << 3) | 1; // last block, raw
+    let header = ((bytes.len() as u32) << 3) | 1; // the last block, raw
     out.extend_from_slice(&header.to_le_bytes()[..3]);
     out.extend_from_slice(bytes);
     out

@@ -42,6 +42,40 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             };
             artifact::inspect(&path, &collect(deps))?
         }
+        command @ (Command::Key(_)
+        | Command::Push { .. }
+        | Command::Pull { .. }
+        | Command::List { .. }
+        | Command::Verify { .. }
+        | Command::Sign { .. }
+        | Command::Gc { .. }) => registry_command(command)?,
+        Command::Audit(AuditCommand::Tail {
+            lines,
+            tenant,
+            data_dir,
+        }) => audit::tail(&data_dir_of(data_dir)?, tenant, lines)?,
+        Command::Audit(AuditCommand::Query {
+            tenant,
+            since,
+            request_id,
+            data_dir,
+        }) => {
+            let filter = audit::Filter {
+                tenant,
+                since_ns: since.as_deref().map(audit::parse_since).transpose()?,
+                request_id,
+            };
+            audit::query(&data_dir_of(data_dir)?, &filter)?
+        }
+        Command::Token(TokenCommand::New { id, scopes }) => token::new_command(&id, &scopes)?,
+        Command::Token(TokenCommand::Hash) => token::hash_command()?,
+    }
+    Ok(0)
+}
+
+/// The registry verbs (docs/REGISTRY.md).
+fn registry_command(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Key(command) => registry::key(command, data_dir_of)?,
         Command::Push {
             file,
@@ -77,28 +111,9 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             data_dir,
         } => registry::sign(&name, &key, &data_dir_of(data_dir)?)?,
         Command::Gc { data_dir } => registry::gc(&data_dir_of(data_dir)?)?,
-        Command::Audit(AuditCommand::Tail {
-            lines,
-            tenant,
-            data_dir,
-        }) => audit::tail(&data_dir_of(data_dir)?, tenant, lines)?,
-        Command::Audit(AuditCommand::Query {
-            tenant,
-            since,
-            request_id,
-            data_dir,
-        }) => {
-            let filter = audit::Filter {
-                tenant,
-                since_ns: since.as_deref().map(audit::parse_since).transpose()?,
-                request_id,
-            };
-            audit::query(&data_dir_of(data_dir)?, &filter)?
-        }
-        Command::Token(TokenCommand::New { id, scopes }) => token::new_command(&id, &scopes)?,
-        Command::Token(TokenCommand::Hash) => token::hash_command()?,
+        other => anyhow::bail!("{other:?} is not a registry command"),
     }
-    Ok(0)
+    Ok(())
 }
 
 fn data_dir_of(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {

@@ -86,17 +86,7 @@ fn specs(args: &ServeArgs, data_dir: &Path) -> Result<Vec<DeploymentSpec>> {
     };
     let deps: BTreeMap<String, PathBuf> = args.deps.iter().cloned().collect();
     if let Some(reference) = path.to_str().and_then(|p| p.strip_prefix(signed::PREFIX)) {
-        let record = Registry::open(data_dir)?.record(reference)?;
-        let name = reference
-            .rsplit_once(':')
-            .and_then(|(repo, _)| repo.rsplit('/').next())
-            .filter(|_| !reference.starts_with("blake3:"))
-            .unwrap_or("artifact");
-        let source = match record.map(|r| r.kind) {
-            Some(registry::Kind::World) => Source::World(path.clone(), deps),
-            _ => Source::Component(path.clone()),
-        };
-        let mut spec = single(name, source, &defaults);
+        let mut spec = from_registry(reference, path, deps, data_dir, &defaults)?;
         spec.instances = instances;
         return Ok(vec![spec]);
     }
@@ -123,6 +113,28 @@ fn specs(args: &ServeArgs, data_dir: &Path) -> Result<Vec<DeploymentSpec>> {
     };
     specs[0].instances = instances;
     Ok(specs)
+}
+
+/// The deployment for `serve registry:REFERENCE` (`path`), named after the
+/// repository's last segment; a world when the registry says so.
+fn from_registry(
+    reference: &str,
+    path: &Path,
+    deps: BTreeMap<String, PathBuf>,
+    data_dir: &Path,
+    defaults: &Limits,
+) -> Result<DeploymentSpec> {
+    let record = Registry::open(data_dir)?.record(reference)?;
+    let name = reference
+        .rsplit_once(':')
+        .and_then(|(repo, _)| repo.rsplit('/').next())
+        .filter(|_| !reference.starts_with("blake3:"))
+        .unwrap_or("artifact");
+    let source = match record.map(|r| r.kind) {
+        Some(registry::Kind::World) => Source::World(path.to_path_buf(), deps),
+        _ => Source::Component(path.to_path_buf()),
+    };
+    Ok(single(name, source, defaults))
 }
 
 /// The instance lifetime the flags ask for (a fresh instance per request
