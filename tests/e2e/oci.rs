@@ -61,16 +61,19 @@ impl Drop for OciRegistry {
     }
 }
 
+/// A registry, two data dirs (two machines) and a key.
+fn two_machines(name: &str) -> (std::path::PathBuf, OciRegistry, String, String, String) {
+    let dir = scratch(name);
+    let oci = OciRegistry::start(&dir);
+    let data = |n: &str| dir.join(n).display().to_string();
+    let (a, b, key) = (data("a"), data("b"), data("k"));
+    ok(&format!("key generate --out {key}"));
+    (dir, oci, a, b, key)
+}
+
 #[test]
 fn a_signed_component_crosses_an_oci_registry_and_serves_on_a_clean_machine() {
-    let dir = scratch("oci");
-    let oci = OciRegistry::start(&dir);
-    let (a, b) = (
-        dir.join("a").display().to_string(),
-        dir.join("b").display().to_string(),
-    );
-    let key = dir.join("k").display().to_string();
-    ok(&format!("key generate --out {key}"));
+    let (dir, oci, a, b, key) = two_machines("oci");
     let hello = guest("hello");
     let url = format!("oci://{}/acme/hello:1.0.0", oci.addr);
     let out = ok(&format!(
@@ -110,14 +113,7 @@ fn a_signed_component_crosses_an_oci_registry_and_serves_on_a_clean_machine() {
 
 #[test]
 fn unsigned_and_missing_oci_artifacts_are_told_apart() {
-    let dir = scratch("oci-unsigned");
-    let oci = OciRegistry::start(&dir);
-    let (a, b) = (
-        dir.join("a").display().to_string(),
-        dir.join("b").display().to_string(),
-    );
-    let key = dir.join("k").display().to_string();
-    ok(&format!("key generate --out {key}"));
+    let (_dir, oci, a, b, key) = two_machines("oci-unsigned");
     let plain = format!("oci://{}/acme/plain:1", oci.addr);
     let hello = guest("hello").display().to_string();
     ok(&format!(
