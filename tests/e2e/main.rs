@@ -10,6 +10,7 @@ mod deployments;
 mod gateway;
 mod hello;
 mod hostile;
+mod kernels;
 mod keyvalue;
 mod lifecycle;
 mod oci;

@@ -46,7 +46,7 @@ pub fn ok(args: &str) -> String {
 }
 
 /// Runs `tensor-wasm ARGS`, which must fail saying `why`.
-fn fails(args: &str, why: &str) {
+pub fn fails(args: &str, why: &str) {
     let (code, out) = tw(args);
     assert!(
         code != 0 && out.contains(why),
@@ -281,7 +281,7 @@ fn tampered_and_missing_blobs_get_one_clear_error_and_gc_collects() {
 }
 
 /// A zstd frame holding `bytes` as one raw block (what a blob file holds).
-fn zstd_frame_of(bytes: &[u8]) -> Vec<u8> {
+pub fn zstd_frame_of(bytes: &[u8]) -> Vec<u8> {
     assert!(bytes.len() < 256);
     // Magic; frame header: single segment, 1-byte content size.
     let mut out = vec![0x28, 0xb5, 0x2f, 0xfd, 0x20, bytes.len() as u8];

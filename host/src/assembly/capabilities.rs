@@ -26,6 +26,8 @@ pub struct ServerEnv {
     pub device: Arc<Device>,
     /// Operator metrics.
     pub metrics: Arc<Metrics>,
+    /// The trust policy (registry kernels are checked against it).
+    pub policy: registry::Policy,
 }
 
 /// What a capability's deployment state is built from.
@@ -38,6 +40,8 @@ pub struct DeploymentEnv<'a> {
     pub grants: &'a Grants,
     /// Its limits.
     pub limits: &'a Limits,
+    /// Whether it runs signed artifacts only (`require-signed`).
+    pub require_signed: bool,
     /// For a headless job (`tensor-wasm run`): its argv (program name
     /// first); it also gets the terminal's stdio.
     pub job_args: Option<&'a [String]>,

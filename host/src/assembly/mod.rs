@@ -52,6 +52,8 @@ pub struct Options {
     pub device: DeviceSpec,
     /// Whether float32 matrix products may use TF32 on the GPU.
     pub tf32: bool,
+    /// The trust policy ([`signed::policy`]).
+    pub policy: registry::Policy,
 }
 
 /// Everything deployments share, and the one way to assemble one.
@@ -80,6 +82,7 @@ impl Assembly {
             data_dir: opts.data_dir,
             device: Arc::new(device),
             metrics: metrics.clone(),
+            policy: opts.policy,
         })?;
         let mut linker = Linker::new(&engine);
         ServerCapabilities::add_to_linker(&mut linker)?;
@@ -211,6 +214,7 @@ impl Assembly {
             tenant: &spec.tenant,
             grants: &spec.grants,
             limits: &spec.limits,
+            require_signed: spec.require_signed,
             job_args,
         })
     }

@@ -73,6 +73,9 @@ pub enum Command {
     /// Signing keys and the trust policy (docs/REGISTRY.md).
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Vetted wasi:cuda kernel modules: publish, list, verify (docs/KERNELS.md).
+    #[command(subcommand)]
+    Kernel(KernelCommand),
     /// Store a component, world, kernel or model manifest in the registry under NAME:VERSION, and with --to push it (and its record, signatures included) to an OCI registry.
     Push {
         /// The file [default: the artifact already stored as --name].
@@ -230,6 +233,45 @@ pub enum KeyCommand {
     Revoke {
         /// The key id (16 hex digits, as `key list` and `list` print).
         id: String,
+        /// The data directory holding the registry [default: as `serve`].
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+/// `tensor-wasm kernel ...`.
+#[derive(Debug, Subcommand)]
+pub enum KernelCommand {
+    /// Check a CUDA C module's `@kernel` declarations and store it in the registry as kind `kernel`, signed with --sign (and with --to pushed to an OCI registry too).
+    Publish {
+        /// The `.cu` file.
+        file: PathBuf,
+        /// Its name, e.g. `acme/kernels:1.0.0` (guests load it by this name or by digest).
+        #[arg(long, value_name = "NAME:VERSION")]
+        name: String,
+        /// Sign it with this secret key.
+        #[arg(long, value_name = "KEY")]
+        sign: Option<PathBuf>,
+        /// Also push it to an OCI registry.
+        #[arg(long, value_name = "oci://HOST/REPO:TAG")]
+        to: Option<String>,
+        /// The data directory holding the registry [default: as `serve`].
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// List the built-in modules and the registry's kernels, with their declared kernels and signers.
+    List {
+        /// The data directory holding the registry [default: as `serve`].
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Exit 0 only if the module (built-in name, NAME:VERSION or blake3:HEX) is intact, declares its kernels, and is signed by a trusted key (the built-in key, the `trust` file, --trust-key).
+    Verify {
+        /// The module.
+        reference: String,
+        /// Trust this public key too (repeatable).
+        #[arg(long = "trust-key", value_name = "KEY.pub")]
+        trust_key: Vec<PathBuf>,
         /// The data directory holding the registry [default: as `serve`].
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,

@@ -26,6 +26,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
         models_dir: None,
         device: args.device.device,
         tf32: args.device.tf32,
+        policy: registry::Policy::default(),
     })?;
     let program = args
         .path

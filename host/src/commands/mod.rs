@@ -5,6 +5,7 @@ pub mod args;
 pub mod artifact;
 pub mod audit;
 pub mod job;
+pub mod kernel;
 pub mod registry;
 pub mod serve;
 pub mod token;
@@ -43,6 +44,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             artifact::inspect(&path, &collect(deps))?
         }
         command @ (Command::Key(_)
+        | Command::Kernel(_)
         | Command::Push { .. }
         | Command::Pull { .. }
         | Command::List { .. }
@@ -77,6 +79,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
 fn registry_command(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Key(command) => registry::key(command, data_dir_of)?,
+        Command::Kernel(command) => kernel::run(command, data_dir_of)?,
         Command::Push {
             file,
             name,

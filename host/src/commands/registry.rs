@@ -206,7 +206,7 @@ pub fn checkout_for_inspect(reference: &str, data_dir: &Path) -> Result<PathBuf>
 }
 
 /// One line: name, kind, digest, size, signers.
-fn describe(record: &Record) -> String {
+pub fn describe(record: &Record) -> String {
     let signers: Vec<&str> = record.signatures.iter().map(|s| s.key.as_str()).collect();
     format!(
         "{}  {}  {}  {} bytes  signed by: {}",

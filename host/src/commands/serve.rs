@@ -37,7 +37,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             None => anyhow!("{e:#}"),
         })?;
     }
-    let assembly = Assembly::new(options(&args, &specs, data_dir))?;
+    let assembly = Assembly::new(options(&args, &specs, data_dir, policy))?;
     let mut deployments = Vec::new();
     for spec in specs {
         let name = spec.name.clone();
@@ -156,7 +156,12 @@ fn instances(args: &ServeArgs) -> Result<Instances> {
 }
 
 /// The assembly's options: the engine sized for the largest memory cap.
-fn options(args: &ServeArgs, specs: &[DeploymentSpec], data_dir: PathBuf) -> Options {
+fn options(
+    args: &ServeArgs,
+    specs: &[DeploymentSpec],
+    data_dir: PathBuf,
+    policy: registry::Policy,
+) -> Options {
     let max_memory = specs
         .iter()
         .map(|s| s.limits.memory)
@@ -174,6 +179,7 @@ fn options(args: &ServeArgs, specs: &[DeploymentSpec], data_dir: PathBuf) -> Opt
         models_dir: args.models_dir.clone(),
         device: args.device.device,
         tf32: args.device.tf32,
+        policy,
     }
 }
 

@@ -2,6 +2,7 @@
 //! to the WIT `wasi:cuda/types.error`, each in one place.
 
 use super::bindings::wasi::cuda::types;
+use super::library;
 use crate::tensor::TensorError;
 use cudarc::driver::DriverError;
 
@@ -31,5 +32,15 @@ pub fn driver(what: &str) -> impl Fn(DriverError) -> types::Error + '_ {
         } else {
             types::Error::Backend(format!("{what}: {text}"))
         }
+    }
+}
+
+/// Why the kernel library refused a module.
+pub fn library(e: library::Error) -> types::Error {
+    match e {
+        library::Error::NotFound(m) => types::Error::NotFound(m),
+        library::Error::NotPermitted(m) => types::Error::NotPermitted(m),
+        library::Error::InvalidArgument(m) => types::Error::InvalidArgument(m),
+        library::Error::Corrupt(m) => types::Error::Backend(m),
     }
 }

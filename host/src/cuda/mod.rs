@@ -3,20 +3,23 @@
 //! On a CUDA host every resource lives in the tenant's context, and work is
 //! issued on the instance's own stream (the one its tensor ops use) unless
 //! the guest names a stream it created; on a CPU host every call answers
-//! `no-device`. Guests load vetted modules (`kernels/vetted/`) by name or
-//! digest, each kernel with a declared signature that every launch is
+//! `no-device`. Guests load vetted modules — built in (`kernels/vetted/`)
+//! or published to the registry ([`library`]) — by name or digest, each
+//! kernel with a declared signature that every launch is
 //! checked against (argument kinds, pointer extents, alignment), and launch
 //! configurations are checked against the device's limits. Buffers are
 //! charged to the tenant's tensor-memory quota.
 //!
-//! Lifecycle (`crate::assembly::capabilities`): per deployment its
-//! `cuda-source` grant, a [`CudaCtx`] per instance, kept in the `Store`;
+//! Lifecycle (`crate::assembly::capabilities`): per server the kernel
+//! [`Library`], per deployment its [`Kernels`] rules (`cuda-source`,
+//! `require-signed`), a [`CudaCtx`] per instance, kept in the `Store`;
 //! handles live in the instance's resource table and are freed with it. The
 //! device, context and stream are the instance's tensor state's.
 
 mod bindings;
 mod error;
 mod launch;
+pub mod library;
 pub mod signature;
 mod types;
 mod types_impl;
@@ -29,31 +32,59 @@ use crate::assembly::capabilities::{
 };
 use crate::tensor::ops::Tensors;
 use cudarc::driver::CudaStream;
+use library::Library;
 use std::sync::Arc;
 use wasmtime::component::{HasData, Linker, ResourceTable};
 
 /// The `wasi:cuda` capability (its device is the tensor capability's).
-pub struct Cuda;
+pub struct Cuda {
+    library: Arc<Library>,
+}
+
+/// A deployment's kernel rules.
+#[derive(Clone)]
+pub struct Kernels {
+    library: Arc<Library>,
+    /// Whether guests may compile kernels of their own (`cuda-source`).
+    allow_source: bool,
+    /// Whether registry kernels must be signed (`require-signed`).
+    require_signed: bool,
+}
 
 impl Capability for Cuda {
-    /// Whether the deployment lets guests compile kernels of their own.
-    type Deployment = bool;
+    type Deployment = Kernels;
     type Instance = CudaCtx;
 
-    fn new(_: &ServerEnv) -> anyhow::Result<Self> {
-        Ok(Cuda)
+    fn new(env: &ServerEnv) -> anyhow::Result<Self> {
+        let library = Library::new(env.data_dir.as_deref(), env.policy.clone())?;
+        Ok(Cuda {
+            library: Arc::new(library),
+        })
     }
 
     fn add_to_linker(linker: &mut Linker<InstanceState>) -> anyhow::Result<()> {
         add_to_linker(linker)
     }
 
-    fn deployment(&self, env: &DeploymentEnv) -> anyhow::Result<bool> {
-        Ok(env.grants.cuda_source)
+    /// Under a trust policy guests run signed kernels only, so a
+    /// `cuda-source` grant is refused before the deployment starts.
+    fn deployment(&self, env: &DeploymentEnv) -> anyhow::Result<Kernels> {
+        let signed_only = env.require_signed || self.library.policy_active();
+        if env.grants.cuda_source && signed_only {
+            anyhow::bail!(
+                "grant `cuda-source = true` lets guests run unsigned kernels, which the trust \
+                 policy forbids (publish them with `tensor-wasm kernel publish --sign` instead)"
+            );
+        }
+        Ok(Kernels {
+            library: self.library.clone(),
+            allow_source: env.grants.cuda_source,
+            require_signed: env.require_signed,
+        })
     }
 
-    fn instance(allow_source: &bool, _: &InstanceEnv) -> anyhow::Result<CudaCtx> {
-        Ok(CudaCtx::new(*allow_source))
+    fn instance(kernels: &Kernels, _: &InstanceEnv) -> anyhow::Result<CudaCtx> {
+        Ok(CudaCtx::new(kernels.clone()))
     }
 
     /// A reused instance holds no CUDA handles (else it is not reused), so
@@ -85,20 +116,18 @@ impl CudaStateView for InstanceState {
 }
 
 /// Per-instance `wasi:cuda` state.
-#[derive(Default)]
 pub struct CudaCtx {
-    /// Whether the deployment lets the guest compile its own kernels.
-    allow_source: bool,
+    /// The deployment's kernel rules.
+    kernels: Kernels,
     /// Streams the instance created (kept until it ends).
     streams: Vec<Arc<CudaStream>>,
 }
 
 impl CudaCtx {
-    /// State for one instance; `allow_source` is the deployment's
-    /// `cuda-source` grant.
-    pub fn new(allow_source: bool) -> Self {
+    /// State for one instance of a deployment with `kernels`' rules.
+    pub fn new(kernels: Kernels) -> Self {
         Self {
-            allow_source,
+            kernels,
             streams: Vec::new(),
         }
     }

@@ -7,7 +7,7 @@ use super::bindings::wasi::cuda::{device, kernels, memory, streams, types};
 use super::error;
 use super::launch;
 use super::signature::Kind;
-use super::{Buffer, CudaView, Event, Kernel, Module, Stream, vetted};
+use super::{Buffer, CudaView, Event, Kernel, Module, Stream, library};
 use crate::tensor::bindings::wasi::tensor::types::Dtype;
 use crate::tensor::cuda::{CudaBackend, CudaData};
 use crate::tensor::ops::dims;
@@ -451,50 +451,44 @@ impl From<Kind> for kernels::ParamKind {
 impl kernels::Host for CudaView<'_> {}
 
 impl CudaView<'_> {
-    async fn load_vetted(&mut self, m: &'static vetted::Vetted) -> WResult<Resource<Module>> {
+    /// Compiles (once per device) and loads a resolved module; resolution
+    /// comes first, so a refused module is refused on every host.
+    async fn load_checked(
+        &mut self,
+        found: Result<Arc<library::Source>, library::Error>,
+    ) -> WResult<Resource<Module>> {
+        let m = tri!(found.map_err(error::library));
         let tenant = tri!(launch::gpu(self.tensors)).tenant().clone();
+        let name = m.name.clone();
+        let declared = m.declared.clone();
         // NVRTC takes a while the first time: not on the serving thread.
         let module = tri!(
             launch::blocking(move || {
                 tenant
-                    .module(m.source, false, m.name)
+                    .module(&m.source, false, &m.name)
                     .map_err(types::Error::Backend)
             })
             .await?
         );
         Ok(Ok(self.table.push(Module {
             module,
-            declared: Some(m.signatures()),
-            name: m.name.to_string(),
+            declared: Some(declared),
+            name,
         })?))
     }
 }
 
 impl kernels::HostModule for CudaView<'_> {
     async fn load(&mut self, name: String) -> WResult<Resource<Module>> {
-        tri!(launch::gpu(self.tensors));
-        match vetted::by_name(&name) {
-            Some(m) => self.load_vetted(m).await,
-            None => Ok(Err(types::Error::NotFound(format!(
-                "no vetted module `{name}` (vetted: {})",
-                vetted::names()
-            )))),
-        }
+        let k = &self.ctx.kernels;
+        let found = k.library.by_name(&name, k.require_signed);
+        self.load_checked(found).await
     }
 
     async fn load_digest(&mut self, digest: String) -> WResult<Resource<Module>> {
-        tri!(launch::gpu(self.tensors));
-        if digest.len() != 64 || !digest.bytes().all(|c| c.is_ascii_hexdigit()) {
-            return Ok(Err(types::Error::InvalidArgument(format!(
-                "`{digest}` is not a BLAKE3 digest (64 hex digits)"
-            ))));
-        }
-        match vetted::by_digest(&digest) {
-            Some(m) => self.load_vetted(m).await,
-            None => Ok(Err(types::Error::NotFound(format!(
-                "no vetted module has digest {digest}"
-            )))),
-        }
+        let k = &self.ctx.kernels;
+        let found = k.library.by_digest(&digest, k.require_signed);
+        self.load_checked(found).await
     }
 
     async fn load_source(
@@ -503,7 +497,7 @@ impl kernels::HostModule for CudaView<'_> {
         kind: kernels::SourceKind,
     ) -> WResult<Resource<Module>> {
         let gpu = tri!(launch::gpu(self.tensors));
-        if !self.ctx.allow_source {
+        if !self.ctx.kernels.allow_source {
             return Ok(Err(types::Error::NotPermitted(
                 "this deployment loads vetted kernels only (grant `cuda-source = true` to allow \
                  a guest's own)"
