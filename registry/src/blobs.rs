@@ -49,27 +49,32 @@ impl Blobs {
 
     /// Stores `bytes`; returns their digest.
     pub fn put(&self, bytes: &[u8]) -> Result<Digest> {
-        if bytes.len() as u64 > self.max {
+        let mut packer = Packer::new(bytes.len() as u64);
+        packer.update(bytes)?;
+        self.put_packed(&packer.finish()?)
+    }
+
+    /// Stores bytes packed by a [`Packer`]; returns their digest.
+    pub fn put_packed(&self, packed: &Packed) -> Result<Digest> {
+        let digest = packed.digest;
+        if packed.size > self.max {
             return Err(Error::Invalid(format!(
                 "the artifact is {} bytes; the registry takes at most {}",
-                bytes.len(),
-                self.max
+                packed.size, self.max
             )));
         }
-        let digest = Digest::of(bytes);
         let path = self.path(&digest);
         if path.is_file() && self.get(&digest).is_ok() {
             return Ok(digest);
         }
-        let packed =
-            zstd::bulk::compress(bytes, LEVEL).map_err(io(format!("cannot compress {digest}")))?;
         let tmp = self.dir.join(format!(
             ".{}.{}.{}.tmp",
             digest.hex(),
             std::process::id(),
             unique()
         ));
-        std::fs::write(&tmp, &packed).map_err(io(format!("cannot write {}", tmp.display())))?;
+        std::fs::write(&tmp, &packed.zstd)
+            .map_err(io(format!("cannot write {}", tmp.display())))?;
         std::fs::rename(&tmp, &path).map_err(io(format!("cannot store {}", path.display())))?;
         Ok(digest)
     }
@@ -124,6 +129,62 @@ impl Blobs {
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         std::fs::remove_file(&path).map_err(io(format!("cannot delete {}", path.display())))?;
         Ok(size)
+    }
+}
+
+/// Bytes as the store keeps them: their digest, size and zstd frame.
+#[derive(Debug)]
+pub struct Packed {
+    /// BLAKE3 of the bytes.
+    pub digest: Digest,
+    /// Uncompressed size.
+    pub size: u64,
+    /// The zstd frame.
+    pub zstd: Vec<u8>,
+}
+
+/// Hashes and compresses bytes as they arrive (a pull packs while it
+/// downloads).
+pub struct Packer {
+    hasher: blake3::Hasher,
+    encoder: zstd::stream::write::Encoder<'static, Vec<u8>>,
+    size: u64,
+}
+
+impl Packer {
+    /// An empty packer for about `size_hint` bytes (0: unknown).
+    pub fn new(size_hint: u64) -> Self {
+        // Room for incompressible bytes up front: no regrowth copies.
+        let room = size_hint.min(MAX_BLOB) as usize;
+        let out = Vec::with_capacity(room + room / 128 + 1024);
+        Self {
+            hasher: blake3::Hasher::new(),
+            encoder: zstd::stream::write::Encoder::new(out, LEVEL).expect("a zstd level in range"),
+            size: 0,
+        }
+    }
+
+    /// Adds `chunk`.
+    pub fn update(&mut self, chunk: &[u8]) -> Result<()> {
+        use std::io::Write;
+        self.hasher.update(chunk);
+        self.size += chunk.len() as u64;
+        self.encoder
+            .write_all(chunk)
+            .map_err(io("cannot compress".to_string()))
+    }
+
+    /// The packed bytes.
+    pub fn finish(self) -> Result<Packed> {
+        let zstd = self
+            .encoder
+            .finish()
+            .map_err(io("cannot compress".to_string()))?;
+        Ok(Packed {
+            digest: Digest(*self.hasher.finalize().as_bytes()),
+            size: self.size,
+            zstd,
+        })
     }
 }
 

@@ -5,7 +5,7 @@ use std::fmt;
 
 /// The BLAKE3 digest of a blob's (uncompressed) bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Digest([u8; 32]);
+pub struct Digest(pub(crate) [u8; 32]);
 
 impl Digest {
     /// The digest of `bytes`.

@@ -1,7 +1,7 @@
 //! The registry under a data dir (`<data-dir>/registry/`): blobs, the
 //! index, the `trust` file, and verified checkouts the host serves from.
 
-use crate::blobs::Blobs;
+use crate::blobs::{Blobs, Packed};
 use crate::digest::Digest;
 use crate::error::{Error, Result, io};
 use crate::index::{Index, Kind, Record, Signature};
@@ -81,32 +81,38 @@ impl Registry {
         })
     }
 
-    /// Stores an artifact fetched from elsewhere: under its own record
-    /// (signatures kept, its digest checked against the bytes) or, without
-    /// one, unsigned as `name`.
+    /// Stores an artifact fetched from elsewhere (packed as it arrived):
+    /// under its own record (signatures kept, its digest and size checked
+    /// against the bytes) or, without one, unsigned as `name`.
     pub fn import(
         &self,
-        bytes: &[u8],
+        packed: &Packed,
         record: Option<Record>,
         name: &Name,
         kind: Kind,
     ) -> Result<Record> {
-        let Some(record) = record else {
-            return self.push(bytes, name, kind, None);
+        let record = match record {
+            Some(record) => {
+                Name::parse(&record.name)?;
+                if record.digest()? != packed.digest || record.size != packed.size {
+                    return Err(Error::Corrupt(format!(
+                        "the record of {} names {} ({} bytes) but the bytes are {} ({} bytes)",
+                        record.name, record.digest, record.size, packed.digest, packed.size
+                    )));
+                }
+                record
+            }
+            None => Record {
+                name: name.to_string(),
+                kind,
+                digest: packed.digest.to_string(),
+                size: packed.size,
+                created: now(),
+                signatures: Vec::new(),
+            },
         };
-        Name::parse(&record.name)?;
-        let actual = Digest::of(bytes);
-        if record.digest()? != actual || record.size != bytes.len() as u64 {
-            return Err(Error::Corrupt(format!(
-                "the record of {} names {} ({} bytes) but the bytes are {actual} ({} bytes)",
-                record.name,
-                record.digest,
-                record.size,
-                bytes.len()
-            )));
-        }
         self.index.update(|records| {
-            self.blobs.put(bytes)?;
+            self.blobs.put_packed(packed)?;
             records.insert(record.name.clone(), record.clone());
             Ok(record)
         })

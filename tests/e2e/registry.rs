@@ -290,3 +290,45 @@ pub fn zstd_frame_of(bytes: &[u8]) -> Vec<u8> {
     out.extend_from_slice(bytes);
     out
 }
+
+#[test]
+fn concurrent_pushes_from_many_processes_all_land() {
+    let dir = scratch("registry-concurrent");
+    let d = dir.join("data").display().to_string();
+    let hello = guest("hello").display().to_string();
+    // Eight processes at once: the same bytes under eight names, and the
+    // same name from all eight.
+    let children: Vec<_> = (0..8)
+        .flat_map(|i| {
+            [format!("acme/copy{i}:1"), "acme/same:1".to_string()].map(|name| {
+                Command::new(bin())
+                    .args(["push", &hello, "--name", &name, "--data-dir", &d])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let list = ok(&format!("list --data-dir {d}"));
+    for i in 0..8 {
+        assert!(list.contains(&format!("acme/copy{i}:1")), "{list}");
+    }
+    assert_eq!(list.lines().count(), 9, "{list}");
+    let out = dir.join("out.wasm");
+    ok(&format!(
+        "pull acme/same:1 -o {} --data-dir {d}",
+        out.display()
+    ));
+    assert_eq!(std::fs::read(out).unwrap(), std::fs::read(&hello).unwrap());
+    // One blob for all nine names; nothing for gc.
+    assert!(ok(&format!("gc --data-dir {d}")).contains("deleted 0 unreferenced"));
+}

@@ -97,34 +97,38 @@ pub fn push(args: &Push, data_dir: &Path) -> Result<()> {
     let remote = args.to.map(registry::oci::Remote::parse).transpose()?;
     let registry = Registry::open(data_dir)?;
     let key = args.sign.map(SecretKey::load).transpose()?;
-    let (record, bytes) = match args.file {
-        Some(file) => {
-            let kind = match args.kind {
-                Some(k) => Kind::parse(k)?,
-                None if file.extension().is_some_and(|e| e == "wac") => Kind::World,
-                None => Kind::Component,
-            };
-            let bytes =
-                std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-            if kind == Kind::Component {
-                crate::platform::load::check_component_bytes(&file.display().to_string(), &bytes)?;
+    let push_to = |bytes: bytes::Bytes, store: &(dyn Fn() -> registry::Result<Record> + Sync)| {
+        match &remote {
+            Some(remote) => {
+                let (record, url) = registry::oci::push(remote, bytes, store)?;
+                println!("{}", describe(&record));
+                println!("pushed to {remote} ({url})");
             }
-            (registry.push(&bytes, &name, kind, key.as_ref())?, bytes)
+            None => println!("{}", describe(&store()?)),
         }
-        None => {
-            if let Some(key) = &key {
-                registry.sign(&name, key)?;
-            }
-            let artifact = registry.fetch(args.name)?;
-            (artifact.record.expect("fetched by name"), artifact.bytes)
-        }
+        anyhow::Ok(())
     };
-    println!("{}", describe(&record));
-    if let Some(remote) = remote {
-        let url = registry::oci::push(&remote, &bytes, &record)?;
-        println!("pushed to {remote} ({url})");
+    let Some(file) = args.file else {
+        if let Some(key) = &key {
+            registry.sign(&name, key)?;
+        }
+        let artifact = registry.fetch(args.name)?;
+        let record = artifact.record.expect("fetched by name");
+        return push_to(artifact.bytes.into(), &|| Ok(record.clone()));
+    };
+    let kind = match args.kind {
+        Some(k) => Kind::parse(k)?,
+        None if file.extension().is_some_and(|e| e == "wac") => Kind::World,
+        None => Kind::Component,
+    };
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    if kind == Kind::Component {
+        crate::platform::load::check_component_bytes(&file.display().to_string(), &bytes)?;
     }
-    Ok(())
+    let bytes = bytes::Bytes::from(bytes);
+    push_to(bytes.clone(), &|| {
+        registry.push(&bytes, &name, kind, key.as_ref())
+    })
 }
 
 /// Runs `tensor-wasm pull`.
@@ -132,11 +136,11 @@ pub fn pull(reference: &str, output: Option<&Path>, data_dir: &Path) -> Result<(
     let registry = Registry::open(data_dir)?;
     let (bytes, digest) = if reference.starts_with("oci://") {
         let remote = registry::oci::Remote::parse(reference)?;
-        let (bytes, record) = registry::oci::pull(&remote)?;
+        let pulled = registry::oci::pull(&remote, output.is_some())?;
         let name = Name::parse(&remote.local_name())?;
-        let record = registry.import(&bytes, record, &name, Kind::Component)?;
+        let record = registry.import(&pulled.packed, pulled.record, &name, Kind::Component)?;
         println!("{}", describe(&record));
-        (bytes, record.digest)
+        (pulled.bytes, record.digest)
     } else {
         let Some(_) = output else {
             bail!("{reference} is already in the registry; give -o FILE to write its bytes");
