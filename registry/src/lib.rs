@@ -11,6 +11,8 @@
 //!   updated under a file lock so concurrent pushes are safe.
 //! - [`keys`]: ed25519 key files and the signed statement.
 //! - [`trust`]: trusted and revoked keys, and the verdict on a record.
+//! - [`model`]: model folders named by the digests of their files.
+//! - [`oci`]: push and pull through OCI registries.
 #![deny(missing_docs)]
 
 pub mod blobs;
@@ -18,6 +20,7 @@ pub mod digest;
 pub mod error;
 pub mod index;
 pub mod keys;
+pub mod model;
 pub mod name;
 pub mod oci;
 pub mod store;

@@ -216,7 +216,22 @@ impl Registry {
             return Ok(());
         }
         let bytes = std::fs::read(path).map_err(io(format!("cannot read {}", path.display())))?;
-        let digest = Digest::of(&bytes).to_string();
+        self.check_digest(&path.display().to_string(), &Digest::of(&bytes), policy)
+    }
+
+    /// Under an active `policy`, whether the model folder `dir` may be
+    /// used: a trusted record must sign its manifest ([`crate::model`]).
+    pub fn check_model(&self, label: &str, dir: &Path, policy: &Policy) -> Result<()> {
+        if !policy.active() {
+            return Ok(());
+        }
+        let manifest = crate::model::manifest(dir)?;
+        self.check_digest(label, &Digest::of(&manifest), policy)
+    }
+
+    /// Whether a record of `digest` is signed by a key `policy` trusts.
+    fn check_digest(&self, label: &str, digest: &Digest, policy: &Policy) -> Result<()> {
+        let digest = digest.to_string();
         let records: Vec<Record> = self
             .list()?
             .into_iter()
@@ -230,8 +245,7 @@ impl Registry {
             }
         }
         Err(Error::Refused(format!(
-            "{} ({digest}): refused: {why}",
-            path.display()
+            "{label} ({digest}): refused: {why}"
         )))
     }
 

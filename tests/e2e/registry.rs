@@ -332,3 +332,64 @@ fn concurrent_pushes_from_many_processes_all_land() {
     // One blob for all nine names; nothing for gc.
     assert!(ok(&format!("gc --data-dir {d}")).contains("deleted 0 unreferenced"));
 }
+
+/// A models dir with model `tiny`: a valid two-float safetensors file and a
+/// config.
+fn tiny_model(dir: &Path) -> PathBuf {
+    let models = dir.join("models");
+    let tiny = models.join("tiny");
+    std::fs::create_dir_all(&tiny).unwrap();
+    let mut header = br#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#.to_vec();
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(&header);
+    file.extend_from_slice(&[0, 0, 128, 63, 0, 0, 0, 64]);
+    std::fs::write(tiny.join("model.safetensors"), file).unwrap();
+    std::fs::write(tiny.join("config.json"), b"{}").unwrap();
+    models
+}
+
+#[test]
+fn granted_model_folders_run_only_when_their_manifest_is_signed() {
+    let Setup {
+        dir,
+        data: d,
+        kpub: k,
+        ..
+    } = setup("registry-models");
+    let models = tiny_model(&dir);
+    let file = crate::support::deployment_file(
+        &dir,
+        "[[deployment]]\nname = \"m\"\ntenant = \"acme\"\ncomponent = \"registry:acme/hello:1.0.0\"\n\
+         grants = { models = [\"tiny\"] }\n",
+    );
+    let (m, c) = (models.display(), dir.join("cache"));
+    let args = format!(
+        "{} --models-dir {m} --trust-key {k} --data-dir {d}",
+        file.display()
+    );
+    let err = refused(&args);
+    assert!(
+        err.contains("model `tiny`") && err.contains("unsigned"),
+        "{err}"
+    );
+    let key = dir.join("k").display().to_string();
+    let pushed = ok(&format!(
+        "push {m}/tiny --name acme/tiny:1 --sign {key} --data-dir {d}"
+    ));
+    assert!(pushed.contains("acme/tiny:1  model"), "{pushed}");
+    ok(&format!("verify {m}/tiny --trust-key {k} --data-dir {d}"));
+    let server = Server::start(&args.split_whitespace().collect::<Vec<_>>(), &c);
+    assert_eq!(server.get("/hello").status, 200);
+    drop(server);
+    // One changed byte of the weights: refused, by serve and by verify.
+    let weights = models.join("tiny/model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    std::fs::write(&weights, bytes).unwrap();
+    assert!(refused(&format!("{args} --cache-dir {}", c.display())).contains("model `tiny`"));
+    fails(
+        &format!("verify {m}/tiny --trust-key {k} --data-dir {d}"),
+        "refused",
+    );
+}

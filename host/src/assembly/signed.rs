@@ -7,7 +7,9 @@
 //! artifact a deployment names (component, world, world packages, batching
 //! models) must be signed by a trusted, unrevoked key: a registry record's
 //! signature, or for a local file, the signature of a record with the
-//! file's digest. The components built into the binary (the default world,
+//! file's digest; each granted model folder (`grants.models`), the
+//! signature of a `model` record with its manifest's digest (every file's
+//! BLAKE3, `registry::model`). The components built into the binary (the default world,
 //! built-in packages) are trusted as the binary is. Nothing is half-started:
 //! the first refusal stops `serve` before it listens.
 
@@ -41,8 +43,14 @@ pub fn policy(registry: &Registry, trust_keys: &[PathBuf], require_signed: bool)
 }
 
 /// Turns `spec`'s registry references into checked files and, under an
-/// active policy, refuses any artifact not signed by a trusted key.
-pub fn resolve(spec: &mut DeploymentSpec, registry: &Registry, policy: &Policy) -> Result<()> {
+/// active policy, refuses any artifact (or granted model folder under
+/// `models_dir`) not signed by a trusted key.
+pub fn resolve(
+    spec: &mut DeploymentSpec,
+    registry: &Registry,
+    policy: &Policy,
+    models_dir: Option<&Path>,
+) -> Result<()> {
     let mut policy = policy.clone();
     policy.require_signed |= spec.require_signed;
     let check = |path: &mut PathBuf| -> Result<()> {
@@ -68,6 +76,12 @@ pub fn resolve(spec: &mut DeploymentSpec, registry: &Registry, policy: &Policy) 
             if let Some(ModelSource::Path(path)) = model {
                 check(path)?;
             }
+        }
+    }
+    // A missing model is left to the assembly (it warns and serves on).
+    for name in &spec.grants.models {
+        if let Some(folder) = models_dir.map(|d| d.join(name)).filter(|f| f.is_dir()) {
+            registry.check_model(&format!("model `{name}`"), &folder, &policy)?;
         }
     }
     Ok(())

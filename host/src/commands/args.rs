@@ -78,7 +78,7 @@ pub enum Command {
     Kernel(KernelCommand),
     /// Store a component, world, kernel or model manifest in the registry under NAME:VERSION, and with --to push it (and its record, signatures included) to an OCI registry.
     Push {
-        /// The file [default: the artifact already stored as --name].
+        /// The file, or a model folder (stored as its manifest: every file's BLAKE3) [default: the artifact already stored as --name].
         file: Option<PathBuf>,
         /// Its name, e.g. `acme/shop:1.2.0`.
         #[arg(long, value_name = "NAME:VERSION")]
@@ -115,7 +115,7 @@ pub enum Command {
     },
     /// Exit 0 only if the artifact is intact and signed by a trusted key (the registry's `trust` file and --trust-key).
     Verify {
-        /// `NAME:VERSION` or `blake3:HEX`.
+        /// `NAME:VERSION`, `blake3:HEX`, or a local file or model folder (checked as `serve` would).
         reference: String,
         /// Trust this public key too (repeatable).
         #[arg(long = "trust-key", value_name = "KEY.pub")]

@@ -118,10 +118,21 @@ pub fn push(args: &Push, data_dir: &Path) -> Result<()> {
     };
     let kind = match args.kind {
         Some(k) => Kind::parse(k)?,
+        None if file.is_dir() => Kind::Model,
         None if file.extension().is_some_and(|e| e == "wac") => Kind::World,
         None => Kind::Component,
     };
-    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let bytes = if file.is_dir() {
+        if kind != Kind::Model {
+            bail!(
+                "{} is a folder: only a model (--kind model) is pushed as one",
+                file.display()
+            );
+        }
+        registry::model::manifest(file)?
+    } else {
+        std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?
+    };
     if kind == Kind::Component {
         crate::platform::load::check_component_bytes(&file.display().to_string(), &bytes)?;
     }
@@ -164,10 +175,21 @@ pub fn list(data_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Runs `tensor-wasm verify`: fails unless intact and signed by a trusted key.
+/// Runs `tensor-wasm verify`: fails unless intact and signed by a trusted
+/// key. A local file or model folder is checked as `serve` would.
 pub fn verify(reference: &str, trust_keys: &[PathBuf], data_dir: &Path) -> Result<()> {
     let registry = Registry::open(data_dir)?;
     let policy = signed::policy(&registry, trust_keys, true)?;
+    let local = Path::new(reference);
+    if local.is_dir() {
+        registry.check_model(reference, local, &policy)?;
+        println!("{reference}: ok: model folder signed by a trusted key");
+        return Ok(());
+    } else if local.is_file() {
+        registry.check_file(local, &policy)?;
+        println!("{reference}: ok: signed by a trusted key");
+        return Ok(());
+    }
     let artifact = registry.fetch(reference)?;
     let Some(record) = &artifact.record else {
         bail!("{reference}: refused: it is unsigned (no record names it)");

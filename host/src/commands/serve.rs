@@ -31,10 +31,17 @@ pub fn run(args: ServeArgs) -> Result<()> {
             policy.trusted.len()
         );
     }
+    let models_dir = specs
+        .iter()
+        .any(|s| !s.grants.models.is_empty())
+        .then(|| dirs::models_dir(args.models_dir.as_ref()).ok())
+        .flatten();
     for spec in &mut specs {
-        signed::resolve(spec, &registry, &policy).map_err(|e| match from_file {
-            Some(file) => anyhow!("{}: deployment `{}`: {e:#}", file.display(), spec.name),
-            None => anyhow!("{e:#}"),
+        signed::resolve(spec, &registry, &policy, models_dir.as_deref()).map_err(|e| {
+            match from_file {
+                Some(file) => anyhow!("{}: deployment `{}`: {e:#}", file.display(), spec.name),
+                None => anyhow!("{e:#}"),
+            }
         })?;
     }
     let assembly = Assembly::new(options(&args, &specs, data_dir, policy))?;
