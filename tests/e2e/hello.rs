@@ -157,3 +157,32 @@ fn precompiled_artifact_serves() {
     assert_eq!(server.get("/hello").text(), "Hello from TensorWasm!\n");
     assert!(server.log().contains("loaded precompiled artifact"));
 }
+
+#[test]
+fn shell_completions_and_man_pages_come_from_the_cli() {
+    let (code, script, err) = crate::support::run(&["completions", "bash"]);
+    assert_eq!(code, 0, "{err}");
+    let file = crate::support::scratch("completions").join("tensor-wasm.bash");
+    std::fs::write(&file, script).unwrap();
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {} && complete -p tensor-wasm",
+            file.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("tensor-wasm"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, _, err) = crate::support::run(&["completions", "tcsh"]);
+    assert!(code != 0 && err.contains("invalid value"), "{err}");
+    let dir = crate::support::scratch("man");
+    let (code, out, err) = crate::support::run(&["man", dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("man pages"), "{out}");
+    let serve = std::fs::read_to_string(dir.join("tensor-wasm-serve.1")).unwrap();
+    assert!(serve.contains("max\\-instance\\-reuse\\-count"), "{serve}");
+}

@@ -70,6 +70,17 @@ pub enum Command {
     /// Make bearer tokens for the gateway's `auth` component.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Print a shell completion script, e.g. `tensor-wasm completions bash > ~/.local/share/bash-completion/completions/tensor-wasm`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages for tensor-wasm and every subcommand (tensor-wasm-serve.1, …) into DIR, e.g. `tensor-wasm man ~/.local/share/man/man1`.
+    Man {
+        /// Where to write them (created when missing).
+        dir: PathBuf,
+    },
     /// Signing keys and the trust policy (docs/REGISTRY.md).
     #[command(subcommand)]
     Key(KeyCommand),

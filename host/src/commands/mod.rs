@@ -6,6 +6,7 @@ pub mod artifact;
 pub mod audit;
 pub mod job;
 pub mod kernel;
+pub mod manual;
 pub mod registry;
 pub mod serve;
 pub mod token;
@@ -18,6 +19,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
     let collect = |deps: Vec<_>| deps.into_iter().collect();
     match cli.command {
         Command::Serve(args) => serve::run(args)?,
+        Command::Completions { shell } => manual::completions(shell),
+        Command::Man { dir } => manual::man(&dir)?,
         Command::Run(args) => return job::run(args),
         Command::Compose {
             world,
