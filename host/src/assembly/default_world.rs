@@ -7,7 +7,7 @@
 //! the world's config, and it is never logged.
 
 use crate::assembly::spec::Grants;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -50,17 +50,6 @@ pub fn grants(data_dir: &Path) -> Result<(Grants, PathBuf)> {
 
 fn create(path: &Path) -> Result<String> {
     let token = crate::platform::token::generate()?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    std::io::Write::write_all(&mut file, format!("{token}\n").as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    crate::platform::token::write_secret(path, &token)?;
     Ok(token)
 }

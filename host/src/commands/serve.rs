@@ -7,6 +7,7 @@ use crate::assembly::{Assembly, Options, default_world, signed};
 use crate::platform::dirs;
 use crate::platform::engine::EngineOptions;
 use crate::platform::load::{self, Kind};
+use crate::serving::admin_api::AdminTokens;
 use crate::serving::listener::{Listen, Server};
 use crate::serving::router::Router;
 use anyhow::{Result, anyhow};
@@ -44,7 +45,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             }
         })?;
     }
-    let assembly = Assembly::new(options(&args, &specs, data_dir, policy))?;
+    let assembly = Assembly::new(options(&args, &specs, data_dir.clone(), policy))?;
     let mut deployments = Vec::new();
     for spec in specs {
         let name = spec.name.clone();
@@ -58,12 +59,22 @@ pub fn run(args: ServeArgs) -> Result<()> {
         })?;
         deployments.push(Arc::new(deployment));
     }
+    let listen = listen(&args)?;
+    let admin_tokens = match listen.admin {
+        Some(_) => {
+            let (tokens, file) = AdminTokens::load(&data_dir)?;
+            tracing::info!("admin API token: {}", file.display());
+            tokens
+        }
+        None => AdminTokens::default(),
+    };
     let server = Server::new(
         assembly.engine().clone(),
         Router::new(deployments)?,
         assembly.metrics().clone(),
+        admin_tokens,
     );
-    server.run(&listen(&args)?)
+    server.run(&listen)
 }
 
 /// The deployments `args` asks for, with the flags' limits as defaults.

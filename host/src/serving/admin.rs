@@ -1,5 +1,5 @@
-//! The admin listener: `/healthz`, `/readyz` (503 while draining) and
-//! Prometheus `/metrics`.
+//! The admin listener: `/healthz`, `/readyz` (503 while draining),
+//! Prometheus `/metrics`, and the admin API under `/v1/` ([`super::admin_api`]).
 
 use super::body::{ResponseBody, error_response, full};
 use super::deployment::Deployment;
@@ -24,7 +24,14 @@ pub async fn serve_admin(server: Arc<Server>, listener: TcpListener) {
         let server = server.clone();
         let service = service_fn(move |req: Request<Incoming>| {
             let server = server.clone();
-            async move { Ok::<_, Infallible>(admin_response(&server, req.uri().path())) }
+            async move {
+                let response = if req.uri().path().starts_with("/v1/") {
+                    super::admin_api::respond(&server, &req)
+                } else {
+                    admin_response(&server, req.uri().path())
+                };
+                Ok::<_, Infallible>(response)
+            }
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)
@@ -73,7 +80,7 @@ fn admin_response(server: &Server, path: &str) -> Response<ResponseBody> {
         _ => error_response(
             StatusCode::NOT_FOUND,
             "not_found",
-            "admin routes: /healthz, /readyz, /metrics",
+            "admin routes: /healthz, /readyz, /metrics, /v1/deployments",
         ),
     }
 }

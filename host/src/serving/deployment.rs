@@ -4,7 +4,7 @@
 //! tenant's wall-clock budget and memory cap.
 
 use crate::assembly::capabilities::{DeploymentCapabilities, InstanceEnv, InstanceState};
-use crate::assembly::spec::{DeploymentSpec, Limits, Route};
+use crate::assembly::spec::{DeploymentSpec, Instances, Limits, Route, Source};
 use crate::platform::metrics::{DeploymentLabel, Metrics, RequestLabels};
 use crate::serving::body::{self, Collected, ResponseBody, error_response};
 use crate::serving::guest::GuestRun;
@@ -40,6 +40,10 @@ pub struct Deployment {
     /// Which requests it serves.
     pub route: Route,
     limits: Limits,
+    /// What it runs (a file, a checkout of a registry artifact, or the
+    /// embedded world), for the admin API.
+    source: String,
+    instances: Instances,
     /// `tenant/name`, for logs.
     who: Arc<str>,
     pre: ProxyPre<InstanceState>,
@@ -141,7 +145,13 @@ impl Deployment {
             ok: std::sync::OnceLock::new(),
         };
         let pool = pools.pool(&spec.name, spec.instances, &metrics);
+        let source = match &spec.source {
+            Source::Component(path) | Source::World(path, _) => path.display().to_string(),
+            Source::Default => "the embedded default world".into(),
+        };
         Self {
+            source,
+            instances: spec.instances,
             who: format!("{}/{}", spec.tenant, spec.name).into(),
             name: spec.name,
             tenant: spec.tenant,
@@ -158,6 +168,36 @@ impl Deployment {
             stats: Arc::new(stats),
             metrics,
         }
+    }
+
+    /// What the admin API shows of it: its spec as running and its counters.
+    pub fn describe(&self) -> serde_json::Value {
+        let l = &self.limits;
+        serde_json::json!({
+            "name": self.name,
+            "tenant": self.tenant,
+            "source": self.source,
+            "route": { "host": self.route.host, "path": self.route.path.as_deref().unwrap_or("/") },
+            "limits": {
+                "timeout_ms": l.timeout.as_millis() as u64,
+                "memory": l.memory,
+                "concurrency": l.concurrency,
+                "body": l.body,
+                "tensor_memory": l.tensor_memory,
+            },
+            "instances": {
+                "reuse": self.instances.reuse,
+                "idle_ms": self.instances.idle.as_millis() as u64,
+                "idle_now": self.pool.as_ref().map_or(0, |p| p.idle_count()),
+            },
+            "requests": {
+                "in_flight": self.stats.in_flight.get(),
+                "ok": self.stats.ok.get().map_or(0, |c| c.get()),
+                "traps": self.stats.traps.get(),
+                "deadline_kills": self.stats.deadline_kills.get(),
+                "memory_cap_kills": self.stats.memory_cap_kills.get(),
+            },
+        })
     }
 
     /// Serves one request from `client` and records it. The request carries

@@ -143,6 +143,11 @@ impl Pool {
         self.idle_gauge.inc();
     }
 
+    /// How many instances wait for a request now.
+    pub fn idle_count(&self) -> usize {
+        self.lock().len()
+    }
+
     /// Counts an instance dropped for `why`.
     pub fn discard(&self, why: Discard) {
         self.metrics

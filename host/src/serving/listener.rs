@@ -33,6 +33,8 @@ pub struct Server {
     pub metrics: Arc<Metrics>,
     /// Set once shutdown begins (`/readyz` turns 503).
     pub draining: AtomicBool,
+    /// Who may call the admin API.
+    pub admin_tokens: super::admin_api::AdminTokens,
 }
 
 /// Where and how to listen.
@@ -49,12 +51,18 @@ pub struct Listen {
 
 impl Server {
     /// A server over `router`'s deployments, not yet draining.
-    pub fn new(engine: Engine, router: Router, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(
+        engine: Engine,
+        router: Router,
+        metrics: Arc<Metrics>,
+        admin_tokens: super::admin_api::AdminTokens,
+    ) -> Arc<Self> {
         Arc::new(Self {
             engine,
             router,
             metrics,
             draining: AtomicBool::new(false),
+            admin_tokens,
         })
     }
 
