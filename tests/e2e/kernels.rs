@@ -172,13 +172,19 @@ fn cuda_registry_kernels_load_only_when_a_trusted_key_signed_them() {
              the lent GPU with TENSOR_WASM_TEST_DEVICE=cuda)"
         );
     }
-    drop(server);
+}
+
+#[test]
+fn cuda_source_grants_are_refused_under_a_trust_policy() {
+    let Kernels {
+        dir, data, kpub, ..
+    } = kernels("kernels-source");
     // Raw guest source would bypass signing: refused before listening.
     let with_source = probe_deployments(&dir, "grants = { cuda-source = true }\n");
     let err = refused(&format!(
         "{} --trust-key {kpub} --data-dir {data} --cache-dir {}",
         with_source.display(),
-        cache.display()
+        dir.join("cache").display()
     ));
     assert!(
         err.contains("cuda-source") && err.contains("trust policy"),

@@ -33,20 +33,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             deps,
             engine,
         } => artifact::compile(&input, &output, &collect(deps), &engine)?,
-        Command::Inspect {
-            path,
-            deps,
-            data_dir,
-        } => {
-            let path = match path.to_str().and_then(|p| p.strip_prefix("registry:")) {
-                Some(reference) => {
-                    registry::checkout_for_inspect(reference, &data_dir_of(data_dir)?)?
-                }
-                None => path,
-            };
-            artifact::inspect(&path, &collect(deps))?
-        }
-        command @ (Command::Key(_)
+        command @ (Command::Inspect { .. }
+        | Command::Key(_)
         | Command::Kernel(_)
         | Command::Push { .. }
         | Command::Pull { .. }
@@ -81,6 +69,19 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
 /// The registry verbs (docs/REGISTRY.md).
 fn registry_command(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Inspect {
+            path,
+            deps,
+            data_dir,
+        } => {
+            let path = match path.to_str().and_then(|p| p.strip_prefix("registry:")) {
+                Some(reference) => {
+                    registry::checkout_for_inspect(reference, &data_dir_of(data_dir)?)?
+                }
+                None => path,
+            };
+            artifact::inspect(&path, &deps.into_iter().collect())?
+        }
         Command::Key(command) => registry::key(command, data_dir_of)?,
         Command::Kernel(command) => kernel::run(command, data_dir_of)?,
         Command::Push {
