@@ -151,19 +151,7 @@ fn cuda_registry_kernels_load_only_when_a_trusted_key_signed_them() {
     ];
     let got: Vec<&str> = r.iter().map(kind).collect();
     assert_eq!(got, want, "{r:#?}");
-    let text = |i: usize| r[i]["error"]["message"].as_str().unwrap().to_string();
-    assert!(
-        text(2).contains("acme/raw:1.0: refused: it is unsigned"),
-        "{}",
-        text(2)
-    );
-    assert!(text(3).contains("untrusted keys"), "{}", text(3));
-    assert!(text(4).contains("corrupt"), "{}", text(4));
-    assert!(
-        text(5).contains("is a component, not a kernel"),
-        "{}",
-        text(5)
-    );
+    assert_refusals_name_why(&r);
     if gpu {
         launch_signed_kernel(&server);
     } else {
@@ -189,6 +177,23 @@ fn cuda_source_grants_are_refused_under_a_trust_policy() {
     assert!(
         err.contains("cuda-source") && err.contains("trust policy"),
         "{err}"
+    );
+}
+
+/// Steps 2–5 of the policy test's loads say why each was refused.
+fn assert_refusals_name_why(r: &[Value]) {
+    let text = |i: usize| r[i]["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        text(2).contains("acme/raw:1.0: refused: it is unsigned"),
+        "{}",
+        text(2)
+    );
+    assert!(text(3).contains("untrusted keys"), "{}", text(3));
+    assert!(text(4).contains("corrupt"), "{}", text(4));
+    assert!(
+        text(5).contains("is a component, not a kernel"),
+        "{}",
+        text(5)
     );
 }
 
