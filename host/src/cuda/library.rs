@@ -5,8 +5,8 @@
 //! kernel loads only when a trusted, unrevoked key signed it; the built-in
 //! key is trusted unless the operator revokes it. A module is resolved —
 //! its bytes re-checked against their digest, its signature and its
-//! `@kernel` declarations checked — before any device work, so a refusal
-//! is the same on every host.
+//! `@kernel` declarations checked — before it is compiled; `tensor-wasm
+//! kernel verify` runs the same resolution without a GPU.
 
 use super::signature::{self, Signature};
 use super::vetted;

@@ -451,8 +451,7 @@ impl From<Kind> for kernels::ParamKind {
 impl kernels::Host for CudaView<'_> {}
 
 impl CudaView<'_> {
-    /// Compiles (once per device) and loads a resolved module; resolution
-    /// comes first, so a refused module is refused on every host.
+    /// Compiles (once per device) and loads a resolved module.
     async fn load_checked(
         &mut self,
         found: Result<Arc<library::Source>, library::Error>,
@@ -480,12 +479,16 @@ impl CudaView<'_> {
 
 impl kernels::HostModule for CudaView<'_> {
     async fn load(&mut self, name: String) -> WResult<Resource<Module>> {
+        // A host without a GPU answers `no-device` to every call (the WIT's
+        // contract), so the GPU is asked for first.
+        tri!(launch::gpu(self.tensors));
         let k = &self.ctx.kernels;
         let found = k.library.by_name(&name, k.require_signed);
         self.load_checked(found).await
     }
 
     async fn load_digest(&mut self, digest: String) -> WResult<Resource<Module>> {
+        tri!(launch::gpu(self.tensors));
         let k = &self.ctx.kernels;
         let found = k.library.by_digest(&digest, k.require_signed);
         self.load_checked(found).await
