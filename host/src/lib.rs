@@ -5,6 +5,7 @@
 //! - [`commands`]: the `tensor-wasm` CLI verbs, thin over the rest;
 //! - [`serving`]: a request's path — listener, router, deployment, guest run;
 //! - [`assembly`]: from a deployment spec to a ready deployment, in one place;
+//! - [`live`]: the deployments a server serves, changed while it runs;
 //! - [`platform`]: engine, artifact cache, composition, loading, metrics;
 //! - one module per host capability: [`wasi`], [`outgoing`], [`config`],
 //!   [`keyvalue`], [`tensor`], [`cuda`], [`scheduler`], [`inference`].
@@ -19,6 +20,7 @@ pub mod config;
 pub mod cuda;
 pub mod inference;
 pub mod keyvalue;
+pub mod live;
 pub mod outgoing;
 pub mod platform;
 pub mod scheduler;

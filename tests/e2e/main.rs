@@ -14,6 +14,7 @@ mod hostile;
 mod kernels;
 mod keyvalue;
 mod lifecycle;
+mod live;
 mod oci;
 mod openai;
 mod preinit;

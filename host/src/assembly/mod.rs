@@ -108,6 +108,15 @@ impl Assembly {
         &self.metrics
     }
 
+    /// Writes an audit `record` (JSON) at `key` in `tenant`'s `audit`
+    /// bucket, durably, where `tensor-wasm audit` reads the gateway's.
+    pub async fn audit(&self, tenant: &str, key: String, record: Vec<u8>) -> Result<()> {
+        self.caps
+            .keyvalue
+            .record(tenant, "audit", key, record)
+            .await
+    }
+
     /// Assembles `spec` into a deployment ready to serve.
     pub fn for_deployment(&self, mut spec: DeploymentSpec) -> Result<Deployment> {
         if !spec.grants.models.is_empty() {

@@ -351,12 +351,7 @@ pub fn parse(text: &str, path: &Path, defaults: &Limits) -> Result<Vec<Deploymen
     for raw in file.deployment {
         let name = raw.name.clone();
         let at = Place { path, name: &name };
-        if raw.name.is_empty()
-            || !raw
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
+        if !valid_name(&raw.name) {
             bail!(
                 "{}: deployment name `{}` must be letters, digits, `-` or `_`",
                 path.display(),
@@ -369,6 +364,45 @@ pub fn parse(text: &str, path: &Path, defaults: &Limits) -> Result<Vec<Deploymen
         specs.push(raw.validate(&at, base, defaults)?);
     }
     Ok(specs)
+}
+
+/// Whether `name` may name a deployment: letters, digits, `-` or `_`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// One deployment given as JSON (the admin API): an object with a
+/// deployment table's keys; `name` may be left out and must otherwise be
+/// `name`. Relative paths are relative to `base`.
+pub fn from_json(
+    name: &str,
+    mut value: serde_json::Value,
+    base: &Path,
+    defaults: &Limits,
+) -> Result<DeploymentSpec> {
+    if !valid_name(name) {
+        bail!("deployment name `{name}` must be letters, digits, `-` or `_`");
+    }
+    let object = value.as_object_mut().context(
+        "a deployment is a JSON object with a deployment file's keys (`tenant`, `component` or `world`, `route`, `limits`, ...)",
+    )?;
+    match object.get("name") {
+        None => {
+            object.insert("name".into(), name.into());
+        }
+        Some(n) if n.as_str() == Some(name) => {}
+        Some(n) => bail!("the body names deployment {n}, the URL `{name}`"),
+    }
+    let raw: RawDeployment =
+        serde_json::from_value(value).map_err(|e| anyhow::anyhow!("deployment `{name}`: {e}"))?;
+    let at = Place {
+        path: Path::new("the request"),
+        name,
+    };
+    raw.validate(&at, base, defaults)
 }
 
 /// Where an error is: the file and the deployment.

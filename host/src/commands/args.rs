@@ -70,6 +70,24 @@ pub enum Command {
     /// Make bearer tokens for the gateway's `auth` component.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Deploy to a running server through its admin API: every deployment of a
+    /// deployment file, or one given by flags. Each is built before it takes
+    /// traffic; requests in flight finish on the revision they started on.
+    Deploy(DeployArgs),
+    /// Take a deployment out of service on a running server.
+    Undeploy {
+        /// The deployment.
+        name: String,
+        /// Only if it serves this revision now.
+        #[arg(long, value_name = "REVISION")]
+        if_match: Option<u64>,
+        /// The server.
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List, show, and roll back a running server's deployments.
+    #[command(subcommand)]
+    Deployments(DeploymentsCommand),
     /// Print a shell completion script, e.g. `tensor-wasm completions bash > ~/.local/share/bash-completion/completions/tensor-wasm`.
     Completions {
         /// The shell.
@@ -195,6 +213,98 @@ pub enum AuditCommand {
         /// The server's data directory [default: as `serve`].
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
+    },
+}
+
+/// How to reach a server's admin API.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdminArgs {
+    /// The admin listener's URL.
+    #[arg(
+        long,
+        env = "TENSOR_WASM_ADMIN",
+        default_value = "http://127.0.0.1:9090",
+        value_name = "URL"
+    )]
+    pub admin: String,
+    /// A file holding the admin token [default: the data directory's admin-token; or $TENSOR_WASM_ADMIN_TOKEN].
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The server's data directory, for its admin-token [default: as `serve`].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `tensor-wasm deploy ...`.
+#[derive(Debug, clap::Args)]
+pub struct DeployArgs {
+    /// A deployment file (`.toml`); its relative paths are sent as absolute ones.
+    #[arg(conflicts_with_all = ["name", "component", "world"])]
+    pub file: Option<PathBuf>,
+    /// The deployment's name (instead of a file).
+    #[arg(long, requires = "tenant")]
+    pub name: Option<String>,
+    /// Its tenant.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Its component (`.wasm`, `.cwasm` or `registry:NAME:VERSION`).
+    #[arg(long, conflicts_with = "world")]
+    pub component: Option<String>,
+    /// Its world (`.wac` or `registry:NAME:VERSION`).
+    #[arg(long)]
+    pub world: Option<String>,
+    /// Its route's path prefix [default: /].
+    #[arg(long, value_name = "PREFIX")]
+    pub path: Option<String>,
+    /// Its route's host.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only if the deployment serves this revision now (a conflict otherwise).
+    #[arg(long, value_name = "REVISION")]
+    pub if_match: Option<u64>,
+    /// The server.
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// `tensor-wasm deployments ...`.
+#[derive(Debug, Subcommand)]
+pub enum DeploymentsCommand {
+    /// Every deployment the token may read.
+    List {
+        /// The server.
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// One deployment: spec as running, revision, counters.
+    Get {
+        /// The deployment.
+        name: String,
+        /// The server.
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// A deployment's revisions (0: the spec the server started with).
+    History {
+        /// The deployment.
+        name: String,
+        /// The server.
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Deploy an earlier revision's spec again, as a new revision.
+    Rollback {
+        /// The deployment.
+        name: String,
+        /// The revision to restore [default: the one before the current].
+        #[arg(long, value_name = "REVISION")]
+        to: Option<u64>,
+        /// The server.
+        #[command(flatten)]
+        admin: AdminArgs,
     },
 }
 

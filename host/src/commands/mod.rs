@@ -4,6 +4,7 @@
 pub mod args;
 pub mod artifact;
 pub mod audit;
+pub mod deploy;
 pub mod job;
 pub mod kernel;
 pub mod manual;
@@ -11,7 +12,7 @@ pub mod registry;
 pub mod serve;
 pub mod token;
 
-use args::{AuditCommand, Cli, Command, TokenCommand};
+use args::{AuditCommand, Cli, Command, DeploymentsCommand, TokenCommand};
 use std::path::PathBuf;
 
 /// Runs one command; a job's exit status is its own, any other success 0.
@@ -62,8 +63,32 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Token(TokenCommand::New { id, scopes }) => token::new_command(&id, &scopes)?,
         Command::Token(TokenCommand::Hash) => token::hash_command()?,
+        command @ (Command::Deploy(_) | Command::Undeploy { .. } | Command::Deployments(_)) => {
+            admin_command(command)?
+        }
     }
     Ok(0)
+}
+
+/// The admin API's client verbs (docs/OPERATIONS.md).
+fn admin_command(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Deploy(args) => deploy::deploy(&args),
+        Command::Undeploy {
+            name,
+            if_match,
+            admin,
+        } => deploy::undeploy(&name, if_match, &admin),
+        Command::Deployments(DeploymentsCommand::List { admin }) => deploy::list(&admin),
+        Command::Deployments(DeploymentsCommand::Get { name, admin }) => deploy::get(&name, &admin),
+        Command::Deployments(DeploymentsCommand::History { name, admin }) => {
+            deploy::history(&name, &admin)
+        }
+        Command::Deployments(DeploymentsCommand::Rollback { name, to, admin }) => {
+            deploy::rollback(&name, to, &admin)
+        }
+        other => anyhow::bail!("{other:?} is not an admin API command"),
+    }
 }
 
 /// The registry verbs (docs/REGISTRY.md).

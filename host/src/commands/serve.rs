@@ -4,10 +4,12 @@
 use super::args::ServeArgs;
 use crate::assembly::spec::{self, DeploymentSpec, Instances, Limits, Route, Source};
 use crate::assembly::{Assembly, Options, default_world, signed};
+use crate::live::history::History;
+use crate::live::{self, Live, Resolve, Started};
 use crate::platform::dirs;
 use crate::platform::engine::EngineOptions;
 use crate::platform::load::{self, Kind};
-use crate::serving::admin_api::AdminTokens;
+use crate::serving::admin_tokens::AdminTokens;
 use crate::serving::listener::{Listen, Server};
 use crate::serving::router::Router;
 use anyhow::{Result, anyhow};
@@ -19,11 +21,10 @@ use std::sync::Arc;
 /// Runs `tensor-wasm serve`.
 pub fn run(args: ServeArgs) -> Result<()> {
     let data_dir = dirs::data_dir(args.data_dir.as_ref())?;
-    let mut specs = specs(&args, &data_dir)?;
-    let from_file = args
-        .path
-        .as_ref()
-        .filter(|p| matches!(load::kind_of(p), Ok(Kind::Deployments)));
+    let seeds = specs(&args, &data_dir)?;
+    let history = History::new(&data_dir);
+    let recorded = history.load()?;
+    let planned = live::plan(&seeds, &recorded, &defaults(&args));
     let registry = Registry::open(&data_dir)?;
     let policy = signed::policy(&registry, &args.trust_key, args.require_signed)?;
     if policy.active() {
@@ -32,33 +33,23 @@ pub fn run(args: ServeArgs) -> Result<()> {
             policy.trusted.len()
         );
     }
-    let models_dir = specs
+    let models_dir = planned
         .iter()
-        .any(|s| !s.grants.models.is_empty())
+        .any(|p| !p.spec.grants.models.is_empty())
         .then(|| dirs::models_dir(args.models_dir.as_ref()).ok())
         .flatten();
-    for spec in &mut specs {
-        signed::resolve(spec, &registry, &policy, models_dir.as_deref()).map_err(|e| {
-            match from_file {
-                Some(file) => anyhow!("{}: deployment `{}`: {e:#}", file.display(), spec.name),
-                None => anyhow!("{e:#}"),
-            }
-        })?;
-    }
-    let assembly = Assembly::new(options(&args, &specs, data_dir.clone(), policy))?;
-    let mut deployments = Vec::new();
-    for spec in specs {
-        let name = spec.name.clone();
-        let deployment = assembly.for_deployment(spec).map_err(|e| match from_file {
-            Some(file) => anyhow!(
-                "{}: deployment `{name}`: {}",
-                file.display(),
-                load::first_line(&e)
-            ),
-            None => e,
-        })?;
-        deployments.push(Arc::new(deployment));
-    }
+    let specs: Vec<DeploymentSpec> = planned.iter().map(|p| p.spec.clone()).collect();
+    let options = options(&args, &specs, data_dir.clone(), policy.clone());
+    let max_memory = options.engine.max_memory;
+    let assembly = Arc::new(Assembly::new(options)?);
+    let deployments = build(
+        &args,
+        planned,
+        &assembly,
+        &registry,
+        &policy,
+        models_dir.as_deref(),
+    )?;
     let listen = listen(&args)?;
     let admin_tokens = match listen.admin {
         Some(_) => {
@@ -68,24 +59,85 @@ pub fn run(args: ServeArgs) -> Result<()> {
         }
         None => AdminTokens::default(),
     };
-    let server = Server::new(
-        assembly.engine().clone(),
-        Router::new(deployments)?,
-        assembly.metrics().clone(),
-        admin_tokens,
-    );
-    server.run(&listen)
+    let started = Started {
+        router: Router::new(deployments)?,
+        seeds: seeds.into_iter().map(|s| (s.name.clone(), s)).collect(),
+        revisions: recorded,
+    };
+    let resolve = Resolve {
+        registry,
+        policy,
+        models_dir,
+        defaults: defaults(&args),
+        max_memory,
+    };
+    let engine = assembly.engine().clone();
+    let metrics = assembly.metrics().clone();
+    let live = Arc::new(Live::new(assembly, started, resolve, history));
+    Server::new(engine, live, metrics, admin_tokens).run(&listen)
 }
 
-/// The deployments `args` asks for, with the flags' limits as defaults.
-fn specs(args: &ServeArgs, data_dir: &Path) -> Result<Vec<DeploymentSpec>> {
-    let defaults = Limits {
+/// Assembles what the server starts with: a start-up spec that fails stops
+/// the server; a recorded revision that fails is logged and left out.
+fn build(
+    args: &ServeArgs,
+    planned: Vec<live::Planned>,
+    assembly: &Assembly,
+    registry: &Registry,
+    policy: &registry::Policy,
+    models_dir: Option<&Path>,
+) -> Result<Vec<Arc<crate::serving::deployment::Deployment>>> {
+    let mut deployments = Vec::new();
+    for mut p in planned {
+        let name = p.spec.name.clone();
+        let built = signed::resolve(&mut p.spec, registry, policy, models_dir)
+            .and_then(|()| assembly.for_deployment(p.spec));
+        match built {
+            Ok(mut d) => {
+                d.revision = p.revision;
+                deployments.push(Arc::new(d));
+            }
+            Err(e) if p.recorded => tracing::error!(
+                "deployment `{name}` (revision {} from the admin API): not serving it: {}",
+                p.revision,
+                load::first_line(&e)
+            ),
+            Err(e) => return Err(startup_error(args, &name, e)),
+        }
+    }
+    Ok(deployments)
+}
+
+/// A start-up deployment's error, naming the deployment file when there is one.
+fn startup_error(args: &ServeArgs, name: &str, e: anyhow::Error) -> anyhow::Error {
+    match args
+        .path
+        .as_ref()
+        .filter(|p| matches!(load::kind_of(p), Ok(Kind::Deployments)))
+    {
+        Some(file) => anyhow!(
+            "{}: deployment `{name}`: {}",
+            file.display(),
+            load::first_line(&e)
+        ),
+        None => e,
+    }
+}
+
+/// The flags' limits: every deployment's defaults.
+fn defaults(args: &ServeArgs) -> Limits {
+    Limits {
         timeout: args.request_timeout,
         memory: args.engine.max_memory,
         concurrency: args.concurrency,
         body: args.max_body_size,
         tensor_memory: args.tensor_memory,
-    };
+    }
+}
+
+/// The deployments `args` asks for, with the flags' limits as defaults.
+fn specs(args: &ServeArgs, data_dir: &Path) -> Result<Vec<DeploymentSpec>> {
+    let defaults = defaults(args);
     let instances = instances(args)?;
     let Some(path) = &args.path else {
         let mut spec = single("default", Source::Default, &defaults);

@@ -80,6 +80,32 @@ impl Keyvalue {
     }
 }
 
+impl Keyvalue {
+    /// Writes `value` at `key` in `tenant`'s bucket `bucket` and waits until
+    /// it is durable: the host's own records (the admin API's audit).
+    pub async fn record(
+        &self,
+        tenant: &str,
+        bucket: &str,
+        key: String,
+        value: Vec<u8>,
+    ) -> anyhow::Result<()> {
+        let durable = match self.stores.durable() {
+            Some(Ok(d)) => d,
+            Some(Err(e)) => anyhow::bail!("{e}"),
+            None => anyhow::bail!("this server has no data directory"),
+        };
+        durable
+            .write(
+                table_name(tenant, bucket),
+                vec![durable::Write::Set(key, value)],
+            )
+            .await
+            .map(drop)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+}
+
 impl Capability for Keyvalue {
     type Deployment = KeyvalueCtx;
     type Instance = KeyvalueCtx;

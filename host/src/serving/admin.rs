@@ -18,15 +18,16 @@ use tokio::net::TcpListener;
 pub async fn serve_admin(server: Arc<Server>, listener: TcpListener) {
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
         let server = server.clone();
+        let client: Arc<str> = peer.to_string().into();
         let service = service_fn(move |req: Request<Incoming>| {
-            let server = server.clone();
+            let (server, client) = (server.clone(), client.clone());
             async move {
                 let response = if req.uri().path().starts_with("/v1/") {
-                    super::admin_api::respond(&server, &req)
+                    super::admin_api::respond(&server, req, &client).await
                 } else {
                     admin_response(&server, req.uri().path())
                 };
@@ -60,8 +61,8 @@ fn admin_response(server: &Server, path: &str) -> Response<ResponseBody> {
             "text/plain",
         ),
         "/readyz" => {
-            let names: Vec<&str> = server
-                .router
+            let router = server.live.router();
+            let names: Vec<&str> = router
                 .deployments()
                 .iter()
                 .map(|d: &Arc<Deployment>| d.name.as_str())

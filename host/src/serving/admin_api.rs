@@ -1,221 +1,292 @@
-//! The admin API under `/v1/` on the admin listener (docs/OPERATIONS.md),
-//! JSON, authenticated by admin tokens with scopes:
+//! The admin API under `/v1/` on the admin listener (docs/OPERATIONS.md,
+//! docs/admin-api.yaml), JSON, authenticated by admin tokens
+//! ([`super::admin_tokens`]):
 //!
-//! - `GET /v1/deployments`: every deployment the token may read;
-//! - `GET /v1/deployments/{name}`: one.
+//! - `GET /v1/deployments`, `GET /v1/deployments/{name}`: what the token may read;
+//! - `PUT /v1/deployments/{name}`: deploy a spec (a deployment table's keys,
+//!   as JSON), new or replacing; `If-Match: REVISION` makes it conditional;
+//! - `DELETE /v1/deployments/{name}`: undeploy;
+//! - `GET /v1/deployments/{name}/revisions`: its history;
+//! - `POST /v1/deployments/{name}/rollback` (`{"revision": N}`, or the one
+//!   before): deploy an earlier revision's spec again.
 //!
-//! Tokens: `<data-dir>/admin-token` (made on first start, 0600) holds one
-//! with every scope; `<data-dir>/admin-tokens` may list more, a line each:
-//! `ID sha256:HEX SCOPE…` (`tensor-wasm token new` makes the hash). Scopes:
-//! `read` (read everything), `deploy:TENANT` and `deploy:*` (read, and later
-//! change, that tenant's deployments or all). Tokens are kept as SHA-256
-//! hashes and compared in constant time. Changing deployments through the
-//! API (`PUT`, `DELETE`, rollback) is not built yet: those answer 501.
+//! Changes go through [`crate::live::Live`]: built before they take
+//! traffic, audited, recorded durably, swapped without dropping a request.
 
+use super::admin_tokens::Token;
 use super::body::{ResponseBody, error_response, full};
 use super::listener::Server;
-use anyhow::{Context, Result};
+use crate::live::{Applied, Caller, Live, Refusal};
 use http::{HeaderValue, Method, Response, StatusCode};
-use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
 
-/// The file holding the first start's admin token.
-pub const TOKEN_FILE: &str = "admin-token";
-/// The file listing further admin tokens.
-pub const TOKENS_FILE: &str = "admin-tokens";
+/// Largest request body the admin API reads.
+const MAX_BODY: usize = 1 << 20;
 
-/// One admin token: its id, SHA-256 and scopes.
-#[derive(Debug, Clone)]
-struct Token {
-    id: String,
-    hash: [u8; 32],
-    scopes: Vec<String>,
+/// A request refused before it reaches [`crate::live`]: status, code, message.
+type Rejected = (StatusCode, &'static str, String);
+
+fn reject((status, code, message): Rejected) -> Response<ResponseBody> {
+    error_response(status, code, &message)
 }
 
-impl Token {
-    fn may_read(&self, tenant: &str) -> bool {
-        self.scopes
-            .iter()
-            .any(|s| s == "read" || s == "deploy:*" || s.strip_prefix("deploy:") == Some(tenant))
-    }
+/// Answers a `/v1/…` request from `client`.
+pub async fn respond(
+    server: &std::sync::Arc<Server>,
+    req: http::Request<Incoming>,
+    client: &str,
+) -> Response<ResponseBody> {
+    let request_id = super::request_id::generate();
+    let mut response = route(server, req, client, request_id.to_str().unwrap_or("")).await;
+    super::request_id::stamp(response.headers_mut(), &request_id);
+    response
 }
 
-/// The admin tokens a server accepts (none: every call is refused).
-#[derive(Debug, Clone, Default)]
-pub struct AdminTokens {
-    tokens: Vec<Token>,
-}
-
-impl AdminTokens {
-    /// The tokens of `data_dir`, making `admin-token` on first start;
-    /// returns them and that file's path.
-    pub fn load(data_dir: &Path) -> Result<(Self, PathBuf)> {
-        let path = data_dir.join(TOKEN_FILE);
-        let token = match std::fs::read_to_string(&path) {
-            Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
-            _ => {
-                let token = crate::platform::token::generate()?;
-                crate::platform::token::write_secret(&path, &token)?;
-                token
-            }
-        };
-        let mut tokens = vec![Token {
-            id: "admin".into(),
-            hash: Sha256::digest(token.as_bytes()).into(),
-            scopes: vec!["read".into(), "deploy:*".into()],
-        }];
-        let listed = data_dir.join(TOKENS_FILE);
-        if let Ok(text) = std::fs::read_to_string(&listed) {
-            for (n, line) in text.lines().enumerate() {
-                let line = line.trim();
-                if line.is_empty() || line.starts_with('#') {
-                    continue;
-                }
-                tokens.push(
-                    parse_line(line)
-                        .with_context(|| format!("{} line {}", listed.display(), n + 1))?,
-                );
-            }
-        }
-        Ok((Self { tokens }, path))
-    }
-
-    /// The token a `Bearer` header names, compared against every known hash
-    /// in constant time.
-    fn check(&self, header: Option<&HeaderValue>) -> Option<&Token> {
-        let presented = header?.to_str().ok()?.strip_prefix("Bearer ")?.trim();
-        let hash: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        let mut found = None;
-        for token in &self.tokens {
-            let diff = token
-                .hash
-                .iter()
-                .zip(&hash)
-                .fold(0u8, |d, (a, b)| d | (a ^ b));
-            if diff == 0 {
-                found = Some(token);
-            }
-        }
-        found
-    }
-}
-
-fn parse_line(line: &str) -> Result<Token> {
-    let mut words = line.split_whitespace();
-    let (Some(id), Some(hash)) = (words.next(), words.next()) else {
-        anyhow::bail!("expected `ID sha256:HEX SCOPE…`");
-    };
-    let hex = hash
-        .strip_prefix("sha256:")
-        .filter(|h| h.len() == 64)
-        .context("the hash must be sha256: and 64 hex digits (`tensor-wasm token new`)")?;
-    let mut bytes = [0u8; 32];
-    for (i, b) in bytes.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).context("not hex")?;
-    }
-    let scopes: Vec<String> = words.map(str::to_string).collect();
-    if let Some(bad) = scopes
-        .iter()
-        .find(|s| *s != "read" && !s.starts_with("deploy:"))
-    {
-        anyhow::bail!("unknown scope `{bad}` (read, deploy:TENANT, deploy:*)");
-    }
-    Ok(Token {
-        id: id.into(),
-        hash: bytes,
-        scopes,
-    })
-}
-
-/// Answers a `/v1/…` request.
-pub fn respond<B>(server: &Server, req: &http::Request<B>) -> Response<ResponseBody> {
+async fn route(
+    server: &std::sync::Arc<Server>,
+    req: http::Request<Incoming>,
+    client: &str,
+    request_id: &str,
+) -> Response<ResponseBody> {
     let Some(token) = server
         .admin_tokens
         .check(req.headers().get(http::header::AUTHORIZATION))
+        .cloned()
     else {
-        let mut r = error_response(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the admin API needs `Authorization: Bearer TOKEN` (the data dir's admin-token)",
-        );
-        r.headers_mut().insert(
-            http::header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer"),
-        );
-        return r;
+        return unauthorized();
     };
-    let path = req.uri().path();
-    let name = path.strip_prefix("/v1/deployments/");
-    match (req.method(), path, name) {
-        (&Method::GET, "/v1/deployments", _) => {
-            let visible: Vec<_> = server
-                .router
-                .deployments()
-                .iter()
-                .filter(|d| token.may_read(&d.tenant))
-                .map(|d| d.describe())
-                .collect();
-            json(serde_json::json!({ "deployments": visible }))
+    let path = req.uri().path().to_string();
+    let may_deploy = |tenant: &str| token.may_deploy(tenant);
+    let who = Caller {
+        token: &token.id,
+        request_id,
+        client,
+        may_deploy: &may_deploy,
+    };
+    if path == "/v1/deployments" {
+        if req.method() != Method::GET {
+            return method_not_allowed(req.method(), "GET");
         }
-        (&Method::GET, _, Some(name)) => {
-            match server.router.deployments().iter().find(|d| d.name == name) {
-                Some(d) if token.may_read(&d.tenant) => json(d.describe()),
-                Some(_) => error_response(
-                    StatusCode::FORBIDDEN,
-                    "forbidden",
-                    &format!("token `{}` may not read deployment `{name}`", token.id),
-                ),
-                None => error_response(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    &format!("no deployment `{name}`"),
-                ),
-            }
+        let router = server.live.router();
+        let visible: Vec<_> = router
+            .deployments()
+            .iter()
+            .filter(|d| token.may_read(&d.tenant))
+            .map(|d| d.describe())
+            .collect();
+        return json(
+            StatusCode::OK,
+            serde_json::json!({ "deployments": visible }),
+        );
+    }
+    let rest = path
+        .strip_prefix("/v1/deployments/")
+        .filter(|r| !r.is_empty());
+    match rest.map(|r| r.split_once('/').unwrap_or((r, ""))) {
+        Some((name, verb @ ("" | "revisions"))) if req.method() == Method::GET => {
+            read(&server.live, &token, name, verb)
         }
-        (m, "/v1/deployments", _) | (m, _, Some(_)) if m != Method::GET => error_response(
-            StatusCode::NOT_IMPLEMENTED,
-            "not_implemented",
-            "changing deployments through the admin API is not built yet; restart `serve` with the new deployment file",
-        ),
+        Some((name, verb @ ("" | "rollback"))) => change(&server.live, req, name, verb, &who).await,
+        Some((_, "revisions")) => method_not_allowed(req.method(), "GET"),
         _ => error_response(
             StatusCode::NOT_FOUND,
             "not_found",
-            "admin API routes: GET /v1/deployments, GET /v1/deployments/{name}",
+            "admin API routes: /v1/deployments, /v1/deployments/{name}, /v1/deployments/{name}/revisions, /v1/deployments/{name}/rollback",
         ),
     }
 }
 
-fn json(value: serde_json::Value) -> Response<ResponseBody> {
+/// `GET /v1/deployments/{name}` and `GET …/revisions`.
+fn read(live: &Live, token: &Token, name: &str, verb: &str) -> Response<ResponseBody> {
+    let router = live.router();
+    let deployed = router.deployments().iter().find(|d| d.name == name);
+    if deployed.is_some_and(|d| !token.may_read(&d.tenant)) {
+        return forbidden(&token.id, name);
+    }
+    match (verb, deployed) {
+        ("", Some(d)) => json(StatusCode::OK, d.describe()),
+        ("revisions", _) => match live.history(name) {
+            Some(h) => json(
+                StatusCode::OK,
+                serde_json::json!({ "name": name, "revisions": h }),
+            ),
+            None => not_found(name),
+        },
+        _ => not_found(name),
+    }
+}
+
+/// `PUT` and `DELETE /v1/deployments/{name}`, `POST …/rollback`.
+async fn change(
+    live: &std::sync::Arc<Live>,
+    req: http::Request<Incoming>,
+    name: &str,
+    verb: &str,
+    who: &Caller<'_>,
+) -> Response<ResponseBody> {
+    let condition = match if_match(&req) {
+        Ok(m) => m,
+        Err(r) => return reject(r),
+    };
+    let method = req.method().clone();
+    let result = match (&method, verb) {
+        (&Method::PUT, "") => match read_json(req, true).await {
+            Ok(body) => live.deploy(name, body, condition, who).await,
+            Err(r) => return reject(r),
+        },
+        (&Method::DELETE, "") => live.undeploy(name, condition, who).await,
+        (&Method::POST, "rollback") => match read_json(req, false).await.and_then(revision) {
+            Ok(to) => live.rollback(name, to, who).await,
+            Err(r) => return reject(r),
+        },
+        (m, "rollback") => return method_not_allowed(m, "POST"),
+        (m, _) => return method_not_allowed(m, "GET, PUT, DELETE"),
+    };
+    answer(name, result)
+}
+
+/// The `revision` a rollback body names, if any.
+fn revision(body: serde_json::Value) -> Result<Option<u64>, Rejected> {
+    match body.get("revision") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| bad_request("`revision` must be a revision number")),
+    }
+}
+
+fn unauthorized() -> Response<ResponseBody> {
+    let mut r = error_response(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "the admin API needs `Authorization: Bearer TOKEN` (the data dir's admin-token)",
+    );
+    r.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer"),
+    );
+    r
+}
+
+fn method_not_allowed(method: &Method, allow: &'static str) -> Response<ResponseBody> {
+    let mut r = error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        &format!("{method} is not allowed here (allowed: {allow})"),
+    );
+    r.headers_mut()
+        .insert(http::header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+/// The response to a change.
+fn answer(name: &str, result: Result<Applied, Refusal>) -> Response<ResponseBody> {
+    match result {
+        Ok(applied) => {
+            let status = match (&applied.deployment, applied.replaced) {
+                (Some(_), false) => StatusCode::CREATED,
+                _ => StatusCode::OK,
+            };
+            let mut body = serde_json::json!({
+                "name": name,
+                "revision": applied.revision,
+                "replaced": applied.replaced,
+            });
+            match &applied.deployment {
+                Some(d) => body["deployment"] = d.describe(),
+                None => body["undeployed"] = true.into(),
+            }
+            let mut r = json(status, body);
+            if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", applied.revision)) {
+                r.headers_mut().insert(http::header::ETAG, v);
+            }
+            r
+        }
+        Err(Refusal::BadSpec(m)) => error_response(StatusCode::BAD_REQUEST, "invalid_spec", &m),
+        Err(Refusal::Forbidden(m)) => error_response(StatusCode::FORBIDDEN, "forbidden", &m),
+        Err(Refusal::NotFound(m)) => error_response(StatusCode::NOT_FOUND, "not_found", &m),
+        Err(Refusal::Failed(m)) => error_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "deploy_failed",
+            &format!("the new revision did not build, so nothing changed: {m}"),
+        ),
+        Err(Refusal::Unavailable(m)) => {
+            error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &m)
+        }
+        Err(Refusal::Conflict { message, current }) => json(
+            StatusCode::CONFLICT,
+            serde_json::json!({
+                "error": { "code": "conflict", "message": message },
+                "current_revision": current,
+            }),
+        ),
+    }
+}
+
+/// The `If-Match` revision, if the request has one (`"3"` or `3`).
+fn if_match(req: &http::Request<Incoming>) -> Result<Option<u64>, Rejected> {
+    let Some(value) = req.headers().get(http::header::IF_MATCH) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .map(|v| v.trim().trim_matches('"'))
+        .and_then(|v| v.parse().ok())
+        .map(Some)
+        .ok_or_else(|| bad_request("If-Match must be a revision number, e.g. `If-Match: \"3\"`"))
+}
+
+/// The body as JSON (an empty body reads as `{}` unless `required`).
+async fn read_json(
+    req: http::Request<Incoming>,
+    required: bool,
+) -> Result<serde_json::Value, Rejected> {
+    let bytes = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err((
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the admin API reads at most {MAX_BODY} bytes"),
+            ));
+        }
+        Err(e) => return Err(bad_request(&format!("cannot read the body: {e}"))),
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) && !required {
+        return Ok(serde_json::json!({}));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| bad_request(&format!("the body is not JSON: {e}")))
+}
+
+fn bad_request(message: &str) -> Rejected {
+    (StatusCode::BAD_REQUEST, "bad_request", message.to_string())
+}
+
+fn forbidden(token: &str, name: &str) -> Response<ResponseBody> {
+    error_response(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        &format!("token `{token}` may not read deployment `{name}`"),
+    )
+}
+
+fn not_found(name: &str) -> Response<ResponseBody> {
+    error_response(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        &format!("no deployment `{name}`"),
+    )
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response<ResponseBody> {
     let mut r = Response::new(full(format!("{value}\n")));
+    *r.status_mut() = status;
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
     r
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_lines_and_scopes() {
-        let hash = crate::platform::token::hash("t");
-        let t = parse_line(&format!("ci {hash} deploy:acme")).unwrap();
-        assert!(t.may_read("acme") && !t.may_read("other"));
-        assert!(parse_line(&format!("ci {hash} root")).is_err());
-        assert!(parse_line("ci sha256:xyz read").is_err());
-        let tokens = AdminTokens { tokens: vec![t] };
-        assert!(
-            tokens
-                .check(Some(&HeaderValue::from_static("Bearer t")))
-                .is_some()
-        );
-        assert!(
-            tokens
-                .check(Some(&HeaderValue::from_static("Bearer u")))
-                .is_none()
-        );
-        assert!(tokens.check(Some(&HeaderValue::from_static("t"))).is_none());
-    }
 }

@@ -39,6 +39,8 @@ pub struct Deployment {
     pub tenant: String,
     /// Which requests it serves.
     pub route: Route,
+    /// Its revision (0: the start-up spec; `crate::live`).
+    pub revision: u64,
     limits: Limits,
     /// What it runs (a file, a checkout of a registry artifact, or the
     /// embedded world), for the admin API.
@@ -156,6 +158,7 @@ impl Deployment {
             name: spec.name,
             tenant: spec.tenant,
             route: spec.route,
+            revision: 0,
             slots: spec
                 .limits
                 .concurrency
@@ -176,6 +179,7 @@ impl Deployment {
         serde_json::json!({
             "name": self.name,
             "tenant": self.tenant,
+            "revision": self.revision,
             "source": self.source,
             "route": { "host": self.route.host, "path": self.route.path.as_deref().unwrap_or("/") },
             "limits": {

@@ -5,8 +5,9 @@
 //! beside them, and a graceful shutdown on SIGINT/SIGTERM that lets
 //! in-flight requests finish.
 
+use super::admin_tokens::AdminTokens;
 use super::body::{ResponseBody, error_response};
-use super::router::Router;
+use crate::live::Live;
 use crate::platform::metrics::{Metrics, RequestLabels};
 use anyhow::{Context, Result};
 use http::{Request, Response, StatusCode};
@@ -27,14 +28,14 @@ use wasmtime::Engine;
 pub struct Server {
     /// The engine all components run on.
     pub engine: Engine,
-    /// The routing table.
-    pub router: Router,
+    /// The deployments it serves (changed live through the admin API).
+    pub live: Arc<Live>,
     /// Operator metrics.
     pub metrics: Arc<Metrics>,
     /// Set once shutdown begins (`/readyz` turns 503).
     pub draining: AtomicBool,
     /// Who may call the admin API.
-    pub admin_tokens: super::admin_api::AdminTokens,
+    pub admin_tokens: AdminTokens,
 }
 
 /// Where and how to listen.
@@ -50,16 +51,16 @@ pub struct Listen {
 }
 
 impl Server {
-    /// A server over `router`'s deployments, not yet draining.
+    /// A server over `live`'s deployments, not yet draining.
     pub fn new(
         engine: Engine,
-        router: Router,
+        live: Arc<Live>,
         metrics: Arc<Metrics>,
-        admin_tokens: super::admin_api::AdminTokens,
+        admin_tokens: AdminTokens,
     ) -> Arc<Self> {
         Arc::new(Self {
             engine,
-            router,
+            live,
             metrics,
             draining: AtomicBool::new(false),
             admin_tokens,
@@ -149,7 +150,7 @@ impl Server {
         client: http::HeaderValue,
     ) -> Result<Response<ResponseBody>, Infallible> {
         let mut req = req;
-        let Some(deployment) = self.router.route_request(&req).cloned() else {
+        let Some(deployment) = self.live.route(&req) else {
             self.metrics
                 .requests
                 .get_or_create(&RequestLabels {

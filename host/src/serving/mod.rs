@@ -3,10 +3,11 @@
 //! [`deployment`] runs a guest for it ([`guest`]) under the tenant's limits,
 //! in a fresh instance or a warm one ([`instances`]), and its [`body`]
 //! streams back with a [`request_id`]. Beside it, the [`admin`] listener
-//! and its [`admin_api`].
+//! and its [`admin_api`] (with [`admin_tokens`]).
 
 pub mod admin;
 pub mod admin_api;
+pub mod admin_tokens;
 pub mod body;
 pub mod deployment;
 pub mod guest;

@@ -1,0 +1,498 @@
+//! Live deployments: the set a server serves, changed while it runs through
+//! the admin API (docs/OPERATIONS.md).
+//!
+//! A change builds its new revision completely — trust policy, compile,
+//! link, pre-initialize, capability state — while the old one serves. Only
+//! then is it checked against the routing table, written to the audit log,
+//! recorded durably ([`history`]) and swapped in. Requests in flight hold
+//! the revision they started on and finish there; new ones get the new one.
+//! A change that fails any step leaves the serving set as it was. One change
+//! per deployment at a time: a second one gets a conflict.
+
+pub mod history;
+mod start;
+
+pub use start::{Planned, Started, plan};
+
+use crate::assembly::Assembly;
+use crate::assembly::spec::{self, DeploymentSpec, Limits};
+use crate::serving::deployment::Deployment;
+use crate::serving::router::Router;
+use history::{Action, History, Revision, Served};
+use registry::{Policy, Registry};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
+/// What a spec needs before it is assembled.
+pub struct Resolve {
+    /// The artifact registry (`registry:` references).
+    pub registry: Registry,
+    /// The server's trust policy.
+    pub policy: Policy,
+    /// `--models-dir`, if found.
+    pub models_dir: Option<PathBuf>,
+    /// The server's default limits.
+    pub defaults: Limits,
+    /// The largest instance memory the engine was sized for.
+    pub max_memory: u64,
+}
+
+/// The deployments a server serves, and the one way to change them.
+pub struct Live {
+    assembly: Arc<Assembly>,
+    router: RwLock<Arc<Router>>,
+    /// The start-up specs (revision 0), by name.
+    seeds: BTreeMap<String, DeploymentSpec>,
+    /// Each changed deployment's revisions, as recorded.
+    revisions: Mutex<BTreeMap<String, Vec<Revision>>>,
+    /// Deployments with a change under way.
+    changing: Mutex<BTreeSet<String>>,
+    /// Serializes the swap step of every change.
+    swap: tokio::sync::Mutex<()>,
+    history: History,
+    resolve: Resolve,
+}
+
+/// Who asks for a change.
+pub struct Caller<'a> {
+    /// The admin token's id.
+    pub token: &'a str,
+    /// The admin call's request id.
+    pub request_id: &'a str,
+    /// The client's address.
+    pub client: &'a str,
+    /// Whether the token may change a deployment of this tenant.
+    pub may_deploy: &'a (dyn Fn(&str) -> bool + Sync),
+}
+
+/// Why a change was refused; nothing changed.
+#[derive(Debug)]
+pub enum Refusal {
+    /// The spec is malformed (400).
+    BadSpec(String),
+    /// The token lacks the scope (403).
+    Forbidden(String),
+    /// No such deployment or revision (404).
+    NotFound(String),
+    /// Another change or a stale `If-Match`, or a route taken (409).
+    Conflict {
+        /// Why.
+        message: String,
+        /// The deployment's revision now, if it is deployed.
+        current: Option<u64>,
+    },
+    /// The new revision failed to build (422).
+    Failed(String),
+    /// The audit log or the history could not be written (503).
+    Unavailable(String),
+}
+
+/// A change that took effect.
+pub struct Applied {
+    /// The revision it made.
+    pub revision: u64,
+    /// Whether the deployment existed before.
+    pub replaced: bool,
+    /// The deployment now serving, if any.
+    pub deployment: Option<Arc<Deployment>>,
+}
+
+impl Live {
+    /// The live set over what the server `started` with.
+    pub fn new(
+        assembly: Arc<Assembly>,
+        started: Started,
+        resolve: Resolve,
+        history: History,
+    ) -> Self {
+        Self {
+            assembly,
+            router: RwLock::new(Arc::new(started.router)),
+            seeds: started.seeds,
+            revisions: Mutex::new(started.revisions),
+            changing: Mutex::default(),
+            swap: tokio::sync::Mutex::new(()),
+            history,
+            resolve,
+        }
+    }
+
+    /// The routing table now.
+    pub fn router(&self) -> Arc<Router> {
+        self.router
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The deployment serving `req` now.
+    pub fn route<B>(&self, req: &http::Request<B>) -> Option<Arc<Deployment>> {
+        let router = self.router.read().unwrap_or_else(|e| e.into_inner());
+        router.route_request(req).cloned()
+    }
+
+    /// `name`'s revisions, oldest first (revision 0: the start-up spec), or
+    /// `None` when it has none.
+    pub fn history(&self, name: &str) -> Option<Vec<serde_json::Value>> {
+        let mut out = Vec::new();
+        if self.seeds.contains_key(name) {
+            out.push(
+                serde_json::json!({"revision": 0, "action": "deploy", "served": {"kind": "seed"}}),
+            );
+        }
+        if let Some(revisions) = self.lock_revisions().get(name) {
+            out.extend(revisions.iter().map(Revision::public));
+        }
+        (!out.is_empty()).then_some(out)
+    }
+
+    /// The revision `name` serves now, if it is deployed.
+    pub fn current(&self, name: &str) -> Option<u64> {
+        let deployed = self.router().deployments().iter().any(|d| d.name == name);
+        deployed.then(|| {
+            self.lock_revisions()
+                .get(name)
+                .and_then(|r| r.last())
+                .map_or(0, |r| r.revision)
+        })
+    }
+
+    /// Deploys `body` (JSON, a deployment table's keys) as `name`, new or
+    /// replacing; `if_match`: only if `name` serves that revision now.
+    pub async fn deploy(
+        self: &Arc<Self>,
+        name: &str,
+        body: serde_json::Value,
+        if_match: Option<u64>,
+        who: &Caller<'_>,
+    ) -> Result<Applied, Refusal> {
+        let base = std::env::current_dir().unwrap_or_default();
+        let spec = spec::from_json(name, body.clone(), &base, &self.resolve.defaults)
+            .map_err(|e| Refusal::BadSpec(format!("{e:#}")))?;
+        let served = Served::Spec { spec: body, base };
+        self.change(
+            name,
+            Action::Deploy,
+            served,
+            Some(spec),
+            if_match,
+            None,
+            who,
+        )
+        .await
+    }
+
+    /// Takes `name` out of service.
+    pub async fn undeploy(
+        self: &Arc<Self>,
+        name: &str,
+        if_match: Option<u64>,
+        who: &Caller<'_>,
+    ) -> Result<Applied, Refusal> {
+        if self.current(name).is_none() {
+            return Err(Refusal::NotFound(format!("no deployment `{name}`")));
+        }
+        self.change(
+            name,
+            Action::Undeploy,
+            Served::Nothing,
+            None,
+            if_match,
+            None,
+            who,
+        )
+        .await
+    }
+
+    /// Deploys again what revision `to` of `name` served (by default the
+    /// last one before the current that served something).
+    pub async fn rollback(
+        self: &Arc<Self>,
+        name: &str,
+        to: Option<u64>,
+        who: &Caller<'_>,
+    ) -> Result<Applied, Refusal> {
+        let (to, served) = self.earlier(name, to)?;
+        let spec = self.spec_of(name, &served).map_err(Refusal::Failed)?;
+        self.change(
+            name,
+            Action::Rollback,
+            served,
+            Some(spec),
+            None,
+            Some(to),
+            who,
+        )
+        .await
+    }
+
+    /// The revision a rollback restores, and what it served.
+    fn earlier(&self, name: &str, to: Option<u64>) -> Result<(u64, Served), Refusal> {
+        let revisions = self.lock_revisions().get(name).cloned().unwrap_or_default();
+        let mut served: Vec<(u64, Served)> = Vec::new();
+        if self.seeds.contains_key(name) {
+            served.push((0, Served::Seed));
+        }
+        served.extend(
+            revisions
+                .iter()
+                .filter(|r| !matches!(r.served, Served::Nothing))
+                .map(|r| (r.revision, r.served.clone())),
+        );
+        let last = revisions.last().map_or(0, |r| r.revision);
+        let found = match to {
+            Some(n) => served.into_iter().find(|(r, _)| *r == n),
+            None => served.into_iter().rev().find(|(r, _)| *r != last),
+        };
+        found.ok_or_else(|| {
+            Refusal::NotFound(match to {
+                Some(n) => format!("deployment `{name}` has no revision {n} that served a spec"),
+                None => format!("deployment `{name}` has no earlier revision to roll back to"),
+            })
+        })
+    }
+
+    /// The spec `served` describes.
+    fn spec_of(&self, name: &str, served: &Served) -> Result<DeploymentSpec, String> {
+        match served {
+            Served::Seed => self
+                .seeds
+                .get(name)
+                .cloned()
+                .ok_or_else(|| format!("deployment `{name}` has no start-up spec")),
+            Served::Spec { spec, base } => {
+                spec::from_json(name, spec.clone(), base, &self.resolve.defaults)
+                    .map_err(|e| format!("{e:#}"))
+            }
+            Served::Nothing => Err(format!("that revision of `{name}` served nothing")),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn change(
+        self: &Arc<Self>,
+        name: &str,
+        action: Action,
+        served: Served,
+        spec: Option<DeploymentSpec>,
+        if_match: Option<u64>,
+        from: Option<u64>,
+        who: &Caller<'_>,
+    ) -> Result<Applied, Refusal> {
+        let claim = self.claim(name, if_match)?;
+        let old = self
+            .router()
+            .deployments()
+            .iter()
+            .find(|d| d.name == name)
+            .cloned();
+        for tenant in old
+            .iter()
+            .map(|d| d.tenant.as_str())
+            .chain(spec.iter().map(|s| s.tenant.as_str()))
+        {
+            if !(who.may_deploy)(tenant) {
+                return Err(Refusal::Forbidden(format!(
+                    "token `{}` may not change deployments of tenant `{tenant}` (it needs deploy:{tenant} or deploy:*)",
+                    who.token
+                )));
+            }
+        }
+        let tenant = spec.as_ref().map_or_else(
+            || old.as_ref().map(|d| d.tenant.clone()).unwrap_or_default(),
+            |s| s.tenant.clone(),
+        );
+        let deployment = match spec {
+            Some(spec) => Some(self.build(spec, claim.next).await?),
+            None => None,
+        };
+        let revision = Revision {
+            revision: claim.next,
+            action,
+            served,
+            from,
+            time_ms: now_ms(),
+            by: who.token.to_string(),
+            request_id: who.request_id.to_string(),
+        };
+        self.commit(name, &tenant, revision, deployment.clone(), who)
+            .await?;
+        Ok(Applied {
+            revision: claim.next,
+            replaced: old.is_some(),
+            deployment,
+        })
+    }
+
+    /// Marks `name` as changing; refused while another change of it runs or
+    /// when it does not serve `if_match`.
+    fn claim(&self, name: &str, if_match: Option<u64>) -> Result<Claim<'_>, Refusal> {
+        let current = self.current(name);
+        if let Some(want) = if_match
+            && current != Some(want)
+        {
+            return Err(Refusal::Conflict {
+                message: format!(
+                    "deployment `{name}` is at {}, not revision {want} (If-Match)",
+                    current.map_or("no revision (not deployed)".into(), |c| format!(
+                        "revision {c}"
+                    ))
+                ),
+                current,
+            });
+        }
+        let mut changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        if !changing.insert(name.to_string()) {
+            return Err(Refusal::Conflict {
+                message: format!(
+                    "another change of deployment `{name}` is under way; retry when it is done"
+                ),
+                current,
+            });
+        }
+        let next = self
+            .lock_revisions()
+            .get(name)
+            .and_then(|r| r.last())
+            .map_or(1, |r| r.revision + 1);
+        Ok(Claim {
+            live: self,
+            name: name.to_string(),
+            next,
+        })
+    }
+
+    /// Builds `spec` on a blocking thread: the trust policy, then the assembly.
+    async fn build(
+        self: &Arc<Self>,
+        mut spec: DeploymentSpec,
+        revision: u64,
+    ) -> Result<Arc<Deployment>, Refusal> {
+        if spec.limits.memory > self.resolve.max_memory {
+            return Err(Refusal::BadSpec(format!(
+                "limits.memory ({} bytes) is above what this server's instances can have ({} bytes; serve --max-memory)",
+                spec.limits.memory, self.resolve.max_memory
+            )));
+        }
+        let me = self.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            let r = &me.resolve;
+            crate::assembly::signed::resolve(
+                &mut spec,
+                &r.registry,
+                &r.policy,
+                r.models_dir.as_deref(),
+            )?;
+            me.assembly.for_deployment(spec)
+        })
+        .await;
+        match built {
+            Ok(Ok(mut d)) => {
+                d.revision = revision;
+                Ok(Arc::new(d))
+            }
+            Ok(Err(e)) => Err(Refusal::Failed(format!("{e:#}"))),
+            Err(e) => Err(Refusal::Failed(format!("the build stopped: {e}"))),
+        }
+    }
+
+    /// Checks the new table, audits, records, swaps — in that order, one
+    /// change at a time.
+    async fn commit(
+        &self,
+        name: &str,
+        tenant: &str,
+        revision: Revision,
+        deployment: Option<Arc<Deployment>>,
+        who: &Caller<'_>,
+    ) -> Result<(), Refusal> {
+        let _one = self.swap.lock().await;
+        let mut entries: Vec<Arc<Deployment>> = self
+            .router()
+            .deployments()
+            .iter()
+            .filter(|d| d.name != name)
+            .cloned()
+            .collect();
+        entries.extend(deployment);
+        let router = Router::new(entries).map_err(|e| Refusal::Conflict {
+            message: format!("{e:#}"),
+            current: self.current(name),
+        })?;
+        self.audit(name, tenant, &revision, who).await?;
+        let mut revisions = self.lock_revisions().get(name).cloned().unwrap_or_default();
+        revisions.push(revision);
+        let (history, saved) = (self.history.clone(), revisions.clone());
+        let name_owned = name.to_string();
+        tokio::task::spawn_blocking(move || history.save(&name_owned, &saved))
+            .await
+            .map_err(|e| Refusal::Unavailable(e.to_string()))?
+            .map_err(|e| Refusal::Unavailable(format!("the change was not recorded: {e:#}")))?;
+        self.lock_revisions().insert(name.to_string(), revisions);
+        *self.router.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(router);
+        Ok(())
+    }
+
+    /// Writes the change to the tenant's audit log (`tensor-wasm audit`)
+    /// before it takes effect.
+    async fn audit(
+        &self,
+        name: &str,
+        tenant: &str,
+        r: &Revision,
+        who: &Caller<'_>,
+    ) -> Result<(), Refusal> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let record = serde_json::json!({
+            "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            "tenant": tenant,
+            "deployment": name,
+            "token": who.token,
+            "method": "ADMIN",
+            "path": format!("/v1/deployments/{name}"),
+            "request_id": who.request_id,
+            "client": who.client,
+            "admin": { "action": r.action, "revision": r.revision, "from": r.from },
+        });
+        let key = format!("{:020}-{}", now.as_nanos(), who.request_id);
+        self.assembly
+            .audit(tenant, key, record.to_string().into_bytes())
+            .await
+            .map_err(|e| {
+                Refusal::Unavailable(format!(
+                    "the audit record could not be written, so nothing changed: {e:#}"
+                ))
+            })
+    }
+
+    fn lock_revisions(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Vec<Revision>>> {
+        self.revisions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A deployment marked as changing, until dropped.
+struct Claim<'a> {
+    live: &'a Live,
+    name: String,
+    /// The revision the change makes.
+    next: u64,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.live
+            .changing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.name);
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
