@@ -17,6 +17,7 @@ mod lifecycle;
 mod live;
 mod oci;
 mod openai;
+mod openapi;
 mod preinit;
 mod reference;
 mod registry;
