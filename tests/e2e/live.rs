@@ -544,3 +544,93 @@ fn hash(token: &str) -> String {
         d.iter().map(|b| format!("{b:02x}")).collect::<String>()
     )
 }
+
+/// A deployment file of `(name, component, path)`.
+fn apps(entries: &[(&str, &str, &str)]) -> String {
+    entries
+        .iter()
+        .map(|(name, component, path)| {
+            let file = guest(component);
+            format!("[[deployment]]\nname = \"{name}\"\ntenant = \"acme\"\ncomponent = {file:?}\nroute = {{ path = \"{path}\" }}\n\n")
+        })
+        .collect()
+}
+
+/// Whether `path` is answered by the init probe.
+fn probed(server: &Server, path: &str) -> bool {
+    server.get(path).text().starts_with("initialized=")
+}
+
+#[test]
+fn sighup_rereads_the_deployment_file_with_the_same_swap() {
+    let dir = scratch("live_sighup");
+    let data = dir.join("data");
+    let file = dir.join("apps.toml");
+    std::fs::write(
+        &file,
+        apps(&[("a", "hello", "/a"), ("b", "init_probe", "/b")]),
+    )
+    .unwrap();
+    let args = [file.to_str().unwrap(), "--data-dir", data.to_str().unwrap()];
+    let server = Server::start(&args, &dir.join("cache"));
+    let token = std::fs::read_to_string(data.join("admin-token")).unwrap();
+    let spec = json!({ "tenant": "acme", "component": guest("hello"), "route": { "path": "/c" } });
+    let (status, _) = call(
+        &server,
+        "PUT",
+        "/v1/deployments/c",
+        token.trim(),
+        Some(spec),
+        None,
+    );
+    assert_eq!(status, 201);
+    // `a` changes, `b` goes, `d` comes; `c`, last set by the API, stays.
+    std::fs::write(
+        &file,
+        apps(&[
+            ("a", "init_probe", "/a"),
+            ("c", "init_probe", "/c"),
+            ("d", "init_probe", "/d"),
+        ]),
+    )
+    .unwrap();
+    let hup = |server: &Server| {
+        let ok = std::process::Command::new("kill")
+            .args(["-HUP", &server.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    hup(&server);
+    let t0 = Instant::now();
+    while !probed(&server, "/d") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "SIGHUP did not deploy `d`: {}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(probed(&server, "/a"));
+    let b = server.get("/b");
+    assert_eq!(b.status, 404, "{}", b.text());
+    assert!(!probed(&server, "/c"));
+    let (_, history) = call(
+        &server,
+        "GET",
+        "/v1/deployments/a/revisions",
+        token.trim(),
+        None,
+        None,
+    );
+    assert_eq!(history["revisions"][1]["by"], "sighup", "{history}");
+    // A file that no longer parses changes nothing.
+    std::fs::write(&file, "[[deployment]\nname = ").unwrap();
+    hup(&server);
+    let t0 = Instant::now();
+    while !server.log().contains("SIGHUP: nothing changed") {
+        assert!(t0.elapsed() < Duration::from_secs(10), "{}", server.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(probed(&server, "/a") && probed(&server, "/d"));
+}

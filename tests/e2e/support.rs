@@ -183,6 +183,11 @@ impl Server {
         request(self.admin, "GET", "/metrics", &[], b"").text()
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills the process with SIGKILL (no shutdown at all) and waits for it.
     pub fn kill9(mut self) {
         let _ = self.child.kill();

@@ -400,7 +400,7 @@ pub enum KernelCommand {
 }
 
 /// Flags of `serve`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Component (.wasm), artifact (.cwasm), world (.wac), deployment file (.toml), or `registry:NAME:VERSION`.
     pub path: Option<PathBuf>,

@@ -38,8 +38,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .any(|p| !p.spec.grants.models.is_empty())
         .then(|| dirs::models_dir(args.models_dir.as_ref()).ok())
         .flatten();
-    let specs: Vec<DeploymentSpec> = planned.iter().map(|p| p.spec.clone()).collect();
-    let options = options(&args, &specs, data_dir.clone(), policy.clone());
+    let all: Vec<DeploymentSpec> = planned.iter().map(|p| p.spec.clone()).collect();
+    let options = options(&args, &all, data_dir.clone(), policy.clone());
     let max_memory = options.engine.max_memory;
     let assembly = Arc::new(Assembly::new(options)?);
     let deployments = build(
@@ -63,6 +63,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
         router: Router::new(deployments)?,
         seeds: seeds.into_iter().map(|s| (s.name.clone(), s)).collect(),
         revisions: recorded,
+        reread: {
+            let (args, data_dir) = (args.clone(), data_dir.clone());
+            Box::new(move || specs(&args, &data_dir))
+        },
     };
     let resolve = Resolve {
         registry,

@@ -24,6 +24,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
+/// Reads the start-up specs (the deployment file, or the command line's).
+pub type Reread = Box<dyn Fn() -> anyhow::Result<Vec<DeploymentSpec>> + Send + Sync>;
+
 /// What a spec needs before it is assembled.
 pub struct Resolve {
     /// The artifact registry (`registry:` references).
@@ -42,8 +45,10 @@ pub struct Resolve {
 pub struct Live {
     assembly: Arc<Assembly>,
     router: RwLock<Arc<Router>>,
-    /// The start-up specs (revision 0), by name.
-    seeds: BTreeMap<String, DeploymentSpec>,
+    /// The start-up specs (revision 0), by name, as last read.
+    seeds: Mutex<BTreeMap<String, DeploymentSpec>>,
+    /// Reads the start-up specs again (SIGHUP).
+    reread: Reread,
     /// Each changed deployment's revisions, as recorded.
     revisions: Mutex<BTreeMap<String, Vec<Revision>>>,
     /// Deployments with a change under way.
@@ -109,7 +114,8 @@ impl Live {
         Self {
             assembly,
             router: RwLock::new(Arc::new(started.router)),
-            seeds: started.seeds,
+            seeds: Mutex::new(started.seeds),
+            reread: started.reread,
             revisions: Mutex::new(started.revisions),
             changing: Mutex::default(),
             swap: tokio::sync::Mutex::new(()),
@@ -136,7 +142,7 @@ impl Live {
     /// `None` when it has none.
     pub fn history(&self, name: &str) -> Option<Vec<serde_json::Value>> {
         let mut out = Vec::new();
-        if self.seeds.contains_key(name) {
+        if self.lock_seeds().contains_key(name) {
             out.push(
                 serde_json::json!({"revision": 0, "action": "deploy", "served": {"kind": "seed"}}),
             );
@@ -231,7 +237,7 @@ impl Live {
     fn earlier(&self, name: &str, to: Option<u64>) -> Result<(u64, Served), Refusal> {
         let revisions = self.lock_revisions().get(name).cloned().unwrap_or_default();
         let mut served: Vec<(u64, Served)> = Vec::new();
-        if self.seeds.contains_key(name) {
+        if self.lock_seeds().contains_key(name) {
             served.push((0, Served::Seed));
         }
         served.extend(
@@ -257,7 +263,7 @@ impl Live {
     fn spec_of(&self, name: &str, served: &Served) -> Result<DeploymentSpec, String> {
         match served {
             Served::Seed => self
-                .seeds
+                .lock_seeds()
                 .get(name)
                 .cloned()
                 .ok_or_else(|| format!("deployment `{name}` has no start-up spec")),
@@ -466,6 +472,87 @@ impl Live {
                     "the audit record could not be written, so nothing changed: {e:#}"
                 ))
             })
+    }
+
+    /// Reads the start-up specs again and applies them with the same swap
+    /// as an API change (SIGHUP): every deployment that serves its start-up
+    /// spec is rebuilt from the new one (new bytes at the same path
+    /// included), one the specs add is deployed, one they drop is
+    /// undeployed; a deployment the admin API changed last is left as it
+    /// is. Each change is a revision by `sighup`, audited; a spec that fails
+    /// leaves its deployment as it was. Returns a line per change.
+    pub async fn reread(self: &Arc<Self>) -> Vec<String> {
+        let seeds = match (self.reread)() {
+            Ok(s) => s,
+            Err(e) => return vec![format!("SIGHUP: nothing changed: {e:#}")],
+        };
+        let old: BTreeSet<String> = self.lock_seeds().keys().cloned().collect();
+        *self.lock_seeds() = seeds.iter().map(|s| (s.name.clone(), s.clone())).collect();
+        let always = |_: &str| true;
+        let request_id = crate::serving::request_id::generate();
+        let who = Caller {
+            token: "sighup",
+            request_id: request_id.to_str().unwrap_or(""),
+            client: "local",
+            may_deploy: &always,
+        };
+        let mut report = Vec::new();
+        let gone = old.iter().filter(|n| !seeds.iter().any(|s| &s.name == *n));
+        let changes: Vec<(String, Option<DeploymentSpec>)> = seeds
+            .iter()
+            .map(|s| (s.name.clone(), Some(s.clone())))
+            .chain(gone.map(|n| (n.clone(), None)))
+            .collect();
+        for (name, spec) in changes {
+            if !self.serves_seed(&name) {
+                report.push(format!("`{name}`: left as the admin API set it"));
+                continue;
+            }
+            let result = match spec {
+                Some(spec) => {
+                    self.change(
+                        &name,
+                        Action::Deploy,
+                        Served::Seed,
+                        Some(spec),
+                        None,
+                        None,
+                        &who,
+                    )
+                    .await
+                }
+                None if self.current(&name).is_some() => {
+                    self.change(
+                        &name,
+                        Action::Undeploy,
+                        Served::Nothing,
+                        None,
+                        None,
+                        None,
+                        &who,
+                    )
+                    .await
+                }
+                None => continue,
+            };
+            report.push(match result {
+                Ok(a) => format!("`{name}`: revision {}", a.revision),
+                Err(e) => format!("`{name}`: unchanged: {e:?}"),
+            });
+        }
+        report
+    }
+
+    /// Whether `name` serves its start-up spec (or nothing the API set).
+    fn serves_seed(&self, name: &str) -> bool {
+        self.lock_revisions()
+            .get(name)
+            .and_then(|r| r.last())
+            .is_none_or(|r| matches!(r.served, Served::Seed))
+    }
+
+    fn lock_seeds(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, DeploymentSpec>> {
+        self.seeds.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock_revisions(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Vec<Revision>>> {

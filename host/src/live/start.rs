@@ -25,6 +25,8 @@ pub struct Started {
     pub seeds: BTreeMap<String, DeploymentSpec>,
     /// The recorded revisions.
     pub revisions: BTreeMap<String, Vec<Revision>>,
+    /// Reads the start-up specs again (SIGHUP).
+    pub reread: super::Reread,
 }
 
 /// The deployments to serve: each start-up spec unless its last recorded

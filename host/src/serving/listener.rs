@@ -134,6 +134,7 @@ impl Server {
                 let admin = TcpListener::from_std(admin)?;
                 tokio::spawn(super::admin::serve_admin(self.clone(), admin));
             }
+            tokio::spawn(reread_on_hangup(self.live.clone()));
             shutdown_signal().await;
             self.draining.store(true, Ordering::Relaxed);
             tracing::info!(
@@ -241,6 +242,25 @@ async fn serve(
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
     }
+}
+
+/// Re-reads the start-up specs on every SIGHUP ([`Live::reread`]).
+async fn reread_on_hangup(live: Arc<Live>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("received SIGHUP: reading the start-up specs again");
+            for line in live.reread().await {
+                tracing::info!("SIGHUP: {line}");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = live;
 }
 
 /// Resolves on SIGINT or SIGTERM.
