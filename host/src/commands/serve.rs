@@ -51,14 +51,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         models_dir.as_deref(),
     )?;
     let listen = listen(&args)?;
-    let admin_tokens = match listen.admin {
-        Some(_) => {
-            let (tokens, file) = AdminTokens::load(&data_dir)?;
-            tracing::info!("admin API token: {}", file.display());
-            tokens
-        }
-        None => AdminTokens::default(),
-    };
+    let admin_tokens = admin_tokens(&listen, &data_dir)?;
     let started = Started {
         router: Router::new(deployments)?,
         seeds: seeds.into_iter().map(|s| (s.name.clone(), s)).collect(),
@@ -79,6 +72,16 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let metrics = assembly.metrics().clone();
     let live = Arc::new(Live::new(assembly, started, resolve, history));
     Server::new(engine, live, metrics, admin_tokens).run(&listen)
+}
+
+/// The admin API's tokens (none without an admin listener).
+fn admin_tokens(listen: &Listen, data_dir: &Path) -> Result<AdminTokens> {
+    if listen.admin.is_none() {
+        return Ok(AdminTokens::default());
+    }
+    let (tokens, file) = AdminTokens::load(data_dir)?;
+    tracing::info!("admin API token: {}", file.display());
+    Ok(tokens)
 }
 
 /// Assembles what the server starts with: a start-up spec that fails stops

@@ -486,8 +486,12 @@ impl Live {
             Ok(s) => s,
             Err(e) => return vec![format!("SIGHUP: nothing changed: {e:#}")],
         };
-        let old: BTreeSet<String> = self.lock_seeds().keys().cloned().collect();
-        *self.lock_seeds() = seeds.iter().map(|s| (s.name.clone(), s.clone())).collect();
+        let old: BTreeSet<String> = std::mem::replace(
+            &mut *self.lock_seeds(),
+            seeds.iter().map(|s| (s.name.clone(), s.clone())).collect(),
+        )
+        .into_keys()
+        .collect();
         let always = |_: &str| true;
         let request_id = crate::serving::request_id::generate();
         let who = Caller {
@@ -497,13 +501,7 @@ impl Live {
             may_deploy: &always,
         };
         let mut report = Vec::new();
-        let gone = old.iter().filter(|n| !seeds.iter().any(|s| &s.name == *n));
-        let changes: Vec<(String, Option<DeploymentSpec>)> = seeds
-            .iter()
-            .map(|s| (s.name.clone(), Some(s.clone())))
-            .chain(gone.map(|n| (n.clone(), None)))
-            .collect();
-        for (name, spec) in changes {
+        for (name, spec) in reseeded(old, seeds) {
             if !self.serves_seed(&name) {
                 report.push(format!("`{name}`: left as the admin API set it"));
                 continue;
@@ -558,6 +556,22 @@ impl Live {
     fn lock_revisions(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Vec<Revision>>> {
         self.revisions.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Each new start-up spec by name, then each `old` name no longer among them.
+fn reseeded(
+    old: BTreeSet<String>,
+    seeds: Vec<DeploymentSpec>,
+) -> Vec<(String, Option<DeploymentSpec>)> {
+    let gone: Vec<String> = old
+        .into_iter()
+        .filter(|n| !seeds.iter().any(|s| &s.name == n))
+        .collect();
+    seeds
+        .into_iter()
+        .map(|s| (s.name.clone(), Some(s)))
+        .chain(gone.into_iter().map(|n| (n, None)))
+        .collect()
 }
 
 /// A deployment marked as changing, until dropped.
