@@ -64,7 +64,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let resolve = Resolve {
         registry,
         policy,
-        models_dir,
+        // A live deployment may grant models no start-up spec did: its
+        // folders are checked against the policy like the others.
+        models_dir: models_dir.or_else(|| dirs::models_dir(args.models_dir.as_ref()).ok()),
         defaults: defaults(&args),
         max_memory,
     };
