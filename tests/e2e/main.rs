@@ -11,6 +11,7 @@ mod deployments;
 mod gateway;
 mod hello;
 mod hostile;
+mod invoke;
 mod kernels;
 mod keyvalue;
 mod lifecycle;

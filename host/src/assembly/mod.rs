@@ -170,13 +170,15 @@ impl Assembly {
     }
 
     /// Assembles a headless job (`tensor-wasm run`): its component, loaded
-    /// as written and exporting [`JOB_EXPORT`], and the state of its one
-    /// instance, started now with `budget` and seeing `argv`.
+    /// as written and exporting [`JOB_EXPORT`] (unless `any_export`: a
+    /// typed export is called instead), and the state of its one instance,
+    /// started now with `budget` and seeing `argv`.
     pub fn for_job(
         &self,
         spec: &DeploymentSpec,
         argv: &[String],
         budget: Option<Duration>,
+        any_export: bool,
     ) -> Result<(Component, InstanceState)> {
         let Source::Component(path) = &spec.source else {
             anyhow::bail!("a job is one component");
@@ -192,7 +194,7 @@ impl Assembly {
             .component_type()
             .exports(&self.engine)
             .any(|(name, _)| name.starts_with(JOB_EXPORT));
-        if !exports_run {
+        if !exports_run && !any_export {
             anyhow::bail!(
                 "{}: does not export {JOB_EXPORT}; a job is a command component (build a Rust `bin` for wasm32-wasip2)",
                 path.display()

@@ -466,11 +466,17 @@ pub struct ServeArgs {
 /// Flags of `run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The job: a component (.wasm) or artifact (.cwasm) exporting wasi:cli/run.
+    /// The job: a component (.wasm) or artifact (.cwasm) exporting wasi:cli/run (or, with --invoke, the function called).
     pub path: PathBuf,
     /// Arguments passed to the job (after `--`).
     #[arg(last = true, value_name = "ARGS")]
     pub args: Vec<String>,
+    /// Call this typed export instead of wasi:cli/run, with WAVE-encoded
+    /// arguments (as `wasmtime run --invoke`), e.g. `'add(1, 2)'`,
+    /// `'greet("ada", some(true))'`, or `'ns:pkg/iface#func(...)'` for a
+    /// function of an exported interface; prints the results as WAVE.
+    #[arg(long, value_name = "CALL", conflicts_with = "args")]
+    pub invoke: Option<String>,
     /// Weights the job may open by NAME through wasi:tensor/weights (repeatable).
     #[arg(long = "weights", value_name = "NAME=FILE", value_parser = parse_grant)]
     pub weights: Vec<(String, PathBuf)>,
