@@ -67,19 +67,12 @@ async fn invoke(
     origin: &str,
 ) -> Result<u8> {
     let export = call.export(assembly.engine(), component)?;
-    let mut store = Store::new(assembly.engine(), state);
-    store.limiter(|s| &mut s.limiter);
-    crate::platform::engine::set_wall_deadline(&mut store, timeout.map(|t| Instant::now() + t));
+    let mut store = job_store(assembly, state, timeout);
     let instance = assembly
         .linker()
         .instantiate_async(&mut store, component)
         .await
-        .map_err(|e| {
-            anyhow!(
-                "{origin}: cannot instantiate: {}",
-                load::first_line(&e.into())
-            )
-        })?;
+        .map_err(|e| not_instantiated(origin, e))?;
     match call.call(&mut store, &instance, &export).await {
         Ok(results) => {
             for r in results {
@@ -92,6 +85,25 @@ async fn invoke(
             None => Err(e),
         },
     }
+}
+
+/// The job's store: its memory cap and, with a `timeout`, its deadline.
+fn job_store(
+    assembly: &Assembly,
+    state: InstanceState,
+    timeout: Option<Duration>,
+) -> Store<InstanceState> {
+    let mut store = Store::new(assembly.engine(), state);
+    store.limiter(|s| &mut s.limiter);
+    crate::platform::engine::set_wall_deadline(&mut store, timeout.map(|t| Instant::now() + t));
+    store
+}
+
+fn not_instantiated(origin: &str, e: wasmtime::Error) -> anyhow::Error {
+    anyhow!(
+        "{origin}: cannot instantiate: {}",
+        load::first_line(&e.into())
+    )
 }
 
 /// Why a guest stopped: its deadline, its memory cap, or a trap.
@@ -118,18 +130,10 @@ async fn execute(
     timeout: Option<Duration>,
     origin: &str,
 ) -> Result<u8> {
-    let mut store = Store::new(assembly.engine(), state);
-    store.limiter(|s| &mut s.limiter);
-    let deadline = timeout.map(|t| Instant::now() + t);
-    crate::platform::engine::set_wall_deadline(&mut store, deadline);
+    let mut store = job_store(assembly, state, timeout);
     let command = Command::instantiate_async(&mut store, component, assembly.linker())
         .await
-        .map_err(|e| {
-            anyhow!(
-                "{origin}: cannot instantiate: {}",
-                load::first_line(&e.into())
-            )
-        })?;
+        .map_err(|e| not_instantiated(origin, e))?;
     match command.wasi_cli_run().call_run(&mut store).await {
         Ok(Ok(())) => Ok(0),
         Ok(Err(())) => Ok(1),
