@@ -452,6 +452,12 @@ fn racing_deploys(server: &Server, token: &str) {
     assert_eq!((results[0].0, results[1].0), (200, 409), "{results:?}");
     assert!(results[1].1["current_revision"].is_u64(), "{results:?}");
     assert!(server.get("/").text().starts_with("initialized="));
+    // Undeployed, its history stays its tenant's.
+    let (status, _) = call(server, "DELETE", "/v1/deployments/hello", token, None, None);
+    assert_eq!(status, 200);
+    let revisions = "/v1/deployments/hello/revisions";
+    assert_eq!(call(server, "GET", revisions, "tw_acme", None, None).0, 403);
+    assert_eq!(call(server, "GET", revisions, "tw_ro", None, None).0, 200);
 }
 
 #[test]

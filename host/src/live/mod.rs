@@ -153,6 +153,21 @@ impl Live {
         (!out.is_empty()).then_some(out)
     }
 
+    /// The tenant `name` belongs to: its deployment's, else (undeployed)
+    /// that of the last spec it served, else its start-up spec's.
+    pub fn tenant_of(&self, name: &str) -> Option<String> {
+        if let Some(d) = self.router().deployments().iter().find(|d| d.name == name) {
+            return Some(d.tenant.clone());
+        }
+        let recorded = self.lock_revisions().get(name).and_then(|revisions| {
+            revisions.iter().rev().find_map(|r| match &r.served {
+                Served::Spec { spec, .. } => spec["tenant"].as_str().map(str::to_string),
+                _ => None,
+            })
+        });
+        recorded.or_else(|| self.lock_seeds().get(name).map(|s| s.tenant.clone()))
+    }
+
     /// The revision `name` serves now, if it is deployed.
     pub fn current(&self, name: &str) -> Option<u64> {
         let deployed = self.router().deployments().iter().any(|d| d.name == name);

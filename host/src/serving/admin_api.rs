@@ -99,11 +99,11 @@ async fn route(
 
 /// `GET /v1/deployments/{name}` and `GET …/revisions`.
 fn read(live: &Live, token: &Token, name: &str, verb: &str) -> Response<ResponseBody> {
-    let router = live.router();
-    let deployed = router.deployments().iter().find(|d| d.name == name);
-    if deployed.is_some_and(|d| !token.may_read(&d.tenant)) {
+    if live.tenant_of(name).is_some_and(|t| !token.may_read(&t)) {
         return forbidden(&token.id, name);
     }
+    let router = live.router();
+    let deployed = router.deployments().iter().find(|d| d.name == name);
     match (verb, deployed) {
         ("", Some(d)) => json(StatusCode::OK, d.describe()),
         ("revisions", _) => match live.history(name) {
