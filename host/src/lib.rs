@@ -6,6 +6,7 @@
 //! - [`serving`]: a request's path — listener, router, deployment, guest run;
 //! - [`assembly`]: from a deployment spec to a ready deployment, in one place;
 //! - [`live`]: the deployments a server serves, changed while it runs;
+//! - [`jobs`]: headless jobs, from `tensor-wasm run` and the jobs API;
 //! - [`platform`]: engine, artifact cache, composition, loading, metrics;
 //! - one module per host capability: [`wasi`], [`outgoing`], [`config`],
 //!   [`keyvalue`], [`tensor`], [`cuda`], [`scheduler`], [`inference`].
@@ -19,6 +20,7 @@ pub mod commands;
 pub mod config;
 pub mod cuda;
 pub mod inference;
+pub mod jobs;
 pub mod keyvalue;
 pub mod live;
 pub mod outgoing;

@@ -1,12 +1,14 @@
 //! WASI 0.2 (wasmtime-wasi) as a deployment grants it: environment
 //! variables, preopened directories (read-only unless granted writable), and
-//! for a headless job its argv and the terminal's stdio. Nothing else of the
-//! host (no inherited environment, no sockets beyond wasi:http) is visible.
+//! for a headless job its argv and stdio (the terminal's, or captured for
+//! the jobs API). Nothing else of the host (no inherited environment, no
+//! sockets beyond wasi:http) is visible.
 
 use crate::assembly::capabilities::{
     Capability, DeploymentEnv, InstanceEnv, InstanceState, ServerEnv,
 };
 use crate::assembly::spec::DirGrant;
+use crate::jobs::output::Captured;
 use anyhow::Result;
 use std::collections::BTreeMap;
 use wasmtime::component::Linker;
@@ -19,7 +21,26 @@ pub struct Wasi;
 pub struct WasiGrants {
     env: BTreeMap<String, String>,
     dirs: Vec<DirGrant>,
-    job_args: Option<Vec<String>>,
+    job: Option<JobIo>,
+}
+
+/// A headless job's argv (program name first) and where its output goes.
+#[derive(Clone)]
+pub struct JobIo {
+    /// Its argv.
+    pub args: Vec<String>,
+    /// Its stdout and stderr, kept; `None`: the terminal's stdio.
+    pub captured: Option<(Captured, Captured)>,
+}
+
+impl JobIo {
+    /// A job on the terminal (`tensor-wasm run`).
+    pub fn terminal(args: Vec<String>) -> Self {
+        Self {
+            args,
+            captured: None,
+        }
+    }
 }
 
 impl Capability for Wasi {
@@ -38,7 +59,7 @@ impl Capability for Wasi {
         Ok(WasiGrants {
             env: env.grants.env.clone(),
             dirs: env.grants.dirs.clone(),
-            job_args: env.job_args.map(<[String]>::to_vec),
+            job: env.job.cloned(),
         })
     }
 
@@ -51,8 +72,20 @@ impl Capability for Wasi {
                 .insecure_random(rand::rngs::StdRng::seed_from_u64(seed ^ 1))
                 .insecure_random_seed(u128::from(seed));
         }
-        if let Some(args) = &grants.job_args {
-            builder.args(args).inherit_stdio();
+        match &grants.job {
+            Some(JobIo {
+                args,
+                captured: None,
+            }) => {
+                builder.args(args).inherit_stdio();
+            }
+            Some(JobIo {
+                args,
+                captured: Some((out, err)),
+            }) => {
+                builder.args(args).stdout(out.clone()).stderr(err.clone());
+            }
+            None => {}
         }
         for (k, v) in &grants.env {
             builder.env(k, v);

@@ -1,7 +1,7 @@
 //! The admin API (`/v1/` on the admin listener): admin tokens from the
 //! data dir, scopes, and the deployment set as JSON.
 
-use crate::support::{Server, deployment_file, guest, request, scratch};
+use crate::support::{Server, deployment_file, guest, request, scratch, token_hash};
 use serde_json::Value;
 
 fn get(server: &Server, path: &str, token: Option<&str>) -> (u16, Value, String) {
@@ -79,13 +79,4 @@ fn admin_api_lists_deployments_to_tokens_with_the_scope() {
     let put = request(server.admin, "PUT", "/v1/deployments/shop", &headers, b"{}");
     assert_eq!(put.status, 400, "{}", put.text());
     assert!(put.text().contains("tenant"), "{}", put.text());
-}
-
-fn token_hash(token: &str) -> String {
-    use sha2::Digest;
-    let d = sha2::Sha256::digest(token.as_bytes());
-    format!(
-        "sha256:{}",
-        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    )
 }

@@ -36,7 +36,7 @@ fn run_invoke_refuses_what_does_not_fit_with_one_clear_error() {
         ("add(1)", "missing required param"),
         (
             "nope()",
-            "exports no function `nope` (it exports add, greet, summarize, boom)",
+            "exports no function `nope` (it exports add, greet, summarize, boom, spin)",
         ),
         ("add(1,", "unexpected end of input"),
         ("boom()", "trapped"),

@@ -2,7 +2,9 @@
 //! roll back, undeploy; refusals that change nothing; conflicts; what
 //! survives a `kill -9`; the CLI client.
 
-use crate::support::{Server, guest, read_response, request, run, scratch, write_request};
+use crate::support::{
+    Server, guest, read_response, request, run, scratch, token_hash, write_request,
+};
 use serde_json::{Value, json};
 use std::io::BufReader;
 use std::net::TcpStream;
@@ -273,7 +275,7 @@ fn live_refusals_change_nothing() {
     let (server, token, dir) = start("live_refusals");
     let data = dir.join("data");
     // A read-only token and one for another tenant.
-    let line = |id: &str, t: &str, scope: &str| format!("{id} {} {scope}\n", hash(t));
+    let line = |id: &str, t: &str, scope: &str| format!("{id} {} {scope}\n", token_hash(t));
     std::fs::write(
         data.join("admin-tokens"),
         line("ro", "tw_ro", "read") + &line("acme", "tw_acme", "deploy:acme"),
@@ -540,15 +542,6 @@ fn cli(server: &Server, data: &std::path::Path, args: &[&str]) -> (i32, String, 
     let mut all = args.to_vec();
     all.extend(["--admin", &admin, "--data-dir", data.to_str().unwrap()]);
     run(&all)
-}
-
-fn hash(token: &str) -> String {
-    use sha2::Digest;
-    let d = sha2::Sha256::digest(token.as_bytes());
-    format!(
-        "sha256:{}",
-        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    )
 }
 
 /// A deployment file of `(name, component, path)`.

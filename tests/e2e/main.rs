@@ -12,6 +12,7 @@ mod gateway;
 mod hello;
 mod hostile;
 mod invoke;
+mod jobs;
 mod kernels;
 mod keyvalue;
 mod lifecycle;

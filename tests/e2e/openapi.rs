@@ -124,6 +124,7 @@ fn the_admin_api_answers_as_its_openapi_document_says() {
     );
     let token = std::fs::read_to_string(data.join("admin-token")).unwrap();
     scripted_calls(&server, &doc, token.trim());
+    job_calls(&server, &doc, token.trim());
     nothing_undocumented(&server, &doc, token.trim());
 }
 
@@ -179,6 +180,44 @@ fn scripted_calls(server: &Server, doc: &Value, token: &str) {
     }
 }
 
+/// The jobs API's operations, with success and refusals.
+fn job_calls(server: &Server, doc: &Value, token: &str) {
+    let t = Some(token);
+    let calc = guest("calc");
+    let job =
+        |call: &str| json!({ "tenant": "acme", "component": calc, "invoke": call }).to_string();
+    let (status, done) = documented(server, doc, t, "POST", "/v1/jobs", &job("add(1, 2)"));
+    assert_eq!(status, 202, "{done}");
+    let (status, spinning) = documented(server, doc, t, "POST", "/v1/jobs", &job("spin(0)"));
+    assert_eq!(status, 202, "{spinning}");
+    let (done, spinning) = (
+        format!("/v1/jobs/{}", done["id"].as_str().unwrap()),
+        format!("/v1/jobs/{}", spinning["id"].as_str().unwrap()),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while documented(server, doc, t, "GET", &done, "").1["state"] != "succeeded" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{done} never succeeded"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let calls: &[(Option<&str>, &str, &str, &str, u16)] = &[
+        (None, "GET", "/v1/jobs", "", 401),
+        (t, "GET", "/v1/jobs", "", 200),
+        (t, "POST", "/v1/jobs", "{\"tenant\": \"acme\"}", 400),
+        (t, "GET", "/v1/jobs/ghost", "", 404),
+        (t, "DELETE", &spinning, "", 200),
+        (t, "DELETE", &spinning, "", 409),
+        (t, "DELETE", &done, "", 409),
+        (t, "DELETE", "/v1/jobs/ghost", "", 404),
+    ];
+    for (token, method, path, body, want) in calls {
+        let (status, value) = documented(server, doc, *token, method, path, body);
+        assert_eq!(status, *want, "{method} {path}: {value}");
+    }
+}
+
 /// Whatever else answers (not 404/405) must be a documented operation; a
 /// documented one never answers 405.
 fn nothing_undocumented(server: &Server, doc: &Value, token: &str) {
@@ -190,6 +229,9 @@ fn nothing_undocumented(server: &Server, doc: &Value, token: &str) {
         "/v1/deployments/ghost/other",
         "/v1/other",
         "/v1/deployments/ghost/revisions/x",
+        "/v1/jobs",
+        "/v1/jobs/ghost",
+        "/v1/jobs/ghost/x",
     ];
     let auth = format!("Bearer {}", token);
     for path in paths {

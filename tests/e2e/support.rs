@@ -413,3 +413,13 @@ pub fn load(
         )
     })
 }
+
+/// `sha256:HEX` of `token`, as token files list it.
+pub fn token_hash(token: &str) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(token.as_bytes());
+    format!(
+        "sha256:{}",
+        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}

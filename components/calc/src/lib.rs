@@ -1,5 +1,6 @@
 //! `calc`: typed exports for `tensor-wasm run --invoke` (and its tests):
-//! `add`, `greet`, `summarize`, and `boom`, which panics.
+//! `add`, `greet`, `summarize`, `boom`, which panics, and `spin`, which
+//! never returns.
 
 wit_bindgen::generate!({ world: "calc", path: "wit" });
 
@@ -28,6 +29,16 @@ impl Guest for Calc {
 
     fn boom() {
         panic!("boom, as asked");
+    }
+
+    fn spin(lines: u32) {
+        for i in 0..lines {
+            println!("line {i}");
+        }
+        let mut n: u64 = 0;
+        loop {
+            n = std::hint::black_box(n.wrapping_add(1));
+        }
     }
 }
 

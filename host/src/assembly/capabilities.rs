@@ -42,9 +42,8 @@ pub struct DeploymentEnv<'a> {
     pub limits: &'a Limits,
     /// Whether it runs signed artifacts only (`require-signed`).
     pub require_signed: bool,
-    /// For a headless job (`tensor-wasm run`): its argv (program name
-    /// first); it also gets the terminal's stdio.
-    pub job_args: Option<&'a [String]>,
+    /// For a headless job: its argv and stdio.
+    pub job: Option<&'a crate::wasi::JobIo>,
 }
 
 /// What a capability's instance state is built from.

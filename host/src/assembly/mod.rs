@@ -169,17 +169,18 @@ impl Assembly {
         ))
     }
 
-    /// Assembles a headless job (`tensor-wasm run`): its component, loaded
-    /// as written and exporting [`JOB_EXPORT`] (unless `any_export`: a
-    /// typed export is called instead), and the state of its one instance,
-    /// started now with `budget` and seeing `argv`.
+    /// Assembles a headless job (`tensor-wasm run`, the jobs API): its
+    /// component, loaded as written and exporting [`JOB_EXPORT`] (unless the
+    /// task calls an export), and the state of its one instance, started now
+    /// with `budget` and with `job`'s argv and stdio.
     pub fn for_job(
         &self,
         spec: &DeploymentSpec,
-        argv: &[String],
+        job: &crate::wasi::JobIo,
         budget: Option<Duration>,
-        any_export: bool,
+        task: &crate::jobs::run::Task,
     ) -> Result<(Component, InstanceState)> {
+        let any_export = matches!(task, crate::jobs::run::Task::Invoke(_));
         let Source::Component(path) = &spec.source else {
             anyhow::bail!("a job is one component");
         };
@@ -200,7 +201,7 @@ impl Assembly {
                 path.display()
             );
         }
-        let caps = self.capabilities(spec, Some(argv))?;
+        let caps = self.capabilities(spec, Some(job))?;
         let env = InstanceEnv {
             started: Instant::now(),
             budget,
@@ -218,7 +219,7 @@ impl Assembly {
     fn capabilities(
         &self,
         spec: &DeploymentSpec,
-        job_args: Option<&[String]>,
+        job: Option<&crate::wasi::JobIo>,
     ) -> Result<DeploymentCapabilities> {
         self.caps.deployment(&DeploymentEnv {
             name: &spec.name,
@@ -226,7 +227,7 @@ impl Assembly {
             grants: &spec.grants,
             limits: &spec.limits,
             require_signed: spec.require_signed,
-            job_args,
+            job,
         })
     }
 

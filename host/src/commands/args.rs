@@ -407,7 +407,7 @@ pub struct ServeArgs {
     /// Address to serve HTTP on (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
     pub listen: SocketAddr,
-    /// Address of the admin listener (/healthz, /readyz, /metrics), or `off`.
+    /// Address of the admin listener (/healthz, /readyz, /metrics, the admin and jobs API), or `off`.
     #[arg(long, default_value = "127.0.0.1:9090", value_name = "ADDR|off")]
     pub admin_listen: String,
     /// Wall-clock budget of one request; past it the guest is stopped and the client gets a 504.
@@ -434,6 +434,9 @@ pub struct ServeArgs {
     /// How long shutdown waits for in-flight requests.
     #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub shutdown_grace: Duration,
+    /// Jobs (`POST /v1/jobs`) that run at once, each on a thread of its own; more wait queued.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub max_jobs: usize,
     /// Where a package named in a world comes from (repeatable).
     #[arg(long = "dep", value_name = "NAME=PATH", value_parser = parse_dep)]
     pub deps: Vec<(String, PathBuf)>,

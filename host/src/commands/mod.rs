@@ -5,7 +5,6 @@ pub mod args;
 pub mod artifact;
 pub mod audit;
 pub mod deploy;
-pub mod invoke;
 pub mod job;
 pub mod kernel;
 pub mod manual;

@@ -4,6 +4,7 @@
 use super::args::ServeArgs;
 use crate::assembly::spec::{self, DeploymentSpec, Instances, Limits, Route, Source};
 use crate::assembly::{Assembly, Options, default_world, signed};
+use crate::jobs::Jobs;
 use crate::live::history::History;
 use crate::live::{self, Live, Resolve, Started};
 use crate::platform::dirs;
@@ -73,7 +74,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let engine = assembly.engine().clone();
     let metrics = assembly.metrics().clone();
     let live = Arc::new(Live::new(assembly, started, resolve, history));
-    Server::new(engine, live, metrics, admin_tokens).run(&listen)
+    let jobs = listen
+        .admin
+        .is_some()
+        .then(|| Jobs::start(live.clone(), &data_dir, args.max_jobs))
+        .transpose()?;
+    Server::new(engine, live, metrics, admin_tokens, jobs).run(&listen)
 }
 
 /// The admin API's tokens (none without an admin listener).

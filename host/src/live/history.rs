@@ -4,12 +4,11 @@
 //! after, so servers that share a data directory without changing
 //! deployments never contend for its lock.
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 /// Deployment name → its revisions, as JSON.
 const TABLE: TableDefinition<&str, &str> = TableDefinition::new("deployments");
@@ -129,24 +128,7 @@ impl History {
         Ok(())
     }
 
-    /// Opens the database, waiting up to a second for another server that
-    /// shares the data directory to close it.
     fn open(&self) -> Result<Database> {
-        let mut tries = 0;
-        loop {
-            match Database::create(&self.path) {
-                Ok(db) => return Ok(db),
-                Err(redb::DatabaseError::DatabaseAlreadyOpen) if tries < 20 => {
-                    tries += 1;
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Err(e) => {
-                    return Err(anyhow!(
-                        "cannot open the deployment history {}: {e}",
-                        self.path.display()
-                    ));
-                }
-            }
-        }
+        crate::platform::database::open(&self.path, "the deployment history")
     }
 }

@@ -124,6 +124,16 @@ impl Live {
         }
     }
 
+    /// The assembly every deployment (and job) is built with.
+    pub fn assembly(&self) -> &Arc<Assembly> {
+        &self.assembly
+    }
+
+    /// What specs are resolved with.
+    pub fn resolver(&self) -> &Resolve {
+        &self.resolve
+    }
+
     /// The routing table now.
     pub fn router(&self) -> Arc<Router> {
         self.router

@@ -81,7 +81,7 @@ fn admin_response(server: &Server, path: &str) -> Response<ResponseBody> {
         _ => error_response(
             StatusCode::NOT_FOUND,
             "not_found",
-            "admin routes: /healthz, /readyz, /metrics, /v1/deployments",
+            "admin routes: /healthz, /readyz, /metrics, /v1/deployments, /v1/jobs",
         ),
     }
 }

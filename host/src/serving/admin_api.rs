@@ -12,6 +12,7 @@
 //!
 //! Changes go through [`crate::live::Live`]: built before they take
 //! traffic, audited, recorded durably, swapped without dropping a request.
+//! Jobs (`/v1/jobs`) are [`super::jobs_api`]'s.
 
 use super::admin_tokens::Token;
 use super::body::{ResponseBody, error_response, full};
@@ -25,9 +26,9 @@ use hyper::body::Incoming;
 const MAX_BODY: usize = 1 << 20;
 
 /// A request refused before it reaches [`crate::live`]: status, code, message.
-type Rejected = (StatusCode, &'static str, String);
+pub(super) type Rejected = (StatusCode, &'static str, String);
 
-fn reject((status, code, message): Rejected) -> Response<ResponseBody> {
+pub(super) fn reject((status, code, message): Rejected) -> Response<ResponseBody> {
     error_response(status, code, &message)
 }
 
@@ -64,21 +65,21 @@ async fn route(
         client,
         may_deploy: &may_deploy,
     };
+    if path == "/v1/jobs" || path.starts_with("/v1/jobs/") {
+        return match &server.jobs {
+            Some(jobs) => super::jobs_api::route(jobs, req, &path, &token, &who).await,
+            None => error_response(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "this server runs no jobs",
+            ),
+        };
+    }
     if path == "/v1/deployments" {
-        if req.method() != Method::GET {
-            return method_not_allowed(req.method(), "GET");
-        }
-        let router = server.live.router();
-        let visible: Vec<_> = router
-            .deployments()
-            .iter()
-            .filter(|d| token.may_read(&d.tenant))
-            .map(|d| d.describe())
-            .collect();
-        return json(
-            StatusCode::OK,
-            serde_json::json!({ "deployments": visible }),
-        );
+        return match *req.method() {
+            Method::GET => list(&server.live, &token),
+            ref m => method_not_allowed(m, "GET"),
+        };
     }
     let rest = path
         .strip_prefix("/v1/deployments/")
@@ -92,9 +93,24 @@ async fn route(
         _ => error_response(
             StatusCode::NOT_FOUND,
             "not_found",
-            "admin API routes: /v1/deployments, /v1/deployments/{name}, /v1/deployments/{name}/revisions, /v1/deployments/{name}/rollback",
+            "admin API routes: /v1/deployments, /v1/deployments/{name}, /v1/deployments/{name}/revisions, /v1/deployments/{name}/rollback, /v1/jobs, /v1/jobs/{id}",
         ),
     }
+}
+
+/// `GET /v1/deployments`: those `token` may read.
+fn list(live: &Live, token: &Token) -> Response<ResponseBody> {
+    let router = live.router();
+    let visible: Vec<_> = router
+        .deployments()
+        .iter()
+        .filter(|d| token.may_read(&d.tenant))
+        .map(|d| d.describe())
+        .collect();
+    json(
+        StatusCode::OK,
+        serde_json::json!({ "deployments": visible }),
+    )
 }
 
 /// `GET /v1/deployments/{name}` and `GET …/revisions`.
@@ -170,7 +186,7 @@ fn unauthorized() -> Response<ResponseBody> {
     r
 }
 
-fn method_not_allowed(method: &Method, allow: &'static str) -> Response<ResponseBody> {
+pub(super) fn method_not_allowed(method: &Method, allow: &'static str) -> Response<ResponseBody> {
     let mut r = error_response(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
@@ -240,7 +256,7 @@ fn if_match(req: &http::Request<Incoming>) -> Result<Option<u64>, Rejected> {
 }
 
 /// The body as JSON (an empty body reads as `{}` unless `required`).
-async fn read_json(
+pub(super) async fn read_json(
     req: http::Request<Incoming>,
     required: bool,
 ) -> Result<serde_json::Value, Rejected> {
@@ -261,7 +277,7 @@ async fn read_json(
     serde_json::from_slice(&bytes).map_err(|e| bad_request(&format!("the body is not JSON: {e}")))
 }
 
-fn bad_request(message: &str) -> Rejected {
+pub(super) fn bad_request(message: &str) -> Rejected {
     (StatusCode::BAD_REQUEST, "bad_request", message.to_string())
 }
 
@@ -281,7 +297,7 @@ fn not_found(name: &str) -> Response<ResponseBody> {
     )
 }
 
-fn json(status: StatusCode, value: serde_json::Value) -> Response<ResponseBody> {
+pub(super) fn json(status: StatusCode, value: serde_json::Value) -> Response<ResponseBody> {
     let mut r = Response::new(full(format!("{value}\n")));
     *r.status_mut() = status;
     r.headers_mut().insert(

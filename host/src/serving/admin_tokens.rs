@@ -4,7 +4,7 @@
 //! scope; `<data-dir>/admin-tokens` may list more, a line each:
 //! `ID sha256:HEX SCOPE…` (`tensor-wasm token new` makes the hash). Scopes:
 //! `read` (read everything), `deploy:TENANT` and `deploy:*` (read and change
-//! that tenant's deployments, or every tenant's). Tokens are kept as SHA-256
+//! that tenant's deployments and run and cancel its jobs, or every tenant's). Tokens are kept as SHA-256
 //! hashes and compared in constant time.
 
 use anyhow::{Context, Result};

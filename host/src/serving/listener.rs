@@ -36,6 +36,8 @@ pub struct Server {
     pub draining: AtomicBool,
     /// Who may call the admin API.
     pub admin_tokens: AdminTokens,
+    /// The jobs API's jobs (none without an admin listener).
+    pub jobs: Option<Arc<crate::jobs::Jobs>>,
 }
 
 /// Where and how to listen.
@@ -57,6 +59,7 @@ impl Server {
         live: Arc<Live>,
         metrics: Arc<Metrics>,
         admin_tokens: AdminTokens,
+        jobs: Option<Arc<crate::jobs::Jobs>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             engine,
@@ -64,6 +67,7 @@ impl Server {
             metrics,
             draining: AtomicBool::new(false),
             admin_tokens,
+            jobs,
         })
     }
 

@@ -3,7 +3,7 @@
 //! [`deployment`] runs a guest for it ([`guest`]) under the tenant's limits,
 //! in a fresh instance or a warm one ([`instances`]), and its [`body`]
 //! streams back with a [`request_id`]. Beside it, the [`admin`] listener
-//! and its [`admin_api`] (with [`admin_tokens`]).
+//! and its [`admin_api`] (with [`admin_tokens`]) and [`jobs_api`].
 
 pub mod admin;
 pub mod admin_api;
@@ -12,6 +12,7 @@ pub mod body;
 pub mod deployment;
 pub mod guest;
 pub mod instances;
+pub mod jobs_api;
 pub mod listener;
 pub mod request_id;
 pub mod router;

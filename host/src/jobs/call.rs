@@ -1,13 +1,13 @@
-//! `tensor-wasm run --invoke 'name(args)'`: calls one typed export of a
-//! component with WAVE-encoded arguments (the syntax of `wasmtime run
-//! --invoke`) and prints its results as WAVE. A name is a function exported
-//! at the top level, `INTERFACE#FUNC` for one of an exported interface, or a
+//! A call of one typed export of a job component: `name(args)` with
+//! WAVE-encoded arguments (the syntax of `wasmtime run --invoke`), or a name
+//! and JSON arguments ([`super::values`]). A name is a function exported at
+//! the top level, `INTERFACE#FUNC` for one of an exported interface, or a
 //! plain name found in exactly one exported interface.
 
 use anyhow::{Context, Result, anyhow, bail};
 use wasmtime::component::wasm_wave::{self, untyped::UntypedFuncCall};
 use wasmtime::component::{
-    Component, ComponentExportIndex, Func, Instance, Val, types::ComponentItem,
+    Component, ComponentExportIndex, Func, Instance, Type, Val, types::ComponentItem,
 };
 use wasmtime::{AsContextMut, Engine};
 
@@ -28,22 +28,51 @@ impl std::fmt::Display for GuestStopped {
 
 impl std::error::Error for GuestStopped {}
 
-/// A parsed `--invoke` call, not yet typed.
+/// A parsed call, not yet typed.
+#[derive(Debug, Clone)]
 pub struct Call {
-    source: String,
+    name: String,
+    args: Args,
+}
+
+#[derive(Debug, Clone)]
+enum Args {
+    /// The whole call's WAVE text.
+    Wave(String),
+    Json(Vec<serde_json::Value>),
 }
 
 impl Call {
     /// Parses `text` as a WAVE function call (types are checked later).
     pub fn parse(text: &str) -> Result<Self> {
-        UntypedFuncCall::parse(text).map_err(|e| anyhow!("--invoke `{text}`: {e}"))?;
+        let call = UntypedFuncCall::parse(text).map_err(|e| anyhow!("invoke `{text}`: {e}"))?;
         Ok(Self {
-            source: text.to_string(),
+            name: call.name().to_string(),
+            args: Args::Wave(text.to_string()),
         })
     }
 
-    fn untyped(&self) -> UntypedFuncCall<'_> {
-        UntypedFuncCall::parse(&self.source).expect("parsed in Call::parse")
+    /// A call of `name` with JSON arguments.
+    pub fn json(name: &str, args: Vec<serde_json::Value>) -> Self {
+        Self {
+            name: name.to_string(),
+            args: Args::Json(args),
+        }
+    }
+
+    /// The call as text: its WAVE source, or `name(JSON, ...)`.
+    pub fn text(&self) -> String {
+        match &self.args {
+            Args::Wave(source) => source.clone(),
+            Args::Json(args) => format!(
+                "{}({})",
+                self.name,
+                args.iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
     }
 
     /// The export this call names, in `component`.
@@ -52,7 +81,7 @@ impl Call {
         engine: &Engine,
         component: &Component,
     ) -> Result<(Option<String>, String)> {
-        let name = self.untyped().name().to_string();
+        let name = self.name.clone();
         if let Some((iface, func)) = name.rsplit_once('#') {
             return Ok((Some(iface.to_string()), func.to_string()));
         }
@@ -76,45 +105,73 @@ impl Call {
         match holders.as_slice() {
             [one] => Ok((Some(one.clone()), name)),
             [] => bail!(
-                "--invoke: the component exports no function `{name}` ({})",
+                "invoke: the component exports no function `{name}` ({})",
                 exported_functions(engine, component)
             ),
             many => bail!(
-                "--invoke: `{name}` is exported by {}; name one as INTERFACE#{name}",
+                "invoke: `{name}` is exported by {}; name one as INTERFACE#{name}",
                 many.join(", ")
             ),
         }
     }
 
-    /// Which argument the source offset `at` falls in.
-    fn argument_at(&self, at: usize) -> Option<usize> {
-        let call = self.untyped();
-        let args = call.params_node()?.as_tuple().ok()?;
-        args.enumerate()
-            .find(|(_, n)| n.span().start <= at && at <= n.span().end)
-            .map(|(i, _)| i)
+    /// The arguments as values of `types` (named `names`), or the error
+    /// naming the parameter that does not fit.
+    fn params(&self, names: &[String], types: &[Type]) -> Result<Vec<Val>> {
+        let fail = |which: Option<usize>, e: &dyn std::fmt::Display| {
+            let which = which
+                .and_then(|i| names.get(i))
+                .map_or(String::new(), |n| format!("parameter `{n}`: "));
+            anyhow!(
+                "invoke `{}`: {which}{e} (parameters: {})",
+                self.text(),
+                signature(names, types)
+            )
+        };
+        match &self.args {
+            Args::Wave(source) => {
+                let call = UntypedFuncCall::parse(source).map_err(|e| fail(None, &e))?;
+                call.to_wasm_params(types).map_err(|e| {
+                    let at = e.span().start;
+                    let which =
+                        call.params_node()
+                            .and_then(|p| p.as_tuple().ok())
+                            .and_then(|args| {
+                                args.enumerate()
+                                    .find(|(_, n)| n.span().start <= at && at <= n.span().end)
+                                    .map(|(i, _)| i)
+                            });
+                    fail(which, &e)
+                })
+            }
+            Args::Json(args) => {
+                if args.len() != types.len() {
+                    let e = format!("{} arguments given, {} expected", args.len(), types.len());
+                    return Err(fail(None, &e));
+                }
+                args.iter()
+                    .zip(types)
+                    .enumerate()
+                    .map(|(i, (a, t))| {
+                        super::values::from_json(a, t).map_err(|e| fail(Some(i), &e))
+                    })
+                    .collect()
+            }
+        }
     }
 
-    /// Calls it on `instance`: its results as WAVE text, one per result.
+    /// Calls it on `instance`: its results.
     pub async fn call<S: AsContextMut<Data: Send>>(
         &self,
         mut store: S,
         instance: &Instance,
         (iface, func): &(Option<String>, String),
-    ) -> Result<Vec<String>> {
+    ) -> Result<Vec<Val>> {
         let f = lookup(&mut store, instance, iface.as_deref(), func)?;
         let ty = f.ty(&store);
         let types: Vec<_> = ty.params().map(|(_, t)| t).collect();
         let names: Vec<String> = ty.params().map(|(n, _)| n.to_string()).collect();
-        let params: Vec<Val> = self.untyped().to_wasm_params(&types).map_err(|e| {
-            let at = self.argument_at(e.span().start).and_then(|i| names.get(i));
-            let which = at.map_or(String::new(), |n| format!("parameter `{n}`: "));
-            anyhow!(
-                "--invoke `{}`: {which}{e} (parameters: {})",
-                self.source,
-                signature(&names, &types)
-            )
-        })?;
+        let params = self.params(&names, &types)?;
         let mut results = vec![Val::Bool(false); ty.results().len()];
         f.call_async(&mut store, &params, &mut results)
             .await
@@ -125,11 +182,13 @@ impl Call {
                 ),
                 cause: e.root_cause().to_string(),
             })?;
-        results
-            .iter()
-            .map(|v| wasm_wave::to_string(v).map_err(|e| anyhow!("cannot print a result: {e}")))
-            .collect()
+        Ok(results)
     }
+}
+
+/// `val` as WAVE text.
+pub fn wave(val: &Val) -> String {
+    wasm_wave::to_string(val).unwrap_or_else(|e| format!("<cannot print: {e}>"))
 }
 
 fn lookup<S: AsContextMut>(
@@ -142,7 +201,7 @@ fn lookup<S: AsContextMut>(
         Some(i) => Some(
             instance
                 .get_export_index(&mut *store, None, i)
-                .with_context(|| format!("--invoke: the component exports no interface `{i}`"))?,
+                .with_context(|| format!("invoke: the component exports no interface `{i}`"))?,
         ),
         None => None,
     };
@@ -150,17 +209,17 @@ fn lookup<S: AsContextMut>(
         .get_export_index(&mut *store, parent.as_ref(), func)
         .with_context(|| {
             format!(
-                "--invoke: no function `{func}`{}",
+                "invoke: no function `{func}`{}",
                 iface.map_or(String::new(), |i| format!(" in `{i}`"))
             )
         })?;
     instance
         .get_func(&mut *store, index)
-        .with_context(|| format!("--invoke: `{func}` is not a function"))
+        .with_context(|| format!("invoke: `{func}` is not a function"))
 }
 
 /// `name: type, ...` for an error message.
-fn signature(names: &[String], types: &[wasmtime::component::Type]) -> String {
+fn signature(names: &[String], types: &[Type]) -> String {
     if names.is_empty() {
         return "none".into();
     }
@@ -172,7 +231,7 @@ fn signature(names: &[String], types: &[wasmtime::component::Type]) -> String {
         .join(", ")
 }
 
-fn type_name(t: &wasmtime::component::Type) -> String {
+fn type_name(t: &Type) -> String {
     use wasm_wave::wasm::WasmType;
     format!("{:?}", t.kind()).to_lowercase()
 }
