@@ -530,3 +530,93 @@ fn missing_models_are_named_with_the_command_that_fetches_them() {
     );
     assert_eq!(r.status, 200);
 }
+
+#[test]
+fn the_default_world_mounts_the_openai_api_once_the_models_arrive() {
+    let dir = scratch("openai_default_world");
+    let (data, models) = (dir.join("data"), dir.join("models"));
+    std::fs::create_dir_all(&models).unwrap();
+    let server = Server::start(
+        &[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--models-dir",
+            models.to_str().unwrap(),
+        ],
+        &dir.join("cache"),
+    );
+    // No models: /v1 answers 503 with the command that fetches them; the
+    // rest of the default world serves as before.
+    let waiting = server.get("/v1/models");
+    assert_eq!(waiting.status, 503, "{}", waiting.text());
+    assert_eq!(waiting.header("retry-after"), Some("2"));
+    let v: Value = serde_json::from_slice(&waiting.body).unwrap();
+    assert_eq!(v["error"]["code"], "models_missing", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("scripts/fetch-models.sh"),
+        "{v}"
+    );
+    assert_eq!(server.get("/hello").status, 200);
+    // The models arrive as fetch-models.sh installs them (each folder moved
+    // into place whole); the API comes up without a restart, behind the
+    // default world's token.
+    for model in [EMBEDDER, GENERATOR] {
+        let staged = models.join(format!(".fetch-{model}"));
+        let copied = std::process::Command::new("cp")
+            .arg("-r")
+            .arg(tools().0.join(model))
+            .arg(&staged)
+            .status()
+            .unwrap();
+        assert!(copied.success());
+        std::fs::rename(&staged, models.join(model)).unwrap();
+    }
+    let token = std::fs::read_to_string(data.join("default-token")).unwrap();
+    let auth = format!("Bearer {}", token.trim());
+    let start = std::time::Instant::now();
+    let listed = loop {
+        let r = request(
+            server.addr,
+            "GET",
+            "/v1/models",
+            &[("authorization", &auth)],
+            b"",
+        );
+        if r.status != 503 {
+            break r;
+        }
+        assert!(
+            start.elapsed().as_secs() < 300,
+            "never served: {}",
+            r.text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    };
+    assert_eq!(listed.status, 200, "{}", listed.text());
+    assert!(listed.text().contains(GENERATOR), "{}", listed.text());
+    assert_eq!(server.get("/v1/models").status, 401);
+    let chat = json!({"model": GENERATOR, "temperature": 0, "max_tokens": 12,
+        "messages": [{"role": "user", "content": "What is the capital of France?"}]});
+    let r = request(
+        server.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        chat.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert!(
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("Paris"),
+        "{v}"
+    );
+}

@@ -2,6 +2,10 @@
 //! (`worlds/gateway.wac`) in front of `hello`, configured so that the
 //! welcome page and `/hello` are public and `/echo` takes a bearer token.
 //!
+//! Beside it, at `/v1`, the OpenAI API (`worlds/openai.wac`) behind the same
+//! gateway components and token; it waits for its models
+//! ([`crate::live::Waiting`]).
+//!
 //! The token is made on first use and kept in the data directory
 //! (`default-token`, readable only by its owner); only its hash goes into
 //! the world's config, and it is never logged.
@@ -19,6 +23,13 @@ pub const RATE_LIMIT: &str = "100/200";
 /// own world, so it reuses its instances (`--max-instance-reuse-count 1`
 /// turns that off).
 pub const REUSE: u32 = 1000;
+/// The OpenAI API's deployment name and path in the default world.
+pub const OPENAI: (&str, &str) = ("openai", "/v1");
+/// The models the OpenAI API serves (docs/OPENAI.md).
+pub const OPENAI_MODELS: &[&str] = &["all-minilm-l6-v2", "smollm2-135m-instruct"];
+/// The OpenAI API's request timeout, unless `--request-timeout` is longer.
+pub const OPENAI_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// The file in the data directory that holds the default world's token.
 pub const TOKEN_FILE: &str = "default-token";
 
@@ -46,6 +57,17 @@ pub fn grants(data_dir: &Path) -> Result<(Grants, PathBuf)> {
         },
         path,
     ))
+}
+
+/// The OpenAI API's grants, from the default world's: the same token and
+/// rate limit, its own routes, its models.
+pub fn openai_grants(default: &Grants) -> Grants {
+    let mut grants = default.clone();
+    grants
+        .config
+        .insert("router.routes".into(), format!("* {} app", OPENAI.1));
+    grants.models = OPENAI_MODELS.iter().map(|m| m.to_string()).collect();
+    grants
 }
 
 fn create(path: &Path) -> Result<String> {

@@ -256,11 +256,16 @@ impl Assembly {
         let preinit = self.preinit(spec, caps);
         let prepare = |name: &str, bytes: Vec<u8>| preinit.apply(name, bytes);
         let (origin, component) = match &spec.source {
-            Source::Default => {
-                let origin = "embedded default world".to_string();
+            Source::Embedded(name) => {
+                let origin = format!("embedded world `{name}`");
+                let world = compose::EMBEDDED_WORLDS
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, w)| *w)
+                    .ok_or_else(|| anyhow::anyhow!("no {origin}"))?;
                 let bytes = compose::compose(
                     &origin,
-                    compose::DEFAULT_WORLD,
+                    world,
                     &compose::PackageSources::default(),
                     &prepare,
                 )?;

@@ -19,11 +19,7 @@ const WEIGHTS_FILES: &[&str] = &["model.safetensors", "model.gguf"];
 pub fn grant(grants: &mut Grants, dir: &Path, deployment: &str) {
     for name in &grants.models {
         let folder = dir.join(name);
-        let weights = WEIGHTS_FILES
-            .iter()
-            .map(|f| folder.join(f))
-            .find(|p| p.is_file());
-        let Some(weights) = weights else {
+        let Some(weights) = weights(&folder) else {
             tracing::warn!(
                 "deployment `{deployment}`: model `{name}` is not in {} (fetch it with `{FETCH_COMMAND} --models-dir {}`); requests that need it get an error",
                 dir.display(),
@@ -38,6 +34,23 @@ pub fn grant(grants: &mut Grants, dir: &Path, deployment: &str) {
             writable: false,
         });
     }
+}
+
+/// The weights file in a model's `folder`, if there is one.
+pub fn weights(folder: &Path) -> Option<std::path::PathBuf> {
+    WEIGHTS_FILES
+        .iter()
+        .map(|f| folder.join(f))
+        .find(|p| p.is_file())
+}
+
+/// Which of the models `names` have no weights in `dir` yet.
+pub fn missing(names: &[String], dir: &Path) -> Vec<String> {
+    names
+        .iter()
+        .filter(|n| weights(&dir.join(n)).is_none())
+        .cloned()
+        .collect()
 }
 
 #[cfg(test)]

@@ -69,7 +69,7 @@ pub fn resolve(
                 check(dep)?;
             }
         }
-        Source::Default => {}
+        Source::Embedded(_) => {}
     }
     if let Some(inference) = &mut spec.inference {
         for model in [&mut inference.embeddings, &mut inference.generation] {

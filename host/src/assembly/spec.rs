@@ -293,8 +293,9 @@ pub enum Source {
     Component(PathBuf),
     /// A `.wac` world to compose, with its package dependencies.
     World(PathBuf, BTreeMap<String, PathBuf>),
-    /// The world embedded in the binary.
-    Default,
+    /// A world embedded in the binary, by name
+    /// ([`crate::platform::compose::EMBEDDED_WORLDS`]).
+    Embedded(&'static str),
 }
 
 /// One deployment, validated.

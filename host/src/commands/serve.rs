@@ -6,11 +6,12 @@ use crate::assembly::spec::{self, DeploymentSpec, Instances, Limits, Route, Sour
 use crate::assembly::{Assembly, Options, default_world, signed};
 use crate::jobs::Jobs;
 use crate::live::history::History;
-use crate::live::{self, Live, Resolve, Started};
+use crate::live::{self, Live, Resolve, Started, Waiting};
 use crate::platform::dirs;
 use crate::platform::engine::EngineOptions;
 use crate::platform::load::{self, Kind};
 use crate::serving::admin_tokens::AdminTokens;
+use crate::serving::deployment::Deployment;
 use crate::serving::listener::{Listen, Server};
 use crate::serving::router::Router;
 use anyhow::{Result, anyhow};
@@ -39,11 +40,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .any(|p| !p.spec.grants.models.is_empty())
         .then(|| dirs::models_dir(args.models_dir.as_ref()).ok())
         .flatten();
-    let all: Vec<DeploymentSpec> = planned.iter().map(|p| p.spec.clone()).collect();
-    let options = options(&args, &all, data_dir.clone(), policy.clone());
+    let options = options(&args, &planned, data_dir.clone(), policy.clone());
     let max_memory = options.engine.max_memory;
     let assembly = Arc::new(Assembly::new(options)?);
-    let deployments = build(
+    let (deployments, waiting) = build(
         &args,
         planned,
         &assembly,
@@ -61,6 +61,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             let (args, data_dir) = (args.clone(), data_dir.clone());
             Box::new(move || specs(&args, &data_dir))
         },
+        waiting,
     };
     let resolve = Resolve {
         registry,
@@ -93,7 +94,8 @@ fn admin_tokens(listen: &Listen, data_dir: &Path) -> Result<AdminTokens> {
 }
 
 /// Assembles what the server starts with: a start-up spec that fails stops
-/// the server; a recorded revision that fails is logged and left out.
+/// the server; a recorded revision that fails is logged and left out. The
+/// default world's OpenAI API is not built here: it waits for its models.
 fn build(
     args: &ServeArgs,
     planned: Vec<live::Planned>,
@@ -101,10 +103,24 @@ fn build(
     registry: &Registry,
     policy: &registry::Policy,
     models_dir: Option<&Path>,
-) -> Result<Vec<Arc<crate::serving::deployment::Deployment>>> {
-    let mut deployments = Vec::new();
+) -> Result<(Vec<Arc<Deployment>>, Vec<Waiting>)> {
+    let (mut deployments, mut waiting) = (Vec::new(), Vec::new());
     for mut p in planned {
         let name = p.spec.name.clone();
+        if args.path.is_none() && !p.recorded && name == default_world::OPENAI.0 {
+            match models_dir {
+                Some(dir) => {
+                    let w = Waiting::new(p.spec, dir.to_path_buf());
+                    tracing::info!("default world: {}", w.message());
+                    waiting.push(w);
+                }
+                None => tracing::warn!(
+                    "default world: no models directory (pass --models-dir), so no OpenAI API at {}",
+                    default_world::OPENAI.1
+                ),
+            }
+            continue;
+        }
         let built = signed::resolve(&mut p.spec, registry, policy, models_dir)
             .and_then(|()| assembly.for_deployment(p.spec));
         match built {
@@ -120,7 +136,7 @@ fn build(
             Err(e) => return Err(startup_error(args, &name, e)),
         }
     }
-    Ok(deployments)
+    Ok((deployments, waiting))
 }
 
 /// A start-up deployment's error, naming the deployment file when there is one.
@@ -155,7 +171,7 @@ fn specs(args: &ServeArgs, data_dir: &Path) -> Result<Vec<DeploymentSpec>> {
     let defaults = defaults(args);
     let instances = instances(args)?;
     let Some(path) = &args.path else {
-        let mut spec = single("default", Source::Default, &defaults);
+        let mut spec = single("default", Source::Embedded("default"), &defaults);
         // The operator's own world reuses its instances unless told not to.
         spec.instances.reuse = args
             .max_instance_reuse_count
@@ -167,7 +183,13 @@ fn specs(args: &ServeArgs, data_dir: &Path) -> Result<Vec<DeploymentSpec>> {
             token_file.display()
         );
         spec.instances.idle = instances.idle;
-        return Ok(vec![spec]);
+        let (name, path) = default_world::OPENAI;
+        let mut openai = single(name, Source::Embedded(name), &defaults);
+        openai.route.path = Some(path.into());
+        openai.grants = default_world::openai_grants(&spec.grants);
+        openai.instances = spec.instances;
+        openai.limits.timeout = openai.limits.timeout.max(default_world::OPENAI_TIMEOUT);
+        return Ok(vec![spec, openai]);
     };
     let deps: BTreeMap<String, PathBuf> = args.deps.iter().cloned().collect();
     if let Some(reference) = path.to_str().and_then(|p| p.strip_prefix(signed::PREFIX)) {
@@ -243,13 +265,13 @@ fn instances(args: &ServeArgs) -> Result<Instances> {
 /// The assembly's options: the engine sized for the largest memory cap.
 fn options(
     args: &ServeArgs,
-    specs: &[DeploymentSpec],
+    planned: &[live::Planned],
     data_dir: PathBuf,
     policy: registry::Policy,
 ) -> Options {
-    let max_memory = specs
+    let max_memory = planned
         .iter()
-        .map(|s| s.limits.memory)
+        .map(|p| p.spec.limits.memory)
         .max()
         .unwrap_or(args.engine.max_memory);
     Options {

@@ -11,8 +11,10 @@
 
 pub mod history;
 mod start;
+mod waiting;
 
 pub use start::{Planned, Started, plan};
+pub use waiting::Waiting;
 
 use crate::assembly::Assembly;
 use crate::assembly::spec::{self, DeploymentSpec, Limits};
@@ -57,6 +59,18 @@ pub struct Live {
     swap: tokio::sync::Mutex<()>,
     history: History,
     resolve: Resolve,
+    /// Start-up deployments waiting for their models ([`waiting`]).
+    waiting: Mutex<Vec<Arc<Waiting>>>,
+    /// Whether `waiting` has any (read on every request).
+    any_waiting: std::sync::atomic::AtomicBool,
+}
+
+/// Why a request has no deployment.
+pub enum Unrouted {
+    /// No route matches.
+    NoRoute,
+    /// Its route's deployment waits for its models: why.
+    Waiting(String),
 }
 
 /// Who asks for a change.
@@ -93,6 +107,19 @@ pub enum Refusal {
     Unavailable(String),
 }
 
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::BadSpec(m)
+            | Self::Forbidden(m)
+            | Self::NotFound(m)
+            | Self::Failed(m)
+            | Self::Unavailable(m)
+            | Self::Conflict { message: m, .. } => f.write_str(m),
+        }
+    }
+}
+
 /// A change that took effect.
 pub struct Applied {
     /// The revision it made.
@@ -121,6 +148,8 @@ impl Live {
             swap: tokio::sync::Mutex::new(()),
             history,
             resolve,
+            any_waiting: (!started.waiting.is_empty()).into(),
+            waiting: Mutex::new(started.waiting.into_iter().map(Arc::new).collect()),
         }
     }
 
@@ -143,9 +172,13 @@ impl Live {
     }
 
     /// The deployment serving `req` now.
-    pub fn route<B>(&self, req: &http::Request<B>) -> Option<Arc<Deployment>> {
+    pub fn route<B>(&self, req: &http::Request<B>) -> Result<Arc<Deployment>, Unrouted> {
         let router = self.router.read().unwrap_or_else(|e| e.into_inner());
-        router.route_request(req).cloned()
+        let found = router.route_request(req);
+        if let Some(w) = self.waiting_for(req.uri().path(), found.map(|d| &**d)) {
+            return Err(Unrouted::Waiting(w.message()));
+        }
+        found.cloned().ok_or(Unrouted::NoRoute)
     }
 
     /// `name`'s revisions, oldest first (revision 0: the start-up spec), or
@@ -527,8 +560,10 @@ impl Live {
         };
         let mut report = Vec::new();
         for (name, spec) in reseeded(old, seeds) {
-            if !self.serves_seed(&name) {
-                report.push(format!("`{name}`: left as the admin API set it"));
+            if !self.serves_seed(&name) || self.is_waiting(&name) {
+                report.push(format!(
+                    "`{name}`: left as it is (set by the admin API, or waiting for its models)"
+                ));
                 continue;
             }
             let result = match spec {

@@ -27,6 +27,8 @@ pub struct Started {
     pub revisions: BTreeMap<String, Vec<Revision>>,
     /// Reads the start-up specs again (SIGHUP).
     pub reread: super::Reread,
+    /// Start-up deployments not built yet: they wait for their models.
+    pub waiting: Vec<super::Waiting>,
 }
 
 /// The deployments to serve: each start-up spec unless its last recorded

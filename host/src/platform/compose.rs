@@ -58,9 +58,13 @@ pub const BUILTIN_PACKAGES: &[(&str, &[u8])] = &[
     ),
 ];
 
-/// The embedded default world (`worlds/gateway.wac`), served by
-/// `tensor-wasm serve` with no path.
-pub const DEFAULT_WORLD: &str = include_str!("../../../worlds/gateway.wac");
+/// The worlds embedded in the binary, by name: `default`
+/// (`worlds/gateway.wac`, served by `tensor-wasm serve` with no path) and
+/// `openai` (`worlds/openai.wac`, mounted at `/v1` beside it).
+pub const EMBEDDED_WORLDS: &[(&str, &str)] = &[
+    ("default", include_str!("../../../worlds/gateway.wac")),
+    ("openai", include_str!("../../../worlds/openai.wac")),
+];
 
 /// Where packages named by a world come from.
 #[derive(Debug, Clone, Default)]

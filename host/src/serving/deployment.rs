@@ -149,7 +149,7 @@ impl Deployment {
         let pool = pools.pool(&spec.name, spec.instances, &metrics);
         let source = match &spec.source {
             Source::Component(path) | Source::World(path, _) => path.display().to_string(),
-            Source::Default => "the embedded default world".into(),
+            Source::Embedded(name) => format!("the embedded world `{name}`"),
         };
         Self {
             source,

@@ -7,7 +7,7 @@
 
 use super::admin_tokens::AdminTokens;
 use super::body::{ResponseBody, error_response};
-use crate::live::Live;
+use crate::live::{Live, Unrouted};
 use crate::platform::metrics::{Metrics, RequestLabels};
 use anyhow::{Context, Result};
 use http::{Request, Response, StatusCode};
@@ -139,6 +139,7 @@ impl Server {
                 tokio::spawn(super::admin::serve_admin(self.clone(), admin));
             }
             tokio::spawn(reread_on_hangup(self.live.clone()));
+            tokio::spawn(self.live.clone().watch_models());
             shutdown_signal().await;
             self.draining.store(true, Ordering::Relaxed);
             tracing::info!(
@@ -155,22 +156,35 @@ impl Server {
         client: http::HeaderValue,
     ) -> Result<Response<ResponseBody>, Infallible> {
         let mut req = req;
-        let Some(deployment) = self.live.route(&req) else {
-            self.metrics
-                .requests
-                .get_or_create(&RequestLabels {
-                    deployment: "none".into(),
-                    status: 404,
-                })
-                .inc();
-            let id = crate::serving::request_id::assign(req.headers_mut(), &client);
-            let mut response = error_response(
-                StatusCode::NOT_FOUND,
-                "no_route",
-                &format!("no deployment serves {}", req.uri().path()),
-            );
-            crate::serving::request_id::stamp(response.headers_mut(), &id);
-            return Ok(response);
+        let deployment = match self.live.route(&req) {
+            Ok(d) => d,
+            Err(why) => {
+                let (status, code, message) = match why {
+                    Unrouted::NoRoute => (
+                        StatusCode::NOT_FOUND,
+                        "no_route",
+                        format!("no deployment serves {}", req.uri().path()),
+                    ),
+                    Unrouted::Waiting(m) => (StatusCode::SERVICE_UNAVAILABLE, "models_missing", m),
+                };
+                self.metrics
+                    .requests
+                    .get_or_create(&RequestLabels {
+                        deployment: "none".into(),
+                        status: status.as_u16(),
+                    })
+                    .inc();
+                let id = crate::serving::request_id::assign(req.headers_mut(), &client);
+                let mut response = error_response(status, code, &message);
+                if status == StatusCode::SERVICE_UNAVAILABLE {
+                    response.headers_mut().insert(
+                        http::header::RETRY_AFTER,
+                        http::HeaderValue::from_static("2"),
+                    );
+                }
+                crate::serving::request_id::stamp(response.headers_mut(), &id);
+                return Ok(response);
+            }
         };
         Ok(deployment.serve(&self.engine, req, &client).await)
     }

@@ -57,6 +57,11 @@ impl Router {
         })
     }
 
+    /// `d`'s path prefix, without a trailing `/` (`""` for `/`).
+    pub fn prefix_of(d: &Deployment) -> &str {
+        prefix(d)
+    }
+
     /// All deployments.
     pub fn deployments(&self) -> &[Arc<Deployment>] {
         &self.entries
@@ -67,7 +72,8 @@ fn prefix(d: &Deployment) -> &str {
     d.route.path.as_deref().unwrap_or("/").trim_end_matches('/')
 }
 
-fn path_matches(prefix: &str, path: &str) -> bool {
+/// Whether `path` is under `prefix` (whole segments; `""` matches all).
+pub fn path_matches(prefix: &str, path: &str) -> bool {
     prefix.is_empty()
         || path == prefix
         || (path.starts_with(prefix) && path.as_bytes().get(prefix.len()) == Some(&b'/'))
