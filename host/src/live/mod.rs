@@ -495,6 +495,7 @@ impl Live {
             .map_err(|e| Refusal::Unavailable(format!("the change was not recorded: {e:#}")))?;
         self.lock_revisions().insert(name.to_string(), revisions);
         *self.router.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(router);
+        self.stop_waiting(name);
         Ok(())
     }
 

@@ -194,8 +194,13 @@ impl Live {
             }
             tracing::info!("deployment `{}`: serving", w.name());
         }
+        self.stop_waiting(w.name());
+    }
+
+    /// `name` waits no more (built, or changed through the admin API).
+    pub(super) fn stop_waiting(&self, name: &str) {
         let mut waiting = self.lock_waiting();
-        waiting.retain(|x| !Arc::ptr_eq(x, w));
+        waiting.retain(|w| w.name() != name);
         self.any_waiting
             .store(!waiting.is_empty(), Ordering::Relaxed);
     }
