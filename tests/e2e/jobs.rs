@@ -2,7 +2,7 @@
 //! jobs with argv and captured output, refusals, deadlines, cancellation,
 //! and jobs that survive a `kill -9`.
 
-use crate::support::{Server, guest, request, scratch, token_hash};
+use crate::support::{Server, guest, request, run, scratch, token_hash};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -293,6 +293,37 @@ fn deadlines_cancellation_and_restarts() {
     let job = wait(&server, &admin, &spinning, ended);
     assert_eq!(job["state"], "cancelled", "{job}");
     assert_eq!(job["stdout"], "line 0\nline 1\nline 2\n", "{job}");
+
+    // Each submit and the cancel were audited, by token, before they took effect.
+    let (code, out, err) = run(&[
+        "audit",
+        "query",
+        "--tenant",
+        "acme",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let actions: Vec<(String, String)> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|r| {
+            (
+                r["admin"]["action"].as_str().unwrap_or("").to_string(),
+                r["token"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let want = |a: &str, t: &str| (a.to_string(), t.to_string());
+    assert_eq!(
+        actions,
+        [
+            want("job-submit", "admin"),
+            want("job-submit", "admin"),
+            want("job-cancel", "acme")
+        ],
+        "{out}"
+    );
 
     // Finished jobs survive a restart as they were; nothing runs again.
     drop(server);

@@ -3,8 +3,9 @@
 //! which runs a job component for a tenant in the background with a
 //! deployment's limits and grants, and keeps its state, result and output.
 //!
-//! A job is recorded durably before it is acknowledged and at each change of
-//! state ([`record`]); one that a restart interrupted (queued or running) is
+//! Submitting and cancelling are written to the tenant's audit log first, as
+//! every admin change is. A job is recorded durably before it is
+//! acknowledged and at each change of state ([`record`]); one that a restart interrupted (queued or running) is
 //! run again from the start when the server comes back — at least once, so
 //! a job with side effects should make them idempotent. At most
 //! `--max-jobs` run at once, on threads of their own; the rest wait, queued.
@@ -167,6 +168,11 @@ impl Jobs {
             by: who.token.to_string(),
             request_id: who.request_id.to_string(),
         };
+        let audit = serde_json::json!({
+            "path": "/v1/jobs",
+            "admin": { "action": "job-submit", "job": job.id, "call": job.call },
+        });
+        self.live.audit_admin(&job.tenant, audit, who).await?;
         let (store, saved) = (self.store.clone(), job.clone());
         tokio::task::spawn_blocking(move || store.save(&saved))
             .await
@@ -204,8 +210,16 @@ impl Jobs {
         Ok(jobs)
     }
 
-    /// Cancels job `id` (queued or running).
-    pub fn cancel(&self, id: &str, who: &Caller<'_>) -> Result<Job, Refusal> {
+    /// Cancels job `id` (queued or running), audited first.
+    pub async fn cancel(&self, id: &str, who: &Caller<'_>) -> Result<Job, Refusal> {
+        let job = self.recorded(id)?;
+        if (who.may_deploy)(&job.tenant) && !job.state.finished() {
+            let audit = serde_json::json!({
+                "path": format!("/v1/jobs/{id}"),
+                "admin": { "action": "job-cancel", "job": id },
+            });
+            self.live.audit_admin(&job.tenant, audit, who).await?;
+        }
         let mut active = self.lock_active();
         let mut job = self.recorded(id)?;
         if !(who.may_deploy)(&job.tenant) {

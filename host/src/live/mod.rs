@@ -508,23 +508,42 @@ impl Live {
         r: &Revision,
         who: &Caller<'_>,
     ) -> Result<(), Refusal> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
         let record = serde_json::json!({
-            "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-            "tenant": tenant,
             "deployment": name,
-            "token": who.token,
-            "method": "ADMIN",
             "path": format!("/v1/deployments/{name}"),
-            "request_id": who.request_id,
-            "client": who.client,
             "admin": { "action": r.action, "revision": r.revision, "from": r.from },
         });
-        let key = format!("{:020}-{}", now.as_nanos(), who.request_id);
+        self.audit_admin(tenant, record, who).await
+    }
+
+    /// Writes an admin call's record (`fields`: its `path`, `admin` and
+    /// what else it names) to `tenant`'s audit log, durably; an error means
+    /// the call must not take effect.
+    pub async fn audit_admin(
+        &self,
+        tenant: &str,
+        mut fields: serde_json::Value,
+        who: &Caller<'_>,
+    ) -> Result<(), Refusal> {
+        let now = std::time::SystemTime::now();
+        let common = serde_json::json!({
+            "time": humantime::format_rfc3339_millis(now).to_string(),
+            "tenant": tenant,
+            "token": who.token,
+            "method": "ADMIN",
+            "request_id": who.request_id,
+            "client": who.client,
+        });
+        if let (Some(f), Some(c)) = (fields.as_object_mut(), common.as_object()) {
+            f.extend(c.clone());
+        }
+        let nanos = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let key = format!("{nanos:020}-{}", who.request_id);
         self.assembly
-            .audit(tenant, key, record.to_string().into_bytes())
+            .audit(tenant, key, fields.to_string().into_bytes())
             .await
             .map_err(|e| {
                 Refusal::Unavailable(format!(

@@ -65,7 +65,7 @@ pub async fn route(
             ),
             Err(r) => refused(r),
         },
-        (Some(id), Method::DELETE) => match jobs.cancel(id, who) {
+        (Some(id), Method::DELETE) => match jobs.cancel(id, who).await {
             Ok(job) => json(StatusCode::OK, job.public(false)),
             Err(r) => refused(r),
         },
