@@ -2,7 +2,7 @@
 //! jobs with argv and captured output, refusals, deadlines, cancellation,
 //! and jobs that survive a `kill -9`.
 
-use crate::support::{Server, guest, request, run, scratch, token_hash};
+use crate::support::{Server, audit_records, guest, request, scratch, token_hash};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -295,18 +295,8 @@ fn deadlines_cancellation_and_restarts() {
     assert_eq!(job["stdout"], "line 0\nline 1\nline 2\n", "{job}");
 
     // Each submit and the cancel were audited, by token, before they took effect.
-    let (code, out, err) = run(&[
-        "audit",
-        "query",
-        "--tenant",
-        "acme",
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let actions: Vec<(String, String)> = out
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    let actions: Vec<(String, String)> = audit_records(&data, "acme")
+        .iter()
         .map(|r| {
             (
                 r["admin"]["action"].as_str().unwrap_or("").to_string(),
@@ -322,7 +312,7 @@ fn deadlines_cancellation_and_restarts() {
             want("job-submit", "admin"),
             want("job-cancel", "acme")
         ],
-        "{out}"
+        "{actions:?}"
     );
 
     // Finished jobs survive a restart as they were; nothing runs again.

@@ -3,7 +3,7 @@
 //! survives a `kill -9`; the CLI client.
 
 use crate::support::{
-    Server, guest, read_response, request, run, scratch, token_hash, write_request,
+    Server, audit_records, guest, read_response, request, run, scratch, token_hash, write_request,
 };
 use serde_json::{Value, json};
 use std::io::BufReader;
@@ -242,31 +242,21 @@ fn roll_back_and_undeploy(server: &Server, token: &str) {
 
 /// Every change is in the tenant's audit log, naming the token and revision.
 fn audited(data: &std::path::Path) {
-    let (code, out, err) = run(&[
-        "audit",
-        "query",
-        "--tenant",
-        "default",
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let changes: Vec<Value> = out
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    let changes: Vec<Value> = audit_records(data, "default")
+        .into_iter()
         .filter(|r| r["deployment"] == "hello")
         .collect();
     let audited: Vec<u64> = changes
         .iter()
         .map(|r| r["admin"]["revision"].as_u64().unwrap())
         .collect();
-    assert_eq!(audited, [1, 2, 3], "{out}");
+    assert_eq!(audited, [1, 2, 3], "{changes:?}");
     assert!(
         changes
             .iter()
             .all(|r| r["token"] == "admin"
                 && r["request_id"].as_str().is_some_and(|s| s.len() == 32)),
-        "{out}"
+        "{changes:?}"
     );
 }
 

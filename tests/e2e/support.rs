@@ -423,3 +423,19 @@ pub fn token_hash(token: &str) -> String {
         d.iter().map(|b| format!("{b:02x}")).collect::<String>()
     )
 }
+
+/// `tenant`'s audit records in `data` (`tensor-wasm audit query`), as JSON.
+pub fn audit_records(data: &Path, tenant: &str) -> Vec<serde_json::Value> {
+    let (code, out, err) = run(&[
+        "audit",
+        "query",
+        "--tenant",
+        tenant,
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    out.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}

@@ -342,13 +342,7 @@ impl Jobs {
         };
         let (me, t) = (self.clone(), task.clone());
         let built = tokio::task::spawn_blocking(move || {
-            let r = me.live.resolver();
-            crate::assembly::signed::resolve(
-                &mut spec,
-                &r.registry,
-                &r.policy,
-                r.models_dir.as_deref(),
-            )?;
+            me.live.resolver().apply(&mut spec)?;
             me.live.assembly().for_job(&spec, &io, Some(timeout), &t)
         })
         .await

@@ -43,6 +43,19 @@ pub struct Resolve {
     pub max_memory: u64,
 }
 
+impl Resolve {
+    /// Resolves `spec`'s artifacts under the trust policy
+    /// ([`crate::assembly::signed::resolve`]).
+    pub fn apply(&self, spec: &mut DeploymentSpec) -> anyhow::Result<()> {
+        crate::assembly::signed::resolve(
+            spec,
+            &self.registry,
+            &self.policy,
+            self.models_dir.as_deref(),
+        )
+    }
+}
+
 /// The deployments a server serves, and the one way to change them.
 pub struct Live {
     assembly: Arc<Assembly>,
@@ -441,13 +454,7 @@ impl Live {
         }
         let me = self.clone();
         let built = tokio::task::spawn_blocking(move || {
-            let r = &me.resolve;
-            crate::assembly::signed::resolve(
-                &mut spec,
-                &r.registry,
-                &r.policy,
-                r.models_dir.as_deref(),
-            )?;
+            me.resolve.apply(&mut spec)?;
             me.assembly.for_deployment(spec)
         })
         .await;
