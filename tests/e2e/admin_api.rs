@@ -68,6 +68,12 @@ fn admin_api_lists_deployments_to_tokens_with_the_scope() {
     );
     assert!(shop["requests"]["ok"].as_u64().unwrap() >= 1, "{shop}");
     assert!(shop["source"].as_str().unwrap().ends_with("hello.wasm"));
+    let digest = blake3::hash(&std::fs::read(guest("hello")).unwrap());
+    assert_eq!(
+        shop["digests"]["component"],
+        format!("blake3:{}", digest.to_hex()),
+        "{shop}"
+    );
     assert_eq!(get(&server, "/v1/deployments/nope", Some(&admin)).0, 404);
     // A token scoped to one tenant sees that tenant only.
     let (_, mine, _) = get(&server, "/v1/deployments", Some(scoped));

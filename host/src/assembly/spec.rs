@@ -298,6 +298,33 @@ pub enum Source {
     Embedded(&'static str),
 }
 
+impl Source {
+    /// The BLAKE3 digests (`blake3:HEX`, as the registry names artifacts)
+    /// of what it runs: the component, or the world and each package it
+    /// names explicitly; `null` where a file cannot be read.
+    pub fn digests(&self) -> serde_json::Value {
+        let file = |p: &Path| {
+            std::fs::read(p)
+                .ok()
+                .map(|b| format!("blake3:{}", blake3::hash(&b).to_hex()))
+        };
+        match self {
+            Source::Component(path) => serde_json::json!({ "component": file(path) }),
+            Source::World(path, deps) => serde_json::json!({
+                "world": file(path),
+                "packages": deps.iter().map(|(n, p)| (n.clone(), file(p).into())).collect::<serde_json::Map<_, _>>(),
+            }),
+            Source::Embedded(name) => {
+                let text = crate::platform::compose::EMBEDDED_WORLDS
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, w)| format!("blake3:{}", blake3::hash(w.as_bytes()).to_hex()));
+                serde_json::json!({ "world": text })
+            }
+        }
+    }
+}
+
 /// One deployment, validated.
 #[derive(Debug, Clone)]
 pub struct DeploymentSpec {

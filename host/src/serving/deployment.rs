@@ -45,6 +45,8 @@ pub struct Deployment {
     /// What it runs (a file, a checkout of a registry artifact, or the
     /// embedded world), for the admin API.
     source: String,
+    /// Its artifacts' digests ([`Source::digests`]).
+    digests: serde_json::Value,
     instances: Instances,
     /// `tenant/name`, for logs.
     who: Arc<str>,
@@ -153,6 +155,7 @@ impl Deployment {
         };
         Self {
             source,
+            digests: spec.source.digests(),
             instances: spec.instances,
             who: format!("{}/{}", spec.tenant, spec.name).into(),
             name: spec.name,
@@ -181,6 +184,7 @@ impl Deployment {
             "tenant": self.tenant,
             "revision": self.revision,
             "source": self.source,
+            "digests": self.digests,
             "route": { "host": self.route.host, "path": self.route.path.as_deref().unwrap_or("/") },
             "limits": {
                 "timeout_ms": l.timeout.as_millis() as u64,
