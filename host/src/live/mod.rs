@@ -73,7 +73,8 @@ pub struct Live {
     history: History,
     resolve: Resolve,
     /// Start-up deployments waiting for their models ([`waiting`]).
-    waiting: Mutex<Vec<Arc<Waiting>>>,
+    /// Read on every request while any waits, so a read-write lock.
+    waiting: RwLock<Vec<Arc<Waiting>>>,
     /// Whether `waiting` has any (read on every request).
     any_waiting: std::sync::atomic::AtomicBool,
 }
@@ -162,7 +163,7 @@ impl Live {
             history,
             resolve,
             any_waiting: (!started.waiting.is_empty()).into(),
-            waiting: Mutex::new(started.waiting.into_iter().map(Arc::new).collect()),
+            waiting: RwLock::new(started.waiting.into_iter().map(Arc::new).collect()),
         }
     }
 

@@ -125,7 +125,7 @@ impl Live {
         if !self.any_waiting.load(Ordering::Relaxed) {
             return None;
         }
-        let waiting = self.lock_waiting();
+        let waiting = self.read_waiting();
         waiting
             .iter()
             .find(|w| {
@@ -139,7 +139,7 @@ impl Live {
 
     /// Whether `name` waits for its models.
     pub(super) fn is_waiting(&self, name: &str) -> bool {
-        self.lock_waiting().iter().any(|w| w.name() == name)
+        self.read_waiting().iter().any(|w| w.name() == name)
     }
 
     /// Looks at the models directory every [`POLL`] while any deployment
@@ -149,7 +149,7 @@ impl Live {
         while self.any_waiting.load(Ordering::Relaxed) {
             tick.tick().await;
             let ready: Vec<Arc<Waiting>> = self
-                .lock_waiting()
+                .read_waiting()
                 .iter()
                 .filter(|w| matches!(*w.lock(), Stage::Missing(..)))
                 .cloned()
@@ -199,7 +199,7 @@ impl Live {
 
     /// `name` waits no more (built, or changed through the admin API).
     pub(super) fn stop_waiting(&self, name: &str) {
-        let mut waiting = self.lock_waiting();
+        let mut waiting = self.waiting.write().unwrap_or_else(|e| e.into_inner());
         waiting.retain(|w| w.name() != name);
         self.any_waiting
             .store(!waiting.is_empty(), Ordering::Relaxed);
@@ -214,7 +214,7 @@ impl Live {
         )));
     }
 
-    fn lock_waiting(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Waiting>>> {
-        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    fn read_waiting(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<Waiting>>> {
+        self.waiting.read().unwrap_or_else(|e| e.into_inner())
     }
 }
