@@ -63,7 +63,8 @@ __device__ void binary(T* out, const T* a, const T* b, i64 n, int op, Dims d) {
             case 0: r = x + y; break;
             case 1: r = x - y; break;
             case 2: r = x * y; break;
-            default: r = x / y; break;
+            case 3: r = x / y; break;
+            default: r = x / (1.0f + expf(-x)) * y; break;  // swiglu: silu(x) * y
         }
         st(out, i, r);
     }
@@ -409,6 +410,92 @@ __device__ void int_binary(T* out, const T* a, const T* b, i64 n, int op, Dims d
     }
 }
 
+// ---- decode attention (wasi:tensor-fused) -------------------------------
+
+// Rows of one launch at most; their positions travel by value.
+#define DECODE_ROWS 256
+struct Positions { int p[DECODE_ROWS]; };
+
+// Element i of row x (width dim, even) rotated as `rope` rotates position pos.
+template <typename T>
+__device__ __forceinline__ float rotated(const T* x, i64 i, i64 dim, i64 pos, float theta,
+                                         int layout) {
+    i64 half = dim / 2;
+    i64 j = layout == 0 ? i / 2 : i % half;
+    i64 a = layout == 0 ? 2 * j : j, b = layout == 0 ? 2 * j + 1 : j + half;
+    double freq = pow((double)theta, -2.0 * (double)j / (double)dim);
+    double sn, cs;
+    sincos((double)pos * freq, &sn, &cs);
+    float c = (float)cs, s = (float)sn;
+    float x0 = ld(x, a), x1 = ld(x, b);
+    return i == a ? x0 * c - x1 * s : x0 * s + x1 * c;
+}
+
+// Copies of the caches [rows, hk, cap, d] with row r's rotated key and its
+// value written at position pos.p[r]; k and v are [rows, hk * d].
+template <typename T>
+__device__ void decode_write(T* ko, T* vo, const T* ki, const T* vi, const T* k, const T* v,
+                             Positions pos, i64 rows, i64 hk, i64 cap, i64 d, float theta,
+                             int layout) {
+    GRID_LOOP(t, rows * hk * cap * d) {
+        i64 i = t % d, rest = t / d;
+        i64 p = rest % cap;
+        rest /= cap;
+        i64 h = rest % hk, r = rest / hk;
+        if (p != pos.p[r]) {
+            ko[t] = ki[t];
+            vo[t] = vi[t];
+        } else {
+            i64 src = (r * hk + h) * d;
+            st(ko, t, rotated(k + src, i, d, p, theta, layout));
+            vo[t] = v[src + i];
+        }
+    }
+}
+
+// One block per (row, query head): the rotated query against the cache's
+// positions 0..=pos.p[r] of its key head, softmax, weighted sum of values.
+// `scores` is an f32 workspace of [rows * hq, cap].
+template <typename T>
+__device__ void decode_attend(T* out, const T* q, const T* kc, const T* vc, float* scores,
+                              Positions pos, i64 rows, i64 hq, i64 hk, i64 cap, i64 d,
+                              float theta, int layout, float scale) {
+    extern __shared__ float qs[];
+    for (i64 row = blockIdx.x; row < rows * hq; row += gridDim.x) {
+        i64 r = row / hq, h = row % hq, kh = h / (hq / hk);
+        i64 p = pos.p[r];
+        const T* qr = q + row * d;
+        __syncthreads();
+        for (i64 i = threadIdx.x; i < d; i += blockDim.x) qs[i] = rotated(qr, i, d, p, theta, layout);
+        __syncthreads();
+        const T* keys = kc + (r * hk + kh) * cap * d;
+        const T* values = vc + (r * hk + kh) * cap * d;
+        float* sc = scores + row * cap;
+        float m = -INFINITY;
+        for (i64 j = threadIdx.x; j <= p; j += blockDim.x) {
+            float acc = 0.0f;
+            for (i64 i = 0; i < d; ++i) acc += qs[i] * ld(keys, j * d + i);
+            acc *= scale;
+            sc[j] = acc;
+            m = fmaxf(m, acc);
+        }
+        m = block_reduce(m, true);
+        float sum = 0.0f;
+        for (i64 j = threadIdx.x; j <= p; j += blockDim.x) {
+            float e = expf(sc[j] - m);
+            sc[j] = e;
+            sum += e;
+        }
+        sum = block_reduce(sum, false);
+        float inv = 1.0f / sum;
+        for (i64 i = threadIdx.x; i < d; i += blockDim.x) {
+            float acc = 0.0f;
+            for (i64 j = 0; j <= p; ++j) acc += sc[j] * ld(values, j * d + i);
+            st(out, row * d + i, acc * inv);
+        }
+    }
+}
+
 // ---- instantiations ------------------------------------------------------
 
 #define FLOAT_KERNELS(T, N)                                                                    \
@@ -444,6 +531,18 @@ __device__ void int_binary(T* out, const T* a, const T* b, i64 n, int op, Dims d
     extern "C" __global__ void l2norm_##N(T* o, const T* x, i64 outer, i64 len, i64 in,        \
                                           float eps) {                                         \
         l2norm_axis(o, x, outer, len, in, eps);                                                \
+    }                                                                                          \
+    extern "C" __global__ void decode_write_##N(T* ko, T* vo, const T* ki, const T* vi,        \
+                                                const T* k, const T* v, Positions pos, i64 rows, \
+                                                i64 hk, i64 cap, i64 d, float theta,           \
+                                                int layout) {                                  \
+        decode_write(ko, vo, ki, vi, k, v, pos, rows, hk, cap, d, theta, layout);              \
+    }                                                                                          \
+    extern "C" __global__ void decode_attend_##N(T* o, const T* q, const T* kc, const T* vc,   \
+                                                 float* sc, Positions pos, i64 rows, i64 hq,   \
+                                                 i64 hk, i64 cap, i64 d, float theta,          \
+                                                 int layout, float scale) {                    \
+        decode_attend(o, q, kc, vc, sc, pos, rows, hq, hk, cap, d, theta, layout, scale);      \
     }                                                                                          \
     extern "C" __global__ void to_f32_##N(float* o, const T* x, i64 n) { cast(o, x, n); }      \
     extern "C" __global__ void to_f16_##N(h16* o, const T* x, i64 n) { cast(o, x, n); }        \

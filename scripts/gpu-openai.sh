@@ -10,10 +10,12 @@
 #      transformers on PyTorch, same GPU;
 #   3. the same on --device cpu vs PyTorch on this machine's CPU
 #      (DEVICES="cuda" skips it).
-# BENCH=concurrency runs instead, on the GPU: bench.py's correctness checks
-# and single-stream figures with the host's batchers (--batched, no peer),
-# then benches/openai/concurrency.py (N concurrent clients, batched vs
-# unbatched vs PyTorch batching the same work).
+# BENCH=concurrency runs instead, on the GPU: the wasi:tensor and
+# wasi:tensor-fused reference checks (e2e `tensor_ops`), bench.py's
+# correctness checks and single-stream figures with the host's batchers
+# (--batched, no peer), then benches/openai/concurrency.py (N concurrent
+# clients, batched vs unbatched vs PyTorch batching the same work; with
+# .gpu/baseline-smollm.wasm also that generation model, as "baseline").
 # Logs go to $OUT; the tables are printed last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +37,13 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 refs=(--reference-embeddings "$G/ref/embeddings.json" --sentences "$G/ref/sentences.json"
       --reference-generation "$G/ref/generation.json" --prompts "$G/ref/prompts.json")
 if [ "${BENCH:-}" = concurrency ]; then
+  TENSOR_WASM_TEST_BIN=$G/tensor-wasm TENSOR_WASM_TEST_GUESTS=$G/guests TENSOR_WASM_TEST_ROOT=$PWD \
+    TENSOR_WASM_TEST_TMP=/tmp/tw-tests TENSOR_WASM_TEST_DEVICE=cuda TENSOR_WASM_GPU_POISON=1 \
+    timeout 120 "$G/e2e" tensor_ops --test-threads 3 > "$OUT/e2e-tensor-ops.log" 2>&1
+  echo "== e2e tensor_ops on the GPU (rc $?)"
+  grep -E "^test |panicked|test result" "$OUT/e2e-tensor-ops.log" | tail -8
+  baseline=()
+  [ -f "$G/baseline-smollm.wasm" ] && baseline=(--baseline-generator "$G/baseline-smollm.wasm")
   PYTHONUNBUFFERED=1 timeout 120 python3 benches/openai/bench.py --tensor-wasm "$G/tensor-wasm" --models "$models" \
     --device cuda --rounds 1 --no-peer --batched --reuse 1000 "${refs[@]}" > "$OUT/bench-batched.log" 2>&1
   echo "== batched, single stream (rc $?)"
@@ -42,7 +51,7 @@ if [ "${BENCH:-}" = concurrency ]; then
   sed -n '/^| what /,$p' "$OUT/bench-batched.log"
   PYTHONUNBUFFERED=1 timeout "${BENCH_TIMEOUT:-420}" python3 benches/openai/concurrency.py --tensor-wasm "$G/tensor-wasm" \
     --models "$models" --device cuda --rounds "${ROUNDS:-2}" --seconds "${SECONDS_EACH:-3}" \
-    --clients "${CLIENTS:-1,8,32,64}" > "$OUT/concurrency.log" 2>&1
+    --clients "${CLIENTS:-1,8,32,64}" "${baseline[@]}" > "$OUT/concurrency.log" 2>&1
   echo "== concurrency (rc $?)"
   grep -E "Error|error|Traceback" "$OUT/concurrency.log" | head -8
   sed -n '/^device /,$p' "$OUT/concurrency.log"

@@ -8,8 +8,12 @@
 #                  CHUNK_MB (default 60) MiB: one device call carries at most
 #                  64 MiB, so they travel in consecutive calls to a warm machine
 #
-#   bash scripts/gpu-pack-openai.sh MODELS_DIR PYTHON
+#   bash scripts/gpu-pack-openai.sh MODELS_DIR PYTHON [BASELINE_SMOLLM_WASM]
 # PYTHON has numpy, gguf, tokenizers and jinja2 (tests/openai/setup.sh makes one).
+# BASELINE_SMOLLM_WASM (optional): an earlier smollm build, carried as
+# .gpu/baseline-smollm.wasm for BENCH=concurrency's A/B of the generation model.
+# Also carried: the e2e test binary and the guests, for the wasi:tensor
+# reference checks on the GPU (`tensor_ops`) before the benchmark.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 models="$1"
@@ -20,6 +24,15 @@ done
 cargo build --release
 rm -rf .gpu .xfer && mkdir -p .gpu/ref .xfer
 cp target/release/tensor-wasm .gpu/ && strip .gpu/tensor-wasm
+e2e=$(cargo test --release --no-run --message-format=json 2>/dev/null \
+  | python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "e2e" and m.get("executable"):
+        print(m["executable"])')
+mkdir -p .gpu/guests && cp "$e2e" .gpu/e2e && strip .gpu/e2e
+cp target/guests/wasm32-wasip2/release/tensor_probe.wasm .gpu/guests/
+[ -n "${3:-}" ] && cp "$3" .gpu/baseline-smollm.wasm
 "$python" -m pip download -q --no-deps gguf==0.19.0 -d .gpu/whl
 cat > .gpu/ref/sentences.json <<'EOF'
 ["Hello world", "The quick brown fox jumps over the lazy dog.", "Café naïve façade — résumé!",

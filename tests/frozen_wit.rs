@@ -58,6 +58,7 @@ fn released_wit_packages_are_unchanged() {
         "platform-0.1.0",
         "inference-0.1.0",
         "inference-0.2.0",
+        "tensor-fused-0.1.0",
     ] {
         assert!(
             packages.contains(want),
@@ -97,6 +98,7 @@ fn wit_packages_resolve_with_their_deps() {
         "platform-0.1.0",
         "inference-0.1.0",
         "inference-0.2.0",
+        "tensor-fused-0.1.0",
     ] {
         resolve
             .push_path(wit.join(package))

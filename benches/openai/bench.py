@@ -78,9 +78,15 @@ BATCHED = ('inference = { embeddings = "tensorwasm:minilm", generation = "tensor
            'max-batch = 64 }')
 
 
-def start_server(args, d, reuse=1, batched=False):
+def batched_inference(generator=None):
+    """The `[deployment.inference]` line of the batched world."""
+    return BATCHED.replace('"tensorwasm:smollm"', json.dumps(os.path.abspath(generator))) if generator else BATCHED
+
+
+def start_server(args, d, reuse=1, batched=False, generator=None):
     """The OpenAI world on `args.device`; `batched`: worlds/openai-batched.wac
-    with the models behind the host's batchers ([deployment.inference])."""
+    with the models behind the host's batchers ([deployment.inference]),
+    the generation model from `generator` (a .wasm) when given."""
     digest = hashlib.sha256(TOKEN.encode()).hexdigest()
     deploy = os.path.join(d, "deploy.toml")
     world = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "worlds",
@@ -93,7 +99,7 @@ tenant = "bench"
 world = "{os.path.abspath(world)}"
 limits = {{ timeout = "600s", tensor-memory = "16GiB", body = "64MiB" }}
 instances = {{ reuse = {reuse} }}
-{BATCHED if batched else ""}
+{batched_inference(generator) if batched else ""}
 [deployment.grants]
 models = ["{EMBEDDER}", "{GENERATOR}"]
 config = {{ "router.routes" = "GET,HEAD =/ welcome; * /v1 app", "ratelimit.default" = "off" }}

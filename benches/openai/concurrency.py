@@ -214,12 +214,16 @@ def main():
     ap.add_argument("--seconds", type=float, default=4.0, help="per embeddings measurement")
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--no-unbatched", action="store_true", help="skip the world without batching")
+    ap.add_argument("--baseline-generator", metavar="WASM",
+                    help="a smollm component (e.g. an earlier build) served as one more batched "
+                         "side, 'baseline', for an A/B of the generation model in the same run")
     ap.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
     corpus = bench.sentences(128)
     peer = None if args.no_peer else Peer(args)
-    sides = ["batched"] + ([] if args.no_unbatched else ["unbatched"])
+    sides = (["batched"] + (["baseline"] if args.baseline_generator else [])
+             + ([] if args.no_unbatched else ["unbatched"]))
     rows = {}  # (what, n) -> side -> list of values
     ttft = {}  # n -> list of ttft lists (batched)
     util = {}  # (what, n, side) -> list of GPU use
@@ -228,8 +232,9 @@ def main():
         try:
             for side in sides:
                 os.makedirs(os.path.join(d, side))
-                servers[side] = bench.start_server(args, os.path.join(d, side), reuse=1000,
-                                                   batched=side == "batched")
+                servers[side] = bench.start_server(
+                    args, os.path.join(d, side), reuse=1000, batched=side != "unbatched",
+                    generator=args.baseline_generator if side == "baseline" else None)
             ports = {side: port for side, (_, port) in servers.items()}
             for side, port in ports.items():  # warm up
                 ours_chat(port, 2)
@@ -289,6 +294,16 @@ def report(args, rows, ttft, util, has_peer):
               end="")
         print(f"{med(p):.0f} | {ratio} | {gpu(kind, n, 'batched')} / {gpu(kind, n, 'peer')} |" if p
               else f"- | - | {gpu(kind, n, 'batched')} / - |")
+    if args.baseline_generator:
+        print()
+        print(f"A/B of the generation model: baseline {args.baseline_generator}")
+        print("| N | chat tokens/s batched | baseline | batched / baseline | GPU use batched / baseline |")
+        print("|---|---|---|---|---|")
+        for (what, n), by in rows.items():
+            if what.startswith("chat"):
+                b, a = by["batched"], by["baseline"]
+                print(f"| {n} | {med(b):.0f} | {med(a):.0f} | {med(x / y for x, y in zip(b, a)):.2f}x | "
+                      f"{gpu('chat', n, 'batched')} / {gpu('chat', n, 'baseline')} |")
     print()
     print("| N | embeddings/s, N clients of batch 1 (batched) | one client, batches of N | ratio |")
     print("|---|---|---|---|")

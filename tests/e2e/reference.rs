@@ -396,3 +396,47 @@ pub fn l2_normalize(x: &Nd, axis: usize, eps: f64) -> Nd {
         x.at(idx) / norm.max(eps)
     })
 }
+
+/// `wasi:tensor-fused`'s decode-attention: per row r at position p, q [b,
+/// hq·d] and k [b, hk·d] rotated at p, k and v written at p of copies of
+/// the caches [b, hk, cap, d], attention over positions 0..=p. Returns the
+/// attended values [b, hq·d] and the two caches.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_attention(
+    q: &Nd,
+    k: &Nd,
+    v: &Nd,
+    keys: &Nd,
+    values: &Nd,
+    positions: &[usize],
+    theta: f64,
+    interleaved: bool,
+    scale: f64,
+) -> (Nd, Nd, Nd) {
+    let (b, hk, cap, d) = (keys.shape[0], keys.shape[1], keys.shape[2], keys.shape[3]);
+    let hq = q.shape[1] / d;
+    let heads = |x: &Nd, h: usize| Nd::new(&[b, h, 1, d], x.data.clone());
+    let row_rope = |x: &Nd, r: usize, h: usize| {
+        let one = Nd::new(&[1, h, 1, d], x.data[r * h * d..(r + 1) * h * d].to_vec());
+        rope(&one, positions[r], theta, interleaved)
+    };
+    let (mut kc, mut vc) = (keys.clone(), values.clone());
+    let mut out = Vec::new();
+    for (r, &p) in positions.iter().enumerate() {
+        let kr = row_rope(&heads(k, hk), r, hk);
+        for h in 0..hk {
+            for i in 0..d {
+                let at = ((r * hk + h) * cap + p) * d + i;
+                kc.data[at] = kr.data[h * d + i];
+                vc.data[at] = v.data[(r * hk + h) * d + i];
+            }
+        }
+        let past = |c: &Nd| {
+            let row = narrow(c, 0, r, 1);
+            narrow(&row, 2, 0, p + 1)
+        };
+        let qr = row_rope(&heads(q, hq), r, hq);
+        out.extend(attention(&qr, &past(&kc), &past(&vc), None, scale, false).data);
+    }
+    (Nd::new(&[b, hq * d], out), kc, vc)
+}

@@ -456,6 +456,52 @@ fn every_float_op_matches_an_f64_reference() {
                 dt,
             );
         }
+        // wasi:tensor-fused: decode-attention (grouped heads, both layouts,
+        // rows at different positions) and swiglu.
+        let (dq, dk, dv) = (
+            t.rand(&[3, 4 * 8], dt, -1.0, 1.0),
+            t.rand(&[3, 2 * 8], dt, -1.0, 1.0),
+            t.rand(&[3, 2 * 8], dt, -1.0, 1.0),
+        );
+        let (dkc, dvc) = (
+            t.rand(&[3, 2, 6, 8], dt, -1.0, 1.0),
+            t.rand(&[3, 2, 6, 8], dt, -1.0, 1.0),
+        );
+        for (layout, inter) in [("interleaved", true), ("half-split", false)] {
+            let got = t
+                .call(
+                    "decode-attention",
+                    &[Some(&dq), Some(&dk), Some(&dv), Some(&dkc), Some(&dvc)],
+                    json!({"positions": [0, 5, 2], "theta": 10000.0, "layout": layout, "scale": sc}),
+                )
+                .unwrap();
+            let (o, kc, vc) = r::decode_attention(
+                &dq.0,
+                &dk.0,
+                &dv.0,
+                &dkc.0,
+                &dvc.0,
+                &[0, 5, 2],
+                10000.0,
+                inter,
+                sc,
+            );
+            assert_close(&l("decode-attention"), &got["out"], &o, dt);
+            assert_close(&l("decode-attention keys"), &got["keys"], &kc, dt);
+            assert_close(&l("decode-attention values"), &got["values"], &vc, dt);
+        }
+        let (g, u) = (
+            t.rand(&[3, 7], dt, -4.0, 4.0),
+            t.rand(&[3, 7], dt, -2.0, 2.0),
+        );
+        t.check(
+            &l("swiglu"),
+            "swiglu",
+            &[Some(&g), Some(&u)],
+            json!({}),
+            &r::binary(&g.0, &u.0, |x, y| x / (1.0 + (-x).exp()) * y),
+            dt,
+        );
         // Reductions.
         let red = t.rand(&[3, 5, 4], dt, -2.0, 2.0);
         let am = t.call("argmax", &[Some(&red)], json!({"axis": 1})).unwrap();
@@ -686,6 +732,8 @@ fn bad_shapes_and_dtypes_get_the_right_error_variant() {
     let mut t = Ops::start("tensor_bad_args");
     let m23 = t.rand(&[2, 3], "f32", -1.0, 1.0);
     let m45 = t.rand(&[4, 5], "f32", -1.0, 1.0);
+    let m22 = t.rand(&[2, 2], "f32", -1.0, 1.0);
+    let cache = t.rand(&[2, 1, 4, 2], "f32", -1.0, 1.0);
     let h32 = t.rand(&[3, 2], "f16", -1.0, 1.0);
     let i23 = t.rand(&[2, 3], "i32", 0.0, 5.0);
     let v4 = t.rand(&[4], "f32", -1.0, 1.0);
@@ -805,6 +853,30 @@ fn bad_shapes_and_dtypes_get_the_right_error_variant() {
             "invalid-shape",
         ),
         ("rope", vec![Some(&odd)], json!({}), "invalid-shape"),
+        (
+            "decode-attention",
+            vec![
+                Some(&m22),
+                Some(&m22),
+                Some(&m22),
+                Some(&cache),
+                Some(&cache),
+            ],
+            json!({"positions": [0, 4]}),
+            "invalid-argument",
+        ),
+        (
+            "decode-attention",
+            vec![Some(&m23), Some(&m23), Some(&m23), Some(&m45), Some(&m45)],
+            json!({"positions": [0, 1]}),
+            "invalid-shape",
+        ),
+        (
+            "swiglu",
+            vec![Some(&m23), Some(&v4)],
+            json!({}),
+            "invalid-shape",
+        ),
         (
             "layer-norm",
             vec![Some(&m23), Some(&v4)],

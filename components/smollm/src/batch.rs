@@ -261,11 +261,7 @@ impl Batch {
             })
             .collect();
         let positions: Vec<usize> = self.sequences.iter().map(|s| s.position).collect();
-        let capacity = rows.layers[0].0.shape()[2] as usize;
-        rows.logits = Some(
-            self.model
-                .decode(&ids, &positions, &mut rows.layers, capacity)?,
-        );
+        rows.logits = Some(self.model.decode(&ids, &positions, &mut rows.layers)?);
         for s in &mut self.sequences {
             s.position += 1;
         }

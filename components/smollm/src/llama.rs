@@ -1,7 +1,7 @@
 //! SmolLM2-135M's Llama decoder as `wasi:tensor` ops, with a KV cache held
 //! as host (device) tensors across decode steps.
 
-use tensorwasm_sdk::{RopeLayout, Tensor, Weights, attention, concat};
+use tensorwasm_sdk::{RopeLayout, Tensor, Weights, attention, concat, decode_attention};
 
 /// Hyper-parameters read from the GGUF metadata.
 #[allow(missing_docs)]
@@ -213,10 +213,7 @@ impl Model {
     /// `x` plus the layer's SwiGLU feed-forward of `x` (RMS-normed).
     fn feed_forward(&self, layer: &Layer, x: Tensor) -> tensorwasm_sdk::Result<Tensor> {
         let n = x.rms_norm(Some(&layer.ffn_norm), self.config.rms_eps)?;
-        let gated = n
-            .matmul_t(&layer.gate)?
-            .silu()?
-            .mul(&n.matmul_t(&layer.up)?)?;
+        let gated = n.matmul_t(&layer.gate)?.swiglu(&n.matmul_t(&layer.up)?)?;
         x.add(&gated.matmul_t(&layer.down)?)
     }
 
@@ -226,82 +223,40 @@ impl Model {
     }
 
     /// Decodes one token per row: `ids[r]` at position `positions[r]` (below
-    /// `capacity`), writing its key and value there in `layers` (per layer
-    /// [rows, kv_heads, capacity, head_dim], zeros past each row's position);
-    /// returns the logits [rows, vocab]. The same math as
-    /// [`Model::forward`], with the per-row rotary rotation applied as a
-    /// matrix product and positions past each row's masked out, so that every
-    /// product runs once for the whole batch.
+    /// the caches' capacity), writing its key and value there in `layers`
+    /// (per layer [rows, kv_heads, capacity, head_dim], zeros past each
+    /// row's position); returns the logits [rows, vocab]. The same math as
+    /// [`Model::forward`], with each layer's rotation, cache write and
+    /// attention done by one fused call for the whole batch.
     pub fn decode(
         &self,
         ids: &[u32],
         positions: &[usize],
         layers: &mut [(Tensor, Tensor)],
-        capacity: usize,
     ) -> tensorwasm_sdk::Result<Tensor> {
         let c = &self.config;
-        let (b, hd, cap) = (ids.len() as u32, self.head_dim() as u32, capacity as u32);
-        let (h, kvh) = (c.heads as u32, c.kv_heads as u32);
+        let b = ids.len() as u32;
         let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+        let positions: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
         let mut x = self.embed.embedding(&Tensor::from_i64(&ids, &[b])?)?; // [b, hidden]
-        let rot = Tensor::from_f32(
-            &rotations(positions, hd as usize, c.rope_theta),
-            &[b, 1, hd, hd],
-        )?;
-        let (write, visible) = slots(positions, capacity);
-        let write = Tensor::from_f32(&write, &[b, 1, cap, 1])?;
-        let visible = Tensor::from_f32(&visible, &[b, 1, 1, cap])?;
-        let scale = 1.0 / (hd as f32).sqrt();
+        let scale = 1.0 / (self.head_dim() as f32).sqrt();
         for (layer, (kc, vc)) in self.layers.iter().zip(layers.iter_mut()) {
             let n = x.rms_norm(Some(&layer.attn_norm), c.rms_eps)?;
-            let rotate = |t: Tensor, heads: u32| -> tensorwasm_sdk::Result<Tensor> {
-                t.reshape(&[b, 1, heads, hd])?
-                    .matmul(&rot)?
-                    .reshape(&[b, heads, 1, hd])
-            };
-            let q = rotate(n.matmul_t(&layer.q)?, h)?;
-            let k = rotate(n.matmul_t(&layer.k)?, kvh)?;
-            let v = n.matmul_t(&layer.v)?.reshape(&[b, kvh, 1, hd])?;
-            *kc = kc.add(&write.mul(&k)?)?;
-            *vc = vc.add(&write.mul(&v)?)?;
-            let attended = attention(&q, kc, vc, Some(&visible), scale, false)?
-                .reshape(&[b, c.hidden as u32])?;
+            let (attended, keys, values) = decode_attention(
+                &n.matmul_t(&layer.q)?,
+                &n.matmul_t(&layer.k)?,
+                &n.matmul_t(&layer.v)?,
+                kc,
+                vc,
+                &positions,
+                c.rope_theta,
+                RopeLayout::Interleaved,
+                scale,
+            )?;
+            (*kc, *vc) = (keys, values);
             x = self.feed_forward(layer, x.add(&attended.matmul_t(&layer.o)?)?)?;
         }
         x.rms_norm(Some(&self.out_norm), c.rms_eps)?
             .matmul_t(&self.lm_head)
     }
-}
-
-/// Per row, the rotary embedding at `positions[r]` as a [dim, dim] matrix R
-/// with `x · R` = the `rope` op's interleaved rotation (angles in f64, as the
-/// host computes them).
-fn rotations(positions: &[usize], dim: usize, theta: f32) -> Vec<f32> {
-    let mut out = vec![0.0f32; positions.len() * dim * dim];
-    for (r, &pos) in positions.iter().enumerate() {
-        let m = &mut out[r * dim * dim..(r + 1) * dim * dim];
-        for i in 0..dim / 2 {
-            let freq = f64::from(theta).powf(-2.0 * i as f64 / dim as f64);
-            let (sin, cos) = (pos as f64 * freq).sin_cos();
-            let (a, b) = (2 * i, 2 * i + 1);
-            m[a * dim + a] = cos as f32;
-            m[a * dim + b] = sin as f32;
-            m[b * dim + a] = -sin as f32;
-            m[b * dim + b] = cos as f32;
-        }
-    }
-    out
-}
-
-/// Per row: a one-hot [capacity] marking where its new key and value go, and
-/// the attention mask [capacity] (0 up to its position, a large negative
-/// score past it).
-fn slots(positions: &[usize], capacity: usize) -> (Vec<f32>, Vec<f32>) {
-    let mut write = vec![0.0f32; positions.len() * capacity];
-    let mut visible = vec![-1e9f32; positions.len() * capacity];
-    for (r, &pos) in positions.iter().enumerate() {
-        write[r * capacity + pos] = 1.0;
-        visible[r * capacity..r * capacity + pos + 1].fill(0.0);
-    }
-    (write, visible)
 }

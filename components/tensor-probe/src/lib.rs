@@ -138,6 +138,15 @@ fn arg_u32(args: &serde_json::Map<String, Value>, k: &str, default: u32) -> u32 
         .map_or(default, |v| v as u32)
 }
 
+/// The `layout` argument of `rope` and `decode-attention` (half-split unless
+/// "interleaved").
+fn layout(args: &serde_json::Map<String, Value>) -> RopeLayout {
+    match args.get("layout").and_then(Value::as_str) {
+        Some("interleaved") => RopeLayout::Interleaved,
+        _ => RopeLayout::HalfSplit,
+    }
+}
+
 fn arg_bool(args: &serde_json::Map<String, Value>, k: &str) -> bool {
     args.get(k).and_then(Value::as_bool).unwrap_or(false)
 }
@@ -219,17 +228,26 @@ fn run_op(req: &OpRequest) -> Result<Result<Value, Error>, String> {
             let xs: Vec<&Tensor> = inputs.iter().flatten().collect();
             one(tensorwasm_sdk::concat(&xs, arg_i32(a, "axis", 0)))
         }
-        "rope" => {
-            let layout = match a.get("layout").and_then(Value::as_str) {
-                Some("interleaved") => RopeLayout::Interleaved,
-                _ => RopeLayout::HalfSplit,
-            };
-            one(need(0)?.rope(
-                arg_u32(a, "offset", 0),
-                arg_f32(a, "theta", 10000.0),
-                layout,
-            ))
-        }
+        "rope" => one(need(0)?.rope(
+            arg_u32(a, "offset", 0),
+            arg_f32(a, "theta", 10000.0),
+            layout(a),
+        )),
+        "swiglu" => one(need(0)?.swiglu(need(1)?)),
+        "decode-attention" => tensorwasm_sdk::decode_attention(
+            need(0)?,
+            need(1)?,
+            need(2)?,
+            need(3)?,
+            need(4)?,
+            &arg_list(a, "positions"),
+            arg_f32(a, "theta", 10000.0),
+            layout(a),
+            arg_f32(a, "scale", 1.0),
+        )
+        .and_then(|(o, k, v)| {
+            Ok(json!({"out": to_json(&o)?, "keys": to_json(&k)?, "values": to_json(&v)?}))
+        }),
         "argmax" => one(need(0)?.argmax(arg_i32(a, "axis", -1))),
         "top-k" => need(0)?
             .top_k(arg_u32(a, "k", 1))

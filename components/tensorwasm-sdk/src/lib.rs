@@ -1,5 +1,5 @@
-//! Guest SDK for TensorWasm's host interfaces: `wasi:tensor`, `wasi:cuda` and
-//! `wasi:scheduler` @0.1.0.
+//! Guest SDK for TensorWasm's host interfaces: `wasi:tensor`, `wasi:cuda`,
+//! `wasi:scheduler` and `wasi:tensor-fused` @0.1.0.
 //!
 //! [`Tensor`] wraps the `wasi:tensor` handle with operator-style methods that
 //! chain: `x.matmul(&w)?.add(&b)?.gelu()?`. Every method returns
@@ -14,7 +14,7 @@
 //! ```
 #![deny(missing_docs)]
 
-/// Generated bindings for the three packages.
+/// Generated bindings for the four packages.
 #[allow(missing_docs)]
 pub mod bindings {
     wit_bindgen::generate!({
@@ -24,9 +24,15 @@ pub mod bindings {
                 include wasi:tensor/imports@0.1.0;
                 include wasi:cuda/imports@0.1.0;
                 include wasi:scheduler/imports@0.1.0;
+                include wasi:tensor-fused/imports@0.1.0;
             }
         ",
-        path: ["../../wit/tensor-0.1.0", "../../wit/cuda-0.1.0", "../../wit/scheduler-0.1.0"],
+        path: [
+            "../../wit/tensor-0.1.0",
+            "../../wit/cuda-0.1.0",
+            "../../wit/scheduler-0.1.0",
+            "../../wit/tensor-fused-0.1.0",
+        ],
         generate_all,
     });
 }
@@ -36,7 +42,7 @@ mod tensor;
 pub use bindings::wasi::tensor::ops::RopeLayout;
 pub use bindings::wasi::tensor::types::Dtype;
 pub use bindings::wasi::tensor::weights::MetadataValue;
-pub use tensor::{Error, Result, Tensor, Weights, attention, concat};
+pub use tensor::{Error, Result, Tensor, Weights, attention, concat, decode_attention};
 
 /// Deploy-time pre-initialization (the host runs a component's exported
 /// `wizer-initialize: func()` once and snapshots its memory; docs/DEPLOYMENTS.md).

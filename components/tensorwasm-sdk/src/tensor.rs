@@ -1,6 +1,7 @@
 //! The [`Tensor`] wrapper.
 
 use crate::bindings::wasi::tensor::{ops, types, weights};
+use crate::bindings::wasi::tensor_fused::ops as fused;
 use std::fmt;
 
 pub use types::Dtype;
@@ -165,6 +166,11 @@ impl Tensor {
         wrap(ops::silu(&self.0))
     }
 
+    /// silu(self) · `up` (`wasi:tensor-fused`): one call for a SwiGLU gate.
+    pub fn swiglu(&self, up: &Tensor) -> Result<Tensor> {
+        wrap(fused::swiglu(&self.0, &up.0))
+    }
+
     /// ReLU.
     pub fn relu(&self) -> Result<Tensor> {
         wrap(ops::relu(&self.0))
@@ -291,6 +297,30 @@ pub fn attention(
 pub fn concat(xs: &[&Tensor], axis: i32) -> Result<Tensor> {
     let raw: Vec<&types::Tensor> = xs.iter().map(|t| &t.0).collect();
     wrap(ops::concat(&raw, axis))
+}
+
+/// One decoding step of grouped-query attention over a key/value cache for
+/// a batch of rows (`wasi:tensor-fused`'s `decode-attention`): `q` [b,
+/// hq·d], `k`, `v` [b, hk·d] rotated and written at each row's position in
+/// copies of `keys`, `values` [b, hk, capacity, d]; returns the attended
+/// values [b, hq·d] and the updated caches.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    keys: &Tensor,
+    values: &Tensor,
+    positions: &[u32],
+    theta: f32,
+    layout: ops::RopeLayout,
+    scale: f32,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    fused::decode_attention(
+        &q.0, &k.0, &v.0, &keys.0, &values.0, positions, theta, layout, scale,
+    )
+    .map(|(o, k, v)| (Tensor(o), Tensor(k), Tensor(v)))
+    .map_err(Error)
 }
 
 /// Weights granted to the deployment.

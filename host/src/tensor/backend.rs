@@ -19,6 +19,8 @@ pub enum BinaryOp {
     Mul,
     /// a / b
     Div,
+    /// silu(a) · b (`wasi:tensor-fused`'s `swiglu`; floats only)
+    Swiglu,
 }
 
 /// Elementwise unary operations on floats.
@@ -73,6 +75,42 @@ pub struct MatmulPlan {
     pub transpose_a: bool,
     /// Whether `b` is stored [.., n, k].
     pub transpose_b: bool,
+}
+
+/// A validated `decode-attention` (`wasi:tensor-fused`, checked in
+/// `fused.rs`): per row r, the query and key rotated at `positions[r]`, the
+/// key and value written there in copies of the caches, attention over
+/// positions `0..=positions[r]`.
+#[derive(Debug)]
+pub struct DecodeAttention<'a> {
+    /// New queries [rows, heads · dim].
+    pub q: &'a Tensor,
+    /// New keys [rows, kv_heads · dim].
+    pub k: &'a Tensor,
+    /// New values [rows, kv_heads · dim].
+    pub v: &'a Tensor,
+    /// Key cache [rows, kv_heads, capacity, dim].
+    pub keys: &'a Tensor,
+    /// Value cache [rows, kv_heads, capacity, dim].
+    pub values: &'a Tensor,
+    /// Each row's position, below `capacity`.
+    pub positions: &'a [u32],
+    /// Rotary base.
+    pub theta: f32,
+    /// Rotary pair layout.
+    pub layout: RopeLayout,
+    /// Score scale.
+    pub scale: f32,
+    /// Rows (sequences).
+    pub rows: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (`heads` is a multiple).
+    pub kv_heads: usize,
+    /// Cache positions per row.
+    pub capacity: usize,
+    /// Head width (even).
+    pub dim: usize,
 }
 
 /// A tensor backend: computes validated operations.
@@ -149,4 +187,7 @@ pub trait Backend: Send + Sync + 'static {
     fn l2_normalize(&self, x: &Tensor, axis: usize, eps: f32) -> TResult<Data>;
     /// Element type conversion.
     fn cast(&self, x: &Tensor, dtype: DType) -> TResult<Data>;
+    /// `decode-attention`: the attended values [rows, heads · dim] and the
+    /// updated key and value caches.
+    fn decode_attention(&self, a: &DecodeAttention<'_>) -> TResult<(Data, Data, Data)>;
 }

@@ -1,4 +1,4 @@
-//! Generated bindings for `wasi:tensor@0.1.0`.
+//! Generated bindings for `wasi:tensor@0.1.0` and `wasi:tensor-fused@0.1.0`.
 
 wasmtime::component::bindgen!({
     path: "../wit/tensor-0.1.0",
@@ -9,3 +9,16 @@ wasmtime::component::bindgen!({
         "wasi:tensor/weights.weights": crate::tensor::weights::WeightsHandle,
     },
 });
+
+/// `wasi:tensor-fused@0.1.0` over the same tensors.
+pub mod fused {
+    wasmtime::component::bindgen!({
+        path: ["../wit/tensor-0.1.0", "../wit/tensor-fused-0.1.0"],
+        world: "wasi:tensor-fused/imports",
+        imports: { default: async | trappable },
+        with: {
+            "wasi:tensor/types": super::wasi::tensor::types,
+            "wasi:tensor/ops": super::wasi::tensor::ops,
+        },
+    });
+}

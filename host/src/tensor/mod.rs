@@ -15,6 +15,8 @@ pub mod cuda;
 pub mod device;
 pub mod dtype;
 pub mod error;
+pub mod fused;
+mod fused_impl;
 pub mod gguf;
 pub mod layout;
 pub mod loaded;
@@ -203,9 +205,12 @@ impl HasData for HasTensor {
     type Data<'a> = TensorView<'a>;
 }
 
-/// Adds `wasi:tensor` to `linker`.
+/// Adds `wasi:tensor` and `wasi:tensor-fused` to `linker`.
 pub fn add_to_linker<T: TensorStateView + 'static>(linker: &mut Linker<T>) -> anyhow::Result<()> {
     bindings::Imports::add_to_linker::<T, HasTensor>(linker, |s| s.tensor())?;
+    bindings::fused::wasi::tensor_fused::ops::add_to_linker::<T, HasTensor>(linker, |s| {
+        s.tensor()
+    })?;
     // The generated `from-bytes` receives a host copy of the guest's bytes;
     // this one reads them in place.
     linker.allow_shadowing(true);

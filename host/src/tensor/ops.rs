@@ -75,7 +75,7 @@ pub fn broadcast(a: &[usize], b: &[usize]) -> TResult<Vec<usize>> {
     Ok(out)
 }
 
-fn same_dtype(op: &str, a: &Tensor, b: &Tensor) -> TResult<()> {
+pub(super) fn same_dtype(op: &str, a: &Tensor, b: &Tensor) -> TResult<()> {
     if a.dtype() != b.dtype() {
         return Err(dtype_err(
             format!("{op} needs operands of one dtype (cast first)"),
@@ -85,7 +85,7 @@ fn same_dtype(op: &str, a: &Tensor, b: &Tensor) -> TResult<()> {
     Ok(())
 }
 
-fn float(op: &str, x: &Tensor) -> TResult<()> {
+pub(super) fn float(op: &str, x: &Tensor) -> TResult<()> {
     if !x.dtype().is_float() {
         return Err(dtype_err(
             format!("{op} needs f32, f16 or bf16"),
@@ -249,8 +249,18 @@ impl Tensors {
             BinaryOp::Sub => "sub",
             BinaryOp::Mul => "mul",
             BinaryOp::Div => "div",
+            BinaryOp::Swiglu => "swiglu",
         };
         same_dtype(name, a, b)?;
+        if op == BinaryOp::Swiglu {
+            float(name, a)?;
+            if a.shape() != b.shape() {
+                return Err(shape_err(
+                    "swiglu needs gate and up of one shape",
+                    &[a.shape(), b.shape()],
+                ));
+            }
+        }
         let shape = broadcast(a.shape(), b.shape())?;
         let out = shape.clone();
         if out.len() > self.backend().max_broadcast_rank() {

@@ -15,16 +15,16 @@ use wasmtime::AsContext;
 use wasmtime::component::{Resource, WasmList};
 
 /// Work below which an op runs on the serving thread (about 0.1-1 ms).
-const INLINE_WORK: u64 = 1 << 20;
+pub(super) const INLINE_WORK: u64 = 1 << 20;
 
-type WResult<T> = wasmtime::Result<Result<T, types::Error>>;
+pub(super) type WResult<T> = wasmtime::Result<Result<T, types::Error>>;
 
 /// Runs a CPU op on a rayon worker and awaits it. The op's own parallel
 /// loops then run in that pool directly; from a tokio blocking thread they
 /// were injected into the pool while the thread slept on a latch — one more
 /// wake-up and context switch per op (hundreds per request), ~20% of the
 /// CPU in the kernel's scheduler at batch 32. A panic becomes an error.
-async fn on_cpu_pool<T: Send + 'static>(
+pub(super) async fn on_cpu_pool<T: Send + 'static>(
     op: impl FnOnce() -> T + Send + 'static,
 ) -> wasmtime::Result<T> {
     let (done, result) = tokio::sync::oneshot::channel();
@@ -37,6 +37,15 @@ async fn on_cpu_pool<T: Send + 'static>(
         Err(_) => Err(wasmtime::Error::msg(
             "tensor op failed: its worker went away",
         )),
+    }
+}
+
+impl From<ops::RopeLayout> for Layout {
+    fn from(l: ops::RopeLayout) -> Self {
+        match l {
+            ops::RopeLayout::Interleaved => Layout::Interleaved,
+            ops::RopeLayout::HalfSplit => Layout::HalfSplit,
+        }
     }
 }
 
@@ -103,7 +112,7 @@ impl From<TensorError> for types::Error {
 }
 
 impl TensorView<'_> {
-    fn get(&self, r: &Resource<Tensor>) -> wasmtime::Result<Tensor> {
+    pub(super) fn get(&self, r: &Resource<Tensor>) -> wasmtime::Result<Tensor> {
         Ok(self.table.get(r)?.clone())
     }
 
@@ -148,7 +157,7 @@ impl TensorView<'_> {
     /// element touched) is small or the backend only enqueues it (GPU),
     /// otherwise on the CPU backend's thread pool ([`on_cpu_pool`]) so that
     /// the serving thread keeps answering other requests meanwhile.
-    async fn run(
+    pub(super) async fn run(
         &mut self,
         work: u64,
         op: impl FnOnce(&Tensors) -> TResult<Tensor> + Send + 'static,
@@ -169,7 +178,7 @@ impl TensorView<'_> {
         self.run(x.len() as u64 * 8, move |t| t.unary(op, &x)).await
     }
 
-    async fn binary(
+    pub(super) async fn binary(
         &mut self,
         op: BinaryOp,
         a: Resource<Tensor>,
@@ -448,10 +457,7 @@ impl ops::Host for TensorView<'_> {
         layout: ops::RopeLayout,
     ) -> WResult<Resource<Tensor>> {
         let x = self.get(&x)?;
-        let layout = match layout {
-            ops::RopeLayout::Interleaved => Layout::Interleaved,
-            ops::RopeLayout::HalfSplit => Layout::HalfSplit,
-        };
+        let layout = layout.into();
         self.run(x.len() as u64 * 4, move |t| {
             t.rope(&x, offset, theta, layout)
         })

@@ -178,6 +178,7 @@ pub fn float_binary(op: BinaryOp) -> fn(f32, f32) -> f32 {
         BinaryOp::Sub => |x, y| x - y,
         BinaryOp::Mul => |x, y| x * y,
         BinaryOp::Div => |x, y| x / y,
+        BinaryOp::Swiglu => |x, y| x / (1.0 + (-x).exp()) * y,
     }
 }
 
@@ -191,6 +192,8 @@ macro_rules! int_binary_fn {
                 BinaryOp::Sub => |x, y| x.wrapping_sub(y),
                 BinaryOp::Mul => |x, y| x.wrapping_mul(y),
                 BinaryOp::Div => |x, y| x.wrapping_div(y),
+                // Never reached: the op layer takes swiglu for floats only.
+                BinaryOp::Swiglu => |x, y| x.wrapping_mul(y),
             }
         }
     };
@@ -414,6 +417,37 @@ pub fn norm(
     out
 }
 
+/// cos and sin of the rotary angle per (position, pair) for rows of `dim`,
+/// computed in f64 and rounded once (what every backend uses).
+pub fn rope_table(positions: &[usize], dim: usize, theta: f32) -> (Vec<f32>, Vec<f32>) {
+    let half = dim / 2;
+    let mut cos = vec![0.0f32; positions.len() * half];
+    let mut sin = vec![0.0f32; positions.len() * half];
+    for (s, &pos) in positions.iter().enumerate() {
+        for i in 0..half {
+            let freq = (theta as f64).powf(-2.0 * i as f64 / dim as f64);
+            let (sn, cs) = (pos as f64 * freq).sin_cos();
+            cos[s * half + i] = cs as f32;
+            sin[s * half + i] = sn as f32;
+        }
+    }
+    (cos, sin)
+}
+
+/// Rotates `row` in place by the angles whose cos and sin are `c` and `sn`.
+pub fn rotate(row: &mut [f32], c: &[f32], sn: &[f32], layout: RopeLayout) {
+    let half = c.len();
+    for i in 0..half {
+        let (a, b) = match layout {
+            RopeLayout::Interleaved => (2 * i, 2 * i + 1),
+            RopeLayout::HalfSplit => (i, i + half),
+        };
+        let (x0, x1) = (row[a], row[b]);
+        row[a] = x0 * c[i] - x1 * sn[i];
+        row[b] = x0 * sn[i] + x1 * c[i];
+    }
+}
+
 /// Rotary embedding of rows of `dim` where row r has position `offset + r % seq`.
 pub fn rope(
     x: &[f32],
@@ -428,33 +462,16 @@ pub fn rope(
     if dim == 0 || seq == 0 {
         return out;
     }
-    // cos/sin per (position, pair), computed in f64.
-    let mut cos = vec![0.0f32; seq * half];
-    let mut sin = vec![0.0f32; seq * half];
-    for s in 0..seq {
-        let pos = (offset + s) as f64;
-        for i in 0..half {
-            let freq = (theta as f64).powf(-2.0 * i as f64 / dim as f64);
-            let (sn, cs) = (pos * freq).sin_cos();
-            cos[s * half + i] = cs as f32;
-            sin[s * half + i] = sn as f32;
-        }
-    }
+    let positions: Vec<usize> = (offset..offset + seq).collect();
+    let (cos, sin) = rope_table(&positions, dim, theta);
     let body = |(r, row): (usize, &mut [f32])| {
         let s = r % seq;
-        let (c, sn) = (
+        rotate(
+            row,
             &cos[s * half..(s + 1) * half],
             &sin[s * half..(s + 1) * half],
+            layout,
         );
-        for i in 0..half {
-            let (a, b) = match layout {
-                RopeLayout::Interleaved => (2 * i, 2 * i + 1),
-                RopeLayout::HalfSplit => (i, i + half),
-            };
-            let (x0, x1) = (row[a], row[b]);
-            row[a] = x0 * c[i] - x1 * sn[i];
-            row[b] = x0 * sn[i] + x1 * c[i];
-        }
     };
     if out.len() >= PAR_MIN {
         out.par_chunks_mut(dim).enumerate().for_each(body);

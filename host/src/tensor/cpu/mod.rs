@@ -1,6 +1,7 @@
 //! The CPU backend: host memory, `gemm` for products, rayon for large
 //! elementwise work. f16/bf16 compute in f32 and round once at the end.
 
+mod decode;
 pub mod math;
 pub mod matmul;
 pub mod movement;
@@ -8,7 +9,9 @@ mod sgemm;
 mod simd;
 mod skinny;
 
-use super::backend::{Backend, BinaryOp, MatmulPlan, NormKind, RopeLayout, UnaryOp};
+use super::backend::{
+    Backend, BinaryOp, DecodeAttention, MatmulPlan, NormKind, RopeLayout, UnaryOp,
+};
 use super::dtype::DType;
 use super::error::{TResult, arg_err};
 use super::storage::{CpuData, map_same};
@@ -286,5 +289,17 @@ impl Backend for CpuBackend {
 
     fn cast(&self, x: &Tensor, dtype: DType) -> TResult<Data> {
         Ok(Data::Cpu(host(x).cast(dtype)))
+    }
+
+    fn decode_attention(&self, a: &DecodeAttention<'_>) -> TResult<(Data, Data, Data)> {
+        let (out, keys, values) = decode::decode_attention(
+            a,
+            &floats(a.q),
+            &floats(a.k),
+            &floats(a.v),
+            &floats(a.keys),
+            &floats(a.values),
+        );
+        Ok((like(a.q, out), like(a.q, keys), like(a.q, values)))
     }
 }

@@ -7,7 +7,9 @@ use super::data::CudaData;
 use super::kernels::Kernels;
 use super::launch::*;
 use super::tenant::{CudaTenant, IDLE_LANES, Lane, keep_pool_memory};
-use crate::tensor::backend::{Backend, BinaryOp, MatmulPlan, NormKind, RopeLayout, UnaryOp};
+use crate::tensor::backend::{
+    Backend, BinaryOp, DecodeAttention, MatmulPlan, NormKind, RopeLayout, UnaryOp,
+};
 use crate::tensor::dtype::DType;
 use crate::tensor::error::{TResult, TensorError, arg_err};
 use crate::tensor::layout::{broadcast_strides, strides};
@@ -677,6 +679,10 @@ impl Backend for CudaBackend {
 
     fn l2_normalize(&self, x: &Tensor, axis: usize, eps: f32) -> TResult<Data> {
         self.along_axis(x, axis, "l2norm", x.dtype(), Some(eps))
+    }
+
+    fn decode_attention(&self, a: &DecodeAttention<'_>) -> TResult<(Data, Data, Data)> {
+        self.decode(a)
     }
 
     fn cast(&self, x: &Tensor, dtype: DType) -> TResult<Data> {

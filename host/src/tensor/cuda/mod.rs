@@ -18,6 +18,7 @@ mod attention;
 mod backend;
 mod blas;
 mod data;
+mod decode;
 mod kernels;
 mod launch;
 mod tenant;
