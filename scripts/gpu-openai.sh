@@ -15,7 +15,8 @@
 # correctness checks and single-stream figures with the host's batchers
 # (--batched, no peer), then benches/openai/concurrency.py (N concurrent
 # clients, batched vs unbatched vs PyTorch batching the same work; with
-# .gpu/baseline-smollm.wasm also that generation model, as "baseline").
+# .gpu/baseline-smollm.wasm also that generation model, as "baseline";
+# CONCURRENCY_ARGS are passed on, e.g. "--no-unbatched").
 # Logs go to $OUT; the tables are printed last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -51,7 +52,7 @@ if [ "${BENCH:-}" = concurrency ]; then
   sed -n '/^| what /,$p' "$OUT/bench-batched.log"
   PYTHONUNBUFFERED=1 timeout "${BENCH_TIMEOUT:-420}" python3 benches/openai/concurrency.py --tensor-wasm "$G/tensor-wasm" \
     --models "$models" --device cuda --rounds "${ROUNDS:-2}" --seconds "${SECONDS_EACH:-3}" \
-    --clients "${CLIENTS:-1,8,32,64}" "${baseline[@]}" > "$OUT/concurrency.log" 2>&1
+    --clients "${CLIENTS:-1,8,32,64}" "${baseline[@]}" ${CONCURRENCY_ARGS:-} > "$OUT/concurrency.log" 2>&1
   echo "== concurrency (rc $?)"
   grep -E "Error|error|Traceback" "$OUT/concurrency.log" | head -8
   sed -n '/^device /,$p' "$OUT/concurrency.log"
