@@ -20,6 +20,9 @@
 //!   forward pass of L attention+MLP blocks issued op by op.
 //! - `GET /bench/upload?mib=M&reps=R`: GiB/s of guest bytes into a tensor.
 //! - `GET /bench/overhead?reps=R`: µs per host call (a query and a tiny op).
+//! - `GET /bench/ops?reps=R&rows=B`: per op of a decode step's kinds (at
+//!   SmolLM2-135M's sizes, B rows), µs to issue it (its result dropped) and
+//!   µs per op once R of them are done.
 //! - `GET /bench/launch?reps=R&n=N[&kernel=empty]`: µs per `wasi:cuda`
 //!   kernel launch.
 
@@ -495,6 +498,52 @@ fn bench_overhead(reps: u32) -> Result<Value, Error> {
     Ok(json!({"reps": reps, "query_us": query, "op_us": op}))
 }
 
+/// Times `reps` calls of `f` (each result dropped): µs per issue, and µs
+/// per op up to reading one element of the last result back.
+fn time_op(reps: u32, f: &dyn Fn() -> Result<Tensor, Error>) -> Result<Value, Error> {
+    f()?.narrow(0, 0, 1)?.to_bytes()?;
+    let t0 = now_ns();
+    for _ in 0..reps {
+        std::hint::black_box(f()?);
+    }
+    let issued = now_ns() - t0;
+    let last = f()?;
+    last.narrow(0, 0, 1)?.to_bytes()?;
+    let done = now_ns() - t0;
+    let per = |ns: u64, n: u32| ns as f64 / 1e3 / f64::from(n);
+    Ok(json!({"issue_us": per(issued, reps), "done_us": per(done, reps + 1)}))
+}
+
+/// `/bench/ops`: the kinds of op a batched decode step issues, at
+/// SmolLM2-135M's sizes (hidden 576, 9 query and 3 key/value heads of 64,
+/// feed-forward 1536, cache of 256 positions) for `rows` sequences.
+fn bench_ops(reps: u32, rows: u32) -> Result<Value, Error> {
+    let f = |shape: &[u32], v: f64| Tensor::full(shape, Dtype::F32, v);
+    let (x, w, up) = (f(&[rows, 576], 0.5)?, f(&[576, 576], 0.01)?, f(&[1536, 576], 0.01)?);
+    let (nw, g) = (f(&[576], 1.0)?, f(&[rows, 1536], 0.5)?);
+    let (k, cache) = (f(&[rows, 192], 0.1)?, f(&[rows, 3, 256, 64], 0.1)?);
+    let positions: Vec<u32> = (0..rows).map(|r| 100 + r % 100).collect();
+    let mut out = serde_json::Map::new();
+    let ops: [(&str, &dyn Fn() -> Result<Tensor, Error>); 7] = [
+        ("scale [1]", &|| f(&[1], 1.0)?.scale(2.0)),
+        ("add [rows,576]", &|| x.add(&x)),
+        ("rms-norm [rows,576]", &|| x.rms_norm(Some(&nw), 1e-5)),
+        ("matmul [rows,576]x[576,576]T", &|| x.matmul_t(&w)),
+        ("matmul [rows,576]x[1536,576]T", &|| x.matmul_t(&up)),
+        ("swiglu [rows,1536]", &|| g.swiglu(&g)),
+        ("decode-attention", &|| {
+            tensorwasm_sdk::decode_attention(
+                &x, &k, &k, &cache, &cache, &positions, 10000.0, RopeLayout::Interleaved, 0.125,
+            )
+            .map(|(o, _, _)| o)
+        }),
+    ];
+    for (name, op) in ops {
+        out.insert(name.into(), time_op(reps, op)?);
+    }
+    Ok(json!({"reps": reps, "rows": rows, "ops": out}))
+}
+
 struct Probe;
 
 impl wasip2::exports::http::incoming_handler::Guest for Probe {
@@ -653,6 +702,14 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
             "/bench/overhead" => {
                 let reps = q("reps").and_then(|v| v.parse().ok()).unwrap_or(20_000);
                 match bench_overhead(reps) {
+                    Ok(v) => json(out, 200, &v.to_string()),
+                    Err(e) => json(out, 422, &error_json(&e).to_string()),
+                }
+            }
+            "/bench/ops" => {
+                let reps = q("reps").and_then(|v| v.parse().ok()).unwrap_or(2_000);
+                let rows = q("rows").and_then(|v| v.parse().ok()).unwrap_or(64);
+                match bench_ops(reps, rows) {
                     Ok(v) => json(out, 200, &v.to_string()),
                     Err(e) => json(out, 422, &error_json(&e).to_string()),
                 }
