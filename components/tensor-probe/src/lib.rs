@@ -519,7 +519,11 @@ fn time_op(reps: u32, f: &dyn Fn() -> Result<Tensor, Error>) -> Result<Value, Er
 /// feed-forward 1536, cache of 256 positions) for `rows` sequences.
 fn bench_ops(reps: u32, rows: u32) -> Result<Value, Error> {
     let f = |shape: &[u32], v: f64| Tensor::full(shape, Dtype::F32, v);
-    let (x, w, up) = (f(&[rows, 576], 0.5)?, f(&[576, 576], 0.01)?, f(&[1536, 576], 0.01)?);
+    let (x, w, up) = (
+        f(&[rows, 576], 0.5)?,
+        f(&[576, 576], 0.01)?,
+        f(&[1536, 576], 0.01)?,
+    );
     let (nw, g) = (f(&[576], 1.0)?, f(&[rows, 1536], 0.5)?);
     let (k, cache) = (f(&[rows, 192], 0.1)?, f(&[rows, 3, 256, 64], 0.1)?);
     let positions: Vec<u32> = (0..rows).map(|r| 100 + r % 100).collect();
@@ -533,7 +537,15 @@ fn bench_ops(reps: u32, rows: u32) -> Result<Value, Error> {
         ("swiglu [rows,1536]", &|| g.swiglu(&g)),
         ("decode-attention", &|| {
             tensorwasm_sdk::decode_attention(
-                &x, &k, &k, &cache, &cache, &positions, 10000.0, RopeLayout::Interleaved, 0.125,
+                &x,
+                &k,
+                &k,
+                &cache,
+                &cache,
+                &positions,
+                10000.0,
+                RopeLayout::Interleaved,
+                0.125,
             )
             .map(|(o, _, _)| o)
         }),
