@@ -500,7 +500,10 @@ fn bench_overhead(reps: u32) -> Result<Value, Error> {
 
 /// Times `reps` calls of `f` (each result dropped): µs per issue, and µs
 /// per op up to reading one element of the last result back.
-fn time_op(reps: u32, f: &dyn Fn() -> Result<Tensor, Error>) -> Result<Value, Error> {
+/// An op issued by a benchmark.
+type Issue<'a> = &'a dyn Fn() -> Result<Tensor, Error>;
+
+fn time_op(reps: u32, f: Issue<'_>) -> Result<Value, Error> {
     f()?.narrow(0, 0, 1)?.to_bytes()?;
     let t0 = now_ns();
     for _ in 0..reps {
@@ -528,7 +531,7 @@ fn bench_ops(reps: u32, rows: u32) -> Result<Value, Error> {
     let (k, cache) = (f(&[rows, 192], 0.1)?, f(&[rows, 3, 256, 64], 0.1)?);
     let positions: Vec<u32> = (0..rows).map(|r| 100 + r % 100).collect();
     let mut out = serde_json::Map::new();
-    let ops: [(&str, &dyn Fn() -> Result<Tensor, Error>); 7] = [
+    let ops: [(&str, Issue<'_>); 7] = [
         ("scale [1]", &|| f(&[1], 1.0)?.scale(2.0)),
         ("add [rows,576]", &|| x.add(&x)),
         ("rms-norm [rows,576]", &|| x.rms_norm(Some(&nw), 1e-5)),
