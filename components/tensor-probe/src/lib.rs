@@ -498,11 +498,11 @@ fn bench_overhead(reps: u32) -> Result<Value, Error> {
     Ok(json!({"reps": reps, "query_us": query, "op_us": op}))
 }
 
-/// Times `reps` calls of `f` (each result dropped): µs per issue, and µs
-/// per op up to reading one element of the last result back.
 /// An op issued by a benchmark.
 type Issue<'a> = &'a dyn Fn() -> Result<Tensor, Error>;
 
+/// Times `reps` calls of `f` (each result dropped): µs per issue, and µs
+/// per op up to reading one element of the last result back.
 fn time_op(reps: u32, f: Issue<'_>) -> Result<Value, Error> {
     f()?.narrow(0, 0, 1)?.to_bytes()?;
     let t0 = now_ns();
