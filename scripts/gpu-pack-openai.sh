@@ -12,8 +12,9 @@
 # PYTHON has numpy, gguf, tokenizers and jinja2 (tests/openai/setup.sh makes one).
 # BASELINE_SMOLLM_WASM (optional): an earlier smollm build, carried as
 # .gpu/baseline-smollm.wasm for BENCH=concurrency's A/B of the generation model.
-# Also carried: the e2e test binary and the guests, for the wasi:tensor
-# reference checks on the GPU (`tensor_ops`) before the benchmark.
+# .gpu/ also holds what scripts/gpu-pack.sh packs (the e2e test binary and
+# the guests), for the wasi:tensor reference checks on the GPU before the
+# benchmark.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 models="$1"
@@ -21,17 +22,9 @@ python="$2"
 for p in /.gpu/ /.xfer/; do
   grep -qx "$p" .git/info/exclude 2>/dev/null || { mkdir -p .git/info; echo "$p" >> .git/info/exclude; }
 done
-cargo build --release
-rm -rf .gpu .xfer && mkdir -p .gpu/ref .xfer
-cp target/release/tensor-wasm .gpu/ && strip .gpu/tensor-wasm
-e2e=$(cargo test --release --no-run --message-format=json 2>/dev/null \
-  | python3 -c 'import json,sys
-for l in sys.stdin:
-    m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "e2e" and m.get("executable"):
-        print(m["executable"])')
-mkdir -p .gpu/guests && cp "$e2e" .gpu/e2e && strip .gpu/e2e
-cp target/guests/wasm32-wasip2/release/tensor_probe.wasm .gpu/guests/
+# The host, the e2e binary and the guests, stripped (what gpu-check.sh runs).
+bash scripts/gpu-pack.sh
+rm -rf .gpu/ref .gpu/whl .xfer && mkdir -p .gpu/ref .xfer
 [ -n "${3:-}" ] && cp "$3" .gpu/baseline-smollm.wasm
 "$python" -m pip download -q --no-deps gguf==0.19.0 -d .gpu/whl
 cat > .gpu/ref/sentences.json <<'EOF'

@@ -77,12 +77,10 @@ pub struct MatmulPlan {
     pub transpose_b: bool,
 }
 
-/// A validated `decode-attention` (`wasi:tensor-fused`, checked in
-/// `fused.rs`): per row r, the query and key rotated at `positions[r]`, the
-/// key and value written there in copies of the caches, attention over
-/// positions `0..=positions[r]`.
+/// The inputs of one `decode-attention` (`wasi:tensor-fused`), as the guest
+/// passed them.
 #[derive(Debug)]
-pub struct DecodeAttention<'a> {
+pub struct DecodeArgs<'a> {
     /// New queries [rows, heads · dim].
     pub q: &'a Tensor,
     /// New keys [rows, kv_heads · dim].
@@ -101,6 +99,15 @@ pub struct DecodeAttention<'a> {
     pub layout: RopeLayout,
     /// Score scale.
     pub scale: f32,
+}
+
+/// A validated `decode-attention` (checked in `fused.rs`): per row r, the
+/// query and key rotated at `positions[r]`, the key and value written there
+/// in copies of the caches, attention over positions `0..=positions[r]`.
+#[derive(Debug)]
+pub struct DecodeAttention<'a> {
+    /// The inputs.
+    pub args: &'a DecodeArgs<'a>,
     /// Rows (sequences).
     pub rows: usize,
     /// Query heads.

@@ -2,32 +2,11 @@
 //! every backend, as `ops.rs` does for `wasi:tensor` (`swiglu` is a
 //! [`BinaryOp`](super::backend::BinaryOp) there).
 
-use super::backend::{DecodeAttention, RopeLayout};
+pub use super::backend::DecodeArgs;
+use super::backend::DecodeAttention;
 use super::error::{TResult, arg_err, shape_err};
 use super::ops::{Tensors, float, same_dtype};
 use super::types::Tensor;
-
-/// The inputs of one `decode-attention` call, as the guest passed them.
-pub struct DecodeArgs<'a> {
-    /// New queries, keys, values.
-    pub q: &'a Tensor,
-    /// New keys.
-    pub k: &'a Tensor,
-    /// New values.
-    pub v: &'a Tensor,
-    /// Key cache.
-    pub keys: &'a Tensor,
-    /// Value cache.
-    pub values: &'a Tensor,
-    /// Each row's position.
-    pub positions: &'a [u32],
-    /// Rotary base.
-    pub theta: f32,
-    /// Rotary pair layout.
-    pub layout: RopeLayout,
-    /// Score scale.
-    pub scale: f32,
-}
 
 impl Tensors {
     /// `decode-attention`: the attended values [rows, heads · dim] and the
@@ -50,7 +29,7 @@ impl Tensors {
 }
 
 /// Checks `a`'s shapes, dtypes and positions.
-fn plan<'a>(a: &DecodeArgs<'a>) -> TResult<DecodeAttention<'a>> {
+fn plan<'a>(a: &'a DecodeArgs<'a>) -> TResult<DecodeAttention<'a>> {
     const OP: &str = "decode-attention";
     float(OP, a.q)?;
     for t in [a.k, a.v, a.keys, a.values] {
@@ -107,15 +86,7 @@ fn plan<'a>(a: &DecodeArgs<'a>) -> TResult<DecodeAttention<'a>> {
         )));
     }
     Ok(DecodeAttention {
-        q: a.q,
-        k: a.k,
-        v: a.v,
-        keys: a.keys,
-        values: a.values,
-        positions: a.positions,
-        theta: a.theta,
-        layout: a.layout,
-        scale: a.scale,
+        args: a,
         rows,
         heads: q[1] / dim,
         kv_heads,
@@ -127,7 +98,7 @@ fn plan<'a>(a: &DecodeArgs<'a>) -> TResult<DecodeAttention<'a>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tensor::backend::BinaryOp;
+    use crate::tensor::backend::{BinaryOp, RopeLayout};
     use crate::tensor::device::Device;
     use crate::tensor::error::TensorError;
     use crate::tensor::quota::Quota;

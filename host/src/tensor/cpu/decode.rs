@@ -18,8 +18,8 @@ pub fn decode_attention(
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (hq, hk, cap, d) = (a.heads, a.kv_heads, a.capacity, a.dim);
     let half = d / 2;
-    let positions: Vec<usize> = a.positions.iter().map(|&p| p as usize).collect();
-    let (cos, sin) = rope_table(&positions, d, a.theta);
+    let positions: Vec<usize> = a.args.positions.iter().map(|&p| p as usize).collect();
+    let (cos, sin) = rope_table(&positions, d, a.args.theta);
     let angles = |r: usize| {
         (
             &cos[r * half..(r + 1) * half],
@@ -33,7 +33,7 @@ pub fn decode_attention(
             let at = ((r * hk + h) * cap + p) * d;
             let new = (r * hk + h) * d;
             keys[at..at + d].copy_from_slice(&k[new..new + d]);
-            rotate(&mut keys[at..at + d], c, s, a.layout);
+            rotate(&mut keys[at..at + d], c, s, a.args.layout);
             values[at..at + d].copy_from_slice(&v[new..new + d]);
         }
     }
@@ -45,13 +45,13 @@ pub fn decode_attention(
             let (r, h) = (row / hq, row % hq);
             let (c, s) = angles(r);
             let mut query = q[row * d..(row + 1) * d].to_vec();
-            rotate(&mut query, c, s, a.layout);
+            rotate(&mut query, c, s, a.args.layout);
             let base = (r * hk + h / group) * cap * d;
             let seen = positions[r] + 1;
             let mut scores: Vec<f32> = (0..seen)
                 .map(|j| {
                     let key = &keys[base + j * d..base + (j + 1) * d];
-                    query.iter().zip(key).map(|(x, y)| x * y).sum::<f32>() * a.scale
+                    query.iter().zip(key).map(|(x, y)| x * y).sum::<f32>() * a.args.scale
                 })
                 .collect();
             let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);

@@ -294,12 +294,16 @@ impl Backend for CpuBackend {
     fn decode_attention(&self, a: &DecodeAttention<'_>) -> TResult<(Data, Data, Data)> {
         let (out, keys, values) = decode::decode_attention(
             a,
-            &floats(a.q),
-            &floats(a.k),
-            &floats(a.v),
-            &floats(a.keys),
-            &floats(a.values),
+            &floats(a.args.q),
+            &floats(a.args.k),
+            &floats(a.args.v),
+            &floats(a.args.keys),
+            &floats(a.args.values),
         );
-        Ok((like(a.q, out), like(a.q, keys), like(a.q, values)))
+        Ok((
+            like(a.args.q, out),
+            like(a.args.q, keys),
+            like(a.args.q, values),
+        ))
     }
 }

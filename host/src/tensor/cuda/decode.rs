@@ -37,17 +37,18 @@ impl CudaBackend {
             )));
         }
         self.bind()?;
-        let dt = a.q.dtype();
-        let out = self.alloc(a.q.len(), dt)?;
-        let keys = self.alloc(a.keys.len(), dt)?;
-        let values = self.alloc(a.values.len(), dt)?;
+        let dt = a.args.q.dtype();
+        let out = self.alloc(a.args.q.len(), dt)?;
+        let keys = self.alloc(a.args.keys.len(), dt)?;
+        let values = self.alloc(a.args.values.len(), dt)?;
         let (hq, hk, cap, d) = (a.heads, a.kv_heads, a.capacity, a.dim);
         let rows_max = a.rows.min(DECODE_ROWS);
         let scores = self.alloc(rows_max * hq * cap, DType::F32)?;
         let size = dt.size() as u64;
-        let layout = matches!(a.layout, RopeLayout::HalfSplit) as i32;
+        let layout = matches!(a.args.layout, RopeLayout::HalfSplit) as i32;
         let (hq_, hk_, cap_, d_) = (hq as i64, hk as i64, cap as i64, d as i64);
         for (chunk, at) in a
+            .args
             .positions
             .chunks(DECODE_ROWS)
             .zip((0..).step_by(DECODE_ROWS))
@@ -62,18 +63,33 @@ impl CudaBackend {
             let cache = (at * hk * cap * d) as u64 * size;
             let new = (at * hk * d) as u64 * size;
             let (ko, vo) = (self.raw(&keys.buf) + cache, self.raw(&values.buf) + cache);
-            let (ki, vi) = (self.ptr(a.keys)? + cache, self.ptr(a.values)? + cache);
-            let (pk, pv) = (self.ptr(a.k)? + new, self.ptr(a.v)? + new);
+            let (ki, vi) = (
+                self.ptr(a.args.keys)? + cache,
+                self.ptr(a.args.values)? + cache,
+            );
+            let (pk, pv) = (self.ptr(a.args.k)? + new, self.ptr(a.args.v)? + new);
             launch!(
                 self,
                 &format!("decode_write_{}", suffix(dt)),
                 grid(chunk.len() * hk * cap * d),
                 [
-                    &ko, &vo, &ki, &vi, &pk, &pv, &pos, &rows, &hk_, &cap_, &d_, &a.theta, &layout
+                    &ko,
+                    &vo,
+                    &ki,
+                    &vi,
+                    &pk,
+                    &pv,
+                    &pos,
+                    &rows,
+                    &hk_,
+                    &cap_,
+                    &d_,
+                    &a.args.theta,
+                    &layout
                 ]
             )?;
             let query = (at * hq * d) as u64 * size;
-            let (o, pq) = (self.raw(&out.buf) + query, self.ptr(a.q)? + query);
+            let (o, pq) = (self.raw(&out.buf) + query, self.ptr(a.args.q)? + query);
             let sc = self.raw(&scores.buf);
             let name = format!("decode_attend_{}", suffix(dt));
             let f = self
@@ -93,9 +109,9 @@ impl CudaBackend {
                 .arg(&hk_)
                 .arg(&cap_)
                 .arg(&d_)
-                .arg(&a.theta)
+                .arg(&a.args.theta)
                 .arg(&layout);
-            l.arg(&a.scale);
+            l.arg(&a.args.scale);
             let cfg = LaunchConfig {
                 grid_dim: (rows_grid(chunk.len() * hq), 1, 1),
                 block_dim: (BLOCK, 1, 1),
