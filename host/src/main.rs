@@ -27,19 +27,31 @@ fn main() -> ExitCode {
         args::Command::Run(_) | args::Command::Audit(_) | args::Command::Token(_) => "warn",
         _ => "info,wasmtime=warn,cranelift=warn",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TENSOR_WASM_LOG")
-                .unwrap_or_else(|_| default_log.into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let access = matches!(&cli.command, args::Command::Serve(a) if a.access_log);
+    init_log(default_log, cli.log_format, access);
     match commands::run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {}", tensor_wasm::platform::load::first_line(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The log on stderr: `TENSOR_WASM_LOG` (else `default`) filters it, the
+/// `access` target (one line per request) only with `--access-log`.
+fn init_log(default: &str, format: args::LogFormat, access: bool) {
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("TENSOR_WASM_LOG")
+        .unwrap_or_else(|_| default.into());
+    let access = if access { "access=info" } else { "access=off" };
+    filter = filter.add_directive(access.parse().expect("a valid directive"));
+    let log = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        args::LogFormat::Json => log.json().flatten_event(true).init(),
+        args::LogFormat::Text => log
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
     }
 }

@@ -17,6 +17,7 @@ mod kernels;
 mod keyvalue;
 mod lifecycle;
 mod live;
+mod logging;
 mod oci;
 mod openai;
 mod openapi;

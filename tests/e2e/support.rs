@@ -140,11 +140,14 @@ impl Server {
                         log.lock().unwrap().join("\n")
                     )
                 });
+            // The address ends at a space, or at the quote closing a JSON
+            // log line's message (`--log-format json`).
+            let address = |rest: &str| rest.split([' ', '"']).next().unwrap().parse().unwrap();
             if let Some(rest) = line.split("serving on http://").nth(1) {
-                addr = Some(rest.split_whitespace().next().unwrap().parse().unwrap());
+                addr = Some(address(rest));
             }
             if let Some(rest) = line.split("admin on http://").nth(1) {
-                admin = Some(rest.trim().parse().unwrap());
+                admin = Some(address(rest));
             }
         }
         Server {

@@ -13,6 +13,20 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// How the log on stderr is written: `text` for people, `json` for log
+    /// collectors (one object per line: timestamp, level, target, message and
+    /// the event's fields).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Subcommands.
@@ -434,6 +448,9 @@ pub struct ServeArgs {
     /// How long shutdown waits for in-flight requests.
     #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub shutdown_grace: Duration,
+    /// Log one line per request (target `access`, level info): request id, tenant, deployment, method, path, status, and µs until the response's head.
+    #[arg(long)]
+    pub access_log: bool,
     /// Jobs (`POST /v1/jobs`) that run at once, each on a thread of its own; more wait queued.
     #[arg(long, default_value_t = 2, value_name = "N")]
     pub max_jobs: usize,

@@ -219,12 +219,27 @@ impl Deployment {
     ) -> Response<ResponseBody> {
         let started = Instant::now();
         let id = request_id::assign(req.headers_mut(), client);
+        let access = tracing::enabled!(target: "access", tracing::Level::INFO)
+            .then(|| (req.method().clone(), req.uri().path().to_string()));
         self.stats.in_flight.inc();
         let mut response = self.run(engine, req, &id).await;
         request_id::stamp(response.headers_mut(), &id);
         self.stats.in_flight.dec();
         self.stats.latency.observe(started.elapsed().as_secs_f64());
         self.count(response.status());
+        if let Some((method, path)) = access {
+            tracing::info!(
+                target: "access",
+                request_id = id.to_str().unwrap_or(""),
+                tenant = %self.tenant,
+                deployment = %self.name,
+                %method,
+                path,
+                status = response.status().as_u16(),
+                micros = started.elapsed().as_micros() as u64,
+                "served"
+            );
+        }
         response
     }
 
