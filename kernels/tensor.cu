@@ -455,12 +455,18 @@ __device__ void decode_write(T* ko, T* vo, const T* ki, const T* vi, const T* k,
 
 // One block per (row, query head): the rotated query against the cache's
 // positions 0..=pos.p[r] of its key head, softmax, weighted sum of values.
-// `scores` is an f32 workspace of [rows * hq, cap].
+// Scores: a warp per position, its lanes across the width (coalesced), into
+// `scores`, an f32 workspace of [rows * hq, cap]. Weighted sum: each warp
+// over its share of the positions, lanes across the width, then the warps'
+// partial sums added. Shared memory: d + (blockDim.x / 32) * d floats.
 template <typename T>
 __device__ void decode_attend(T* out, const T* q, const T* kc, const T* vc, float* scores,
                               Positions pos, i64 rows, i64 hq, i64 hk, i64 cap, i64 d,
                               float theta, int layout, float scale) {
-    extern __shared__ float qs[];
+    extern __shared__ float shared[];
+    float* qs = shared;
+    float* part = shared + d;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     for (i64 row = blockIdx.x; row < rows * hq; row += gridDim.x) {
         i64 r = row / hq, h = row % hq, kh = h / (hq / hk);
         i64 p = pos.p[r];
@@ -472,11 +478,11 @@ __device__ void decode_attend(T* out, const T* q, const T* kc, const T* vc, floa
         const T* values = vc + (r * hk + kh) * cap * d;
         float* sc = scores + row * cap;
         float m = -INFINITY;
-        for (i64 j = threadIdx.x; j <= p; j += blockDim.x) {
+        for (i64 j = warp; j <= p; j += warps) {
             float acc = 0.0f;
-            for (i64 i = 0; i < d; ++i) acc += qs[i] * ld(keys, j * d + i);
-            acc *= scale;
-            sc[j] = acc;
+            for (i64 i = lane; i < d; i += 32) acc += qs[i] * ld(keys, j * d + i);
+            acc = warp_sum(acc) * scale;
+            if (lane == 0) sc[j] = acc;
             m = fmaxf(m, acc);
         }
         m = block_reduce(m, true);
@@ -488,9 +494,15 @@ __device__ void decode_attend(T* out, const T* q, const T* kc, const T* vc, floa
         }
         sum = block_reduce(sum, false);
         float inv = 1.0f / sum;
+        for (i64 i = lane; i < d; i += 32) {
+            float acc = 0.0f;
+            for (i64 j = warp; j <= p; j += warps) acc += sc[j] * ld(values, j * d + i);
+            part[warp * d + i] = acc;
+        }
+        __syncthreads();
         for (i64 i = threadIdx.x; i < d; i += blockDim.x) {
             float acc = 0.0f;
-            for (i64 j = 0; j <= p; ++j) acc += sc[j] * ld(values, j * d + i);
+            for (int w = 0; w < warps; ++w) acc += part[w * d + i];
             st(out, row * d + i, acc * inv);
         }
     }

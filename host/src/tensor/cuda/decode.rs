@@ -14,8 +14,9 @@ use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 
 /// Rows of one launch at most (`DECODE_ROWS` in kernels/tensor.cu).
 const DECODE_ROWS: usize = 256;
-/// The widest head the attention kernel keeps in shared memory.
-const MAX_DIM: usize = 8192;
+/// The widest head the attention kernel takes: it keeps the query and each
+/// warp's partial sums, (1 + BLOCK / 32) · dim floats, in shared memory.
+const MAX_DIM: usize = 1024;
 
 /// Kernel-side `Positions`: each row's position, by value.
 #[repr(C)]
@@ -115,7 +116,7 @@ impl CudaBackend {
             let cfg = LaunchConfig {
                 grid_dim: (rows_grid(chunk.len() * hq), 1, 1),
                 block_dim: (BLOCK, 1, 1),
-                shared_mem_bytes: (d * 4) as u32,
+                shared_mem_bytes: (d * (1 + BLOCK as usize / 32) * 4) as u32,
             };
             // SAFETY: the arguments are the kernel's parameter list; the
             // buffers span the extents it walks (checked by the op layer).
