@@ -7,8 +7,7 @@ use super::bindings::fused::wasi::tensor_fused::ops;
 use super::bindings::wasi::tensor::ops::RopeLayout;
 use super::fused::DecodeArgs;
 use super::types::Tensor;
-use super::types_impl::{INLINE_WORK, WResult, on_cpu_pool};
-use std::time::Instant;
+use super::types_impl::WResult;
 use wasmtime::component::Resource;
 
 type Three = (Resource<Tensor>, Resource<Tensor>, Resource<Tensor>);
@@ -26,33 +25,28 @@ impl ops::Host for TensorView<'_> {
         layout: RopeLayout,
         scale: f32,
     ) -> WResult<Three> {
-        let started = Instant::now();
         let (q, k, v) = (self.get(&q)?, self.get(&k)?, self.get(&v)?);
         let (keys, values) = (self.get(&keys)?, self.get(&values)?);
-        let tensors = self.ctx.tensors.clone();
         // The caches are copied, and each row's query meets its keys and
         // values: about the caches' size plus 2·q-elements·positions.
         let seen: u64 = positions.iter().map(|&p| u64::from(p) + 1).sum();
-        let work = 2 * keys.len() as u64 + 2 * seen * q.shape().get(1).copied().unwrap_or(0) as u64;
-        let op = move || {
-            tensors.decode_attention(&DecodeArgs {
-                q: &q,
-                k: &k,
-                v: &v,
-                keys: &keys,
-                values: &values,
-                positions: &positions,
-                theta,
-                layout: layout.into(),
-                scale,
+        let width = q.shape().get(1).copied().unwrap_or(0) as u64;
+        let work = (2 * keys.len() as u64).saturating_add(seen.saturating_mul(2 * width));
+        let r = self
+            .compute(work, move |tensors| {
+                tensors.decode_attention(&DecodeArgs {
+                    q: &q,
+                    k: &k,
+                    v: &v,
+                    keys: &keys,
+                    values: &values,
+                    positions: &positions,
+                    theta,
+                    layout: layout.into(),
+                    scale,
+                })
             })
-        };
-        let r = if work < INLINE_WORK || self.ctx.tensors.backend().enqueues() {
-            op()
-        } else {
-            on_cpu_pool(op).await?
-        };
-        self.ctx.usage.op(started);
+            .await?;
         match r {
             Ok((o, k, v)) => Ok(Ok((
                 self.table.push(o)?,

@@ -15,7 +15,7 @@ use wasmtime::AsContext;
 use wasmtime::component::{Resource, WasmList};
 
 /// Work below which an op runs on the serving thread (about 0.1-1 ms).
-pub(super) const INLINE_WORK: u64 = 1 << 20;
+const INLINE_WORK: u64 = 1 << 20;
 
 pub(super) type WResult<T> = wasmtime::Result<Result<T, types::Error>>;
 
@@ -24,7 +24,7 @@ pub(super) type WResult<T> = wasmtime::Result<Result<T, types::Error>>;
 /// were injected into the pool while the thread slept on a latch — one more
 /// wake-up and context switch per op (hundreds per request), ~20% of the
 /// CPU in the kernel's scheduler at batch 32. A panic becomes an error.
-pub(super) async fn on_cpu_pool<T: Send + 'static>(
+async fn on_cpu_pool<T: Send + 'static>(
     op: impl FnOnce() -> T + Send + 'static,
 ) -> wasmtime::Result<T> {
     let (done, result) = tokio::sync::oneshot::channel();
@@ -157,11 +157,11 @@ impl TensorView<'_> {
     /// element touched) is small or the backend only enqueues it (GPU),
     /// otherwise on the CPU backend's thread pool ([`on_cpu_pool`]) so that
     /// the serving thread keeps answering other requests meanwhile.
-    pub(super) async fn run(
+    pub(super) async fn compute<T: Send + 'static>(
         &mut self,
         work: u64,
-        op: impl FnOnce(&Tensors) -> TResult<Tensor> + Send + 'static,
-    ) -> WResult<Resource<Tensor>> {
+        op: impl FnOnce(&Tensors) -> TResult<T> + Send + 'static,
+    ) -> wasmtime::Result<TResult<T>> {
         let started = Instant::now();
         let tensors = self.ctx.tensors.clone();
         let r = if work < INLINE_WORK || tensors.backend().enqueues() {
@@ -170,6 +170,16 @@ impl TensorView<'_> {
             on_cpu_pool(move || op(&tensors)).await?
         };
         self.ctx.usage.op(started);
+        Ok(r)
+    }
+
+    /// [`Self::compute`]s an op and stores its result as a new handle.
+    pub(super) async fn run(
+        &mut self,
+        work: u64,
+        op: impl FnOnce(&Tensors) -> TResult<Tensor> + Send + 'static,
+    ) -> WResult<Resource<Tensor>> {
+        let r = self.compute(work, op).await?;
         self.put(r)
     }
 
