@@ -8,6 +8,10 @@ use super::error::{TResult, arg_err, shape_err};
 use super::ops::{Tensors, float, same_dtype};
 use super::types::Tensor;
 
+/// The widest head `decode-attention` takes (on every backend: the GPU
+/// kernel keeps a head's partial sums in shared memory).
+pub const MAX_HEAD_DIM: usize = 1024;
+
 impl Tensors {
     /// `decode-attention`: the attended values [rows, heads · dim] and the
     /// updated key and value caches.
@@ -54,6 +58,11 @@ fn plan<'a>(a: &'a DecodeArgs<'a>) -> TResult<DecodeAttention<'a>> {
         return Err(bad(
             "the head width must be even and positive, with at least one key head",
         ));
+    }
+    if dim > MAX_HEAD_DIM {
+        return Err(bad(&format!(
+            "heads wider than {MAX_HEAD_DIM} are not supported"
+        )));
     }
     if q[0] != rows || k[0] != rows || v[0] != rows {
         return Err(bad("q, k, v and the caches must have the same rows"));
@@ -231,6 +240,25 @@ mod tests {
         assert!(call(&q, &cache, &[1, 4]).contains("position 4 is past the caches' capacity 4"));
         assert!(call(&q, &cache, &[1]).contains("1 positions for 2 rows"));
         assert!(call(&k, &odd, &[0, 0]).contains("even"));
+        let wide = tensor(&t, &[2, 1, 1, 1026], 3);
+        let wide_err = t
+            .decode_attention(&DecodeArgs {
+                q: &tensor(&t, &[2, 1026], 1),
+                k: &tensor(&t, &[2, 1026], 2),
+                v: &tensor(&t, &[2, 1026], 2),
+                keys: &wide,
+                values: &wide,
+                positions: &[0, 0],
+                theta: 10_000.0,
+                layout: RopeLayout::Interleaved,
+                scale: 1.0,
+            })
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            wide_err.to_string().contains("wider than 1024"),
+            "{wide_err}"
+        );
         let bad_q = tensor(&t, &[2, 12], 1);
         assert!(call(&bad_q, &cache, &[0, 0]).contains("multiple of kv-heads"));
         let ints = t.from_data(CpuData::I64(vec![0; 32]), &[2, 16]).unwrap();
