@@ -4,6 +4,7 @@
 use clap::Parser;
 use std::process::ExitCode;
 use tensor_wasm::commands::{self, args};
+use tensor_wasm::platform::telemetry::{self, TraceOptions};
 
 /// Large blocks (tensor buffers) are kept for reuse rather than unmapped.
 #[global_allocator]
@@ -28,8 +29,21 @@ fn main() -> ExitCode {
         _ => "info,wasmtime=warn,cranelift=warn",
     };
     let access = matches!(&cli.command, args::Command::Serve(a) if a.access_log);
-    init_log(default_log, cli.log_format, access);
-    match commands::run(cli) {
+    let traces = match &cli.command {
+        args::Command::Serve(a) => a.trace_options(),
+        _ => Default::default(),
+    };
+    let tracing = match init_log(default_log, cli.log_format, access, &traces) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {}", tensor_wasm::platform::load::first_line(&e));
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = commands::run(cli);
+    // Flushes the spans still queued.
+    drop(tracing);
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {}", tensor_wasm::platform::load::first_line(&e));
@@ -39,19 +53,34 @@ fn main() -> ExitCode {
 }
 
 /// The log on stderr: `TENSOR_WASM_LOG` (else `default`) filters it, the
-/// `access` target (one line per request) only with `--access-log`.
-fn init_log(default: &str, format: args::LogFormat, access: bool) {
+/// `access` target (one line per request) only with `--access-log`, and
+/// never the spans made for traces (target `otel`), which go to the
+/// exporter when one is configured (`platform::telemetry`).
+fn init_log(
+    default: &str,
+    format: args::LogFormat,
+    access: bool,
+    traces: &TraceOptions,
+) -> anyhow::Result<Option<telemetry::Tracing>> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let mut filter = tracing_subscriber::EnvFilter::try_from_env("TENSOR_WASM_LOG")
         .unwrap_or_else(|_| default.into());
     let access = if access { "access=info" } else { "access=off" };
-    filter = filter.add_directive(access.parse().expect("a valid directive"));
-    let log = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        args::LogFormat::Json => log.json().flatten_event(true).init(),
+    for directive in [access, "otel=off"] {
+        filter = filter.add_directive(directive.parse().expect("a valid directive"));
+    }
+    let log = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let log = match format {
+        args::LogFormat::Json => log.json().flatten_event(true).with_filter(filter).boxed(),
         args::LogFormat::Text => log
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-    }
+            .with_filter(filter)
+            .boxed(),
+    };
+    let (tracing, otel) = telemetry::start(traces)?.unzip();
+    let layers: Vec<_> = std::iter::once(log).chain(otel).collect();
+    tracing_subscriber::registry().with(layers).init();
+    Ok(tracing)
 }

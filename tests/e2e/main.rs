@@ -27,3 +27,4 @@ mod registry;
 mod reuse;
 mod tensor_guests;
 mod tensor_ops;
+mod traces;

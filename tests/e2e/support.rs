@@ -91,6 +91,11 @@ impl Server {
     /// Starts `tensor-wasm serve ARGS` on ephemeral ports with its cache in
     /// `cache` and, unless ARGS name one, a data directory of its own beside it.
     pub fn start(args: &[&str], cache: &Path) -> Server {
+        Server::start_env(args, cache, &[])
+    }
+
+    /// [`Server::start`] with `env` added to the server's environment.
+    pub fn start_env(args: &[&str], cache: &Path, env: &[(&str, &str)]) -> Server {
         static SERVERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let mut data = Vec::new();
         if !args.contains(&"--data-dir") {
@@ -114,6 +119,7 @@ impl Server {
             .args(args)
             .args(&data)
             .args(device_args())
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -6,8 +6,9 @@
 //! the request is refused with a 503: nothing unaudited gets through.
 //!
 //! A record: `{"time", "tenant", "deployment", "token", "method", "path",
-//! "request_id", "client"}`; `token` is the bearer token's id (never the
-//! token), `null` for anonymous callers. Keys are `<unix ns, 20 digits>-<request id>`,
+//! "request_id", "trace_id", "client"}`; `token` is the bearer token's id (never the
+//! token), `null` for anonymous callers; `trace_id` is the W3C trace id of the
+//! request's `traceparent` (the host's trace when it exports traces), else `null`. Keys are `<unix ns, 20 digits>-<request id>`,
 //! so keys sort by time. `tensor-wasm audit tail|query` reads them.
 
 use gatewaykit::keyvalue::store;
@@ -38,7 +39,7 @@ fn record(request: &IncomingRequest, now: u64) -> (String, String) {
     let request_id = gatewaykit::header(request, "x-request-id").unwrap_or_default();
     let caller = gatewaykit::identity::caller(request);
     let body = format!(
-        "{{\"time\":{},\"tenant\":{},\"deployment\":{},\"token\":{},\"method\":{},\"path\":{},\"request_id\":{},\"client\":{}}}",
+        "{{\"time\":{},\"tenant\":{},\"deployment\":{},\"token\":{},\"method\":{},\"path\":{},\"request_id\":{},\"trace_id\":{},\"client\":{}}}",
         quote(&gatewaykit::time::rfc3339(now)),
         opt(gatewaykit::config_get("tensorwasm.tenant")),
         opt(gatewaykit::config_get("tensorwasm.deployment")),
@@ -46,9 +47,19 @@ fn record(request: &IncomingRequest, now: u64) -> (String, String) {
         quote(&gatewaykit::method_name(&request.method())),
         quote(&httpkit::path(request)),
         quote(&request_id),
+        opt(trace_id(request)),
         opt(gatewaykit::header(request, "x-client-addr")),
     );
     (format!("{now:020}-{request_id}"), body)
+}
+
+/// The trace id (32 lowercase hex digits, not all zero) of the request's
+/// `traceparent`, if it has a well-formed one.
+fn trace_id(request: &IncomingRequest) -> Option<String> {
+    let header = gatewaykit::header(request, "traceparent")?;
+    let id = header.split('-').nth(1)?;
+    let hex = id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    (hex && id.bytes().any(|b| b != b'0')).then(|| id.to_string())
 }
 
 struct Audit;

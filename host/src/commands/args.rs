@@ -451,6 +451,19 @@ pub struct ServeArgs {
     /// Log one line per request (target `access`, level info): request id, tenant, deployment, method, path, status, and µs until the response's head.
     #[arg(long)]
     pub access_log: bool,
+    /// Export traces (OpenTelemetry, OTLP) to the collector at URL, e.g.
+    /// `http://127.0.0.1:4318` (HTTP) or `http://127.0.0.1:4317` (gRPC).
+    /// Off by default; `OTEL_EXPORTER_OTLP_ENDPOINT` turns it on too, and the
+    /// other `OTEL_*` variables (service name, sampler, batching) apply.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// The OTLP transport (default: `OTEL_EXPORTER_OTLP_PROTOCOL`, else http/protobuf).
+    #[arg(long, value_enum, value_name = "PROTOCOL")]
+    pub otlp_protocol: Option<crate::platform::telemetry::Protocol>,
+    /// One span per `wasi:tensor` op in traces (verbose), not only a
+    /// summary per request.
+    #[arg(long)]
+    pub trace_tensor_ops: bool,
     /// Jobs (`POST /v1/jobs`) that run at once, each on a thread of its own; more wait queued.
     #[arg(long, default_value_t = 2, value_name = "N")]
     pub max_jobs: usize,
@@ -481,6 +494,17 @@ pub struct ServeArgs {
     /// Tensor device settings.
     #[command(flatten)]
     pub device: DeviceArgs,
+}
+
+impl ServeArgs {
+    /// What the trace flags ask for.
+    pub fn trace_options(&self) -> crate::platform::telemetry::TraceOptions {
+        crate::platform::telemetry::TraceOptions {
+            endpoint: self.otlp_endpoint.clone(),
+            protocol: self.otlp_protocol,
+            tensor_ops: self.trace_tensor_ops,
+        }
+    }
 }
 
 /// Flags of `run`.

@@ -95,6 +95,8 @@ impl std::fmt::Debug for Module {
 
 /// A kernel with the signature the guest declared.
 pub struct Kernel {
+    /// The function's name in its module.
+    pub(super) name: String,
     pub(super) function: CudaFunction,
     pub(super) kinds: Vec<Kind>,
     /// The vetted declaration, whose extents every launch is checked against.

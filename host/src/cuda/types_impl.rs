@@ -514,10 +514,11 @@ impl kernels::HostModule for CudaView<'_> {
         }
         let is_ptx = matches!(kind, kernels::SourceKind::Ptx);
         let tenant = gpu.tenant().clone();
+        // The compile's span (if any) belongs to this request's trace.
+        let span = tracing::Span::current();
         let module = tri!(
             launch::blocking(move || {
-                tenant
-                    .module(&source, is_ptx, "guest source")
+                span.in_scope(|| tenant.module(&source, is_ptx, "guest source"))
                     .map_err(types::Error::InvalidArgument)
             })
             .await?
@@ -568,6 +569,7 @@ impl kernels::HostModule for CudaView<'_> {
         let static_shared =
             tri!(attr(function.shared_size_bytes()).map_err(error::driver("kernel attributes")));
         Ok(Ok(self.table.push(Kernel {
+            name,
             function,
             kinds,
             signature,
@@ -601,6 +603,15 @@ impl kernels::HostKernel for CudaView<'_> {
         on: Option<Resource<Stream>>,
     ) -> WResult<()> {
         let gpu = tri!(launch::gpu(self.tensors));
+        let kernel = self.table.get(&k)?;
+        let _span = tracing::info_span!(
+            target: "otel",
+            "cuda-launch",
+            otel.name = format!("launch {}", kernel.name),
+            grid = ?(config.grid.x, config.grid.y, config.grid.z),
+            block = ?(config.block.x, config.block.y, config.block.z),
+        )
+        .entered();
         let stream = self.stream_of(gpu, &on)?;
         if !Arc::ptr_eq(&stream, gpu.stream()) {
             for a in &args {

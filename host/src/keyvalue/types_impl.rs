@@ -6,6 +6,7 @@ use super::error::{check_batch, check_key, check_value, durable, other};
 use super::types::Bucket;
 use super::{KeyvalueView, MAX_IDENTIFIER, table_name};
 use store::{Error, KeyResponse};
+use tracing::Instrument;
 use wasmtime::component::Resource;
 
 type Answer<T> = wasmtime::Result<Result<T, Error>>;
@@ -19,7 +20,8 @@ impl KeyvalueView<'_> {
         durable(&self.ctx.stores)
     }
 
-    fn read(&self, b: &Bucket, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, Error> {
+    fn read(&self, op: &str, b: &Bucket, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, Error> {
+        let _span = span(op, b).entered();
         if b.volatile {
             return Ok(self.ctx.stores.volatile.get_many(&b.table, keys));
         }
@@ -30,6 +32,7 @@ impl KeyvalueView<'_> {
     }
 
     fn list(&self, b: &Bucket, skip: u64) -> Result<(Vec<String>, bool), Error> {
+        let _span = span("list-keys", b).entered();
         if b.volatile {
             return Ok(self.ctx.stores.volatile.keys(&b.table, skip));
         }
@@ -43,10 +46,12 @@ impl KeyvalueView<'_> {
     /// committed); the returned future holds only the store, not the view.
     fn write(
         &self,
+        op: &str,
         b: Bucket,
         writes: Vec<Write>,
     ) -> impl Future<Output = Result<Option<u64>, Error>> + Send + 'static {
         let stores = self.ctx.stores.clone();
+        let span = span(op, &b);
         async move {
             if b.volatile {
                 return stores.volatile.write(&b.table, writes).map_err(other);
@@ -56,7 +61,20 @@ impl KeyvalueView<'_> {
                 .await
                 .map_err(other)
         }
+        .instrument(span)
     }
+}
+
+/// A span for one `wasi:keyvalue` call that reaches the store.
+fn span(op: &str, b: &Bucket) -> tracing::Span {
+    tracing::info_span!(
+        target: "otel",
+        "keyvalue",
+        otel.name = format!("wasi:keyvalue {op}"),
+        db.system.name = if b.volatile { "tensor-wasm-volatile" } else { "redb" },
+        db.operation.name = op,
+        db.collection.name = b.table.as_str(),
+    )
 }
 
 impl store::Host for KeyvalueView<'_> {
@@ -79,7 +97,7 @@ impl store::HostBucket for KeyvalueView<'_> {
     async fn get(&mut self, b: Resource<Bucket>, key: String) -> Answer<Option<Vec<u8>>> {
         let table = self.bucket(&b)?;
         Ok(check_key(&key)
-            .and_then(|()| self.read(&table, std::slice::from_ref(&key)))
+            .and_then(|()| self.read("get", &table, std::slice::from_ref(&key)))
             .map(|mut v| v.pop().flatten()))
     }
 
@@ -89,7 +107,7 @@ impl store::HostBucket for KeyvalueView<'_> {
             return Ok(Err(e));
         }
         Ok(self
-            .write(table, vec![Write::Set(key, value)])
+            .write("set", table, vec![Write::Set(key, value)])
             .await
             .map(drop))
     }
@@ -99,13 +117,16 @@ impl store::HostBucket for KeyvalueView<'_> {
         if let Err(e) = check_key(&key) {
             return Ok(Err(e));
         }
-        Ok(self.write(table, vec![Write::Delete(key)]).await.map(drop))
+        Ok(self
+            .write("delete", table, vec![Write::Delete(key)])
+            .await
+            .map(drop))
     }
 
     async fn exists(&mut self, b: Resource<Bucket>, key: String) -> Answer<bool> {
         let table = self.bucket(&b)?;
         Ok(check_key(&key)
-            .and_then(|()| self.read(&table, std::slice::from_ref(&key)))
+            .and_then(|()| self.read("exists", &table, std::slice::from_ref(&key)))
             .map(|v| v.first().is_some_and(Option::is_some)))
     }
 
@@ -131,7 +152,7 @@ impl atomics::Host for KeyvalueView<'_> {
             return Ok(Err(e));
         }
         Ok(self
-            .write(table, vec![Write::Increment(key, delta)])
+            .write("increment", table, vec![Write::Increment(key, delta)])
             .await
             .and_then(|n| n.ok_or_else(|| other("the increment returned no value"))))
     }
@@ -149,7 +170,7 @@ impl batch::Host for KeyvalueView<'_> {
         {
             return Ok(Err(e));
         }
-        Ok(self.read(&table, &keys).map(|values| {
+        Ok(self.read("get-many", &table, &keys).map(|values| {
             keys.into_iter()
                 .zip(values)
                 .map(|(k, v)| v.map(|v| (k, v)))
@@ -168,7 +189,7 @@ impl batch::Host for KeyvalueView<'_> {
             return Ok(Err(e));
         }
         let writes = pairs.into_iter().map(|(k, v)| Write::Set(k, v)).collect();
-        Ok(self.write(table, writes).await.map(drop))
+        Ok(self.write("set-many", table, writes).await.map(drop))
     }
 
     async fn delete_many(&mut self, b: Resource<Bucket>, keys: Vec<String>) -> Answer<()> {
@@ -179,6 +200,6 @@ impl batch::Host for KeyvalueView<'_> {
             return Ok(Err(e));
         }
         let writes = keys.into_iter().map(Write::Delete).collect();
-        Ok(self.write(table, writes).await.map(drop))
+        Ok(self.write("delete-many", table, writes).await.map(drop))
     }
 }

@@ -7,6 +7,7 @@ use crate::assembly::capabilities::{
 };
 use anyhow::Result;
 use std::sync::Arc;
+use tracing::Instrument;
 use wasmtime::component::Linker;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
@@ -96,14 +97,32 @@ impl WasiHttpHooks for OutgoingPolicy {
             tracing::info!(%host, "outgoing request denied: host not granted");
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
-        Box::new(async move {
-            use http_body_util::BodyExt;
-            let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((
-                res.map(BodyExt::boxed_unsync),
-                Box::new(io)
-                    as Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-            ))
-        })
+        // The call is a client span of the request's trace, and the next
+        // service continues it (unless the guest set its own traceparent).
+        let span = tracing::info_span!(
+            target: "otel",
+            "outgoing",
+            otel.name = request.method().as_str(),
+            otel.kind = "client",
+            http.request.method = request.method().as_str(),
+            server.address = host.as_str(),
+            url.path = request.uri().path(),
+        );
+        let mut request = request;
+        if !request.headers().contains_key("traceparent") {
+            crate::platform::telemetry::stamp(&span, request.headers_mut());
+        }
+        Box::new(
+            async move {
+                use http_body_util::BodyExt;
+                let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+                Ok((
+                    res.map(BodyExt::boxed_unsync),
+                    Box::new(io)
+                        as Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                ))
+            }
+            .instrument(span),
+        )
     }
 }

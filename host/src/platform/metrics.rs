@@ -177,7 +177,29 @@ impl Metrics {
                 "Sequences in a generation batch (admitted, not yet ended or released)",
                 Family::default(),
             ),
-            registry: r,
+            registry: {
+                use super::telemetry::{SPANS_DROPPED, SPANS_ENDED, SPANS_EXPORTED};
+                for (name, help, counter) in [
+                    (
+                        "trace_spans_ended",
+                        "Trace spans handed to the exporter",
+                        &SPANS_ENDED,
+                    ),
+                    (
+                        "trace_spans_exported",
+                        "Trace spans the collector accepted",
+                        &SPANS_EXPORTED,
+                    ),
+                    (
+                        "trace_spans_dropped",
+                        "Trace spans dropped because their export failed",
+                        &SPANS_DROPPED,
+                    ),
+                ] {
+                    add(&mut r, name, help, (**counter).clone());
+                }
+                r
+            },
         }
     }
 

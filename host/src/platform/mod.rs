@@ -14,5 +14,6 @@ pub mod limiter;
 pub mod load;
 pub mod metrics;
 pub mod preinit;
+pub mod telemetry;
 pub mod token;
 pub mod units;

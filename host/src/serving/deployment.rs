@@ -6,6 +6,7 @@
 use crate::assembly::capabilities::{DeploymentCapabilities, InstanceEnv, InstanceState};
 use crate::assembly::spec::{DeploymentSpec, Instances, Limits, Route, Source};
 use crate::platform::metrics::{DeploymentLabel, Metrics, RequestLabels};
+use crate::platform::telemetry;
 use crate::serving::body::{self, Collected, ResponseBody, error_response};
 use crate::serving::guest::GuestRun;
 use crate::serving::instances::{Discard, Pool, Pools, Warm};
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument;
 use wasmtime::component::Resource;
 use wasmtime::{Engine, Store, Trap};
 use wasmtime_wasi_http::WasiHttpView;
@@ -219,18 +221,31 @@ impl Deployment {
     ) -> Response<ResponseBody> {
         let started = Instant::now();
         let id = request_id::assign(req.headers_mut(), client);
-        let access = tracing::enabled!(target: "access", tracing::Level::INFO)
-            .then(|| (req.method().clone(), req.uri().path().to_string()));
+        let span = tracing::Span::current();
+        telemetry::served_by(
+            &span,
+            req.method(),
+            (&self.tenant, &self.name),
+            self.route.path.as_deref().unwrap_or("/"),
+            id.to_str().unwrap_or_default(),
+        );
+        // The world sees the host's span as the caller.
+        telemetry::stamp(&span, req.headers_mut());
+        let access = tracing::enabled!(target: "access", tracing::Level::INFO).then(|| {
+            let trace = telemetry::trace_id(req.headers()).map(str::to_owned);
+            (req.method().clone(), req.uri().path().to_string(), trace)
+        });
         self.stats.in_flight.inc();
         let mut response = self.run(engine, req, &id).await;
         request_id::stamp(response.headers_mut(), &id);
         self.stats.in_flight.dec();
         self.stats.latency.observe(started.elapsed().as_secs_f64());
         self.count(response.status());
-        if let Some((method, path)) = access {
+        if let Some((method, path, trace_id)) = access {
             tracing::info!(
                 target: "access",
                 request_id = id.to_str().unwrap_or(""),
+                trace_id,
                 tenant = %self.tenant,
                 deployment = %self.name,
                 %method,
@@ -378,18 +393,23 @@ impl Deployment {
         let (pool, pools) = (self.pool.clone(), self.pools.clone());
         let body = answer.body.clone();
         let request_id = id.clone();
-        let guest = GuestRun::new(async move {
+        let guest = GuestRun::new(
+            async move {
             let _permit = permit;
             let mut room_made = false;
             let run = async {
                 let instance = match proxy.take() {
-                    Some(warm) => warm,
-                    None => instantiate(&pre, &mut store, &pools, &stats, &mut room_made).await?,
+                    Some(warm) => {
+                        drop(tracing::info_span!(target: "otel", "reuse", instance.served = served));
+                        warm
+                    }
+                    None => {
+                        instantiate(&pre, &mut store, &pools, &stats, &mut room_made)
+                            .instrument(tracing::info_span!(target: "otel", "instantiate"))
+                            .await?
+                    }
                 };
-                let handled = instance
-                    .wasi_http_incoming_handler()
-                    .call_handle(&mut store, request, outparam)
-                    .await;
+                let handled = handle(&instance, &mut store, request, outparam).await;
                 proxy = Some(instance);
                 handled
             };
@@ -413,7 +433,9 @@ impl Deployment {
             let warm = Warm::new(store, proxy, served + 1);
             keep(&pool, warm, &body, room_made);
             (end, None)
-        });
+        }
+            .instrument(tracing::Span::current()),
+        );
         (guest, answer)
     }
 
@@ -571,6 +593,42 @@ fn keep(pool: &Pool, mut warm: Warm, body: &BodyState, room_made: bool) {
     } else {
         pool.give_back(warm);
     }
+}
+
+/// Runs the guest's handler in a span of its own, which sums up the
+/// `wasi:tensor` work it did (ops, read-backs and their time).
+async fn handle(
+    instance: &Proxy,
+    store: &mut Store<InstanceState>,
+    request: Resource<HostIncomingRequest>,
+    outparam: Resource<HostResponseOutparam>,
+) -> wasmtime::Result<()> {
+    use tracing::field::Empty;
+    let span = tracing::info_span!(
+        target: "otel",
+        "handler",
+        otel.name = "wasi:http/incoming-handler.handle",
+        tensor.ops = Empty,
+        tensor.op_us = Empty,
+        tensor.reads = Empty,
+        tensor.read_us = Empty,
+    );
+    let before = (!span.is_disabled()).then(|| store.data().caps.tensor.usage());
+    let handled = instance
+        .wasi_http_incoming_handler()
+        .call_handle(&mut *store, request, outparam)
+        .instrument(span.clone())
+        .await;
+    if let Some(before) = before {
+        let d = store.data().caps.tensor.usage().since(before);
+        if d.ops + d.reads > 0 {
+            span.record("tensor.ops", d.ops)
+                .record("tensor.op_us", d.op_nanos / 1000)
+                .record("tensor.reads", d.reads)
+                .record("tensor.read_us", d.read_nanos / 1000);
+        }
+    }
+    handled
 }
 
 /// Instantiates `pre` in `store`, timed into `stats`; when the instance

@@ -9,6 +9,7 @@ use super::admin_tokens::AdminTokens;
 use super::body::{ResponseBody, error_response};
 use crate::live::{Live, Unrouted};
 use crate::platform::metrics::{Metrics, RequestLabels};
+use crate::platform::telemetry;
 use anyhow::{Context, Result};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tracing::Instrument;
 use wasmtime::Engine;
 
 /// Everything a request needs, shared by all connections.
@@ -150,13 +152,28 @@ impl Server {
         })
     }
 
+    /// Serves one request inside its span (`platform::telemetry`).
     async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         client: http::HeaderValue,
     ) -> Result<Response<ResponseBody>, Infallible> {
+        let span = telemetry::request_span(&req, &client);
+        let mut response = self.route(req, client).instrument(span.clone()).await;
+        telemetry::finish(&span, &mut response);
+        Ok(response)
+    }
+
+    /// Routes a request to its deployment, which serves it.
+    async fn route(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        client: http::HeaderValue,
+    ) -> Response<ResponseBody> {
         let mut req = req;
-        let deployment = match self.live.route(&req) {
+        let routed =
+            tracing::info_span!(target: "otel", "route").in_scope(|| self.live.route(&req));
+        let deployment = match routed {
             Ok(d) => d,
             Err(why) => {
                 let (status, code, message) = match why {
@@ -183,10 +200,10 @@ impl Server {
                     );
                 }
                 crate::serving::request_id::stamp(response.headers_mut(), &id);
-                return Ok(response);
+                return response;
             }
         };
-        Ok(deployment.serve(&self.engine, req, &client).await)
+        deployment.serve(&self.engine, req, &client).await
     }
 }
 

@@ -23,6 +23,19 @@ pub enum BinaryOp {
     Swiglu,
 }
 
+impl BinaryOp {
+    /// The WIT function's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            BinaryOp::Add => "add",
+            BinaryOp::Sub => "sub",
+            BinaryOp::Mul => "mul",
+            BinaryOp::Div => "div",
+            BinaryOp::Swiglu => "swiglu",
+        }
+    }
+}
+
 /// Elementwise unary operations on floats.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum UnaryOp {
@@ -40,6 +53,21 @@ pub enum UnaryOp {
     Tanh,
     /// e^x
     Exp,
+}
+
+impl UnaryOp {
+    /// The WIT function's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            UnaryOp::Scale(_) => "scale",
+            UnaryOp::Gelu => "gelu",
+            UnaryOp::GeluTanh => "gelu-tanh",
+            UnaryOp::Silu => "silu",
+            UnaryOp::Relu => "relu",
+            UnaryOp::Tanh => "tanh",
+            UnaryOp::Exp => "exp",
+        }
+    }
 }
 
 /// Which normalization.

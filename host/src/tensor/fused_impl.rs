@@ -33,7 +33,7 @@ impl ops::Host for TensorView<'_> {
         let width = q.shape().get(1).copied().unwrap_or(0) as u64;
         let work = (2 * keys.len() as u64).saturating_add(seen.saturating_mul(2 * width));
         let r = self
-            .compute(work, move |tensors| {
+            .compute("decode-attention", work, move |tensors| {
                 tensors.decode_attention(&DecodeArgs {
                     q: &q,
                     k: &k,

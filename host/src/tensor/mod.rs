@@ -183,6 +183,11 @@ impl TensorCtx {
     pub fn tensors(&self) -> &ops::Tensors {
         &self.tensors
     }
+
+    /// What the instance did with `wasi:tensor` so far.
+    pub fn usage(&self) -> usage::Totals {
+        self.usage.totals()
+    }
 }
 
 /// What the `wasi:tensor` host functions operate on.

@@ -157,17 +157,21 @@ impl TensorView<'_> {
     /// element touched) is small or the backend only enqueues it (GPU),
     /// otherwise on the CPU backend's thread pool ([`on_cpu_pool`]) so that
     /// the serving thread keeps answering other requests meanwhile.
+    /// The op `name` is a span of its own in traces with
+    /// `--trace-tensor-ops` (otherwise only counted into the request's).
     pub(super) async fn compute<T: Send + 'static>(
         &mut self,
+        name: &'static str,
         work: u64,
         op: impl FnOnce(&Tensors) -> TResult<T> + Send + 'static,
     ) -> wasmtime::Result<TResult<T>> {
+        let span = tracing::trace_span!(target: "otel", "tensor-op", otel.name = name, work);
         let started = Instant::now();
         let tensors = self.ctx.tensors.clone();
         let r = if work < INLINE_WORK || tensors.backend().enqueues() {
-            op(&tensors)
+            span.in_scope(|| op(&tensors))
         } else {
-            on_cpu_pool(move || op(&tensors)).await?
+            on_cpu_pool(move || span.in_scope(|| op(&tensors))).await?
         };
         self.ctx.usage.op(started);
         Ok(r)
@@ -176,16 +180,18 @@ impl TensorView<'_> {
     /// [`Self::compute`]s an op and stores its result as a new handle.
     pub(super) async fn run(
         &mut self,
+        name: &'static str,
         work: u64,
         op: impl FnOnce(&Tensors) -> TResult<Tensor> + Send + 'static,
     ) -> WResult<Resource<Tensor>> {
-        let r = self.compute(work, op).await?;
+        let r = self.compute(name, work, op).await?;
         self.put(r)
     }
 
     async fn unary(&mut self, op: UnaryOp, x: Resource<Tensor>) -> WResult<Resource<Tensor>> {
         let x = self.get(&x)?;
-        self.run(x.len() as u64 * 8, move |t| t.unary(op, &x)).await
+        self.run(op.name(), x.len() as u64 * 8, move |t| t.unary(op, &x))
+            .await
     }
 
     pub(super) async fn binary(
@@ -196,7 +202,8 @@ impl TensorView<'_> {
     ) -> WResult<Resource<Tensor>> {
         let (a, b) = (self.get(&a)?, self.get(&b)?);
         let work = a.len().max(b.len()) as u64;
-        self.run(work, move |t| t.binary(op, &a, &b)).await
+        self.run(op.name(), work, move |t| t.binary(op, &a, &b))
+            .await
     }
 
     fn opt(&self, r: &Option<Resource<Tensor>>) -> wasmtime::Result<Option<Tensor>> {
@@ -289,7 +296,8 @@ impl ops::Host for TensorView<'_> {
             .copied()
             .unwrap_or(1);
         let work = a.len() as u64 * n as u64;
-        self.run(work, move |t| t.matmul(&a, &b, ta, tb)).await
+        self.run("matmul", work, move |t| t.matmul(&a, &b, ta, tb))
+            .await
     }
 
     async fn add(&mut self, a: Resource<Tensor>, b: Resource<Tensor>) -> WResult<Resource<Tensor>> {
@@ -343,8 +351,10 @@ impl ops::Host for TensorView<'_> {
         causal: bool,
     ) -> WResult<Resource<Tensor>> {
         let x = self.get(&x)?;
-        self.run(x.len() as u64 * 8, move |t| t.softmax(&x, axis, causal))
-            .await
+        self.run("softmax", x.len() as u64 * 8, move |t| {
+            t.softmax(&x, axis, causal)
+        })
+        .await
     }
 
     async fn layer_norm(
@@ -356,7 +366,7 @@ impl ops::Host for TensorView<'_> {
     ) -> WResult<Resource<Tensor>> {
         let (x, w, b) = (self.get(&x)?, self.opt(&w)?, self.opt(&b)?);
         let work = x.len() as u64 * 4;
-        self.run(work, move |t| {
+        self.run("layer-norm", work, move |t| {
             t.norm(NormKind::Layer, &x, w.as_ref(), b.as_ref(), eps)
         })
         .await
@@ -370,7 +380,7 @@ impl ops::Host for TensorView<'_> {
     ) -> WResult<Resource<Tensor>> {
         let (x, w) = (self.get(&x)?, self.opt(&w)?);
         let work = x.len() as u64 * 4;
-        self.run(work, move |t| {
+        self.run("rms-norm", work, move |t| {
             t.norm(NormKind::Rms, &x, w.as_ref(), None, eps)
         })
         .await
@@ -394,7 +404,7 @@ impl ops::Host for TensorView<'_> {
         // q·kᵀ and p·v: about 2·q-elements·key-length multiply-adds.
         let keys = k.shape().get(2).copied().unwrap_or(1);
         let work = 2 * q.len() as u64 * keys as u64;
-        self.run(work, move |t| {
+        self.run("attention", work, move |t| {
             t.attention(&q, &k, &v, m.as_ref(), scale, causal)
         })
         .await
@@ -407,7 +417,8 @@ impl ops::Host for TensorView<'_> {
     ) -> WResult<Resource<Tensor>> {
         let (table, ids) = (self.get(&table)?, self.get(&ids)?);
         let work = ids.len() as u64 * table.shape().get(1).copied().unwrap_or(1) as u64;
-        self.run(work, move |t| t.embedding(&table, &ids)).await
+        self.run("embedding", work, move |t| t.embedding(&table, &ids))
+            .await
     }
 
     async fn reshape(&mut self, x: Resource<Tensor>, shape: Vec<u32>) -> WResult<Resource<Tensor>> {
@@ -419,7 +430,7 @@ impl ops::Host for TensorView<'_> {
 
     async fn permute(&mut self, x: Resource<Tensor>, dims: Vec<u32>) -> WResult<Resource<Tensor>> {
         let x = self.get(&x)?;
-        self.run(x.len() as u64, move |t| t.permute(&x, &dims))
+        self.run("permute", x.len() as u64, move |t| t.permute(&x, &dims))
             .await
     }
 
@@ -430,8 +441,10 @@ impl ops::Host for TensorView<'_> {
         a1: i32,
     ) -> WResult<Resource<Tensor>> {
         let x = self.get(&x)?;
-        self.run(x.len() as u64, move |t| t.transpose(&x, a0, a1))
-            .await
+        self.run("transpose", x.len() as u64, move |t| {
+            t.transpose(&x, a0, a1)
+        })
+        .await
     }
 
     async fn narrow(
@@ -442,8 +455,10 @@ impl ops::Host for TensorView<'_> {
         length: u32,
     ) -> WResult<Resource<Tensor>> {
         let x = self.get(&x)?;
-        self.run(x.len() as u64, move |t| t.narrow(&x, axis, start, length))
-            .await
+        self.run("narrow", x.len() as u64, move |t| {
+            t.narrow(&x, axis, start, length)
+        })
+        .await
     }
 
     async fn concat(&mut self, xs: Vec<Resource<Tensor>>, axis: i32) -> WResult<Resource<Tensor>> {
@@ -452,7 +467,7 @@ impl ops::Host for TensorView<'_> {
             .map(|x| self.get(x))
             .collect::<wasmtime::Result<Vec<_>>>()?;
         let work = xs.iter().map(|x| x.len() as u64).sum();
-        self.run(work, move |t| {
+        self.run("concat", work, move |t| {
             let refs: Vec<&Tensor> = xs.iter().collect();
             t.concat(&refs, axis)
         })
@@ -468,7 +483,7 @@ impl ops::Host for TensorView<'_> {
     ) -> WResult<Resource<Tensor>> {
         let x = self.get(&x)?;
         let layout = layout.into();
-        self.run(x.len() as u64 * 4, move |t| {
+        self.run("rope", x.len() as u64 * 4, move |t| {
             t.rope(&x, offset, theta, layout)
         })
         .await
@@ -476,7 +491,8 @@ impl ops::Host for TensorView<'_> {
 
     async fn argmax(&mut self, x: Resource<Tensor>, axis: i32) -> WResult<Resource<Tensor>> {
         let x = self.get(&x)?;
-        self.run(x.len() as u64, move |t| t.argmax(&x, axis)).await
+        self.run("argmax", x.len() as u64, move |t| t.argmax(&x, axis))
+            .await
     }
 
     async fn top_k(
@@ -498,8 +514,10 @@ impl ops::Host for TensorView<'_> {
         mask: Option<Resource<Tensor>>,
     ) -> WResult<Resource<Tensor>> {
         let (x, m) = (self.get(&x)?, self.opt(&mask)?);
-        self.run(x.len() as u64, move |t| t.mean(&x, axis, m.as_ref()))
-            .await
+        self.run("mean", x.len() as u64, move |t| {
+            t.mean(&x, axis, m.as_ref())
+        })
+        .await
     }
 
     async fn l2_normalize(
@@ -509,8 +527,10 @@ impl ops::Host for TensorView<'_> {
         eps: f32,
     ) -> WResult<Resource<Tensor>> {
         let x = self.get(&x)?;
-        self.run(x.len() as u64 * 2, move |t| t.l2_normalize(&x, axis, eps))
-            .await
+        self.run("l2-normalize", x.len() as u64 * 2, move |t| {
+            t.l2_normalize(&x, axis, eps)
+        })
+        .await
     }
 
     async fn cast(
@@ -519,7 +539,7 @@ impl ops::Host for TensorView<'_> {
         dtype: types::Dtype,
     ) -> WResult<Resource<Tensor>> {
         let x = self.get(&x)?;
-        self.run(x.len() as u64, move |t| t.cast(&x, dtype.into()))
+        self.run("cast", x.len() as u64, move |t| t.cast(&x, dtype.into()))
             .await
     }
 }

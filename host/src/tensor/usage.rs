@@ -52,7 +52,43 @@ impl Usage {
     }
 }
 
+/// Op and read-back counts and their time so far (for a request's span:
+/// the difference between two of these).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Ops queued.
+    pub ops: u64,
+    /// Time inside them, ns.
+    pub op_nanos: u64,
+    /// Read-backs.
+    pub reads: u64,
+    /// Time inside them (waiting for the queued work), ns.
+    pub read_nanos: u64,
+}
+
+impl Totals {
+    /// What happened between `earlier` and `self`.
+    pub fn since(self, earlier: Totals) -> Totals {
+        Totals {
+            ops: self.ops.saturating_sub(earlier.ops),
+            op_nanos: self.op_nanos.saturating_sub(earlier.op_nanos),
+            reads: self.reads.saturating_sub(earlier.reads),
+            read_nanos: self.read_nanos.saturating_sub(earlier.read_nanos),
+        }
+    }
+}
+
 impl Usage {
+    /// The counts so far.
+    pub fn totals(&self) -> Totals {
+        Totals {
+            ops: self.ops.load(Ordering::Relaxed),
+            op_nanos: self.op_nanos.load(Ordering::Relaxed),
+            reads: self.reads.load(Ordering::Relaxed),
+            read_nanos: self.read_nanos.load(Ordering::Relaxed),
+        }
+    }
+
     /// Records another call (an upload, a reshape, a drop, a weights
     /// look-up) that started at `since`.
     pub fn call(&self, since: Instant) {

@@ -38,6 +38,7 @@ impl WeightsFile {
 
     /// Reads a weights file (safetensors, or GGUF by its magic) onto `backend`.
     pub fn load(path: &Path, backend: &dyn Backend) -> Result<Self> {
+        let _span = tracing::info_span!(target: "otel", "weights-load", file = %path.display(), device = backend.name()).entered();
         let file = std::fs::File::open(path)
             .with_context(|| format!("cannot open weights {}", path.display()))?;
         // SAFETY: the map is read-only and dropped before this function

@@ -44,6 +44,8 @@ pub fn compile_source(
     driver: i32,
     cache_dir: Option<&Path>,
 ) -> Result<Ptxs, String> {
+    let span = tracing::info_span!(target: "otel", "kernel-compile", kernel.module = name, cached = tracing::field::Empty);
+    let _entered = span.enter();
     let opts = options(arch);
     let mut h = blake3::Hasher::new();
     h.update(source.as_bytes());
@@ -58,6 +60,7 @@ pub fn compile_source(
     if let Some(p) = &path
         && let Ok(ptx) = std::fs::read_to_string(p)
     {
+        span.record("cached", true);
         return Ok(Ptxs {
             ptx,
             origin: format!("cache {}", p.display()),
