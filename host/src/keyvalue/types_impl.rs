@@ -20,7 +20,12 @@ impl KeyvalueView<'_> {
         durable(&self.ctx.stores)
     }
 
-    fn read(&self, op: &str, b: &Bucket, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, Error> {
+    fn read(
+        &self,
+        op: &'static str,
+        b: &Bucket,
+        keys: &[String],
+    ) -> Result<Vec<Option<Vec<u8>>>, Error> {
         let _span = span(op, b).entered();
         if b.volatile {
             return Ok(self.ctx.stores.volatile.get_many(&b.table, keys));
@@ -46,7 +51,7 @@ impl KeyvalueView<'_> {
     /// committed); the returned future holds only the store, not the view.
     fn write(
         &self,
-        op: &str,
+        op: &'static str,
         b: Bucket,
         writes: Vec<Write>,
     ) -> impl Future<Output = Result<Option<u64>, Error>> + Send + 'static {
@@ -66,11 +71,21 @@ impl KeyvalueView<'_> {
 }
 
 /// A span for one `wasi:keyvalue` call that reaches the store.
-fn span(op: &str, b: &Bucket) -> tracing::Span {
+fn span(op: &'static str, b: &Bucket) -> tracing::Span {
     tracing::info_span!(
         target: "otel",
         "keyvalue",
-        otel.name = format!("wasi:keyvalue {op}"),
+        otel.name = match op {
+            "get" => "wasi:keyvalue get",
+            "exists" => "wasi:keyvalue exists",
+            "get-many" => "wasi:keyvalue get-many",
+            "list-keys" => "wasi:keyvalue list-keys",
+            "set" => "wasi:keyvalue set",
+            "delete" => "wasi:keyvalue delete",
+            "increment" => "wasi:keyvalue increment",
+            "set-many" => "wasi:keyvalue set-many",
+            _ => "wasi:keyvalue delete-many",
+        },
         db.system.name = if b.volatile { "tensor-wasm-volatile" } else { "redb" },
         db.operation.name = op,
         db.collection.name = b.table.as_str(),

@@ -141,8 +141,12 @@ pub fn start(options: &TraceOptions) -> Result<Option<(Tracing, Layer)>> {
     if env("OTEL_SERVICE_NAME").is_none() {
         resource = resource.with_service_name("tensor-wasm");
     }
+    let sampling = Sampling::from_env()?;
+    SAMPLING.set(sampling).ok();
     let provider = SdkTracerProvider::builder()
         .with_resource(resource.build())
+        // Requests are sampled before their span is made ([`Sampling`]).
+        .with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOn)
         .with_batch_exporter(Counted(exporter))
         .build();
     let tracer = provider.tracer("tensor-wasm");
@@ -156,9 +160,10 @@ pub fn start(options: &TraceOptions) -> Result<Option<(Tracing, Layer)>> {
         .with_tracer(tracer)
         .with_location(false)
         .with_threads(false)
+        .with_target(false)
         .with_tracked_inactivity(false)
         .with_context_activation(false)
-        .with_filter(tracing_subscriber::filter::Targets::new().with_target("otel", level))
+        .with_filter(Sampled { level })
         .boxed();
     Ok(Some((
         Tracing {
@@ -167,6 +172,113 @@ pub fn start(options: &TraceOptions) -> Result<Option<(Tracing, Layer)>> {
         },
         layer,
     )))
+}
+
+/// Our spans (target `otel`, up to `level`): a span is made under a
+/// request's span, or at the top for the few kinds that start a trace of
+/// their own ([`ROOTS`]). A request left out by [`Sampling`] has no span
+/// ([`request_span`]), so nothing is made under it either.
+struct Sampled {
+    level: tracing::Level,
+}
+
+/// The spans that may start a trace: requests, and the weights loads and
+/// kernel compiles done when deployments start.
+const ROOTS: [&str; 3] = ["request", "weights-load", "kernel-compile"];
+
+impl<S> tracing_subscriber::layer::Filter<S> for Sampled
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn enabled(
+        &self,
+        meta: &tracing::Metadata<'_>,
+        cx: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        meta.target() == "otel"
+            && *meta.level() <= self.level
+            && (ROOTS.contains(&meta.name()) || cx.lookup_current().is_some())
+    }
+
+    fn callsite_enabled(
+        &self,
+        meta: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        if meta.target() == "otel" && *meta.level() <= self.level {
+            tracing::subscriber::Interest::sometimes()
+        } else {
+            tracing::subscriber::Interest::never()
+        }
+    }
+
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        Some(self.level.into())
+    }
+}
+
+/// Which requests are traced, read from `OTEL_TRACES_SAMPLER[_ARG]` as the
+/// SDK reads them, but decided before a request's span is made, so that a
+/// request left out costs one random draw and nothing else.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Sampling {
+    /// Share of requests that start a trace.
+    ratio: f64,
+    /// Whether a client's `traceparent` decides (its sampled flag).
+    parent_based: bool,
+}
+
+static SAMPLING: std::sync::OnceLock<Sampling> = std::sync::OnceLock::new();
+
+impl Sampling {
+    fn from_env() -> Result<Sampling> {
+        Sampling::parse(
+            env("OTEL_TRACES_SAMPLER").as_deref(),
+            env("OTEL_TRACES_SAMPLER_ARG").as_deref(),
+        )
+    }
+
+    fn parse(sampler: Option<&str>, arg: Option<&str>) -> Result<Sampling> {
+        let ratio = || -> Result<f64> {
+            match arg {
+                None => Ok(1.0),
+                Some(a) => match a.trim().parse::<f64>() {
+                    Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+                    _ => bail!("OTEL_TRACES_SAMPLER_ARG={a:?} is not a ratio between 0 and 1"),
+                },
+            }
+        };
+        let (ratio, parent_based) = match sampler.unwrap_or("parentbased_always_on") {
+            "always_on" => (1.0, false),
+            "always_off" => (0.0, false),
+            "traceidratio" => (ratio()?, false),
+            "parentbased_always_on" => (1.0, true),
+            "parentbased_always_off" => (0.0, true),
+            "parentbased_traceidratio" => (ratio()?, true),
+            other => bail!(
+                "OTEL_TRACES_SAMPLER={other:?} is not supported: use always_on, always_off, \
+                 traceidratio or their parentbased_ forms"
+            ),
+        };
+        Ok(Sampling {
+            ratio,
+            parent_based,
+        })
+    }
+
+    /// Whether to trace a request with these headers.
+    fn decide(&self, headers: &http::HeaderMap) -> bool {
+        if self.parent_based
+            && let Some(flags) = headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| trace_id_of(v).is_some())
+                .and_then(|v| v.rsplit('-').next())
+                .and_then(|f| u8::from_str_radix(f, 16).ok())
+        {
+            return flags & 1 == 1;
+        }
+        self.ratio >= 1.0 || (self.ratio > 0.0 && rand::random::<f64>() < self.ratio)
+    }
 }
 
 /// Counts what the exporter sends and what it fails to send.
@@ -199,10 +311,16 @@ impl<E: SpanExporter> SpanExporter for Counted<E> {
 }
 
 /// The span of one request (OTel HTTP server conventions), a child of the
-/// client's trace when it names one; disabled (free) when traces are off.
+/// client's trace when it names one; disabled when traces are off or
+/// [`Sampling`] leaves the request out.
 /// Routing and serving fill in the rest ([`served_by`], [`finish`]).
 pub fn request_span<B>(req: &http::Request<B>, client: &http::HeaderValue) -> tracing::Span {
     use tracing::field::Empty;
+    // Traces off, or this request not sampled: no span, nothing under it
+    // (a client's traceparent still reaches the world and outgoing calls).
+    if !SAMPLING.get().is_some_and(|s| s.decide(req.headers())) {
+        return tracing::Span::none();
+    }
     let method = req.method().as_str();
     let (address, port) = client
         .to_str()
@@ -297,8 +415,11 @@ pub fn stamp(span: &tracing::Span, headers: &mut http::HeaderMap) {
 
 /// The trace id (32 hex digits) a request's `traceparent` names, for logs.
 pub fn trace_id(headers: &http::HeaderMap) -> Option<&str> {
-    let v = headers.get("traceparent")?.to_str().ok()?;
-    let id = v.split('-').nth(1)?;
+    trace_id_of(headers.get("traceparent")?.to_str().ok()?)
+}
+
+fn trace_id_of(traceparent: &str) -> Option<&str> {
+    let id = traceparent.split('-').nth(1)?;
     (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id != "0".repeat(32))
         .then_some(id)
 }
@@ -306,6 +427,54 @@ pub fn trace_id(headers: &http::HeaderMap) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sampling_follows_the_otel_variables() {
+        let s = |a, b| Sampling::parse(a, b).unwrap();
+        assert_eq!(
+            s(None, None),
+            Sampling {
+                ratio: 1.0,
+                parent_based: true
+            }
+        );
+        assert_eq!(
+            s(Some("traceidratio"), Some("0.01")),
+            Sampling {
+                ratio: 0.01,
+                parent_based: false
+            }
+        );
+        assert_eq!(s(Some("parentbased_always_off"), None).ratio, 0.0);
+        assert!(Sampling::parse(Some("traceidratio"), Some("2")).is_err());
+        assert!(Sampling::parse(Some("jaeger_remote"), None).is_err());
+        let mut h = http::HeaderMap::new();
+        let never = s(Some("parentbased_traceidratio"), Some("0"));
+        assert!(!never.decide(&h));
+        h.insert(
+            "traceparent",
+            http::HeaderValue::from_static(
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
+        );
+        assert!(never.decide(&h), "a sampled parent decides");
+        assert!(
+            !s(Some("traceidratio"), Some("0")).decide(&h),
+            "not parent-based"
+        );
+        h.insert(
+            "traceparent",
+            http::HeaderValue::from_static(
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+            ),
+        );
+        assert!(!s(None, None).decide(&h), "an unsampled parent decides");
+        let half = s(Some("traceidratio"), Some("0.5"));
+        let n = (0..2000)
+            .filter(|_| half.decide(&http::HeaderMap::new()))
+            .count();
+        assert!((800..1200).contains(&n), "{n}");
+    }
 
     #[test]
     fn trace_ids_come_only_from_well_formed_headers() {
