@@ -71,7 +71,7 @@ def hundred_file(d, hello):
     with open(path, "w") as f:
         for i in range(100):
             f.write(f'[[deployment]]\nname = "d{i}"\ntenant = "t{i % 10}"\ncomponent = "{hello}"\n'
-                    f'route = {{ path = "/d{i}" }}\n\n')
+                    f'route = {{ host = "d{i}.test" }}\n\n')
     return path
 
 
@@ -157,9 +157,10 @@ def main():
         # One /metrics scrape with 100 deployments (10 tenants), each served once.
         proc, port, admin = start(args, d, hundred_file(d, args.hello), "hundred", {}, admin=True)
         try:
-            wait_ready(port, "/d99/hello", proc)
+            wait_ready(port, "/hello", proc, {"Host": "d99.test"})
             for i in range(100):
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/d{i}/hello").read()
+                urllib.request.urlopen(urllib.request.Request(
+                    f"http://127.0.0.1:{port}/hello", headers={"Host": f"d{i}.test"})).read()
             scrapes, size = [], 0
             for _ in range(50):
                 t0 = time.perf_counter()
