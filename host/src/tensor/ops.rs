@@ -244,13 +244,7 @@ impl Tensors {
 
     /// Broadcasting elementwise op.
     pub fn binary(&self, op: BinaryOp, a: &Tensor, b: &Tensor) -> TResult<Tensor> {
-        let name = match op {
-            BinaryOp::Add => "add",
-            BinaryOp::Sub => "sub",
-            BinaryOp::Mul => "mul",
-            BinaryOp::Div => "div",
-            BinaryOp::Swiglu => "swiglu",
-        };
+        let name = op.name();
         same_dtype(name, a, b)?;
         if op == BinaryOp::Swiglu {
             float(name, a)?;
@@ -293,7 +287,7 @@ impl Tensors {
 
     /// Elementwise float op.
     pub fn unary(&self, op: UnaryOp, x: &Tensor) -> TResult<Tensor> {
-        float(unary_name(op), x)?;
+        float(op.name(), x)?;
         self.make(x.shape().to_vec(), x.dtype(), || {
             self.backend().unary(op, x)
         })
@@ -609,17 +603,5 @@ impl Tensors {
             return Ok(x.clone());
         }
         self.make(x.shape().to_vec(), dtype, || self.backend().cast(x, dtype))
-    }
-}
-
-fn unary_name(op: UnaryOp) -> &'static str {
-    match op {
-        UnaryOp::Scale(_) => "scale",
-        UnaryOp::Gelu => "gelu",
-        UnaryOp::GeluTanh => "gelu-tanh",
-        UnaryOp::Silu => "silu",
-        UnaryOp::Relu => "relu",
-        UnaryOp::Tanh => "tanh",
-        UnaryOp::Exp => "exp",
     }
 }
