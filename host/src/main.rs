@@ -71,6 +71,9 @@ fn init_log(
     for directive in [access, "otel=off"] {
         filter = filter.add_directive(directive.parse().expect("a valid directive"));
     }
+    // Layered, not a `Vec` of layers: with a `Vec`, spans that every
+    // layer's filter refuses were still made in the registry.
+    let (tracing, otel) = telemetry::start(traces)?.unzip();
     let log = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let log = match format {
         args::LogFormat::Json => log.json().flatten_event(true).with_filter(filter).boxed(),
@@ -79,8 +82,6 @@ fn init_log(
             .with_filter(filter)
             .boxed(),
     };
-    let (tracing, otel) = telemetry::start(traces)?.unzip();
-    let layers: Vec<_> = std::iter::once(log).chain(otel).collect();
-    tracing_subscriber::registry().with(layers).init();
+    tracing_subscriber::registry().with(otel).with(log).init();
     Ok(tracing)
 }
