@@ -357,13 +357,7 @@ fn a_gateway_request_is_one_trace_from_the_clients_span_to_its_keyvalue_writes()
         b"",
     );
     assert_eq!(r.status, 200);
-    let own = r
-        .header("traceparent")
-        .expect("a traceparent")
-        .split('-')
-        .nth(1)
-        .unwrap()
-        .to_string();
+    let own = response_trace(&r);
     assert_ne!(own, trace);
     let spans = collector.wait(|s| s.iter().any(|s| s.trace == own && s.kind == 2));
     let root = spans
@@ -372,6 +366,14 @@ fn a_gateway_request_is_one_trace_from_the_clients_span_to_its_keyvalue_writes()
         .unwrap();
     assert_eq!(root.parent, "", "a root span");
     assert!(metric_value(&server.metrics(), "tensorwasm_trace_spans_exported_total") > 0.0);
+}
+
+/// The trace id a response's `traceparent` names.
+fn response_trace(r: &Resp) -> String {
+    let header = r
+        .header("traceparent")
+        .expect("a traceparent on the response");
+    header.split('-').nth(1).expect("a trace id").to_string()
 }
 
 /// An unlabelled sample's value in metrics text.
@@ -403,13 +405,7 @@ fn grpc_export_and_tensor_work_per_request() {
     );
     let r = server.get("/bench/matmul?n=8&reps=2");
     assert_eq!(r.status, 200, "{}", r.text());
-    let trace = r
-        .header("traceparent")
-        .expect("a traceparent")
-        .split('-')
-        .nth(1)
-        .unwrap()
-        .to_string();
+    let trace = response_trace(&r);
     let spans = collector.wait(|s| s.iter().any(|s| s.trace == trace && s.name == "matmul"));
     let handler = spans
         .iter()
