@@ -22,6 +22,19 @@ if ! command -v docker-registry >/dev/null && [ ! -x /usr/bin/docker-registry ];
     || echo "warning: could not install docker-registry; the OCI tests will fail saying so"
 fi
 
+# A real Prometheus (and promtool) for the observability tests (from Debian).
+# The tests start their own on a free port; the package's service is stopped
+# so that it does not hold port 9090 (tensor-wasm's default admin port).
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  { $sudo apt-get update -qq \
+      && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
+    || echo "warning: could not install prometheus; the observability tests will fail saying so"
+  if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then
+    $sudo systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
+fi
+
 echo "== format"
 cargo fmt --all --check
 (cd components && cargo fmt --all --check)

@@ -18,6 +18,7 @@ mod keyvalue;
 mod lifecycle;
 mod live;
 mod logging;
+mod observability;
 mod oci;
 mod openai;
 mod openapi;

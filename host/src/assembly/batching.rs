@@ -77,6 +77,7 @@ impl Assembly {
             self.metrics
                 .batch_size
                 .get_or_create(&BatchLabels {
+                    tenant: spec.tenant.clone(),
                     deployment: spec.name.clone(),
                     kind,
                 })
@@ -108,9 +109,7 @@ impl Assembly {
                         sizes("generation"),
                         self.metrics
                             .batch_sequences
-                            .get_or_create(&DeploymentLabel {
-                                deployment: spec.name.clone(),
-                            })
+                            .get_or_create(&DeploymentLabel::new(&spec.tenant, &spec.name))
                             .clone(),
                     ),
                 )

@@ -102,6 +102,29 @@ pub enum Command {
     /// List, show, and roll back a running server's deployments.
     #[command(subcommand)]
     Deployments(DeploymentsCommand),
+    /// Watch a running server on one screen, refreshed like `top` (Ctrl-C
+    /// quits): each deployment's requests/s, p50 and p99 latency, 5xx/s,
+    /// in-flight and queued requests and idle instances; each tenant's
+    /// tensor memory against its quota; version, backend, artifact cache and
+    /// keyvalue commits. Read from the admin listener's /healthz and /metrics
+    /// (no token needed); rates and percentiles cover the last interval.
+    Observe {
+        /// The admin listener, `HOST:PORT` or `http://HOST:PORT`.
+        #[arg(
+            long,
+            env = "TENSOR_WASM_ADMIN",
+            default_value = "http://127.0.0.1:9090",
+            value_name = "ADDR"
+        )]
+        admin: String,
+        /// Print the board once, after two scrapes --interval apart, and exit
+        /// (1 when the server cannot be reached): for scripts.
+        #[arg(long)]
+        once: bool,
+        /// Time between scrapes.
+        #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
+        interval: std::time::Duration,
+    },
     /// Print a shell completion script, e.g. `tensor-wasm completions bash > ~/.local/share/bash-completion/completions/tensor-wasm`.
     Completions {
         /// The shell.

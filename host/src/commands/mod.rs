@@ -8,6 +8,7 @@ pub mod deploy;
 pub mod job;
 pub mod kernel;
 pub mod manual;
+pub mod observe;
 pub mod registry;
 pub mod serve;
 pub mod token;
@@ -63,6 +64,11 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Token(TokenCommand::New { id, scopes }) => token::new_command(&id, &scopes)?,
         Command::Token(TokenCommand::Hash) => token::hash_command()?,
+        Command::Observe {
+            admin,
+            once,
+            interval,
+        } => observe::run(&admin, interval, once)?,
         command @ (Command::Deploy(_) | Command::Undeploy { .. } | Command::Deployments(_)) => {
             admin_command(command)?
         }

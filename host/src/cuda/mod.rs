@@ -30,15 +30,19 @@ pub use types::{Buffer, Event, Kernel, Module, Stream};
 use crate::assembly::capabilities::{
     Capability, DeploymentEnv, InstanceEnv, InstanceState, ServerEnv,
 };
+use crate::platform::metrics::DeploymentLabel;
 use crate::tensor::ops::Tensors;
 use cudarc::driver::CudaStream;
 use library::Library;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use std::sync::Arc;
 use wasmtime::component::{HasData, Linker, ResourceTable};
 
 /// The `wasi:cuda` capability (its device is the tensor capability's).
 pub struct Cuda {
     library: Arc<Library>,
+    launches: Family<DeploymentLabel, Counter>,
 }
 
 /// A deployment's kernel rules.
@@ -49,6 +53,8 @@ pub struct Kernels {
     allow_source: bool,
     /// Whether registry kernels must be signed (`require-signed`).
     require_signed: bool,
+    /// Its launches (`tensorwasm_cuda_launches_total`).
+    launches: Counter,
 }
 
 impl Capability for Cuda {
@@ -59,6 +65,7 @@ impl Capability for Cuda {
         let library = Library::new(env.data_dir.as_deref(), env.policy.clone())?;
         Ok(Cuda {
             library: Arc::new(library),
+            launches: env.metrics.cuda_launches.clone(),
         })
     }
 
@@ -80,6 +87,10 @@ impl Capability for Cuda {
             library: self.library.clone(),
             allow_source: env.grants.cuda_source,
             require_signed: env.require_signed,
+            launches: self
+                .launches
+                .get_or_create(&DeploymentLabel::new(env.tenant, env.name))
+                .clone(),
         })
     }
 

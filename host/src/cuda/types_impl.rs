@@ -652,9 +652,11 @@ impl kernels::HostKernel for CudaView<'_> {
             pointers.push(ptr);
         }
         tri!(launch::check_args(kernel, &checked));
-        Ok(launch::launch(
-            gpu, &stream, kernel, &config, &checked, &pointers,
-        ))
+        let launched = launch::launch(gpu, &stream, kernel, &config, &checked, &pointers);
+        if launched.is_ok() {
+            self.ctx.kernels.launches.inc();
+        }
+        Ok(launched)
     }
 
     async fn drop(&mut self, r: Resource<Kernel>) -> wasmtime::Result<()> {

@@ -87,7 +87,10 @@ impl<E: Exports> Model<E> {
     }
 
     /// The exports and the store, armed with a fresh per-call deadline.
+    /// (The `wasi:tensor` work of the previous call is reported to the
+    /// deployment's counters now.)
     pub fn call(&mut self) -> (&E, &mut Store<InstanceState>) {
+        self.store.data_mut().caps.tensor.report();
         let deadline = Instant::now() + self.recipe.timeout;
         crate::platform::engine::set_wall_deadline(&mut self.store, Some(deadline));
         (&self.exports, &mut self.store)

@@ -171,6 +171,7 @@ fn writer(db: &Database, rx: &mpsc::Receiver<Job>) {
 /// Applies every job in one transaction and commits it; a job whose
 /// increment cannot apply (not a number, overflow) fails alone.
 fn commit(db: &Database, jobs: &[Job]) -> Result<Vec<WriteResult>> {
+    let started = std::time::Instant::now();
     let txn = db.begin_write()?;
     let mut results = Vec::with_capacity(jobs.len());
     for job in jobs {
@@ -178,6 +179,7 @@ fn commit(db: &Database, jobs: &[Job]) -> Result<Vec<WriteResult>> {
         results.push(apply(&mut t, &job.writes)?);
     }
     txn.commit()?;
+    crate::platform::metrics::KEYVALUE_COMMITS.observe(started.elapsed().as_secs_f64());
     Ok(results)
 }
 

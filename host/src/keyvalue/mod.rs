@@ -32,6 +32,8 @@ pub use volatile::Volatile;
 use crate::assembly::capabilities::{
     Capability, DeploymentEnv, InstanceEnv, InstanceState, ServerEnv,
 };
+use crate::platform::metrics::{DeploymentLabel, Metrics};
+use prometheus_client::metrics::histogram::Histogram;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use wasmtime::component::{HasData, Linker, ResourceTable};
@@ -46,6 +48,7 @@ pub const MAX_VALUE: usize = 16 << 20;
 /// The server's keyvalue stores.
 pub struct Keyvalue {
     stores: Arc<Stores>,
+    metrics: Arc<Metrics>,
 }
 
 /// The durable store (opened once, on first use) and the volatile one.
@@ -117,6 +120,7 @@ impl Capability for Keyvalue {
                 durable: OnceLock::new(),
                 volatile: Volatile::default(),
             }),
+            metrics: env.metrics.clone(),
         })
     }
 
@@ -128,6 +132,13 @@ impl Capability for Keyvalue {
         Ok(KeyvalueCtx {
             stores: self.stores.clone(),
             tenant: env.tenant.into(),
+            writes: Arc::new(WriteStats {
+                label: DeploymentLabel::new(env.tenant, env.name),
+                audit_table: table_name(env.tenant, AUDIT_BUCKET),
+                metrics: self.metrics.clone(),
+                all: OnceLock::new(),
+                audit: OnceLock::new(),
+            }),
         })
     }
 
@@ -141,6 +152,41 @@ impl Capability for Keyvalue {
 pub struct KeyvalueCtx {
     stores: Arc<Stores>,
     tenant: Arc<str>,
+    writes: Arc<WriteStats>,
+}
+
+/// The bucket whose writes also count as audit records (the `audit`
+/// component's).
+const AUDIT_BUCKET: &str = "audit";
+
+/// A deployment's durable-write latencies, its series made on first use.
+struct WriteStats {
+    label: DeploymentLabel,
+    audit_table: String,
+    metrics: Arc<Metrics>,
+    all: OnceLock<Histogram>,
+    audit: OnceLock<Histogram>,
+}
+
+impl WriteStats {
+    /// Whether `table` is the deployment's audit bucket.
+    fn is_audit(&self, table: &str) -> bool {
+        table == self.audit_table
+    }
+
+    /// Records a durable write (to the audit bucket or not) that took
+    /// `secs` to commit.
+    fn observe(&self, audit: bool, secs: f64) {
+        let m = &self.metrics;
+        self.all
+            .get_or_init(|| m.keyvalue_writes.get_or_create(&self.label).clone())
+            .observe(secs);
+        if audit {
+            self.audit
+                .get_or_init(|| m.audit_writes.get_or_create(&self.label).clone())
+                .observe(secs);
+        }
+    }
 }
 
 impl KeyvalueStateView for InstanceState {

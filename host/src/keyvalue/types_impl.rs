@@ -56,15 +56,17 @@ impl KeyvalueView<'_> {
         writes: Vec<Write>,
     ) -> impl Future<Output = Result<Option<u64>, Error>> + Send + 'static {
         let stores = self.ctx.stores.clone();
+        let stats = self.ctx.writes.clone();
         let span = span(op, &b);
         async move {
             if b.volatile {
                 return stores.volatile.write(&b.table, writes).map_err(other);
             }
-            durable(&stores)?
-                .write(b.table, writes)
-                .await
-                .map_err(other)
+            let started = std::time::Instant::now();
+            let audit = stats.is_audit(&b.table);
+            let written = durable(&stores)?.write(b.table, writes).await;
+            stats.observe(audit, started.elapsed().as_secs_f64());
+            written.map_err(other)
         }
         .instrument(span)
     }

@@ -43,24 +43,36 @@ impl ArtifactCache {
     pub fn load(&self, engine: &Engine, bytes: &[u8]) -> Result<(Component, Origin)> {
         let key = cache_key(engine, bytes);
         let Some(dir) = &self.dir else {
-            return Ok((Component::new(engine, bytes)?, Origin::Compiled));
+            return Ok((compile(engine, bytes)?, Origin::Compiled));
         };
         let path = dir.join(format!("{}.cwasm", key.to_hex()));
         if path.exists() {
             match read_artifact(engine, &path, Some(&key)) {
-                Ok(component) => return Ok((component, Origin::Cached)),
+                Ok(component) => {
+                    super::metrics::ARTIFACT_CACHE_HITS.inc();
+                    return Ok((component, Origin::Cached));
+                }
                 Err(e) => {
                     tracing::warn!("discarding cache entry {}: {e:#}", path.display());
                     let _ = std::fs::remove_file(&path);
                 }
             }
         }
-        let component = Component::new(engine, bytes)?;
+        super::metrics::ARTIFACT_CACHE_MISSES.inc();
+        let component = compile(engine, bytes)?;
         if let Err(e) = write_artifact(&component, Some(&key), &path) {
             tracing::warn!("cannot write cache entry {}: {e:#}", path.display());
         }
         Ok((component, Origin::Compiled))
     }
+}
+
+/// Compiles `bytes`, timed into `tensorwasm_compile_duration_seconds`.
+fn compile(engine: &Engine, bytes: &[u8]) -> Result<Component> {
+    let started = std::time::Instant::now();
+    let component = Component::new(engine, bytes)?;
+    super::metrics::compiled("component", started.elapsed().as_secs_f64());
+    Ok(component)
 }
 
 /// The cache key of `bytes` for this engine and wasmtime version.

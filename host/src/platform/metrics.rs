@@ -1,17 +1,67 @@
-//! Operator metrics, in Prometheus text format on the admin listener.
+//! Operator metrics, in OpenMetrics text format on the admin listener.
+//! Per-deployment series carry `tenant` and `deployment`; process-wide ones
+//! (artifact cache, compiles, keyvalue commits) are statics, so the code that
+//! observes them needs no handle. docs/OPERATIONS.md lists them all.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::LazyLock;
+use std::sync::atomic::AtomicU64;
 
 /// Labels of per-deployment series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeploymentLabel {
+    /// Tenant the deployment runs for.
+    pub tenant: String,
     /// Deployment name.
     pub deployment: String,
+}
+
+impl DeploymentLabel {
+    /// The labels of `tenant`'s deployment `name`.
+    pub fn new(tenant: &str, name: &str) -> Self {
+        Self {
+            tenant: tenant.to_string(),
+            deployment: name.to_string(),
+        }
+    }
+}
+
+/// The exemplar of a latency bucket: a sampled request's trace.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TraceLabel {
+    /// W3C trace id (32 hex digits).
+    pub trace_id: String,
+}
+
+/// What was compiled.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CompileLabel {
+    /// `component` (wasmtime, Cranelift) or `kernel` (NVRTC).
+    pub kind: &'static str,
+}
+
+/// A counter of seconds.
+pub type Seconds = Counter<f64, AtomicU64>;
+
+/// Compiled components found in the artifact cache.
+pub static ARTIFACT_CACHE_HITS: LazyLock<Counter> = LazyLock::new(Counter::default);
+/// Components compiled because the cache had no (valid) entry.
+pub static ARTIFACT_CACHE_MISSES: LazyLock<Counter> = LazyLock::new(Counter::default);
+/// Compile times of components and kernels, seconds.
+pub static COMPILES: LazyLock<Family<CompileLabel, Histogram>> =
+    LazyLock::new(|| Family::new_with_constructor(compile_histogram as fn() -> Histogram));
+/// Durable keyvalue transactions (one per group of writes), seconds.
+pub static KEYVALUE_COMMITS: LazyLock<Histogram> = LazyLock::new(write_histogram);
+
+/// Records a compile of `kind` that took `secs`.
+pub fn compiled(kind: &'static str, secs: f64) {
+    COMPILES.get_or_create(&CompileLabel { kind }).observe(secs);
 }
 
 /// Label of per-tenant metrics.
@@ -24,6 +74,8 @@ pub struct TenantLabel {
 /// Labels of the request counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
+    /// Tenant (`none` when no route matched).
+    pub tenant: String,
     /// Deployment name (`none` when no route matched).
     pub deployment: String,
     /// HTTP status code sent.
@@ -33,6 +85,8 @@ pub struct RequestLabels {
 /// Labels of the instance-discard counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DiscardLabels {
+    /// Tenant.
+    pub tenant: String,
     /// Deployment name.
     pub deployment: String,
     /// Why the instance was dropped (`serving/instances.rs`).
@@ -42,6 +96,8 @@ pub struct DiscardLabels {
 /// Labels of the batch-size histogram.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BatchLabels {
+    /// Tenant.
+    pub tenant: String,
     /// Deployment name.
     pub deployment: String,
     /// `embeddings` or `generation`.
@@ -53,8 +109,9 @@ pub struct Metrics {
     registry: Registry,
     /// Requests by deployment and status.
     pub requests: Family<RequestLabels, Counter>,
-    /// Time to response headers, seconds.
-    pub latency: Family<DeploymentLabel, Histogram>,
+    /// Time to response headers, seconds; a bucket's exemplar names the
+    /// trace of a sampled request that fell in it.
+    pub latency: Family<DeploymentLabel, HistogramWithExemplars<TraceLabel>>,
     /// Time to instantiate a component, seconds (its count: instantiations).
     pub instantiation: Family<DeploymentLabel, Histogram>,
     /// Requests served by an instance that had served one before.
@@ -73,6 +130,29 @@ pub struct Metrics {
     pub memory_cap_kills: Family<DeploymentLabel, Counter>,
     /// Tensor bytes each tenant holds (returns to 0 when its requests end).
     pub tensor_bytes: Family<TenantLabel, Gauge>,
+    /// Each tenant's tensor-memory quota, bytes.
+    pub tensor_quota: Family<TenantLabel, Gauge>,
+    /// Model weights resident, by the tenant whose deployment loaded them.
+    pub weights_bytes: Family<TenantLabel, Gauge>,
+    /// `wasi:tensor` ops queued.
+    pub tensor_ops: Family<DeploymentLabel, Counter>,
+    /// Time inside those ops (queueing them; a GPU runs them later), seconds.
+    pub tensor_op_seconds: Family<DeploymentLabel, Seconds>,
+    /// `wasi:tensor` read-backs.
+    pub tensor_reads: Family<DeploymentLabel, Counter>,
+    /// Time inside read-backs (waiting for the queued work), seconds.
+    pub tensor_read_seconds: Family<DeploymentLabel, Seconds>,
+    /// `wasi:cuda` kernel launches.
+    pub cuda_launches: Family<DeploymentLabel, Counter>,
+    /// Time a guest waited for a durable `wasi:keyvalue` write, seconds.
+    pub keyvalue_writes: Family<DeploymentLabel, Histogram>,
+    /// Time a guest waited for an audit record (a durable write to its
+    /// `audit` bucket), seconds.
+    pub audit_writes: Family<DeploymentLabel, Histogram>,
+    /// Requests waiting for a concurrency slot.
+    pub queued: Family<DeploymentLabel, Gauge>,
+    /// A deployment's concurrency limit (absent: unlimited).
+    pub concurrency_limit: Family<DeploymentLabel, Gauge>,
     /// Requests (embeddings) or sequences (generation) per batched model call.
     pub batch_size: Family<BatchLabels, Histogram>,
     /// Sequences in a deployment's generation batch now.
@@ -84,9 +164,25 @@ fn batch_histogram() -> Histogram {
     Histogram::new(exponential_buckets(1.0, 2.0, 9))
 }
 
-fn latency_histogram() -> Histogram {
-    // 50 µs .. ~26 s
-    Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+/// Request-latency bucket bounds, seconds: 1-2.5-5 steps, so that latency
+/// objectives (docs/SLO.md) fall on a bound.
+pub const LATENCY_BUCKETS: [f64; 19] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 25.0, 60.0,
+];
+
+fn latency_histogram() -> HistogramWithExemplars<TraceLabel> {
+    HistogramWithExemplars::new(LATENCY_BUCKETS.into_iter())
+}
+
+fn compile_histogram() -> Histogram {
+    // 1 ms .. ~65 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+fn write_histogram() -> Histogram {
+    // 50 µs .. ~3.3 s
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 17))
 }
 
 fn instantiation_histogram() -> Histogram {
@@ -95,9 +191,18 @@ fn instantiation_histogram() -> Histogram {
 }
 
 impl Metrics {
-    /// Creates and registers every metric.
-    pub fn new() -> Self {
+    /// Creates and registers every metric; `backend` (the tensor device, as
+    /// `Device::describe` names it) goes into `tensorwasm_build_info`.
+    pub fn new(backend: &str) -> Self {
         let mut r = Registry::with_prefix("tensorwasm");
+        r.register(
+            "build",
+            "The server's version and tensor backend",
+            prometheus_client::metrics::info::Info::new(vec![
+                ("version", env!("CARGO_PKG_VERSION").to_string()),
+                ("backend", backend.to_string()),
+            ]),
+        );
         Self {
             requests: add(
                 &mut r,
@@ -109,7 +214,9 @@ impl Metrics {
                 &mut r,
                 "request_duration_seconds",
                 "Time from request to response headers",
-                Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+                Family::new_with_constructor(
+                    latency_histogram as fn() -> HistogramWithExemplars<TraceLabel>,
+                ),
             ),
             instantiation: add(
                 &mut r,
@@ -165,6 +272,72 @@ impl Metrics {
                 "Tensor memory held by each tenant, in bytes",
                 Family::default(),
             ),
+            tensor_quota: add(
+                &mut r,
+                "tensor_quota_bytes",
+                "Each tenant's tensor-memory quota, in bytes",
+                Family::default(),
+            ),
+            weights_bytes: add(
+                &mut r,
+                "weights_bytes",
+                "Model weights resident on the device, by the tenant whose deployment loaded them",
+                Family::default(),
+            ),
+            tensor_ops: add(
+                &mut r,
+                "tensor_ops",
+                "wasi:tensor operations queued",
+                Family::default(),
+            ),
+            tensor_op_seconds: add(
+                &mut r,
+                "tensor_op_seconds",
+                "Time spent inside wasi:tensor operations (queueing them on a GPU)",
+                Family::default(),
+            ),
+            tensor_reads: add(
+                &mut r,
+                "tensor_reads",
+                "wasi:tensor read-backs to guest memory",
+                Family::default(),
+            ),
+            tensor_read_seconds: add(
+                &mut r,
+                "tensor_read_seconds",
+                "Time spent inside read-backs (waiting for queued work)",
+                Family::default(),
+            ),
+            cuda_launches: add(
+                &mut r,
+                "cuda_launches",
+                "wasi:cuda kernel launches",
+                Family::default(),
+            ),
+            keyvalue_writes: add(
+                &mut r,
+                "keyvalue_write_duration_seconds",
+                "Time a guest waited for a durable wasi:keyvalue write to commit",
+                Family::new_with_constructor(write_histogram as fn() -> Histogram),
+            ),
+            audit_writes: add(
+                &mut r,
+                "audit_write_duration_seconds",
+                "Time a guest waited for a durable write to its `audit` bucket",
+                Family::new_with_constructor(write_histogram as fn() -> Histogram),
+            ),
+            queued: add(
+                &mut r,
+                "queued_requests",
+                "Requests waiting for one of the deployment's concurrency slots",
+                Family::default(),
+            ),
+            concurrency_limit: add(
+                &mut r,
+                "concurrency_limit",
+                "A deployment's concurrency limit (no series: unlimited)",
+                Family::default(),
+            ),
             batch_size: add(
                 &mut r,
                 "inference_batch_size",
@@ -198,6 +371,30 @@ impl Metrics {
                 ] {
                     add(&mut r, name, help, (**counter).clone());
                 }
+                add(
+                    &mut r,
+                    "artifact_cache_hits",
+                    "Compiled components loaded from the artifact cache",
+                    ARTIFACT_CACHE_HITS.clone(),
+                );
+                add(
+                    &mut r,
+                    "artifact_cache_misses",
+                    "Components compiled because the artifact cache had no valid entry",
+                    ARTIFACT_CACHE_MISSES.clone(),
+                );
+                add(
+                    &mut r,
+                    "compile_duration_seconds",
+                    "Compile times of components (Cranelift) and kernels (NVRTC)",
+                    COMPILES.clone(),
+                );
+                add(
+                    &mut r,
+                    "keyvalue_commit_duration_seconds",
+                    "Durable keyvalue transactions, each carrying a group of writes",
+                    KEYVALUE_COMMITS.clone(),
+                );
                 r
             },
         }
@@ -221,10 +418,4 @@ fn add<M: prometheus_client::registry::Metric + Clone>(
 ) -> M {
     registry.register(name, help, metric.clone());
     metric
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
 }

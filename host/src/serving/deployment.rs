@@ -5,7 +5,7 @@
 
 use crate::assembly::capabilities::{DeploymentCapabilities, InstanceEnv, InstanceState};
 use crate::assembly::spec::{DeploymentSpec, Instances, Limits, Route, Source};
-use crate::platform::metrics::{DeploymentLabel, Metrics, RequestLabels};
+use crate::platform::metrics::{DeploymentLabel, Metrics, RequestLabels, TraceLabel};
 use crate::platform::telemetry;
 use crate::serving::body::{self, Collected, ResponseBody, error_response};
 use crate::serving::guest::GuestRun;
@@ -15,6 +15,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use std::sync::Arc;
@@ -66,11 +67,12 @@ pub struct Deployment {
 /// This deployment's metric handles, resolved once.
 struct Stats {
     in_flight: Gauge,
-    latency: Histogram,
+    latency: HistogramWithExemplars<TraceLabel>,
     instantiation: Histogram,
     traps: Counter,
     deadline_kills: Counter,
     memory_cap_kills: Counter,
+    queued: Gauge,
     /// `requests_total{status="200"}`, resolved on the first 200.
     ok: std::sync::OnceLock<Counter>,
 }
@@ -138,9 +140,13 @@ impl Deployment {
         caps: Arc<DeploymentCapabilities>,
         pools: &Arc<Pools>,
     ) -> Self {
-        let label = DeploymentLabel {
-            deployment: spec.name.clone(),
-        };
+        let label = DeploymentLabel::new(&spec.tenant, &spec.name);
+        if let Some(n) = spec.limits.concurrency {
+            metrics
+                .concurrency_limit
+                .get_or_create(&label)
+                .set(i64::from(n));
+        }
         let stats = Stats {
             in_flight: metrics.in_flight.get_or_create(&label).clone(),
             latency: metrics.latency.get_or_create(&label).clone(),
@@ -148,9 +154,10 @@ impl Deployment {
             traps: metrics.traps.get_or_create(&label).clone(),
             deadline_kills: metrics.deadline_kills.get_or_create(&label).clone(),
             memory_cap_kills: metrics.memory_cap_kills.get_or_create(&label).clone(),
+            queued: metrics.queued.get_or_create(&label).clone(),
             ok: std::sync::OnceLock::new(),
         };
-        let pool = pools.pool(&spec.name, spec.instances, &metrics);
+        let pool = pools.pool(&label, spec.instances, &metrics);
         let source = match &spec.source {
             Source::Component(path) | Source::World(path, _) => path.display().to_string(),
             Source::Embedded(name) => format!("the embedded world `{name}`"),
@@ -231,6 +238,13 @@ impl Deployment {
         );
         // The world sees the host's span as the caller.
         telemetry::stamp(&span, req.headers_mut());
+        // A sampled request is its latency bucket's exemplar.
+        let exemplar = (!span.is_disabled())
+            .then(|| telemetry::trace_id(req.headers()))
+            .flatten()
+            .map(|t| TraceLabel {
+                trace_id: t.to_string(),
+            });
         let access = tracing::enabled!(target: "access", tracing::Level::INFO).then(|| {
             let trace = telemetry::trace_id(req.headers()).map(str::to_owned);
             (req.method().clone(), req.uri().path().to_string(), trace)
@@ -239,7 +253,9 @@ impl Deployment {
         let mut response = self.run(engine, req, &id).await;
         request_id::stamp(response.headers_mut(), &id);
         self.stats.in_flight.dec();
-        self.stats.latency.observe(started.elapsed().as_secs_f64());
+        self.stats
+            .latency
+            .observe(started.elapsed().as_secs_f64(), exemplar);
         self.count(response.status());
         if let Some((method, path, trace_id)) = access {
             tracing::info!(
@@ -263,6 +279,7 @@ impl Deployment {
     fn count(&self, status: StatusCode) {
         let counter = |status: StatusCode| {
             let labels = RequestLabels {
+                tenant: self.tenant.clone(),
                 deployment: self.name.clone(),
                 status: status.as_u16(),
             };
@@ -522,6 +539,15 @@ impl Deployment {
         let Some(slots) = &self.slots else {
             return Ok(None);
         };
+        if let Ok(p) = slots.clone().try_acquire_owned() {
+            return Ok(Some(p));
+        }
+        // Counted as queued while it waits (a client that goes away stops
+        // waiting: the guard's drop).
+        self.stats.queued.inc();
+        let _queued = scopeguard(|| {
+            self.stats.queued.dec();
+        });
         match tokio::time::timeout_at(deadline, slots.clone().acquire_owned()).await {
             Ok(Ok(p)) => Ok(Some(p)),
             _ => Err(overloaded(
@@ -596,7 +622,8 @@ fn keep(pool: &Pool, mut warm: Warm, body: &BodyState, room_made: bool) {
 }
 
 /// Runs the guest's handler in a span of its own, which sums up the
-/// `wasi:tensor` work it did (ops, read-backs and their time).
+/// `wasi:tensor` work it did (ops, read-backs and their time), reported to
+/// the deployment's counters too.
 async fn handle(
     instance: &Proxy,
     store: &mut Store<InstanceState>,
@@ -613,20 +640,17 @@ async fn handle(
         tensor.reads = Empty,
         tensor.read_us = Empty,
     );
-    let before = (!span.is_disabled()).then(|| store.data().caps.tensor.usage());
     let handled = instance
         .wasi_http_incoming_handler()
         .call_handle(&mut *store, request, outparam)
         .instrument(span.clone())
         .await;
-    if let Some(before) = before {
-        let d = store.data().caps.tensor.usage().since(before);
-        if d.ops + d.reads > 0 {
-            span.record("tensor.ops", d.ops)
-                .record("tensor.op_us", d.op_nanos / 1000)
-                .record("tensor.reads", d.reads)
-                .record("tensor.read_us", d.read_nanos / 1000);
-        }
+    let d = store.data_mut().caps.tensor.report();
+    if !span.is_disabled() && d.ops + d.reads > 0 {
+        span.record("tensor.ops", d.ops)
+            .record("tensor.op_us", d.op_nanos / 1000)
+            .record("tensor.reads", d.reads)
+            .record("tensor.read_us", d.read_nanos / 1000);
     }
     handled
 }
@@ -758,6 +782,19 @@ fn too_large(max: u64) -> Response<ResponseBody> {
             crate::platform::units::format_size(max)
         ),
     )
+}
+
+/// Runs `f` when dropped.
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f()
+            }
+        }
+    }
+    Guard(Some(f))
 }
 
 fn content_length(req: &Request<Incoming>) -> Option<u64> {

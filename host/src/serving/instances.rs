@@ -96,6 +96,19 @@ pub enum Discard {
 }
 
 impl Discard {
+    /// Every reason, for series that exist (at 0) before the first discard.
+    const ALL: [Discard; 9] = [
+        Discard::Retired,
+        Discard::Idle,
+        Discard::Evicted,
+        Discard::Trap,
+        Discard::Deadline,
+        Discard::MemoryCap,
+        Discard::Body,
+        Discard::HostError,
+        Discard::HandlesLeft,
+    ];
+
     fn reason(self) -> &'static str {
         match self {
             Discard::Retired => "retired",
@@ -117,7 +130,7 @@ pub struct Pool {
     idle: Mutex<Vec<(Warm, Instant)>>,
     reuses: Counter,
     idle_gauge: Gauge,
-    deployment: String,
+    label: DeploymentLabel,
     metrics: Arc<Metrics>,
 }
 
@@ -150,13 +163,18 @@ impl Pool {
 
     /// Counts an instance dropped for `why`.
     pub fn discard(&self, why: Discard) {
+        self.discard_counter(why).inc();
+    }
+
+    fn discard_counter(&self, why: Discard) -> Counter {
         self.metrics
             .discards
             .get_or_create(&DiscardLabels {
-                deployment: self.deployment.clone(),
+                tenant: self.label.tenant.clone(),
+                deployment: self.label.deployment.clone(),
                 reason: why.reason(),
             })
-            .inc();
+            .clone()
     }
 
     /// Removes the instances idle past `idle` (to drop outside the lock).
@@ -197,28 +215,28 @@ pub struct Pools {
 }
 
 impl Pools {
-    /// The pool of `deployment`, or `None` when it takes a fresh instance
-    /// per request.
+    /// The pool of the deployment `label` names, or `None` when it takes a
+    /// fresh instance per request.
     pub fn pool(
         self: &Arc<Self>,
-        deployment: &str,
+        label: &DeploymentLabel,
         instances: Instances,
         metrics: &Arc<Metrics>,
     ) -> Option<Arc<Pool>> {
         if !instances.reused() {
             return None;
         }
-        let label = DeploymentLabel {
-            deployment: deployment.to_string(),
-        };
         let pool = Arc::new(Pool {
             instances,
             idle: Mutex::new(Vec::new()),
-            reuses: metrics.reuses.get_or_create(&label).clone(),
-            idle_gauge: metrics.idle_instances.get_or_create(&label).clone(),
-            deployment: deployment.to_string(),
+            reuses: metrics.reuses.get_or_create(label).clone(),
+            idle_gauge: metrics.idle_instances.get_or_create(label).clone(),
+            label: label.clone(),
             metrics: metrics.clone(),
         });
+        for why in Discard::ALL {
+            pool.discard_counter(why);
+        }
         self.live().push(Arc::downgrade(&pool));
         let me = Arc::downgrade(self);
         self.reaper.get_or_init(|| {

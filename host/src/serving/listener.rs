@@ -187,6 +187,7 @@ impl Server {
                 self.metrics
                     .requests
                     .get_or_create(&RequestLabels {
+                        tenant: "none".into(),
                         deployment: "none".into(),
                         status: status.as_u16(),
                     })

@@ -35,9 +35,7 @@ pub use types::Tensor;
 use crate::assembly::capabilities::{
     Capability, DeploymentEnv, InstanceEnv, InstanceState, ServerEnv,
 };
-use crate::platform::metrics::TenantLabel;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use crate::platform::metrics::{DeploymentLabel, Metrics, TenantLabel};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -48,17 +46,18 @@ pub struct TensorHost {
     device: Arc<device::Device>,
     quotas: quota::Quotas,
     weights: weights::WeightsCache,
-    bytes: Family<TenantLabel, Gauge>,
+    metrics: Arc<Metrics>,
 }
 
 impl TensorHost {
-    /// Tensor state on `device`, reporting tenant bytes through `bytes`.
-    pub fn new(device: Arc<device::Device>, bytes: Family<TenantLabel, Gauge>) -> Self {
+    /// Tensor state on `device`, reporting tenants' bytes, quotas and
+    /// weights through `metrics`.
+    pub fn new(device: Arc<device::Device>, metrics: Arc<Metrics>) -> Self {
         Self {
             device,
             quotas: quota::Quotas::default(),
             weights: weights::WeightsCache::default(),
-            bytes,
+            metrics,
         }
     }
 
@@ -67,34 +66,50 @@ impl TensorHost {
         self.device.describe()
     }
 
-    /// A deployment's tensor state: `tenant`'s quota of `limit` bytes and the
-    /// granted weights (`name → file`), loaded now.
+    /// Deployment `name`'s tensor state: `tenant`'s quota of `limit` bytes,
+    /// the granted weights (`name → file`), loaded now, and its counters.
     pub fn tenant(
         &self,
-        tenant: &str,
+        (tenant, name): (&str, &str),
         limit: u64,
         granted: &BTreeMap<String, PathBuf>,
     ) -> anyhow::Result<Arc<TenantTensors>> {
+        let label = TenantLabel {
+            tenant: tenant.to_string(),
+        };
         let quota = self.quotas.get(tenant, limit, || {
-            self.bytes
-                .get_or_create(&TenantLabel {
-                    tenant: tenant.to_string(),
-                })
-                .clone()
+            let m = &self.metrics;
+            m.tensor_quota
+                .get_or_create(&label)
+                .set(i64::try_from(limit).unwrap_or(i64::MAX));
+            // At 0 until a deployment of the tenant loads weights.
+            drop(m.weights_bytes.get_or_create(&label));
+            m.tensor_bytes.get_or_create(&label).clone()
         })?;
         let backend = self.device.backend(tenant)?;
         let mut weights = BTreeMap::new();
         for (name, path) in granted {
             let w = self
                 .weights
-                .get(path, &backend)
+                .get(path, &backend, || {
+                    self.metrics.weights_bytes.get_or_create(&label).clone()
+                })
                 .map_err(|e| anyhow::anyhow!("weights `{name}`: {e:#}"))?;
             weights.insert(name.clone(), w);
         }
+        let label = DeploymentLabel::new(tenant, name);
+        let m = &self.metrics;
+        let counters = usage::Counters {
+            ops: m.tensor_ops.get_or_create(&label).clone(),
+            op_seconds: m.tensor_op_seconds.get_or_create(&label).clone(),
+            reads: m.tensor_reads.get_or_create(&label).clone(),
+            read_seconds: m.tensor_read_seconds.get_or_create(&label).clone(),
+        };
         Ok(Arc::new(TenantTensors {
             tensors: ops::Tensors::new(backend, quota.clone()),
             quota,
             weights,
+            counters,
         }))
     }
 }
@@ -104,10 +119,7 @@ impl Capability for TensorHost {
     type Instance = TensorCtx;
 
     fn new(env: &ServerEnv) -> anyhow::Result<Self> {
-        Ok(TensorHost::new(
-            env.device.clone(),
-            env.metrics.tensor_bytes.clone(),
-        ))
+        Ok(TensorHost::new(env.device.clone(), env.metrics.clone()))
     }
 
     fn add_to_linker(linker: &mut Linker<InstanceState>) -> anyhow::Result<()> {
@@ -115,7 +127,11 @@ impl Capability for TensorHost {
     }
 
     fn deployment(&self, env: &DeploymentEnv) -> anyhow::Result<Arc<TenantTensors>> {
-        self.tenant(env.tenant, env.limits.tensor_memory, &env.grants.weights)
+        self.tenant(
+            (env.tenant, env.name),
+            env.limits.tensor_memory,
+            &env.grants.weights,
+        )
     }
 
     fn instance(shared: &Arc<TenantTensors>, _: &InstanceEnv) -> anyhow::Result<TensorCtx> {
@@ -146,6 +162,7 @@ pub struct TenantTensors {
     tensors: ops::Tensors,
     quota: Arc<quota::Quota>,
     weights: BTreeMap<String, Arc<weights::WeightsFile>>,
+    counters: usage::Counters,
 }
 
 impl TenantTensors {
@@ -165,6 +182,8 @@ pub struct TensorCtx {
     shared: Arc<TenantTensors>,
     tensors: ops::Tensors,
     usage: usage::Usage,
+    /// What [`TensorCtx::report`] added to the deployment's counters so far.
+    reported: usage::Totals,
 }
 
 impl TensorCtx {
@@ -176,6 +195,7 @@ impl TensorCtx {
             shared,
             tensors,
             usage: usage::Usage::default(),
+            reported: usage::Totals::default(),
         }
     }
 
@@ -184,9 +204,14 @@ impl TensorCtx {
         &self.tensors
     }
 
-    /// What the instance did with `wasi:tensor` so far.
-    pub fn usage(&self) -> usage::Totals {
-        self.usage.totals()
+    /// What the instance did with `wasi:tensor` since the last report,
+    /// added now to the deployment's counters.
+    pub fn report(&mut self) -> usage::Totals {
+        let now = self.usage.totals();
+        let d = now.since(self.reported);
+        self.reported = now;
+        self.shared.counters.add(d);
+        d
     }
 }
 

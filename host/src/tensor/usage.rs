@@ -3,6 +3,8 @@
 //! ends (`TENSOR_WASM_LOG=info,tensor_wasm::tensor=debug`). The rest of the instance's
 //! lifetime is the guest's own work and the host's HTTP handling.
 
+use crate::platform::metrics::Seconds;
+use prometheus_client::metrics::counter::Counter;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -95,6 +97,35 @@ impl Usage {
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.call_nanos
             .fetch_add(nanos(since.elapsed()), Ordering::Relaxed);
+    }
+}
+
+/// A deployment's `wasi:tensor` series (`tensorwasm_tensor_*_total`), added
+/// to once per request (or model call) from its instance's [`Usage`], not per
+/// op: the series are shared by every thread.
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    /// Ops queued.
+    pub ops: Counter,
+    /// Time inside them, seconds.
+    pub op_seconds: Seconds,
+    /// Read-backs.
+    pub reads: Counter,
+    /// Time inside them, seconds.
+    pub read_seconds: Seconds,
+}
+
+impl Counters {
+    /// Adds `d`.
+    pub fn add(&self, d: Totals) {
+        if d.ops > 0 {
+            self.ops.inc_by(d.ops);
+            self.op_seconds.inc_by(d.op_nanos as f64 * 1e-9);
+        }
+        if d.reads > 0 {
+            self.reads.inc_by(d.reads);
+            self.read_seconds.inc_by(d.read_nanos as f64 * 1e-9);
+        }
     }
 }
 

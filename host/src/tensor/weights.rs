@@ -36,6 +36,11 @@ impl WeightsFile {
         self.tensors.get(name)
     }
 
+    /// Bytes its tensors hold on their device.
+    pub fn byte_size(&self) -> u64 {
+        self.tensors.values().map(Tensor::byte_size).sum()
+    }
+
     /// Reads a weights file (safetensors, or GGUF by its magic) onto `backend`.
     pub fn load(path: &Path, backend: &dyn Backend) -> Result<Self> {
         let _span = tracing::info_span!(target: "otel", "weights-load", file = %path.display(), device = backend.name()).entered();
@@ -152,8 +157,14 @@ pub struct WeightsCache {
 }
 
 impl WeightsCache {
-    /// The file at `path`, loading it on first use.
-    pub fn get(&self, path: &Path, device: &DeviceHandle) -> Result<Arc<WeightsFile>> {
+    /// The file at `path`, loading it on first use (and then adding its
+    /// size to `resident`).
+    pub fn get(
+        &self,
+        path: &Path,
+        device: &DeviceHandle,
+        resident: impl FnOnce() -> prometheus_client::metrics::gauge::Gauge,
+    ) -> Result<Arc<WeightsFile>> {
         let canonical = path
             .canonicalize()
             .with_context(|| format!("weights file {} not found", path.display()))?;
@@ -171,6 +182,7 @@ impl WeightsCache {
             w.names.len(),
             started.elapsed()
         );
+        resident().inc_by(w.byte_size() as i64);
         map.insert(key, w.clone());
         Ok(w)
     }

@@ -81,6 +81,7 @@ pub fn compile_source(
         }
         other => format!("NVRTC failed on {name}: {other:?}"),
     })?;
+    crate::platform::metrics::compiled("kernel", started.elapsed().as_secs_f64());
     let ptx = compiled.to_src();
     if let Some(p) = &path {
         let tmp = p.with_extension("tmp");
