@@ -1,12 +1,11 @@
 //! `tensor-wasm deploy`, `undeploy` and `deployments …`: a client of a
-//! running server's admin API (`crate::serving::admin_api`), over plain
-//! HTTP/1.1 (the admin listener is loopback unless the operator says
-//! otherwise; TLS is not built).
+//! running server's admin API (`crate::serving::admin_api`), through
+//! [`super::admin_http`].
 
+use super::admin_http::exchange;
 use super::args::{AdminArgs, DeployArgs};
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
-use std::io::{Read, Write};
 use std::path::Path;
 
 /// Runs `tensor-wasm deploy`.
@@ -279,39 +278,18 @@ fn call(
     body: Option<&Value>,
     if_match: Option<u64>,
 ) -> Result<Value> {
-    let token = token(admin)?;
-    let authority = admin
-        .admin
-        .strip_prefix("http://")
-        .ok_or_else(|| {
-            anyhow!(
-                "--admin `{}`: only http:// URLs (the admin listener has no TLS yet)",
-                admin.admin
-            )
-        })?
-        .trim_end_matches('/');
+    let token = format!("Bearer {}", token(admin)?);
     let body = body.map(Value::to_string).unwrap_or_default();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nhost: {authority}\r\nauthorization: Bearer {token}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
-        body.len()
-    );
-    if let Some(rev) = if_match {
-        head.push_str(&format!("if-match: \"{rev}\"\r\n"));
+    let revision = if_match.map(|rev| format!("\"{rev}\""));
+    let mut headers = vec![
+        ("authorization", token.as_str()),
+        ("content-type", "application/json"),
+    ];
+    if let Some(rev) = &revision {
+        headers.push(("if-match", rev));
     }
-    let mut stream = std::net::TcpStream::connect(authority)
-        .with_context(|| format!("cannot reach the admin API at {} (is `tensor-wasm serve` running, and --admin-listen there?)", admin.admin))?;
-    stream.write_all(format!("{head}\r\n{body}").as_bytes())?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let raw = String::from_utf8_lossy(&raw);
-    let (head, body) = raw
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("the admin API sent no complete response"))?;
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let (status, body) = exchange(&admin.admin, method, path, &headers, &body, None)?;
+    let body = body.as_str();
     let value: Value =
         serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.trim().into()));
     if (200..300).contains(&status) {

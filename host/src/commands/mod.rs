@@ -1,6 +1,7 @@
 //! The `tensor-wasm` CLI verbs: each parses its flags ([`args`]) and calls
 //! the layers below; none wires the host by hand.
 
+pub mod admin_http;
 pub mod args;
 pub mod artifact;
 pub mod audit;

@@ -3,10 +3,11 @@
 //! no token needed). Rates and percentiles are over the last interval (the
 //! difference between two scrapes), like `top`.
 
-use anyhow::{Context, Result, anyhow};
+use super::admin_http::exchange;
+use anyhow::{Result, anyhow};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 /// How long one scrape may take.
@@ -15,11 +16,10 @@ const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Runs the board: redrawn every `interval` until interrupted, or printed
 /// once (after two scrapes `interval` apart) with `once`.
 pub fn run(admin: &str, interval: Duration, once: bool) -> Result<()> {
-    let authority = authority(admin)?;
-    let mut before = Scrape::take(&authority, admin)?;
+    let mut before = Scrape::take(admin)?;
     loop {
         std::thread::sleep(interval);
-        let now = match Scrape::take(&authority, admin) {
+        let now = match Scrape::take(admin) {
             Ok(s) => s,
             Err(e) if !once => {
                 // Like `top` when its source goes away: say so, keep trying.
@@ -40,23 +40,6 @@ pub fn run(admin: &str, interval: Duration, once: bool) -> Result<()> {
     }
 }
 
-/// `host:port` of an admin address given as `http://host:port` or `host:port`.
-fn authority(admin: &str) -> Result<String> {
-    if admin.starts_with("https://") {
-        return Err(anyhow!(
-            "--admin `{admin}`: only http:// (the admin listener has no TLS yet)"
-        ));
-    }
-    let a = admin.strip_prefix("http://").unwrap_or(admin);
-    let a = a.trim_end_matches('/');
-    if a.is_empty() || a.contains('/') {
-        return Err(anyhow!(
-            "--admin `{admin}`: expected HOST:PORT or http://HOST:PORT"
-        ));
-    }
-    Ok(a.to_string())
-}
-
 /// One reading of `/healthz` and `/metrics`.
 struct Scrape {
     at: Instant,
@@ -73,15 +56,9 @@ struct Sample {
 }
 
 impl Scrape {
-    fn take(authority: &str, admin: &str) -> Result<Scrape> {
-        let reach = || {
-            format!(
-                "cannot reach the admin listener at {admin} (is `tensor-wasm serve` running, \
-                 with --admin-listen there?)"
-            )
-        };
-        let health = get(authority, "/healthz").with_context(reach)?;
-        let text = get(authority, "/metrics").with_context(reach)?;
+    fn take(admin: &str) -> Result<Scrape> {
+        let health = get(admin, "/healthz")?;
+        let text = get(admin, "/metrics")?;
         Ok(Scrape {
             at: Instant::now(),
             health: health.trim().to_string(),
@@ -144,28 +121,13 @@ impl Scrape {
     }
 }
 
-/// A plain HTTP/1.1 GET; the body of a 200, else an error.
-fn get(authority: &str, path: &str) -> Result<String> {
-    let addr = std::net::ToSocketAddrs::to_socket_addrs(authority)?
-        .next()
-        .ok_or_else(|| anyhow!("`{authority}` names no address"))?;
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, SCRAPE_TIMEOUT)?;
-    stream.set_read_timeout(Some(SCRAPE_TIMEOUT))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let raw = String::from_utf8_lossy(&raw);
-    let (head, body) = raw
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("{path}: no complete response"))?;
-    let status = head.split_whitespace().nth(1).unwrap_or("?");
-    if status != "200" {
+/// GET `path` of the admin listener: the body of a 200, else an error.
+fn get(admin: &str, path: &str) -> Result<String> {
+    let (status, body) = exchange(admin, "GET", path, &[], "", Some(SCRAPE_TIMEOUT))?;
+    if status != 200 {
         return Err(anyhow!("{path}: HTTP {status}: {}", body.trim()));
     }
-    Ok(body.to_string())
+    Ok(body)
 }
 
 /// The samples of a Prometheus/OpenMetrics text exposition (comments,
@@ -455,16 +417,5 @@ mod tests {
         let p99 = quantile(0.99, &before, &now, "l", &[]).unwrap();
         assert!((p99 - 0.982).abs() < 1e-9, "{p99}");
         assert_eq!(quantile(0.5, &now, &now, "l", &[]), None);
-    }
-
-    #[test]
-    fn admin_addresses_with_or_without_a_scheme() {
-        assert_eq!(
-            authority("http://127.0.0.1:9090/").unwrap(),
-            "127.0.0.1:9090"
-        );
-        assert_eq!(authority("localhost:9").unwrap(), "localhost:9");
-        assert!(authority("https://h:1").is_err());
-        assert!(authority("http://h:1/metrics").is_err());
     }
 }
