@@ -339,4 +339,15 @@ fn cuda_kernels_from_a_guest() {
             "{metrics}"
         );
     }
+    // Every launch counted for its deployment; the host's and the guest's
+    // NVRTC compiles timed.
+    let vetted = ["tenant=\"acme\"", "deployment=\"vetted\""];
+    let launches = metric(&metrics, "tensorwasm_cuda_launches_total", &vetted);
+    assert!(launches >= 6.0, "launches {launches}:\n{metrics}");
+    let compiles = metric(
+        &metrics,
+        "tensorwasm_compile_duration_seconds_count",
+        &["kind=\"kernel\""],
+    );
+    assert!(compiles >= 1.0, "kernel compiles {compiles}:\n{metrics}");
 }

@@ -77,7 +77,7 @@ impl Assembly {
         let engine = engine::build(&opts.engine)?;
         let device = Device::open(opts.device, opts.cache_dir.clone(), opts.tf32)?;
         tracing::info!("tensor backend: {}", device.describe());
-        let metrics = Arc::new(Metrics::new(&device.describe()));
+        let metrics = Arc::new(Metrics::new((&device.name(), &device.hardware())));
         let caps = ServerCapabilities::new(&ServerEnv {
             data_dir: opts.data_dir,
             device: Arc::new(device),

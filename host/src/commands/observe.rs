@@ -254,10 +254,14 @@ fn render(admin: &str, before: &Scrape, now: &Scrape) -> String {
     let misses = now.sum("tensorwasm_artifact_cache_misses_total", &[]);
     let _ = writeln!(
         out,
-        "tensor-wasm {}  {admin}  health: {}  backend: {}  (over the last {dt:.1}s)",
+        "tensor-wasm {}  {admin}  health: {}  backend: {}{}  (over the last {dt:.1}s)",
         label("version"),
         now.health,
         label("backend"),
+        match label("device").as_str() {
+            "cpu" | "?" => String::new(),
+            d => format!(" ({d})"),
+        },
     );
     let _ = writeln!(
         out,

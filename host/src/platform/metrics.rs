@@ -191,9 +191,9 @@ fn instantiation_histogram() -> Histogram {
 }
 
 impl Metrics {
-    /// Creates and registers every metric; `backend` (the tensor device, as
-    /// `Device::describe` names it) goes into `tensorwasm_build_info`.
-    pub fn new(backend: &str) -> Self {
+    /// Creates and registers every metric; `(backend, hardware)` (the
+    /// tensor device: `cuda:0` and what it is) go into `tensorwasm_build_info`.
+    pub fn new((backend, hardware): (&str, &str)) -> Self {
         let mut r = Registry::with_prefix("tensorwasm");
         r.register(
             "build",
@@ -201,6 +201,7 @@ impl Metrics {
             prometheus_client::metrics::info::Info::new(vec![
                 ("version", env!("CARGO_PKG_VERSION").to_string()),
                 ("backend", backend.to_string()),
+                ("device", hardware.to_string()),
             ]),
         );
         Self {

@@ -84,6 +84,15 @@ impl Device {
         }
     }
 
+    /// What computes: `cpu`, or the GPU, its architecture, memory and
+    /// driver (stable across restarts, unlike [`Device::describe`]).
+    pub fn hardware(&self) -> String {
+        match self {
+            Self::Cpu(_) => "cpu".into(),
+            Self::Cuda { gpu, .. } => gpu.hardware(),
+        }
+    }
+
     /// Where tensors compute, as guests are told: `cpu` or `cuda:N`.
     pub fn name(&self) -> String {
         match self {

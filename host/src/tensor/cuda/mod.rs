@@ -173,16 +173,25 @@ impl CudaDevice {
         .map(|p| p.ptx)
     }
 
-    /// One line for the start-up log.
-    pub fn describe(&self) -> String {
+    /// The GPU, its architecture, memory and driver (stable across
+    /// restarts: a metric label).
+    pub fn hardware(&self) -> String {
         format!(
-            "cuda:{} ({}, {}, {} GiB, driver {}.{}; kernels {}{})",
-            self.ordinal,
+            "{}, {}, {} GiB, driver {}.{}",
             self.name,
             self.arch,
             self.memory >> 30,
             self.driver / 1000,
             (self.driver % 1000) / 10,
+        )
+    }
+
+    /// One line for the start-up log.
+    pub fn describe(&self) -> String {
+        format!(
+            "cuda:{} ({}; kernels {}{})",
+            self.ordinal,
+            self.hardware(),
             self.ptx.origin,
             if self.tf32 {
                 "; f32 products in TF32"
