@@ -22,10 +22,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "http"))
-from bench import describe, free_port, stop, timed  # noqa: E402
+from bench import describe, free_port, stop, timed, wait_ready  # noqa: E402
 
 TOKEN = "bench-token-0123456789"
 KINDS = ["bare", "4 no-op components", "gateway", "gateway+audit-all"]
@@ -76,22 +75,6 @@ route = {{ host = "gw-audit.test" }}
     return path
 
 
-def wait_ready(port, proc, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            req = urllib.request.Request(f"http://127.0.0.1:{port}/hello",
-                                         headers={"Host": "bare.test"})
-            with urllib.request.urlopen(req, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("server did not become ready")
-
-
 def wrk(port, kind, conc, seconds, latency=True):
     cmd = ["wrk", "-t1", f"-c{conc}", f"-d{seconds}s", "-H", f"Host: {HOSTS[kind]}",
            "-H", f"Authorization: Bearer {TOKEN}"]
@@ -111,7 +94,7 @@ def measure(args, d, reuse, concs, results):
          "--cache-dir", os.path.join(d, "cache"), "--data-dir", os.path.join(d, f"data-{reuse}")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
-        wait_ready(port, proc)
+        wait_ready(port, proc, "/hello", {"Host": "bare.test"}, timeout=120)
         for kind in KINDS:
             wrk(port, kind, 16, 2, latency=False)  # warm-up
         for rnd in range(args.rounds):

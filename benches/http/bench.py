@@ -24,13 +24,16 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_ready(port, proc, timeout=60):
+def wait_ready(port, proc, path=None, headers=None, timeout=60):
+    """Waits until GET `path` (default PATH) with `headers` answers 200."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{PATH}", timeout=2) as r:
+            req = urllib.request.Request(f"http://127.0.0.1:{port}{path or PATH}",
+                                         headers=headers or {})
+            with urllib.request.urlopen(req, timeout=2) as r:
                 if r.status == 200:
                     return
         except OSError:

@@ -24,7 +24,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "http"))
-from bench import describe, free_port, stop, timed  # noqa: E402
+from bench import describe, free_port, stop, timed, wait_ready  # noqa: E402
 
 TOKEN = "bench-token-0123456789"
 MODES = {"off": None, "1%": "0.01", "100%": "1.0"}
@@ -89,21 +89,6 @@ def start(args, d, spec, name, env_extra, admin=False):
     return proc, port, admin_port
 
 
-def wait_ready(port, path, proc, headers=None, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers or {})
-            with urllib.request.urlopen(req, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("server did not become ready")
-
-
 def wrk(port, conc, seconds, latency=True):
     cmd = ["wrk", "-t1", f"-c{conc}", f"-d{seconds}s", "-H", f"Authorization: Bearer {TOKEN}"]
     if latency:
@@ -139,7 +124,7 @@ def main():
                 proc, port, _ = start(args, d, spec, mode.strip("%"), env)
                 servers[mode] = (proc, port)
             for mode, (proc, port) in servers.items():
-                wait_ready(port, "/hello", proc, {"Authorization": f"Bearer {TOKEN}"})
+                wait_ready(port, proc, "/hello", {"Authorization": f"Bearer {TOKEN}"}, timeout=120)
                 wrk(port, args.concurrency, 2, latency=False)  # warm-up
             for rnd in range(args.rounds):
                 order = list(MODES) if rnd % 2 == 0 else list(MODES)[::-1]
@@ -157,7 +142,7 @@ def main():
         # One /metrics scrape with 100 deployments (10 tenants), each served once.
         proc, port, admin = start(args, d, hundred_file(d, args.hello), "hundred", {}, admin=True)
         try:
-            wait_ready(port, "/hello", proc, {"Host": "d99.test"})
+            wait_ready(port, proc, "/hello", {"Host": "d99.test"}, timeout=120)
             for i in range(100):
                 urllib.request.urlopen(urllib.request.Request(
                     f"http://127.0.0.1:{port}/hello", headers={"Host": f"d{i}.test"})).read()
