@@ -431,6 +431,9 @@ impl Deployment {
                 handled
             };
             let result = tokio::time::timeout_at(deadline, run).await;
+            // A guest stopped at its deadline never got to its handler's
+            // report: count the tensor work it did before it was stopped.
+            store.data_mut().caps.tensor.report();
             let end = classify(result, store.data().limiter.hit);
             stats.record(&who, request_id.to_str().unwrap_or_default(), &end);
             if !matches!(end, GuestEnd::Returned) {
