@@ -6,6 +6,7 @@ mod support;
 mod admin_api;
 mod bad_input;
 mod batching;
+mod connections;
 mod cuda;
 mod deployments;
 mod gateway;

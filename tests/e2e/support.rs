@@ -96,6 +96,21 @@ impl Server {
 
     /// [`Server::start`] with `env` added to the server's environment.
     pub fn start_env(args: &[&str], cache: &Path, env: &[(&str, &str)]) -> Server {
+        Server::start_with(args, cache, env, None)
+    }
+
+    /// [`Server::start`] in a process allowed at most `nofile` open files
+    /// (soft and hard limit, as `ulimit -n` sets them).
+    pub fn start_nofile(args: &[&str], cache: &Path, nofile: u64) -> Server {
+        Server::start_with(args, cache, &[], Some(nofile))
+    }
+
+    fn start_with(
+        args: &[&str],
+        cache: &Path,
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+    ) -> Server {
         static SERVERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let mut data = Vec::new();
         if !args.contains(&"--data-dir") {
@@ -106,7 +121,25 @@ impl Server {
             let dir = cache.with_file_name(format!("{name}-data-{n}"));
             data = vec!["--data-dir".into(), dir.display().to_string()];
         }
-        let mut child = Command::new(bin())
+        let mut command = Command::new(bin());
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe and touches no memory
+            // of the parent.
+            unsafe {
+                command.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n as libc::rlim_t,
+                        rlim_max: n as libc::rlim_t,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command
             .arg("serve")
             .args([
                 "--listen",

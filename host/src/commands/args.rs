@@ -468,9 +468,21 @@ pub struct ServeArgs {
     /// Serving threads, each with its own listener and runtime [default: one per CPU].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
-    /// How long shutdown waits for in-flight requests.
+    /// How long shutdown waits for in-flight requests (idle connections, and ones that sent only part of a request, close at once).
     #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub shutdown_grace: Duration,
+    /// Connections the serving listener holds at once; when full, its longest-idle connection is closed to take a new one, and new ones are refused only while all are busy [default: ¾ of the open-file limit, which start-up raises to its hard limit].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Connections one client address may hold at once; at the limit its own longest-idle one makes room [default: no limit of its own, as a load balancer or NAT puts many users behind one address].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_client: Option<usize>,
+    /// Time a client has, from the first byte of a request (on a new or an idle connection), to send the whole request head; past it the connection is closed (slow-header clients).
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub header_read_timeout: Duration,
+    /// Time a connection may stay open with no request in progress and nothing being sent; past it the server closes it.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub idle_connection_timeout: Duration,
     /// Log one line per request (target `access`, level info): request id, tenant, deployment, method, path, status, and µs until the response's head.
     #[arg(long)]
     pub access_log: bool,

@@ -11,10 +11,11 @@ use crate::platform::dirs;
 use crate::platform::engine::EngineOptions;
 use crate::platform::load::{self, Kind};
 use crate::serving::admin_tokens::AdminTokens;
+use crate::serving::connections;
 use crate::serving::deployment::Deployment;
 use crate::serving::listener::{Listen, Server};
 use crate::serving::router::Router;
-use anyhow::{Result, anyhow};
+use anyhow::{Result, anyhow, bail};
 use registry::Registry;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -290,6 +291,41 @@ fn options(
     }
 }
 
+/// The connection limits `serve`'s flags ask for, checked.
+fn connection_limits(args: &ServeArgs) -> Result<connections::Limits> {
+    let fds = connections::raise_fd_limit();
+    let max = match args.max_connections {
+        Some(0) => bail!("--max-connections must be at least 1"),
+        Some(n) => {
+            if n as u64 >= fds {
+                tracing::warn!(
+                    "--max-connections {n} is not below the open-file limit ({fds}): \
+                     accepting may fail for want of descriptors before the limit is reached"
+                );
+            }
+            n
+        }
+        None => connections::default_max_connections(fds),
+    };
+    if args.max_connections_per_client == Some(0) {
+        bail!("--max-connections-per-client must be at least 1");
+    }
+    for (flag, d) in [
+        ("--header-read-timeout", args.header_read_timeout),
+        ("--idle-connection-timeout", args.idle_connection_timeout),
+    ] {
+        if d.is_zero() {
+            bail!("{flag} must be more than 0");
+        }
+    }
+    Ok(connections::Limits {
+        max,
+        per_client: args.max_connections_per_client,
+        header_timeout: args.header_read_timeout,
+        idle_timeout: args.idle_connection_timeout,
+    })
+}
+
 fn listen(args: &ServeArgs) -> Result<Listen> {
     let admin = match args.admin_listen.as_str() {
         "off" | "none" => None,
@@ -304,6 +340,7 @@ fn listen(args: &ServeArgs) -> Result<Listen> {
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         grace: args.shutdown_grace,
+        limits: connection_limits(args)?,
     })
 }
 

@@ -109,6 +109,8 @@ pub struct Metrics {
     registry: Registry,
     /// Requests by deployment and status.
     pub requests: Family<RequestLabels, Counter>,
+    /// Connections open, and closed by the server, per listener.
+    pub connections: crate::serving::connections::ConnectionMetrics,
     /// Time to response headers, seconds; a bucket's exemplar names the
     /// trace of a sampled request that fell in it.
     pub latency: Family<DeploymentLabel, HistogramWithExemplars<TraceLabel>>,
@@ -211,6 +213,22 @@ impl Metrics {
                 "HTTP requests by deployment and status",
                 Family::default(),
             ),
+            connections: crate::serving::connections::ConnectionMetrics {
+                open: add(
+                    &mut r,
+                    "connections",
+                    "Client connections open, per listener",
+                    Family::default(),
+                ),
+                closed: add(
+                    &mut r,
+                    "connections_closed",
+                    "Connections the server closed: slow request heads, idle past the timeout, \
+                     the longest-idle one of a full listener, new ones refused while all were busy, \
+                     idle ones at shutdown",
+                    Family::default(),
+                ),
+            },
             latency: add(
                 &mut r,
                 "request_duration_seconds",

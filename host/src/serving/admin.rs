@@ -2,43 +2,31 @@
 //! Prometheus `/metrics`, and the admin API under `/v1/` ([`super::admin_api`]).
 
 use super::body::{ResponseBody, error_response, full};
+use super::connections::{Connections, http_builder};
 use super::deployment::Deployment;
 use super::listener::Server;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::net::TcpListener;
 
 /// Serves `/healthz`, `/readyz` and `/metrics` on the admin listener.
-pub async fn serve_admin(server: Arc<Server>, listener: TcpListener) {
-    let builder = auto::Builder::new(TokioExecutor::new());
+pub async fn serve_admin(server: Arc<Server>, listener: TcpListener, conns: Arc<Connections>) {
+    let builder = http_builder();
     loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            continue;
-        };
+        let (stream, peer) = conns.accept(&listener).await;
         let server = server.clone();
         let client: Arc<str> = peer.to_string().into();
-        let service = service_fn(move |req: Request<Incoming>| {
+        conns.spawn(&builder, None, stream, move |req: Request<Incoming>| {
             let (server, client) = (server.clone(), client.clone());
             async move {
-                let response = if req.uri().path().starts_with("/v1/") {
+                if req.uri().path().starts_with("/v1/") {
                     super::admin_api::respond(&server, req, &client).await
                 } else {
                     admin_response(&server, req.uri().path())
-                };
-                Ok::<_, Infallible>(response)
+                }
             }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        tokio::spawn(async move {
-            let _ = conn.await;
         });
     }
 }

@@ -7,17 +7,14 @@
 
 use super::admin_tokens::AdminTokens;
 use super::body::{ResponseBody, error_response};
+use super::connections::{Connections, Limits, http_builder};
 use crate::live::{Live, Unrouted};
 use crate::platform::metrics::{Metrics, RequestLabels};
 use crate::platform::telemetry;
 use anyhow::{Context, Result};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,6 +49,9 @@ pub struct Listen {
     pub threads: usize,
     /// How long in-flight requests may finish after a shutdown signal.
     pub grace: Duration,
+    /// Connection limits of the serving listener (the admin listener's
+    /// are the same but for a share of the connections).
+    pub limits: Limits,
 }
 
 impl Server {
@@ -89,10 +89,21 @@ impl Server {
         if let Some(a) = &admin {
             tracing::info!("admin on http://{}", a[0].local_addr()?);
         }
+        let metrics = self.metrics.connections.clone();
+        let conns = Connections::new("serving", listen.limits.clone(), metrics.clone());
+        let admin_conns = Connections::new(
+            "admin",
+            Limits {
+                max: (listen.limits.max / 16).max(16),
+                ..listen.limits.clone()
+            },
+            metrics,
+        );
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut workers = Vec::new();
         for (i, listener) in listeners.into_iter().enumerate() {
             let (server, mut stop, grace) = (self.clone(), stop_rx.clone(), listen.grace);
+            let conns = conns.clone();
             let worker = std::thread::Builder::new()
                 .name(format!("serve-{i}"))
                 .spawn(move || -> Result<()> {
@@ -105,14 +116,18 @@ impl Server {
                         let stopped = async move {
                             let _ = stop.wait_for(|s| *s).await;
                         };
-                        serve(server, listener, grace, stopped).await;
+                        serve(server, listener, &conns, grace, stopped).await;
                         Ok(())
                     })
                 })
                 .context("cannot start a serving thread")?;
             workers.push(worker);
         }
-        self.control(admin.map(|mut a| a.remove(0)), listen.grace)?;
+        self.control(
+            admin.map(|mut a| (a.remove(0), admin_conns)),
+            &conns,
+            listen.grace,
+        )?;
         let _ = stop_tx.send(true);
         for worker in workers {
             match worker.join() {
@@ -128,7 +143,8 @@ impl Server {
     /// server draining.
     fn control(
         self: &Arc<Self>,
-        admin: Option<std::net::TcpListener>,
+        admin: Option<(std::net::TcpListener, Arc<Connections>)>,
+        conns: &Arc<Connections>,
         grace: Duration,
     ) -> Result<()> {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -136,14 +152,17 @@ impl Server {
             .build()
             .context("cannot start the async runtime")?;
         rt.block_on(async {
-            if let Some(admin) = admin {
+            tokio::spawn(conns.clone().sweep_forever());
+            if let Some((admin, admin_conns)) = admin {
                 let admin = TcpListener::from_std(admin)?;
-                tokio::spawn(super::admin::serve_admin(self.clone(), admin));
+                tokio::spawn(admin_conns.clone().sweep_forever());
+                tokio::spawn(super::admin::serve_admin(self.clone(), admin, admin_conns));
             }
             tokio::spawn(reread_on_hangup(self.live.clone()));
             tokio::spawn(self.live.clone().watch_models());
             shutdown_signal().await;
             self.draining.store(true, Ordering::Relaxed);
+            conns.drain();
             tracing::info!(
                 "shutting down: no new connections; waiting up to {} for in-flight requests",
                 humantime::format_duration(grace)
@@ -157,11 +176,11 @@ impl Server {
         self: Arc<Self>,
         req: Request<Incoming>,
         client: http::HeaderValue,
-    ) -> Result<Response<ResponseBody>, Infallible> {
+    ) -> Response<ResponseBody> {
         let span = telemetry::request_span(&req, &client);
         let mut response = self.route(req, client).instrument(span.clone()).await;
         telemetry::finish(&span, &mut response);
-        Ok(response)
+        response
     }
 
     /// Routes a request to its deployment, which serves it.
@@ -171,19 +190,28 @@ impl Server {
         client: http::HeaderValue,
     ) -> Response<ResponseBody> {
         let mut req = req;
-        let routed =
-            tracing::info_span!(target: "otel", "route").in_scope(|| self.live.route(&req));
-        let deployment = match routed {
-            Ok(d) => d,
-            Err(why) => {
-                let (status, code, message) = match why {
+        let refused = match duplicated(req.headers()) {
+            Some(name) => Err((
+                StatusCode::BAD_REQUEST,
+                "duplicate_header",
+                format!("the request has more than one `{name}` header"),
+            )),
+            None => {
+                let routed =
+                    tracing::info_span!(target: "otel", "route").in_scope(|| self.live.route(&req));
+                routed.map_err(|why| match why {
                     Unrouted::NoRoute => (
                         StatusCode::NOT_FOUND,
                         "no_route",
                         format!("no deployment serves {}", req.uri().path()),
                     ),
                     Unrouted::Waiting(m) => (StatusCode::SERVICE_UNAVAILABLE, "models_missing", m),
-                };
+                })
+            }
+        };
+        let deployment = match refused {
+            Ok(d) => d,
+            Err((status, code, message)) => {
                 self.metrics
                     .requests
                     .get_or_create(&RequestLabels {
@@ -206,6 +234,15 @@ impl Server {
         };
         deployment.serve(&self.engine, req, &client).await
     }
+}
+
+/// The first header that a request may carry once at most but carries more
+/// often: a component reading one copy and a proxy before us another would
+/// disagree on who is calling or which host is asked.
+fn duplicated(headers: &http::HeaderMap) -> Option<&'static str> {
+    ["authorization", "host"]
+        .into_iter()
+        .find(|name| headers.get_all(*name).iter().nth(1).is_some())
 }
 
 /// Opens `count` listening sockets on `addr` that share its port
@@ -235,38 +272,25 @@ pub fn bind_shared(addr: SocketAddr, count: usize) -> Result<Vec<std::net::TcpLi
     Ok(all)
 }
 
-/// Serves `listener` until `shutdown` resolves, then drains for up to `grace`.
+/// Serves `listener` until `shutdown` resolves, then drains for up to `grace`
+/// (idle and half-sent connections close at once: [`Connections::drain`]).
 async fn serve(
     server: Arc<Server>,
     listener: TcpListener,
+    conns: &Arc<Connections>,
     grace: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().keep_alive(true);
+    let builder = http_builder();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
+            (stream, peer) = conns.accept(&listener) => {
                 let server = server.clone();
                 let client = crate::serving::request_id::client_value(peer);
-                let service = service_fn(move |req| server.clone().handle(req, client.clone()));
-                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!("connection ended: {e}");
-                    }
+                conns.spawn(&builder, Some(&graceful), stream, move |req| {
+                    server.clone().handle(req, client.clone())
                 });
             }
             _ = &mut shutdown => break,

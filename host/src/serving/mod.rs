@@ -1,5 +1,5 @@
 //! A request's path through the host: the listener accepts it
-//! ([`listener`]), the [`router`] picks its deployment, the
+//! ([`listener`]) within its [`connections`] limits, the [`router`] picks its deployment, the
 //! [`deployment`] runs a guest for it ([`guest`]) under the tenant's limits,
 //! in a fresh instance or a warm one ([`instances`]), and its [`body`]
 //! streams back with a [`request_id`]. Beside it, the [`admin`] listener
@@ -9,6 +9,7 @@ pub mod admin;
 pub mod admin_api;
 pub mod admin_tokens;
 pub mod body;
+pub mod connections;
 pub mod deployment;
 pub mod guest;
 pub mod instances;
