@@ -185,3 +185,42 @@ fn concurrency_limit_queues_requests_within_their_budget() {
         b.1
     );
 }
+
+#[test]
+fn many_deployments_of_one_component_share_its_compiled_code_and_absurd_counts_are_refused() {
+    let dir = scratch("many_deployments");
+    let hello = guest("hello");
+    let many = |n: usize| {
+        (0..n)
+            .map(|i| {
+                format!(
+                    "[[deployment]]\nname = \"d{i}\"\ntenant = \"t{}\"\ncomponent = {hello:?}\n\
+                     route = {{ host = \"d{i}.test\" }}\n\n",
+                    i % 10
+                )
+            })
+            .collect::<String>()
+    };
+    let file = deployment_file(&dir, &many(300));
+    let server = Server::start(&[file.to_str().unwrap()], &dir.join("cache"));
+    for i in [0, 150, 299] {
+        let host = format!("d{i}.test");
+        let r = request(server.addr, "GET", "/hello", &[("host", &host)], b"");
+        assert_eq!(r.status, 200, "{host}");
+    }
+    // The component was compiled (or loaded from the cache) once, not 300 times.
+    let log = server.log();
+    let loads = log.matches("hello.wasm: compiled in").count()
+        + log.matches("hello.wasm: loaded from cache").count();
+    assert_eq!(loads, 1, "{log}");
+    drop(server);
+
+    let too_many = dir.join("too-many.toml");
+    std::fs::write(&too_many, many(10_001)).unwrap();
+    let (code, _, err) = run(&["serve", too_many.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("10001 deployments; one server takes at most 10000"),
+        "{err}"
+    );
+}

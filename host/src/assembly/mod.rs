@@ -117,6 +117,12 @@ impl Assembly {
             .await
     }
 
+    /// While the guard lives, deployments built from the same component
+    /// (after pre-initialization) share one compiled copy of it.
+    pub fn sharing_components(&self) -> crate::platform::cache::Sharing<'_> {
+        self.cache.sharing()
+    }
+
     /// Assembles `spec` into a deployment ready to serve.
     pub fn for_deployment(&self, mut spec: DeploymentSpec) -> Result<Deployment> {
         if !spec.grants.models.is_empty() {

@@ -348,6 +348,11 @@ pub struct DeploymentSpec {
     pub require_signed: bool,
 }
 
+/// Most deployments one file (one server) may hold.
+pub const MAX_DEPLOYMENTS: usize = 10_000;
+/// Past this many deployments in one file, start-up warns.
+const MANY_DEPLOYMENTS: usize = 1_000;
+
 /// Parses the deployment file at `path`; `defaults` supplies unset limits.
 pub fn load(path: &Path, defaults: &Limits) -> Result<Vec<DeploymentSpec>> {
     let text =
@@ -371,6 +376,22 @@ pub fn parse(text: &str, path: &Path, defaults: &Limits) -> Result<Vec<Deploymen
         bail!(
             "{}: no deployments (add a [[deployment]] table)",
             path.display()
+        );
+    }
+    if file.deployment.len() > MAX_DEPLOYMENTS {
+        bail!(
+            "{}: {} deployments; one server takes at most {MAX_DEPLOYMENTS} (each has its own \
+             instances, limits and metrics series: serve many routes from one deployment instead)",
+            path.display(),
+            file.deployment.len()
+        );
+    }
+    if file.deployment.len() > MANY_DEPLOYMENTS {
+        tracing::warn!(
+            "{}: {} deployments; each holds its own instances, limits and metrics series, \
+             so start-up, memory and /metrics grow with the count",
+            path.display(),
+            file.deployment.len()
         );
     }
     let base = path.parent().unwrap_or(Path::new("."));

@@ -35,6 +35,9 @@ pub struct Record {
 /// The records in `data_dir` that pass `filter`, oldest first.
 pub fn records(data_dir: &Path, filter: &Filter) -> Result<Vec<Record>> {
     let reader = Reader::open(data_dir)?;
+    if let Some(note) = &reader.note {
+        eprintln!("note: {note}");
+    }
     let mut out = Vec::new();
     for table in reader.tables()? {
         let Some((tenant, bucket)) = parse_table_name(&table) else {

@@ -106,6 +106,7 @@ fn build(
     models_dir: Option<&Path>,
 ) -> Result<(Vec<Arc<Deployment>>, Vec<Waiting>)> {
     let (mut deployments, mut waiting) = (Vec::new(), Vec::new());
+    let _sharing = assembly.sharing_components();
     for mut p in planned {
         let name = p.spec.name.clone();
         if args.path.is_none() && !p.recorded && name == default_world::OPENAI.0 {

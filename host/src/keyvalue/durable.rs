@@ -229,13 +229,36 @@ pub(super) fn incremented(current: Option<&[u8]>, delta: u64) -> std::result::Re
         .ok_or_else(|| "the sum overflows u64".to_string())
 }
 
-/// Read-only access for `tensor-wasm audit`, while a server may be writing.
+/// Read access for `tensor-wasm audit`, while a server may be writing, or
+/// after one was killed.
 pub struct Reader {
-    db: redb::ReadOnlyDatabase,
+    db: Readable,
+    /// How the file was read when it could not be read as it is.
+    pub note: Option<String>,
+}
+
+enum Readable {
+    /// The file as it is, read-only.
+    Direct(redb::ReadOnlyDatabase),
+    /// The file, repaired in place (no server had it open).
+    Repaired(Database),
+    /// A repaired copy of the file, removed when dropped.
+    Copy(Database, PathBuf),
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        if let Readable::Copy(_, dir) = &self.db {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 impl Reader {
-    /// Opens the database in `dir` read-only.
+    /// Opens the database in `dir` for reading. A file left by a killed
+    /// server cannot be read as it is (its allocator state needs rebuilding):
+    /// with no server holding it, it is repaired as the next server start
+    /// would; with a running server holding it, a copy is repaired and read.
     pub fn open(dir: &Path) -> Result<Self> {
         let path = dir.join("keyvalue.redb");
         if !path.is_file() {
@@ -244,22 +267,74 @@ impl Reader {
                 path.display()
             );
         }
-        let db = Database::builder()
-            .set_concurrency_mode(ConcurrencyMode::SingleWriter)
-            .open_read_only(&path)
-            .map_err(|e| anyhow!("cannot open {} read-only: {e}", path.display()))?;
-        Ok(Self { db })
+        let builder = || {
+            let mut b = Database::builder();
+            b.set_concurrency_mode(ConcurrencyMode::SingleWriter);
+            b
+        };
+        let cannot = |e: redb::DatabaseError| anyhow!("cannot open {}: {e}", path.display());
+        let (db, note) = match builder().open_read_only(&path) {
+            Ok(db) => (Readable::Direct(db), None),
+            Err(redb::DatabaseError::RepairAborted) => match builder().open(&path) {
+                Ok(db) => (
+                    Readable::Repaired(db),
+                    Some(format!(
+                        "{} was not closed cleanly (its server was killed); repaired it, as the next \
+                         server start would",
+                        path.display()
+                    )),
+                ),
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                    let copy_dir = std::env::temp_dir().join(format!(
+                        "tensor-wasm-read-{}-{}",
+                        std::process::id(),
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_nanos())
+                    ));
+                    std::fs::create_dir_all(&copy_dir)?;
+                    let copy = copy_dir.join("keyvalue.redb");
+                    let copied = std::fs::copy(&path, &copy)
+                        .with_context(|| format!("cannot copy {}", path.display()))
+                        .and_then(|_| builder().create(&copy).map_err(cannot));
+                    match copied {
+                        Ok(db) => (
+                            Readable::Copy(db, copy_dir),
+                            Some(format!(
+                                "a running server holds {} and its file needs recovery to be read \
+                                 from outside; read a recovered copy taken now",
+                                path.display()
+                            )),
+                        ),
+                        Err(e) => {
+                            let _ = std::fs::remove_dir_all(&copy_dir);
+                            return Err(e);
+                        }
+                    }
+                }
+                Err(e) => return Err(cannot(e)),
+            },
+            Err(e) => return Err(cannot(e)),
+        };
+        Ok(Self { db, note })
+    }
+
+    fn begin_read(&self) -> Result<redb::ReadTransaction> {
+        Ok(match &self.db {
+            Readable::Direct(db) => db.begin_read()?,
+            Readable::Repaired(db) | Readable::Copy(db, _) => db.begin_read()?,
+        })
     }
 
     /// The names of all tables.
     pub fn tables(&self) -> Result<Vec<String>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         Ok(txn.list_tables()?.map(|t| t.name().to_string()).collect())
     }
 
     /// Every entry of `table` in key order.
     pub fn entries(&self, table: &str) -> Result<Vec<(String, Vec<u8>)>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let t = match txn.open_table(Def::new(table)) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),

@@ -9,18 +9,35 @@
 //! is what `tensor-wasm compile` writes (`.cwasm`).
 
 use anyhow::{Context, Result, bail};
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
 const MAGIC: &[u8; 8] = b"TWASMC01";
 const HEADER_LEN: usize = MAGIC.len() + 32 + 32;
 
-/// Where compiled artifacts live, if caching is enabled.
-#[derive(Debug, Clone)]
+/// Where compiled artifacts live, if caching is enabled, and the
+/// components loaded in the current [`ArtifactCache::sharing`] batch.
+#[derive(Debug, Clone, Default)]
 pub struct ArtifactCache {
     dir: Option<PathBuf>,
+    /// Components by cache key while a batch shares them (`None` outside
+    /// one). Only a batch: a component held here for good would outlive
+    /// the deployments that use it.
+    shared: Arc<Mutex<Option<HashMap<blake3::Hash, Component>>>>,
+}
+
+/// While alive, components loaded through the cache with the same key are
+/// one compiled component (code loaded once), not one per deployment.
+pub struct Sharing<'a>(&'a ArtifactCache);
+
+impl Drop for Sharing<'_> {
+    fn drop(&mut self) {
+        *self.0.shared.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
 }
 
 /// Whether a component came from the cache or was compiled now.
@@ -28,6 +45,8 @@ pub struct ArtifactCache {
 pub enum Origin {
     /// Loaded from a valid cache entry.
     Cached,
+    /// The same component loaded earlier in this [`Sharing`] batch.
+    Shared,
     /// Compiled now (and stored, when caching is enabled).
     Compiled,
 }
@@ -35,13 +54,40 @@ pub enum Origin {
 impl ArtifactCache {
     /// A cache in `dir`, or no caching for `None`.
     pub fn new(dir: Option<PathBuf>) -> Self {
-        Self { dir }
+        Self {
+            dir,
+            shared: Arc::default(),
+        }
+    }
+
+    /// Shares the components loaded until the guard drops (a start-up's
+    /// deployments, where one file may name the same component many times).
+    pub fn sharing(&self) -> Sharing<'_> {
+        *self.shared.lock().unwrap_or_else(|p| p.into_inner()) = Some(HashMap::new());
+        Sharing(self)
     }
 
     /// Returns the compiled component for `bytes`, from the cache when a valid
     /// entry exists, compiling (and storing) it otherwise.
     pub fn load(&self, engine: &Engine, bytes: &[u8]) -> Result<(Component, Origin)> {
         let key = cache_key(engine, bytes);
+        let shared = || self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = shared().as_ref().and_then(|m| m.get(&key)) {
+            return Ok((c.clone(), Origin::Shared));
+        }
+        let (component, origin) = self.load_once(engine, bytes, key)?;
+        if let Some(m) = shared().as_mut() {
+            m.insert(key, component.clone());
+        }
+        Ok((component, origin))
+    }
+
+    fn load_once(
+        &self,
+        engine: &Engine,
+        bytes: &[u8],
+        key: blake3::Hash,
+    ) -> Result<(Component, Origin)> {
         let Some(dir) = &self.dir else {
             return Ok((compile(engine, bytes)?, Origin::Compiled));
         };

@@ -83,6 +83,9 @@ pub fn compile(
     match from {
         Origin::Cached => tracing::info!("{origin}: loaded from cache in {:?}", started.elapsed()),
         Origin::Compiled => tracing::info!("{origin}: compiled in {:?}", started.elapsed()),
+        Origin::Shared => {
+            tracing::debug!("{origin}: the component compiled for an earlier deployment")
+        }
     }
     Ok(component)
 }
