@@ -222,3 +222,49 @@ fn oversized_heads_and_duplicated_authorization_get_one_clear_error() {
     assert!(twice.text().contains("authorization"), "{}", twice.text());
     assert_eq!(hello(server.addr), 200);
 }
+
+#[test]
+fn an_http2_rapid_reset_flood_loses_its_connection_while_clients_are_served() {
+    let dir = scratch("conn-h2-reset");
+    let server = Server::start(&[guest("hello").to_str().unwrap()], &dir);
+    let addr = server.addr;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // CVE-2023-44487: open a stream and reset it at once, over and over.
+    let (opened, ended) = rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        let driver = tokio::spawn(conn);
+        let mut client = client;
+        let mut opened = 0;
+        for _ in 0..2000 {
+            let Ok(ready) = client.ready().await else {
+                break;
+            };
+            client = ready;
+            let req = http::Request::get(format!("http://{addr}/hello"))
+                .body(())
+                .unwrap();
+            match client.send_request(req, false) {
+                Ok((_, mut stream)) => {
+                    stream.send_reset(h2::Reason::CANCEL);
+                    opened += 1;
+                }
+                Err(_) => break,
+            }
+            tokio::task::yield_now().await;
+        }
+        let ended = tokio::time::timeout(Duration::from_secs(10), driver).await;
+        (opened, ended)
+    });
+    let ended = ended.expect("the flooding connection was not closed");
+    assert!(
+        matches!(ended, Ok(Err(ref e)) if e.is_go_away()),
+        "{ended:?} after {opened} streams"
+    );
+    assert!(opened < 2000, "all 2000 resets were taken");
+    eprintln!("rapid reset: connection closed after {opened} streams: {ended:?}");
+    assert_eq!(hello(server.addr), 200, "a normal client is served");
+}
