@@ -512,3 +512,126 @@ fn a_python_component_is_served_behind_the_gateway_unchanged() {
     assert_eq!(records.len(), 1);
     assert_eq!(records[0]["token"], "boss");
 }
+
+#[test]
+fn the_audit_chain_catches_altered_removed_and_reordered_records() {
+    let dir = scratch("gateway_chain");
+    let data = dir.join("data");
+    let world = root().join("worlds/gateway.wac");
+    let config = r#""router.routes" = "POST /echo app""#;
+    let secrets = format!(r#""auth.tokens" = "{}""#, tokens_config());
+    let file = deployment(&dir, &world, "", config, &secrets);
+    let args = [file.to_str().unwrap(), "--data-dir", data.to_str().unwrap()];
+    let server = Server::start(&args, &dir.join("cache"));
+    let post = |server: &Server, i: usize| {
+        let id = format!("chain-{i}");
+        let r = request(
+            server.addr,
+            "POST",
+            "/echo",
+            &[
+                ("authorization", &bearer("tok-boss-3")),
+                ("x-request-id", &id),
+            ],
+            b"x",
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    };
+    for i in 0..4 {
+        post(&server, i);
+    }
+    // Concurrent requests chain in commit order, never forking the chain.
+    std::thread::scope(|s| {
+        for i in 4..12 {
+            let server = &server;
+            s.spawn(move || post(server, i));
+        }
+    });
+    assert!(server.terminate().success());
+    let verify = || {
+        run(&[
+            "audit",
+            "verify",
+            "--tenant",
+            "acme",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ])
+    };
+    let (code, out, err) = verify();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("tenant `acme`: 12 records, 12 chain entries: intact"),
+        "{out}"
+    );
+    assert!(data.join("audit-key").is_file());
+
+    // Tamper with the database as someone without the key would, each case
+    // on a fresh copy of the intact file.
+    let db_file = data.join("keyvalue.redb");
+    let intact = std::fs::read(&db_file).unwrap();
+    let table = "kv/4/acme/audit";
+    let def = redb::TableDefinition::<&str, &[u8]>::new(table);
+    use redb::{ReadableDatabase, ReadableTable};
+    let keys = || -> Vec<String> {
+        let db = redb::Database::open(&db_file).unwrap();
+        let txn = db.begin_read().unwrap();
+        let t = txn.open_table(def).unwrap();
+        t.iter()
+            .unwrap()
+            .map(|kv| kv.unwrap().0.value().to_string())
+            .collect()
+    };
+    let records = keys();
+    assert_eq!(records.len(), 12);
+    type Records<'t> = redb::Table<'t, &'static str, &'static [u8]>;
+    let tamper = |change: &dyn Fn(&mut Records)| {
+        std::fs::write(&db_file, &intact).unwrap();
+        let db = redb::Database::open(&db_file).unwrap();
+        let txn = db.begin_write().unwrap();
+        change(&mut txn.open_table(def).unwrap());
+        txn.commit().unwrap();
+        drop(db);
+        let (code, out, err) = verify();
+        assert_eq!(code, 1, "{out}{err}");
+        out
+    };
+    let altered = tamper(&|t| {
+        t.insert(records[3].as_str(), b"{\"forged\":true}".as_slice())
+            .unwrap();
+    });
+    assert!(
+        altered.contains(&format!("record `{}`", records[3])) && altered.contains("was altered"),
+        "{altered}"
+    );
+    let removed = tamper(&|t| {
+        t.remove(records[5].as_str()).unwrap();
+    });
+    assert!(
+        removed.contains(&format!("record `{}`", records[5])) && removed.contains("was removed"),
+        "{removed}"
+    );
+    let reordered = tamper(&|t| {
+        // Two records trade places: each key now holds the other's record.
+        let a = t
+            .get(records[1].as_str())
+            .unwrap()
+            .unwrap()
+            .value()
+            .to_vec();
+        let b = t
+            .get(records[2].as_str())
+            .unwrap()
+            .unwrap()
+            .value()
+            .to_vec();
+        t.insert(records[1].as_str(), b.as_slice()).unwrap();
+        t.insert(records[2].as_str(), a.as_slice()).unwrap();
+    });
+    assert!(reordered.contains("was altered"), "{reordered}");
+    let added = tamper(&|t| {
+        t.insert("0000000000000000001-forged", b"{}".as_slice())
+            .unwrap();
+    });
+    assert!(added.contains("is not in the chain"), "{added}");
+}

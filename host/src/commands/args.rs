@@ -236,6 +236,15 @@ pub enum AuditCommand {
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// Check each tenant's audit chain (docs/GATEWAY.md, "Audit"): exit 0 only if no record was altered, removed, reordered or added outside the server; names the first one that was.
+    Verify {
+        /// Only this tenant's records.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The server's data directory (its `audit-key` file too) [default: as `serve`].
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
     /// Print the records that match (JSON lines, oldest first).
     Query {
         /// Only this tenant's records.

@@ -110,3 +110,44 @@ pub fn query(data_dir: &Path, filter: &Filter) -> Result<()> {
     }
     Ok(())
 }
+
+/// `tensor-wasm audit verify`: walks each tenant's audit chain against its
+/// records; exit status 1 when one does not agree.
+pub fn verify(data_dir: &Path, tenant: Option<&str>) -> Result<u8> {
+    use crate::keyvalue::chain::{self, Secret, Verdict};
+    let reader = Reader::open(data_dir)?;
+    if let Some(note) = &reader.note {
+        eprintln!("note: {note}");
+    }
+    let secret = Secret::load(data_dir, false)?;
+    let tables = reader.tables()?;
+    let tenants: std::collections::BTreeSet<&str> = tables
+        .iter()
+        .filter_map(|t| chain::audited_tenant(t).or_else(|| chain::chain_tenant(t)))
+        .filter(|t| tenant.is_none_or(|only| only == *t))
+        .collect();
+    if tenants.is_empty() {
+        println!(
+            "no audit records{}",
+            tenant.map_or(String::new(), |t| format!(" for tenant `{t}`"))
+        );
+        return Ok(0);
+    }
+    let mut broken = 0;
+    for t in tenants {
+        let records = reader
+            .entries(&crate::keyvalue::table_name(t, BUCKET))?
+            .into_iter()
+            .collect();
+        match chain::verify(&secret, t, &reader.chain(t)?, &records) {
+            Verdict::Intact { records, entries } => {
+                println!("tenant `{t}`: {records} records, {entries} chain entries: intact")
+            }
+            Verdict::Broken(why) => {
+                broken += 1;
+                println!("tenant `{t}`: BROKEN: {why}");
+            }
+        }
+    }
+    Ok(u8::from(broken > 0))
+}

@@ -50,6 +50,9 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             tenant,
             data_dir,
         }) => audit::tail(&data_dir_of(data_dir)?, tenant, lines)?,
+        Command::Audit(AuditCommand::Verify { tenant, data_dir }) => {
+            return audit::verify(&data_dir_of(data_dir)?, tenant.as_deref());
+        }
         Command::Audit(AuditCommand::Query {
             tenant,
             since,

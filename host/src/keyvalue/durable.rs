@@ -4,6 +4,7 @@
 //! acknowledged only after its transaction is committed with redb's default
 //! durability (fsync), so an acknowledged write survives `kill -9`.
 
+use super::chain::{self, Chainer, Secret};
 use anyhow::{Context, Result, anyhow};
 use redb::{
     ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle,
@@ -77,11 +78,12 @@ impl Durable {
                 e => anyhow!("cannot open the database {}: {e}", path.display()),
             })?;
         let db = std::sync::Arc::new(db);
+        let mut chainer = Chainer::new(Secret::load(dir, true)?);
         let (tx, rx) = mpsc::channel();
         let writer_db = db.clone();
         let writer = std::thread::Builder::new()
             .name("keyvalue-writer".into())
-            .spawn(move || writer(&writer_db, &rx))
+            .spawn(move || writer(&writer_db, &mut chainer, &rx))
             .context("cannot start the keyvalue writer thread")?;
         Ok(Self {
             db,
@@ -141,7 +143,7 @@ impl Durable {
     }
 }
 
-fn writer(db: &Database, rx: &mpsc::Receiver<Job>) {
+fn writer(db: &Database, chainer: &mut Chainer, rx: &mpsc::Receiver<Job>) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < GROUP_MAX {
@@ -150,7 +152,12 @@ fn writer(db: &Database, rx: &mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        match commit(db, &jobs) {
+        let committed = commit(db, chainer, &jobs);
+        match &committed {
+            Ok(_) => chainer.committed(),
+            Err(_) => chainer.aborted(),
+        }
+        match committed {
             Ok(results) => {
                 for (job, r) in jobs.into_iter().zip(results) {
                     let _ = job.reply.send(r);
@@ -169,14 +176,33 @@ fn writer(db: &Database, rx: &mpsc::Receiver<Job>) {
 }
 
 /// Applies every job in one transaction and commits it; a job whose
-/// increment cannot apply (not a number, overflow) fails alone.
-fn commit(db: &Database, jobs: &[Job]) -> Result<Vec<WriteResult>> {
+/// increment cannot apply (not a number, overflow) fails alone. Writes to
+/// an `audit` bucket are chained ([`super::chain`]) in the same transaction.
+fn commit(db: &Database, chainer: &mut Chainer, jobs: &[Job]) -> Result<Vec<WriteResult>> {
     let started = std::time::Instant::now();
     let txn = db.begin_write()?;
     let mut results = Vec::with_capacity(jobs.len());
     for job in jobs {
         let mut t = txn.open_table(Def::new(&job.table))?;
-        results.push(apply(&mut t, &job.writes)?);
+        let result = apply(&mut t, &job.writes)?;
+        if let (Ok(_), Some(tenant)) = (&result, chain::audited_tenant(&job.table)) {
+            let written = job
+                .writes
+                .iter()
+                .map(|w| {
+                    let key = match w {
+                        Write::Set(k, _) | Write::Delete(k) | Write::Increment(k, _) => k,
+                    };
+                    Ok((
+                        key.clone(),
+                        t.get(key.as_str())?.map(|v| v.value().to_vec()),
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            drop(t);
+            chainer.append(&txn, tenant, &written)?;
+        }
+        results.push(result);
     }
     txn.commit()?;
     crate::platform::metrics::KEYVALUE_COMMITS.observe(started.elapsed().as_secs_f64());
@@ -324,6 +350,11 @@ impl Reader {
             Readable::Direct(db) => db.begin_read()?,
             Readable::Repaired(db) | Readable::Copy(db, _) => db.begin_read()?,
         })
+    }
+
+    /// `tenant`'s audit chain, in sequence order.
+    pub fn chain(&self, tenant: &str) -> Result<Vec<(u64, Vec<u8>)>> {
+        chain::read_chain(&self.begin_read()?, tenant)
     }
 
     /// The names of all tables.

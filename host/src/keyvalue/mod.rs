@@ -19,6 +19,7 @@
 
 #[allow(missing_docs)]
 pub mod bindings;
+pub mod chain;
 pub mod durable;
 mod error;
 mod types;
