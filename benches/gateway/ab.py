@@ -3,8 +3,10 @@ gateway bench's deployments: both serve the same deployment file side by
 side, wrk alternates between them (order flipping each pair), medians and
 per-pair ratios are printed. Server CPU per request is read from /proc.
 
-    python3 benches/gateway/ab.py BEFORE AFTER KINDS PAIRS SECONDS CONCURRENCY
-    e.g. ... /tmp/before/tensor-wasm target/release/tensor-wasm "bare,gateway" 8 3 16
+    python3 benches/gateway/ab.py BEFORE AFTER KINDS PAIRS SECONDS CONCURRENCY [REUSE]
+    e.g. ... /tmp/before/tensor-wasm target/release/tensor-wasm "bare,gateway" 8 3 16 1000
+
+REUSE: requests per instance for every deployment (default 1: fresh).
 
 KINDS are bench.py's: bare, "4 no-op components", gateway, gateway+audit-all.
 Needs the guests and benches/gateway/noop built (benches/gateway/run.sh does).
@@ -23,16 +25,17 @@ noop = f"{R}/benches/gateway/noop/target/wasm32-wasip2/release/noop_middleware.w
 bins = {"before": sys.argv[1], "after": sys.argv[2]}
 kinds = sys.argv[3].split(",")
 pairs, secs, conc = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+reuse = int(sys.argv[7]) if len(sys.argv) > 7 else 1
 res = {(w, k): [] for w in ("before", "after") for k in kinds}
 with tempfile.TemporaryDirectory() as d:
     procs = {}
     for who in ("before", "after"):
         sub = os.path.join(d, who); os.makedirs(sub)
         port = free_port()
-        p = subprocess.Popen([bins[who], "serve", gwb.deployment_file(sub, hello, f"{R}/worlds/gateway.wac", noop),
+        p = subprocess.Popen([bins[who], "serve", gwb.deployment_file(sub, hello, f"{R}/worlds/gateway.wac", noop, reuse),
             "--listen", f"127.0.0.1:{port}", "--admin-listen", "off", "--cache-dir", os.path.join(sub, "cache"),
             "--data-dir", os.path.join(sub, "data")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        gwb.wait_ready(port, p); procs[who] = (port, p)
+        gwb.wait_ready(port, p, "/hello", {"Host": "bare.test"}, timeout=120); procs[who] = (port, p)
     try:
         for who in procs:
             for k in kinds: gwb.wrk(procs[who][0], k, conc, 2, latency=False)

@@ -100,6 +100,8 @@ fn tag_of(mac: &Hmac<Sha256>, prev: &Tag, seq: u64, key: &str, sha256: Option<&s
 /// tenant's last entry once it is committed.
 pub struct Chainer {
     secret: Secret,
+    /// Each tenant's derived key, made once.
+    macs: HashMap<String, Hmac<Sha256>>,
     /// Tenant → (last sequence number, last tag), as committed.
     heads: HashMap<String, (u64, Tag)>,
     /// The same, for the transaction under way.
@@ -111,13 +113,15 @@ impl Chainer {
     pub fn new(secret: Secret) -> Self {
         Self {
             secret,
+            macs: HashMap::new(),
             heads: HashMap::new(),
             pending: HashMap::new(),
         }
     }
 
-    /// Chains the writes just applied to audit table `table` in `txn`:
-    /// each key's value as it now stands (`None`: deleted).
+    /// Chains the writes just applied to `tenant`'s audit bucket in `txn`
+    /// (all of one transaction's, in order): each key's value as it then
+    /// stood (`None`: deleted).
     pub fn append(
         &mut self,
         txn: &redb::WriteTransaction,
@@ -136,11 +140,14 @@ impl Chainer {
                 None => (0, [0; 32]),
             },
         };
-        let mac = self.secret.for_tenant(tenant);
+        let mac = self
+            .macs
+            .entry(tenant.to_string())
+            .or_insert_with(|| self.secret.for_tenant(tenant));
         for (key, value) in written {
             seq += 1;
             let sha256 = value.as_ref().map(|v| hex(&Sha256::digest(v)));
-            prev = tag_of(&mac, &prev, seq, key, sha256.as_deref());
+            prev = tag_of(mac, &prev, seq, key, sha256.as_deref());
             let entry = Entry {
                 key: key.clone(),
                 sha256,

@@ -182,27 +182,29 @@ fn commit(db: &Database, chainer: &mut Chainer, jobs: &[Job]) -> Result<Vec<Writ
     let started = std::time::Instant::now();
     let txn = db.begin_write()?;
     let mut results = Vec::with_capacity(jobs.len());
+    // Audit writes by tenant, chained once per transaction, in job order.
+    let mut audited: Vec<(&str, Vec<(String, Option<Vec<u8>>)>)> = Vec::new();
     for job in jobs {
         let mut t = txn.open_table(Def::new(&job.table))?;
         let result = apply(&mut t, &job.writes)?;
         if let (Ok(_), Some(tenant)) = (&result, chain::audited_tenant(&job.table)) {
-            let written = job
-                .writes
-                .iter()
-                .map(|w| {
-                    let key = match w {
-                        Write::Set(k, _) | Write::Delete(k) | Write::Increment(k, _) => k,
-                    };
-                    Ok((
-                        key.clone(),
-                        t.get(key.as_str())?.map(|v| v.value().to_vec()),
-                    ))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            drop(t);
-            chainer.append(&txn, tenant, &written)?;
+            let at = match audited.iter().position(|(t, _)| *t == tenant) {
+                Some(i) => i,
+                None => {
+                    audited.push((tenant, Vec::new()));
+                    audited.len() - 1
+                }
+            };
+            for w in &job.writes {
+                let (Write::Set(key, _) | Write::Delete(key) | Write::Increment(key, _)) = w;
+                let now = t.get(key.as_str())?.map(|v| v.value().to_vec());
+                audited[at].1.push((key.clone(), now));
+            }
         }
         results.push(result);
+    }
+    for (tenant, written) in &audited {
+        chainer.append(&txn, tenant, written)?;
     }
     txn.commit()?;
     crate::platform::metrics::KEYVALUE_COMMITS.observe(started.elapsed().as_secs_f64());
