@@ -16,6 +16,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 type Tag = [u8; 32];
+
+/// Writes to an audit bucket as chained: each key with its value as it
+/// then stood (`None`: deleted).
+pub type Written = Vec<(String, Option<Vec<u8>>)>;
 type ChainDef<'a> = TableDefinition<'a, u64, &'static [u8]>;
 
 /// The file (in the data directory) holding the chain's secret.
@@ -126,7 +130,7 @@ impl Chainer {
         &mut self,
         txn: &redb::WriteTransaction,
         tenant: &str,
-        written: &[(String, Option<Vec<u8>>)],
+        written: &Written,
     ) -> Result<()> {
         let mut chain = txn.open_table(ChainDef::new(&table(tenant)))?;
         let (mut seq, mut prev) = match self.pending.get(tenant).or_else(|| self.heads.get(tenant))

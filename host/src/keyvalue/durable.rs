@@ -183,7 +183,7 @@ fn commit(db: &Database, chainer: &mut Chainer, jobs: &[Job]) -> Result<Vec<Writ
     let txn = db.begin_write()?;
     let mut results = Vec::with_capacity(jobs.len());
     // Audit writes by tenant, chained once per transaction, in job order.
-    let mut audited: Vec<(&str, Vec<(String, Option<Vec<u8>>)>)> = Vec::new();
+    let mut audited: Vec<(&str, chain::Written)> = Vec::new();
     for job in jobs {
         let mut t = txn.open_table(Def::new(&job.table))?;
         let result = apply(&mut t, &job.writes)?;
