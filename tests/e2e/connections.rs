@@ -260,8 +260,10 @@ fn an_http2_rapid_reset_flood_loses_its_connection_while_clients_are_served() {
         (opened, ended)
     });
     let ended = ended.expect("the flooding connection was not closed");
+    // The server sends GOAWAY (ENHANCE_YOUR_CALM) and closes; a client still
+    // writing may see the close (a broken pipe) before it reads the GOAWAY.
     assert!(
-        matches!(ended, Ok(Err(ref e)) if e.is_go_away()),
+        matches!(ended, Ok(Err(ref e)) if e.is_go_away() || e.is_io()),
         "{ended:?} after {opened} streams"
     );
     assert!(opened < 2000, "all 2000 resets were taken");

@@ -257,17 +257,7 @@ pub fn verify(
 
 /// Reads `tenant`'s chain from a read transaction, in sequence order.
 pub fn read_chain(txn: &redb::ReadTransaction, tenant: &str) -> Result<Vec<(u64, Vec<u8>)>> {
-    let t = match txn.open_table(ChainDef::new(&table(tenant))) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-        Err(e) => return Err(e.into()),
-    };
-    t.iter()?
-        .map(|item| {
-            let (k, v) = item?;
-            Ok((k.value(), v.value().to_vec()))
-        })
-        .collect()
+    super::durable::read_all(txn, ChainDef::new(&table(tenant)), |k| k)
 }
 
 /// The tenant a chain table belongs to.

@@ -244,6 +244,26 @@ fn apply(
     Ok(Ok(last))
 }
 
+/// Every entry of the table `def` names (none if it does not exist), in
+/// key order, each key made owned by `key`.
+pub(super) fn read_all<K: redb::Key + 'static, T>(
+    txn: &redb::ReadTransaction,
+    def: TableDefinition<K, &'static [u8]>,
+    key: impl Fn(K::SelfType<'_>) -> T,
+) -> Result<Vec<(T, Vec<u8>)>> {
+    let t = match txn.open_table(def) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    t.iter()?
+        .map(|item| {
+            let (k, v) = item?;
+            Ok((key(k.value()), v.value().to_vec()))
+        })
+        .collect()
+}
+
 /// `current` (a decimal u64, absent = 0) plus `delta`.
 pub(super) fn incremented(current: Option<&[u8]>, delta: u64) -> std::result::Result<u64, String> {
     let n = match current {
@@ -367,18 +387,7 @@ impl Reader {
 
     /// Every entry of `table` in key order.
     pub fn entries(&self, table: &str) -> Result<Vec<(String, Vec<u8>)>> {
-        let txn = self.begin_read()?;
-        let t = match txn.open_table(Def::new(table)) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
-        t.iter()?
-            .map(|item| {
-                let (k, v) = item?;
-                Ok((k.value().to_string(), v.value().to_vec()))
-            })
-            .collect()
+        read_all(&self.begin_read()?, Def::new(table), |k| k.to_string())
     }
 }
 

@@ -374,10 +374,17 @@ impl Connections {
         }
     }
 
-    /// Logs a failed accept (throttled) and closes an idle connection.
+    /// Logs a failed accept (throttled); when it failed for want of file
+    /// descriptors, closes an idle connection to free one.
     fn accept_failed(&self, e: &io::Error) {
         let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        self.evict(&open, None);
+        #[cfg(unix)]
+        let out_of_descriptors = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+        #[cfg(not(unix))]
+        let out_of_descriptors = true;
+        if out_of_descriptors {
+            self.evict(&open, None);
+        }
         let count = open.all.len();
         drop(open);
         let mut throttle = self.accept_errors.lock().unwrap_or_else(|p| p.into_inner());
