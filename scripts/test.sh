@@ -22,6 +22,13 @@ if ! command -v docker-registry >/dev/null && [ ! -x /usr/bin/docker-registry ];
     || echo "warning: could not install docker-registry; the OCI tests will fail saying so"
 fi
 
+# curl, the TLS tests' client (most machines have it already).
+if ! command -v curl >/dev/null; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq curl >/dev/null; } \
+    || echo "warning: could not install curl; the TLS tests will fail saying so"
+fi
+
 # A real Prometheus (and promtool) for the observability tests (from Debian).
 # The tests start their own on a free port; the package's service is stopped
 # so that it does not hold port 9090 (tensor-wasm's default admin port).

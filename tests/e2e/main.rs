@@ -29,4 +29,5 @@ mod registry;
 mod reuse;
 mod tensor_guests;
 mod tensor_ops;
+mod tls;
 mod traces;

@@ -79,6 +79,19 @@ pub(crate) fn serve_world(
     limits: &str,
     extra: &str,
 ) -> Server {
+    serve_world_with(dir, models, world, reuse, limits, extra, &[])
+}
+
+/// [`serve_world`] with more `serve` flags.
+fn serve_world_with(
+    dir: &Path,
+    models: &Path,
+    world: &str,
+    reuse: u32,
+    limits: &str,
+    extra: &str,
+    flags: &[&str],
+) -> Server {
     let file = deployment_file(
         dir,
         &format!(
@@ -100,14 +113,13 @@ secrets = {{ "auth.tokens" = "client {hash} read write" }}
             hash = tensor_wasm::platform::token::hash(TOKEN),
         ),
     );
-    Server::start(
-        &[
-            file.to_str().unwrap(),
-            "--models-dir",
-            models.to_str().unwrap(),
-        ],
-        &dir.join("cache"),
-    )
+    let mut args = vec![
+        file.to_str().unwrap(),
+        "--models-dir",
+        models.to_str().unwrap(),
+    ];
+    args.extend_from_slice(flags);
+    Server::start(&args, &dir.join("cache"))
 }
 
 fn base_url(server: &Server) -> String {
@@ -308,6 +320,57 @@ fn sampling_is_seeded_and_stop_sequences_end_the_text() {
     assert_eq!(s["stopped"], "The capital of France is ", "{s}");
     assert_eq!(s["stopped_finish"], "stop");
     assert_eq!(s["length_finish"], "length");
+}
+
+#[test]
+fn the_openai_client_works_over_tls() {
+    let (models, venv) = tools();
+    let dir = scratch("openai_tls");
+    let pki = crate::tls::Pki::new(&dir.join("pki"), "openai");
+    let (cert, key) = pki.issue("server", &["127.0.0.1"], false);
+    let ca = dir.join("pki/openai-ca.pem");
+    let server = serve_world_with(
+        &dir,
+        models,
+        "worlds/openai.wac",
+        1000,
+        TIMEOUT,
+        "",
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let url = format!("https://{}/v1", server.addr);
+    let run = |ca: &Path| {
+        std::process::Command::new(venv.join("bin/python"))
+            .arg(root().join("tests/openai/client_check.py"))
+            .args(["tls", &url, TOKEN])
+            .env("TENSOR_WASM_TEST_CA", ca)
+            .output()
+            .expect("run python")
+    };
+    let out = run(&ca);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["models"], json!([EMBEDDER, GENERATOR]), "{seen}");
+    assert_eq!(seen["dimensions"], 384, "{seen}");
+    assert_eq!(seen["greedy"], "The capital of France is Paris.", "{seen}");
+    // The same client trusting only another CA refuses the server.
+    crate::tls::Pki::new(&dir.join("pki"), "elsewhere");
+    let refused = run(&dir.join("pki/elsewhere-ca.pem"));
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("CERTIFICATE_VERIFY_FAILED") || err.contains("APIConnectionError"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -182,12 +182,14 @@ impl Server {
             // The address ends at a space, or at the quote closing a JSON
             // log line's message (`--log-format json`).
             let address = |rest: &str| rest.split([' ', '"']).next().unwrap().parse().unwrap();
-            if let Some(rest) = line.split("serving on http://").nth(1) {
-                addr = Some(address(rest));
-            }
-            if let Some(rest) = line.split("admin on http://").nth(1) {
-                admin = Some(address(rest));
-            }
+            let after = |what: &str| {
+                [format!("{what} http://"), format!("{what} https://")]
+                    .iter()
+                    .find_map(|p| line.split(p.as_str()).nth(1))
+                    .map(address)
+            };
+            addr = addr.or_else(|| after("serving on"));
+            admin = admin.or_else(|| after("admin on"));
         }
         Server {
             child,

@@ -4,13 +4,18 @@ prints what it saw as JSON, for tests/e2e/openai.rs to check.
     python client_check.py embeddings BASE_URL KEY REFERENCE.json SENTENCES.json
     python client_check.py generation BASE_URL KEY REFERENCE.json PROMPTS.json MAX_TOKENS
     python client_check.py sampling BASE_URL KEY
+    python client_check.py tls BASE_URL KEY
+
+With TENSOR_WASM_TEST_CA set, the client trusts only that CA file (HTTPS).
 """
 
 import json
+import os
+import ssl
 import sys
 
 import numpy as np
-from openai import OpenAI
+from openai import DefaultHttpxClient, OpenAI
 
 EMBEDDER = "all-minilm-l6-v2"
 GENERATOR = "smollm2-135m-instruct"
@@ -125,15 +130,33 @@ def sampling(client):
     }
 
 
+def over_tls(client):
+    one = client.embeddings.create(model=EMBEDDER, input="Hello world", encoding_format="float")
+    greedy = client.chat.completions.create(
+        model=GENERATOR, messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=32, temperature=0)
+    return {
+        "models": sorted(m.id for m in client.models.list()),
+        "dimensions": len(one.data[0].embedding),
+        "greedy": greedy.choices[0].message.content,
+    }
+
+
 def main():
     command, base_url, key = sys.argv[1:4]
-    client = OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=300)
+    http_client = None
+    if os.environ.get("TENSOR_WASM_TEST_CA"):
+        context = ssl.create_default_context(cafile=os.environ["TENSOR_WASM_TEST_CA"])
+        http_client = DefaultHttpxClient(verify=context, timeout=300)
+    client = OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=300, http_client=http_client)
     if command == "embeddings":
         out = embeddings(client, sys.argv[4], sys.argv[5])
     elif command == "generation":
         out = generation(client, sys.argv[4], sys.argv[5], int(sys.argv[6]))
     elif command == "sampling":
         out = sampling(client)
+    elif command == "tls":
+        out = over_tls(client)
     else:
         raise SystemExit(f"unknown command {command}")
     json.dump(out, sys.stdout)

@@ -39,7 +39,7 @@ fn record(request: &IncomingRequest, now: u64) -> (String, String) {
     let request_id = gatewaykit::header(request, "x-request-id").unwrap_or_default();
     let caller = gatewaykit::identity::caller(request);
     let body = format!(
-        "{{\"time\":{},\"tenant\":{},\"deployment\":{},\"token\":{},\"method\":{},\"path\":{},\"request_id\":{},\"trace_id\":{},\"client\":{}}}",
+        "{{\"time\":{},\"tenant\":{},\"deployment\":{},\"token\":{},\"method\":{},\"path\":{},\"request_id\":{},\"trace_id\":{},\"client\":{},\"client_identity\":{}}}",
         quote(&gatewaykit::time::rfc3339(now)),
         opt(gatewaykit::config_get("tensorwasm.tenant")),
         opt(gatewaykit::config_get("tensorwasm.deployment")),
@@ -49,6 +49,7 @@ fn record(request: &IncomingRequest, now: u64) -> (String, String) {
         quote(&request_id),
         opt(trace_id(request)),
         opt(gatewaykit::header(request, "x-client-addr")),
+        opt(gatewaykit::header(request, "x-client-identity")),
     );
     (format!("{now:020}-{request_id}"), body)
 }

@@ -1,7 +1,15 @@
-//! Bearer tokens and who they belong to. `auth.tokens` lists one token per
-//! line (or `;`-separated): `ID sha256:HEX SCOPE...`, e.g.
-//! `ci sha256:9f86…0f08 read write:/echo`. The token itself appears nowhere:
-//! a presented token is hashed and compared with every entry in constant time.
+//! Bearer tokens, client certificates, and who they belong to.
+//! `auth.tokens` lists one token per line (or `;`-separated):
+//! `ID sha256:HEX SCOPE...`, e.g. `ci sha256:9f86…0f08 read write:/echo`.
+//! The token itself appears nowhere: a presented token is hashed and
+//! compared with every entry in constant time.
+//!
+//! `auth.identities` lists client-certificate identities the same way:
+//! `ID IDENTITY SCOPE...`, e.g. `billing spiffe://example.org/billing read`.
+//! The identity is what the host verified over mTLS and put in
+//! `x-client-identity` (a client's own copy of that header never reaches
+//! the world). A request with an `Authorization` header is judged by its
+//! token alone; one without, by its certificate identity.
 
 use crate::scope::Scope;
 use sha2::{Digest, Sha256};
@@ -27,16 +35,81 @@ pub enum Caller {
     Unknown,
     /// The configured token with this id.
     Token(String),
+    /// The configured client-certificate identity with this id.
+    Client(String),
 }
 
 impl Caller {
-    /// The token id, if the caller presented a known token.
+    /// The entry id, if the caller presented a known token or certificate.
     pub fn id(&self) -> Option<&str> {
         match self {
-            Caller::Token(id) => Some(id),
+            Caller::Token(id) | Caller::Client(id) => Some(id),
             _ => None,
         }
     }
+}
+
+/// A configured client-certificate identity.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Its id (what logs, audit records and rate limits name).
+    pub id: String,
+    /// The certificate identity (`x-client-identity`) it matches exactly.
+    pub name: String,
+    /// What it may do.
+    pub scopes: Vec<Scope>,
+}
+
+/// What a known caller may do, and under which id.
+#[derive(Debug, Clone, Copy)]
+pub struct Grant<'a> {
+    /// The entry's id.
+    pub id: &'a str,
+    /// Its scopes.
+    pub scopes: &'a [Scope],
+}
+
+/// Parses `auth.identities`; an entry that does not parse is an error
+/// naming its line.
+pub fn parse_identities(text: &str) -> Result<Vec<Identity>, String> {
+    let mut all: Vec<Identity> = Vec::new();
+    for (n, entry) in text.split(['\n', ';']).enumerate() {
+        let entry = entry.trim();
+        if entry.is_empty() || entry.starts_with('#') {
+            continue;
+        }
+        let mut words = entry.split_whitespace();
+        let (Some(id), Some(name)) = (words.next(), words.next()) else {
+            return Err(format!(
+                "auth.identities entry {}: expected `ID IDENTITY SCOPE...`",
+                n + 1
+            ));
+        };
+        let scopes = words
+            .map(Scope::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("auth.identities entry `{id}`: {e}"))?;
+        if all.iter().any(|i| i.id == id) {
+            return Err(format!("auth.identities: id `{id}` appears twice"));
+        }
+        all.push(Identity {
+            id: id.to_string(),
+            name: name.to_string(),
+            scopes,
+        });
+    }
+    Ok(all)
+}
+
+/// The configured identities (`auth.identities`); unset means none.
+pub fn identities() -> Result<&'static [Identity], String> {
+    static IDENTITIES: OnceLock<Result<Vec<Identity>, String>> = OnceLock::new();
+    IDENTITIES
+        .get_or_init(|| {
+            crate::config_get("auth.identities").map_or(Ok(Vec::new()), |t| parse_identities(&t))
+        })
+        .as_deref()
+        .map_err(Clone::clone)
 }
 
 /// Parses `auth.tokens`; an entry that does not parse is an error naming its line.
@@ -144,21 +217,43 @@ fn differs(a: &[u8], b: &[u8]) -> u8 {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y))
 }
 
-/// Who sent `request`, judged against `tokens`.
-pub fn caller_of(request: &IncomingRequest, tokens: &[Token]) -> (Caller, Option<Token>) {
+/// Who sent `request`, judged against `tokens` and, when it carries no
+/// `Authorization` header, its certificate identity against `identities`.
+pub fn caller_of<'a>(
+    request: &IncomingRequest,
+    tokens: &'a [Token],
+    identities: &'a [Identity],
+) -> (Caller, Option<Grant<'a>>) {
     let Some(value) = crate::header(request, "authorization") else {
-        return (Caller::Anonymous, None);
+        let known = crate::header(request, "x-client-identity")
+            .and_then(|name| identities.iter().find(|i| i.name == name));
+        return match known {
+            Some(i) => (
+                Caller::Client(i.id.clone()),
+                Some(Grant {
+                    id: &i.id,
+                    scopes: &i.scopes,
+                }),
+            ),
+            None => (Caller::Anonymous, None),
+        };
     };
     match bearer(&value).and_then(|t| find(tokens, t)) {
-        Some(t) => (Caller::Token(t.id.clone()), Some(t.clone())),
+        Some(t) => (
+            Caller::Token(t.id.clone()),
+            Some(Grant {
+                id: &t.id,
+                scopes: &t.scopes,
+            }),
+        ),
         None => (Caller::Unknown, None),
     }
 }
 
 /// Who sent `request`, by the shared config (what ratelimit and audit use).
 pub fn caller(request: &IncomingRequest) -> Caller {
-    match tokens() {
-        Ok(tokens) => caller_of(request, tokens).0,
-        Err(_) => Caller::Unknown,
+    match (tokens(), identities()) {
+        (Ok(tokens), Ok(identities)) => caller_of(request, tokens, identities).0,
+        _ => Caller::Unknown,
     }
 }

@@ -42,7 +42,7 @@ pub enum Command {
     /// Every request gets a fresh, isolated instance with its own memory cap and
     /// wall-clock budget. SIGINT/SIGTERM stop accepting connections and let
     /// in-flight requests finish (up to --shutdown-grace).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Compose a WAC world into one component file.
     Compose {
         /// The `.wac` world to compose.
@@ -492,6 +492,18 @@ pub struct ServeArgs {
     /// Time a connection may stay open with no request in progress and nothing being sent; past it the server closes it.
     #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
     pub idle_connection_timeout: Duration,
+    /// PEM certificate chain to serve HTTPS with, on both listeners (ALPN h2 and http/1.1); read again whenever it or the key changes. Needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s) client certificates must chain to (mTLS); a verified client's identity (URI SAN, else DNS SAN, else common name) reaches components in `x-client-identity`.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// With --tls-client-ca: whether every client must present a certificate, or may come without one (and use a bearer token instead).
+    #[arg(long, value_enum, default_value = "required", value_name = "WHEN")]
+    pub tls_client_auth: crate::serving::tls::ClientAuth,
     /// Log one line per request (target `access`, level info): request id, tenant, deployment, method, path, status, and µs until the response's head.
     #[arg(long)]
     pub access_log: bool,

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
     let collect = |deps: Vec<_>| deps.into_iter().collect();
     match cli.command {
-        Command::Serve(args) => serve::run(args)?,
+        Command::Serve(args) => serve::run(*args)?,
         Command::Completions { shell } => manual::completions(shell),
         Command::Man { dir } => manual::man(&dir)?,
         Command::Run(args) => return job::run(args),

@@ -15,6 +15,7 @@ use crate::serving::connections;
 use crate::serving::deployment::Deployment;
 use crate::serving::listener::{Listen, Server};
 use crate::serving::router::Router;
+use crate::serving::tls::{Tls, TlsFiles};
 use anyhow::{Result, anyhow, bail};
 use registry::Registry;
 use std::collections::BTreeMap;
@@ -24,6 +25,7 @@ use std::sync::Arc;
 /// Runs `tensor-wasm serve`.
 pub fn run(args: ServeArgs) -> Result<()> {
     let data_dir = dirs::data_dir(args.data_dir.as_ref())?;
+    let listen = listen(&args)?;
     let seeds = specs(&args, &data_dir)?;
     let history = History::new(&data_dir);
     let recorded = history.load()?;
@@ -52,7 +54,6 @@ pub fn run(args: ServeArgs) -> Result<()> {
         &policy,
         models_dir.as_deref(),
     )?;
-    let listen = listen(&args)?;
     let admin_tokens = admin_tokens(&listen, &data_dir)?;
     let started = Started {
         router: Router::new(deployments)?,
@@ -342,7 +343,25 @@ fn listen(args: &ServeArgs) -> Result<Listen> {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         grace: args.shutdown_grace,
         limits: connection_limits(args)?,
+        tls: tls(args)?,
     })
+}
+
+/// The listeners' TLS, if `--tls-cert` asks for it.
+fn tls(args: &ServeArgs) -> Result<Option<Arc<Tls>>> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        if args.tls_client_ca.is_some() {
+            bail!("--tls-client-ca needs --tls-cert and --tls-key");
+        }
+        return Ok(None);
+    };
+    let tls = Tls::load(TlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        client_ca: args.tls_client_ca.clone(),
+        client_auth: args.tls_client_auth,
+    })?;
+    Ok(Some(tls))
 }
 
 fn single(name: &str, source: Source, defaults: &Limits) -> DeploymentSpec {

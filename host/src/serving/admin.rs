@@ -5,6 +5,7 @@ use super::body::{ResponseBody, error_response, full};
 use super::connections::{Connections, http_builder};
 use super::deployment::Deployment;
 use super::listener::Server;
+use super::tls::Tls;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::sync::Arc;
@@ -12,22 +13,33 @@ use std::sync::atomic::Ordering;
 use tokio::net::TcpListener;
 
 /// Serves `/healthz`, `/readyz` and `/metrics` on the admin listener.
-pub async fn serve_admin(server: Arc<Server>, listener: TcpListener, conns: Arc<Connections>) {
-    let builder = http_builder();
+pub async fn serve_admin(
+    server: Arc<Server>,
+    listener: TcpListener,
+    conns: Arc<Connections>,
+    tls: Option<Arc<Tls>>,
+) {
+    let builder = Arc::new(http_builder());
     loop {
-        let (stream, peer) = conns.accept(&listener).await;
+        let accepted = conns.accept(&listener).await;
         let server = server.clone();
-        let client: Arc<str> = peer.to_string().into();
-        conns.spawn(&builder, None, stream, move |req: Request<Incoming>| {
-            let (server, client) = (server.clone(), client.clone());
-            async move {
-                if req.uri().path().starts_with("/v1/") {
-                    super::admin_api::respond(&server, req, &client).await
-                } else {
-                    admin_response(&server, req.uri().path())
+        conns.spawn(
+            &builder,
+            None,
+            tls.as_deref(),
+            accepted,
+            move |req: Request<Incoming>, client| {
+                let server = server.clone();
+                async move {
+                    if req.uri().path().starts_with("/v1/") {
+                        let client = client.addr.to_str().unwrap_or_default();
+                        super::admin_api::respond(&server, req, client).await
+                    } else {
+                        admin_response(&server, req.uri().path())
+                    }
                 }
-            }
-        });
+            },
+        );
     }
 }
 

@@ -18,6 +18,8 @@
 //! lets busy ones finish.
 
 use super::body::ResponseBody;
+use super::request_id::{self, Client};
+use super::tls::{self, Tls};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
@@ -25,7 +27,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulConnection, GracefulShutdown, Watcher};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -104,16 +106,20 @@ pub enum Closed {
     Refused,
     /// Shutdown: it was idle or had sent only part of a request.
     Draining,
+    /// Its TLS handshake failed (plain HTTP, an unknown or expired
+    /// client certificate, a protocol error).
+    TlsFailed,
 }
 
 impl Closed {
     /// Every reason, for metrics that exist at 0 from the start.
-    pub const ALL: [Closed; 5] = [
+    pub const ALL: [Closed; 6] = [
         Closed::HeaderTimeout,
         Closed::IdleTimeout,
         Closed::Evicted,
         Closed::Refused,
         Closed::Draining,
+        Closed::TlsFailed,
     ];
 
     /// Its metric label.
@@ -124,6 +130,7 @@ impl Closed {
             Closed::Evicted => "evicted",
             Closed::Refused => "refused",
             Closed::Draining => "draining",
+            Closed::TlsFailed => "tls_failed",
         }
     }
 
@@ -399,53 +406,76 @@ impl Connections {
     }
 
     /// Serves one accepted connection with `handle` on this thread's
-    /// runtime until it ends or is told to close; `graceful` (when given)
-    /// lets shutdown finish its requests first.
+    /// runtime until it ends or is told to close, after a TLS handshake
+    /// when `tls` is given (bounded by the header timeout, as a request
+    /// head is); `graceful` (when given) lets shutdown finish its requests
+    /// first. `handle` gets each request and who sent it.
     pub fn spawn<F, Fut>(
         self: &Arc<Self>,
-        builder: &auto::Builder<TokioExecutor>,
+        builder: &Arc<auto::Builder<TokioExecutor>>,
         graceful: Option<&GracefulShutdown>,
-        stream: Watched,
+        tls: Option<&Tls>,
+        (stream, peer): (Watched, SocketAddr),
         handle: F,
     ) where
-        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        F: Fn(Request<Incoming>, Client) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<ResponseBody>> + Send + 'static,
     {
         let conn = stream.conn.clone();
         let tracked = conn.clone();
         let epoch = self.epoch;
-        let service = hyper::service::service_fn(move |req| {
-            let busy = Busy::start(tracked.clone(), epoch);
-            let response = handle(req);
-            async move {
-                let response = response.await;
-                Ok::<_, Infallible>(response.map(|body| {
-                    Tracked {
-                        body,
-                        _busy: Some(busy),
-                    }
-                    .boxed_unsync()
-                }))
-            }
-        });
-        let served = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
+        let builder = builder.clone();
+        let watcher = graceful.map(GracefulShutdown::watcher);
+        let acceptor = tls.map(Tls::acceptor);
         let this = self.clone();
-        match graceful {
-            Some(g) => {
-                tokio::spawn(this.run(conn, g.watch(served)));
+        let served = async move {
+            let addr = request_id::client_value(peer);
+            let service = move |client: Client| {
+                hyper::service::service_fn(move |req| {
+                    let busy = Busy::start(tracked.clone(), epoch);
+                    let response = handle(req, client.clone());
+                    async move {
+                        let response = response.await;
+                        Ok::<_, Infallible>(response.map(|body| {
+                            Tracked {
+                                body,
+                                _busy: Some(busy),
+                            }
+                            .boxed_unsync()
+                        }))
+                    }
+                })
+            };
+            match acceptor {
+                None => {
+                    let client = Client {
+                        addr,
+                        identity: None,
+                    };
+                    let served = builder.serve_connection(TokioIo::new(stream), service(client));
+                    watched(watcher, served).await
+                }
+                Some(acceptor) => {
+                    let (stream, identity) = match tls::accept(acceptor, stream).await {
+                        Ok(accepted) => accepted,
+                        Err(e) => {
+                            this.count(Closed::TlsFailed);
+                            return Err(format!("TLS handshake failed: {e}").into());
+                        }
+                    };
+                    let client = Client { addr, identity };
+                    let served = builder.serve_connection(TokioIo::new(stream), service(client));
+                    watched(watcher, served).await
+                }
             }
-            None => {
-                tokio::spawn(this.run(conn, served));
-            }
-        }
+        };
+        tokio::spawn(self.clone().run(conn, served));
     }
 
-    async fn run<E: std::fmt::Display>(
+    async fn run(
         self: Arc<Self>,
         conn: Arc<Conn>,
-        served: impl Future<Output = Result<(), E>>,
+        served: impl Future<Output = Result<(), BoxError>>,
     ) {
         tokio::select! {
             ended = served => {
@@ -465,6 +495,19 @@ impl Connections {
 
 /// How often [`Connections::sweep`] runs: the timeouts' resolution.
 const SWEEP: Duration = Duration::from_millis(250);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Runs a served connection, under `watcher` (graceful shutdown) if given.
+async fn watched<C>(watcher: Option<Watcher>, served: C) -> Result<(), BoxError>
+where
+    C: GracefulConnection<Error = BoxError>,
+{
+    match watcher {
+        Some(w) => w.watch(served).await,
+        None => served.await,
+    }
+}
 
 /// A log line at most every [`Throttle::EVERY`], counting the ones left out.
 #[derive(Default)]
@@ -543,6 +586,13 @@ pub struct Watched {
     stream: TcpStream,
     conn: Arc<Conn>,
     epoch: Instant,
+}
+
+impl Watched {
+    /// Reads what has arrived without taking it off the stream.
+    pub async fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.peek(buf).await
+    }
 }
 
 impl AsyncRead for Watched {

@@ -218,13 +218,14 @@ impl Deployment {
     }
 
     /// Serves one request from `client` and records it. The request carries
-    /// an `x-request-id` (the client's when valid, else a new one) and
-    /// `x-client-addr` into the world; the response carries the same id.
+    /// an `x-request-id` (the client's when valid, else a new one),
+    /// `x-client-addr` and `x-client-identity` into the world; the response
+    /// carries the same id.
     pub async fn serve(
         &self,
         engine: &Engine,
         mut req: Request<Incoming>,
-        client: &http::HeaderValue,
+        client: &request_id::Client,
     ) -> Response<ResponseBody> {
         let started = Instant::now();
         let id = request_id::assign(req.headers_mut(), client);

@@ -8,6 +8,8 @@
 use super::admin_tokens::AdminTokens;
 use super::body::{ResponseBody, error_response};
 use super::connections::{Connections, Limits, http_builder};
+use super::request_id::Client;
+use super::tls::Tls;
 use crate::live::{Live, Unrouted};
 use crate::platform::metrics::{Metrics, RequestLabels};
 use crate::platform::telemetry;
@@ -52,6 +54,8 @@ pub struct Listen {
     /// Connection limits of the serving listener (the admin listener's
     /// are the same but for a share of the connections).
     pub limits: Limits,
+    /// TLS for both listeners, if any.
+    pub tls: Option<Arc<Tls>>,
 }
 
 impl Server {
@@ -81,13 +85,18 @@ impl Server {
             .admin
             .map(|a| bind_shared(a, 1).context("--admin-listen"))
             .transpose()?;
+        let scheme = if listen.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         tracing::info!(
-            "serving on http://{} ({} threads)",
+            "serving on {scheme}://{} ({} threads)",
             listeners[0].local_addr()?,
             listeners.len()
         );
         if let Some(a) = &admin {
-            tracing::info!("admin on http://{}", a[0].local_addr()?);
+            tracing::info!("admin on {scheme}://{}", a[0].local_addr()?);
         }
         let metrics = self.metrics.connections.clone();
         let conns = Connections::new("serving", listen.limits.clone(), metrics.clone());
@@ -103,7 +112,7 @@ impl Server {
         let mut workers = Vec::new();
         for (i, listener) in listeners.into_iter().enumerate() {
             let (server, mut stop, grace) = (self.clone(), stop_rx.clone(), listen.grace);
-            let conns = conns.clone();
+            let (conns, tls) = (conns.clone(), listen.tls.clone());
             let worker = std::thread::Builder::new()
                 .name(format!("serve-{i}"))
                 .spawn(move || -> Result<()> {
@@ -116,7 +125,7 @@ impl Server {
                         let stopped = async move {
                             let _ = stop.wait_for(|s| *s).await;
                         };
-                        serve(server, listener, &conns, grace, stopped).await;
+                        serve(server, listener, &conns, tls, grace, stopped).await;
                         Ok(())
                     })
                 })
@@ -126,7 +135,7 @@ impl Server {
         self.control(
             admin.map(|mut a| (a.remove(0), admin_conns)),
             &conns,
-            listen.grace,
+            listen,
         )?;
         let _ = stop_tx.send(true);
         for worker in workers {
@@ -145,7 +154,7 @@ impl Server {
         self: &Arc<Self>,
         admin: Option<(std::net::TcpListener, Arc<Connections>)>,
         conns: &Arc<Connections>,
-        grace: Duration,
+        listen: &Listen,
     ) -> Result<()> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -153,10 +162,18 @@ impl Server {
             .context("cannot start the async runtime")?;
         rt.block_on(async {
             tokio::spawn(conns.clone().sweep_forever());
+            if let Some(tls) = &listen.tls {
+                tokio::spawn(tls.clone().reload_forever());
+            }
             if let Some((admin, admin_conns)) = admin {
                 let admin = TcpListener::from_std(admin)?;
                 tokio::spawn(admin_conns.clone().sweep_forever());
-                tokio::spawn(super::admin::serve_admin(self.clone(), admin, admin_conns));
+                tokio::spawn(super::admin::serve_admin(
+                    self.clone(),
+                    admin,
+                    admin_conns,
+                    listen.tls.clone(),
+                ));
             }
             tokio::spawn(reread_on_hangup(self.live.clone()));
             tokio::spawn(self.live.clone().watch_models());
@@ -165,7 +182,7 @@ impl Server {
             conns.drain();
             tracing::info!(
                 "shutting down: no new connections; waiting up to {} for in-flight requests",
-                humantime::format_duration(grace)
+                humantime::format_duration(listen.grace)
             );
             anyhow::Ok(())
         })
@@ -175,9 +192,9 @@ impl Server {
     async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
-        client: http::HeaderValue,
+        client: Client,
     ) -> Response<ResponseBody> {
-        let span = telemetry::request_span(&req, &client);
+        let span = telemetry::request_span(&req, &client.addr);
         let mut response = self.route(req, client).instrument(span.clone()).await;
         telemetry::finish(&span, &mut response);
         response
@@ -187,7 +204,7 @@ impl Server {
     async fn route(
         self: Arc<Self>,
         req: Request<Incoming>,
-        client: http::HeaderValue,
+        client: Client,
     ) -> Response<ResponseBody> {
         let mut req = req;
         let refused = match duplicated(req.headers()) {
@@ -278,19 +295,19 @@ async fn serve(
     server: Arc<Server>,
     listener: TcpListener,
     conns: &Arc<Connections>,
+    tls: Option<Arc<Tls>>,
     grace: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = GracefulShutdown::new();
-    let builder = http_builder();
+    let builder = Arc::new(http_builder());
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            (stream, peer) = conns.accept(&listener) => {
+            accepted = conns.accept(&listener) => {
                 let server = server.clone();
-                let client = crate::serving::request_id::client_value(peer);
-                conns.spawn(&builder, Some(&graceful), stream, move |req| {
-                    server.clone().handle(req, client.clone())
+                conns.spawn(&builder, Some(&graceful), tls.as_deref(), accepted, move |req, client| {
+                    server.clone().handle(req, client)
                 });
             }
             _ = &mut shutdown => break,

@@ -1,5 +1,6 @@
 //! A request's path through the host: the listener accepts it
-//! ([`listener`]) within its [`connections`] limits, the [`router`] picks its deployment, the
+//! ([`listener`]) within its [`connections`] limits, over [`tls`] when
+//! configured, the [`router`] picks its deployment, the
 //! [`deployment`] runs a guest for it ([`guest`]) under the tenant's limits,
 //! in a fresh instance or a warm one ([`instances`]), and its [`body`]
 //! streams back with a [`request_id`]. Beside it, the [`admin`] listener
@@ -17,3 +18,4 @@ pub mod jobs_api;
 pub mod listener;
 pub mod request_id;
 pub mod router;
+pub mod tls;

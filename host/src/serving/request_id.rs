@@ -1,7 +1,9 @@
 //! Request identity the host gives every request before the world sees it:
-//! an `x-request-id` (the client's own when it is valid, else a new one) and
-//! the client's address in `x-client-addr` (always the host's: a client
-//! cannot forge it). The id goes back on the response and into the logs.
+//! an `x-request-id` (the client's own when it is valid, else a new one),
+//! the client's address in `x-client-addr` and, over mTLS, its verified
+//! certificate identity in `x-client-identity` (both always the host's: a
+//! client's own copies are replaced or removed, so it cannot forge them).
+//! The id goes back on the response and into the logs.
 
 use http::{HeaderMap, HeaderValue};
 use std::hash::{BuildHasher, Hasher};
@@ -13,6 +15,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub const REQUEST_ID: &str = "x-request-id";
 /// The client-address header the host sets.
 pub const CLIENT_ADDR: &str = "x-client-addr";
+/// The client-certificate identity header the host sets (mTLS).
+pub const CLIENT_IDENTITY: &str = "x-client-identity";
+
+/// Who is at the other end of a connection, as the host vouches for it
+/// (made once per connection, not per request).
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// Its address, for `x-client-addr`.
+    pub addr: HeaderValue,
+    /// Its verified certificate's identity, for `x-client-identity`
+    /// (`super::tls::identity`); None without one.
+    pub identity: Option<HeaderValue>,
+}
 /// Longest client-supplied id kept.
 const MAX_LEN: usize = 128;
 
@@ -52,9 +67,10 @@ pub fn client_value(client: SocketAddr) -> HeaderValue {
     HeaderValue::from_str(&client.to_string()).expect("an address is a valid header value")
 }
 
-/// Sets the request's `x-request-id` (keeping a valid one) and
-/// `x-client-addr`; returns the id.
-pub fn assign(headers: &mut HeaderMap, client: &HeaderValue) -> HeaderValue {
+/// Sets the request's `x-request-id` (keeping a valid one),
+/// `x-client-addr` and `x-client-identity` (removed when the connection
+/// has none); returns the id.
+pub fn assign(headers: &mut HeaderMap, client: &Client) -> HeaderValue {
     let id = match headers.get(REQUEST_ID) {
         Some(v) if v.to_str().is_ok_and(is_valid) => v.clone(),
         _ => {
@@ -63,7 +79,11 @@ pub fn assign(headers: &mut HeaderMap, client: &HeaderValue) -> HeaderValue {
             id
         }
     };
-    headers.insert(CLIENT_ADDR, client.clone());
+    headers.insert(CLIENT_ADDR, client.addr.clone());
+    match &client.identity {
+        Some(identity) => headers.insert(CLIENT_IDENTITY, identity.clone()),
+        None => headers.remove(CLIENT_IDENTITY),
+    };
     id
 }
 
@@ -78,12 +98,21 @@ mod tests {
 
     #[test]
     fn keeps_valid_ids_and_replaces_others() {
-        let client = client_value("127.0.0.1:4000".parse().unwrap());
+        let mut client = Client {
+            addr: client_value("127.0.0.1:4000".parse().unwrap()),
+            identity: None,
+        };
         let mut h = HeaderMap::new();
         h.insert(REQUEST_ID, HeaderValue::from_static("abc-123"));
         h.insert(CLIENT_ADDR, HeaderValue::from_static("6.6.6.6:1"));
+        h.insert(CLIENT_IDENTITY, HeaderValue::from_static("spiffe://forged"));
         assert_eq!(assign(&mut h, &client), "abc-123");
         assert_eq!(h[CLIENT_ADDR], "127.0.0.1:4000");
+        assert!(h.get(CLIENT_IDENTITY).is_none(), "a client's own copy goes");
+        client.identity = Some(HeaderValue::from_static("spiffe://a/b"));
+        h.insert(CLIENT_IDENTITY, HeaderValue::from_static("spiffe://forged"));
+        assign(&mut h, &client);
+        assert_eq!(h[CLIENT_IDENTITY], "spiffe://a/b");
         for bad in ["", "has space", "quote\"", &"x".repeat(129)] {
             let mut h = HeaderMap::new();
             if let Ok(v) = HeaderValue::from_str(bad) {
