@@ -50,7 +50,20 @@ echo "== lint (host and guests)"
 cargo clippy --release --all-targets -- -D warnings
 (cd components && cargo clippy --release -- -D warnings)
 
-echo "== tests (release host: guests compile 20-70x faster than under a debug host)"
+echo "== supply chain (cargo deny: licenses, bans, sources; deny.toml)"
+if ! cargo deny --version >/dev/null 2>&1; then
+  cargo install cargo-deny --locked --version 0.20.2 --quiet
+fi
+cargo deny --log-level error check licenses bans sources
+cargo deny --log-level error --manifest-path components/Cargo.toml check licenses bans sources
+if timeout 120 cargo deny fetch >/dev/null 2>&1; then
+  cargo deny --log-level error check advisories
+else
+  echo "advisories: skipped (the RustSec advisory database could not be fetched from here)"
+fi
+
+echo "== tests (release host: guests compile 20-70x faster than under a debug host;"
+echo "   the fuzz targets' smoke over their corpora is fuzz/tests/smoke.rs)"
 log=$(mktemp)
 cargo test --release 2>&1 | tee "$log"
 echo "== guest crates' native tests (the wordpiece tokenizer against Hugging Face tokenizers, openai's base64)"

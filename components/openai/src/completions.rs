@@ -68,7 +68,7 @@ struct RawMessage {
 const CHAT_DEFAULT_MAX_TOKENS: u32 = 512;
 
 /// A parsed request.
-struct Parsed {
+pub(crate) struct Parsed {
     model: String,
     prompt: Prompt,
     sampling: Sampling,
@@ -76,7 +76,7 @@ struct Parsed {
     include_usage: bool,
 }
 
-fn parse(kind: Kind, body: &[u8]) -> Result<Parsed, ApiError> {
+pub(crate) fn parse(kind: Kind, body: &[u8]) -> Result<Parsed, ApiError> {
     let req: Request = serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid_request(format!("invalid JSON body: {e}")))?;
     if req.n.is_some_and(|n| n != 1) {

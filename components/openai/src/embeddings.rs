@@ -7,7 +7,7 @@ use serde_json::Value;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Request {
+pub(crate) struct Request {
     model: String,
     input: Value,
     #[serde(default)]
@@ -21,19 +21,7 @@ struct Request {
 
 /// Embeds the request's inputs.
 pub fn create(body: &[u8]) -> Result<String, ApiError> {
-    let req: Request = serde_json::from_slice(body)
-        .map_err(|e| ApiError::invalid_request(format!("invalid JSON body: {e}")))?;
-    let base64 = match req.encoding_format.as_deref() {
-        None | Some("float") => false,
-        Some("base64") => true,
-        Some(other) => {
-            return Err(ApiError::invalid_param(
-                "encoding_format",
-                format!("`encoding_format` must be \"float\" or \"base64\", not {other:?}"),
-            ));
-        }
-    };
-    let inputs = inputs(&req.input)?;
+    let (req, base64, inputs) = parse(body)?;
     let batch = embed(&req.model, &inputs).map_err(ApiError::from_model)?;
     if let Some(d) = req.dimensions {
         let width = batch.vectors.first().map_or(0, Vec::len);
@@ -87,6 +75,24 @@ fn response_json(
         r#","usage":{{"prompt_tokens":{tokens},"total_tokens":{tokens}}}}}"#
     ));
     Ok(out)
+}
+
+/// The request, whether it asks for base64, and its inputs, checked.
+pub(crate) fn parse(body: &[u8]) -> Result<(Request, bool, Vec<Input>), ApiError> {
+    let req: Request = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid_request(format!("invalid JSON body: {e}")))?;
+    let base64 = match req.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ApiError::invalid_param(
+                "encoding_format",
+                format!("`encoding_format` must be \"float\" or \"base64\", not {other:?}"),
+            ));
+        }
+    };
+    let inputs = inputs(&req.input)?;
+    Ok((req, base64, inputs))
 }
 
 fn inputs(input: &Value) -> Result<Vec<Input>, ApiError> {

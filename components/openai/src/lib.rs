@@ -13,9 +13,23 @@
 //! Errors are OpenAI error objects (`{"error": {"message", "type", "param",
 //! "code"}}`) with OpenAI's status codes. docs/OPENAI.md has the details.
 
+// Natively only the fuzz targets use this crate (its parsers).
+#![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+
 mod completions;
 mod embeddings;
 mod error;
+
+/// The fuzz targets' way in (`fuzz/`): parses a request body of each
+/// endpoint as it would be served, stopping before the model is called.
+#[doc(hidden)]
+pub fn fuzz_requests(body: &[u8]) -> [bool; 3] {
+    [
+        embeddings::parse(body).is_ok(),
+        completions::parse(completions::Kind::Text, body).is_ok(),
+        completions::parse(completions::Kind::Chat, body).is_ok(),
+    ]
+}
 
 #[allow(missing_docs)]
 mod bindings {
@@ -117,4 +131,6 @@ fn model_object(m: &ModelInfo) -> serde_json::Value {
     })
 }
 
+// Natively (the fuzz targets link this crate) there is nothing to export.
+#[cfg(target_arch = "wasm32")]
 wasip2::http::proxy::export!(OpenAi);

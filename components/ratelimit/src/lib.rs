@@ -25,6 +25,9 @@
 //! the window. It also keeps each token caller's parsed policy and open
 //! bucket, so a request costs the increment and little else.
 
+// Natively only the fuzz targets use this crate (its parsers).
+#![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+
 use gatewaykit::keyvalue::{atomics, batch, store};
 use httpkit::{json_error, respond};
 use std::cell::RefCell;
@@ -58,6 +61,12 @@ static LAST: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
 struct Policy {
     qps: f64,
     burst: u64,
+}
+
+/// The fuzz targets' way in (`fuzz/`): parses a `QPS/BURST` rate.
+#[doc(hidden)]
+pub fn fuzz_policy(text: &str) -> Result<Option<(f64, u64)>, String> {
+    parse_policy("fuzz", text).map(|p| p.map(|p| (p.qps, p.burst)))
 }
 
 fn parse_policy(key: &str, text: &str) -> Result<Option<Policy>, String> {
@@ -326,4 +335,6 @@ impl exports::wasi::http::incoming_handler::Guest for RateLimit {
     }
 }
 
+// Natively (the fuzz targets link this crate) there is nothing to export.
+#[cfg(target_arch = "wasm32")]
 export!(RateLimit);

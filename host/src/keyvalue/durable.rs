@@ -9,6 +9,8 @@ use anyhow::{Context, Result, anyhow};
 use redb::{
     ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle,
 };
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use tokio::sync::oneshot;
@@ -215,31 +217,39 @@ fn apply(
     t: &mut redb::Table<&'static str, &'static [u8]>,
     writes: &[Write],
 ) -> Result<WriteResult> {
-    // Check every increment first so a failing job changes nothing.
-    for w in writes {
-        if let Write::Increment(key, delta) = w {
-            let current = t.get(key.as_str())?.map(|v| v.value().to_vec());
-            if let Err(e) = incremented(current.as_deref(), *delta) {
-                return Ok(Err(format!("cannot increment `{key}`: {e}")));
-            }
-        }
-    }
+    // The job's outcome is worked out first, over what its own earlier
+    // writes left, so a failing job changes nothing (and never fails the
+    // transaction it shares with other requests' jobs).
+    let mut staged: HashMap<&str, Option<Cow<'_, [u8]>>> = HashMap::new();
     let mut last = None;
     for w in writes {
         match w {
             Write::Set(k, v) => {
-                t.insert(k.as_str(), v.as_slice())?;
+                staged.insert(k, Some(Cow::Borrowed(v)));
             }
             Write::Delete(k) => {
-                t.remove(k.as_str())?;
+                staged.insert(k, None);
             }
             Write::Increment(k, delta) => {
-                let current = t.get(k.as_str())?.map(|v| v.value().to_vec());
-                let n = incremented(current.as_deref(), *delta).map_err(|e| anyhow!(e))?;
-                t.insert(k.as_str(), n.to_string().as_bytes())?;
-                last = Some(n);
+                let current = match staged.get(k.as_str()) {
+                    Some(v) => v.clone(),
+                    None => t.get(k.as_str())?.map(|v| Cow::Owned(v.value().to_vec())),
+                };
+                match incremented(current.as_deref(), *delta) {
+                    Ok(n) => {
+                        staged.insert(k, Some(Cow::Owned(n.to_string().into_bytes())));
+                        last = Some(n);
+                    }
+                    Err(e) => return Ok(Err(format!("cannot increment `{k}`: {e}"))),
+                }
             }
         }
+    }
+    for (k, v) in staged {
+        match v {
+            Some(v) => t.insert(k, &*v)?,
+            None => t.remove(k)?,
+        };
     }
     Ok(Ok(last))
 }
@@ -448,6 +458,49 @@ mod tests {
         let reader = Reader::open(&dir).unwrap();
         assert_eq!(reader.tables().unwrap(), vec!["t".to_string()]);
         assert_eq!(reader.entries("t").unwrap().len(), 2501);
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Found by the `keyvalue` fuzz target: an increment that failed on
+    /// its own batch's earlier write failed the whole group commit, other
+    /// requests' jobs included, and one that failed on the volatile store
+    /// left the batch half applied.
+    #[test]
+    fn a_batch_failing_on_its_own_earlier_writes_fails_alone_and_changes_nothing() {
+        let dir = temp("own-writes");
+        let store = Durable::open(&dir).unwrap();
+        let set_then_add = vec![
+            Write::Set("k".into(), b"x".to_vec()),
+            Write::Increment("k".into(), 1),
+        ];
+        let add_twice = vec![
+            Write::Increment("n".into(), u64::MAX),
+            Write::Increment("n".into(), 1),
+        ];
+        let (bad, good, twice) = block(async {
+            tokio::join!(
+                store.write("t".into(), set_then_add),
+                store.write("u".into(), vec![Write::Set("a".into(), b"1".to_vec())]),
+                store.write("t".into(), add_twice),
+            )
+        });
+        assert!(bad.unwrap_err().contains("not a decimal number"));
+        assert!(twice.unwrap_err().contains("overflows"));
+        assert_eq!(good, Ok(None));
+        let t = store.get_many("t", &["k".into(), "n".into()]).unwrap();
+        assert_eq!(t, vec![None, None]);
+        assert_eq!(
+            store.get_many("u", &["a".into()]).unwrap(),
+            vec![Some(b"1".to_vec())]
+        );
+        let chained = vec![
+            Write::Set("c".into(), b"5".to_vec()),
+            Write::Increment("c".into(), 2),
+            Write::Delete("c".into()),
+            Write::Increment("c".into(), 3),
+        ];
+        assert_eq!(block(store.write("t".into(), chained)), Ok(Some(3)));
         drop(store);
         std::fs::remove_dir_all(&dir).unwrap();
     }

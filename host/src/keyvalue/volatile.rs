@@ -29,57 +29,59 @@ struct Tables {
 }
 
 impl Volatile {
-    /// Applies `writes` to `table` at once (all or nothing).
+    /// Applies `writes` to `table` at once (all or nothing): the outcome is
+    /// worked out over what the batch's own earlier writes left before
+    /// anything changes.
     pub fn write(&self, table: &str, writes: Vec<Write>) -> WriteResult {
         let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let Tables { tables, bytes } = &mut *guard;
         let tenant = super::parse_table_name(table).map_or("", |(t, _)| t);
         let bytes = bytes.entry(tenant.to_string()).or_default();
         let t = tables.entry(table.to_string()).or_default();
-        // Check first, so a failing job changes nothing.
-        let mut growth = 0usize;
-        for w in &writes {
+        let mut staged: HashMap<String, Option<Vec<u8>>> = HashMap::new();
+        let mut last = None;
+        for w in writes {
             match w {
-                Write::Set(k, v) => growth += k.len() + v.len(),
-                Write::Increment(k, delta) => {
-                    incremented(t.get(k).map(Vec::as_slice), *delta)
-                        .map_err(|e| format!("cannot increment `{k}`: {e}"))?;
-                    growth += k.len() + 20;
+                Write::Set(k, v) => {
+                    staged.insert(k, Some(v));
                 }
-                Write::Delete(_) => {}
+                Write::Delete(k) => {
+                    staged.insert(k, None);
+                }
+                Write::Increment(k, delta) => {
+                    let current = match staged.get(&k) {
+                        Some(v) => v.as_deref(),
+                        None => t.get(&k).map(Vec::as_slice),
+                    };
+                    let n = incremented(current, delta)
+                        .map_err(|e| format!("cannot increment `{k}`: {e}"))?;
+                    staged.insert(k, Some(n.to_string().into_bytes()));
+                    last = Some(n);
+                }
             }
         }
-        if *bytes + growth > MAX_BYTES {
+        let mut held = *bytes;
+        for (k, v) in &staged {
+            if let Some(old) = t.get(k) {
+                held -= k.len() + old.len();
+            }
+            if let Some(v) = v {
+                held += k.len() + v.len();
+            }
+        }
+        if held > MAX_BYTES && held > *bytes {
             return Err(format!(
                 "the tenant's volatile buckets are full ({} MiB)",
                 MAX_BYTES >> 20
             ));
         }
-        let mut last = None;
-        for w in writes {
-            match w {
-                Write::Set(k, v) => {
-                    *bytes += k.len() + v.len();
-                    if let Some(old) = t.insert(k.clone(), v) {
-                        *bytes -= k.len() + old.len();
-                    }
-                }
-                Write::Delete(k) => {
-                    if let Some(old) = t.remove(&k) {
-                        *bytes -= k.len() + old.len();
-                    }
-                }
-                Write::Increment(k, delta) => {
-                    let n = incremented(t.get(&k).map(Vec::as_slice), delta)?;
-                    let v = n.to_string().into_bytes();
-                    *bytes += k.len() + v.len();
-                    if let Some(old) = t.insert(k.clone(), v) {
-                        *bytes -= k.len() + old.len();
-                    }
-                    last = Some(n);
-                }
-            }
+        for (k, v) in staged {
+            match v {
+                Some(v) => t.insert(k, v),
+                None => t.remove(&k),
+            };
         }
+        *bytes = held;
         Ok(last)
     }
 
@@ -107,6 +109,30 @@ impl Volatile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_failing_on_its_own_earlier_writes_changes_nothing() {
+        let v = Volatile::default();
+        let bad = v.write(
+            "t",
+            vec![
+                Write::Increment("n".into(), u64::MAX),
+                Write::Increment("n".into(), 1),
+                Write::Set("k".into(), b"x".to_vec()),
+                Write::Increment("k".into(), 1),
+            ],
+        );
+        assert!(bad.unwrap_err().contains("overflows"));
+        assert_eq!(v.get_many("t", &["n".into(), "k".into()]), vec![None, None]);
+        assert_eq!(v.inner.lock().unwrap().bytes[""], 0);
+        let chained = vec![
+            Write::Set("c".into(), b"5".to_vec()),
+            Write::Increment("c".into(), 2),
+            Write::Increment("c".into(), 3),
+        ];
+        assert_eq!(v.write("t", chained), Ok(Some(10)));
+        assert_eq!(v.inner.lock().unwrap().bytes[""], 3);
+    }
 
     #[test]
     fn writes_apply_atomically_and_account_their_bytes() {

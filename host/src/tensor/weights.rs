@@ -87,7 +87,7 @@ impl WeightsFile {
 }
 
 /// The tensors (file order) and `__metadata__` (sorted by key) of a safetensors file.
-fn read_safetensors(bytes: &[u8]) -> Result<LoadedFile> {
+pub fn read_safetensors(bytes: &[u8]) -> Result<LoadedFile> {
     let bad =
         |e: safetensors::SafeTensorError| anyhow::anyhow!("not a valid safetensors file: {e}");
     let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(bad)?;
