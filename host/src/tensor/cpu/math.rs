@@ -234,6 +234,11 @@ fn erf(x: f32) -> f32 {
 /// GELU (erf form).
 #[inline(always)]
 fn gelu(x: f32) -> f32 {
+    // Below -9, gelu(x) is under 1e-18 in magnitude, while erf's absolute
+    // error (~1e-7) times x would not be; -inf gives the limit, -0.
+    if x < -9.0 {
+        return -0.0;
+    }
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
@@ -488,7 +493,11 @@ pub fn argmax<T: Copy + PartialOrd>(x: &[T], outer: usize, len: usize, inner: us
         for i in 0..inner {
             let mut best = 0usize;
             for t in 1..len {
-                if x[(o * len + t) * inner + i] > x[(o * len + best) * inner + i] {
+                let (a, b) = (
+                    x[(o * len + t) * inner + i],
+                    x[(o * len + best) * inner + i],
+                );
+                if total_order(a, b) == std::cmp::Ordering::Greater {
                     best = t;
                 }
             }
@@ -509,12 +518,7 @@ pub fn top_k<T: Copy + PartialOrd>(x: &[T], len: usize, k: usize) -> (Vec<T>, Ve
         let row = &x[r * len..(r + 1) * len];
         order.clear();
         order.extend(0..len);
-        let cmp = |&a: &usize, &b: &usize| {
-            row[b]
-                .partial_cmp(&row[a])
-                .unwrap_or(std::cmp::Ordering::Equal)
-                .then(a.cmp(&b))
-        };
+        let cmp = |&a: &usize, &b: &usize| total_order(row[b], row[a]).then(a.cmp(&b));
         if k < len && k > 0 {
             order.select_nth_unstable_by(k - 1, cmp);
         }
@@ -526,6 +530,20 @@ pub fn top_k<T: Copy + PartialOrd>(x: &[T], len: usize, k: usize) -> (Vec<T>, Ve
         }
     }
     (values, indices)
+}
+
+/// Orders values with NaN above everything (as PyTorch's argmax and topk
+/// do): a total order, so sorting never meets an inconsistent comparison
+/// and the first NaN wins an argmax wherever it is.
+fn total_order<T: PartialOrd>(a: T, b: T) -> std::cmp::Ordering {
+    #[allow(clippy::eq_op)]
+    let (a_nan, b_nan) = (a != a, b != b);
+    match (a_nan, b_nan) {
+        (true, true) => std::cmp::Ordering::Equal,
+        (true, false) => std::cmp::Ordering::Greater,
+        (false, true) => std::cmp::Ordering::Less,
+        (false, false) => a.partial_cmp(&b).unwrap_or(std::cmp::Ordering::Equal),
+    }
 }
 
 /// Mean along the middle of [outer, len, inner]; `mask` is [outer, len].
@@ -572,6 +590,21 @@ pub fn l2_normalize(x: &[f32], outer: usize, len: usize, inner: usize, eps: f32)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the differential oracle (tests/oracle.rs).
+    #[test]
+    fn gelu_of_large_negatives_is_zero_and_nan_orders_above_everything() {
+        assert_eq!(gelu(f32::NEG_INFINITY).to_bits(), (-0.0f32).to_bits());
+        assert_eq!(gelu(-60.0), 0.0, "not erf's error times 60");
+        let x = [1.0, f32::NAN, 3.0, f32::NAN];
+        assert_eq!(argmax(&x, 1, 4, 1), vec![1], "the first NaN wins");
+        assert_eq!(argmax(&[f32::NAN, 5.0], 1, 2, 1), vec![0]);
+        assert_eq!(argmax(&[2.0, 5.0, 5.0], 1, 3, 1), vec![1]);
+        let row = [0.5, f32::NAN, 2.0, -1.0, f32::NAN, 7.0];
+        let (v, i) = top_k(&row, 6, 3);
+        assert!(v[0].is_nan() && v[1].is_nan() && v[2] == 7.0, "{v:?}");
+        assert_eq!(i, vec![1, 4, 5]);
+    }
 
     #[test]
     fn erf_is_accurate() {
