@@ -76,7 +76,8 @@ __device__ void unary(T* out, const T* x, i64 n, int op, float factor) {
         float v = ld(x, i), r;
         switch (op) {
             case 0: r = v * factor; break;
-            case 1: r = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f)); break;
+            // Below -9 gelu is under 1e-18 (and -inf gives the limit, -0).
+            case 1: r = v < -9.0f ? -0.0f : 0.5f * v * (1.0f + erff(v * 0.70710678118654752f)); break;
             case 2: r = 0.5f * v * (1.0f + tanhf(0.7978846f * (v + 0.044715f * v * v * v))); break;
             case 3: r = v / (1.0f + expf(-v)); break;
             case 4: r = fmaxf(v, 0.0f); break;
@@ -304,6 +305,15 @@ __device__ __forceinline__ int fl(const int* p, i64 i) { return p[i]; }
 __device__ __forceinline__ i64 fl(const i64* p, i64 i) { return p[i]; }
 __device__ __forceinline__ unsigned fl(const unsigned char* p, i64 i) { return p[i]; }
 
+// The order argmax and top-k rank by (as the CPU's `total_order`): NaN
+// above everything, so the first NaN wins and sorting stays consistent.
+template <typename K> __device__ __forceinline__ bool above(K a, K b) {
+    return (a != a) ? (b == b) : (b == b && a > b);
+}
+template <typename K> __device__ __forceinline__ bool same(K a, K b) {
+    return (a != a) ? (b != b) : a == b;
+}
+
 // Index of the first maximum along the axis (as the CPU: strictly greater wins).
 template <typename T>
 __device__ void argmax_axis(i64* out, const T* x, i64 outer, i64 len, i64 inner) {
@@ -312,7 +322,7 @@ __device__ void argmax_axis(i64* out, const T* x, i64 outer, i64 len, i64 inner)
         auto bv = fl(x, base);
         for (i64 j = 1; j < len; ++j) {
             auto v = fl(x, base + j * inner);
-            if (v > bv) { bv = v; best = j; }
+            if (above(v, bv)) { bv = v; best = j; }
         }
         out[t] = best;
     }
@@ -335,8 +345,8 @@ __device__ void top_k_rows(T* values, i64* indices, const T* x, i64 rows, i64 le
             i64 bi = -1;
             for (i64 j = threadIdx.x; j < len; j += blockDim.x) {
                 K v = fl(row, j);
-                bool after = pi < 0 || v < pv || (v == pv && j > pi);
-                bool better = bi < 0 || v > bv || (v == bv && j < bi);
+                bool after = pi < 0 || above(pv, v) || (same(v, pv) && j > pi);
+                bool better = bi < 0 || above(v, bv) || (same(v, bv) && j < bi);
                 if (after && better) { bv = v; bi = j; }
             }
             sv[threadIdx.x] = bv;
@@ -346,7 +356,7 @@ __device__ void top_k_rows(T* values, i64* indices, const T* x, i64 rows, i64 le
                 if (threadIdx.x < w) {
                     K ov = sv[threadIdx.x + w], mv = sv[threadIdx.x];
                     i64 oi = si[threadIdx.x + w], mi = si[threadIdx.x];
-                    if (oi >= 0 && (mi < 0 || ov > mv || (ov == mv && oi < mi))) {
+                    if (oi >= 0 && (mi < 0 || above(ov, mv) || (same(ov, mv) && oi < mi))) {
                         sv[threadIdx.x] = ov;
                         si[threadIdx.x] = oi;
                     }

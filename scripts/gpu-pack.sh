@@ -18,8 +18,18 @@ for l in sys.stdin:
     m = json.loads(l)
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "cuda_launch" and m.get("executable"):
         print(m["executable"])')
+oracle=$(cargo test --release --no-run --test oracle --message-format=json 2>/dev/null \
+  | python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "oracle" and m.get("executable"):
+        print(m["executable"])')
 rm -rf .gpu && mkdir -p .gpu/guests
 cp target/release/tensor-wasm .gpu/ && cp "$e2e" .gpu/e2e && cp "$launch" .gpu/cuda_launch
+cp "$oracle" .gpu/oracle
 cp target/guests/wasm32-wasip2/release/*.wasm .gpu/guests/
-strip .gpu/tensor-wasm .gpu/e2e .gpu/cuda_launch
+strip .gpu/tensor-wasm .gpu/e2e .gpu/cuda_launch .gpu/oracle
+# The libFuzzer binary (scripts/gpu-fuzz.sh), when fuzz/run.sh built it.
+fuzz=target/fuzz/$(rustc -vV | sed -n 's/^host: //p')/release/fuzz
+if [ -x "$fuzz" ]; then cp "$fuzz" .gpu/fuzz && strip .gpu/fuzz; fi
 du -sh .gpu

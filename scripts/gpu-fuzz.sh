@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Long fuzzing campaigns on the lent machine's CPU cores (its GPU is not
+# used): every target in fuzz/corpus at once for SECONDS, the libFuzzer
+# binary from .gpu/fuzz (scripts/gpu-pack.sh; built by `fuzz/run.sh build`).
+# EXTRA names targets that get a second worker this run (to spread spare
+# cores). New corpus entries and crashes go to $OUT/fuzz; a table last.
+#   bash scripts/gpu-fuzz.sh SECONDS [EXTRA...]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu-fuzz}
+seconds=${1:?SECONDS}; shift
+export FUZZ_BIN=$PWD/.gpu/fuzz FUZZ_WORK=$OUT/fuzz
+[ -x "$FUZZ_BIN" ] || { echo "no .gpu/fuzz: run fuzz/run.sh build and scripts/gpu-pack.sh"; exit 2; }
+mkdir -p "$OUT/logs"
+# Start from what earlier runs found (carried back in .gpu/fuzz-corpus).
+[ -d .gpu/fuzz-corpus ] && mkdir -p "$FUZZ_WORK" && cp -r .gpu/fuzz-corpus "$FUZZ_WORK/corpus"
+for name in $(ls fuzz/corpus); do
+  jobs=1
+  for e in "$@"; do [ "$e" = "$name" ] && jobs=2; done
+  bash fuzz/run.sh run "$name" "$seconds" "$jobs" > "$OUT/logs/$name.log" 2>&1 &
+done
+wait
+echo "| target | workers·s | execs | coverage | corpus | crashes |"
+echo "|---|---|---|---|---|---|"
+for name in $(ls fuzz/corpus); do
+  log=$OUT/logs/$name.log
+  execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | awk '{s+=$2} END {print s+0}')
+  [ "$execs" = 0 ] && execs=$(grep -oE '#[0-9]+' "$log" | tail -1 | tr -d '#')
+  cov=$(grep -oE 'cov: [0-9]+' "$log" | tail -1 | awk '{print $2}')
+  corpus=$(ls "$FUZZ_WORK/corpus/$name" 2>/dev/null | wc -l)
+  crashes=$(ls "$FUZZ_WORK/artifacts/$name" 2>/dev/null | wc -l)
+  w=1; for e in "$@"; do [ "$e" = "$name" ] && w=2; done
+  echo "| $name | $((w * seconds)) | ${execs:-?} | ${cov:-?} | $corpus | $crashes |"
+done
