@@ -125,12 +125,7 @@ struct BodyState {
 /// `response`, holding the request body the guest left unread (if it did)
 /// until the response is sent.
 fn keep_unread(response: Response<ResponseBody>, state: &BodyState) -> Response<ResponseBody> {
-    match state
-        .unread
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take()
-    {
+    match state.unread.lock().unwrap_or_else(|p| p.into_inner()).take() {
         Some(unread) => response.map(|body| body::drop_after(body, unread)),
         None => response,
     }
