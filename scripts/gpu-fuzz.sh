@@ -12,9 +12,8 @@ seconds=${1:?SECONDS}; shift
 export FUZZ_BIN=$PWD/.gpu/fuzz FUZZ_WORK=$OUT/fuzz
 [ -x "$FUZZ_BIN" ] || { echo "no .gpu/fuzz: run fuzz/run.sh build and scripts/gpu-pack.sh"; exit 2; }
 mkdir -p "$OUT/logs"
-# Start from what earlier runs found (their corpus.tgz, carried as .gpu/fuzz-corpus.tgz).
-mkdir -p "$FUZZ_WORK"
-[ -f .gpu/fuzz-corpus.tgz ] && tar xzf .gpu/fuzz-corpus.tgz -C "$FUZZ_WORK"
+# Start from what earlier runs found (carried back in .gpu/fuzz-corpus).
+[ -d .gpu/fuzz-corpus ] && mkdir -p "$FUZZ_WORK" && cp -r .gpu/fuzz-corpus "$FUZZ_WORK/corpus"
 for name in $(ls fuzz/corpus); do
   jobs=1
   for e in "$@"; do [ "$e" = "$name" ] && jobs=2; done
@@ -33,5 +32,3 @@ for name in $(ls fuzz/corpus); do
   w=1; for e in "$@"; do [ "$e" = "$name" ] && w=2; done
   echo "| $name | $((w * seconds)) | ${execs:-?} | ${cov:-?} | $corpus | $crashes |"
 done
-# One archive back (the corpus is many small files), crashes kept as files.
-tar czf "$OUT/corpus.tgz" -C "$FUZZ_WORK" corpus && rm -rf "$FUZZ_WORK/corpus"

@@ -18,8 +18,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
@@ -115,60 +115,6 @@ struct BodyState {
     overflow: AtomicBool,
     /// Reading it failed (past the cap, or the client broke off).
     broken: AtomicBool,
-    /// The body, when the guest dropped it unread: kept until the response
-    /// is sent. (Dropped before, HTTP/2 resets the stream with CANCEL and
-    /// the client may lose the response; after, with NO_ERROR, as RFC 9113
-    /// §8.1 asks of a server that answers before the request is complete.)
-    unread: Mutex<Option<Box<dyn Send>>>,
-}
-
-/// `response`, holding the request body the guest left unread (if it did)
-/// until the response is sent.
-fn keep_unread(response: Response<ResponseBody>, state: &BodyState) -> Response<ResponseBody> {
-    match state.unread.lock().unwrap_or_else(|p| p.into_inner()).take() {
-        Some(unread) => response.map(|body| body::drop_after(body, unread)),
-        None => response,
-    }
-}
-
-/// A request body that, dropped before its end, goes to
-/// [`BodyState::unread`] instead of away.
-struct Kept<B: Send + 'static> {
-    body: Option<B>,
-    state: Arc<BodyState>,
-}
-
-impl<B: http_body::Body + Send + Unpin + 'static> http_body::Body for Kept<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
-        match self.body.as_mut() {
-            Some(b) => std::pin::Pin::new(b).poll_frame(cx),
-            None => std::task::Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.as_ref().is_none_or(|b| b.is_end_stream())
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body
-            .as_ref()
-            .map_or_else(|| http_body::SizeHint::with_exact(0), |b| b.size_hint())
-    }
-}
-
-impl<B: Send + 'static> Drop for Kept<B> {
-    fn drop(&mut self) {
-        if let Some(body) = self.body.take() {
-            *self.state.unread.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(body));
-        }
-    }
 }
 
 /// How a guest's run ended.
@@ -370,15 +316,13 @@ impl Deployment {
         let (mut guest, answer) = self.start(call, permit, deadline, id, failed.clone());
         let response = match self.answer(&mut guest, answer.rx, deadline).await {
             Ok(r) => r,
-            Err(r) => return keep_unread(r, &answer.body),
+            Err(r) => return r,
         };
         if answer.body.overflow.load(Ordering::Relaxed) {
-            return keep_unread(too_large(self.limits.body), &answer.body);
+            return too_large(self.limits.body);
         }
-        let response = self
-            .finish(guest, response, deadline, failed, &answer.body)
-            .await;
-        keep_unread(response, &answer.body)
+        self.finish(guest, response, deadline, failed, &answer.body.overflow)
+            .await
     }
 
     /// The store for this request — a warm instance's, renewed for it, or a
@@ -557,7 +501,7 @@ impl Deployment {
         response: http::Response<HyperOutgoingBody>,
         deadline: tokio::time::Instant,
         failed: Arc<AtomicBool>,
-        request_body: &BodyState,
+        overflow: &AtomicBool,
     ) -> Response<ResponseBody> {
         let (parts, guest_body) = response.into_parts();
         let streaming = parts
@@ -582,7 +526,7 @@ impl Deployment {
                 return failure_response(&end, &self.limits);
             }
         };
-        if request_body.overflow.load(Ordering::Relaxed) {
+        if overflow.load(Ordering::Relaxed) {
             return too_large(self.limits.body);
         }
         let body = match guest.take_finished() {
@@ -876,12 +820,7 @@ fn limit_body(
 ) -> Request<
     impl http_body::Body<Data = bytes::Bytes, Error = wasmtime_wasi_http::Error> + Send + 'static,
 > {
-    let kept = state.clone();
-    req.map(move |b| Kept {
-        body: Some(b),
-        state: kept,
-    })
-    .map(move |b| {
+    req.map(move |b| {
         Limited::new(b, max as usize).map_err(move |e| {
             state.broken.store(true, Ordering::Release);
             if e.is::<http_body_util::LengthLimitError>() {
