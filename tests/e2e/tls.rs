@@ -287,7 +287,10 @@ secrets = {{ "auth.identities" = "billing spiffe://example.org/billing read writ
     let echoed = with(&billing, &["-d", "paid"], "/echo");
     assert_eq!((echoed.2, echoed.3.as_str()), (200, "paid"), "{echoed:?}");
     assert_eq!(with(&reports, &[], "/hello").2, 200);
-    let denied = with(&reports, &["-d", "x"], "/echo");
+    // Uploads the gateway refuses without reading go over HTTP/1.1 here:
+    // over HTTP/2 curl often loses such an early 403 (exit 92, the stream
+    // reset before the answer), an open issue (docs/deployment/TLS.md).
+    let denied = with(&reports, &["--http1.1", "-d", "x"], "/echo");
     assert_eq!(denied.2, 403, "{denied:?}");
     assert!(denied.3.contains("insufficient_scope"), "{denied:?}");
     // A verified certificate that no entry names is anonymous: 401.
@@ -296,6 +299,7 @@ secrets = {{ "auth.identities" = "billing spiffe://example.org/billing read writ
     let spoof = with(
         &reports,
         &[
+            "--http1.1",
             "-H",
             "x-client-identity: spiffe://example.org/billing",
             "-d",
