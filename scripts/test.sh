@@ -29,6 +29,22 @@ if ! command -v curl >/dev/null; then
     || echo "warning: could not install curl; the TLS tests will fail saying so"
 fi
 
+# A real Redis and a real load balancer (HAProxy) for the replica tests
+# (from Debian). The tests start their own on free ports; the packages'
+# services are stopped so they hold no port.
+for pkg in redis-server:redis-server haproxy:haproxy; do
+  bin=${pkg%%:*} name=${pkg#*:}
+  if ! command -v "$bin" >/dev/null && [ ! -x "/usr/sbin/$bin" ] && [ ! -x "/usr/bin/$bin" ]; then
+    sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+    { $sudo apt-get update -qq \
+        && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$name" >/dev/null; } \
+      || echo "warning: could not install $name; the replica tests will fail saying so"
+    if command -v systemctl >/dev/null && systemctl is-active --quiet "$name" 2>/dev/null; then
+      $sudo systemctl disable --now "$name" >/dev/null 2>&1 || true
+    fi
+  fi
+done
+
 # A real Prometheus (and promtool) for the observability tests (from Debian).
 # The tests start their own on a free port; the package's service is stopped
 # so that it does not hold port 9090 (tensor-wasm's default admin port).
@@ -66,9 +82,9 @@ echo "== tests (release host: guests compile 20-70x faster than under a debug ho
 echo "   the fuzz targets' smoke over their corpora is fuzz/tests/smoke.rs)"
 log=$(mktemp)
 cargo test --release 2>&1 | tee "$log"
-echo "== guest crates' native tests (the wordpiece tokenizer against Hugging Face tokenizers, openai's base64)"
+echo "== guest crates' native tests (the wordpiece tokenizer against Hugging Face tokenizers, openai's base64, the BPE tokenizer's vocabulary checks)"
 host=$(rustc -vV | sed -n 's/^host: //p')
-(cd components && cargo test --release -p wordpiece -p openai --target "$host") 2>&1 | tee -a "$log"
+(cd components && cargo test --release -p wordpiece -p openai -p bpe --target "$host") 2>&1 | tee -a "$log"
 echo "== GPU tests: skipped (no NVIDIA GPU on this machine; GPU runs are recorded in docs/GPU-RESULTS.md)"
 awk '/^test result:/ { p += $4; f += $6; s += $8 } END { printf "\ntests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
 rm -f "$log"

@@ -65,6 +65,10 @@ pub const TARGETS: &[Target] = &[
         run: wordpiece,
     },
     Target {
+        name: "bpe",
+        run: bpe,
+    },
+    Target {
         name: "registry_record",
         run: registry_record,
     },
@@ -289,6 +293,48 @@ pub fn wordpiece(data: &[u8]) {
         ids.len()
     );
     let _ = wordpiece::WordPiece::from_vocab_txt(text, 16);
+}
+
+/// The byte-level BPE tokenizer (`smollm`'s) on any UTF-8 text with a small
+/// fixed vocabulary, where decoding must give the text back (byte-level BPE
+/// is lossless once no control token is written in it); and vocabularies
+/// built from arbitrary lists, as a GGUF file's metadata could hold.
+pub fn bpe(data: &[u8]) {
+    use std::sync::OnceLock;
+    const CONTROL: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+    static FIXED: OnceLock<bpe::Bpe> = OnceLock::new();
+    let fixed = FIXED.get_or_init(|| {
+        let mut alphabet: Vec<char> = tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet()
+            .into_iter()
+            .collect();
+        alphabet.sort();
+        let mut tokens: Vec<String> = alphabet.iter().map(char::to_string).collect();
+        let merges: Vec<String> = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a", "e r", "Ġ 1"]
+            .iter()
+            .map(|m| m.to_string())
+            .collect();
+        tokens.extend(merges.iter().map(|m| m.replace(' ', "")));
+        let mut types = vec![1; tokens.len()];
+        tokens.extend(CONTROL.iter().map(|c| c.to_string()));
+        types.extend([3, 3, 3]);
+        bpe::Bpe::new(&tokens, &merges, &types).expect("the fixed vocabulary builds")
+    });
+    let Some(text) = text(data) else { return };
+    let ids = fixed.encode(text).expect("byte-level BPE encodes any text");
+    if !CONTROL.iter().any(|c| text.contains(c)) {
+        assert_eq!(fixed.decode(&ids), text, "decode(encode(text)) != text");
+    }
+    let _ = fixed.decode(&[u32::MAX, 0, 300]);
+    // The same text as a vocabulary: lines are tokens until an empty line,
+    // merges after it; token types from the bytes.
+    let (tokens, merges) = text.split_once("\n\n").unwrap_or((text, ""));
+    let tokens: Vec<String> = tokens.lines().map(str::to_string).collect();
+    let merges: Vec<String> = merges.lines().map(str::to_string).collect();
+    let types: Vec<i64> = data.iter().map(|b| i64::from(b % 4)).collect();
+    if let Ok(built) = bpe::Bpe::new(&tokens, &merges, &types) {
+        let ids = built.encode(text).unwrap_or_default();
+        let _ = built.decode(&ids);
+    }
 }
 
 /// Registry records (the config blob of a pulled OCI artifact, and the

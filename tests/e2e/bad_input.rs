@@ -183,3 +183,31 @@ fn bad_flags_get_one_clear_error() {
     assert_ne!(code, 0);
     assert!(err.contains("invalid size"), "{err}");
 }
+
+#[test]
+fn bad_keyvalue_backends_are_one_clear_error() {
+    let dir = scratch("bad_keyvalue_backends");
+    let notes = guest("notes");
+    for (table, want) in [
+        ("backend = \"postgres://x\"", "must be a Redis URL"),
+        (
+            "backend = \"redis://127.0.0.1:1/0\"\nbuckets = [\"\"]",
+            "is not a bucket identifier",
+        ),
+        (
+            "backend = \"redis://127.0.0.1:1/0\"\nbucket = [\"a\"]",
+            "unknown field `bucket`",
+        ),
+        ("backend = \"redis://[::1\"", "is not a Redis URL"),
+    ] {
+        let file = deployment_file(
+            &dir,
+            &format!(
+                "[[deployment]]\nname = \"a\"\ntenant = \"t\"\ncomponent = {notes:?}\n\n\
+                 [deployment.keyvalue]\n{table}\n"
+            ),
+        );
+        let error = serve_fails(file.to_str().unwrap(), &[], &dir);
+        assert!(error.contains(want), "{table}: {error}");
+    }
+}

@@ -26,6 +26,7 @@ mod openapi;
 mod preinit;
 mod reference;
 mod registry;
+mod replicas;
 mod reuse;
 mod tensor_guests;
 mod tensor_ops;

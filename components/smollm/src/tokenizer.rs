@@ -1,21 +1,16 @@
-//! SmolLM2's byte-level BPE tokenizer and ChatML template, built from the
-//! GGUF file's metadata (`tokenizer.ggml.*`).
+//! SmolLM2's tokenizer (the `bpe` crate) built from the GGUF file's metadata
+//! (`tokenizer.ggml.*`), and its ChatML template.
 
 use crate::bindings::exports::tensorwasm::inference0_1_0::generation::Message;
+use bpe::Bpe;
 use tensorwasm_sdk::{MetadataValue, Weights};
-use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
-use tokenizers::models::bpe::{BPE, Vocab as BpeVocab};
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::pre_tokenizers::digits::Digits;
-use tokenizers::pre_tokenizers::sequence::Sequence;
-use tokenizers::{AddedToken, Tokenizer};
 
 /// The default system prompt of SmolLM2's chat template.
 const DEFAULT_SYSTEM: &str = "You are a helpful AI assistant named SmolLM, trained by Hugging Face";
 
 /// The tokenizer and the ids generation stops at.
 pub struct Vocab {
-    tokenizer: Tokenizer,
+    bpe: Bpe,
     /// Tokens that end a completion (`<|endoftext|>`, `<|im_end|>`).
     pub end_ids: Vec<u32>,
 }
@@ -37,58 +32,26 @@ fn integer_list(w: &Weights, key: &str) -> Result<Vec<i64>, String> {
 impl Vocab {
     /// Builds the tokenizer from the GGUF metadata.
     pub fn from_gguf(w: &Weights) -> Result<Self, String> {
-        let tokens = text_list(w, "tokenizer.ggml.tokens")?;
-        let merges = text_list(w, "tokenizer.ggml.merges")?;
-        let types = integer_list(w, "tokenizer.ggml.token_type")?;
-        let vocab: BpeVocab = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), i as u32))
-            .collect();
-        let merges: Vec<(String, String)> = merges
-            .iter()
-            .filter_map(|m| m.split_once(' '))
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect();
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .build()
-            .map_err(|e| format!("cannot build the BPE model: {e}"))?;
-        let mut tokenizer = Tokenizer::new(bpe);
-        // llama.cpp's "smollm" pre-tokenizer: every digit alone, then GPT-2's split.
-        tokenizer.with_pre_tokenizer(Some(Sequence::new(vec![
-            Digits::new(true).into(),
-            ByteLevel::new(false, true, true).into(),
-        ])));
-        tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
-        // Control tokens (type 3) are matched whole in the text, as the chat template needs.
-        let special: Vec<AddedToken> = tokens
-            .iter()
-            .zip(&types)
-            .filter(|(_, t)| **t == 3)
-            .map(|(tok, _)| AddedToken::from(tok.clone(), true))
-            .collect();
-        tokenizer
-            .add_special_tokens(special)
-            .map_err(|e| format!("cannot add the control tokens: {e}"))?;
+        let bpe = Bpe::new(
+            &text_list(w, "tokenizer.ggml.tokens")?,
+            &text_list(w, "tokenizer.ggml.merges")?,
+            &integer_list(w, "tokenizer.ggml.token_type")?,
+        )?;
         let end_ids = ["<|endoftext|>", "<|im_end|>"]
             .iter()
-            .filter_map(|t| tokenizer.token_to_id(t))
+            .filter_map(|t| bpe.id(t))
             .collect();
-        Ok(Self { tokenizer, end_ids })
+        Ok(Self { bpe, end_ids })
     }
 
     /// Token ids of `text` (control tokens written in it are recognized).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, String> {
-        self.tokenizer
-            .encode(text, false)
-            .map(|e| e.get_ids().to_vec())
-            .map_err(|e| format!("cannot tokenize: {e}"))
+        self.bpe.encode(text)
     }
 
     /// The text of `ids` (control tokens left out).
     pub fn decode(&self, ids: &[u32]) -> String {
-        self.tokenizer.decode(ids, true).unwrap_or_default()
+        self.bpe.decode(ids)
     }
 }
 

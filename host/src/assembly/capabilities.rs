@@ -42,6 +42,8 @@ pub struct DeploymentEnv<'a> {
     pub limits: &'a Limits,
     /// Whether it runs signed artifacts only (`require-signed`).
     pub require_signed: bool,
+    /// Where its keyvalue buckets live, when not in the embedded store.
+    pub keyvalue: Option<&'a crate::assembly::spec::KeyvalueBackend>,
     /// For a headless job: its argv and stdio.
     pub job: Option<&'a crate::wasi::JobIo>,
 }

@@ -233,6 +233,7 @@ impl Assembly {
             grants: &spec.grants,
             limits: &spec.limits,
             require_signed: spec.require_signed,
+            keyvalue: spec.keyvalue.as_ref(),
             job,
         })
     }

@@ -67,8 +67,16 @@ struct RawDeployment {
     #[serde(default)]
     deps: BTreeMap<String, PathBuf>,
     inference: Option<RawInference>,
+    keyvalue: Option<RawKeyvalue>,
     #[serde(default, rename = "require-signed")]
     require_signed: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeyvalue {
+    backend: String,
+    buckets: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -276,6 +284,18 @@ impl Inference {
     pub const MAX_MAX_BATCH: u32 = 1024;
 }
 
+/// Where a deployment's `wasi:keyvalue` buckets live
+/// (`[deployment.keyvalue]`) when not in the server's embedded store: a
+/// Redis shared by replicas (`crate::keyvalue::redis`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyvalueBackend {
+    /// The Redis URL (`redis://…` or `redis+unix://…`).
+    pub url: String,
+    /// The buckets kept there (identifiers as guests open them, e.g.
+    /// `audit`, `volatile:ratelimit`); `None`: all of them.
+    pub buckets: Option<Vec<String>>,
+}
+
 /// Where a model component comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSource {
@@ -344,6 +364,8 @@ pub struct DeploymentSpec {
     pub grants: Grants,
     /// Batching across requests, if the deployment opts in.
     pub inference: Option<Inference>,
+    /// Buckets kept outside the embedded store, if the deployment says.
+    pub keyvalue: Option<KeyvalueBackend>,
     /// Run only artifacts signed by a trusted key (docs/REGISTRY.md).
     pub require_signed: bool,
 }
@@ -497,8 +519,10 @@ impl RawDeployment {
             .as_ref()
             .map(|i| i.resolve(at, base))
             .transpose()?;
+        let keyvalue = self.keyvalue.map(|k| k.resolve(at)).transpose()?;
         Ok(DeploymentSpec {
             inference,
+            keyvalue,
             limits: self.limits.resolve(at, defaults)?,
             instances: self.instances.resolve(at)?,
             grants: self.grants.resolve(at, base)?,
@@ -558,6 +582,35 @@ impl RawInstances {
             None => Instances::DEFAULT_IDLE,
         };
         Ok(Instances { reuse, idle })
+    }
+}
+
+impl RawKeyvalue {
+    /// The backend: a Redis URL, and bucket identifiers that are not empty.
+    fn resolve(self, at: &Place) -> Result<KeyvalueBackend> {
+        let url = self.backend.trim();
+        if !(url.starts_with("redis://") || url.starts_with("redis+unix://")) {
+            return Err(at.err(
+                "`keyvalue.backend` must be a Redis URL (`redis://HOST:PORT/DB` or \
+                 `redis+unix:///PATH`); without `[deployment.keyvalue]` buckets live in \
+                 the server's own store",
+            ));
+        }
+        if let Some(b) = self
+            .buckets
+            .iter()
+            .flatten()
+            .find(|b| b.is_empty() || b.len() > crate::keyvalue::MAX_IDENTIFIER)
+        {
+            return Err(at.err(&format!(
+                "`keyvalue.buckets`: `{b}` is not a bucket identifier (1 to {} bytes)",
+                crate::keyvalue::MAX_IDENTIFIER
+            )));
+        }
+        Ok(KeyvalueBackend {
+            url: url.to_string(),
+            buckets: self.buckets,
+        })
     }
 }
 

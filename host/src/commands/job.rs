@@ -81,6 +81,7 @@ fn spec(args: &RunArgs) -> DeploymentSpec {
         },
         instances: Instances::FRESH,
         inference: None,
+        keyvalue: None,
         require_signed: false,
         grants: Grants {
             dirs: args

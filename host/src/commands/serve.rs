@@ -373,6 +373,7 @@ fn single(name: &str, source: Source, defaults: &Limits) -> DeploymentSpec {
         limits: defaults.clone(),
         instances: Instances::FRESH,
         inference: None,
+        keyvalue: None,
         require_signed: false,
         grants: Default::default(),
     }

@@ -62,6 +62,12 @@ impl Drop for Durable {
     }
 }
 
+/// The database's page cache. redb's default (1 GiB) lets a server's memory
+/// grow with its database (an audit log grows forever); the hot set here is
+/// small (rate-limit buckets, recent keys), and reads that miss are a page
+/// read from the OS's own file cache.
+pub const CACHE_BYTES: usize = 16 << 20;
+
 impl Durable {
     /// Opens (or creates) the database at `dir/keyvalue.redb` and starts its writer.
     pub fn open(dir: &Path) -> Result<Self> {
@@ -70,6 +76,7 @@ impl Durable {
         let path = dir.join("keyvalue.redb");
         let db = Database::builder()
             .set_concurrency_mode(ConcurrencyMode::SingleWriter)
+            .set_cache_size(CACHE_BYTES)
             .create(&path)
             .map_err(|e| match e {
                 redb::DatabaseError::DatabaseAlreadyOpen => anyhow!(
@@ -327,7 +334,8 @@ impl Reader {
         }
         let builder = || {
             let mut b = Database::builder();
-            b.set_concurrency_mode(ConcurrencyMode::SingleWriter);
+            b.set_concurrency_mode(ConcurrencyMode::SingleWriter)
+                .set_cache_size(CACHE_BYTES);
             b
         };
         let cannot = |e: redb::DatabaseError| anyhow!("cannot open {}: {e}", path.display());

@@ -8,7 +8,9 @@
 //! transaction is durable (fsync), so an acknowledged write survives a crash.
 //!
 //! Buckets named `volatile:…` live in the server's memory instead
-//! ([`volatile`]): shared and atomic, but not durable.
+//! ([`volatile`]): shared and atomic, but not durable. A deployment may keep
+//! its buckets (all, or those it lists) in a Redis instead ([`redis`]), so
+//! that replicas share them.
 //!
 //! Lifecycle (`crate::assembly::capabilities`): one [`Keyvalue`] per server
 //! (its database opens on first use, so a server whose guests never open a
@@ -22,12 +24,13 @@ pub mod bindings;
 pub mod chain;
 pub mod durable;
 mod error;
+pub mod redis;
 mod types;
 mod types_impl;
 pub mod volatile;
 
 pub use durable::{Durable, Reader};
-pub use types::Bucket;
+pub use types::{Bucket, Store};
 pub use volatile::Volatile;
 
 use crate::assembly::capabilities::{
@@ -35,8 +38,9 @@ use crate::assembly::capabilities::{
 };
 use crate::platform::metrics::{DeploymentLabel, Metrics};
 use prometheus_client::metrics::histogram::Histogram;
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use wasmtime::component::{HasData, Linker, ResourceTable};
 
 /// Longest bucket identifier accepted, in bytes.
@@ -50,6 +54,8 @@ pub const MAX_VALUE: usize = 16 << 20;
 pub struct Keyvalue {
     stores: Arc<Stores>,
     metrics: Arc<Metrics>,
+    /// Redis clients by URL, one per server that deployments name.
+    redis: Mutex<HashMap<String, Arc<redis::Redis>>>,
 }
 
 /// The durable store (opened once, on first use) and the volatile one.
@@ -122,6 +128,7 @@ impl Capability for Keyvalue {
                 volatile: Volatile::default(),
             }),
             metrics: env.metrics.clone(),
+            redis: Mutex::default(),
         })
     }
 
@@ -130,8 +137,28 @@ impl Capability for Keyvalue {
     }
 
     fn deployment(&self, env: &DeploymentEnv) -> anyhow::Result<KeyvalueCtx> {
+        let remote = match env.keyvalue {
+            None => None,
+            Some(backend) => {
+                let mut clients = self.redis.lock().unwrap_or_else(|p| p.into_inner());
+                let redis = match clients.get(&backend.url) {
+                    Some(r) => r.clone(),
+                    None => {
+                        let r = Arc::new(redis::Redis::new(&backend.url)?);
+                        r.check();
+                        clients.insert(backend.url.clone(), r.clone());
+                        r
+                    }
+                };
+                Some(Arc::new(Remote {
+                    redis,
+                    buckets: backend.buckets.clone(),
+                }))
+            }
+        };
         Ok(KeyvalueCtx {
             stores: self.stores.clone(),
+            remote,
             tenant: env.tenant.into(),
             writes: Arc::new(WriteStats {
                 label: DeploymentLabel::new(env.tenant, env.name),
@@ -152,8 +179,34 @@ impl Capability for Keyvalue {
 #[derive(Clone)]
 pub struct KeyvalueCtx {
     stores: Arc<Stores>,
+    /// The Redis its buckets live in, if the deployment names one.
+    remote: Option<Arc<Remote>>,
     tenant: Arc<str>,
     writes: Arc<WriteStats>,
+}
+
+/// A deployment's Redis, and which of its buckets live there.
+struct Remote {
+    redis: Arc<redis::Redis>,
+    /// Identifiers kept in Redis; `None`: every bucket.
+    buckets: Option<Vec<String>>,
+}
+
+impl KeyvalueCtx {
+    /// Where the bucket `identifier` lives for this deployment.
+    fn store_of(&self, identifier: &str) -> Store {
+        match &self.remote {
+            Some(r)
+                if r.buckets
+                    .as_ref()
+                    .is_none_or(|b| b.iter().any(|b| b == identifier)) =>
+            {
+                Store::Redis(r.redis.clone())
+            }
+            _ if identifier.starts_with(volatile::PREFIX) => Store::Volatile,
+            _ => Store::Durable,
+        }
+    }
 }
 
 /// The bucket whose writes also count as audit records (the `audit`

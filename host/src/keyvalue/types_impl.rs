@@ -3,7 +3,7 @@
 use super::bindings::wasi::keyvalue::{atomics, batch, store};
 use super::durable::Write;
 use super::error::{check_batch, check_key, check_value, durable, other};
-use super::types::Bucket;
+use super::types::{Bucket, Store};
 use super::{KeyvalueView, MAX_IDENTIFIER, table_name};
 use store::{Error, KeyResponse};
 use tracing::Instrument;
@@ -20,31 +20,59 @@ impl KeyvalueView<'_> {
         durable(&self.ctx.stores)
     }
 
+    /// Reads `keys` of `b` (Redis's in the returned future, which holds
+    /// only the store; the others at once).
     fn read(
         &self,
         op: &'static str,
         b: &Bucket,
         keys: &[String],
-    ) -> Result<Vec<Option<Vec<u8>>>, Error> {
-        let _span = span(op, b).entered();
-        if b.volatile {
-            return Ok(self.ctx.stores.volatile.get_many(&b.table, keys));
+    ) -> impl Future<Output = Result<Vec<Option<Vec<u8>>>, Error>> + Send + 'static {
+        let span = span(op, b);
+        let (now, redis) = match &b.store {
+            Store::Volatile => (Ok(self.ctx.stores.volatile.get_many(&b.table, keys)), None),
+            Store::Durable => (
+                span.in_scope(|| self.db()?.get_many(&b.table, keys).map_err(unread)),
+                None,
+            ),
+            Store::Redis(r) => (
+                Ok(Vec::new()),
+                Some((r.clone(), b.table.clone(), keys.to_vec())),
+            ),
+        };
+        async move {
+            match redis {
+                None => now,
+                Some((r, table, keys)) => r
+                    .get_many(&table, &keys)
+                    .instrument(span)
+                    .await
+                    .map_err(unread),
+            }
         }
-        self.db()?.get_many(&b.table, keys).map_err(|e| {
-            tracing::error!("keyvalue read failed: {e:#}");
-            other("the store could not be read")
-        })
     }
 
-    fn list(&self, b: &Bucket, skip: u64) -> Result<(Vec<String>, bool), Error> {
-        let _span = span("list-keys", b).entered();
-        if b.volatile {
-            return Ok(self.ctx.stores.volatile.keys(&b.table, skip));
+    /// A page of `b`'s keys, as [`Self::read`] reads.
+    fn list(
+        &self,
+        b: &Bucket,
+        skip: u64,
+    ) -> impl Future<Output = Result<(Vec<String>, bool), Error>> + Send + 'static {
+        let span = span("list-keys", b);
+        let (now, redis) = match &b.store {
+            Store::Volatile => (Ok(self.ctx.stores.volatile.keys(&b.table, skip)), None),
+            Store::Durable => (
+                span.in_scope(|| self.db()?.keys(&b.table, skip).map_err(unread)),
+                None,
+            ),
+            Store::Redis(r) => (Ok((Vec::new(), false)), Some((r.clone(), b.table.clone()))),
+        };
+        async move {
+            match redis {
+                None => now,
+                Some((r, table)) => r.keys(&table, skip).instrument(span).await.map_err(unread),
+            }
         }
-        self.db()?.keys(&b.table, skip).map_err(|e| {
-            tracing::error!("keyvalue list failed: {e:#}");
-            other("the store could not be read")
-        })
     }
 
     /// Applies `writes` (volatile buckets at once; durable ones once
@@ -59,17 +87,24 @@ impl KeyvalueView<'_> {
         let stats = self.ctx.writes.clone();
         let span = span(op, &b);
         async move {
-            if b.volatile {
-                return stores.volatile.write(&b.table, writes).map_err(other);
-            }
             let started = std::time::Instant::now();
             let audit = stats.is_audit(&b.table);
-            let written = durable(&stores)?.write(b.table, writes).await;
+            let written = match &b.store {
+                Store::Volatile => return stores.volatile.write(&b.table, writes).map_err(other),
+                Store::Durable => durable(&stores)?.write(b.table, writes).await,
+                Store::Redis(r) => r.write(&b.table, writes).await,
+            };
             stats.observe(audit, started.elapsed().as_secs_f64());
             written.map_err(other)
         }
         .instrument(span)
     }
+}
+
+/// A failed read, logged here with its cause; the guest gets `other`.
+fn unread(e: anyhow::Error) -> Error {
+    tracing::error!("keyvalue read failed: {e:#}");
+    other("the store could not be read")
 }
 
 /// A span for one `wasi:keyvalue` call that reaches the store.
@@ -88,7 +123,7 @@ fn span(op: &'static str, b: &Bucket) -> tracing::Span {
             "set-many" => "wasi:keyvalue set-many",
             _ => "wasi:keyvalue delete-many",
         },
-        db.system.name = if b.volatile { "tensor-wasm-volatile" } else { "redb" },
+        db.system.name = b.store.system(),
         db.operation.name = op,
         db.collection.name = b.table.as_str(),
     )
@@ -96,8 +131,10 @@ fn span(op: &'static str, b: &Bucket) -> tracing::Span {
 
 impl store::Host for KeyvalueView<'_> {
     async fn open(&mut self, identifier: String) -> Answer<Resource<Bucket>> {
-        let volatile = identifier.starts_with(super::volatile::PREFIX);
-        if !volatile && let Err(e) = self.db() {
+        let store = self.ctx.store_of(&identifier);
+        if matches!(store, Store::Durable)
+            && let Err(e) = self.db()
+        {
             return Ok(Err(e));
         }
         if identifier.len() > MAX_IDENTIFIER {
@@ -106,15 +143,20 @@ impl store::Host for KeyvalueView<'_> {
             ))));
         }
         let table = table_name(&self.ctx.tenant, &identifier);
-        Ok(Ok(self.table.push(Bucket { table, volatile })?))
+        Ok(Ok(self.table.push(Bucket { table, store })?))
     }
 }
 
 impl store::HostBucket for KeyvalueView<'_> {
     async fn get(&mut self, b: Resource<Bucket>, key: String) -> Answer<Option<Vec<u8>>> {
         let table = self.bucket(&b)?;
-        Ok(check_key(&key)
-            .and_then(|()| self.read("get", &table, std::slice::from_ref(&key)))
+        if let Err(e) = check_key(&key) {
+            return Ok(Err(e));
+        }
+        let keys = std::slice::from_ref(&key);
+        Ok(self
+            .read("get", &table, keys)
+            .await
             .map(|mut v| v.pop().flatten()))
     }
 
@@ -142,18 +184,26 @@ impl store::HostBucket for KeyvalueView<'_> {
 
     async fn exists(&mut self, b: Resource<Bucket>, key: String) -> Answer<bool> {
         let table = self.bucket(&b)?;
-        Ok(check_key(&key)
-            .and_then(|()| self.read("exists", &table, std::slice::from_ref(&key)))
+        if let Err(e) = check_key(&key) {
+            return Ok(Err(e));
+        }
+        let keys = std::slice::from_ref(&key);
+        Ok(self
+            .read("exists", &table, keys)
+            .await
             .map(|v| v.first().is_some_and(Option::is_some)))
     }
 
     async fn list_keys(&mut self, b: Resource<Bucket>, cursor: Option<u64>) -> Answer<KeyResponse> {
         let table = self.bucket(&b)?;
         let skip = cursor.unwrap_or(0);
-        Ok(self.list(&table, skip).map(|(keys, more)| KeyResponse {
-            cursor: more.then(|| skip + keys.len() as u64),
-            keys,
-        }))
+        Ok(self
+            .list(&table, skip)
+            .await
+            .map(|(keys, more)| KeyResponse {
+                cursor: more.then(|| skip + keys.len() as u64),
+                keys,
+            }))
     }
 
     async fn drop(&mut self, b: Resource<Bucket>) -> wasmtime::Result<()> {
@@ -187,7 +237,7 @@ impl batch::Host for KeyvalueView<'_> {
         {
             return Ok(Err(e));
         }
-        Ok(self.read("get-many", &table, &keys).map(|values| {
+        Ok(self.read("get-many", &table, &keys).await.map(|values| {
             keys.into_iter()
                 .zip(values)
                 .map(|(k, v)| v.map(|v| (k, v)))

@@ -6,8 +6,8 @@ use super::connections::{Connections, http_builder};
 use super::deployment::Deployment;
 use super::listener::Server;
 use super::tls::Tls;
+use crate::serving::body::RequestBody;
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::net::TcpListener;
@@ -28,7 +28,7 @@ pub async fn serve_admin(
             None,
             tls.as_deref(),
             accepted,
-            move |req: Request<Incoming>, client| {
+            move |req: Request<RequestBody>, client| {
                 let server = server.clone();
                 async move {
                     if req.uri().path().starts_with("/v1/") {

@@ -18,9 +18,9 @@ use super::admin_tokens::Token;
 use super::body::{ResponseBody, error_response, full};
 use super::listener::Server;
 use crate::live::{Applied, Caller, Live, Refusal};
+use crate::serving::body::RequestBody;
 use http::{HeaderValue, Method, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 
 /// Largest request body the admin API reads.
 const MAX_BODY: usize = 1 << 20;
@@ -35,7 +35,7 @@ pub(super) fn reject((status, code, message): Rejected) -> Response<ResponseBody
 /// Answers a `/v1/…` request from `client`.
 pub async fn respond(
     server: &std::sync::Arc<Server>,
-    req: http::Request<Incoming>,
+    req: http::Request<RequestBody>,
     client: &str,
 ) -> Response<ResponseBody> {
     let request_id = super::request_id::generate();
@@ -46,7 +46,7 @@ pub async fn respond(
 
 async fn route(
     server: &std::sync::Arc<Server>,
-    req: http::Request<Incoming>,
+    req: http::Request<RequestBody>,
     client: &str,
     request_id: &str,
 ) -> Response<ResponseBody> {
@@ -136,7 +136,7 @@ fn read(live: &Live, token: &Token, name: &str, verb: &str) -> Response<Response
 /// `PUT` and `DELETE /v1/deployments/{name}`, `POST …/rollback`.
 async fn change(
     live: &std::sync::Arc<Live>,
-    req: http::Request<Incoming>,
+    req: http::Request<RequestBody>,
     name: &str,
     verb: &str,
     who: &Caller<'_>,
@@ -242,7 +242,7 @@ fn answer(name: &str, result: Result<Applied, Refusal>) -> Response<ResponseBody
 }
 
 /// The `If-Match` revision, if the request has one (`"3"` or `3`).
-fn if_match(req: &http::Request<Incoming>) -> Result<Option<u64>, Rejected> {
+fn if_match(req: &http::Request<RequestBody>) -> Result<Option<u64>, Rejected> {
     let Some(value) = req.headers().get(http::header::IF_MATCH) else {
         return Ok(None);
     };
@@ -257,7 +257,7 @@ fn if_match(req: &http::Request<Incoming>) -> Result<Option<u64>, Rejected> {
 
 /// The body as JSON (an empty body reads as `{}` unless `required`).
 pub(super) async fn read_json(
-    req: http::Request<Incoming>,
+    req: http::Request<RequestBody>,
     required: bool,
 ) -> Result<serde_json::Value, Rejected> {
     let bytes = match Limited::new(req.into_body(), MAX_BODY).collect().await {

@@ -1,6 +1,7 @@
 //! Response bodies: host-made ones, and the guest's, held back until complete
 //! (or large, or a stream) so a guest that stalls before finishing still gets
-//! its request a clean 504, then streamed under the request's deadline.
+//! its request a clean 504, then streamed under the request's deadline. And
+//! the request body, shared with its response ([`RequestBody`]).
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Response, StatusCode};
@@ -8,8 +9,8 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tokio::time::{Instant, Sleep};
 
@@ -17,6 +18,92 @@ use tokio::time::{Instant, Sleep};
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of every response the host sends.
 pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A request's body, shared between its handler and its response: whoever
+/// drops it last drops it, after reading what is left of it, up to
+/// [`DRAIN_BYTES`] within [`DRAIN_TIME`]. A handler that answers without
+/// reading the body (a 401 to an upload, a 413) drops its share early; the
+/// response holds the other until it is sent. Dropped before, an HTTP/2
+/// stream would be reset (CANCEL) before the response and the client would
+/// lose it; dropped after but unread, h2 resets it with NO_ERROR as RFC 9113
+/// §8.1 allows, which clients such as curl before 8.x still report as an
+/// error (exit 92) while their upload is unfinished. Read to its end, the
+/// stream closes cleanly and an HTTP/1.1 connection stays open.
+pub struct RequestBody(Share);
+
+/// Most bytes of an unread request body read (and dropped) after its response.
+pub const DRAIN_BYTES: usize = 1 << 20;
+/// Longest an unread request body is read after its response.
+pub const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// One holder's share of a request body.
+pub struct Share(Option<Arc<Mutex<hyper::body::Incoming>>>);
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        let Some(last) = self.0.take().and_then(Arc::into_inner) else {
+            return;
+        };
+        let mut body = last.into_inner().unwrap_or_else(|p| p.into_inner());
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if body.is_end_stream() {
+            return;
+        }
+        runtime.spawn(async move {
+            let mut left = DRAIN_BYTES;
+            let drained = async {
+                while let Some(Ok(frame)) = body.frame().await {
+                    let n = frame.data_ref().map_or(0, Bytes::len);
+                    if n > left {
+                        return;
+                    }
+                    left -= n;
+                }
+            };
+            let _ = tokio::time::timeout(DRAIN_TIME, drained).await;
+        });
+    }
+}
+
+impl RequestBody {
+    /// `req` with a shared body, and the response's share of it.
+    pub fn share(req: http::Request<hyper::body::Incoming>) -> (http::Request<Self>, Share) {
+        let (parts, body) = req.into_parts();
+        let shared = Arc::new(Mutex::new(body));
+        let response = Share(Some(shared.clone()));
+        (
+            http::Request::from_parts(parts, Self(Share(Some(shared)))),
+            response,
+        )
+    }
+
+    fn body(&self) -> std::sync::MutexGuard<'_, hyper::body::Incoming> {
+        let shared = self.0.0.as_ref().expect("taken only on drop");
+        shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut *self.body()).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body().is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body().size_hint()
+    }
+}
 
 /// Bytes of a guest's body held back before the response is streamed.
 pub const HOLD_BACK: usize = 64 * 1024;

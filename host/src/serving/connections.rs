@@ -17,14 +17,13 @@
 //! is busy. Shutdown closes idle and half-sent connections at once and
 //! lets busy ones finish.
 
-use super::body::ResponseBody;
+use super::body::{RequestBody, ResponseBody, Share};
 use super::request_id::{self, Client};
 use super::tls::{self, Tls};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulConnection, GracefulShutdown, Watcher};
@@ -418,7 +417,7 @@ impl Connections {
         (stream, peer): (Watched, SocketAddr),
         handle: F,
     ) where
-        F: Fn(Request<Incoming>, Client) -> Fut + Send + Sync + 'static,
+        F: Fn(Request<RequestBody>, Client) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<ResponseBody>> + Send + 'static,
     {
         let conn = stream.conn.clone();
@@ -433,6 +432,7 @@ impl Connections {
             let service = move |client: Client| {
                 hyper::service::service_fn(move |req| {
                     let busy = Busy::start(tracked.clone(), epoch);
+                    let (req, request_body) = RequestBody::share(req);
                     let response = handle(req, client.clone());
                     async move {
                         let response = response.await;
@@ -440,6 +440,7 @@ impl Connections {
                             Tracked {
                                 body,
                                 _busy: Some(busy),
+                                _request_body: request_body,
                             }
                             .boxed_unsync()
                         }))
@@ -554,10 +555,12 @@ impl Drop for Busy {
     }
 }
 
-/// A response body that keeps its connection busy while it is sent.
+/// A response body that keeps its connection busy, and its request's body
+/// alive ([`RequestBody`]), while it is sent.
 struct Tracked {
     body: ResponseBody,
     _busy: Option<Busy>,
+    _request_body: Share,
 }
 
 impl Body for Tracked {

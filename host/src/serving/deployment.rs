@@ -7,13 +7,13 @@ use crate::assembly::capabilities::{DeploymentCapabilities, InstanceEnv, Instanc
 use crate::assembly::spec::{DeploymentSpec, Instances, Limits, Route, Source};
 use crate::platform::metrics::{DeploymentLabel, Metrics, RequestLabels, TraceLabel};
 use crate::platform::telemetry;
+use crate::serving::body::RequestBody;
 use crate::serving::body::{self, Collected, ResponseBody, error_response};
 use crate::serving::guest::GuestRun;
 use crate::serving::instances::{Discard, Pool, Pools, Warm};
 use crate::serving::request_id;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::gauge::Gauge;
@@ -224,7 +224,7 @@ impl Deployment {
     pub async fn serve(
         &self,
         engine: &Engine,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         client: &request_id::Client,
     ) -> Response<ResponseBody> {
         let started = Instant::now();
@@ -296,7 +296,7 @@ impl Deployment {
     async fn run(
         &self,
         engine: &Engine,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         id: &http::HeaderValue,
     ) -> Response<ResponseBody> {
         let started = Instant::now();
@@ -333,7 +333,7 @@ impl Deployment {
     fn prepare(
         &self,
         engine: &Engine,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         started: Instant,
     ) -> Result<Call, Response<ResponseBody>> {
         let env = InstanceEnv {
@@ -801,7 +801,7 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
     Guard(Some(f))
 }
 
-fn content_length(req: &Request<Incoming>) -> Option<u64> {
+fn content_length(req: &Request<RequestBody>) -> Option<u64> {
     req.headers()
         .get(http::header::CONTENT_LENGTH)?
         .to_str()
@@ -814,7 +814,7 @@ fn content_length(req: &Request<Incoming>) -> Option<u64> {
 /// `state.overflow` is set so the client gets a 413. Any failed read sets
 /// `state.broken`.
 fn limit_body(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     max: u64,
     state: Arc<BodyState>,
 ) -> Request<

@@ -13,14 +13,14 @@ use super::admin_tokens::Token;
 use super::body::{ResponseBody, error_response};
 use crate::jobs::Jobs;
 use crate::live::{Caller, Refusal};
+use crate::serving::body::RequestBody;
 use http::{HeaderValue, Method, Response, StatusCode};
-use hyper::body::Incoming;
 use std::sync::Arc;
 
 /// Answers a request under `/v1/jobs` (`path`).
 pub async fn route(
     jobs: &Arc<Jobs>,
-    req: http::Request<Incoming>,
+    req: http::Request<RequestBody>,
     path: &str,
     token: &Token,
     who: &Caller<'_>,

@@ -13,9 +13,9 @@ use super::tls::Tls;
 use crate::live::{Live, Unrouted};
 use crate::platform::metrics::{Metrics, RequestLabels};
 use crate::platform::telemetry;
+use crate::serving::body::RequestBody;
 use anyhow::{Context, Result};
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -191,7 +191,7 @@ impl Server {
     /// Serves one request inside its span (`platform::telemetry`).
     async fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         client: Client,
     ) -> Response<ResponseBody> {
         let span = telemetry::request_span(&req, &client.addr);
@@ -203,7 +203,7 @@ impl Server {
     /// Routes a request to its deployment, which serves it.
     async fn route(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         client: Client,
     ) -> Response<ResponseBody> {
         let mut req = req;
