@@ -172,7 +172,7 @@ impl Redis {
         let (ok, answer): (i64, String) =
             invocation.invoke_async(&mut conn).await.map_err(|e| {
                 tracing::error!("Redis write to {} failed: {e}", self.shown);
-                "the store could not be written (Redis unavailable)".to_string()
+                "the store could not be written (Redis failed; see the server log)".to_string()
             })?;
         match (ok, answer.as_str()) {
             (1, "") => Ok(None),
@@ -222,16 +222,34 @@ pub fn hash(table: &str) -> String {
     format!("{PREFIX}{table}")
 }
 
-/// `url` without its password.
-fn shown(url: &str) -> String {
+/// `url` with its password (if any) replaced by `***`, for logs, errors
+/// and the admin API.
+pub fn shown(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
     match rest.rsplit_once('@') {
-        Some((user, host)) => {
-            let user = user.split_once(':').map_or(user, |(u, _)| u);
-            format!("{scheme}://{user}:***@{host}")
-        }
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => url.to_string(),
+        },
         None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown;
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(shown("redis://:pw@h:6379/0"), "redis://:***@h:6379/0");
+        assert_eq!(shown("redis://user:p@ss@h/1"), "redis://user:***@h/1");
+        assert_eq!(shown("redis://h:6379/0"), "redis://h:6379/0");
+        assert_eq!(shown("redis://user@h/0"), "redis://user@h/0");
+        assert_eq!(
+            shown("redis+unix:///run/redis.sock"),
+            "redis+unix:///run/redis.sock"
+        );
     }
 }

@@ -65,9 +65,15 @@ pub struct Revision {
 }
 
 impl Revision {
-    /// Its JSON for the admin API, inline secret values redacted.
+    /// Its JSON for the admin API, inline secret values and a Redis
+    /// password redacted.
     pub fn public(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let Some(url) = v.pointer_mut("/served/spec/keyvalue/backend")
+            && let Some(text) = url.as_str()
+        {
+            *url = crate::keyvalue::redis::shown(text).into();
+        }
         if let Some(secrets) = v
             .pointer_mut("/served/spec/grants/secrets")
             .and_then(|s| s.as_object_mut())
