@@ -6,7 +6,9 @@
 #      reference, edge shapes, bad arguments, quotas, hostile guests; guest
 #      kernel launches and their misuse) with every host on the GPU and
 #      device outputs poisoned with NaN before each op writes them;
-#   3. benches/gpu/bench.py (matmul, block chain and copy bandwidth vs
+#   3. the GPU placement test (gpus::) on `--device cuda:all`: placement
+#      by quota, per-GPU metrics, a faulted context contained;
+#   4. benches/gpu/bench.py (skipped with SKIP_BENCH=1) (matmul, block chain and copy bandwidth vs
 #      PyTorch; wasi:cuda launch overhead vs native cudarc).
 # Logs go to $OUT; a short table is printed last.
 set -uo pipefail
@@ -33,13 +35,22 @@ e2e_rc=$?
 grep -E "^test |panicked|test result" "$OUT/e2e-gpu.log" | tail -40
 unset TENSOR_WASM_GPU_POISON
 
-PYTHONUNBUFFERED=1 python3 benches/gpu/bench.py --tensor-wasm "$G/tensor-wasm" \
-  --component "$G/guests/tensor_probe.wasm" --native-launch "$G/cuda_launch" \
-  > "$OUT/bench.log" 2> "$OUT/bench-server.log"
+TENSOR_WASM_TEST_DEVICE=cuda:all "$G/e2e" gpus:: --test-threads 1 --nocapture > "$OUT/e2e-gpus.log" 2>&1
+gpus_rc=$?
+grep -E "^test |panicked|test result" "$OUT/e2e-gpus.log" | tail -10
+
+if [ -z "${SKIP_BENCH:-}" ]; then
+  PYTHONUNBUFFERED=1 python3 benches/gpu/bench.py --tensor-wasm "$G/tensor-wasm" \
+    --component "$G/guests/tensor_probe.wasm" --native-launch "$G/cuda_launch" \
+    > "$OUT/bench.log" 2> "$OUT/bench-server.log"
+else
+  echo "bench skipped (SKIP_BENCH)" > "$OUT/bench.log"
+fi
 
 echo
 echo "== summary"
 echo "device:   $(cat "$OUT/device.txt")"
 echo "startup:  ${startup:-FAILED (see startup.log)}"
 echo "e2e:      $(grep 'test result' "$OUT/e2e-gpu.log" | tail -1) (rc $e2e_rc)"
+echo "gpus:     $(grep 'test result' "$OUT/e2e-gpus.log" | tail -1) (rc $gpus_rc)"
 cat "$OUT/bench.log"

@@ -22,20 +22,24 @@ use tensor_wasm::tensor::types::Tensor;
 
 /// The backends under test: the CPU, and CUDA when asked for.
 fn backends() -> &'static [(String, Tensors)] {
+    // The backend of a tenant placed on the device (nothing reserved).
+    let first = |d: &Device| {
+        d.place("oracle", &DeviceSpec::Auto, 0)
+            .unwrap()
+            .handle(0)
+            .clone()
+    };
     static ALL: OnceLock<Vec<(String, Tensors)>> = OnceLock::new();
     ALL.get_or_init(|| {
         let quota = || Arc::new(Quota::new(1 << 32, Gauge::default()));
         let mut all = vec![(
             "cpu".to_string(),
-            Tensors::new(Device::cpu().backend("oracle").unwrap(), quota()),
+            Tensors::new(first(&Device::cpu()), quota()),
         )];
         if std::env::var("TENSOR_WASM_ORACLE_DEVICE").as_deref() == Ok("cuda") {
-            let gpu = Device::open(DeviceSpec::Cuda(0), None, false).expect("CUDA device 0");
+            let gpu = Device::open(&DeviceSpec::Gpus(vec![0]), None, false).expect("CUDA device 0");
             let gpu = Box::leak(Box::new(gpu));
-            all.push((
-                "cuda".into(),
-                Tensors::new(gpu.backend("oracle").unwrap(), quota()),
-            ));
+            all.push(("cuda".into(), Tensors::new(first(gpu), quota())));
         }
         all
     })

@@ -83,10 +83,11 @@ def batched_inference(generator=None):
     return BATCHED.replace('"tensorwasm:smollm"', json.dumps(os.path.abspath(generator))) if generator else BATCHED
 
 
-def start_server(args, d, reuse=1, batched=False, generator=None):
+def start_server(args, d, reuse=1, batched=False, generator=None, device=None):
     """The OpenAI world on `args.device`; `batched`: worlds/openai-batched.wac
     with the models behind the host's batchers ([deployment.inference]),
-    the generation model from `generator` (a .wasm) when given."""
+    the generation model from `generator` (a .wasm) when given; `device`:
+    the deployment's `device` (e.g. `cuda:0`, `cuda:all`)."""
     digest = hashlib.sha256(TOKEN.encode()).hexdigest()
     deploy = os.path.join(d, "deploy.toml")
     world = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "worlds",
@@ -96,6 +97,7 @@ def start_server(args, d, reuse=1, batched=False, generator=None):
 [[deployment]]
 name = "openai"
 tenant = "bench"
+{f'device = "{device}"' if device else ""}
 world = "{os.path.abspath(world)}"
 limits = {{ timeout = "600s", tensor-memory = "16GiB", body = "64MiB" }}
 instances = {{ reuse = {reuse} }}

@@ -5,6 +5,7 @@ PyTorch batching the same work, same machine, interleaved rounds.
 
     python3 benches/openai/concurrency.py --tensor-wasm BIN --models DIR
         [--device cuda|cpu] [--clients 1,8,32,64] [--rounds 3] [--no-peer] [--no-unbatched]
+        [--span cuda:all]
 
 Chat: N clients each stream one greedy `/v1/completions` of 64 tokens with
 a prompt of its own (all started together); aggregate tokens/s = tokens of
@@ -15,7 +16,11 @@ Embeddings: N client processes each sending batch-1 requests (one
 sentence, base64, keep-alive) for `--seconds`; embeddings/s of all. Anchor:
 one client sending batches of N; peer: sentence-transformers encoding N
 sentences per batch.
-GPU utilization (nvidia-smi, sampled every 100 ms) is reported per side.
+GPU utilization (nvidia-smi, sampled every 100 ms, mean over the GPUs) is
+reported per side. --span DEVICES (with --device cuda:all on a host with
+several GPUs) adds the batched world spread over DEVICES (`device =
+"cuda:all"`: its models on every GPU) beside the batched world pinned to
+cuda:0, and a table of the two (docs/SCALING.md).
 Prints each round, then a markdown table of medians.
 """
 
@@ -214,6 +219,7 @@ def main():
     ap.add_argument("--seconds", type=float, default=4.0, help="per embeddings measurement")
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--no-unbatched", action="store_true", help="skip the world without batching")
+    ap.add_argument("--span", metavar="DEVICES", help="also the batched world on DEVICES (e.g. cuda:all)")
     ap.add_argument("--baseline-generator", metavar="WASM",
                     help="a smollm component (e.g. an earlier build) served as one more batched "
                          "side, 'baseline', for an A/B of the generation model in the same run")
@@ -222,7 +228,7 @@ def main():
     clients = [int(c) for c in args.clients.split(",")]
     corpus = bench.sentences(128)
     peer = None if args.no_peer else Peer(args)
-    sides = (["batched"] + (["baseline"] if args.baseline_generator else [])
+    sides = (["batched"] + (["span"] if args.span else []) + (["baseline"] if args.baseline_generator else [])
              + ([] if args.no_unbatched else ["unbatched"]))
     rows = {}  # (what, n) -> side -> list of values
     ttft = {}  # n -> list of ttft lists (batched)
@@ -232,9 +238,10 @@ def main():
         try:
             for side in sides:
                 os.makedirs(os.path.join(d, side))
+                device = (args.span if side == "span" else "cuda:0") if args.span else None
                 servers[side] = bench.start_server(
                     args, os.path.join(d, side), reuse=1000, batched=side != "unbatched",
-                    generator=args.baseline_generator if side == "baseline" else None)
+                    generator=args.baseline_generator if side == "baseline" else None, device=device)
             ports = {side: port for side, (_, port) in servers.items()}
             for side, port in ports.items():  # warm up
                 ours_chat(port, 2)
@@ -294,6 +301,18 @@ def report(args, rows, ttft, util, has_peer):
               end="")
         print(f"{med(p):.0f} | {ratio} | {gpu(kind, n, 'batched')} / {gpu(kind, n, 'peer')} |" if p
               else f"- | - | {gpu(kind, n, 'batched')} / - |")
+    if args.span:
+        print()
+        print(f"One GPU (cuda:0) vs the same world on {args.span}")
+        print("| what | N | one GPU | spread | spread / one | GPU use one / spread |")
+        print("|---|---|---|---|---|---|")
+        for (what, n), by in rows.items():
+            one, spread = by.get("batched", []), by.get("span", [])
+            if one and spread:
+                kind = "chat" if what.startswith("chat") else "embeddings"
+                print(f"| {what} | {n} | {med(one):.0f} | {med(spread):.0f} | "
+                      f"{med(x / y for x, y in zip(spread, one)):.2f}x | "
+                      f"{gpu(kind, n, 'batched')} / {gpu(kind, n, 'span')} |")
     if args.baseline_generator:
         print()
         print(f"A/B of the generation model: baseline {args.baseline_generator}")

@@ -10,6 +10,7 @@ mod connections;
 mod cuda;
 mod deployments;
 mod gateway;
+mod gpus;
 mod hello;
 mod hostile;
 mod invoke;

@@ -510,7 +510,7 @@ fn device_selection_is_explicit() {
     let (code, _, stderr) = run(&["serve", "--device", "gpu0"]);
     assert_eq!(code, 2, "{stderr}");
     assert!(
-        stderr.contains("expected auto, cpu, cuda or cuda:N"),
+        stderr.contains("expected auto, cpu, cuda, cuda:N, cuda:N,M,... or cuda:all"),
         "{stderr}"
     );
 

@@ -21,6 +21,14 @@ use anyhow::{Context, Result, anyhow, bail};
 use std::sync::Arc;
 use wasmtime::component::{Component, InstancePre};
 
+/// A model thread's name: `embed-NAME`, with `-SLOT` on several GPUs.
+fn thread_name(kind: &str, name: &str, slot: usize, slots: usize) -> String {
+    match slots {
+        1 => format!("{kind}-{name}"),
+        _ => format!("{kind}-{name}-{slot}"),
+    }
+}
+
 /// The imports a batching deployment's world leaves to the host.
 const EMBEDDINGS: &str = "tensorwasm:inference/embeddings@0.1.0";
 const GENERATION: &str = "tensorwasm:inference/generation@0.1.0";
@@ -84,42 +92,51 @@ impl Assembly {
                 .clone()
         };
         let max_batch = inference.max_batch as usize;
-        let embedder = match &inference.embeddings {
-            Some(source) => Some(
-                Embedder::start(
-                    format!("embed-{}", spec.name),
-                    self.recipe::<BatchEmbeddingModel>(spec, source, caps)?,
-                    Batching {
+        let placement = caps.tensor.placement().clone();
+        let slots = placement.len();
+        let mut embedders = Vec::new();
+        if let Some(source) = &inference.embeddings {
+            let recipe = self.recipe::<BatchEmbeddingModel>(spec, source, caps)?;
+            for slot in 0..slots {
+                embedders.push(
+                    Embedder::start(
+                        thread_name("embed", &spec.name, slot, slots),
+                        recipe.on_slot(slot),
+                        Batching {
+                            max_batch,
+                            window: inference.window,
+                            sizes: sizes("embeddings"),
+                        },
+                    )
+                    .with_context(|| format!("deployment `{}`: inference.embeddings", spec.name))?,
+                );
+            }
+        }
+        let mut generators = Vec::new();
+        if let Some(source) = &inference.generation {
+            let recipe = self.recipe::<BatchGenerationModel>(spec, source, caps)?;
+            for slot in 0..slots {
+                generators.push(
+                    Generator::start(
+                        thread_name("generate", &spec.name, slot, slots),
+                        recipe.on_slot(slot),
                         max_batch,
-                        window: inference.window,
-                        sizes: sizes("embeddings"),
-                    },
-                )
-                .with_context(|| format!("deployment `{}`: inference.embeddings", spec.name))?,
-            ),
-            None => None,
-        };
-        let generator = match &inference.generation {
-            Some(source) => Some(
-                Generator::start(
-                    format!("generate-{}", spec.name),
-                    self.recipe::<BatchGenerationModel>(spec, source, caps)?,
-                    max_batch,
-                    (
-                        sizes("generation"),
-                        self.metrics
-                            .batch_sequences
-                            .get_or_create(&DeploymentLabel::new(&spec.tenant, &spec.name))
-                            .clone(),
-                    ),
-                )
-                .with_context(|| format!("deployment `{}`: inference.generation", spec.name))?,
-            ),
-            None => None,
-        };
+                        (
+                            sizes("generation"),
+                            self.metrics
+                                .batch_sequences
+                                .get_or_create(&DeploymentLabel::new(&spec.tenant, &spec.name))
+                                .clone(),
+                        ),
+                    )
+                    .with_context(|| format!("deployment `{}`: inference.generation", spec.name))?,
+                );
+            }
+        }
         Ok(Batchers {
-            embedder,
-            generator,
+            embedders,
+            generators,
+            placement,
         })
     }
 
@@ -173,6 +190,7 @@ impl Assembly {
             caps: Arc::downgrade(caps),
             memory: spec.limits.memory,
             timeout: spec.limits.timeout,
+            slot: 0,
         })
     }
 }

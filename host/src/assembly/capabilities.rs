@@ -46,6 +46,8 @@ pub struct DeploymentEnv<'a> {
     pub keyvalue: Option<&'a crate::assembly::spec::KeyvalueBackend>,
     /// For a headless job: its argv and stdio.
     pub job: Option<&'a crate::wasi::JobIo>,
+    /// Where its tensors compute.
+    pub placement: &'a Arc<crate::tensor::device::Placement>,
 }
 
 /// What a capability's instance state is built from.
@@ -57,6 +59,9 @@ pub struct InstanceEnv {
     /// A fixed seed for `wasi:random` (deploy-time pre-initialization, so
     /// that the same inputs snapshot to the same bytes); `None`: the OS's.
     pub random_seed: Option<u64>,
+    /// Which of the deployment's GPUs the instance computes on (a model
+    /// instance is pinned to one); `None`: the next working one in turn.
+    pub slot: Option<usize>,
 }
 
 /// Host state of one instance.

@@ -22,7 +22,7 @@ use crate::platform::preinit::Preinit;
 use crate::serving::deployment::Deployment;
 use crate::serving::instances::Pools;
 use crate::tensor::device::{Device, DeviceSpec};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use capabilities::{
     DeploymentCapabilities, DeploymentEnv, InstanceEnv, InstanceState, ServerCapabilities,
     ServerEnv,
@@ -75,9 +75,10 @@ impl Assembly {
     /// Opens the engine, the device and every capability's server state.
     pub fn new(opts: Options) -> Result<Self> {
         let engine = engine::build(&opts.engine)?;
-        let device = Device::open(opts.device, opts.cache_dir.clone(), opts.tf32)?;
+        let device = Device::open(&opts.device, opts.cache_dir.clone(), opts.tf32)?;
         tracing::info!("tensor backend: {}", device.describe());
         let metrics = Arc::new(Metrics::new((&device.name(), &device.hardware())));
+        device.watch(&metrics);
         let caps = ServerCapabilities::new(&ServerEnv {
             data_dir: opts.data_dir,
             device: Arc::new(device),
@@ -101,6 +102,12 @@ impl Assembly {
     /// The engine every instance runs on.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// Why no GPU can compute, when the server has GPUs and every one was
+    /// taken out.
+    pub fn gpus_out(&self) -> Option<String> {
+        self.caps.tensor.gpus_out()
     }
 
     /// Operator metrics.
@@ -212,6 +219,7 @@ impl Assembly {
             started: Instant::now(),
             budget,
             random_seed: None,
+            slot: None,
         };
         let state = InstanceState::new(&caps, spec.limits.memory, &env)?;
         Ok((component, state))
@@ -227,7 +235,13 @@ impl Assembly {
         spec: &DeploymentSpec,
         job: Option<&crate::wasi::JobIo>,
     ) -> Result<DeploymentCapabilities> {
+        let placement = self
+            .caps
+            .tensor
+            .place(&spec.tenant, &spec.device, spec.limits.tensor_memory)
+            .with_context(|| format!("deployment `{}`", spec.name))?;
         self.caps.deployment(&DeploymentEnv {
+            placement: &Arc::new(placement),
             name: &spec.name,
             tenant: &spec.tenant,
             grants: &spec.grants,

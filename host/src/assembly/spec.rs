@@ -22,6 +22,7 @@
 //! default. See `docs/DEPLOYMENTS.md`.
 
 use crate::platform::units::{parse_duration, parse_size};
+use crate::tensor::device::DeviceSpec;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -70,6 +71,7 @@ struct RawDeployment {
     keyvalue: Option<RawKeyvalue>,
     #[serde(default, rename = "require-signed")]
     require_signed: bool,
+    device: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -368,6 +370,9 @@ pub struct DeploymentSpec {
     pub keyvalue: Option<KeyvalueBackend>,
     /// Run only artifacts signed by a trusted key (docs/REGISTRY.md).
     pub require_signed: bool,
+    /// Where its tensors compute (`device`; `auto`: its tenant's GPU,
+    /// docs/DEPLOYMENTS.md "GPUs").
+    pub device: DeviceSpec,
 }
 
 /// Most deployments one file (one server) may hold.
@@ -520,7 +525,14 @@ impl RawDeployment {
             .map(|i| i.resolve(at, base))
             .transpose()?;
         let keyvalue = self.keyvalue.map(|k| k.resolve(at)).transpose()?;
+        let device = match &self.device {
+            None => DeviceSpec::Auto,
+            Some(d) => d
+                .parse()
+                .map_err(|e: String| at.err(&format!("`device`: {e}")))?,
+        };
         Ok(DeploymentSpec {
+            device,
             inference,
             keyvalue,
             limits: self.limits.resolve(at, defaults)?,

@@ -627,8 +627,12 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
 /// Where wasi:tensor computes.
 #[derive(Debug, Args, Clone)]
 pub struct DeviceArgs {
-    /// Tensor backend: `auto` (a CUDA GPU when a driver is present, else the CPU; logged at start-up), `cpu`, `cuda` or `cuda:N`.
-    #[arg(long, default_value = "auto", value_name = "auto|cpu|cuda[:N]")]
+    /// Tensor backend: `auto` (every CUDA GPU when a driver is present, else the CPU; logged at start-up), `cpu`, `cuda` (GPU 0), `cuda:N`, `cuda:N,M,...` or `cuda:all`. With several GPUs each tenant is placed on one by its tensor-memory quota (least reserved first), unless a deployment names its `device`; each GPU is health-checked and a failed one is taken out (docs/DEPLOYMENTS.md "GPUs").
+    #[arg(
+        long,
+        default_value = "auto",
+        value_name = "auto|cpu|cuda[:N[,M...]|:all]"
+    )]
     pub device: crate::tensor::device::DeviceSpec,
     /// Run f32 matrix products on GPU tensor cores in TF32 (faster; about 1e-3 relative error instead of f32's 1e-6).
     #[arg(long)]

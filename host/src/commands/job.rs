@@ -9,6 +9,7 @@ use crate::jobs::call::{Call, wave};
 use crate::jobs::run::{Outcome, Task, execute};
 use crate::platform::dirs;
 use crate::platform::engine::EngineOptions;
+use crate::tensor::device::DeviceSpec;
 use crate::wasi::JobIo;
 use anyhow::{Context, Result};
 use std::time::Duration;
@@ -23,7 +24,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
         cache_dir: dirs::cache_dir(args.cache_dir.as_ref()),
         data_dir: None,
         models_dir: None,
-        device: args.device.device,
+        device: args.device.device.clone(),
         tf32: args.device.tf32,
         policy: registry::Policy::default(),
     })?;
@@ -83,6 +84,7 @@ fn spec(args: &RunArgs) -> DeploymentSpec {
         inference: None,
         keyvalue: None,
         require_signed: false,
+        device: DeviceSpec::Auto,
         grants: Grants {
             dirs: args
                 .dirs

@@ -16,6 +16,7 @@ use crate::serving::deployment::Deployment;
 use crate::serving::listener::{Listen, Server};
 use crate::serving::router::Router;
 use crate::serving::tls::{Tls, TlsFiles};
+use crate::tensor::device::DeviceSpec;
 use anyhow::{Result, anyhow, bail};
 use registry::Registry;
 use std::collections::BTreeMap;
@@ -287,7 +288,7 @@ fn options(
             .flatten(),
         data_dir: Some(data_dir),
         models_dir: args.models_dir.clone(),
-        device: args.device.device,
+        device: args.device.device.clone(),
         tf32: args.device.tf32,
         policy,
     }
@@ -375,6 +376,7 @@ fn single(name: &str, source: Source, defaults: &Limits) -> DeploymentSpec {
         inference: None,
         keyvalue: None,
         require_signed: false,
+        device: DeviceSpec::Auto,
         grants: Default::default(),
     }
 }

@@ -2,8 +2,9 @@
 //! config values and secrets, plus the values the host sets for every
 //! deployment (keys under [`RESERVED_CONFIG_PREFIX`], which a deployment cannot
 //! set): `tensorwasm.tenant`, `tensorwasm.deployment` and
-//! `tensorwasm.tensor-device` (where `wasi:tensor` computes: `cpu` or
-//! `cuda:N`, so a model can pick its batching for the device).
+//! `tensorwasm.tensor-device` (where the deployment's `wasi:tensor`
+//! computes: `cpu`, `cuda:N` or `cuda:N,M`, so a model can pick its
+//! batching for the device).
 
 use crate::assembly::capabilities::{
     Capability, DeploymentEnv, InstanceEnv, InstanceState, ServerEnv,
@@ -14,19 +15,15 @@ use std::sync::Arc;
 use wasmtime::component::Linker;
 use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 
-/// The config capability: what every deployment's config is told of the server.
-pub struct Config {
-    tensor_device: String,
-}
+/// The config capability (no server-wide state).
+pub struct Config;
 
 impl Capability for Config {
     type Deployment = Arc<WasiConfigVariables>;
     type Instance = Arc<WasiConfigVariables>;
 
-    fn new(env: &ServerEnv) -> Result<Self> {
-        Ok(Config {
-            tensor_device: env.device.name(),
-        })
+    fn new(_: &ServerEnv) -> Result<Self> {
+        Ok(Config)
     }
 
     fn add_to_linker(linker: &mut Linker<InstanceState>) -> Result<()> {
@@ -44,7 +41,7 @@ impl Capability for Config {
         let platform = [
             ("tenant", env.tenant.to_string()),
             ("deployment", env.name.to_string()),
-            ("tensor-device", self.tensor_device.clone()),
+            ("tensor-device", env.placement.name().to_string()),
         ]
         .map(|(k, v)| (format!("{RESERVED_CONFIG_PREFIX}{k}"), v));
         Ok(Arc::new(

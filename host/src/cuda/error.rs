@@ -26,6 +26,7 @@ pub fn tensor_err(e: TensorError) -> types::Error {
 /// A driver error during `what`.
 pub fn driver(what: &str) -> impl Fn(DriverError) -> types::Error + '_ {
     move |e| {
+        crate::tensor::cuda::fault::note(&e);
         let text = format!("{e:?}");
         if text.contains("OUT_OF_MEMORY") {
             types::Error::Backend(format!("{what}: GPU out of memory"))

@@ -32,12 +32,35 @@ use wasmtime::component::{HasData, Linker, ResourceTable};
 /// The inference capability (no server-wide state).
 pub struct Inference;
 
-/// A deployment's batchers, once its model instances run.
+/// A deployment's batchers, once its model instances run: one per GPU of
+/// its placement (each with its model instance there), used in turn.
 pub struct Batchers {
-    /// The embedding model, if the deployment names one.
-    pub embedder: Option<embed::Embedder>,
-    /// The generative model, if the deployment names one.
-    pub generator: Option<generate::Generator>,
+    /// The embedding model's, if the deployment names one.
+    pub embedders: Vec<embed::Embedder>,
+    /// The generative model's, if the deployment names one.
+    pub generators: Vec<generate::Generator>,
+    /// Where the deployment computes (picks the next working GPU).
+    pub placement: Arc<crate::tensor::device::Placement>,
+}
+
+impl Batchers {
+    fn next<'a, T>(&self, list: &'a [T]) -> Option<&'a T> {
+        match list.len() {
+            0 => None,
+            1 => list.first(),
+            n => list.get(self.placement.pick() % n),
+        }
+    }
+
+    /// The embedder a request goes to.
+    pub fn embedder(&self) -> Option<&embed::Embedder> {
+        self.next(&self.embedders)
+    }
+
+    /// The generator a new sequence goes to (it stays there).
+    pub fn generator(&self) -> Option<&generate::Generator> {
+        self.next(&self.generators)
+    }
 }
 
 /// A deployment's handle on its batchers (empty unless it opts in).

@@ -46,6 +46,22 @@ pub struct Recipe<E: Exports> {
     pub memory: u64,
     /// Wall-clock budget of one call.
     pub timeout: Duration,
+    /// The deployment's GPU the instance computes on.
+    pub slot: usize,
+}
+
+impl<E: Exports> Recipe<E> {
+    /// The same recipe, for an instance on the deployment's GPU `slot`.
+    pub fn on_slot(&self, slot: usize) -> Self {
+        Self {
+            engine: self.engine.clone(),
+            pre: self.pre.clone(),
+            caps: self.caps.clone(),
+            memory: self.memory,
+            timeout: self.timeout,
+            slot,
+        }
+    }
 }
 
 /// A running model instance.
@@ -72,6 +88,7 @@ impl<E: Exports> Model<E> {
             started: Instant::now(),
             budget: None,
             random_seed: None,
+            slot: Some(recipe.slot),
         };
         let mut state = InstanceState::new(&caps, recipe.memory, &env)?;
         // A model does not call models: no handle back to its own batcher.

@@ -17,7 +17,7 @@ impl t1::Host for InferenceView<'_> {}
 
 impl e1::Host for InferenceView<'_> {
     async fn models(&mut self) -> wasmtime::Result<Vec<t1::ModelInfo>> {
-        let Some(e) = self.ctx.get().and_then(|b| b.embedder.as_ref()) else {
+        let Some(e) = self.ctx.get().and_then(|b| b.embedder()) else {
             return Ok(Vec::new());
         };
         Ok(e.models().iter().map(model_info_e).collect())
@@ -28,7 +28,7 @@ impl e1::Host for InferenceView<'_> {
         model: String,
         inputs: Vec<e1::Input>,
     ) -> wasmtime::Result<Result<e1::EmbeddingBatch, t1::Error>> {
-        let Some(e) = self.ctx.get().and_then(|b| b.embedder.as_ref()) else {
+        let Some(e) = self.ctx.get().and_then(|b| b.embedder()) else {
             return Ok(Err(not_served("embeddings")));
         };
         let inputs = inputs
@@ -50,7 +50,7 @@ impl e1::Host for InferenceView<'_> {
 
 impl g1::Host for InferenceView<'_> {
     async fn models(&mut self) -> wasmtime::Result<Vec<t1::ModelInfo>> {
-        let Some(g) = self.ctx.get().and_then(|b| b.generator.as_ref()) else {
+        let Some(g) = self.ctx.get().and_then(|b| b.generator()) else {
             return Ok(Vec::new());
         };
         Ok(g.models().iter().map(model_info_g).collect())
@@ -62,7 +62,7 @@ impl g1::Host for InferenceView<'_> {
         prompt: g1::Prompt,
         options: g1::Sampling,
     ) -> wasmtime::Result<Result<Resource<Completion>, t1::Error>> {
-        let Some(g) = self.ctx.get().and_then(|b| b.generator.as_ref()) else {
+        let Some(g) = self.ctx.get().and_then(|b| b.generator()) else {
             return Ok(Err(not_served("generation")));
         };
         let prompt = match prompt {

@@ -177,6 +177,12 @@ impl Live {
         &self.resolve
     }
 
+    /// Why the server cannot compute on a GPU, when it has GPUs and every
+    /// one was taken out (`/readyz` answers 503).
+    pub fn gpus_out(&self) -> Option<String> {
+        self.assembly.gpus_out()
+    }
+
     /// The routing table now.
     pub fn router(&self) -> Arc<Router> {
         self.router

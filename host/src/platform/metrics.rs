@@ -71,6 +71,13 @@ pub struct TenantLabel {
     pub tenant: String,
 }
 
+/// Label of per-GPU metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GpuLabel {
+    /// `cuda:N`.
+    pub gpu: String,
+}
+
 /// Labels of the request counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -159,6 +166,18 @@ pub struct Metrics {
     pub batch_size: Family<BatchLabels, Histogram>,
     /// Sequences in a deployment's generation batch now.
     pub batch_sequences: Family<DeploymentLabel, Gauge>,
+    /// 1 while a GPU passes its health checks, 0 once taken out.
+    pub gpu_up: Family<GpuLabel, Gauge>,
+    /// A GPU's memory, bytes.
+    pub gpu_memory: Family<GpuLabel, Gauge>,
+    /// A GPU's memory in use by every process, bytes (at the last check).
+    pub gpu_memory_used: Family<GpuLabel, Gauge>,
+    /// Tenants' tensor-memory quotas reserved on a GPU, bytes.
+    pub gpu_reserved: Family<GpuLabel, Gauge>,
+    /// Tenants with a context on a GPU.
+    pub gpu_tenants: Family<GpuLabel, Gauge>,
+    /// Tenants' contexts on a GPU that faulted (until replaced).
+    pub gpu_faulted_contexts: Family<GpuLabel, Gauge>,
 }
 
 fn batch_histogram() -> Histogram {
@@ -367,6 +386,42 @@ impl Metrics {
                 &mut r,
                 "inference_sequences",
                 "Sequences in a generation batch (admitted, not yet ended or released)",
+                Family::default(),
+            ),
+            gpu_up: add(
+                &mut r,
+                "gpu_up",
+                "1 while a GPU passes its health checks, 0 once it is taken out",
+                Family::default(),
+            ),
+            gpu_memory: add(
+                &mut r,
+                "gpu_memory_bytes",
+                "A GPU's memory, in bytes",
+                Family::default(),
+            ),
+            gpu_memory_used: add(
+                &mut r,
+                "gpu_memory_used_bytes",
+                "A GPU's memory in use by every process at its last health check, in bytes",
+                Family::default(),
+            ),
+            gpu_reserved: add(
+                &mut r,
+                "gpu_reserved_bytes",
+                "Tenants' tensor-memory quotas reserved on a GPU, in bytes",
+                Family::default(),
+            ),
+            gpu_tenants: add(
+                &mut r,
+                "gpu_tenants",
+                "Tenants with a context on a GPU",
+                Family::default(),
+            ),
+            gpu_faulted_contexts: add(
+                &mut r,
+                "gpu_faulted_contexts",
+                "Tenants' contexts on a GPU that faulted (an illegal address, a hardware error) and are not yet replaced",
                 Family::default(),
             ),
             registry: {

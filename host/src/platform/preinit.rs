@@ -127,6 +127,7 @@ impl Preinit<'_> {
             started: Instant::now(),
             budget: None,
             random_seed: Some(INIT_SEED),
+            slot: None,
         };
         let state = InstanceState::new(self.caps, self.limits.memory, &env)?;
         let mut store = Store::new(self.engine, state);

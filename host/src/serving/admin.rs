@@ -1,4 +1,4 @@
-//! The admin listener: `/healthz`, `/readyz` (503 while draining),
+//! The admin listener: `/healthz`, `/readyz` (503 while draining; both 503 once every GPU was taken out),
 //! Prometheus `/metrics`, and the admin API under `/v1/` ([`super::admin_api`]).
 
 use super::body::{ResponseBody, error_response, full};
@@ -54,6 +54,13 @@ fn admin_response(server: &Server, path: &str) -> Response<ResponseBody> {
         r
     };
     match path {
+        // A GPU taken out is back only in a new process (a context fault
+        // poisons every context of this one: docs/DEPLOYMENTS.md "GPUs").
+        "/healthz" | "/readyz" if server.live.gpus_out().is_some() => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{}\n", server.live.gpus_out().unwrap_or_default()),
+            "text/plain",
+        ),
         "/healthz" => text(StatusCode::OK, "ok\n".into(), "text/plain"),
         "/readyz" if server.draining.load(Ordering::Relaxed) => text(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -304,6 +304,9 @@ impl Deployment {
         if content_length(&req).is_some_and(|n| n > self.limits.body) {
             return too_large(self.limits.body);
         }
+        if let Some(why) = self.caps.tensor.unavailable() {
+            return gpu_unavailable(&why);
+        }
         let permit = match self.acquire_slot(deadline).await {
             Ok(p) => p,
             Err(r) => return r,
@@ -340,8 +343,12 @@ impl Deployment {
             started,
             budget: Some(self.limits.timeout),
             random_seed: None,
+            slot: None,
         };
-        let (mut store, proxy, served) = match self.pool.as_ref().and_then(|p| p.take()) {
+        // A warm instance on a GPU taken out since is dropped for a fresh one.
+        let warm = self.pool.as_ref().and_then(|p| p.take());
+        let warm = warm.filter(|w| !w.store.data().caps.tensor.down());
+        let (mut store, proxy, served) = match warm {
             Some(warm) => {
                 let mut store = warm.store;
                 store.data_mut().renew(&env);
@@ -773,6 +780,20 @@ fn overloaded(message: &str) -> Response<ResponseBody> {
     r.headers_mut().insert(
         http::header::RETRY_AFTER,
         http::HeaderValue::from_static("1"),
+    );
+    r
+}
+
+/// A 503 for a deployment whose GPUs cannot compute (`tensor::gpus`).
+fn gpu_unavailable(why: &str) -> Response<ResponseBody> {
+    let mut r = error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "gpu_unavailable",
+        &format!("this deployment's GPU cannot serve: {why}"),
+    );
+    r.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("30"),
     );
     r
 }

@@ -108,7 +108,7 @@ fn plan<'a>(a: &'a DecodeArgs<'a>) -> TResult<DecodeAttention<'a>> {
 mod tests {
     use super::*;
     use crate::tensor::backend::{BinaryOp, RopeLayout};
-    use crate::tensor::device::Device;
+    use crate::tensor::device::{Device, DeviceSpec};
     use crate::tensor::error::TensorError;
     use crate::tensor::quota::Quota;
     use crate::tensor::storage::CpuData;
@@ -117,7 +117,8 @@ mod tests {
 
     fn cpu() -> Tensors {
         let quota = Arc::new(Quota::new(1 << 30, Gauge::default()));
-        Tensors::new(Device::cpu().backend("t").unwrap(), quota)
+        let placed = Device::cpu().place("t", &DeviceSpec::Auto, 0).unwrap();
+        Tensors::new(placed.handle(0).clone(), quota)
     }
 
     /// Deterministic values in [-1, 1).

@@ -18,6 +18,7 @@ pub mod error;
 pub mod fused;
 mod fused_impl;
 pub mod gguf;
+pub mod gpus;
 pub mod layout;
 pub mod loaded;
 pub mod ops;
@@ -66,13 +67,37 @@ impl TensorHost {
         self.device.describe()
     }
 
-    /// Deployment `name`'s tensor state: `tenant`'s quota of `limit` bytes,
-    /// the granted weights (`name → file`), loaded now, and its counters.
+    /// Why no GPU can compute, when the server has GPUs and every one was
+    /// taken out.
+    pub fn gpus_out(&self) -> Option<String> {
+        let gpus = self.device.gpus();
+        let out: Vec<String> = gpus
+            .iter()
+            .filter_map(|g| Some(format!("{} ({})", g.name(), g.failed()?)))
+            .collect();
+        (!gpus.is_empty() && out.len() == gpus.len())
+            .then(|| format!("every GPU was taken out: {}", out.join(", ")))
+    }
+
+    /// Where `tenant`'s deployment computes (`device::Device::place`).
+    pub fn place(
+        &self,
+        tenant: &str,
+        want: &device::DeviceSpec,
+        quota: u64,
+    ) -> anyhow::Result<device::Placement> {
+        self.device.place(tenant, want, quota)
+    }
+
+    /// Deployment `name`'s tensor state on `placement`: `tenant`'s quota of
+    /// `limit` bytes, the granted weights (`name → file`), loaded now on
+    /// each of its GPUs, and its counters.
     pub fn tenant(
         &self,
         (tenant, name): (&str, &str),
         limit: u64,
         granted: &BTreeMap<String, PathBuf>,
+        placement: &Arc<device::Placement>,
     ) -> anyhow::Result<Arc<TenantTensors>> {
         let label = TenantLabel {
             tenant: tenant.to_string(),
@@ -86,16 +111,22 @@ impl TensorHost {
             drop(m.weights_bytes.get_or_create(&label));
             m.tensor_bytes.get_or_create(&label).clone()
         })?;
-        let backend = self.device.backend(tenant)?;
-        let mut weights = BTreeMap::new();
-        for (name, path) in granted {
-            let w = self
-                .weights
-                .get(path, &backend, || {
-                    self.metrics.weights_bytes.get_or_create(&label).clone()
-                })
-                .map_err(|e| anyhow::anyhow!("weights `{name}`: {e:#}"))?;
-            weights.insert(name.clone(), w);
+        let mut slots = Vec::new();
+        for backend in placement.handles() {
+            let mut weights = BTreeMap::new();
+            for (name, path) in granted {
+                let w = self
+                    .weights
+                    .get(path, backend, || {
+                        self.metrics.weights_bytes.get_or_create(&label).clone()
+                    })
+                    .map_err(|e| anyhow::anyhow!("weights `{name}`: {e:#}"))?;
+                weights.insert(name.clone(), w);
+            }
+            slots.push(Slot {
+                tensors: ops::Tensors::new(backend.clone(), quota.clone()),
+                weights,
+            });
         }
         let label = DeploymentLabel::new(tenant, name);
         let m = &self.metrics;
@@ -106,9 +137,9 @@ impl TensorHost {
             read_seconds: m.tensor_read_seconds.get_or_create(&label).clone(),
         };
         Ok(Arc::new(TenantTensors {
-            tensors: ops::Tensors::new(backend, quota.clone()),
+            slots,
+            placement: placement.clone(),
             quota,
-            weights,
             counters,
         }))
     }
@@ -131,11 +162,13 @@ impl Capability for TensorHost {
             (env.tenant, env.name),
             env.limits.tensor_memory,
             &env.grants.weights,
+            env.placement,
         )
     }
 
-    fn instance(shared: &Arc<TenantTensors>, _: &InstanceEnv) -> anyhow::Result<TensorCtx> {
-        Ok(TensorCtx::new(shared.clone()))
+    fn instance(shared: &Arc<TenantTensors>, env: &InstanceEnv) -> anyhow::Result<TensorCtx> {
+        let slot = env.slot.unwrap_or_else(|| shared.placement.pick());
+        Ok(TensorCtx::new(shared.clone(), slot))
     }
 
     /// Tensors charged to the tenant's quota; shared weights may stay.
@@ -159,10 +192,17 @@ impl TensorStateView for InstanceState {
 
 /// One deployment's tensor state, shared by its instances.
 pub struct TenantTensors {
-    tensors: ops::Tensors,
+    /// Per GPU of the placement (one on the CPU): its backend, its weights.
+    slots: Vec<Slot>,
+    placement: Arc<device::Placement>,
     quota: Arc<quota::Quota>,
-    weights: BTreeMap<String, Arc<weights::WeightsFile>>,
     counters: usage::Counters,
+}
+
+/// A deployment's tensors on one of its devices.
+struct Slot {
+    tensors: ops::Tensors,
+    weights: BTreeMap<String, Arc<weights::WeightsFile>>,
 }
 
 impl TenantTensors {
@@ -171,15 +211,27 @@ impl TenantTensors {
         self.quota.used()
     }
 
-    /// Where this deployment's tensors compute: `cpu` or `cuda:N`.
-    pub fn device_name(&self) -> String {
-        self.tensors.backend().name()
+    /// Where this deployment's tensors compute: `cpu`, `cuda:N`, `cuda:N,M`.
+    pub fn device_name(&self) -> &str {
+        self.placement.name()
+    }
+
+    /// Where the deployment computes.
+    pub fn placement(&self) -> &Arc<device::Placement> {
+        &self.placement
+    }
+
+    /// Why the deployment cannot compute now (every GPU of its placement
+    /// taken out, or its contexts faulted): requests get a 503.
+    pub fn unavailable(&self) -> Option<String> {
+        self.placement.unavailable()
     }
 }
 
 /// Per-instance tensor state kept in the `Store`.
 pub struct TensorCtx {
     shared: Arc<TenantTensors>,
+    slot: usize,
     tensors: ops::Tensors,
     usage: usage::Usage,
     /// What [`TensorCtx::report`] added to the deployment's counters so far.
@@ -187,12 +239,14 @@ pub struct TensorCtx {
 }
 
 impl TensorCtx {
-    /// State for one instance of a deployment (on a GPU, with a stream of
-    /// its own from the tenant's pool).
-    pub fn new(shared: Arc<TenantTensors>) -> Self {
-        let tensors = shared.tensors.for_instance();
+    /// State for one instance of a deployment on its device `slot` (on a
+    /// GPU, with a stream of its own from the tenant's pool).
+    pub fn new(shared: Arc<TenantTensors>, slot: usize) -> Self {
+        let slot = slot.min(shared.slots.len() - 1);
+        let tensors = shared.slots[slot].tensors.for_instance();
         Self {
             shared,
+            slot,
             tensors,
             usage: usage::Usage::default(),
             reported: usage::Totals::default(),
@@ -202,6 +256,17 @@ impl TensorCtx {
     /// The instance's tensor operations.
     pub fn tensors(&self) -> &ops::Tensors {
         &self.tensors
+    }
+
+    /// Whether the instance's device is down (`device::Placement::down`):
+    /// a warm instance there is not reused.
+    pub fn down(&self) -> bool {
+        self.shared.placement.len() > 1 && self.shared.placement.down(self.slot).is_some()
+    }
+
+    /// The weights granted to the deployment, on the instance's device.
+    fn weights(&self) -> &BTreeMap<String, Arc<weights::WeightsFile>> {
+        &self.shared.slots[self.slot].weights
     }
 
     /// What the instance did with `wasi:tensor` since the last report,

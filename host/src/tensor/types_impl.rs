@@ -562,7 +562,7 @@ impl weights::Host for TensorView<'_> {}
 
 impl weights::HostWeights for TensorView<'_> {
     async fn open(&mut self, name: String) -> WResult<Resource<WeightsHandle>> {
-        match self.ctx.shared.weights.get(&name) {
+        match self.ctx.weights().get(&name) {
             Some(w) => Ok(Ok(self.table.push(WeightsHandle(w.clone()))?)),
             None => Ok(Err(types::Error::NotGranted(format!(
                 "weights `{name}` are not granted to this deployment"

@@ -46,6 +46,7 @@ impl Dims {
 
 pub(super) fn cuda_err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> TensorError + '_ {
     move |e| {
+        super::fault::note(&e);
         let text = format!("{e:?}");
         if text.contains("OUT_OF_MEMORY") {
             TensorError::Backend(format!("{what}: GPU out of memory"))

@@ -19,6 +19,7 @@ mod backend;
 mod blas;
 mod data;
 mod decode;
+pub mod fault;
 mod kernels;
 mod launch;
 mod tenant;
@@ -44,6 +45,8 @@ pub struct CudaDevice {
     compute: (u32, u32),
     limits: DeviceLimits,
     cache_dir: Option<PathBuf>,
+    /// The server's own context on the device, for health checks.
+    probe: Arc<CudaContext>,
 }
 
 /// What one launch may ask of the device.
@@ -92,6 +95,15 @@ pub fn driver_present() -> bool {
     unsafe { cudarc::driver::sys::is_culib_present() }
 }
 
+/// How many CUDA devices the driver sees.
+pub fn device_count() -> anyhow::Result<usize> {
+    if !driver_present() {
+        anyhow::bail!("no CUDA driver (libcuda.so) found on this machine");
+    }
+    let n = CudaContext::device_count().map_err(|e| anyhow::anyhow!("CUDA driver error: {e:?}"))?;
+    Ok(n.max(0) as usize)
+}
+
 impl CudaDevice {
     /// Opens device `ordinal`, compiling (or loading cached) kernels for its
     /// architecture. `cache_dir` keeps compiled PTX across runs.
@@ -127,7 +139,23 @@ impl CudaDevice {
             compute: (major.max(0) as u32, minor.max(0) as u32),
             limits,
             cache_dir,
+            probe: ctx,
         })
+    }
+
+    /// Checks that the device still works, on the server's own context
+    /// (a tenant's faulted context says nothing of the GPU): a small
+    /// allocation, zeroed and waited for. Returns the device's memory in
+    /// use (every process's) and its total, or the driver's error.
+    pub fn probe(&self) -> Result<(u64, u64), String> {
+        let e = |e: cudarc::driver::DriverError| format!("{:?}", e.0);
+        self.probe.bind_to_thread().map_err(e)?;
+        let (free, total) = cudarc::driver::result::mem_get_info().map_err(e)?;
+        let stream = self.probe.default_stream();
+        let bytes = stream.alloc_zeros::<u8>(4).map_err(e)?;
+        stream.synchronize().map_err(e)?;
+        drop(bytes);
+        Ok(((total - free) as u64, total as u64))
     }
 
     /// The device's ordinal (the `N` of `cuda:N`).

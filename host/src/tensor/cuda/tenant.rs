@@ -69,6 +69,12 @@ pub struct CudaTenant {
     pub(super) modules: Mutex<HashMap<blake3::Hash, Arc<CudaModule>>>,
 }
 
+impl Drop for CudaTenant {
+    fn drop(&mut self) {
+        super::fault::forget(self.ctx.cu_ctx());
+    }
+}
+
 /// Guest modules a tenant context keeps loaded.
 const MODULES_KEPT: usize = 64;
 
@@ -81,6 +87,11 @@ impl CudaTenant {
     /// The device.
     pub fn device(&self) -> &Arc<CudaDevice> {
         &self.device
+    }
+
+    /// The fault that ended this context, if one did (`super::fault`).
+    pub fn fault(&self) -> Option<String> {
+        super::fault::of(self.ctx.cu_ctx())
     }
 
     /// A guest module (CUDA C, compiled once per device, or PTX) loaded
