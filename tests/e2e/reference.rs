@@ -399,8 +399,10 @@ pub fn l2_normalize(x: &Nd, axis: usize, eps: f64) -> Nd {
 
 /// `wasi:tensor-fused`'s decode-attention: per row r at position p, q [b,
 /// hq·d] and k [b, hk·d] rotated at p, k and v written at p of copies of
-/// the caches [b, hk, cap, d], attention over positions 0..=p. Returns the
-/// attended values [b, hq·d] and the two caches.
+/// the caches [b, hk, cap, d] (each written element passed through `store`:
+/// the caches hold the op's dtype, so what it attends over is rounded to
+/// it), attention over positions 0..=p. Returns the attended values
+/// [b, hq·d] and the two caches.
 #[allow(clippy::too_many_arguments)]
 pub fn decode_attention(
     q: &Nd,
@@ -412,6 +414,7 @@ pub fn decode_attention(
     theta: f64,
     interleaved: bool,
     scale: f64,
+    store: impl Fn(f64) -> f64,
 ) -> (Nd, Nd, Nd) {
     let (b, hk, cap, d) = (keys.shape[0], keys.shape[1], keys.shape[2], keys.shape[3]);
     let hq = q.shape[1] / d;
@@ -427,8 +430,8 @@ pub fn decode_attention(
         for h in 0..hk {
             for i in 0..d {
                 let at = ((r * hk + h) * cap + p) * d + i;
-                kc.data[at] = kr.data[h * d + i];
-                vc.data[at] = v.data[(r * hk + h) * d + i];
+                kc.data[at] = store(kr.data[h * d + i]);
+                vc.data[at] = store(v.data[(r * hk + h) * d + i]);
             }
         }
         let past = |c: &Nd| {

@@ -485,6 +485,7 @@ fn every_float_op_matches_an_f64_reference() {
                 10000.0,
                 inter,
                 sc,
+                |x| quantize(x, dt),
             );
             assert_close(&l("decode-attention"), &got["out"], &o, dt);
             assert_close(&l("decode-attention keys"), &got["keys"], &kc, dt);

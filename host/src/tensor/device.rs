@@ -369,7 +369,29 @@ impl DeviceHandle {
 
 #[cfg(test)]
 mod tests {
-    use super::DeviceSpec;
+    use super::{DeviceHandle, DeviceSpec, Placement, Slot};
+    use crate::tensor::cpu::CpuBackend;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn instances_take_a_placement_s_slots_in_turn() {
+        let cpu = Arc::new(CpuBackend);
+        let slot = || Slot {
+            handle: DeviceHandle::Cpu(cpu.clone()),
+            gpu: None,
+        };
+        let two = Placement {
+            name: "two".into(),
+            slots: vec![slot(), slot()],
+            next: AtomicUsize::new(0),
+        };
+        let picks: Vec<usize> = (0..5).map(|_| two.pick()).collect();
+        assert_eq!(picks, [0, 1, 0, 1, 0]);
+        assert!(two.unavailable().is_none());
+        let one = Placement::cpu(&cpu);
+        assert_eq!((one.pick(), one.pick(), one.name()), (0, 0, "cpu"));
+    }
 
     #[test]
     fn device_specs_parse_and_print_back() {

@@ -1,11 +1,23 @@
 //! `decode-attention` on the CPU (f32; other float dtypes are converted by
 //! the caller): the caches copied with each row's new key and value
 //! written, then one softmax-weighted sum per (row, query head), in
-//! parallel over rows and heads.
+//! parallel over rows and heads. The written key is rounded to the caches'
+//! dtype before it is attended over, as the GPU's kernel (which writes the
+//! cache, then reads it) does.
 
 use super::math::{rope_table, rotate};
+use crate::tensor::DType;
 use crate::tensor::backend::DecodeAttention;
 use rayon::prelude::*;
+
+/// `x` as a cache of `dtype` holds it.
+fn stored(dtype: DType, x: f32) -> f32 {
+    match dtype {
+        DType::F16 => half::f16::from_f32(x).to_f32(),
+        DType::BF16 => half::bf16::from_f32(x).to_f32(),
+        _ => x,
+    }
+}
 
 /// Attended values [rows, heads · dim] and the updated caches.
 pub fn decode_attention(
@@ -34,6 +46,10 @@ pub fn decode_attention(
             let new = (r * hk + h) * d;
             keys[at..at + d].copy_from_slice(&k[new..new + d]);
             rotate(&mut keys[at..at + d], c, s, a.args.layout);
+            let dtype = a.args.keys.dtype();
+            keys[at..at + d]
+                .iter_mut()
+                .for_each(|x| *x = stored(dtype, *x));
             values[at..at + d].copy_from_slice(&v[new..new + d]);
         }
     }

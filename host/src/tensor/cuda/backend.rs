@@ -119,8 +119,11 @@ impl CudaBackend {
     /// when TENSOR_WASM_GPU_POISON is set, to catch unwritten elements).
     pub(super) fn alloc(&self, n: usize, dtype: DType) -> TResult<CudaData> {
         let bytes = (n * dtype.size()).max(1);
-        // SAFETY: u8 has no invalid bit patterns; every op writes what it reads back.
-        let buf = unsafe { self.stream().alloc::<u8>(bytes) }.map_err(cuda_err("allocating"))?;
+        let buf = match self.lane.take(bytes) {
+            Some(buf) => buf,
+            // SAFETY: u8 has no invalid bit patterns; every op writes what it reads back.
+            None => unsafe { self.stream().alloc::<u8>(bytes) }.map_err(cuda_err("allocating"))?,
+        };
         if self.tenant.poison {
             let (p, _g) = buf.device_ptr(self.stream());
             // SAFETY: p spans `bytes` bytes on this stream.
@@ -129,7 +132,7 @@ impl CudaBackend {
             }
             .map_err(cuda_err("poisoning"))?;
         }
-        Ok(CudaData { buf })
+        Ok(CudaData::on_lane(buf, Arc::downgrade(&self.lane)))
     }
 
     pub(super) fn ptr(&self, x: &Tensor) -> TResult<u64> {

@@ -4,7 +4,7 @@
 use super::CudaDevice;
 use super::kernels::Kernels;
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{CudaContext, CudaModule, CudaStream};
+use cudarc::driver::{CudaContext, CudaModule, CudaSlice, CudaStream};
 use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -37,10 +37,31 @@ pub(super) fn keep_pool_memory(ctx: &Arc<CudaContext>) {
 }
 
 /// A stream with its own cuBLAS handle: the ordered queue one instance's
-/// work runs on.
+/// work runs on, and the device memory its dropped tensors left for the
+/// next ones of the same size.
+///
+/// The cache takes the per-op `cuMemAllocAsync`/`cuMemFreeAsync` driver
+/// calls out of a decode step, which allocates the same sizes every step:
+/// bytes a tensor held on this lane are handed to a later tensor of this
+/// lane, so every use stays ordered on one stream (the stream-ordered pool
+/// needs no more). It holds at most [`CACHE_BYTES`] in pieces of at most
+/// [`CACHE_PIECE`], outside the tenant's quota (its tensors are released);
+/// memory moved to `wasi:cuda` buffers never comes back to it.
 pub struct Lane {
     pub(super) stream: Arc<CudaStream>,
     pub(super) blas: Mutex<CudaBlas>,
+    cache: Mutex<Cache>,
+}
+
+/// Most bytes one lane's cache keeps.
+pub const CACHE_BYTES: usize = 8 << 20;
+/// Largest piece a lane's cache keeps.
+pub const CACHE_PIECE: usize = 1 << 20;
+
+#[derive(Default)]
+struct Cache {
+    by_size: HashMap<usize, Vec<CudaSlice<u8>>>,
+    bytes: usize,
 }
 
 impl Lane {
@@ -52,7 +73,33 @@ impl Lane {
         Ok(Self {
             stream,
             blas: Mutex::new(blas),
+            cache: Mutex::default(),
         })
+    }
+
+    /// Cached bytes of exactly `len`, if any.
+    pub(super) fn take(&self, len: usize) -> Option<CudaSlice<u8>> {
+        if len > CACHE_PIECE {
+            return None;
+        }
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let buf = cache.by_size.get_mut(&len)?.pop()?;
+        cache.bytes -= len;
+        Some(buf)
+    }
+
+    /// Keeps `buf` for a later tensor of its size, or frees it (too big,
+    /// or the cache is full).
+    pub(super) fn keep(&self, buf: CudaSlice<u8>) {
+        let len = buf.len();
+        if len > CACHE_PIECE {
+            return;
+        }
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.bytes + len <= CACHE_BYTES {
+            cache.bytes += len;
+            cache.by_size.entry(len).or_default().push(buf);
+        }
     }
 }
 
