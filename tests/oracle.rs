@@ -24,7 +24,7 @@ use tensor_wasm::tensor::types::Tensor;
 fn backends() -> &'static [(String, Tensors)] {
     // The backend of a tenant placed on the device (nothing reserved).
     let first = |d: &Device| {
-        d.place("oracle", &DeviceSpec::Auto, 0)
+        d.place("oracle", &DeviceSpec::Auto, 0, false)
             .unwrap()
             .handle(0)
             .clone()

@@ -145,6 +145,12 @@ fn deployments_are_placed_and_a_faulted_context_is_contained() {
     let token = std::fs::read_to_string(data.join("admin-token")).unwrap();
     let token = format!("Bearer {}", token.trim());
 
+    // `wild` runs kernels of its own on the GPU `steady` shares: warned.
+    assert!(
+        server.log().contains("run kernels of their own"),
+        "{}",
+        server.log()
+    );
     // Every GPU is up and reports its memory; the two GPU tenants' quotas
     // are reserved (the CPU tenant's is not).
     let m = server.metrics();

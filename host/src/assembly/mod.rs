@@ -238,7 +238,12 @@ impl Assembly {
         let placement = self
             .caps
             .tensor
-            .place(&spec.tenant, &spec.device, spec.limits.tensor_memory)
+            .place(
+                &spec.tenant,
+                &spec.device,
+                spec.limits.tensor_memory,
+                spec.grants.cuda_source,
+            )
             .with_context(|| format!("deployment `{}`", spec.name))?;
         self.caps.deployment(&DeploymentEnv {
             placement: &Arc::new(placement),

@@ -178,8 +178,15 @@ impl Device {
     }
 
     /// Where `tenant`'s deployment computes: what it asks for (`want`), or
-    /// its tenant's GPU; `quota` (its tensor-memory) is reserved on each GPU.
-    pub fn place(&self, tenant: &str, want: &DeviceSpec, quota: u64) -> anyhow::Result<Placement> {
+    /// its tenant's GPU; `quota` (its tensor-memory) is reserved on each GPU;
+    /// `own_kernels`: it runs kernels of its own (`cuda-source`).
+    pub fn place(
+        &self,
+        tenant: &str,
+        want: &DeviceSpec,
+        quota: u64,
+        own_kernels: bool,
+    ) -> anyhow::Result<Placement> {
         let (gpus, cpu) = match self {
             Self::Cpu(cpu) => match want {
                 DeviceSpec::Auto | DeviceSpec::Cpu => return Ok(Placement::cpu(cpu)),
@@ -200,7 +207,7 @@ impl Device {
         };
         let mut slots = Vec::new();
         for gpu in chosen {
-            let backend = gpu.backend(tenant, quota)?;
+            let backend = gpu.backend(tenant, quota, own_kernels)?;
             slots.push(Slot {
                 handle: DeviceHandle::Cuda(backend),
                 gpu: Some(gpu.clone()),

@@ -117,7 +117,9 @@ mod tests {
 
     fn cpu() -> Tensors {
         let quota = Arc::new(Quota::new(1 << 30, Gauge::default()));
-        let placed = Device::cpu().place("t", &DeviceSpec::Auto, 0).unwrap();
+        let placed = Device::cpu()
+            .place("t", &DeviceSpec::Auto, 0, false)
+            .unwrap();
         Tensors::new(placed.handle(0).clone(), quota)
     }
 

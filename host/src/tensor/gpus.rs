@@ -33,10 +33,12 @@ pub struct Gpu {
     metrics: OnceLock<Arc<Metrics>>,
 }
 
-/// A tenant's context on a GPU and the quota reserved for it there.
+/// A tenant's context on a GPU, the quota reserved for it there, and
+/// whether it runs kernels of its own (`cuda-source`).
 struct Tenant {
     backend: Arc<CudaBackend>,
     reserved: u64,
+    own_kernels: bool,
 }
 
 impl Gpu {
@@ -82,13 +84,23 @@ impl Gpu {
 
     /// `tenant`'s context here, made (and `quota` reserved) the first time;
     /// a context that faulted is replaced by a new one (its tensors were
-    /// lost with it).
-    pub fn backend(&self, tenant: &str, quota: u64) -> anyhow::Result<Arc<CudaBackend>> {
+    /// lost with it). `own_kernels`: the deployment runs kernels of its own.
+    pub fn backend(
+        &self,
+        tenant: &str,
+        quota: u64,
+        own_kernels: bool,
+    ) -> anyhow::Result<Arc<CudaBackend>> {
         if let Some(why) = self.failed() {
             anyhow::bail!("{} was taken out: {why}", self.name);
         }
         let mut tenants = self.lock();
-        if let Some(t) = tenants.get(tenant) {
+        if let Some(t) = tenants.get_mut(tenant) {
+            if own_kernels && !t.own_kernels {
+                t.own_kernels = true;
+                self.warn_shared(&tenants);
+            }
+            let t = &tenants[tenant];
             match t.backend.tenant().fault() {
                 None => return Ok(t.backend.clone()),
                 Some(f) => tracing::warn!(
@@ -113,16 +125,41 @@ impl Gpu {
             );
         }
         let backend = self.device.tenant_backend()?;
-        tenants.insert(
-            tenant.to_string(),
-            Tenant {
-                backend: backend.clone(),
-                reserved: quota,
-            },
-        );
+        let own_kernels = own_kernels || tenants.get(tenant).is_some_and(|t| t.own_kernels);
+        let new = tenants
+            .insert(
+                tenant.to_string(),
+                Tenant {
+                    backend: backend.clone(),
+                    reserved: quota,
+                    own_kernels,
+                },
+            )
+            .is_none();
+        if new {
+            self.warn_shared(&tenants);
+        }
         drop(tenants);
         self.report();
         Ok(backend)
+    }
+
+    /// Warns when tenants running kernels of their own share the GPU with
+    /// others: one context's fault ends every context of the process on it
+    /// (docs/SECURITY.md).
+    fn warn_shared(&self, tenants: &HashMap<String, Tenant>) {
+        let own: Vec<&str> = tenants
+            .iter()
+            .filter(|(_, t)| t.own_kernels)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        if tenants.len() > 1 && !own.is_empty() {
+            tracing::warn!(
+                "{}: tenants {own:?} run kernels of their own (`cuda-source`) on the GPU that {} tenants share: a faulting kernel takes it from all of them (docs/SECURITY.md); give them a server of their own",
+                self.name,
+                tenants.len()
+            );
+        }
     }
 
     /// Sets the GPU's gauges (once metrics exist).

@@ -85,8 +85,9 @@ impl TensorHost {
         tenant: &str,
         want: &device::DeviceSpec,
         quota: u64,
+        own_kernels: bool,
     ) -> anyhow::Result<device::Placement> {
-        self.device.place(tenant, want, quota)
+        self.device.place(tenant, want, quota, own_kernels)
     }
 
     /// Deployment `name`'s tensor state on `placement`: `tenant`'s quota of
