@@ -327,6 +327,9 @@ impl Placement {
     }
 }
 
+/// What [`DeviceHandle::key`] returns: (on a GPU, address or id).
+pub type BackendKey = (bool, u64);
+
 /// The backend a tenant (or one instance) computes on: the trait every op
 /// goes through, and on a GPU the CUDA backend itself, which `wasi:cuda`
 /// issues on (same context, same lane as the instance's tensor ops).
@@ -365,11 +368,13 @@ impl DeviceHandle {
         }
     }
 
-    /// Identifies the backend's storage (weights are shared per key).
-    pub fn key(&self) -> usize {
+    /// Identifies the backend's storage (weights are shared per key): the
+    /// CPU backend's address (it lives as long as the server), or the CUDA
+    /// context's id (a replaced context's address may be reused).
+    pub fn key(&self) -> BackendKey {
         match self {
-            Self::Cpu(b) => Arc::as_ptr(b) as usize,
-            Self::Cuda(b) => Arc::as_ptr(b) as usize,
+            Self::Cpu(b) => (false, Arc::as_ptr(b) as usize as u64),
+            Self::Cuda(b) => (true, b.tenant().id()),
         }
     }
 }

@@ -3,7 +3,7 @@
 //! read-only tensors, and handed to every instance without a copy.
 
 use super::backend::Backend;
-use super::device::DeviceHandle;
+use super::device::{BackendKey, DeviceHandle};
 
 use super::dtype::DType;
 use super::loaded::{LoadedFile, MetaValue};
@@ -153,7 +153,7 @@ fn convert(dtype: safetensors::Dtype, bytes: &[u8]) -> Result<CpuData> {
 /// all tenants on the CPU, one per tenant context on a GPU).
 #[derive(Debug, Default)]
 pub struct WeightsCache {
-    by_path: Mutex<HashMap<(PathBuf, usize), Arc<WeightsFile>>>,
+    by_path: Mutex<HashMap<(PathBuf, BackendKey), Arc<WeightsFile>>>,
 }
 
 impl WeightsCache {

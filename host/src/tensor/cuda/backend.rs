@@ -56,6 +56,11 @@ impl CudaBackend {
         let kernels = Kernels::load(&ctx, &device.ptx)?;
         Ok(Self {
             tenant: Arc::new(CudaTenant {
+                id: {
+                    static NEXT: std::sync::atomic::AtomicU64 =
+                        std::sync::atomic::AtomicU64::new(1);
+                    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                },
                 poison: std::env::var_os("TENSOR_WASM_GPU_POISON").is_some(),
                 device,
                 ctx,

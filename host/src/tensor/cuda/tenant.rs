@@ -108,6 +108,8 @@ pub(super) const IDLE_LANES: usize = 16;
 
 /// One tenant's CUDA context, kernels and pool of lanes.
 pub struct CudaTenant {
+    /// Unique for the server's life (a context's address may be reused).
+    pub(super) id: u64,
     pub(super) device: Arc<CudaDevice>,
     pub(super) ctx: Arc<CudaContext>,
     pub(super) kernels: Kernels,
@@ -134,6 +136,12 @@ impl CudaTenant {
     /// The device.
     pub fn device(&self) -> &Arc<CudaDevice> {
         &self.device
+    }
+
+    /// Identifies this context for the server's life (weights are cached
+    /// per context by it).
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// The fault that ended this context, if one did (`super::fault`).
