@@ -17,6 +17,9 @@
 # clients, batched vs unbatched vs PyTorch batching the same work; with
 # .gpu/baseline-smollm.wasm also that generation model, as "baseline";
 # CONCURRENCY_ARGS are passed on, e.g. "--no-unbatched").
+# BENCH=ab runs instead, on the GPU: single-stream figures of the batched
+# world (bench.py --batched, no peer) for .gpu/tensor-wasm and a baseline
+# host build at .gpu/old/tensor-wasm, alternating, ROUNDS (6) rounds each.
 # Logs go to $OUT; the tables are printed last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +40,17 @@ python3 -m pip install -q --no-index --no-deps --target /tmp/site "$G"/whl/*.whl
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
 refs=(--reference-embeddings "$G/ref/embeddings.json" --sentences "$G/ref/sentences.json"
       --reference-generation "$G/ref/generation.json" --prompts "$G/ref/prompts.json")
+if [ "${BENCH:-}" = ab ]; then
+  for r in $(seq 1 "${ROUNDS:-6}"); do
+    for side in old new; do
+      bin=$G/tensor-wasm; [ $side = old ] && bin=$G/old/tensor-wasm
+      PYTHONUNBUFFERED=1 timeout 100 python3 benches/openai/bench.py --tensor-wasm "$bin" --models "$models" \
+        --device cuda --rounds 1 --no-peer --batched --reuse 1000 > "$OUT/ab-$side-$r.log" 2>&1
+      echo "$side $r $(grep '^round 1' "$OUT/ab-$side-$r.log")"
+    done
+  done
+  exit 0
+fi
 if [ "${BENCH:-}" = concurrency ]; then
   TENSOR_WASM_TEST_BIN=$G/tensor-wasm TENSOR_WASM_TEST_GUESTS=$G/guests TENSOR_WASM_TEST_ROOT=$PWD \
     TENSOR_WASM_TEST_TMP=/tmp/tw-tests TENSOR_WASM_TEST_DEVICE=cuda TENSOR_WASM_GPU_POISON=1 \
