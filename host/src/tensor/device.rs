@@ -213,20 +213,13 @@ impl Device {
                 gpu: Some(gpu.clone()),
             });
         }
-        let names: Vec<&str> = slots
+        let ordinals = slots
             .iter()
             .filter_map(|s| s.gpu.as_ref())
-            .map(|g| g.name())
+            .map(|g| g.device().ordinal())
             .collect();
         Ok(Placement {
-            name: format!(
-                "cuda:{}",
-                names
-                    .iter()
-                    .map(|n| n.trim_start_matches("cuda:"))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            ),
+            name: DeviceSpec::Gpus(ordinals).to_string(),
             slots,
             next: AtomicUsize::new(0),
         })

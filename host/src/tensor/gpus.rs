@@ -269,12 +269,8 @@ impl Gpus {
 
     /// `cuda:0,1`.
     pub fn names(&self) -> String {
-        let ordinals: Vec<String> = self
-            .list
-            .iter()
-            .map(|g| g.device.ordinal().to_string())
-            .collect();
-        format!("cuda:{}", ordinals.join(","))
+        let ordinals = self.list.iter().map(|g| g.device.ordinal()).collect();
+        super::device::DeviceSpec::Gpus(ordinals).to_string()
     }
 
     /// The GPU for `tenant` when its deployment names none.
