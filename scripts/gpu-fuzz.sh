@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Long fuzzing campaigns on the lent machine's CPU cores (its GPU is not
 # used): every target in fuzz/corpus at once for SECONDS, the libFuzzer
-# binary from .gpu/fuzz (scripts/gpu-pack.sh; built by `fuzz/run.sh build`).
+# binary from .gpu/fuzz (`FUZZ=1 bash scripts/gpu-pack.sh`; built by `fuzz/run.sh build`).
 # EXTRA names targets that get more workers this run (to spread spare
 # cores): NAME for two, NAME=N for N. New corpus entries and crashes go to
 # $OUT/corpus.tgz and $OUT/artifacts.tgz; a table last.

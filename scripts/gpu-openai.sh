@@ -27,6 +27,8 @@ OUT=${OUT:-/tmp/gpu-openai}
 mkdir -p "$OUT"
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 G=$PWD/.gpu
+# gpu-pack.sh gzips the large binaries to fit one call's 64 MiB.
+find "$G" -name "*.gz" -exec gunzip -f {} + 2>/dev/null; chmod -R u+x "$G" 2>/dev/null
 [ -x "$G/tensor-wasm" ] || { echo "no .gpu/: run scripts/gpu-pack-openai.sh first and carry .gpu"; exit 2; }
 # Each device call replaces .xfer/ with what it carries, so the earlier calls
 # copied their chunk to /tmp/xfer (kept while the machine stays warm):
