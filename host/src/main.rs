@@ -53,9 +53,8 @@ fn main() -> ExitCode {
 }
 
 /// The log on stderr: `TENSOR_WASM_LOG` (else `default`) filters it, the
-/// `access` target (one line per request) only with `--access-log`, and
-/// never the spans made for traces (target `otel`), which go to the
-/// exporter when one is configured (`platform::telemetry`).
+/// `access` target (one line per request) only with `--access-log`. Traces
+/// are started here too when configured (`platform::telemetry`).
 fn init_log(
     default: &str,
     format: args::LogFormat,
@@ -68,12 +67,8 @@ fn init_log(
     let mut filter = tracing_subscriber::EnvFilter::try_from_env("TENSOR_WASM_LOG")
         .unwrap_or_else(|_| default.into());
     let access = if access { "access=info" } else { "access=off" };
-    for directive in [access, "otel=off"] {
-        filter = filter.add_directive(directive.parse().expect("a valid directive"));
-    }
-    // Layered, not a `Vec` of layers: with a `Vec`, spans that every
-    // layer's filter refuses were still made in the registry.
-    let (tracing, otel) = telemetry::start(traces)?.unzip();
+    filter = filter.add_directive(access.parse().expect("a valid directive"));
+    let tracing = telemetry::start(traces)?;
     let log = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let log = match format {
         args::LogFormat::Json => log.json().flatten_event(true).with_filter(filter).boxed(),
@@ -82,6 +77,6 @@ fn init_log(
             .with_filter(filter)
             .boxed(),
     };
-    tracing_subscriber::registry().with(otel).with(log).init();
+    tracing_subscriber::registry().with(log).init();
     Ok(tracing)
 }

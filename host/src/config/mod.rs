@@ -30,7 +30,7 @@ impl Capability for Config {
         wasmtime_wasi_config::add_to_linker(linker, |s: &mut InstanceState| {
             // Called as each `wasi:config` call starts; the look-up that
             // follows is a map read, so the span marks when it happened.
-            drop(tracing::info_span!(target: "otel", "config", otel.name = "wasi:config get"));
+            drop(crate::platform::telemetry::Span::child("wasi:config get"));
             WasiConfig::new(&s.caps.config)
         })
         .map_err(anyhow::Error::from)

@@ -8,6 +8,7 @@ use super::error;
 use super::launch;
 use super::signature::Kind;
 use super::{Buffer, CudaView, Event, Kernel, Module, Stream, library};
+use crate::platform::telemetry::{self, Span};
 use crate::tensor::bindings::wasi::tensor::types::Dtype;
 use crate::tensor::cuda::{CudaBackend, CudaData};
 use crate::tensor::ops::dims;
@@ -515,10 +516,10 @@ impl kernels::HostModule for CudaView<'_> {
         let is_ptx = matches!(kind, kernels::SourceKind::Ptx);
         let tenant = gpu.tenant().clone();
         // The compile's span (if any) belongs to this request's trace.
-        let span = tracing::Span::current();
+        let cx = telemetry::current();
         let module = tri!(
             launch::blocking(move || {
-                span.in_scope(|| tenant.module(&source, is_ptx, "guest source"))
+                telemetry::with_current(cx, || tenant.module(&source, is_ptx, "guest source"))
                     .map_err(types::Error::InvalidArgument)
             })
             .await?
@@ -604,14 +605,13 @@ impl kernels::HostKernel for CudaView<'_> {
     ) -> WResult<()> {
         let gpu = tri!(launch::gpu(self.tensors));
         let kernel = self.table.get(&k)?;
-        let _span = tracing::info_span!(
-            target: "otel",
-            "cuda-launch",
-            otel.name = format!("launch {}", kernel.name),
-            grid = ?(config.grid.x, config.grid.y, config.grid.z),
-            block = ?(config.block.x, config.block.y, config.block.z),
-        )
-        .entered();
+        let mut _span = Span::child("cuda-launch");
+        if _span.is_recording() {
+            _span.rename(format!("launch {}", kernel.name));
+            let (g, b) = (config.grid, config.block);
+            _span.set("grid", format!("({}, {}, {})", g.x, g.y, g.z));
+            _span.set("block", format!("({}, {}, {})", b.x, b.y, b.z));
+        }
         let stream = self.stream_of(gpu, &on)?;
         if !Arc::ptr_eq(&stream, gpu.stream()) {
             for a in &args {

@@ -5,8 +5,8 @@ use super::durable::Write;
 use super::error::{check_batch, check_key, check_value, durable, other};
 use super::types::{Bucket, Store};
 use super::{KeyvalueView, MAX_IDENTIFIER, table_name};
+use crate::platform::telemetry::Span;
 use store::{Error, KeyResponse};
-use tracing::Instrument;
 use wasmtime::component::Resource;
 
 type Answer<T> = wasmtime::Result<Result<T, Error>>;
@@ -32,7 +32,8 @@ impl KeyvalueView<'_> {
         let (now, redis) = match &b.store {
             Store::Volatile => (Ok(self.ctx.stores.volatile.get_many(&b.table, keys)), None),
             Store::Durable => (
-                span.in_scope(|| self.db()?.get_many(&b.table, keys).map_err(unread)),
+                self.db()
+                    .and_then(|db| db.get_many(&b.table, keys).map_err(unread)),
                 None,
             ),
             Store::Redis(r) => (
@@ -43,11 +44,9 @@ impl KeyvalueView<'_> {
         async move {
             match redis {
                 None => now,
-                Some((r, table, keys)) => r
-                    .get_many(&table, &keys)
-                    .instrument(span)
-                    .await
-                    .map_err(unread),
+                Some((r, table, keys)) => {
+                    span.over(r.get_many(&table, &keys)).await.map_err(unread)
+                }
             }
         }
     }
@@ -62,7 +61,8 @@ impl KeyvalueView<'_> {
         let (now, redis) = match &b.store {
             Store::Volatile => (Ok(self.ctx.stores.volatile.keys(&b.table, skip)), None),
             Store::Durable => (
-                span.in_scope(|| self.db()?.keys(&b.table, skip).map_err(unread)),
+                self.db()
+                    .and_then(|db| db.keys(&b.table, skip).map_err(unread)),
                 None,
             ),
             Store::Redis(r) => (Ok((Vec::new(), false)), Some((r.clone(), b.table.clone()))),
@@ -70,7 +70,7 @@ impl KeyvalueView<'_> {
         async move {
             match redis {
                 None => now,
-                Some((r, table)) => r.keys(&table, skip).instrument(span).await.map_err(unread),
+                Some((r, table)) => span.over(r.keys(&table, skip)).await.map_err(unread),
             }
         }
     }
@@ -86,7 +86,7 @@ impl KeyvalueView<'_> {
         let stores = self.ctx.stores.clone();
         let stats = self.ctx.writes.clone();
         let span = span(op, &b);
-        async move {
+        span.over(async move {
             let started = std::time::Instant::now();
             let audit = stats.is_audit(&b.table);
             let written = match &b.store {
@@ -96,8 +96,7 @@ impl KeyvalueView<'_> {
             };
             stats.observe(audit, started.elapsed().as_secs_f64());
             written.map_err(other)
-        }
-        .instrument(span)
+        })
     }
 }
 
@@ -108,25 +107,24 @@ fn unread(e: anyhow::Error) -> Error {
 }
 
 /// A span for one `wasi:keyvalue` call that reaches the store.
-fn span(op: &'static str, b: &Bucket) -> tracing::Span {
-    tracing::info_span!(
-        target: "otel",
-        "keyvalue",
-        otel.name = match op {
-            "get" => "wasi:keyvalue get",
-            "exists" => "wasi:keyvalue exists",
-            "get-many" => "wasi:keyvalue get-many",
-            "list-keys" => "wasi:keyvalue list-keys",
-            "set" => "wasi:keyvalue set",
-            "delete" => "wasi:keyvalue delete",
-            "increment" => "wasi:keyvalue increment",
-            "set-many" => "wasi:keyvalue set-many",
-            _ => "wasi:keyvalue delete-many",
-        },
-        db.system.name = b.store.system(),
-        db.operation.name = op,
-        db.collection.name = b.table.as_str(),
-    )
+fn span(op: &'static str, b: &Bucket) -> Span {
+    let span = Span::child(match op {
+        "get" => "wasi:keyvalue get",
+        "exists" => "wasi:keyvalue exists",
+        "get-many" => "wasi:keyvalue get-many",
+        "list-keys" => "wasi:keyvalue list-keys",
+        "set" => "wasi:keyvalue set",
+        "delete" => "wasi:keyvalue delete",
+        "increment" => "wasi:keyvalue increment",
+        "set-many" => "wasi:keyvalue set-many",
+        _ => "wasi:keyvalue delete-many",
+    });
+    if !span.is_recording() {
+        return span;
+    }
+    span.with("db.system.name", b.store.system())
+        .with("db.operation.name", op)
+        .with("db.collection.name", b.table.clone())
 }
 
 impl store::Host for KeyvalueView<'_> {

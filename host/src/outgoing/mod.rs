@@ -5,9 +5,9 @@
 use crate::assembly::capabilities::{
     Capability, DeploymentEnv, InstanceEnv, InstanceState, ServerEnv,
 };
+use crate::platform::telemetry::Span;
 use anyhow::Result;
 use std::sync::Arc;
-use tracing::Instrument;
 use wasmtime::component::Linker;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
@@ -99,30 +99,24 @@ impl WasiHttpHooks for OutgoingPolicy {
         }
         // The call is a client span of the request's trace, and the next
         // service continues it (unless the guest set its own traceparent).
-        let span = tracing::info_span!(
-            target: "otel",
-            "outgoing",
-            otel.name = request.method().as_str(),
-            otel.kind = "client",
-            http.request.method = request.method().as_str(),
-            server.address = host.as_str(),
-            url.path = request.uri().path(),
-        );
+        let mut span = Span::child(request.method().as_str().to_string()).client();
+        if span.is_recording() {
+            span.set("http.request.method", request.method().as_str().to_string());
+            span.set("server.address", host.clone());
+            span.set("url.path", request.uri().path().to_string());
+        }
         let mut request = request;
         if !request.headers().contains_key("traceparent") {
             crate::platform::telemetry::stamp(&span, request.headers_mut());
         }
-        Box::new(
-            async move {
-                use http_body_util::BodyExt;
-                let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-                Ok((
-                    res.map(BodyExt::boxed_unsync),
-                    Box::new(io)
-                        as Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-                ))
-            }
-            .instrument(span),
-        )
+        Box::new(span.over(async move {
+            use http_body_util::BodyExt;
+            let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                res.map(BodyExt::boxed_unsync),
+                Box::new(io)
+                    as Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+            ))
+        }))
     }
 }

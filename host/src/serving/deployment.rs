@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tracing::Instrument;
 use wasmtime::component::Resource;
 use wasmtime::{Engine, Store, Trap};
 use wasmtime_wasi_http::WasiHttpView;
@@ -226,21 +225,22 @@ impl Deployment {
         engine: &Engine,
         mut req: Request<RequestBody>,
         client: &request_id::Client,
+        span: &mut telemetry::Span,
     ) -> Response<ResponseBody> {
         let started = Instant::now();
         let id = request_id::assign(req.headers_mut(), client);
-        let span = tracing::Span::current();
         telemetry::served_by(
-            &span,
+            span,
             req.method(),
             (&self.tenant, &self.name),
             self.route.path.as_deref().unwrap_or("/"),
             id.to_str().unwrap_or_default(),
         );
         // The world sees the host's span as the caller.
-        telemetry::stamp(&span, req.headers_mut());
+        telemetry::stamp(span, req.headers_mut());
         // A sampled request is its latency bucket's exemplar.
-        let exemplar = (!span.is_disabled())
+        let exemplar = span
+            .is_recording()
             .then(|| telemetry::trace_id(req.headers()))
             .flatten()
             .map(|t| TraceLabel {
@@ -418,19 +418,26 @@ impl Deployment {
         let (pool, pools) = (self.pool.clone(), self.pools.clone());
         let body = answer.body.clone();
         let request_id = id.clone();
-        let guest = GuestRun::new(
-            async move {
+        let guest = GuestRun::new(telemetry::within(telemetry::current(), async move {
             let _permit = permit;
             let mut room_made = false;
             let run = async {
                 let instance = match proxy.take() {
                     Some(warm) => {
-                        drop(tracing::info_span!(target: "otel", "reuse", instance.served = served));
+                        drop(
+                            telemetry::Span::child("reuse").with("instance.served", served as i64),
+                        );
                         warm
                     }
                     None => {
-                        instantiate(&pre, &mut store, &pools, &stats, &mut room_made)
-                            .instrument(tracing::info_span!(target: "otel", "instantiate"))
+                        telemetry::Span::child("instantiate")
+                            .over(instantiate(
+                                &pre,
+                                &mut store,
+                                &pools,
+                                &stats,
+                                &mut room_made,
+                            ))
                             .await?
                     }
                 };
@@ -461,9 +468,7 @@ impl Deployment {
             let warm = Warm::new(store, proxy, served + 1);
             keep(&pool, warm, &body, room_made);
             (end, None)
-        }
-            .instrument(tracing::Span::current()),
-        );
+        }));
         (guest, answer)
     }
 
@@ -641,27 +646,20 @@ async fn handle(
     request: Resource<HostIncomingRequest>,
     outparam: Resource<HostResponseOutparam>,
 ) -> wasmtime::Result<()> {
-    use tracing::field::Empty;
-    let span = tracing::info_span!(
-        target: "otel",
-        "handler",
-        otel.name = "wasi:http/incoming-handler.handle",
-        tensor.ops = Empty,
-        tensor.op_us = Empty,
-        tensor.reads = Empty,
-        tensor.read_us = Empty,
-    );
-    let handled = instance
-        .wasi_http_incoming_handler()
-        .call_handle(&mut *store, request, outparam)
-        .instrument(span.clone())
-        .await;
+    let mut span = telemetry::Span::child("wasi:http/incoming-handler.handle");
+    let handled = telemetry::within(
+        span.cx(),
+        instance
+            .wasi_http_incoming_handler()
+            .call_handle(&mut *store, request, outparam),
+    )
+    .await;
     let d = store.data_mut().caps.tensor.report();
-    if !span.is_disabled() && d.ops + d.reads > 0 {
-        span.record("tensor.ops", d.ops)
-            .record("tensor.op_us", d.op_nanos / 1000)
-            .record("tensor.reads", d.reads)
-            .record("tensor.read_us", d.read_nanos / 1000);
+    if span.is_recording() && d.ops + d.reads > 0 {
+        span.set("tensor.ops", d.ops as i64);
+        span.set("tensor.op_us", (d.op_nanos / 1000) as i64);
+        span.set("tensor.reads", d.reads as i64);
+        span.set("tensor.read_us", (d.read_nanos / 1000) as i64);
     }
     handled
 }

@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tracing::Instrument;
 use wasmtime::Engine;
 
 /// Everything a request needs, shared by all connections.
@@ -194,9 +193,10 @@ impl Server {
         req: Request<RequestBody>,
         client: Client,
     ) -> Response<ResponseBody> {
-        let span = telemetry::request_span(&req, &client.addr);
-        let mut response = self.route(req, client).instrument(span.clone()).await;
-        telemetry::finish(&span, &mut response);
+        let mut span = telemetry::request_span(&req, &client.addr);
+        let cx = span.cx();
+        let mut response = telemetry::within(cx, self.route(req, client, &mut span)).await;
+        telemetry::finish(&mut span, &mut response);
         response
     }
 
@@ -205,6 +205,7 @@ impl Server {
         self: Arc<Self>,
         req: Request<RequestBody>,
         client: Client,
+        span: &mut telemetry::Span,
     ) -> Response<ResponseBody> {
         let mut req = req;
         let refused = match duplicated(req.headers()) {
@@ -214,8 +215,8 @@ impl Server {
                 format!("the request has more than one `{name}` header"),
             )),
             None => {
-                let routed =
-                    tracing::info_span!(target: "otel", "route").in_scope(|| self.live.route(&req));
+                let _span = telemetry::Span::child("route");
+                let routed = self.live.route(&req);
                 routed.map_err(|why| match why {
                     Unrouted::NoRoute => (
                         StatusCode::NOT_FOUND,
@@ -249,7 +250,7 @@ impl Server {
                 return response;
             }
         };
-        deployment.serve(&self.engine, req, &client).await
+        deployment.serve(&self.engine, req, &client, span).await
     }
 }
 

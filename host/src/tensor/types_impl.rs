@@ -10,6 +10,7 @@ use super::ops::Tensors;
 use super::storage::CpuData;
 use super::types::Tensor;
 use super::weights::WeightsHandle;
+use crate::platform::telemetry::Span;
 use std::time::Instant;
 use wasmtime::AsContext;
 use wasmtime::component::{Resource, WasmList};
@@ -165,14 +166,15 @@ impl TensorView<'_> {
         work: u64,
         op: impl FnOnce(&Tensors) -> TResult<T> + Send + 'static,
     ) -> wasmtime::Result<TResult<T>> {
-        let span = tracing::trace_span!(target: "otel", "tensor-op", otel.name = name, work);
+        let span = Span::verbose(name).with("work", work as i64);
         let started = Instant::now();
         let tensors = self.ctx.tensors.clone();
         let r = if work < INLINE_WORK || tensors.backend().enqueues() {
-            span.in_scope(|| op(&tensors))
+            op(&tensors)
         } else {
-            on_cpu_pool(move || span.in_scope(|| op(&tensors))).await?
+            on_cpu_pool(move || op(&tensors)).await?
         };
+        drop(span);
         self.ctx.usage.op(started);
         Ok(r)
     }

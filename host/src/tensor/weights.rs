@@ -9,6 +9,7 @@ use super::dtype::DType;
 use super::loaded::{LoadedFile, MetaValue};
 use super::storage::CpuData;
 use super::types::Tensor;
+use crate::platform::telemetry::Span;
 use anyhow::{Context, Result, bail};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -43,7 +44,14 @@ impl WeightsFile {
 
     /// Reads a weights file (safetensors, or GGUF by its magic) onto `backend`.
     pub fn load(path: &Path, backend: &dyn Backend) -> Result<Self> {
-        let _span = tracing::info_span!(target: "otel", "weights-load", file = %path.display(), device = backend.name()).entered();
+        let span = Span::root("weights-load");
+        let span = match span.is_recording() {
+            true => span
+                .with("file", path.display().to_string())
+                .with("device", backend.name().to_string()),
+            false => span,
+        };
+        let _entered = span.enter();
         let file = std::fs::File::open(path)
             .with_context(|| format!("cannot open weights {}", path.display()))?;
         // SAFETY: the map is read-only and dropped before this function

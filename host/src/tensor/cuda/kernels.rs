@@ -3,6 +3,7 @@
 //! by BLAKE3 of the source, the compile options, the architecture and the
 //! driver version (so a driver upgrade recompiles).
 
+use crate::platform::telemetry::Span;
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
 use cudarc::nvrtc::{CompileOptions, Ptx};
 use std::collections::HashMap;
@@ -44,8 +45,8 @@ pub fn compile_source(
     driver: i32,
     cache_dir: Option<&Path>,
 ) -> Result<Ptxs, String> {
-    let span = tracing::info_span!(target: "otel", "kernel-compile", kernel.module = name, cached = tracing::field::Empty);
-    let _entered = span.enter();
+    let mut span = Span::root("kernel-compile");
+    span.set("kernel.module", name.to_string());
     let opts = options(arch);
     let mut h = blake3::Hasher::new();
     h.update(source.as_bytes());
@@ -60,7 +61,7 @@ pub fn compile_source(
     if let Some(p) = &path
         && let Ok(ptx) = std::fs::read_to_string(p)
     {
-        span.record("cached", true);
+        span.set("cached", true);
         return Ok(Ptxs {
             ptx,
             origin: format!("cache {}", p.display()),

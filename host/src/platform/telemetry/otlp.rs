@@ -1,0 +1,502 @@
+//! OTLP: ended spans encoded straight into an `ExportTraceServiceRequest`
+//! (protobuf, written by hand: the SDK's path built an `SpanData`, then a
+//! generated proto struct, cloning every string twice, and cost more CPU
+//! than the serving threads spent on the spans), sent over HTTP/protobuf
+//! (`POST …/v1/traces`) or gRPC (`TraceService/Export`).
+//!
+//! Read as the OTel exporters read them: `OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT`
+//! (a traces endpoint is used as is), `…_HEADERS` (`k=v,k2=v2`, values
+//! URL-decoded), `…_TIMEOUT` (ms, default 10000), `…_COMPRESSION` (`none`
+//! only).
+
+use super::span::Open;
+use anyhow::{Context as _, Result, bail};
+use opentelemetry::{KeyValue, Value};
+use std::time::{Duration, SystemTime};
+
+/// Where and how batches go.
+pub(super) enum Sender {
+    /// HTTP/protobuf.
+    Http {
+        client: reqwest::blocking::Client,
+        url: String,
+        headers: reqwest::header::HeaderMap,
+    },
+    /// gRPC, on the runtime that drives its connection.
+    Grpc {
+        runtime: tokio::runtime::Runtime,
+        channel: tonic::transport::Channel,
+        headers: tonic::metadata::MetadataMap,
+        timeout: Duration,
+    },
+}
+
+fn env2(traces: &str, general: &str) -> Option<String> {
+    super::env(traces).or_else(|| super::env(general))
+}
+
+impl Sender {
+    /// The sender for `protocol`, to `endpoint` (the option) or the
+    /// environment's.
+    pub(super) fn new(protocol: super::Protocol, endpoint: Option<&str>) -> Result<Sender> {
+        let timeout = env2(
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+            "OTEL_EXPORTER_OTLP_TIMEOUT",
+        )
+        .map(|t| t.trim().parse::<u64>().map(Duration::from_millis))
+        .transpose()
+        .context("OTEL_EXPORTER_OTLP_TIMEOUT: not a number of milliseconds")?
+        .unwrap_or(Duration::from_secs(10));
+        match env2(
+            "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+            "OTEL_EXPORTER_OTLP_COMPRESSION",
+        ) {
+            None => {}
+            Some(c) if c.eq_ignore_ascii_case("none") => {}
+            Some(c) => bail!("OTEL_EXPORTER_OTLP_COMPRESSION={c:?} is not supported: use `none`"),
+        }
+        let pairs = headers()?;
+        let traces_url = super::env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+        let base = endpoint
+            .map(str::to_string)
+            .or_else(|| super::env("OTEL_EXPORTER_OTLP_ENDPOINT"));
+        match protocol {
+            super::Protocol::HttpProtobuf => {
+                // The client's TLS (for https:// collectors) uses ring, as
+                // the registry's OCI client does.
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                let url = match (endpoint, traces_url, base) {
+                    (None, Some(t), _) => t,
+                    (_, _, Some(b)) => format!("{}/v1/traces", b.trim_end_matches('/')),
+                    _ => bail!("traces: no OTLP endpoint"),
+                };
+                let mut headers = reqwest::header::HeaderMap::new();
+                for (k, v) in pairs {
+                    headers.insert(
+                        reqwest::header::HeaderName::from_bytes(k.as_bytes())
+                            .with_context(|| format!("OTEL_EXPORTER_OTLP_HEADERS: `{k}`"))?,
+                        v.parse()
+                            .with_context(|| format!("OTEL_EXPORTER_OTLP_HEADERS: `{k}`"))?,
+                    );
+                }
+                let client = reqwest::blocking::Client::builder()
+                    .timeout(timeout)
+                    .build()
+                    .context("traces: the OTLP HTTP client")?;
+                Ok(Sender::Http {
+                    client,
+                    url,
+                    headers,
+                })
+            }
+            super::Protocol::Grpc => {
+                let url = match (endpoint, traces_url, base) {
+                    (None, Some(t), _) => t,
+                    (_, _, Some(b)) => b,
+                    _ => bail!("traces: no OTLP endpoint"),
+                };
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("otlp-grpc")
+                    .enable_all()
+                    .build()
+                    .context("traces: starting the gRPC client's runtime")?;
+                let channel = {
+                    let _in = runtime.enter();
+                    tonic::transport::Channel::from_shared(url.clone())
+                        .with_context(|| format!("traces: `{url}` is not a gRPC endpoint"))?
+                        .timeout(timeout)
+                        .connect_lazy()
+                };
+                let mut headers = tonic::metadata::MetadataMap::new();
+                for (k, v) in pairs {
+                    let key = tonic::metadata::MetadataKey::from_bytes(k.as_bytes())
+                        .with_context(|| format!("OTEL_EXPORTER_OTLP_HEADERS: `{k}`"))?;
+                    let value = v
+                        .parse()
+                        .with_context(|| format!("OTEL_EXPORTER_OTLP_HEADERS: `{k}`"))?;
+                    headers.insert(key, value);
+                }
+                Ok(Sender::Grpc {
+                    runtime,
+                    channel,
+                    headers,
+                    timeout,
+                })
+            }
+        }
+    }
+
+    /// Sends one encoded request; whether the collector took it.
+    pub(super) fn send(&self, body: Vec<u8>) -> bool {
+        match self {
+            Sender::Http {
+                client,
+                url,
+                headers,
+            } => client
+                .post(url)
+                .headers(headers.clone())
+                .header("content-type", "application/x-protobuf")
+                .body(body)
+                .send()
+                .is_ok_and(|r| r.status().is_success()),
+            Sender::Grpc {
+                runtime,
+                channel,
+                headers,
+                timeout,
+            } => runtime.block_on(async {
+                let mut grpc = tonic::client::Grpc::new(channel.clone());
+                let mut request = tonic::Request::new(body);
+                *request.metadata_mut() = headers.clone();
+                let call = async {
+                    grpc.ready().await.ok()?;
+                    let path = http::uri::PathAndQuery::from_static(
+                        "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                    );
+                    grpc.unary(request, path, Raw).await.ok()
+                };
+                tokio::time::timeout(*timeout, call)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some()
+            }),
+        }
+    }
+}
+
+/// `OTEL_EXPORTER_OTLP_[TRACES_]HEADERS` as (name, value) pairs.
+fn headers() -> Result<Vec<(String, String)>> {
+    let Some(text) = env2(
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+        "OTEL_EXPORTER_OTLP_HEADERS",
+    ) else {
+        return Ok(Vec::new());
+    };
+    let mut pairs = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let Some((k, v)) = item.split_once('=') else {
+            bail!("OTEL_EXPORTER_OTLP_HEADERS: `{item}` is not KEY=VALUE");
+        };
+        pairs.push((k.trim().to_ascii_lowercase(), url_decode(v.trim())));
+    }
+    Ok(pairs)
+}
+
+fn url_decode(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap_or_else(|_| v.to_string())
+}
+
+/// A gRPC codec that sends the bytes it is given and ignores the answer's
+/// body (an `ExportTraceServiceResponse`).
+#[derive(Clone, Copy)]
+struct Raw;
+
+impl tonic::codec::Codec for Raw {
+    type Encode = Vec<u8>;
+    type Decode = ();
+    type Encoder = Raw;
+    type Decoder = Raw;
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl tonic::codec::Encoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Raw {
+    type Item = ();
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<()>, tonic::Status> {
+        let n = bytes::Buf::remaining(src);
+        bytes::Buf::advance(src, n);
+        Ok(Some(()))
+    }
+}
+
+/// Writes protobuf: the few wire shapes OTLP's trace messages use.
+struct Pb<'a>(&'a mut Vec<u8>);
+
+impl Pb<'_> {
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.0.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        self.0.push(v as u8);
+    }
+    fn key(&mut self, field: u32, wire: u8) {
+        self.varint(u64::from(field) << 3 | u64::from(wire));
+    }
+    fn bytes(&mut self, field: u32, b: &[u8]) {
+        self.key(field, 2);
+        self.varint(b.len() as u64);
+        self.0.extend_from_slice(b);
+    }
+    fn uint(&mut self, field: u32, v: u64) {
+        self.key(field, 0);
+        self.varint(v);
+    }
+    fn fixed64(&mut self, field: u32, v: u64) {
+        self.key(field, 1);
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn fixed32(&mut self, field: u32, v: u32) {
+        self.key(field, 5);
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    /// `KeyValue { key = 1; AnyValue value = 2 }`, AnyValue's oneof:
+    /// string 1, bool 2, int 3, double 4 (arrays as their text).
+    fn attribute(&mut self, field: u32, kv: &KeyValue, scratch: &mut Scratch) {
+        scratch.value.clear();
+        let mut v = Pb(&mut scratch.value);
+        match &kv.value {
+            Value::Bool(b) => v.uint(2, u64::from(*b)),
+            Value::I64(i) => v.uint(3, *i as u64),
+            Value::F64(f) => v.fixed64(4, f.to_bits()),
+            Value::String(s) => v.bytes(1, s.as_str().as_bytes()),
+            other => v.bytes(1, other.to_string().as_bytes()),
+        }
+        scratch.pair.clear();
+        Pb(&mut scratch.pair).bytes(1, kv.key.as_str().as_bytes());
+        Pb(&mut scratch.pair).bytes(2, &scratch.value);
+        self.bytes(field, &scratch.pair);
+    }
+}
+
+/// Buffers reused while encoding.
+#[derive(Default)]
+pub(super) struct Scratch {
+    span: Vec<u8>,
+    pair: Vec<u8>,
+    value: Vec<u8>,
+}
+
+fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// The encoded `Resource` and `InstrumentationScope` every request repeats.
+pub(super) struct Fixed {
+    resource: Vec<u8>,
+    scope: Vec<u8>,
+}
+
+impl Fixed {
+    pub(super) fn new(resource: &opentelemetry_sdk::Resource) -> Fixed {
+        let (mut r, mut scratch) = (Vec::new(), Scratch::default());
+        for (k, v) in resource.iter() {
+            Pb(&mut r).attribute(1, &KeyValue::new(k.clone(), v.clone()), &mut scratch);
+        }
+        let mut s = Vec::new();
+        Pb(&mut s).bytes(1, b"tensor-wasm");
+        Pb(&mut s).bytes(2, env!("CARGO_PKG_VERSION").as_bytes());
+        Fixed {
+            resource: r,
+            scope: s,
+        }
+    }
+
+    /// One `ExportTraceServiceRequest` with `spans` (from [`span_field`]).
+    pub(super) fn encode(&self, spans: &[u8]) -> Vec<u8> {
+        let mut scope_spans = Vec::with_capacity(spans.len() + self.scope.len() + 8);
+        Pb(&mut scope_spans).bytes(1, &self.scope);
+        scope_spans.extend_from_slice(spans);
+        let mut resource_spans = Vec::with_capacity(scope_spans.len() + self.resource.len() + 16);
+        let mut rs = Pb(&mut resource_spans);
+        rs.bytes(1, &self.resource);
+        rs.bytes(2, &scope_spans);
+        let mut out = Vec::with_capacity(resource_spans.len() + 8);
+        Pb(&mut out).bytes(1, &resource_spans);
+        out
+    }
+}
+
+/// Appends a span to `out` as a `ScopeSpans.spans` field (number 2).
+/// `Span`'s fields: trace_id 1, span_id 2, trace_state 3, parent_span_id 4,
+/// name 5, kind 6, start 7, end 8, attributes 9, status 15, flags 16.
+pub(super) fn span_field(o: &Open, end: SystemTime, out: &mut Vec<u8>, scratch: &mut Scratch) {
+    let mut body = std::mem::take(&mut scratch.span);
+    body.clear();
+    let pb = &mut Pb(&mut body);
+    pb.bytes(1, &o.cx.trace.to_be_bytes());
+    pb.bytes(2, &o.cx.span.to_be_bytes());
+    if let Some(state) = &o.state {
+        pb.bytes(3, state.as_bytes());
+    }
+    if o.parent != 0 {
+        pb.bytes(4, &o.parent.to_be_bytes());
+    }
+    pb.bytes(5, o.name.as_bytes());
+    pb.uint(6, u64::from(o.kind as u8));
+    pb.fixed64(7, nanos(o.start));
+    pb.fixed64(8, nanos(end));
+    for kv in &o.attributes {
+        pb.attribute(9, kv, scratch);
+    }
+    if o.error {
+        // Status { code = 3: ERROR (2) }
+        pb.bytes(15, &[3 << 3, 2]);
+    }
+    // Sampled, and whether the parent is remote (HAS_IS_REMOTE 0x100,
+    // IS_REMOTE 0x200).
+    pb.fixed32(16, 0x101 | if o.remote_parent { 0x200 } else { 0 });
+    Pb(out).bytes(2, &body);
+    scratch.span = body;
+}
+
+/// The first `max` spans of `spans` (fields from [`span_field`]) and how
+/// many that is.
+pub(super) fn split(spans: &[u8], max: usize) -> (&[u8], usize) {
+    let (mut at, mut n) = (0, 0);
+    while at < spans.len() && n < max {
+        // The key (one byte: field 2, length-delimited), the length, the body.
+        let (mut len, mut shift, mut i) = (0usize, 0, at + 1);
+        while let Some(&b) = spans.get(i) {
+            len |= usize::from(b & 0x7f) << shift;
+            shift += 7;
+            i += 1;
+            if b < 0x80 {
+                break;
+            }
+        }
+        at = (i + len).min(spans.len());
+        n += 1;
+    }
+    (&spans[..at], n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::platform::telemetry::span::{Cx, Kind, Open};
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+    use prost::Message;
+
+    #[test]
+    fn spans_encode_as_the_generated_otlp_types_decode_them() {
+        let resource = opentelemetry_sdk::Resource::builder()
+            .with_service_name("svc")
+            .build();
+        let start = SystemTime::UNIX_EPOCH + Duration::from_nanos(1_000);
+        let long = "x".repeat(300);
+        let open = Open {
+            cx: Cx {
+                trace: 0x0af7651916cd43dd8448eb211c80319c,
+                span: 0xb7ad6b7169203331,
+            },
+            parent: 7,
+            remote_parent: true,
+            state: Some("k=v".into()),
+            name: "GET /".into(),
+            kind: Kind::Server,
+            start,
+            attributes: vec![
+                KeyValue::new("s", long.clone()),
+                KeyValue::new("i", -3i64),
+                KeyValue::new("b", true),
+                KeyValue::new("f", 0.5),
+            ],
+            error: true,
+        };
+        let mut spans = Vec::new();
+        let mut scratch = Scratch::default();
+        for _ in 0..3 {
+            span_field(
+                &open,
+                start + Duration::from_nanos(500),
+                &mut spans,
+                &mut scratch,
+            );
+        }
+        let (two, n) = split(&spans, 2);
+        assert_eq!((two.len() * 3, n), (spans.len() * 2, 2));
+        assert_eq!(split(&spans, 9), (spans.as_slice(), 3));
+        let body = Fixed::new(&resource).encode(two);
+        let req = ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
+        let rs = &req.resource_spans[0];
+        let service = rs.resource.as_ref().unwrap().attributes.iter();
+        assert!(service.clone().any(|a| a.key == "service.name"
+            && a.value.as_ref().unwrap().value == Some(Any::StringValue("svc".into()))));
+        let ss = &rs.scope_spans[0];
+        assert_eq!(ss.scope.as_ref().unwrap().name, "tensor-wasm");
+        assert_eq!(ss.spans.len(), 2);
+        let s = &ss.spans[1];
+        assert_eq!(hex(&s.trace_id), "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(hex(&s.span_id), "b7ad6b7169203331");
+        assert_eq!(hex(&s.parent_span_id), "0000000000000007");
+        assert_eq!(
+            (s.name.as_str(), s.kind, s.trace_state.as_str()),
+            ("GET /", 2, "k=v")
+        );
+        assert_eq!(
+            (s.start_time_unix_nano, s.end_time_unix_nano),
+            (1_000, 1_500)
+        );
+        assert_eq!(s.flags, 0x301);
+        assert_eq!(s.status.as_ref().unwrap().code, 2);
+        let value = |k: &str| {
+            s.attributes
+                .iter()
+                .find(|a| a.key == k)
+                .unwrap()
+                .value
+                .clone()
+                .unwrap()
+                .value
+        };
+        assert_eq!(value("s"), Some(Any::StringValue(long)));
+        assert_eq!(value("i"), Some(Any::IntValue(-3)));
+        assert_eq!(value("b"), Some(Any::BoolValue(true)));
+        assert_eq!(value("f"), Some(Any::DoubleValue(0.5)));
+    }
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn header_values_are_url_decoded() {
+        assert_eq!(url_decode("Basic%20abc%3D"), "Basic abc=");
+        assert_eq!(url_decode("100%"), "100%");
+    }
+}

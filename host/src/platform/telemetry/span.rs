@@ -1,0 +1,354 @@
+//! Our spans: a span is a plain value; dropped, it joins the export queue,
+//! and the export thread encodes it as OTLP (`otlp`).
+//!
+//! Why not `tracing` spans through `tracing-opentelemetry`: that path made
+//! each span three times (a registry entry, an OTel span builder, an SDK
+//! span) and cost ~7 µs a span on the serving threads — a traced gateway
+//! request paid a third of its CPU for its five spans. Here a span is one
+//! allocation, its attributes a `Vec`, and "current" a thread-local pair of
+//! ids, set while a scoped future is polled ([`within`]) or a guard lives
+//! ([`Span::enter`]). Nothing is made when traces are off or a request is
+//! not sampled: a child is made only under a current span.
+
+use super::export::Queue;
+use opentelemetry::{KeyValue, Value};
+use std::borrow::Cow;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+/// Where ended spans go, set once when traces start.
+pub(super) static QUEUE: OnceLock<Arc<Queue>> = OnceLock::new();
+/// Whether per-op `wasi:tensor` spans are made (`--trace-tensor-ops`).
+pub(super) static VERBOSE: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    static CURRENT: Cell<Option<Cx>> = const { Cell::new(None) };
+}
+
+/// The ids of a span, as its children and the W3C headers need them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cx {
+    pub(super) trace: u128,
+    pub(super) span: u64,
+}
+
+/// The span current on this thread, if any.
+pub fn current() -> Option<Cx> {
+    CURRENT.get()
+}
+
+/// Runs `f` with `cx` as the current span (on another thread, say).
+pub fn with_current<T>(cx: Option<Cx>, f: impl FnOnce() -> T) -> T {
+    let _guard = Entered(CURRENT.replace(cx));
+    f()
+}
+
+/// Polls `fut` with `cx` as the current span.
+pub fn within<F: Future>(cx: Option<Cx>, fut: F) -> Within<F> {
+    Within { cx, fut }
+}
+
+pin_project_lite::pin_project! {
+    /// A future polled with a span current ([`within`]).
+    pub struct Within<F> {
+        cx: Option<Cx>,
+        #[pin]
+        fut: F,
+    }
+}
+
+impl<F: Future> Future for Within<F> {
+    type Output = F::Output;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let _guard = Entered(CURRENT.replace(*this.cx));
+        this.fut.poll(cx)
+    }
+}
+
+/// Restores the span that was current before.
+pub struct Entered(Option<Cx>);
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        CURRENT.set(self.0);
+    }
+}
+
+/// A span being recorded, or nothing (traces off, not sampled, no parent);
+/// it ends when dropped.
+#[derive(Default)]
+pub struct Span(Option<Box<Open>>);
+
+/// What a span records (read by `otlp` when it is exported).
+pub(super) struct Open {
+    pub(super) cx: Cx,
+    pub(super) parent: u64,
+    pub(super) remote_parent: bool,
+    /// The client's `tracestate`, passed on.
+    pub(super) state: Option<Box<str>>,
+    pub(super) name: Cow<'static, str>,
+    pub(super) kind: Kind,
+    pub(super) start: SystemTime,
+    pub(super) attributes: Vec<KeyValue>,
+    pub(super) error: bool,
+}
+
+/// OTLP's span kinds (the values are the protobuf enum's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Internal = 1,
+    Server = 2,
+    Client = 3,
+}
+
+impl Span {
+    /// No span.
+    pub const fn none() -> Span {
+        Span(None)
+    }
+
+    /// A child of the current span; nothing when there is none.
+    pub fn child(name: impl Into<Cow<'static, str>>) -> Span {
+        match current() {
+            Some(parent) => Span::open(parent.trace, parent.span, false, name.into()),
+            None => Span::none(),
+        }
+    }
+
+    /// A child of the current span, made only with `--trace-tensor-ops`.
+    pub fn verbose(name: impl Into<Cow<'static, str>>) -> Span {
+        if VERBOSE.load(Ordering::Relaxed) {
+            Span::child(name)
+        } else {
+            Span::none()
+        }
+    }
+
+    /// A child of the current span, else (traces on) the root of a trace
+    /// of its own: for work done when deployments start.
+    pub fn root(name: impl Into<Cow<'static, str>>) -> Span {
+        match current() {
+            Some(_) => Span::child(name),
+            None if QUEUE.get().is_some() => Span::open(new_id(), 0, false, name.into()),
+            None => Span::none(),
+        }
+    }
+
+    /// A server span continuing `parent` (a client's `traceparent`), else
+    /// starting a trace; `state` is the client's `tracestate`.
+    pub(super) fn server(
+        name: Cow<'static, str>,
+        parent: Option<(u128, u64)>,
+        state: Option<Box<str>>,
+    ) -> Span {
+        let mut span = match parent {
+            Some((trace, span)) => Span::open(trace, span, true, name),
+            None => Span::open(new_id(), 0, false, name),
+        };
+        if let Some(open) = &mut span.0 {
+            open.kind = Kind::Server;
+            open.state = state;
+        }
+        span
+    }
+
+    fn open(trace: u128, parent: u64, remote_parent: bool, name: Cow<'static, str>) -> Span {
+        Span(Some(Box::new(Open {
+            cx: Cx {
+                trace,
+                span: new_id() as u64,
+            },
+            parent,
+            remote_parent,
+            state: None,
+            name,
+            kind: Kind::Internal,
+            start: SystemTime::now(),
+            attributes: Vec::with_capacity(8),
+            error: false,
+        })))
+    }
+
+    /// Whether this span is recorded (else every setter does nothing).
+    pub fn is_recording(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Its ids, for [`within`] and [`with_current`].
+    pub fn cx(&self) -> Option<Cx> {
+        self.0.as_ref().map(|o| o.cx)
+    }
+
+    /// Sets attribute `key`.
+    pub fn with(mut self, key: &'static str, value: impl Into<Value>) -> Span {
+        self.set(key, value);
+        self
+    }
+
+    /// Sets attribute `key`.
+    pub fn set(&mut self, key: &'static str, value: impl Into<Value>) {
+        if let Some(open) = &mut self.0 {
+            open.attributes.push(KeyValue::new(key, value));
+        }
+    }
+
+    /// Makes it a client span (an outgoing call).
+    pub fn client(mut self) -> Span {
+        if let Some(open) = &mut self.0 {
+            open.kind = Kind::Client;
+        }
+        self
+    }
+
+    /// Renames it.
+    pub fn rename(&mut self, name: impl Into<Cow<'static, str>>) {
+        if let Some(open) = &mut self.0 {
+            open.name = name.into();
+        }
+    }
+
+    /// Marks it failed (status `ERROR`).
+    pub fn fail(&mut self) {
+        if let Some(open) = &mut self.0 {
+            open.error = true;
+        }
+    }
+
+    /// Makes it the current span until the guard drops.
+    pub fn enter(&self) -> Entered {
+        Entered(match self.cx() {
+            Some(cx) => CURRENT.replace(Some(cx)),
+            None => CURRENT.get(),
+        })
+    }
+
+    /// Polls `fut` with this span current; the span ends when `fut` does.
+    pub async fn over<F: Future>(self, fut: F) -> F::Output {
+        within(self.cx().or_else(current), fut).await
+    }
+
+    /// Its W3C `traceparent` (sampled) and the `tracestate` it carries.
+    pub fn traceparent(&self) -> Option<(http::HeaderValue, Option<http::HeaderValue>)> {
+        let open = self.0.as_ref()?;
+        let mut text = [0u8; 55];
+        text[..3].copy_from_slice(b"00-");
+        hex(&open.cx.trace.to_be_bytes(), &mut text[3..35]);
+        text[35] = b'-';
+        hex(&open.cx.span.to_be_bytes(), &mut text[36..52]);
+        text[52..].copy_from_slice(b"-01");
+        let parent = http::HeaderValue::from_bytes(&text).ok()?;
+        let state = open
+            .state
+            .as_deref()
+            .and_then(|s| http::HeaderValue::from_str(s).ok());
+        Some((parent, state))
+    }
+}
+
+impl Drop for Span {
+    fn drop(&mut self) {
+        let (Some(open), Some(queue)) = (self.0.take(), QUEUE.get()) else {
+            return;
+        };
+        let end = SystemTime::now();
+        ENCODER.with_borrow_mut(|(out, scratch)| {
+            out.clear();
+            super::otlp::span_field(&open, end, out, scratch);
+            queue.push(out);
+        });
+    }
+}
+
+thread_local! {
+    /// Each thread's encoding buffers.
+    static ENCODER: RefCell<(Vec<u8>, super::otlp::Scratch)> = RefCell::default();
+}
+
+/// A random id, never zero (zero means "none" in W3C and OTLP).
+fn new_id() -> u128 {
+    loop {
+        let id: u128 = rand::random();
+        if id as u64 != 0 && id >> 64 != 0 {
+            return id;
+        }
+    }
+}
+
+fn hex(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = DIGITS[(b >> 4) as usize];
+        out[2 * i + 1] = DIGITS[(b & 15) as usize];
+    }
+}
+
+/// The trace id, parent span id and sampled flag of a well-formed W3C
+/// `traceparent` (version 00, or a later one read as 00 reads it).
+pub fn parse_traceparent(value: &str) -> Option<(u128, u64, bool)> {
+    let mut parts = value.trim().split('-');
+    let (version, trace, span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let well_formed = version.len() == 2
+        && version != "ff"
+        && (version != "00" || parts.next().is_none())
+        && trace.len() == 32
+        && span.len() == 16
+        && flags.len() == 2;
+    let lower = |s: &str| s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if !well_formed || ![version, trace, span, flags].iter().all(|s| lower(s)) {
+        return None;
+    }
+    let trace = u128::from_str_radix(trace, 16).ok()?;
+    let span = u64::from_str_radix(span, 16).ok()?;
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    (trace != 0 && span != 0).then_some((trace, span, flags & 1 == 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparents_are_read_strictly() {
+        assert_eq!(
+            parse_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+            Some((0x0af7651916cd43dd8448eb211c80319c, 0xb7ad6b7169203331, true))
+        );
+        for bad in [
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+            "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+            "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
+            "garbage",
+        ] {
+            assert_eq!(parse_traceparent(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn children_follow_the_current_span_and_render_as_traceparent() {
+        assert!(!Span::child("x").is_recording(), "no parent, no span");
+        let root = Span::server("request".into(), Some((7, 9)), None);
+        let _in = root.enter();
+        let child = Span::child("route");
+        let (cx, parent) = (
+            child.0.as_ref().unwrap().cx,
+            child.0.as_ref().unwrap().parent,
+        );
+        assert_eq!((cx.trace, parent), (7, root.cx().unwrap().span));
+        let (header, state) = child.traceparent().unwrap();
+        let header = header.to_str().unwrap().to_string();
+        assert_eq!(parse_traceparent(&header), Some((7, cx.span, true)));
+        assert!(state.is_none());
+        drop(_in);
+        assert_eq!(current(), None);
+    }
+}
