@@ -214,13 +214,20 @@ pub fn request_span<B>(req: &http::Request<B>, client: &http::HeaderValue) -> Sp
         .ok()
         .and_then(|c| c.rsplit_once(':'))
         .unwrap_or_default();
-    let span = Span::server(
-        Cow::Owned(method.to_string()),
-        parent.map(|(t, s, _)| (t, s)),
-        state,
-    );
+    // The standard methods' names need no copy.
+    let method: Cow<'static, str> = match method {
+        "GET" => "GET".into(),
+        "POST" => "POST".into(),
+        "PUT" => "PUT".into(),
+        "DELETE" => "DELETE".into(),
+        "HEAD" => "HEAD".into(),
+        "OPTIONS" => "OPTIONS".into(),
+        "PATCH" => "PATCH".into(),
+        other => other.to_string().into(),
+    };
+    let span = Span::server(method.clone(), parent.map(|(t, s, _)| (t, s)), state);
     let mut span = span
-        .with("http.request.method", method.to_string())
+        .with("http.request.method", method)
         .with("url.path", req.uri().path().to_string())
         .with("url.scheme", "http")
         .with(

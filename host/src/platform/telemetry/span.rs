@@ -270,12 +270,26 @@ thread_local! {
     static ENCODER: RefCell<(Vec<u8>, super::otlp::Scratch)> = RefCell::default();
 }
 
-/// A random id, never zero (zero means "none" in W3C and OTLP).
+/// A random id, never zero (zero means "none" in W3C and OTLP): SplitMix64
+/// over a per-thread state seeded from the OS generator — ids must be
+/// unique and unguessable enough to not collide, not secret.
 fn new_id() -> u128 {
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(rand::random());
+    }
+    let next = || {
+        STATE.with(|s| {
+            let x = s.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+            s.set(x);
+            let z = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            let z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        })
+    };
     loop {
-        let id: u128 = rand::random();
-        if id as u64 != 0 && id >> 64 != 0 {
-            return id;
+        let (hi, lo) = (next(), next());
+        if hi != 0 && lo != 0 {
+            return u128::from(hi) << 64 | u128::from(lo);
         }
     }
 }
