@@ -418,6 +418,14 @@ fn grpc_export_and_tensor_work_per_request() {
         .unwrap_or(0);
     assert!(ops >= 2, "the handler sums up its tensor ops: {handler:#?}");
     assert!(handler.attr("tensor.op_us").is_some());
+    let read: u64 = handler
+        .attr("tensor.read_bytes")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        read > 0,
+        "each product's element read back is counted: {handler:#?}"
+    );
     // With --trace-tensor-ops, each op is a span under the handler.
     let matmuls = children(&spans, handler)
         .into_iter()

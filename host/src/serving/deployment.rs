@@ -660,6 +660,7 @@ async fn handle(
         span.set("tensor.op_us", (d.op_nanos / 1000) as i64);
         span.set("tensor.reads", d.reads as i64);
         span.set("tensor.read_us", (d.read_nanos / 1000) as i64);
+        span.set("tensor.read_bytes", d.read_bytes as i64);
     }
     handled
 }

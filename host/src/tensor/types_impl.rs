@@ -142,6 +142,7 @@ impl TensorView<'_> {
         let started = Instant::now();
         let tensors = self.ctx.tensors.clone();
         let work = x.len() as u64 * 8;
+        let bytes = x.byte_size();
         let read = move || tensors.read(&x).map(|d| convert(&d)).map_err(Into::into);
         let r = if work < INLINE_WORK && !self.ctx.tensors.backend().enqueues() {
             Ok(read())
@@ -150,7 +151,7 @@ impl TensorView<'_> {
                 .await
                 .map_err(|e| wasmtime::Error::msg(format!("tensor read failed: {e}")))
         };
-        self.ctx.usage.read(started);
+        self.ctx.usage.read(started, bytes);
         r
     }
 

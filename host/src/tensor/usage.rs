@@ -16,6 +16,7 @@ pub struct Usage {
     op_nanos: AtomicU64,
     reads: AtomicU64,
     read_nanos: AtomicU64,
+    read_bytes: AtomicU64,
     calls: AtomicU64,
     call_nanos: AtomicU64,
 }
@@ -28,6 +29,7 @@ impl Default for Usage {
             op_nanos: AtomicU64::new(0),
             reads: AtomicU64::new(0),
             read_nanos: AtomicU64::new(0),
+            read_bytes: AtomicU64::new(0),
             calls: AtomicU64::new(0),
             call_nanos: AtomicU64::new(0),
         }
@@ -46,9 +48,11 @@ impl Usage {
             .fetch_add(nanos(since.elapsed()), Ordering::Relaxed);
     }
 
-    /// Records a read-back (which waits for the queued work) that started at `since`.
-    pub fn read(&self, since: Instant) {
+    /// Records a read-back of `bytes` (which waits for the queued work)
+    /// that started at `since`.
+    pub fn read(&self, since: Instant, bytes: u64) {
         self.reads.fetch_add(1, Ordering::Relaxed);
+        self.read_bytes.fetch_add(bytes, Ordering::Relaxed);
         self.read_nanos
             .fetch_add(nanos(since.elapsed()), Ordering::Relaxed);
     }
@@ -66,6 +70,8 @@ pub struct Totals {
     pub reads: u64,
     /// Time inside them (waiting for the queued work), ns.
     pub read_nanos: u64,
+    /// Bytes they copied back to the guest.
+    pub read_bytes: u64,
 }
 
 impl Totals {
@@ -76,6 +82,7 @@ impl Totals {
             op_nanos: self.op_nanos.saturating_sub(earlier.op_nanos),
             reads: self.reads.saturating_sub(earlier.reads),
             read_nanos: self.read_nanos.saturating_sub(earlier.read_nanos),
+            read_bytes: self.read_bytes.saturating_sub(earlier.read_bytes),
         }
     }
 }
@@ -88,6 +95,7 @@ impl Usage {
             op_nanos: self.op_nanos.load(Ordering::Relaxed),
             reads: self.reads.load(Ordering::Relaxed),
             read_nanos: self.read_nanos.load(Ordering::Relaxed),
+            read_bytes: self.read_bytes.load(Ordering::Relaxed),
         }
     }
 
