@@ -317,8 +317,10 @@ fn a_gateway_request_is_one_trace_from_the_clients_span_to_its_keyvalue_writes()
         .collect();
     assert!(
         kv.iter().any(|s| s.attr("db.operation.name") == Some("set")
-            && s.attr("db.system.name") == Some("redb")),
-        "no durable keyvalue write under the handler: {:?}",
+            && s.attr("db.system.name") == Some("redb")
+            && s.attr("tenant") == Some("acme")
+            && s.attr("deployment") == Some("gw")),
+        "no durable keyvalue write (with tenant and deployment) under the handler: {:?}",
         names(&inside)
     );
     assert!(

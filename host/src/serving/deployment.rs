@@ -52,6 +52,8 @@ pub struct Deployment {
     instances: Instances,
     /// `tenant/name`, for logs.
     who: Arc<str>,
+    /// Its spans' `tenant` and `deployment`.
+    labels: telemetry::Labels,
     pre: ProxyPre<InstanceState>,
     caps: Arc<DeploymentCapabilities>,
     /// Its idle instances, when it reuses them.
@@ -166,6 +168,7 @@ impl Deployment {
             digests: spec.source.digests(),
             instances: spec.instances,
             who: format!("{}/{}", spec.tenant, spec.name).into(),
+            labels: telemetry::labels(&spec.tenant, &spec.name),
             name: spec.name,
             tenant: spec.tenant,
             route: spec.route,
@@ -232,7 +235,7 @@ impl Deployment {
         telemetry::served_by(
             span,
             req.method(),
-            (&self.tenant, &self.name),
+            &self.labels,
             self.route.path.as_deref().unwrap_or("/"),
             id.to_str().unwrap_or_default(),
         );
@@ -251,7 +254,8 @@ impl Deployment {
             (req.method().clone(), req.uri().path().to_string(), trace)
         });
         self.stats.in_flight.inc();
-        let mut response = self.run(engine, req, &id).await;
+        // What runs the request makes its spans with the deployment's labels.
+        let mut response = telemetry::within(span.cx(), self.run(engine, req, &id)).await;
         request_id::stamp(response.headers_mut(), &id);
         self.stats.in_flight.dec();
         self.stats

@@ -15,7 +15,9 @@ mod export;
 mod otlp;
 mod span;
 
-pub use span::{Cx, Entered, Span, current, parse_traceparent, with_current, within};
+pub use span::{
+    Cx, Entered, Labels, Span, current, labels, parse_traceparent, with_current, within,
+};
 
 use anyhow::{Context as _, Result, bail};
 use opentelemetry::trace::TraceState;
@@ -244,21 +246,15 @@ pub fn request_span<B>(req: &http::Request<B>, client: &http::HeaderValue) -> Sp
     span
 }
 
-/// Records on the request's span which deployment serves it (and under
-/// which route, which also names the span), and the request id.
-pub fn served_by(
-    span: &mut Span,
-    method: &http::Method,
-    (tenant, deployment): (&str, &str),
-    route: &str,
-    id: &str,
-) {
+/// Records on the request's span which deployment serves it (its
+/// `labels`, which the spans made under it inherit), under which route
+/// (which also names the span), and the request id.
+pub fn served_by(span: &mut Span, method: &http::Method, labels: &Labels, route: &str, id: &str) {
     if !span.is_recording() {
         return;
     }
     span.rename(format!("{method} {route}"));
-    span.set("tenant", tenant.to_string());
-    span.set("deployment", deployment.to_string());
+    span.label(labels.clone());
     span.set("http.route", route.to_string());
     span.set("request_id", id.to_string());
 }

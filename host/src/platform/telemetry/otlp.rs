@@ -423,6 +423,7 @@ mod tests {
             cx: Cx {
                 trace: 0x0af7651916cd43dd8448eb211c80319c,
                 span: 0xb7ad6b7169203331,
+                labels: None,
             },
             parent: 7,
             remote_parent: true,

@@ -27,19 +27,33 @@ pub(super) static QUEUE: OnceLock<Arc<Queue>> = OnceLock::new();
 pub(super) static VERBOSE: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
-    static CURRENT: Cell<Option<Cx>> = const { Cell::new(None) };
+    static CURRENT: RefCell<Option<Cx>> = const { RefCell::new(None) };
 }
 
-/// The ids of a span, as its children and the W3C headers need them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A deployment's `tenant` and `deployment` attributes, which every span
+/// under its requests carries (built once per deployment: no copy per span).
+pub type Labels = Arc<[KeyValue; 2]>;
+
+/// Makes a deployment's [`Labels`].
+pub fn labels(tenant: &str, deployment: &str) -> Labels {
+    Arc::new([
+        KeyValue::new("tenant", Value::from(Arc::<str>::from(tenant))),
+        KeyValue::new("deployment", Value::from(Arc::<str>::from(deployment))),
+    ])
+}
+
+/// The ids of a span, as its children and the W3C headers need them, and
+/// the labels its children inherit.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Cx {
     pub(super) trace: u128,
     pub(super) span: u64,
+    pub(super) labels: Option<Labels>,
 }
 
 /// The span current on this thread, if any.
 pub fn current() -> Option<Cx> {
-    CURRENT.get()
+    CURRENT.with_borrow(Clone::clone)
 }
 
 /// Runs `f` with `cx` as the current span (on another thread, say).
@@ -66,7 +80,7 @@ impl<F: Future> Future for Within<F> {
     type Output = F::Output;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        let _guard = Entered(CURRENT.replace(*this.cx));
+        let _guard = Entered(CURRENT.replace(this.cx.clone()));
         this.fut.poll(cx)
     }
 }
@@ -76,7 +90,7 @@ pub struct Entered(Option<Cx>);
 
 impl Drop for Entered {
     fn drop(&mut self) {
-        CURRENT.set(self.0);
+        CURRENT.set(self.0.take());
     }
 }
 
@@ -115,9 +129,21 @@ impl Span {
 
     /// A child of the current span; nothing when there is none.
     pub fn child(name: impl Into<Cow<'static, str>>) -> Span {
-        match current() {
-            Some(parent) => Span::open(parent.trace, parent.span, false, name.into()),
-            None => Span::none(),
+        let Some(parent) = current() else {
+            return Span::none();
+        };
+        let mut span = Span::open(parent.trace, parent.span, false, name.into());
+        if let Some(labels) = parent.labels {
+            span.label(labels);
+        }
+        span
+    }
+
+    /// Gives it (and the spans made under it) `labels`.
+    pub fn label(&mut self, labels: Labels) {
+        if let Some(open) = &mut self.0 {
+            open.attributes.extend(labels.iter().cloned());
+            open.cx.labels = Some(labels);
         }
     }
 
@@ -163,6 +189,7 @@ impl Span {
             cx: Cx {
                 trace,
                 span: new_id() as u64,
+                labels: None,
             },
             parent,
             remote_parent,
@@ -182,7 +209,7 @@ impl Span {
 
     /// Its ids, for [`within`] and [`with_current`].
     pub fn cx(&self) -> Option<Cx> {
-        self.0.as_ref().map(|o| o.cx)
+        self.0.as_ref().map(|o| o.cx.clone())
     }
 
     /// Sets attribute `key`.
@@ -222,10 +249,7 @@ impl Span {
 
     /// Makes it the current span until the guard drops.
     pub fn enter(&self) -> Entered {
-        Entered(match self.cx() {
-            Some(cx) => CURRENT.replace(Some(cx)),
-            None => CURRENT.get(),
-        })
+        Entered(CURRENT.replace(self.cx().or_else(current)))
     }
 
     /// Polls `fut` with this span current; the span ends when `fut` does.
@@ -350,14 +374,22 @@ mod tests {
     #[test]
     fn children_follow_the_current_span_and_render_as_traceparent() {
         assert!(!Span::child("x").is_recording(), "no parent, no span");
-        let root = Span::server("request".into(), Some((7, 9)), None);
+        let mut root = Span::server("request".into(), Some((7, 9)), None);
+        root.label(labels("acme", "gw"));
         let _in = root.enter();
         let child = Span::child("route");
         let (cx, parent) = (
-            child.0.as_ref().unwrap().cx,
+            child.0.as_ref().unwrap().cx.clone(),
             child.0.as_ref().unwrap().parent,
         );
         assert_eq!((cx.trace, parent), (7, root.cx().unwrap().span));
+        let attrs = &child.0.as_ref().unwrap().attributes;
+        assert_eq!(
+            attrs[1],
+            KeyValue::new("deployment", "gw"),
+            "labels are inherited"
+        );
+        assert_eq!(Span::child("x").0.as_ref().unwrap().attributes.len(), 2);
         let (header, state) = child.traceparent().unwrap();
         let header = header.to_str().unwrap().to_string();
         assert_eq!(parse_traceparent(&header), Some((7, cx.span, true)));
