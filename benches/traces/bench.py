@@ -157,15 +157,23 @@ def main():
     print()
     print(f"Medians of {args.rounds} rounds x {args.seconds}s, wrk -t1 -c{args.concurrency}, "
           f"gateway world, GET /hello with a token, instances reused up to {args.reuse}")
-    print("| traces | req/s | p50 ms | p99 ms | server CPU µs/req | req/s vs off | CPU/req vs off |")
-    print("|---|---|---|---|---|---|---|")
+    print("| traces | req/s | p50 ms | p99 ms | server CPU µs/req | req/s vs off | CPU/req vs off "
+          "| paired: req/s vs off | paired: CPU/req vs off |")
+    print("|---|---|---|---|---|---|---|---|---|")
     base = statistics.median(r["rps"] for r in results["off"])
     base_cpu = statistics.median(r["cpu_us"] for r in results["off"])
+
+    def paired(rs, key):
+        # The median of each round's ratio to the same round's `off`: the
+        # machine's drift over a run (it is shared) cancels out.
+        return statistics.median(r[key] / o[key] for r, o in zip(rs, results["off"]))
+
     for mode, rs in results.items():
         rps = statistics.median(r["rps"] for r in rs)
         cpu = statistics.median(r["cpu_us"] for r in rs)
         print(f"| {mode} | {rps:.0f} | {statistics.median(r['p50'] for r in rs):.3f} | "
-              f"{statistics.median(r['p99'] for r in rs):.3f} | {cpu:.0f} | {rps / base:.2f}x | {cpu / base_cpu:.2f}x |")
+              f"{statistics.median(r['p99'] for r in rs):.3f} | {cpu:.0f} | {rps / base:.2f}x | {cpu / base_cpu:.2f}x "
+              f"| {paired(rs, 'rps'):.2f}x | {paired(rs, 'cpu_us'):.2f}x |")
     print()
     print(f"/metrics with 100 deployments: median {statistics.median(scrapes):.2f} ms, "
           f"p90 {sorted(scrapes)[44]:.2f} ms over 50 scrapes, {size / 1024:.0f} KiB")

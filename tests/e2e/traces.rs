@@ -296,6 +296,13 @@ fn a_gateway_request_is_one_trace_from_the_clients_span_to_its_keyvalue_writes()
             "{key} in {request_span:#?}"
         );
     }
+    let port = request_span
+        .attr("client.port")
+        .and_then(|p| p.parse::<u16>().ok());
+    assert!(
+        port.is_some_and(|p| p > 0),
+        "client.port in {request_span:#?}"
+    );
     // request → route, instantiate, handler → keyvalue writes (audit), config reads.
     let names = |v: &[&Span]| v.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
     let below = children(&spans, request_span);

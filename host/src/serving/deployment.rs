@@ -242,13 +242,7 @@ impl Deployment {
         // The world sees the host's span as the caller.
         telemetry::stamp(span, req.headers_mut());
         // A sampled request is its latency bucket's exemplar.
-        let exemplar = span
-            .is_recording()
-            .then(|| telemetry::trace_id(req.headers()))
-            .flatten()
-            .map(|t| TraceLabel {
-                trace_id: t.to_string(),
-            });
+        let exemplar = span.trace_id().map(|trace_id| TraceLabel { trace_id });
         let access = tracing::enabled!(target: "access", tracing::Level::INFO).then(|| {
             let trace = telemetry::trace_id(req.headers()).map(str::to_owned);
             (req.method().clone(), req.uri().path().to_string(), trace)

@@ -236,7 +236,7 @@ pub fn request_span<B>(req: &http::Request<B>, client: &http::HeaderValue) -> Sp
             "client.address",
             address.trim_matches(['[', ']']).to_string(),
         )
-        .with("client.port", port.to_string());
+        .with("client.port", port.parse::<i64>().unwrap_or(0));
     if let Some(agent) = headers
         .get(http::header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
@@ -276,11 +276,13 @@ pub fn finish<B>(span: &mut Span, response: &mut http::Response<B>) {
 /// Writes `span`'s `traceparent` (and `tracestate`) into `headers`,
 /// replacing any; nothing when it is not recorded.
 pub fn stamp(span: &Span, headers: &mut http::HeaderMap) {
+    const PARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+    const STATE: http::HeaderName = http::HeaderName::from_static("tracestate");
     if let Some((parent, state)) = span.traceparent() {
-        headers.insert("traceparent", parent);
+        headers.insert(PARENT, parent);
         match state {
-            Some(s) => headers.insert("tracestate", s),
-            None => headers.remove("tracestate"),
+            Some(s) => headers.insert(STATE, s),
+            None => headers.remove(STATE),
         };
     }
 }

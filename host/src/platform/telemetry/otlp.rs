@@ -14,20 +14,26 @@ use anyhow::{Context as _, Result, bail};
 use opentelemetry::{KeyValue, Value};
 use std::time::{Duration, SystemTime};
 
-/// Where and how batches go.
-pub(super) enum Sender {
+/// Where and how batches go: sent from the export thread on a runtime of
+/// its own that runs only while it sends (no thread of its own, no hand-off
+/// per batch).
+pub(super) struct Sender {
+    runtime: tokio::runtime::Runtime,
+    timeout: Duration,
+    to: To,
+}
+
+enum To {
     /// HTTP/protobuf.
     Http {
-        client: reqwest::blocking::Client,
+        client: reqwest::Client,
         url: String,
         headers: reqwest::header::HeaderMap,
     },
-    /// gRPC, on the runtime that drives its connection.
+    /// gRPC.
     Grpc {
-        runtime: tokio::runtime::Runtime,
         channel: tonic::transport::Channel,
         headers: tonic::metadata::MetadataMap,
-        timeout: Duration,
     },
 }
 
@@ -60,7 +66,11 @@ impl Sender {
         let base = endpoint
             .map(str::to_string)
             .or_else(|| super::env("OTEL_EXPORTER_OTLP_ENDPOINT"));
-        match protocol {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("traces: starting the OTLP client's runtime")?;
+        let to = match protocol {
             super::Protocol::HttpProtobuf => {
                 // The client's TLS (for https:// collectors) uses ring, as
                 // the registry's OCI client does.
@@ -79,15 +89,19 @@ impl Sender {
                             .with_context(|| format!("OTEL_EXPORTER_OTLP_HEADERS: `{k}`"))?,
                     );
                 }
-                let client = reqwest::blocking::Client::builder()
+                headers.insert(
+                    reqwest::header::CONTENT_TYPE,
+                    reqwest::header::HeaderValue::from_static("application/x-protobuf"),
+                );
+                let client = reqwest::Client::builder()
                     .timeout(timeout)
                     .build()
                     .context("traces: the OTLP HTTP client")?;
-                Ok(Sender::Http {
+                To::Http {
                     client,
                     url,
                     headers,
-                })
+                }
             }
             super::Protocol::Grpc => {
                 let url = match (endpoint, traces_url, base) {
@@ -95,12 +109,6 @@ impl Sender {
                     (_, _, Some(b)) => b,
                     _ => bail!("traces: no OTLP endpoint"),
                 };
-                let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(1)
-                    .thread_name("otlp-grpc")
-                    .enable_all()
-                    .build()
-                    .context("traces: starting the gRPC client's runtime")?;
                 let channel = {
                     let _in = runtime.enter();
                     tonic::transport::Channel::from_shared(url.clone())
@@ -117,53 +125,46 @@ impl Sender {
                         .with_context(|| format!("OTEL_EXPORTER_OTLP_HEADERS: `{k}`"))?;
                     headers.insert(key, value);
                 }
-                Ok(Sender::Grpc {
-                    runtime,
-                    channel,
-                    headers,
-                    timeout,
-                })
+                To::Grpc { channel, headers }
             }
-        }
+        };
+        Ok(Sender {
+            runtime,
+            timeout,
+            to,
+        })
     }
 
-    /// Sends one encoded request; whether the collector took it.
+    /// Sends one encoded request; whether the collector took it in time.
     pub(super) fn send(&self, body: Vec<u8>) -> bool {
-        match self {
-            Sender::Http {
-                client,
-                url,
-                headers,
-            } => client
-                .post(url)
-                .headers(headers.clone())
-                .header("content-type", "application/x-protobuf")
-                .body(body)
-                .send()
-                .is_ok_and(|r| r.status().is_success()),
-            Sender::Grpc {
-                runtime,
-                channel,
-                headers,
-                timeout,
-            } => runtime.block_on(async {
-                let mut grpc = tonic::client::Grpc::new(channel.clone());
-                let mut request = tonic::Request::new(body);
-                *request.metadata_mut() = headers.clone();
-                let call = async {
-                    grpc.ready().await.ok()?;
+        let call = async {
+            match &self.to {
+                To::Http {
+                    client,
+                    url,
+                    headers,
+                } => client
+                    .post(url)
+                    .headers(headers.clone())
+                    .body(body)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success()),
+                To::Grpc { channel, headers } => {
+                    let mut grpc = tonic::client::Grpc::new(channel.clone());
+                    let mut request = tonic::Request::new(body);
+                    *request.metadata_mut() = headers.clone();
                     let path = http::uri::PathAndQuery::from_static(
                         "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
                     );
-                    grpc.unary(request, path, Raw).await.ok()
-                };
-                tokio::time::timeout(*timeout, call)
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some()
-            }),
-        }
+                    grpc.ready().await.is_ok() && grpc.unary(request, path, Raw).await.is_ok()
+                }
+            }
+        };
+        // The timer is made inside the runtime (it needs its context).
+        self.runtime
+            .block_on(async { tokio::time::timeout(self.timeout, call).await })
+            .unwrap_or(false)
     }
 }
 
@@ -283,30 +284,51 @@ impl Pb<'_> {
         self.0.extend_from_slice(&v.to_le_bytes());
     }
     /// `KeyValue { key = 1; AnyValue value = 2 }`, AnyValue's oneof:
-    /// string 1, bool 2, int 3, double 4 (arrays as their text).
-    fn attribute(&mut self, field: u32, kv: &KeyValue, scratch: &mut Scratch) {
-        scratch.value.clear();
-        let mut v = Pb(&mut scratch.value);
+    /// string 1, bool 2, int 3, double 4 (arrays as their text); written
+    /// in place, lengths first.
+    fn attribute(&mut self, field: u32, kv: &KeyValue) {
+        let mut text = String::new();
+        let key = kv.key.as_str().as_bytes();
+        // The value's oneof field and the size of the `AnyValue` holding it.
+        let (value_field, any) = match &kv.value {
+            Value::Bool(b) => (2, 1 + varint_len(u64::from(*b))),
+            Value::I64(i) => (3, 1 + varint_len(*i as u64)),
+            Value::F64(_) => (4, 1 + 8),
+            Value::String(s) => (1, len_delimited(s.as_str().len())),
+            other => {
+                text = other.to_string();
+                (1, len_delimited(text.len()))
+            }
+        };
+        self.key(field, 2);
+        self.varint((len_delimited(key.len()) + len_delimited(any)) as u64);
+        self.bytes(1, key);
+        self.key(2, 2);
+        self.varint(any as u64);
         match &kv.value {
-            Value::Bool(b) => v.uint(2, u64::from(*b)),
-            Value::I64(i) => v.uint(3, *i as u64),
-            Value::F64(f) => v.fixed64(4, f.to_bits()),
-            Value::String(s) => v.bytes(1, s.as_str().as_bytes()),
-            other => v.bytes(1, other.to_string().as_bytes()),
+            Value::Bool(b) => self.uint(value_field, u64::from(*b)),
+            Value::I64(i) => self.uint(value_field, *i as u64),
+            Value::F64(f) => self.fixed64(value_field, f.to_bits()),
+            Value::String(s) => self.bytes(value_field, s.as_str().as_bytes()),
+            _ => self.bytes(value_field, text.as_bytes()),
         }
-        scratch.pair.clear();
-        Pb(&mut scratch.pair).bytes(1, kv.key.as_str().as_bytes());
-        Pb(&mut scratch.pair).bytes(2, &scratch.value);
-        self.bytes(field, &scratch.pair);
     }
 }
 
-/// Buffers reused while encoding.
+/// Bytes of `v` as a varint.
+fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// Bytes of a length-delimited field of `n` bytes (a one-byte key).
+fn len_delimited(n: usize) -> usize {
+    1 + varint_len(n as u64) + n
+}
+
+/// A buffer reused while encoding.
 #[derive(Default)]
 pub(super) struct Scratch {
     span: Vec<u8>,
-    pair: Vec<u8>,
-    value: Vec<u8>,
 }
 
 fn nanos(t: SystemTime) -> u64 {
@@ -322,9 +344,9 @@ pub(super) struct Fixed {
 
 impl Fixed {
     pub(super) fn new(resource: &opentelemetry_sdk::Resource) -> Fixed {
-        let (mut r, mut scratch) = (Vec::new(), Scratch::default());
+        let mut r = Vec::new();
         for (k, v) in resource.iter() {
-            Pb(&mut r).attribute(1, &KeyValue::new(k.clone(), v.clone()), &mut scratch);
+            Pb(&mut r).attribute(1, &KeyValue::new(k.clone(), v.clone()));
         }
         let mut s = Vec::new();
         Pb(&mut s).bytes(1, b"tensor-wasm");
@@ -335,19 +357,34 @@ impl Fixed {
         }
     }
 
-    /// One `ExportTraceServiceRequest` with `spans` (from [`span_field`]).
+    /// One `ExportTraceServiceRequest` with `spans` (from [`span_field`]),
+    /// written into one buffer with the spans copied once.
     pub(super) fn encode(&self, spans: &[u8]) -> Vec<u8> {
-        let mut scope_spans = Vec::with_capacity(spans.len() + self.scope.len() + 8);
-        Pb(&mut scope_spans).bytes(1, &self.scope);
-        scope_spans.extend_from_slice(spans);
-        let mut resource_spans = Vec::with_capacity(scope_spans.len() + self.resource.len() + 16);
-        let mut rs = Pb(&mut resource_spans);
-        rs.bytes(1, &self.resource);
-        rs.bytes(2, &scope_spans);
-        let mut out = Vec::with_capacity(resource_spans.len() + 8);
-        Pb(&mut out).bytes(1, &resource_spans);
+        let scope_spans = len_delimited(self.scope.len()) + spans.len();
+        let resource_spans = len_delimited(self.resource.len()) + len_delimited(scope_spans);
+        let size = len_delimited(resource_spans);
+        let mut out = Vec::with_capacity(size);
+        let mut pb = Pb(&mut out);
+        pb.key(1, 2);
+        pb.varint(resource_spans as u64);
+        pb.bytes(1, &self.resource);
+        pb.key(2, 2);
+        pb.varint(scope_spans as u64);
+        pb.bytes(1, &self.scope);
+        out.extend_from_slice(spans);
+        debug_assert_eq!(out.len(), size);
         out
     }
+}
+
+/// String attributes as `Span.attributes` fields (number 9), for
+/// [`Labels`](super::span::Labels).
+pub(super) fn attributes(pairs: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (k, v) in pairs {
+        Pb(&mut out).attribute(9, &KeyValue::new(k.to_string(), v.to_string()));
+    }
+    out
 }
 
 /// Appends a span to `out` as a `ScopeSpans.spans` field (number 2).
@@ -370,7 +407,10 @@ pub(super) fn span_field(o: &Open, end: SystemTime, out: &mut Vec<u8>, scratch: 
     pb.fixed64(7, nanos(o.start));
     pb.fixed64(8, nanos(end));
     for kv in &o.attributes {
-        pb.attribute(9, kv, scratch);
+        pb.attribute(9, kv);
+    }
+    if let Some(labels) = &o.cx.labels {
+        pb.0.extend_from_slice(&labels.0);
     }
     if o.error {
         // Status { code = 3: ERROR (2) }
@@ -423,7 +463,7 @@ mod tests {
             cx: Cx {
                 trace: 0x0af7651916cd43dd8448eb211c80319c,
                 span: 0xb7ad6b7169203331,
-                labels: None,
+                labels: Some(crate::platform::telemetry::labels("acme", "gw")),
             },
             parent: 7,
             remote_parent: true,
@@ -489,6 +529,9 @@ mod tests {
         assert_eq!(value("i"), Some(Any::IntValue(-3)));
         assert_eq!(value("b"), Some(Any::BoolValue(true)));
         assert_eq!(value("f"), Some(Any::DoubleValue(0.5)));
+        assert_eq!(value("tenant"), Some(Any::StringValue("acme".into())));
+        assert_eq!(value("deployment"), Some(Any::StringValue("gw".into())));
+        assert_eq!(s.attributes.len(), 6);
     }
 
     fn hex(b: &[u8]) -> String {

@@ -31,15 +31,14 @@ thread_local! {
 }
 
 /// A deployment's `tenant` and `deployment` attributes, which every span
-/// under its requests carries (built once per deployment: no copy per span).
-pub type Labels = Arc<[KeyValue; 2]>;
+/// under its requests carries: encoded as OTLP once per deployment, so a
+/// span pays one reference count and one copy of bytes for them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Labels(pub(super) Arc<[u8]>);
 
 /// Makes a deployment's [`Labels`].
 pub fn labels(tenant: &str, deployment: &str) -> Labels {
-    Arc::new([
-        KeyValue::new("tenant", Value::from(Arc::<str>::from(tenant))),
-        KeyValue::new("deployment", Value::from(Arc::<str>::from(deployment))),
-    ])
+    Labels(super::otlp::attributes(&[("tenant", tenant), ("deployment", deployment)]).into())
 }
 
 /// The ids of a span, as its children and the W3C headers need them, and
@@ -80,8 +79,27 @@ impl<F: Future> Future for Within<F> {
     type Output = F::Output;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        let _guard = Entered(CURRENT.replace(this.cx.clone()));
-        this.fut.poll(cx)
+        // Lent to the thread while polled, taken back after: no clone (and
+        // no reference count) per poll.
+        let lent = Lent {
+            before: CURRENT.replace(this.cx.take()),
+            home: this.cx,
+        };
+        let out = this.fut.poll(cx);
+        drop(lent);
+        out
+    }
+}
+
+/// Takes a [`Within`]'s span back from the thread (also on unwind).
+struct Lent<'a> {
+    before: Option<Cx>,
+    home: &'a mut Option<Cx>,
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        *self.home = CURRENT.replace(self.before.take());
     }
 }
 
@@ -133,8 +151,8 @@ impl Span {
             return Span::none();
         };
         let mut span = Span::open(parent.trace, parent.span, false, name.into());
-        if let Some(labels) = parent.labels {
-            span.label(labels);
+        if let Some(open) = &mut span.0 {
+            open.cx.labels = parent.labels;
         }
         span
     }
@@ -142,7 +160,6 @@ impl Span {
     /// Gives it (and the spans made under it) `labels`.
     pub fn label(&mut self, labels: Labels) {
         if let Some(open) = &mut self.0 {
-            open.attributes.extend(labels.iter().cloned());
             open.cx.labels = Some(labels);
         }
     }
@@ -255,6 +272,14 @@ impl Span {
     /// Polls `fut` with this span current; the span ends when `fut` does.
     pub async fn over<F: Future>(self, fut: F) -> F::Output {
         within(self.cx().or_else(current), fut).await
+    }
+
+    /// Its trace id as 32 hex digits (for exemplars).
+    pub fn trace_id(&self) -> Option<String> {
+        let open = self.0.as_ref()?;
+        let mut text = [0u8; 32];
+        hex(&open.cx.trace.to_be_bytes(), &mut text);
+        Some(text.iter().map(|&b| b as char).collect())
     }
 
     /// Its W3C `traceparent` (sampled) and the `tracestate` it carries.
@@ -383,13 +408,12 @@ mod tests {
             child.0.as_ref().unwrap().parent,
         );
         assert_eq!((cx.trace, parent), (7, root.cx().unwrap().span));
-        let attrs = &child.0.as_ref().unwrap().attributes;
         assert_eq!(
-            attrs[1],
-            KeyValue::new("deployment", "gw"),
+            cx.labels,
+            Some(labels("acme", "gw")),
             "labels are inherited"
         );
-        assert_eq!(Span::child("x").0.as_ref().unwrap().attributes.len(), 2);
+        assert!(Span::child("x").0.as_ref().unwrap().attributes.is_empty());
         let (header, state) = child.traceparent().unwrap();
         let header = header.to_str().unwrap().to_string();
         assert_eq!(parse_traceparent(&header), Some((7, cx.span, true)));
