@@ -325,12 +325,6 @@ fn len_delimited(n: usize) -> usize {
     1 + varint_len(n as u64) + n
 }
 
-/// A buffer reused while encoding.
-#[derive(Default)]
-pub(super) struct Scratch {
-    span: Vec<u8>,
-}
-
 fn nanos(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
@@ -390,10 +384,10 @@ pub(super) fn attributes(pairs: &[(&str, &str)]) -> Vec<u8> {
 /// Appends a span to `out` as a `ScopeSpans.spans` field (number 2).
 /// `Span`'s fields: trace_id 1, span_id 2, trace_state 3, parent_span_id 4,
 /// name 5, kind 6, start 7, end 8, attributes 9, status 15, flags 16.
-pub(super) fn span_field(o: &Open, end: SystemTime, out: &mut Vec<u8>, scratch: &mut Scratch) {
-    let mut body = std::mem::take(&mut scratch.span);
+/// `body` is a buffer to reuse.
+pub(super) fn span_field(o: &Open, end: SystemTime, out: &mut Vec<u8>, body: &mut Vec<u8>) {
     body.clear();
-    let pb = &mut Pb(&mut body);
+    let pb = &mut Pb(body);
     pb.bytes(1, &o.cx.trace.to_be_bytes());
     pb.bytes(2, &o.cx.span.to_be_bytes());
     if let Some(state) = &o.state {
@@ -419,8 +413,7 @@ pub(super) fn span_field(o: &Open, end: SystemTime, out: &mut Vec<u8>, scratch: 
     // Sampled, and whether the parent is remote (HAS_IS_REMOTE 0x100,
     // IS_REMOTE 0x200).
     pb.fixed32(16, 0x101 | if o.remote_parent { 0x200 } else { 0 });
-    Pb(out).bytes(2, &body);
-    scratch.span = body;
+    Pb(out).bytes(2, body);
 }
 
 /// The first `max` spans of `spans` (fields from [`span_field`]) and how
@@ -480,13 +473,13 @@ mod tests {
             error: true,
         };
         let mut spans = Vec::new();
-        let mut scratch = Scratch::default();
+        let mut body = Vec::new();
         for _ in 0..3 {
             span_field(
                 &open,
                 start + Duration::from_nanos(500),
                 &mut spans,
-                &mut scratch,
+                &mut body,
             );
         }
         let (two, n) = split(&spans, 2);

@@ -306,9 +306,9 @@ impl Drop for Span {
             return;
         };
         let end = SystemTime::now();
-        ENCODER.with_borrow_mut(|(out, scratch)| {
+        ENCODER.with_borrow_mut(|(out, body)| {
             out.clear();
-            super::otlp::span_field(&open, end, out, scratch);
+            super::otlp::span_field(&open, end, out, body);
             queue.push(out);
         });
     }
@@ -316,7 +316,7 @@ impl Drop for Span {
 
 thread_local! {
     /// Each thread's encoding buffers.
-    static ENCODER: RefCell<(Vec<u8>, super::otlp::Scratch)> = RefCell::default();
+    static ENCODER: RefCell<(Vec<u8>, Vec<u8>)> = RefCell::default();
 }
 
 /// A random id, never zero (zero means "none" in W3C and OTLP): SplitMix64
