@@ -67,17 +67,33 @@ impl Queue {
     }
 
     /// Waits for a full batch, the schedule delay or closing; takes what
-    /// is queued.
+    /// is queued: everything after the delay or on closing, else whole
+    /// batches only — the few spans ended between the wake-up and now stay
+    /// for the next batch instead of costing an export of their own (they
+    /// made every other export a handful of spans).
     fn next(&self, spare: Vec<u8>) -> (Vec<u8>, bool) {
+        let batch = self.limits.batch;
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let (mut state, _) = self
             .wake
             .wait_timeout_while(state, self.limits.delay, |s| {
-                s.count < self.limits.batch && !s.closing
+                s.count < batch && !s.closing
             })
             .unwrap_or_else(|e| e.into_inner());
+        let (count, closing) = (state.count, state.closing);
         state.count = 0;
-        (std::mem::replace(&mut state.spans, spare), state.closing)
+        let mut spans = std::mem::replace(&mut state.spans, spare);
+        drop(state);
+        if count > batch && !closing {
+            let whole = super::otlp::split(&spans, count / batch * batch).0.len();
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            // Their order within an export does not matter to OTLP.
+            state.spans.extend_from_slice(&spans[whole..]);
+            state.count += count % batch;
+            drop(state);
+            spans.truncate(whole);
+        }
+        (spans, closing)
     }
 
     /// Asks the export thread to send what is queued and stop.
@@ -125,4 +141,49 @@ where
             }
         })?;
     Ok((queue, thread))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(batch: usize) -> Queue {
+        Queue {
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+            limits: Limits {
+                delay: Duration::from_millis(50),
+                queue: 100,
+                batch,
+            },
+        }
+    }
+
+    /// One encoded span (a `ScopeSpans.spans` field) whose body is `tag`.
+    fn span(tag: u8) -> [u8; 3] {
+        [0x12, 1, tag]
+    }
+
+    #[test]
+    fn a_full_queue_is_taken_in_whole_batches_and_the_rest_after_the_delay() {
+        let q = queue(4);
+        for tag in 0..6 {
+            q.push(&span(tag));
+        }
+        let (spans, closing) = q.next(Vec::new());
+        assert!(!closing);
+        assert_eq!(super::super::otlp::split(&spans, 100).1, 4, "one whole batch");
+        let (rest, _) = q.next(Vec::new());
+        assert_eq!(rest, [span(4), span(5)].concat(), "the rest, after the delay");
+        for tag in 0..9 {
+            q.push(&span(tag));
+        }
+        let (spans, _) = q.next(Vec::new());
+        assert_eq!(super::super::otlp::split(&spans, 100).1, 8, "two whole batches");
+        q.push(&span(9));
+        q.close();
+        let (rest, closing) = q.next(Vec::new());
+        assert!(closing);
+        assert_eq!(rest, [span(8), span(9)].concat(), "everything on closing");
+    }
 }
