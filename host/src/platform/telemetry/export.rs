@@ -76,9 +76,7 @@ impl Queue {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let (mut state, _) = self
             .wake
-            .wait_timeout_while(state, self.limits.delay, |s| {
-                s.count < batch && !s.closing
-            })
+            .wait_timeout_while(state, self.limits.delay, |s| s.count < batch && !s.closing)
             .unwrap_or_else(|e| e.into_inner());
         let (count, closing) = (state.count, state.closing);
         state.count = 0;
@@ -172,14 +170,26 @@ mod tests {
         }
         let (spans, closing) = q.next(Vec::new());
         assert!(!closing);
-        assert_eq!(super::super::otlp::split(&spans, 100).1, 4, "one whole batch");
+        assert_eq!(
+            super::super::otlp::split(&spans, 100).1,
+            4,
+            "one whole batch"
+        );
         let (rest, _) = q.next(Vec::new());
-        assert_eq!(rest, [span(4), span(5)].concat(), "the rest, after the delay");
+        assert_eq!(
+            rest,
+            [span(4), span(5)].concat(),
+            "the rest, after the delay"
+        );
         for tag in 0..9 {
             q.push(&span(tag));
         }
         let (spans, _) = q.next(Vec::new());
-        assert_eq!(super::super::otlp::split(&spans, 100).1, 8, "two whole batches");
+        assert_eq!(
+            super::super::otlp::split(&spans, 100).1,
+            8,
+            "two whole batches"
+        );
         q.push(&span(9));
         q.close();
         let (rest, closing) = q.next(Vec::new());
