@@ -6,8 +6,9 @@
 #      reference, edge shapes, bad arguments, quotas, hostile guests; guest
 #      kernel launches and their misuse) with every host on the GPU and
 #      device outputs poisoned with NaN before each op writes them;
-#   3. the GPU placement test (gpus::) on `--device cuda:all`: placement
-#      by quota, per-GPU metrics, a faulted context contained;
+#   3. the GPU placement tests on `--device cuda:all` (gpus::: placement
+#      by quota, per-GPU metrics, a faulted context contained; and
+#      live::undeploying…: a tenant's reservation returned on undeploy);
 #   4. benches/gpu/bench.py (skipped with SKIP_BENCH=1) (matmul, block chain and copy bandwidth vs
 #      PyTorch; wasi:cuda launch overhead vs native cudarc).
 # Logs go to $OUT; a short table is printed last.
@@ -37,7 +38,7 @@ e2e_rc=$?
 grep -E "^test |panicked|test result" "$OUT/e2e-gpu.log" | tail -40
 unset TENSOR_WASM_GPU_POISON
 
-TENSOR_WASM_TEST_DEVICE=cuda:all "$G/e2e" gpus:: --test-threads 1 --nocapture > "$OUT/e2e-gpus.log" 2>&1
+TENSOR_WASM_TEST_DEVICE=cuda:all "$G/e2e" gpus:: live::undeploying --test-threads 1 --nocapture > "$OUT/e2e-gpus.log" 2>&1
 gpus_rc=$?
 grep -E "^test |panicked|test result" "$OUT/e2e-gpus.log" | tail -10
 

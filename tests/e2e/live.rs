@@ -3,7 +3,8 @@
 //! survives a `kill -9`; the CLI client.
 
 use crate::support::{
-    Server, audit_records, guest, read_response, request, run, scratch, token_hash, write_request,
+    Server, audit_records, guest, metric, read_response, request, run, scratch, token_hash,
+    write_request,
 };
 use serde_json::{Value, json};
 use std::io::BufReader;
@@ -120,6 +121,73 @@ fn live_deploy_replace_under_load_roll_back_and_undeploy() {
     swap_under_load(&server, &token);
     roll_back_and_undeploy(&server, &token);
     audited(&dir.join("data"));
+}
+
+/// What a deployment holds — its weights, on a GPU its tenant's context and
+/// reservation — is returned when it is undeployed, and loaded again when it
+/// comes back.
+#[test]
+fn undeploying_returns_weights_and_gpu_reservations() {
+    let (server, token, dir) = start("live_release");
+    let model = dir.join("model.safetensors");
+    crate::tensor_guests::write_safetensors(&model);
+    let spec = json!({
+        "tenant": "acme",
+        "component": guest("tensor_probe"),
+        "route": { "path": "/weights" },
+        "limits": { "tensor-memory": "64MiB" },
+        "grants": { "weights": { "model": model } },
+    });
+    let gpu = server.tensor_device().starts_with("cuda");
+    let held = || {
+        let m = server.metrics();
+        (
+            metric(&m, "tensorwasm_weights_bytes", &["tenant=\"acme\""]),
+            metric(&m, "tensorwasm_gpu_reserved_bytes", &[]),
+            metric(&m, "tensorwasm_gpu_tenants", &[]),
+        )
+    };
+    let before = held();
+    assert_eq!(before.0, 0.0);
+    for round in 0..2 {
+        let (status, body) = call(
+            &server,
+            "PUT",
+            "/v1/deployments/w",
+            &token,
+            Some(spec.clone()),
+            None,
+        );
+        assert!(status == 200 || status == 201, "{status} {body}");
+        let served = server.get("/weights?name=model&tensor=w");
+        assert_eq!(served.status, 200, "round {round}: {}", served.text());
+        let (weights, reserved, tenants) = held();
+        assert!(weights > 0.0, "round {round}: weights resident");
+        if gpu {
+            assert_eq!(reserved, before.1 + 64.0 * 1024.0 * 1024.0, "round {round}");
+            assert_eq!(tenants, before.2 + 1.0, "round {round}");
+        }
+        let (status, body) = call(&server, "DELETE", "/v1/deployments/w", &token, None, None);
+        assert_eq!(status, 200, "{body}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while held() != before && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(
+            held(),
+            before,
+            "round {round}: everything returned after undeploy"
+        );
+    }
+    if gpu {
+        assert!(
+            server
+                .log()
+                .contains("tenant `acme` has no deployment here any more"),
+            "{}",
+            server.log()
+        );
+    }
 }
 
 /// Replaces `hello` while 16 keep-alive clients keep it busy: no request

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use std::path::Path;
 
 /// Writes a small safetensors file: `w` [2, 3] f32, `b` [3] f32, `ids` [2] i64.
-fn write_safetensors(path: &Path) {
+pub(crate) fn write_safetensors(path: &Path) {
     let w: Vec<f32> = vec![1.0, -2.0, 3.5, 0.25, 5.0, -6.0];
     let b: Vec<f32> = vec![0.5, 1.5, -2.5];
     let ids: Vec<i64> = vec![7, -3];

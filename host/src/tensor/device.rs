@@ -6,7 +6,7 @@
 use super::backend::Backend;
 use super::cpu::CpuBackend;
 use super::cuda::{self, CudaBackend, CudaDevice};
-use super::gpus::{Gpu, Gpus};
+use super::gpus::{Gpu, Gpus, Hold};
 use crate::platform::metrics::Metrics;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -207,16 +207,16 @@ impl Device {
         };
         let mut slots = Vec::new();
         for gpu in chosen {
-            let backend = gpu.backend(tenant, quota, own_kernels)?;
+            let (backend, hold) = gpu.backend(tenant, quota, own_kernels)?;
             slots.push(Slot {
                 handle: DeviceHandle::Cuda(backend),
-                gpu: Some(gpu.clone()),
+                gpu: Some(hold),
             });
         }
         let ordinals = slots
             .iter()
             .filter_map(|s| s.gpu.as_ref())
-            .map(|g| g.device().ordinal())
+            .map(|h| h.gpu().device().ordinal())
             .collect();
         Ok(Placement {
             name: DeviceSpec::Gpus(ordinals).to_string(),
@@ -236,7 +236,8 @@ pub struct Placement {
 
 struct Slot {
     handle: DeviceHandle,
-    gpu: Option<Arc<Gpu>>,
+    /// On a GPU: the tenant's hold on its context and reservation there.
+    gpu: Option<Hold>,
 }
 
 impl Placement {
@@ -266,7 +267,7 @@ impl Placement {
     /// tenant's context there faulted.
     pub fn down(&self, i: usize) -> Option<String> {
         let slot = &self.slots[i];
-        let gpu = slot.gpu.as_ref()?;
+        let gpu = slot.gpu.as_ref()?.gpu();
         if let Some(why) = gpu.failed() {
             return Some(format!("{} was taken out ({why})", gpu.name()));
         }

@@ -33,12 +33,36 @@ pub struct Gpu {
     metrics: OnceLock<Arc<Metrics>>,
 }
 
-/// A tenant's context on a GPU, the quota reserved for it there, and
-/// whether it runs kernels of its own (`cuda-source`).
+/// A tenant's context on a GPU, the quota reserved for it there, whether
+/// it runs kernels of its own (`cuda-source`), and how many placements
+/// hold it.
 struct Tenant {
     backend: Arc<CudaBackend>,
     reserved: u64,
     own_kernels: bool,
+    holders: usize,
+}
+
+/// A deployment's (or job's) hold on its tenant's context and reservation
+/// on a GPU: when the last hold drops — the tenant's last deployment there
+/// removed — the reservation returns to the GPU and the context is
+/// destroyed once its instances and weights are gone.
+pub struct Hold {
+    gpu: Arc<Gpu>,
+    tenant: String,
+}
+
+impl Hold {
+    /// The GPU.
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.gpu.release(&self.tenant);
+    }
 }
 
 impl Gpu {
@@ -86,27 +110,40 @@ impl Gpu {
     /// a context that faulted is replaced by a new one (its tensors were
     /// lost with it). `own_kernels`: the deployment runs kernels of its own.
     pub fn backend(
-        &self,
+        self: &Arc<Self>,
         tenant: &str,
         quota: u64,
         own_kernels: bool,
-    ) -> anyhow::Result<Arc<CudaBackend>> {
+    ) -> anyhow::Result<(Arc<CudaBackend>, Hold)> {
+        let hold = || Hold {
+            gpu: self.clone(),
+            tenant: tenant.to_string(),
+        };
         if let Some(why) = self.failed() {
             anyhow::bail!("{} was taken out: {why}", self.name);
         }
         let mut tenants = self.lock();
         if let Some(t) = tenants.get_mut(tenant) {
-            if own_kernels && !t.own_kernels {
-                t.own_kernels = true;
+            let newly_own = own_kernels && !t.own_kernels;
+            t.own_kernels |= own_kernels;
+            let kept = match t.backend.tenant().fault() {
+                None => {
+                    t.holders += 1;
+                    Some(t.backend.clone())
+                }
+                Some(f) => {
+                    tracing::warn!(
+                        "{}: tenant `{tenant}`'s context faulted ({f}); making a new one",
+                        self.name
+                    );
+                    None
+                }
+            };
+            if newly_own {
                 self.warn_shared(&tenants);
             }
-            let t = &tenants[tenant];
-            match t.backend.tenant().fault() {
-                None => return Ok(t.backend.clone()),
-                Some(f) => tracing::warn!(
-                    "{}: tenant `{tenant}`'s context faulted ({f}); making a new one",
-                    self.name
-                ),
+            if let Some(backend) = kept {
+                return Ok((backend, hold()));
             }
         }
         let others: u64 = tenants
@@ -125,7 +162,9 @@ impl Gpu {
             );
         }
         let backend = self.device.tenant_backend()?;
-        let own_kernels = own_kernels || tenants.get(tenant).is_some_and(|t| t.own_kernels);
+        let before = tenants.get(tenant);
+        let own_kernels = own_kernels || before.is_some_and(|t| t.own_kernels);
+        let holders = before.map_or(0, |t| t.holders) + 1;
         let new = tenants
             .insert(
                 tenant.to_string(),
@@ -133,6 +172,7 @@ impl Gpu {
                     backend: backend.clone(),
                     reserved: quota,
                     own_kernels,
+                    holders,
                 },
             )
             .is_none();
@@ -141,7 +181,30 @@ impl Gpu {
         }
         drop(tenants);
         self.report();
-        Ok(backend)
+        Ok((backend, hold()))
+    }
+
+    /// Drops one hold of `tenant`'s; the last returns its reservation and
+    /// the map's reference to its context.
+    fn release(&self, tenant: &str) {
+        let mut tenants = self.lock();
+        if let Some(t) = tenants.get_mut(tenant)
+            && t.holders > 1
+        {
+            t.holders -= 1;
+            return;
+        }
+        let Some(t) = tenants.remove(tenant) else {
+            return;
+        };
+        drop(tenants);
+        tracing::info!(
+            "{}: tenant `{tenant}` has no deployment here any more: its {} reservation is returned",
+            self.name,
+            gib(t.reserved)
+        );
+        drop(t);
+        self.report();
     }
 
     /// Warns when tenants running kernels of their own share the GPU with

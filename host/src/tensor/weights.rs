@@ -11,9 +11,10 @@ use super::storage::CpuData;
 use super::types::Tensor;
 use crate::platform::telemetry::Span;
 use anyhow::{Context, Result, bail};
+use prometheus_client::metrics::gauge::Gauge;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 /// A loaded weights file.
 #[derive(Debug)]
@@ -25,6 +26,16 @@ pub struct WeightsFile {
     tensors: HashMap<String, Tensor>,
     /// Metadata in file order.
     pub metadata: Vec<(String, MetaValue)>,
+    /// The gauge its bytes are counted in while it is loaded.
+    resident: Option<Gauge>,
+}
+
+impl Drop for WeightsFile {
+    fn drop(&mut self) {
+        if let Some(g) = &self.resident {
+            g.dec_by(self.byte_size() as i64);
+        }
+    }
 }
 
 /// The resource a guest's `weights` handle points to.
@@ -90,6 +101,7 @@ impl WeightsFile {
             names,
             tensors: by_name,
             metadata,
+            resident: None,
         })
     }
 }
@@ -158,31 +170,33 @@ fn convert(dtype: safetensors::Dtype, bytes: &[u8]) -> Result<CpuData> {
 
 /// Weights files loaded on this server, by canonical path and backend, so
 /// deployments that grant the same file share one copy per backend (one for
-/// all tenants on the CPU, one per tenant context on a GPU).
+/// all tenants on the CPU, one per tenant context on a GPU). The cache does
+/// not keep a file: it is freed when the last deployment holding it is
+/// removed, and loaded again if one grants it later.
 #[derive(Debug, Default)]
 pub struct WeightsCache {
-    by_path: Mutex<HashMap<(PathBuf, BackendKey), Arc<WeightsFile>>>,
+    by_path: Mutex<HashMap<(PathBuf, BackendKey), Weak<WeightsFile>>>,
 }
 
 impl WeightsCache {
-    /// The file at `path`, loading it on first use (and then adding its
-    /// size to `resident`).
+    /// The file at `path`, loading it unless a deployment holds it (its
+    /// size is counted in `resident` while it is loaded).
     pub fn get(
         &self,
         path: &Path,
         device: &DeviceHandle,
-        resident: impl FnOnce() -> prometheus_client::metrics::gauge::Gauge,
+        resident: impl FnOnce() -> Gauge,
     ) -> Result<Arc<WeightsFile>> {
         let canonical = path
             .canonicalize()
             .with_context(|| format!("weights file {} not found", path.display()))?;
         let key = (canonical, device.key());
         let mut map = self.by_path.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(w) = map.get(&key) {
-            return Ok(w.clone());
+        if let Some(w) = map.get(&key).and_then(Weak::upgrade) {
+            return Ok(w);
         }
         let started = std::time::Instant::now();
-        let w = Arc::new(WeightsFile::load(&key.0, device.backend())?);
+        let mut w = WeightsFile::load(&key.0, device.backend())?;
         tracing::info!(
             "weights {} on {}: {} tensors loaded in {:?}",
             key.0.display(),
@@ -190,8 +204,12 @@ impl WeightsCache {
             w.names.len(),
             started.elapsed()
         );
-        resident().inc_by(w.byte_size() as i64);
-        map.insert(key, w.clone());
+        let gauge = resident();
+        gauge.inc_by(w.byte_size() as i64);
+        w.resident = Some(gauge);
+        let w = Arc::new(w);
+        map.retain(|_, held| held.strong_count() > 0);
+        map.insert(key, Arc::downgrade(&w));
         Ok(w)
     }
 }
