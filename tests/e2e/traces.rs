@@ -11,8 +11,10 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
 use prost::Message;
 use std::collections::{HashMap, VecDeque};
+use std::io::Read as _;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -54,6 +56,8 @@ fn text(v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> String 
 struct Collector {
     addr: SocketAddr,
     spans: Arc<Mutex<Vec<Span>>>,
+    /// Exports that came gzip-compressed.
+    gzipped: Arc<AtomicUsize>,
 }
 
 impl Collector {
@@ -62,7 +66,8 @@ impl Collector {
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let spans = Arc::new(Mutex::new(Vec::new()));
-        let sink = spans.clone();
+        let gzipped = Arc::new(AtomicUsize::new(0));
+        let sink = (spans.clone(), gzipped.clone());
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -77,19 +82,27 @@ impl Collector {
                     let sink = sink.clone();
                     tokio::spawn(async move {
                         let service = hyper::service::service_fn(move |req| {
-                            let sink = sink.clone();
-                            async move { Ok::<_, std::convert::Infallible>(receive(req, &sink).await) }
+                            let (sink, gzipped) = sink.clone();
+                            async move {
+                                Ok::<_, std::convert::Infallible>(
+                                    receive(req, &sink, &gzipped).await,
+                                )
+                            }
                         });
                         let _ = hyper_util::server::conn::auto::Builder::new(
                             hyper_util::rt::TokioExecutor::new(),
                         )
-                            .serve_connection(hyper_util::rt::TokioIo::new(conn), service)
-                            .await;
+                        .serve_connection(hyper_util::rt::TokioIo::new(conn), service)
+                        .await;
                     });
                 }
             });
         });
-        Collector { addr, spans }
+        Collector {
+            addr,
+            spans,
+            gzipped,
+        }
     }
 
     fn url(&self) -> String {
@@ -126,14 +139,33 @@ impl http_body::Body for Frames {
 async fn receive(
     req: http::Request<hyper::body::Incoming>,
     sink: &Mutex<Vec<Span>>,
+    gzipped: &AtomicUsize,
 ) -> http::Response<Frames> {
-    let grpc = req
-        .headers()
-        .get("content-type")
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let header = |name: &str, prefix: &[u8]| {
+        req.headers()
+            .get(name)
+            .is_some_and(|v| v.as_bytes().starts_with(prefix))
+    };
+    let grpc = header("content-type", b"application/grpc");
+    let http_gzip = header("content-encoding", b"gzip");
     let body = req.into_body().collect().await.unwrap().to_bytes();
-    // gRPC: one message behind a flag byte and a 4-byte length.
-    let message = if grpc { body.slice(5..) } else { body };
+    // gRPC: one message behind a flag byte (1: compressed, by its
+    // `grpc-encoding`) and a 4-byte length.
+    let (message, gzip) = match grpc {
+        true => (body.slice(5..), body[0] == 1),
+        false => (body, http_gzip),
+    };
+    let message = match gzip {
+        true => {
+            gzipped.fetch_add(1, Ordering::Relaxed);
+            let mut plain = Vec::new();
+            flate2::read::GzDecoder::new(&message[..])
+                .read_to_end(&mut plain)
+                .expect("a gzip stream");
+            Bytes::from(plain)
+        }
+        false => message,
+    };
     let export = ExportTraceServiceRequest::decode(message).expect("a valid OTLP export");
     let mut got = Vec::new();
     for rs in export.resource_spans {
@@ -410,6 +442,7 @@ fn grpc_export_and_tensor_work_per_request() {
         &[
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
             ("OTEL_SERVICE_NAME", "probe-svc"),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
         ],
     );
     let r = server.get("/bench/matmul?n=8&reps=2");
@@ -441,6 +474,60 @@ fn grpc_export_and_tensor_work_per_request() {
         .filter(|s| s.name == "matmul")
         .count();
     assert!(matmuls >= 2, "{:?}", children(&spans, handler));
+    assert!(
+        collector.gzipped.load(Ordering::Relaxed) > 0,
+        "gzip over gRPC"
+    );
+}
+
+#[test]
+fn http_exports_are_gzipped_when_asked_and_a_bad_compression_is_refused() {
+    let dir = scratch("traces_gzip");
+    let collector = Collector::start();
+    let hello = guest("hello");
+    let server = Server::start_env(
+        &[hello.to_str().unwrap(), "--otlp-endpoint", &collector.url()],
+        &dir,
+        &[
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip"),
+        ],
+    );
+    let r = server.get("/");
+    assert_eq!(r.status, 200);
+    let trace = response_trace(&r);
+    let spans = collector.wait(|s| s.iter().any(|s| s.trace == trace));
+    assert!(spans.iter().any(|s| s.trace == trace), "{spans:#?}");
+    assert!(
+        collector.gzipped.load(Ordering::Relaxed) > 0,
+        "gzip over HTTP"
+    );
+    drop(server);
+    // Any other compression: one clear error at start.
+    let mut refused = std::process::Command::new(bin())
+        .args([
+            "serve",
+            hello.to_str().unwrap(),
+            "--otlp-endpoint",
+            &collector.url(),
+        ])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "off"])
+        .env("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    while refused.try_wait().unwrap().is_none() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = refused.kill();
+    let out = refused.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("OTEL_EXPORTER_OTLP_COMPRESSION=\"zstd\" is not supported"),
+        "{err}"
+    );
 }
 
 #[test]

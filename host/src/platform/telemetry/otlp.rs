@@ -6,8 +6,8 @@
 //!
 //! Read as the OTel exporters read them: `OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT`
 //! (a traces endpoint is used as is), `…_HEADERS` (`k=v,k2=v2`, values
-//! URL-decoded), `…_TIMEOUT` (ms, default 10000), `…_COMPRESSION` (`none`
-//! only).
+//! URL-decoded), `…_TIMEOUT` (ms, default 10000), `…_COMPRESSION` (`none`,
+//! the default, or `gzip`).
 
 use super::span::Open;
 use anyhow::{Context as _, Result, bail};
@@ -20,6 +20,8 @@ use std::time::{Duration, SystemTime};
 pub(super) struct Sender {
     runtime: tokio::runtime::Runtime,
     timeout: Duration,
+    /// Whether exports are gzip-compressed (`…_COMPRESSION=gzip`).
+    gzip: bool,
     to: To,
 }
 
@@ -53,14 +55,17 @@ impl Sender {
         .transpose()
         .context("OTEL_EXPORTER_OTLP_TIMEOUT: not a number of milliseconds")?
         .unwrap_or(Duration::from_secs(10));
-        match env2(
+        let gzip = match env2(
             "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
             "OTEL_EXPORTER_OTLP_COMPRESSION",
         ) {
-            None => {}
-            Some(c) if c.eq_ignore_ascii_case("none") => {}
-            Some(c) => bail!("OTEL_EXPORTER_OTLP_COMPRESSION={c:?} is not supported: use `none`"),
-        }
+            None => false,
+            Some(c) if c.eq_ignore_ascii_case("none") => false,
+            Some(c) if c.eq_ignore_ascii_case("gzip") => true,
+            Some(c) => {
+                bail!("OTEL_EXPORTER_OTLP_COMPRESSION={c:?} is not supported: use `gzip` or `none`")
+            }
+        };
         let pairs = headers()?;
         let traces_url = super::env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
         let base = endpoint
@@ -131,6 +136,7 @@ impl Sender {
         Ok(Sender {
             runtime,
             timeout,
+            gzip,
             to,
         })
     }
@@ -143,15 +149,21 @@ impl Sender {
                     client,
                     url,
                     headers,
-                } => client
-                    .post(url)
-                    .headers(headers.clone())
-                    .body(body)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success()),
+                } => {
+                    let mut post = client.post(url).headers(headers.clone());
+                    post = match self.gzip {
+                        true => post
+                            .header(reqwest::header::CONTENT_ENCODING, "gzip")
+                            .body(gzipped(&body)),
+                        false => post.body(body),
+                    };
+                    post.send().await.is_ok_and(|r| r.status().is_success())
+                }
                 To::Grpc { channel, headers } => {
                     let mut grpc = tonic::client::Grpc::new(channel.clone());
+                    if self.gzip {
+                        grpc = grpc.send_compressed(tonic::codec::CompressionEncoding::Gzip);
+                    }
                     let mut request = tonic::Request::new(body);
                     *request.metadata_mut() = headers.clone();
                     let path = http::uri::PathAndQuery::from_static(
@@ -166,6 +178,18 @@ impl Sender {
             .block_on(async { tokio::time::timeout(self.timeout, call).await })
             .unwrap_or(false)
     }
+}
+
+/// `body` gzip-compressed (the fast level: exports are sent often).
+fn gzipped(body: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut gz = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 4),
+        flate2::Compression::fast(),
+    );
+    // Writing to a Vec does not fail.
+    let _ = gz.write_all(body);
+    gz.finish().unwrap_or_default()
 }
 
 /// `OTEL_EXPORTER_OTLP_[TRACES_]HEADERS` as (name, value) pairs.
