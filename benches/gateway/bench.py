@@ -24,7 +24,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "http"))
-from bench import describe, free_port, stop, timed, wait_ready  # noqa: E402
+from bench import describe, free_port, pin, pinning, stop, timed, wait_ready  # noqa: E402
 
 TOKEN = "bench-token-0123456789"
 KINDS = ["bare", "4 no-op components", "gateway", "gateway+audit-all"]
@@ -81,7 +81,8 @@ def wrk(port, kind, conc, seconds, latency=True):
     if latency:
         cmd.append("--latency")
     cmd.append(f"http://127.0.0.1:{port}/hello")
-    return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return subprocess.run(cmd, capture_output=True, text=True, check=True,
+                          preexec_fn=pin("LOAD")).stdout
 
 
 def measure(args, d, reuse, concs, results):
@@ -92,7 +93,7 @@ def measure(args, d, reuse, concs, results):
         [args.tensor_wasm, "serve", deployment_file(d, args.hello, args.world, args.noop, reuse),
          "--listen", f"127.0.0.1:{port}", "--admin-listen", "off",
          "--cache-dir", os.path.join(d, "cache"), "--data-dir", os.path.join(d, f"data-{reuse}")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, preexec_fn=pin("SERVER"))
     try:
         wait_ready(port, proc, "/hello", {"Host": "bare.test"}, timeout=120)
         for kind in KINDS:
@@ -127,7 +128,8 @@ def main():
         for reuse in reuses:
             measure(args, d, reuse, concs, results)
     print()
-    print(f"Medians of {args.rounds} rounds x {args.seconds}s, wrk -t1, GET /hello with a bearer token")
+    print(f"Medians of {args.rounds} rounds x {args.seconds}s, wrk -t1, GET /hello with a bearer token; "
+          f"{pinning()}")
     print("| instances reused up to | concurrency | chain | req/s | p50 ms | p99 ms | server CPU µs/req | req/s vs bare | throughput cost |")
     print("|---|---|---|---|---|---|---|---|---|")
     for reuse in reuses:

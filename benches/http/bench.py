@@ -2,6 +2,11 @@
 
 Two modes: `fresh` (each server's default: a fresh instance per request) and
 `reuse` (both with `--max-instance-reuse-count 1000`: warm instances).
+
+CPU pinning (this module's `pin`, used by the other HTTP benches too): with
+`BENCH_SERVER_CPUS` and `BENCH_LOAD_CPUS` set (e.g. `0-1` and `2-3`) servers
+and wrk run on those CPUs only, so the load generator does not share the
+server's cores; unset, everything shares the machine.
 """
 
 import argparse
@@ -16,6 +21,30 @@ import time
 import urllib.request
 
 PATH = "/hello"
+
+
+def cpus(role):
+    """The CPUs in $BENCH_<ROLE>_CPUS (`0-1,4`), or None when unset."""
+    spec = os.environ.get(f"BENCH_{role}_CPUS", "").strip()
+    if not spec:
+        return None
+    out = set()
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def pin(role):
+    """A `preexec_fn` pinning a child process to `cpus(role)` (no-op if unset)."""
+    chosen = cpus(role)
+    return (lambda: os.sched_setaffinity(0, chosen)) if chosen else None
+
+
+def pinning():
+    """How this run is pinned, for the table's caption."""
+    s, l = os.environ.get("BENCH_SERVER_CPUS"), os.environ.get("BENCH_LOAD_CPUS")
+    return f"servers on CPUs {s}, wrk on {l}" if s and l else "servers and wrk share every CPU"
 
 
 def free_port():
@@ -101,14 +130,14 @@ def measure(kind, mode, args, conc, cache):
     # wasmtime makes on a hot path walks the stack.
     env = {k: v for k, v in os.environ.items() if k not in ("RUST_BACKTRACE", "RUST_LIB_BACKTRACE")}
     proc = subprocess.Popen(server_cmd(kind, mode, args, port, cache), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env)
+                            stderr=subprocess.DEVNULL, env=env, preexec_fn=pin("SERVER"))
     try:
         wait_ready(port, proc)
         subprocess.run(["wrk", "-t1", f"-c{conc}", "-d2s", f"http://127.0.0.1:{port}{PATH}"],
-                       capture_output=True, check=True)  # warm-up
+                       capture_output=True, check=True, preexec_fn=pin("LOAD"))  # warm-up
         return timed(proc.pid, args.seconds, lambda: subprocess.run(
             ["wrk", "-t1", f"-c{conc}", f"-d{args.seconds}s", "--latency", f"http://127.0.0.1:{port}{PATH}"],
-            capture_output=True, text=True, check=True).stdout)
+            capture_output=True, text=True, check=True, preexec_fn=pin("LOAD")).stdout)
     finally:
         stop(proc, 10)
 
@@ -136,7 +165,7 @@ def main():
                         results[(mode, kind, conc)].append(r)
                         print(f"round {rnd + 1} {mode:<5} c={conc:<3} {kind:<12} {describe(r)}", flush=True)
     print()
-    print(f"Medians of {args.rounds} rounds x {args.seconds}s, wrk -t1, GET {PATH}")
+    print(f"Medians of {args.rounds} rounds x {args.seconds}s, wrk -t1, GET {PATH}; {pinning()}")
     print("| instances | concurrency | server | req/s | p50 ms | p99 ms | server CPU µs/req "
           "| req/s vs wasmtime | CPU/req vs wasmtime |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -24,7 +24,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "http"))
-from bench import describe, free_port, stop, timed, wait_ready  # noqa: E402
+from bench import cpus, describe, free_port, pin, pinning, stop, timed, wait_ready  # noqa: E402
 
 TOKEN = "bench-token-0123456789"
 MODES = {"off": None, "1%": "0.01", "100%": "1.0"}
@@ -85,7 +85,7 @@ def start(args, d, spec, name, env_extra, admin=False):
         [args.tensor_wasm, "serve", spec, "--listen", f"127.0.0.1:{port}",
          "--admin-listen", f"127.0.0.1:{admin_port}" if admin else "off",
          "--cache-dir", os.path.join(d, "cache"), "--data-dir", os.path.join(d, f"data-{name}")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, preexec_fn=pin("SERVER"))
     return proc, port, admin_port
 
 
@@ -94,7 +94,8 @@ def wrk(port, conc, seconds, latency=True):
     if latency:
         cmd.append("--latency")
     cmd.append(f"http://127.0.0.1:{port}/hello")
-    return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return subprocess.run(cmd, capture_output=True, text=True, check=True,
+                          preexec_fn=pin("LOAD")).stdout
 
 
 def main():
@@ -108,6 +109,8 @@ def main():
     ap.add_argument("--reuse", type=int, default=1000)
     args = ap.parse_args()
 
+    if cpus("COLLECTOR"):  # this thread and the collector's threads made after it
+        os.sched_setaffinity(0, cpus("COLLECTOR"))
     collector = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Collector)
     threading.Thread(target=collector.serve_forever, daemon=True).start()
     endpoint = f"http://127.0.0.1:{collector.server_address[1]}"
@@ -156,7 +159,8 @@ def main():
 
     print()
     print(f"Medians of {args.rounds} rounds x {args.seconds}s, wrk -t1 -c{args.concurrency}, "
-          f"gateway world, GET /hello with a token, instances reused up to {args.reuse}")
+          f"gateway world, GET /hello with a token, instances reused up to {args.reuse}; {pinning()}"
+          + (f", collector on {sorted(cpus('COLLECTOR'))}" if cpus("COLLECTOR") else ""))
     print("| traces | req/s | p50 ms | p99 ms | server CPU µs/req | req/s vs off | CPU/req vs off "
           "| paired: req/s vs off | paired: CPU/req vs off |")
     print("|---|---|---|---|---|---|---|---|---|")
