@@ -70,7 +70,16 @@ pub fn build(opts: &EngineOptions) -> Result<Engine> {
         pool.pagemap_scan(Enabled::Auto)
             .linear_memory_keep_resident(1 << 20);
     }
-    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    if std::env::var_os("TENSOR_WASM_NO_POOL").is_some() {
+        // Diagnostics: instances allocated on demand with small address
+        // space reservations, so the server runs under valgrind (which
+        // cannot map the pool); slower, and guest code gets explicit bounds
+        // checks (docs/OPERATIONS.md, `benches/traces/count.sh`).
+        config.memory_reservation(64 << 20);
+        config.memory_guard_size(64 << 10);
+    } else {
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
     // Diagnostics: name guest functions in `perf` (docs/OPERATIONS.md).
     if std::env::var_os("TENSOR_WASM_PERFMAP").is_some() {
         config.profiler(wasmtime::ProfilingStrategy::PerfMap);

@@ -277,9 +277,9 @@ impl Span {
     /// Its trace id as 32 hex digits (for exemplars).
     pub fn trace_id(&self) -> Option<String> {
         let open = self.0.as_ref()?;
-        let mut text = [0u8; 32];
+        let mut text = vec![0u8; 32];
         hex(&open.cx.trace.to_be_bytes(), &mut text);
-        Some(text.iter().map(|&b| b as char).collect())
+        String::from_utf8(text).ok()
     }
 
     /// Its W3C `traceparent` (sampled) and the `tracestate` it carries.
