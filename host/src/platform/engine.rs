@@ -74,7 +74,7 @@ pub fn build(opts: &EngineOptions) -> Result<Engine> {
         // Diagnostics: instances allocated on demand with small address
         // space reservations, so the server runs under valgrind (which
         // cannot map the pool); slower, and guest code gets explicit bounds
-        // checks (docs/OPERATIONS.md, `benches/traces/count.sh`).
+        // checks (docs/OPERATIONS.md, `benches/count/run.sh`).
         config.memory_reservation(64 << 20);
         config.memory_guard_size(64 << 10);
     } else {

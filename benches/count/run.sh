@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Instructions per request, counted by valgrind's callgrind (a figure that
+# does not drift with the machine, for changes to hot paths):
+#   traces  the gateway world with traces off vs sampled at 100 %
+#   chain   bare hello vs four no-op middlewares vs the gateway world
+#
+#   bash benches/count/run.sh traces|chain [SECONDS]
+#
+# Installs wrk and valgrind (Debian) if missing; prints a table.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+what="${1:?usage: benches/count/run.sh traces|chain [SECONDS]}"
+cargo build --release
+(cd benches/gateway/noop && cargo build --release --target wasm32-wasip2)
+for tool in wrk valgrind; do
+  if ! command -v "$tool" >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq "$tool"
+  fi
+done
+python3 benches/count/count.py "$what" --tensor-wasm target/release/tensor-wasm \
+  --world "$PWD/worlds/gateway.wac" \
+  --hello "$PWD/target/guests/wasm32-wasip2/release/hello.wasm" \
+  --noop "$PWD/benches/gateway/noop/target/wasm32-wasip2/release/noop_middleware.wasm" \
+  --seconds "${2:-20}"
