@@ -101,9 +101,9 @@ impl WasiHttpHooks for OutgoingPolicy {
         // service continues it (unless the guest set its own traceparent).
         let mut span = Span::child(request.method().as_str().to_string()).client();
         if span.is_recording() {
-            span.set("http.request.method", request.method().as_str().to_string());
-            span.set("server.address", host.clone());
-            span.set("url.path", request.uri().path().to_string());
+            span.set_str("http.request.method", request.method().as_str());
+            span.set_str("server.address", &host);
+            span.set_str("url.path", request.uri().path());
         }
         let mut request = request;
         if !request.headers().contains_key("traceparent") {

@@ -229,19 +229,16 @@ pub fn request_span<B>(req: &http::Request<B>, client: &http::HeaderValue) -> Sp
     };
     let span = Span::server(method.clone(), parent.map(|(t, s, _)| (t, s)), state);
     let mut span = span
-        .with("http.request.method", method)
-        .with("url.path", req.uri().path().to_string())
-        .with("url.scheme", "http")
-        .with(
-            "client.address",
-            address.trim_matches(['[', ']']).to_string(),
-        )
+        .with_str("http.request.method", &method)
+        .with_str("url.path", req.uri().path())
+        .with_str("url.scheme", "http")
+        .with_str("client.address", address.trim_matches(['[', ']']))
         .with("client.port", port.parse::<i64>().unwrap_or(0));
     if let Some(agent) = headers
         .get(http::header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
     {
-        span.set("user_agent.original", agent.to_string());
+        span.set_str("user_agent.original", agent);
     }
     span
 }
@@ -255,8 +252,8 @@ pub fn served_by(span: &mut Span, method: &http::Method, labels: &Labels, route:
     }
     span.rename(format!("{method} {route}"));
     span.label(labels.clone());
-    span.set("http.route", route.to_string());
-    span.set("request_id", id.to_string());
+    span.set_str("http.route", route);
+    span.set_str("request_id", id);
 }
 
 /// Records the response's status on the request's span and names the trace

@@ -11,7 +11,7 @@
 
 use super::span::Open;
 use anyhow::{Context as _, Result, bail};
-use opentelemetry::{KeyValue, Value};
+use opentelemetry::Value;
 use std::time::{Duration, SystemTime};
 
 /// Where and how batches go: sent from the export thread on a runtime of
@@ -308,35 +308,63 @@ impl Pb<'_> {
         self.0.extend_from_slice(&v.to_le_bytes());
     }
     /// `KeyValue { key = 1; AnyValue value = 2 }`, AnyValue's oneof:
-    /// string 1, bool 2, int 3, double 4 (arrays as their text); written
-    /// in place, lengths first.
-    fn attribute(&mut self, field: u32, kv: &KeyValue) {
-        let mut text = String::new();
-        let key = kv.key.as_str().as_bytes();
+    /// string 1, bool 2, int 3, double 4; written in place, lengths first.
+    fn attribute(&mut self, field: u32, key: &str, value: Scalar) {
+        let key = key.as_bytes();
         // The value's oneof field and the size of the `AnyValue` holding it.
-        let (value_field, any) = match &kv.value {
-            Value::Bool(b) => (2, 1 + varint_len(u64::from(*b))),
-            Value::I64(i) => (3, 1 + varint_len(*i as u64)),
-            Value::F64(_) => (4, 1 + 8),
-            Value::String(s) => (1, len_delimited(s.as_str().len())),
-            other => {
-                text = other.to_string();
-                (1, len_delimited(text.len()))
-            }
+        let (value_field, any) = match value {
+            Scalar::Bool(b) => (2, 1 + varint_len(u64::from(b))),
+            Scalar::I64(i) => (3, 1 + varint_len(i as u64)),
+            Scalar::F64(_) => (4, 1 + 8),
+            Scalar::Str(s) => (1, len_delimited(s.len())),
         };
         self.key(field, 2);
         self.varint((len_delimited(key.len()) + len_delimited(any)) as u64);
         self.bytes(1, key);
         self.key(2, 2);
         self.varint(any as u64);
-        match &kv.value {
-            Value::Bool(b) => self.uint(value_field, u64::from(*b)),
-            Value::I64(i) => self.uint(value_field, *i as u64),
-            Value::F64(f) => self.fixed64(value_field, f.to_bits()),
-            Value::String(s) => self.bytes(value_field, s.as_str().as_bytes()),
-            _ => self.bytes(value_field, text.as_bytes()),
+        match value {
+            Scalar::Bool(b) => self.uint(value_field, u64::from(b)),
+            Scalar::I64(i) => self.uint(value_field, i as u64),
+            Scalar::F64(f) => self.fixed64(value_field, f.to_bits()),
+            Scalar::Str(s) => self.bytes(value_field, s.as_bytes()),
         }
     }
+}
+
+/// An attribute's value as OTLP's `AnyValue` holds it.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Scalar<'a> {
+    Bool(bool),
+    I64(i64),
+    F64(f64),
+    Str(&'a str),
+}
+
+/// Appends attribute `key` = `value` (an OpenTelemetry value; arrays as
+/// their text) to `out` as a `Span.attributes` field (number 9).
+pub(super) fn attribute(out: &mut Vec<u8>, key: &str, value: &Value) {
+    key_value(out, 9, key, value);
+}
+
+/// Appends attribute `key` = `value` to `out` as a `Span.attributes` field.
+pub(super) fn attribute_str(out: &mut Vec<u8>, key: &str, value: &str) {
+    Pb(out).attribute(9, key, Scalar::Str(value));
+}
+
+fn key_value(out: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
+    let text;
+    let scalar = match value {
+        Value::Bool(b) => Scalar::Bool(*b),
+        Value::I64(i) => Scalar::I64(*i),
+        Value::F64(f) => Scalar::F64(*f),
+        Value::String(s) => Scalar::Str(s.as_str()),
+        other => {
+            text = other.to_string();
+            Scalar::Str(&text)
+        }
+    };
+    Pb(out).attribute(field, key, scalar);
 }
 
 /// Bytes of `v` as a varint.
@@ -364,7 +392,7 @@ impl Fixed {
     pub(super) fn new(resource: &opentelemetry_sdk::Resource) -> Fixed {
         let mut r = Vec::new();
         for (k, v) in resource.iter() {
-            Pb(&mut r).attribute(1, &KeyValue::new(k.clone(), v.clone()));
+            key_value(&mut r, 1, k.as_str(), v);
         }
         let mut s = Vec::new();
         Pb(&mut s).bytes(1, b"tensor-wasm");
@@ -400,7 +428,7 @@ impl Fixed {
 pub(super) fn attributes(pairs: &[(&str, &str)]) -> Vec<u8> {
     let mut out = Vec::new();
     for (k, v) in pairs {
-        Pb(&mut out).attribute(9, &KeyValue::new(k.to_string(), v.to_string()));
+        attribute_str(&mut out, k, v);
     }
     out
 }
@@ -424,9 +452,7 @@ pub(super) fn span_field(o: &Open, end: SystemTime, out: &mut Vec<u8>, body: &mu
     pb.uint(6, u64::from(o.kind as u8));
     pb.fixed64(7, nanos(o.start));
     pb.fixed64(8, nanos(end));
-    for kv in &o.attributes {
-        pb.attribute(9, kv);
-    }
+    pb.0.extend_from_slice(&o.attributes);
     if let Some(labels) = &o.cx.labels {
         pb.0.extend_from_slice(&labels.0);
     }
@@ -488,12 +514,14 @@ mod tests {
             name: "GET /".into(),
             kind: Kind::Server,
             start,
-            attributes: vec![
-                KeyValue::new("s", long.clone()),
-                KeyValue::new("i", -3i64),
-                KeyValue::new("b", true),
-                KeyValue::new("f", 0.5),
-            ],
+            attributes: {
+                let mut a = Vec::new();
+                attribute_str(&mut a, "s", &long);
+                attribute(&mut a, "i", &(-3i64).into());
+                attribute(&mut a, "b", &true.into());
+                attribute(&mut a, "f", &0.5.into());
+                a
+            },
             error: true,
         };
         let mut spans = Vec::new();

@@ -7,11 +7,12 @@
 //! request paid a third of its CPU for its five spans. Here a span is one
 //! allocation, its attributes a `Vec`, and "current" a thread-local pair of
 //! ids, set while a scoped future is polled ([`within`]) or a guard lives
-//! ([`Span::enter`]). Nothing is made when traces are off or a request is
-//! not sampled: a child is made only under a current span.
+//! ([`Span::enter`]). Attributes are encoded as OTLP when set (no value is
+//! kept). Nothing is made when traces are off or a request is not sampled:
+//! a child is made only under a current span.
 
 use super::export::Queue;
-use opentelemetry::{KeyValue, Value};
+use opentelemetry::Value;
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -127,7 +128,8 @@ pub(super) struct Open {
     pub(super) name: Cow<'static, str>,
     pub(super) kind: Kind,
     pub(super) start: SystemTime,
-    pub(super) attributes: Vec<KeyValue>,
+    /// Its attributes, encoded (`Span.attributes` fields).
+    pub(super) attributes: Vec<u8>,
     pub(super) error: bool,
 }
 
@@ -214,7 +216,7 @@ impl Span {
             name,
             kind: Kind::Internal,
             start: SystemTime::now(),
-            attributes: Vec::with_capacity(8),
+            attributes: Vec::with_capacity(256),
             error: false,
         })))
     }
@@ -238,8 +240,21 @@ impl Span {
     /// Sets attribute `key`.
     pub fn set(&mut self, key: &'static str, value: impl Into<Value>) {
         if let Some(open) = &mut self.0 {
-            open.attributes.push(KeyValue::new(key, value));
+            super::otlp::attribute(&mut open.attributes, key, &value.into());
         }
+    }
+
+    /// Sets string attribute `key` (no copy of `value` is made).
+    pub fn set_str(&mut self, key: &'static str, value: &str) {
+        if let Some(open) = &mut self.0 {
+            super::otlp::attribute_str(&mut open.attributes, key, value);
+        }
+    }
+
+    /// Sets string attribute `key` (no copy of `value` is made).
+    pub fn with_str(mut self, key: &'static str, value: &str) -> Span {
+        self.set_str(key, value);
+        self
     }
 
     /// Makes it a client span (an outgoing call).

@@ -46,7 +46,7 @@ pub fn compile_source(
     cache_dir: Option<&Path>,
 ) -> Result<Ptxs, String> {
     let mut span = Span::root("kernel-compile");
-    span.set("kernel.module", name.to_string());
+    span.set_str("kernel.module", name);
     let opts = options(arch);
     let mut h = blake3::Hasher::new();
     h.update(source.as_bytes());
