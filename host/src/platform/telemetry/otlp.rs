@@ -334,7 +334,7 @@ impl Pb<'_> {
 
 /// An attribute's value as OTLP's `AnyValue` holds it.
 #[derive(Debug, Clone, Copy)]
-pub(super) enum Scalar<'a> {
+enum Scalar<'a> {
     Bool(bool),
     I64(i64),
     F64(f64),
