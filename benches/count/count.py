@@ -21,6 +21,7 @@ import http.server
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -90,6 +91,7 @@ def main():
     ap.add_argument("--hello", help="hello.wasm (chain)")
     ap.add_argument("--noop", help="the no-op middleware (chain)")
     ap.add_argument("--seconds", type=int, default=20)
+    ap.add_argument("--keep", help="a folder to copy the profiles to (for callgrind_annotate)")
     args = ap.parse_args()
     rows = {}
     with tempfile.TemporaryDirectory() as d:
@@ -110,6 +112,11 @@ def main():
             rows[name] = count(args, d, spec, str(i), env, host)
             print(f"{name:<20} {rows[name][0]:10.0f} instructions/request ({rows[name][1]} requests)",
                   flush=True)
+            if args.keep:
+                os.makedirs(args.keep, exist_ok=True)
+                for f in os.listdir(d):
+                    if f.startswith(f"callgrind.{i}."):
+                        shutil.copy(os.path.join(d, f), os.path.join(args.keep, f"{name.replace(' ', '-')}.callgrind"))
     first = next(iter(rows.values()))[0]
     print()
     print(f"callgrind, wrk -t1 -c4 -d{args.seconds}s after a 5 s warm-up, warm instances")

@@ -4,8 +4,9 @@
 #   traces  the gateway world with traces off vs sampled at 100 %
 #   chain   bare hello vs four no-op middlewares vs the gateway world
 #
-#   bash benches/count/run.sh traces|chain [SECONDS]
+#   bash benches/count/run.sh traces|chain [SECONDS] [--keep DIR]
 #
+# --keep DIR copies each server's profile to DIR (callgrind_annotate reads it).
 # Installs wrk and valgrind (Debian) if missing; prints a table.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -21,4 +22,4 @@ python3 benches/count/count.py "$what" --tensor-wasm target/release/tensor-wasm 
   --world "$PWD/worlds/gateway.wac" \
   --hello "$PWD/target/guests/wasm32-wasip2/release/hello.wasm" \
   --noop "$PWD/benches/gateway/noop/target/wasm32-wasip2/release/noop_middleware.wasm" \
-  --seconds "${2:-20}"
+  --seconds "${2:-20}" "${@:3}"

@@ -69,6 +69,12 @@ struct OutgoingPolicy {
 }
 
 impl WasiHttpHooks for OutgoingPolicy {
+    /// The library's default list, checked without the `Arc` its default
+    /// method makes per header (five allocations a request).
+    fn is_forbidden_header(&mut self, name: &http::HeaderName) -> bool {
+        wasmtime_wasi_http::DEFAULT_FORBIDDEN_HEADERS.contains(name)
+    }
+
     fn send_request(
         &mut self,
         request: http::Request<wasmtime_wasi_http::WasiBody>,
@@ -106,7 +112,10 @@ impl WasiHttpHooks for OutgoingPolicy {
             span.set_str("url.path", request.uri().path());
         }
         let mut request = request;
-        if !request.headers().contains_key("traceparent") {
+        if !request
+            .headers()
+            .contains_key(&crate::platform::telemetry::PARENT)
+        {
             crate::platform::telemetry::stamp(&span, request.headers_mut());
         }
         Box::new(span.over(async move {

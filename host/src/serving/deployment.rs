@@ -428,14 +428,15 @@ impl Deployment {
                         warm
                     }
                     None => {
+                        // Boxed: it is large, and a warm request never runs it.
                         telemetry::Span::child("instantiate")
-                            .over(instantiate(
+                            .over(Box::pin(instantiate(
                                 &pre,
                                 &mut store,
                                 &pools,
                                 &stats,
                                 &mut room_made,
-                            ))
+                            )))
                             .await?
                     }
                 };

@@ -195,7 +195,11 @@ impl Server {
     ) -> Response<ResponseBody> {
         let mut span = telemetry::request_span(&req, &client.addr);
         let cx = span.cx();
-        let mut response = telemetry::within(cx, self.route(req, client, &mut span)).await;
+        // Boxed: the layers above (ours and hyper's) move this future a few
+        // times, and unboxed it would carry the whole request's state
+        // (kilobytes) through each move.
+        let route = Box::pin(self.route(req, client, &mut span));
+        let mut response = telemetry::within(cx, route).await;
         telemetry::finish(&mut span, &mut response);
         response
     }
@@ -257,10 +261,10 @@ impl Server {
 /// The first header that a request may carry once at most but carries more
 /// often: a component reading one copy and a proxy before us another would
 /// disagree on who is calling or which host is asked.
-fn duplicated(headers: &http::HeaderMap) -> Option<&'static str> {
-    ["authorization", "host"]
+fn duplicated(headers: &http::HeaderMap) -> Option<http::HeaderName> {
+    [http::header::AUTHORIZATION, http::header::HOST]
         .into_iter()
-        .find(|name| headers.get_all(*name).iter().nth(1).is_some())
+        .find(|name| headers.get_all(name).iter().nth(1).is_some())
 }
 
 /// Opens `count` listening sockets on `addr` that share its port

@@ -5,18 +5,18 @@
 //! client's own copies are replaced or removed, so it cannot forge them).
 //! The id goes back on the response and into the logs.
 
-use http::{HeaderMap, HeaderValue};
-use std::hash::{BuildHasher, Hasher};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use std::net::SocketAddr;
-use std::sync::LazyLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+
+// Header names as `HeaderName` constants: a `&str` key is parsed again on
+// every lookup (hundreds of instructions a request).
 
 /// The request-id header.
-pub const REQUEST_ID: &str = "x-request-id";
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The client-address header the host sets.
-pub const CLIENT_ADDR: &str = "x-client-addr";
+pub const CLIENT_ADDR: HeaderName = HeaderName::from_static("x-client-addr");
 /// The client-certificate identity header the host sets (mTLS).
-pub const CLIENT_IDENTITY: &str = "x-client-identity";
+pub const CLIENT_IDENTITY: HeaderName = HeaderName::from_static("x-client-identity");
 
 /// Who is at the other end of a connection, as the host vouches for it
 /// (made once per connection, not per request).
@@ -31,9 +31,6 @@ pub struct Client {
 /// Longest client-supplied id kept.
 const MAX_LEN: usize = 128;
 
-static SEED: LazyLock<std::hash::RandomState> = LazyLock::new(std::hash::RandomState::new);
-static COUNTER: AtomicU64 = AtomicU64::new(0);
-
 /// Whether a client's id is kept: 1–128 visible ASCII characters from
 /// `A-Z a-z 0-9 - _ . : / + =`.
 pub fn is_valid(id: &str) -> bool {
@@ -44,19 +41,16 @@ pub fn is_valid(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=".contains(&b))
 }
 
-/// A new id: 32 hex digits, unpredictable and unique within the process.
+/// A new id: 32 hex digits of 128 random bits (the thread's generator,
+/// seeded by the OS): unpredictable; two among four billion ids are the same
+/// with a chance of about 2^-65.
 pub fn generate() -> HeaderValue {
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let half = |salt: u64| {
-        let mut h = SEED.build_hasher();
-        h.write_u64(n);
-        h.write_u64(salt);
-        h.finish()
-    };
-    let bits = (u128::from(half(0x5eed)) << 64) | u128::from(half(0xfeed));
+    let mut bits = [0u8; 16];
+    rand::fill(&mut bits);
     let mut hex = [0u8; 32];
-    for (i, digit) in hex.iter_mut().enumerate() {
-        *digit = b"0123456789abcdef"[((bits >> (124 - 4 * i)) & 0xf) as usize];
+    for (pair, b) in hex.chunks_exact_mut(2).zip(bits) {
+        pair[0] = b"0123456789abcdef"[usize::from(b >> 4)];
+        pair[1] = b"0123456789abcdef"[usize::from(b & 0xf)];
     }
     HeaderValue::from_bytes(&hex).expect("hex digits are a valid header value")
 }
@@ -71,7 +65,7 @@ pub fn client_value(client: SocketAddr) -> HeaderValue {
 /// `x-client-addr` and `x-client-identity` (removed when the connection
 /// has none); returns the id.
 pub fn assign(headers: &mut HeaderMap, client: &Client) -> HeaderValue {
-    let id = match headers.get(REQUEST_ID) {
+    let id = match headers.get(&REQUEST_ID) {
         Some(v) if v.to_str().is_ok_and(is_valid) => v.clone(),
         _ => {
             let id = generate();
@@ -82,7 +76,7 @@ pub fn assign(headers: &mut HeaderMap, client: &Client) -> HeaderValue {
     headers.insert(CLIENT_ADDR, client.addr.clone());
     match &client.identity {
         Some(identity) => headers.insert(CLIENT_IDENTITY, identity.clone()),
-        None => headers.remove(CLIENT_IDENTITY),
+        None => headers.remove(&CLIENT_IDENTITY),
     };
     id
 }
@@ -107,12 +101,15 @@ mod tests {
         h.insert(CLIENT_ADDR, HeaderValue::from_static("6.6.6.6:1"));
         h.insert(CLIENT_IDENTITY, HeaderValue::from_static("spiffe://forged"));
         assert_eq!(assign(&mut h, &client), "abc-123");
-        assert_eq!(h[CLIENT_ADDR], "127.0.0.1:4000");
-        assert!(h.get(CLIENT_IDENTITY).is_none(), "a client's own copy goes");
+        assert_eq!(h[&CLIENT_ADDR], "127.0.0.1:4000");
+        assert!(
+            h.get(&CLIENT_IDENTITY).is_none(),
+            "a client's own copy goes"
+        );
         client.identity = Some(HeaderValue::from_static("spiffe://a/b"));
         h.insert(CLIENT_IDENTITY, HeaderValue::from_static("spiffe://forged"));
         assign(&mut h, &client);
-        assert_eq!(h[CLIENT_IDENTITY], "spiffe://a/b");
+        assert_eq!(h[&CLIENT_IDENTITY], "spiffe://a/b");
         for bad in ["", "has space", "quote\"", &"x".repeat(129)] {
             let mut h = HeaderMap::new();
             if let Ok(v) = HeaderValue::from_str(bad) {
@@ -122,7 +119,7 @@ mod tests {
             assert_ne!(id, bad);
             assert_eq!(id.len(), 32);
             assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit));
-            assert_eq!(h[REQUEST_ID], id);
+            assert_eq!(h[&REQUEST_ID], id);
         }
         assert_ne!(generate(), generate());
     }

@@ -192,14 +192,14 @@ pub fn request_span<B>(req: &http::Request<B>, client: &http::HeaderValue) -> Sp
     };
     let headers = req.headers();
     let parent = headers
-        .get("traceparent")
+        .get(&PARENT)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_traceparent);
     if !sampling.decide(parent) {
         return Span::none();
     }
     // A well-formed `tracestate` is passed on as the client sent it.
-    let state = match (parent, headers.get("tracestate")) {
+    let state = match (parent, headers.get(&STATE)) {
         (Some(_), Some(s)) => s
             .to_str()
             .ok()
@@ -273,8 +273,6 @@ pub fn finish<B>(span: &mut Span, response: &mut http::Response<B>) {
 /// Writes `span`'s `traceparent` (and `tracestate`) into `headers`,
 /// replacing any; nothing when it is not recorded.
 pub fn stamp(span: &Span, headers: &mut http::HeaderMap) {
-    const PARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
-    const STATE: http::HeaderName = http::HeaderName::from_static("tracestate");
     if let Some((parent, state)) = span.traceparent() {
         headers.insert(PARENT, parent);
         match state {
@@ -284,9 +282,14 @@ pub fn stamp(span: &Span, headers: &mut http::HeaderMap) {
     }
 }
 
+/// The W3C trace-context headers (constants: a `&str` key is parsed on
+/// every lookup).
+pub const PARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+const STATE: http::HeaderName = http::HeaderName::from_static("tracestate");
+
 /// The trace id (32 hex digits) a request's `traceparent` names, for logs.
 pub fn trace_id(headers: &http::HeaderMap) -> Option<&str> {
-    trace_id_of(headers.get("traceparent")?.to_str().ok()?)
+    trace_id_of(headers.get(&PARENT)?.to_str().ok()?)
 }
 
 fn trace_id_of(traceparent: &str) -> Option<&str> {
