@@ -3,9 +3,12 @@ does not drift with the machine as time does, so a change to a hot path
 shows at once. Two comparisons:
 
 - `traces`: the gateway world (as benches/traces serves it) with traces off
-  and sampled at 100 % (exporting to a collector of this script's);
+  and sampled at 1 % and 100 % (exporting to a collector of this script's);
 - `chain`: bare hello, four no-op middlewares in front of it and the
-  gateway world (as benches/gateway serves them), all with warm instances.
+  gateway world (as benches/gateway serves them), all with warm instances;
+- `http`: hello with warm instances under `tensor-wasm serve` and under
+  `wasmtime serve --max-instance-reuse-count 1000` (benches/http's reuse
+  mode; wasmtime's own allocator, so its count includes its malloc).
 
 Each server runs alone under callgrind; after a warm-up the counters are
 zeroed, wrk drives it, and the instructions the server executed (user
@@ -51,17 +54,23 @@ def total(path):
     return int(re.search(r"([\d,]+) \(100\.0%\)\s+PROGRAM TOTALS", text).group(1).replace(",", ""))
 
 
-def count(args, d, spec, name, env_extra, host=None):
-    """Instructions per request of a server of `spec` (requests to `host`)."""
+def ours(args, d, spec, name):
+    """A `tensor-wasm serve SPEC` command line, given its port."""
+    return lambda port: [
+        args.tensor_wasm, "serve", spec, "--listen", f"127.0.0.1:{port}", "--admin-listen", "off",
+        "--cache-dir", os.path.join(d, "cache"), "--data-dir", os.path.join(d, f"data-{name}")]
+
+
+def count(args, d, server, name, env_extra, host=None):
+    """Instructions per request of the server `server(port)` starts
+    (requests to `host`)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     env.update(env_extra, TENSOR_WASM_NO_POOL="1")
     port = free_port()
     out = os.path.join(d, f"callgrind.{name}")
     proc = subprocess.Popen(
-        ["valgrind", "--tool=callgrind", "--smc-check=all-non-file", f"--callgrind-out-file={out}",
-         args.tensor_wasm, "serve", spec, "--listen", f"127.0.0.1:{port}", "--admin-listen", "off",
-         "--cache-dir", os.path.join(d, "cache"), "--data-dir", os.path.join(d, f"data-{name}")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        ["valgrind", "--tool=callgrind", "--smc-check=all-non-file", f"--callgrind-out-file={out}"]
+        + server(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     headers = {"Authorization": f"Bearer {TOKEN}"} | ({"Host": host} if host else {})
     flags = [x for k, v in headers.items() for x in ("-H", f"{k}: {v}")]
     url = f"http://127.0.0.1:{port}/hello"
@@ -85,11 +94,12 @@ def count(args, d, spec, name, env_extra, host=None):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["traces", "chain"])
+    ap.add_argument("what", choices=["traces", "chain", "http"])
     ap.add_argument("--tensor-wasm", required=True)
     ap.add_argument("--world", required=True, help="worlds/gateway.wac")
     ap.add_argument("--hello", help="hello.wasm (chain)")
     ap.add_argument("--noop", help="the no-op middleware (chain)")
+    ap.add_argument("--wasmtime", help="`wasmtime` 48.0.8 (http)")
     ap.add_argument("--seconds", type=int, default=20)
     ap.add_argument("--keep", help="a folder to copy the profiles to (for callgrind_annotate)")
     args = ap.parse_args()
@@ -100,16 +110,31 @@ def main():
             threading.Thread(target=collector.serve_forever, daemon=True).start()
             endpoint = f"http://127.0.0.1:{collector.server_address[1]}"
             spec = traces.gateway_file(d, args.world, 1000)
-            runs = [("traces off", {}, None),
-                    ("traces 100%", {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
-                                     "OTEL_TRACES_SAMPLER": "always_on"}, None)]
-        else:
+
+            def sampled(ratio):
+                return {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_TRACES_SAMPLER": "traceidratio",
+                        "OTEL_TRACES_SAMPLER_ARG": ratio}
+
+            runs = [("traces off", {}, None), ("traces 1%", sampled("0.01"), None),
+                    ("traces 100%", sampled("1.0"), None)]
+            runs = [(name, ours(args, d, spec, str(i)), env, host)
+                    for i, (name, env, host) in enumerate(runs)]
+        elif args.what == "chain":
             if not (args.hello and args.noop):
                 ap.error("chain needs --hello and --noop")
             spec = gateway.deployment_file(d, args.hello, args.world, args.noop, 1000)
-            runs = [(kind, {}, gateway.HOSTS[kind]) for kind in gateway.KINDS[:3]]
-        for i, (name, env, host) in enumerate(runs):
-            rows[name] = count(args, d, spec, str(i), env, host)
+            runs = [(kind, ours(args, d, spec, str(i)), {}, gateway.HOSTS[kind])
+                    for i, kind in enumerate(gateway.KINDS[:3])]
+        else:
+            if not (args.hello and args.wasmtime):
+                ap.error("http needs --hello and --wasmtime")
+            reuse = ["--max-instance-reuse-count", "1000"]
+            mine = ours(args, d, args.hello, "0")
+            runs = [("tensor-wasm", lambda port: mine(port) + reuse, {}, None),
+                    ("wasmtime serve", lambda port: [args.wasmtime, "serve", "-S", "cli", "--addr",
+                                                     f"127.0.0.1:{port}"] + reuse + [args.hello], {}, None)]
+        for i, (name, server, env, host) in enumerate(runs):
+            rows[name] = count(args, d, server, str(i), env, host)
             print(f"{name:<20} {rows[name][0]:10.0f} instructions/request ({rows[name][1]} requests)",
                   flush=True)
             if args.keep:

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Instructions per request, counted by valgrind's callgrind (a figure that
 # does not drift with the machine, for changes to hot paths):
-#   traces  the gateway world with traces off vs sampled at 100 %
+#   traces  the gateway world with traces off vs sampled at 1 % and 100 %
 #   chain   bare hello vs four no-op middlewares vs the gateway world
+#   http    hello with warm instances: tensor-wasm serve vs wasmtime serve
 #
-#   bash benches/count/run.sh traces|chain [SECONDS] [--keep DIR]
+#   bash benches/count/run.sh traces|chain|http [SECONDS] [--keep DIR]
 #
 # --keep DIR copies each server's profile to DIR (callgrind_annotate reads it).
 # Installs wrk and valgrind (Debian) if missing; prints a table.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-what="${1:?usage: benches/count/run.sh traces|chain [SECONDS]}"
+what="${1:?usage: benches/count/run.sh traces|chain|http [SECONDS] [--keep DIR]}"
+tools="${TW_BENCH_TOOLS:-$HOME/.cache/tensor-wasm-bench}"
 cargo build --release
 (cd benches/gateway/noop && cargo build --release --target wasm32-wasip2)
 for tool in wrk valgrind; do
@@ -18,8 +20,12 @@ for tool in wrk valgrind; do
     apt-get update -qq && apt-get install -y -qq "$tool"
   fi
 done
+if [ "$what" = http ] && [ ! -x "$tools/bin/wasmtime" ]; then
+  cargo install wasmtime-cli --version 48.0.8 --locked --root "$tools"
+fi
 python3 benches/count/count.py "$what" --tensor-wasm target/release/tensor-wasm \
   --world "$PWD/worlds/gateway.wac" \
   --hello "$PWD/target/guests/wasm32-wasip2/release/hello.wasm" \
   --noop "$PWD/benches/gateway/noop/target/wasm32-wasip2/release/noop_middleware.wasm" \
+  --wasmtime "$tools/bin/wasmtime" \
   --seconds "${2:-20}" "${@:3}"
