@@ -8,6 +8,7 @@
 //! writer thread inside the transaction that writes the record, so
 //! concurrent requests never fork the chain. [`verify`] walks it.
 
+use crate::platform::hex;
 use anyhow::{Context, Result, bail};
 use hmac::{Hmac, Mac};
 use redb::{ReadableTable, TableDefinition};
@@ -52,7 +53,7 @@ impl Secret {
         if !path.exists() && create {
             let mut key = [0u8; 32];
             rand::fill(&mut key);
-            crate::platform::token::write_secret(&path, &hex(&key))?;
+            crate::platform::token::write_secret(&path, &hex::encode(&key))?;
         }
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read the audit chain's key {}", path.display()))?;
@@ -150,12 +151,12 @@ impl Chainer {
             .or_insert_with(|| self.secret.for_tenant(tenant));
         for (key, value) in written {
             seq += 1;
-            let sha256 = value.as_ref().map(|v| hex(&Sha256::digest(v)));
+            let sha256 = value.as_ref().map(|v| hex::encode(&Sha256::digest(v)));
             prev = tag_of(mac, &prev, seq, key, sha256.as_deref());
             let entry = Entry {
                 key: key.clone(),
                 sha256,
-                tag: hex(&prev),
+                tag: hex::encode(&prev),
             };
             chain.insert(seq, serde_json::to_vec(&entry)?.as_slice())?;
         }
@@ -216,7 +217,7 @@ pub fn verify(
     for (i, e) in entries.iter().enumerate() {
         let seq = i as u64 + 1;
         let tag = tag_of(&mac, &prev, seq, &e.key, e.sha256.as_deref());
-        if hex(&tag) != e.tag {
+        if hex::encode(&tag) != e.tag {
             return Verdict::Broken(format!(
                 "chain entry #{seq} (record `{}`) was altered, or entries before it were removed \
                  or reordered",
@@ -231,7 +232,7 @@ pub fn verify(
             (None, Some(_)) => {
                 return Verdict::Broken(format!("record `{key}` (chain entry #{seq}) was removed"));
             }
-            (Some(v), Some(sha)) if hex(&Sha256::digest(v)) != *sha => {
+            (Some(v), Some(sha)) if hex::encode(&Sha256::digest(v)) != *sha => {
                 return Verdict::Broken(format!("record `{key}` (chain entry #{seq}) was altered"));
             }
             (Some(_), None) => {
@@ -267,10 +268,6 @@ pub fn chain_tenant(table: &str) -> Option<&str> {
     (rest.len() == len.parse::<usize>().ok()?).then_some(rest)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn unhex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
@@ -304,12 +301,12 @@ mod tests {
             .enumerate()
             .map(|(i, (k, v))| {
                 let seq = i as u64 + 1;
-                let sha256 = v.map(|v| hex(&Sha256::digest(v)));
+                let sha256 = v.map(|v| hex::encode(&Sha256::digest(v)));
                 prev = tag_of(&mac, &prev, seq, k, sha256.as_deref());
                 let e = Entry {
                     key: k.to_string(),
                     sha256,
-                    tag: hex(&prev),
+                    tag: hex::encode(&prev),
                 };
                 (seq, serde_json::to_vec(&e).unwrap())
             })

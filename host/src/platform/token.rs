@@ -11,12 +11,15 @@ pub fn generate() -> Result<String> {
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))
         .context("cannot read random bytes from /dev/urandom")?;
-    Ok(format!("tw_{}", hex(&bytes)))
+    Ok(format!("tw_{}", super::hex::encode(&bytes)))
 }
 
 /// `sha256:` and the hex SHA-256 of `token`, as `auth.tokens` lists it.
 pub fn hash(token: &str) -> String {
-    format!("sha256:{}", hex(&Sha256::digest(token.as_bytes())))
+    format!(
+        "sha256:{}",
+        super::hex::encode(&Sha256::digest(token.as_bytes()))
+    )
 }
 
 /// Writes `token` to `path` (0600, its folder made if missing).
@@ -33,10 +36,6 @@ pub fn write_secret(path: &std::path::Path, token: &str) -> Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))?;
     std::io::Write::write_all(&mut file, format!("{token}\n").as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Checks a token id as `auth.tokens` accepts it.

@@ -48,10 +48,7 @@ pub fn generate() -> HeaderValue {
     let mut bits = [0u8; 16];
     rand::fill(&mut bits);
     let mut hex = [0u8; 32];
-    for (pair, b) in hex.chunks_exact_mut(2).zip(bits) {
-        pair[0] = b"0123456789abcdef"[usize::from(b >> 4)];
-        pair[1] = b"0123456789abcdef"[usize::from(b & 0xf)];
-    }
+    crate::platform::hex::encode_into(&bits, &mut hex);
     HeaderValue::from_bytes(&hex).expect("hex digits are a valid header value")
 }
 

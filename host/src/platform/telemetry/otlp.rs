@@ -547,9 +547,15 @@ mod tests {
         assert_eq!(ss.scope.as_ref().unwrap().name, "tensor-wasm");
         assert_eq!(ss.spans.len(), 2);
         let s = &ss.spans[1];
-        assert_eq!(hex(&s.trace_id), "0af7651916cd43dd8448eb211c80319c");
-        assert_eq!(hex(&s.span_id), "b7ad6b7169203331");
-        assert_eq!(hex(&s.parent_span_id), "0000000000000007");
+        assert_eq!(
+            crate::platform::hex::encode(&s.trace_id),
+            "0af7651916cd43dd8448eb211c80319c"
+        );
+        assert_eq!(crate::platform::hex::encode(&s.span_id), "b7ad6b7169203331");
+        assert_eq!(
+            crate::platform::hex::encode(&s.parent_span_id),
+            "0000000000000007"
+        );
         assert_eq!(
             (s.name.as_str(), s.kind, s.trace_state.as_str()),
             ("GET /", 2, "k=v")
@@ -577,10 +583,6 @@ mod tests {
         assert_eq!(value("tenant"), Some(Any::StringValue("acme".into())));
         assert_eq!(value("deployment"), Some(Any::StringValue("gw".into())));
         assert_eq!(s.attributes.len(), 6);
-    }
-
-    fn hex(b: &[u8]) -> String {
-        b.iter().map(|b| format!("{b:02x}")).collect()
     }
 
     #[test]

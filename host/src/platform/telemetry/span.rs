@@ -12,6 +12,7 @@
 //! a child is made only under a current span.
 
 use super::export::Queue;
+use crate::platform::hex;
 use opentelemetry::Value;
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
@@ -292,9 +293,7 @@ impl Span {
     /// Its trace id as 32 hex digits (for exemplars).
     pub fn trace_id(&self) -> Option<String> {
         let open = self.0.as_ref()?;
-        let mut text = vec![0u8; 32];
-        hex(&open.cx.trace.to_be_bytes(), &mut text);
-        String::from_utf8(text).ok()
+        Some(hex::encode(&open.cx.trace.to_be_bytes()))
     }
 
     /// Its W3C `traceparent` (sampled) and the `tracestate` it carries.
@@ -302,9 +301,9 @@ impl Span {
         let open = self.0.as_ref()?;
         let mut text = [0u8; 55];
         text[..3].copy_from_slice(b"00-");
-        hex(&open.cx.trace.to_be_bytes(), &mut text[3..35]);
+        hex::encode_into(&open.cx.trace.to_be_bytes(), &mut text[3..35]);
         text[35] = b'-';
-        hex(&open.cx.span.to_be_bytes(), &mut text[36..52]);
+        hex::encode_into(&open.cx.span.to_be_bytes(), &mut text[36..52]);
         text[52..].copy_from_slice(b"-01");
         let parent = http::HeaderValue::from_bytes(&text).ok()?;
         let state = open
@@ -355,14 +354,6 @@ fn new_id() -> u128 {
         if hi != 0 && lo != 0 {
             return u128::from(hi) << 64 | u128::from(lo);
         }
-    }
-}
-
-fn hex(bytes: &[u8], out: &mut [u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (i, b) in bytes.iter().enumerate() {
-        out[2 * i] = DIGITS[(b >> 4) as usize];
-        out[2 * i + 1] = DIGITS[(b & 15) as usize];
     }
 }
 
