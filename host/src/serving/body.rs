@@ -145,37 +145,21 @@ fn json_string(s: &str) -> String {
 }
 
 /// `body`, holding `guard` until the body itself is dropped — after the
-/// server has written it out — and then dropping it on a task of its own.
-///
-/// hyper drops a body as soon as its last frame is buffered, before the
-/// flush; dropping a store there (resetting the instance's memory, tens of
-/// µs) would delay every response by that much. The task runs after the
-/// flush, on the same thread, before that thread reads its next request.
+/// server has written it out.
 pub fn drop_after<G: Send + Unpin + 'static>(body: ResponseBody, guard: G) -> ResponseBody {
     Guarded {
         body,
-        guard: Some(guard),
+        _guard: guard,
     }
     .boxed_unsync()
 }
 
-struct Guarded<G: Send + 'static> {
+struct Guarded<G> {
     body: ResponseBody,
-    guard: Option<G>,
+    _guard: G,
 }
 
-impl<G: Send + 'static> Drop for Guarded<G> {
-    fn drop(&mut self) {
-        // Outside a runtime (shutting down) it is dropped here.
-        if let (Some(guard), Ok(runtime)) =
-            (self.guard.take(), tokio::runtime::Handle::try_current())
-        {
-            runtime.spawn(async move { drop(guard) });
-        }
-    }
-}
-
-impl<G: Send + Unpin + 'static> Body for Guarded<G> {
+impl<G: Unpin> Body for Guarded<G> {
     type Data = Bytes;
     type Error = BoxError;
 
