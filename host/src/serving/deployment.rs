@@ -541,7 +541,16 @@ impl Deployment {
             return too_large(self.limits.body);
         }
         let body = match guest.take_finished() {
-            Some((_, Some(store))) => body::drop_after(body, store),
+            Some((_, Some(mut store))) => {
+                if store.data_mut().left_behind() {
+                    // Tensor memory or CUDA objects the request left are
+                    // charged to its tenant: freed before the client hears.
+                    drop(store);
+                    body
+                } else {
+                    body::drop_after(body, self.pools.defer_teardown(store))
+                }
+            }
             _ => body,
         };
         Response::from_parts(parts, body)
@@ -666,7 +675,8 @@ async fn handle(
 
 /// Instantiates `pre` in `store`, timed into `stats`; when the instance
 /// pool is full, drops another deployment's (or this one's) longest-idle
-/// instance and tries again, noting in `room_made` that it did.
+/// instance, noting in `room_made` that it did, or waits for an answered
+/// request's instance to be torn down, and tries again.
 async fn instantiate(
     pre: &ProxyPre<InstanceState>,
     store: &mut Store<InstanceState>,
@@ -676,19 +686,22 @@ async fn instantiate(
 ) -> wasmtime::Result<Proxy> {
     let t0 = Instant::now();
     loop {
-        match pre.instantiate_async(&mut *store).await {
-            Err(e)
-                if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
-                    .is_some()
-                    && pools.evict_one() =>
-            {
+        let result = pre.instantiate_async(&mut *store).await;
+        if let Err(e) = &result
+            && e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                .is_some()
+        {
+            if pools.evict_one() {
                 *room_made = true;
+                continue;
             }
-            result => {
-                stats.instantiation.observe(t0.elapsed().as_secs_f64());
-                return result;
+            // An answered request's instance about to be dropped.
+            if pools.wait_teardown().await {
+                continue;
             }
         }
+        stats.instantiation.observe(t0.elapsed().as_secs_f64());
+        return result;
     }
 }
 

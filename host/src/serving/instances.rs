@@ -41,6 +41,7 @@ use crate::assembly::spec::Instances;
 use crate::platform::metrics::{DeploymentLabel, DiscardLabels, Metrics};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 use wasmtime::Store;
@@ -207,11 +208,37 @@ impl Pool {
 }
 
 /// Every reusing deployment's pool, for the reaper and for making room in
-/// the instance pool.
+/// the instance pool, and the fresh instances waiting to be torn down.
 #[derive(Default)]
 pub struct Pools {
     pools: Mutex<Vec<Weak<Pool>>>,
     reaper: std::sync::OnceLock<()>,
+    /// Fresh instances whose requests are answered, not yet dropped.
+    pending_teardowns: AtomicUsize,
+    /// Told whenever one of them is dropped.
+    torn_down: tokio::sync::Notify,
+}
+
+/// How long a request that finds the instance pool full waits for an
+/// answered request's instance to be dropped (it is, right after its flush,
+/// unless its client reads slowly) before it is refused.
+const TEARDOWN_WAIT: Duration = Duration::from_millis(100);
+
+/// A fresh instance's store whose response is on its way: dropped (which
+/// resets the instance's memory, tens of µs) after the response is flushed
+/// (`body::drop_after`), so no client waits for it. Until then it holds
+/// its slot in the instance pool; [`Pools::wait_teardown`] waits for it.
+pub struct Teardown {
+    store: Option<Store<InstanceState>>,
+    pools: Arc<Pools>,
+}
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        drop(self.store.take());
+        self.pools.pending_teardowns.fetch_sub(1, Ordering::AcqRel);
+        self.pools.torn_down.notify_waiters();
+    }
 }
 
 impl Pools {
@@ -247,6 +274,26 @@ impl Pools {
                 .unwrap_or_else(|e| tracing::error!("cannot start the idle-instance reaper: {e}"));
         });
         Some(pool)
+    }
+
+    /// `store`, to be dropped once its response is flushed.
+    pub fn defer_teardown(self: &Arc<Self>, store: Store<InstanceState>) -> Teardown {
+        self.pending_teardowns.fetch_add(1, Ordering::AcqRel);
+        Teardown {
+            store: Some(store),
+            pools: self.clone(),
+        }
+    }
+
+    /// Waits (up to [`TEARDOWN_WAIT`]) until a [`Teardown`] store is dropped,
+    /// freeing its slot in the instance pool; false when none was.
+    pub async fn wait_teardown(&self) -> bool {
+        // Registered before the count is read: no drop in between is missed.
+        let torn_down = self.torn_down.notified();
+        if self.pending_teardowns.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        tokio::time::timeout(TEARDOWN_WAIT, torn_down).await.is_ok()
     }
 
     /// Drops the longest-idle instance of any deployment, to free its slot
