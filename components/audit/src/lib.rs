@@ -25,7 +25,7 @@ fn recorded(method: &Method) -> Result<bool, String> {
         method,
         Method::Get | Method::Head | Method::Options | Method::Trace
     );
-    match gatewaykit::config_get("audit.policy").as_deref() {
+    match gatewaykit::config_get("audit.policy") {
         None | Some("mutating") => Ok(mutating),
         Some("all") => Ok(true),
         Some(other) => Err(format!(
@@ -35,7 +35,7 @@ fn recorded(method: &Method) -> Result<bool, String> {
 }
 
 fn record(request: &IncomingRequest, now: u64) -> (String, String) {
-    let opt = |v: Option<String>| v.map_or("null".to_string(), |s| quote(&s));
+    let opt = |v: Option<&str>| v.map_or("null".to_string(), quote);
     let request_id = gatewaykit::header(request, "x-request-id").unwrap_or_default();
     let caller = gatewaykit::identity::caller(request);
     let body = format!(
@@ -43,13 +43,13 @@ fn record(request: &IncomingRequest, now: u64) -> (String, String) {
         quote(&gatewaykit::time::rfc3339(now)),
         opt(gatewaykit::config_get("tensorwasm.tenant")),
         opt(gatewaykit::config_get("tensorwasm.deployment")),
-        opt(caller.id().map(str::to_string)),
+        opt(caller.id()),
         quote(&gatewaykit::method_name(&request.method())),
         quote(&httpkit::path(request)),
         quote(&request_id),
-        opt(trace_id(request)),
-        opt(gatewaykit::header(request, "x-client-addr")),
-        opt(gatewaykit::header(request, "x-client-identity")),
+        opt(trace_id(request).as_deref()),
+        opt(gatewaykit::header(request, "x-client-addr").as_deref()),
+        opt(gatewaykit::header(request, "x-client-identity").as_deref()),
     );
     (format!("{now:020}-{request_id}"), body)
 }

@@ -14,6 +14,7 @@
 use gatewaykit::identity::{Caller, caller_of, identities, tokens};
 use gatewaykit::scope::{Class, Scope, prefixes};
 use httpkit::{json_error, path, quote, respond};
+use std::sync::OnceLock;
 use wasip2::http::types::{IncomingRequest, ResponseOutparam};
 
 gatewaykit::bindings!("tensorwasm:auth/auth");
@@ -45,9 +46,13 @@ impl exports::wasi::http::incoming_handler::Guest for Auth {
             (Ok(t), Ok(i)) => (t, i),
             (Err(e), _) | (_, Err(e)) => return json_error(out, 500, "bad_config", &e),
         };
-        let admin = prefixes(&gatewaykit::config_get("auth.admin-paths").unwrap_or_default());
+        // Parsed once per instance, like the config it comes from.
+        static ADMIN: OnceLock<Vec<String>> = OnceLock::new();
+        let admin = ADMIN.get_or_init(|| {
+            prefixes(gatewaykit::config_get("auth.admin-paths").unwrap_or_default())
+        });
         let path = path(&request);
-        let class = Class::of(&request.method(), &path, &admin);
+        let class = Class::of(&request.method(), &path, admin);
         match caller_of(&request, tokens, identities) {
             (Caller::Anonymous, _) => deny(
                 out,

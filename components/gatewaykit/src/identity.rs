@@ -106,7 +106,7 @@ pub fn identities() -> Result<&'static [Identity], String> {
     static IDENTITIES: OnceLock<Result<Vec<Identity>, String>> = OnceLock::new();
     IDENTITIES
         .get_or_init(|| {
-            crate::config_get("auth.identities").map_or(Ok(Vec::new()), |t| parse_identities(&t))
+            crate::config_get("auth.identities").map_or(Ok(Vec::new()), parse_identities)
         })
         .as_deref()
         .map_err(Clone::clone)
@@ -163,9 +163,7 @@ fn parse_hash(text: &str) -> Option<[u8; 32]> {
 pub fn tokens() -> Result<&'static [Token], String> {
     static TOKENS: OnceLock<Result<Vec<Token>, String>> = OnceLock::new();
     TOKENS
-        .get_or_init(|| {
-            crate::config_get("auth.tokens").map_or(Ok(Vec::new()), |t| parse_tokens(&t))
-        })
+        .get_or_init(|| crate::config_get("auth.tokens").map_or(Ok(Vec::new()), parse_tokens))
         .as_deref()
         .map_err(Clone::clone)
 }

@@ -31,17 +31,26 @@ use wasip2::http::types::{IncomingRequest, Method};
 
 /// A config value (`None` when unset or when the store fails). A
 /// deployment's config does not change while an instance lives, so each key
-/// is read once per instance: with warm instances, once per many requests.
-pub fn config_get(key: &str) -> Option<String> {
-    static SEEN: Mutex<BTreeMap<String, Option<String>>> = Mutex::new(BTreeMap::new());
+/// is read once per instance (with warm instances, once per many requests)
+/// and its value kept for the instance's life: a request that reads it
+/// again copies nothing.
+pub fn config_get(key: &str) -> Option<&'static str> {
+    static SEEN: Mutex<BTreeMap<String, Option<&'static str>>> = Mutex::new(BTreeMap::new());
     let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
-    seen.entry(key.to_string())
-        .or_insert_with(|| config::store::get(key).ok().flatten())
-        .clone()
+    if let Some(value) = seen.get(key) {
+        return *value;
+    }
+    // Kept once per key read (the keys are the deployment's config keys).
+    let value = config::store::get(key)
+        .ok()
+        .flatten()
+        .map(|v| &*Box::leak(v.into_boxed_str()));
+    seen.insert(key.to_string(), value);
+    value
 }
 
 /// A method's name (`GET`, ...; other methods as the client sent them).
-pub fn method_name(m: &Method) -> String {
+pub fn method_name(m: &Method) -> std::borrow::Cow<'static, str> {
     match m {
         Method::Get => "GET".into(),
         Method::Head => "HEAD".into(),
@@ -52,7 +61,7 @@ pub fn method_name(m: &Method) -> String {
         Method::Options => "OPTIONS".into(),
         Method::Trace => "TRACE".into(),
         Method::Patch => "PATCH".into(),
-        Method::Other(o) => o.clone(),
+        Method::Other(o) => o.clone().into(),
     }
 }
 

@@ -89,11 +89,11 @@ fn policy(token: Option<&str>) -> Result<Option<Policy>, String> {
     if let Some(id) = token {
         let key = format!("ratelimit.token.{id}");
         if let Some(text) = gatewaykit::config_get(&key) {
-            return parse_policy(&key, &text);
+            return parse_policy(&key, text);
         }
     }
     match gatewaykit::config_get("ratelimit.default") {
-        Some(text) => parse_policy("ratelimit.default", &text),
+        Some(text) => parse_policy("ratelimit.default", text),
         None => Ok(None),
     }
 }

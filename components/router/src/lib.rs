@@ -116,14 +116,19 @@ impl exports::wasi::http::incoming_handler::Guest for Router {
         static RULES: OnceLock<Result<Vec<Rule>, String>> = OnceLock::new();
         let rules = RULES.get_or_init(|| {
             let text = gatewaykit::config_get("router.routes");
-            parse_routes(text.as_deref().unwrap_or(DEFAULT_ROUTES))
+            parse_routes(text.unwrap_or(DEFAULT_ROUTES))
         });
         let rules = match rules {
             Ok(r) => r,
             Err(e) => return json_error(out, 500, "bad_config", e),
         };
         let path = path(&request);
-        let method = gatewaykit::method_name(&request.method()).to_ascii_uppercase();
+        // Rules hold upper-case names; only a method of the client's own
+        // spelling needs a copy.
+        let method = match gatewaykit::method_name(&request.method()) {
+            std::borrow::Cow::Owned(m) => std::borrow::Cow::Owned(m.to_ascii_uppercase()),
+            known => known,
+        };
         let matching: Vec<&Rule> = rules.iter().filter(|r| r.matches_path(&path)).collect();
         if matching.is_empty() {
             return json_error(out, 404, "not_found", &format!("no route for {path}"));
