@@ -32,6 +32,14 @@ trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null' EXIT INT TERM
   --save "" --appendonly yes --appendfsync always > "$work/redis.log" 2>&1 &
 pids+=($!)
 
+# One audit-key for both: they extend one audit chain in Redis
+# (docs/GATEWAY.md, "Audit records"); made once, kept across runs.
+mkdir -p "$work/data-1" "$work/data-2"
+if [ ! -s "$work/data-1/audit-key" ]; then
+  (umask 077; od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > "$work/data-1/audit-key")
+fi
+install -m 600 "$work/data-1/audit-key" "$work/data-2/audit-key"
+
 backends=""
 for n in 1 2; do
   "$bin" serve "$file" --listen "127.0.0.1:$((port + n))" \

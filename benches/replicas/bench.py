@@ -106,6 +106,13 @@ def main():
             procs.append(redis)
             file = deployment_file(d, args.world, f"redis://127.0.0.1:{redis_port}/0", args.reuse)
             ports, replicas = [], []
+            # One audit-key for both replicas: they extend one audit chain in Redis.
+            key = os.urandom(32).hex()
+            for n in (1, 2):
+                os.makedirs(os.path.join(d, f"data-{n}"), exist_ok=True)
+                with open(os.path.join(d, f"data-{n}", "audit-key"), "w") as f:
+                    f.write(key)
+                os.chmod(os.path.join(d, f"data-{n}", "audit-key"), 0o600)
             for n in (1, 2):
                 port = free_port()
                 p = subprocess.Popen(

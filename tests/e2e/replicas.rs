@@ -281,7 +281,12 @@ route = {{ host = "c.test" }}
     assert!(down.text().contains("could not be read"), "{}", down.text());
     assert_eq!(on("b.test", "GET", "/notes/k", b"").text(), "on disk");
     assert_eq!(on("c.test", "GET", "/notes/k", b"").text(), "local");
-    assert!(server.log().contains("Redis read from redis://127.0.0.1"));
+    // The log line may trail the response a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !server.log().contains("Redis read from redis://127.0.0.1") {
+        assert!(Instant::now() < deadline, "{}", server.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let redis = Redis::start_on(&redis_dir, port);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -364,6 +369,13 @@ fn replicas_behind_haproxy_share_one_rate_limit_and_lose_no_audit_record_on_kill
     const QPS: u32 = 20;
     const BURST: u32 = 10;
     let file = gateway_file(&dir, &redis, QPS, BURST);
+    // Replicas chain audit records in Redis with one key (docs/SCALING.md).
+    let key = "5eed".repeat(16);
+    for n in 1..=2 {
+        let data = dir.join(format!("data-{n}"));
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("audit-key"), &key).unwrap();
+    }
     let start = |n: usize| {
         let data = dir.join(format!("data-{n}"));
         Server::start(
@@ -468,4 +480,92 @@ fn replicas_behind_haproxy_share_one_rate_limit_and_lose_no_audit_record_on_kill
         assert_eq!(records.get(*id), Some(&1), "acknowledged upload {id}");
     }
     drop(two);
+
+    // Both replicas extended one chain, through the kill: intact, every
+    // record chained; a record changed in Redis breaks it, by name.
+    let data = dir.join("data-2");
+    let verify = || {
+        run(&[
+            "audit",
+            "verify",
+            "--redis",
+            &redis.url(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ])
+    };
+    let (code, out, err) = verify();
+    assert_eq!(code, 0, "{out}{err}");
+    let audited = redis.bucket("acme", "audit");
+    assert!(
+        out.contains(&format!("tenant `acme`: {} records", audited.len()))
+            && out.contains("intact"),
+        "{out}"
+    );
+    let victim = audited.keys().min().unwrap().clone();
+    redis::cmd("HSET")
+        .arg("tensor-wasm:kv/4/acme/audit")
+        .arg(&victim)
+        .arg("{\"forged\":true}")
+        .exec(&mut redis.conn())
+        .unwrap();
+    let (code, out, err) = verify();
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains(&format!("BROKEN: record `{victim}`")) && out.contains("was altered"),
+        "{out}"
+    );
+}
+
+/// A server whose `audit-key` differs from the one that made a chain in
+/// Redis refuses to extend it (its audited requests get 503, its log says
+/// why) instead of breaking it.
+#[test]
+fn a_replica_with_another_audit_key_does_not_break_the_chain_in_redis() {
+    let dir = scratch("redis_audit_key");
+    let redis = Redis::start(&dir.join("redis"));
+    let file = gateway_file(&dir, &redis, 1000, 1000);
+    let start = |n: usize| {
+        let data = dir.join(format!("data-{n}"));
+        Server::start(
+            &[file.to_str().unwrap(), "--data-dir", data.to_str().unwrap()],
+            &dir.join(format!("cache-{n}")),
+        )
+    };
+    let auth = [("authorization", "Bearer tok-b")];
+    let one = start(1);
+    for _ in 0..3 {
+        let r = request(one.addr, "POST", "/echo", &auth, b"x");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let two = start(2);
+    let r = request(two.addr, "POST", "/echo", &auth, b"x");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("audit_unavailable"), "{}", r.text());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !two.log().contains("made with another audit-key") {
+        assert!(Instant::now() < deadline, "{}", two.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = request(one.addr, "POST", "/echo", &auth, b"x");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let verify = |n: usize| {
+        let data = dir.join(format!("data-{n}"));
+        run(&[
+            "audit",
+            "verify",
+            "--redis",
+            &redis.url(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ])
+    };
+    let (code, out, err) = verify(1);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("tenant `acme`: 4 records, 4 chain entries: intact"),
+        "{out}"
+    );
+    let (code, out, _) = verify(2);
+    assert_eq!(code, 1, "the other key cannot vouch for it: {out}");
 }

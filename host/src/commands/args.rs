@@ -244,6 +244,10 @@ pub enum AuditCommand {
         /// The server's data directory (its `audit-key` file too) [default: as `serve`].
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
+        /// Check the chains kept in this Redis instead (replicas'
+        /// `[deployment.keyvalue]`; the key is still the data directory's).
+        #[arg(long, value_name = "URL")]
+        redis: Option<String>,
     },
     /// Print the records that match (JSON lines, oldest first).
     Query {

@@ -114,7 +114,7 @@ pub fn query(data_dir: &Path, filter: &Filter) -> Result<()> {
 /// `tensor-wasm audit verify`: walks each tenant's audit chain against its
 /// records; exit status 1 when one does not agree.
 pub fn verify(data_dir: &Path, tenant: Option<&str>) -> Result<u8> {
-    use crate::keyvalue::chain::{self, Secret, Verdict};
+    use crate::keyvalue::chain::{self, Secret};
     let reader = Reader::open(data_dir)?;
     if let Some(note) = &reader.note {
         eprintln!("note: {note}");
@@ -126,20 +126,46 @@ pub fn verify(data_dir: &Path, tenant: Option<&str>) -> Result<u8> {
         .filter_map(|t| chain::audited_tenant(t).or_else(|| chain::chain_tenant(t)))
         .filter(|t| tenant.is_none_or(|only| only == *t))
         .collect();
-    if tenants.is_empty() {
-        println!(
-            "no audit records{}",
-            tenant.map_or(String::new(), |t| format!(" for tenant `{t}`"))
-        );
-        return Ok(0);
-    }
-    let mut broken = 0;
-    for t in tenants {
-        let records = reader
-            .entries(&crate::keyvalue::table_name(t, BUCKET))?
-            .into_iter()
-            .collect();
-        match chain::verify(&secret, t, &reader.chain(t)?, &records) {
+    let checked = tenants.into_iter().map(|t| {
+        let records = reader.entries(&crate::keyvalue::table_name(t, BUCKET))?;
+        Ok((t.to_string(), reader.chain(t)?, records))
+    });
+    report(&secret, tenant, checked)
+}
+
+/// `tensor-wasm audit verify --redis URL`: the same, for the chains that
+/// replicas keep in a shared Redis (keyed by the data directory's key).
+pub fn verify_redis(url: &str, data_dir: &Path, tenant: Option<&str>) -> Result<u8> {
+    use crate::keyvalue::chain::Secret;
+    use crate::keyvalue::redis::{Redis, block_on};
+    let secret = Secret::load(data_dir, false)?;
+    let redis = Redis::new(url, None)?;
+    let tenants: Vec<String> = block_on(redis.audited_tenants())?
+        .into_iter()
+        .filter(|t| tenant.is_none_or(|only| only == t))
+        .collect();
+    let checked = tenants.into_iter().map(|t| {
+        let records = block_on(redis.entries(&crate::keyvalue::table_name(&t, BUCKET)))?;
+        let chain = block_on(redis.chain(&t))?;
+        Ok((t, chain, records))
+    });
+    report(&secret, tenant, checked)
+}
+
+type Checked = (String, Vec<(u64, Vec<u8>)>, Vec<(String, Vec<u8>)>);
+
+/// Prints each tenant's verdict; 1 when one is broken.
+fn report(
+    secret: &crate::keyvalue::chain::Secret,
+    tenant: Option<&str>,
+    tenants: impl Iterator<Item = Result<Checked>>,
+) -> Result<u8> {
+    use crate::keyvalue::chain::{self, Verdict};
+    let (mut seen, mut broken) = (0, 0);
+    for checked in tenants {
+        let (t, entries, records) = checked?;
+        seen += 1;
+        match chain::verify(secret, &t, &entries, &records.into_iter().collect()) {
             Verdict::Intact { records, entries } => {
                 println!("tenant `{t}`: {records} records, {entries} chain entries: intact")
             }
@@ -148,6 +174,12 @@ pub fn verify(data_dir: &Path, tenant: Option<&str>) -> Result<u8> {
                 println!("tenant `{t}`: BROKEN: {why}");
             }
         }
+    }
+    if seen == 0 {
+        println!(
+            "no audit records{}",
+            tenant.map_or(String::new(), |t| format!(" for tenant `{t}`"))
+        );
     }
     Ok(u8::from(broken > 0))
 }

@@ -50,8 +50,16 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             tenant,
             data_dir,
         }) => audit::tail(&data_dir_of(data_dir)?, tenant, lines)?,
-        Command::Audit(AuditCommand::Verify { tenant, data_dir }) => {
-            return audit::verify(&data_dir_of(data_dir)?, tenant.as_deref());
+        Command::Audit(AuditCommand::Verify {
+            tenant,
+            data_dir,
+            redis,
+        }) => {
+            let dir = data_dir_of(data_dir)?;
+            return match redis {
+                Some(url) => audit::verify_redis(&url, &dir, tenant.as_deref()),
+                None => audit::verify(&dir, tenant.as_deref()),
+            };
         }
         Command::Audit(AuditCommand::Query {
             tenant,

@@ -16,7 +16,8 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-type Tag = [u8; 32];
+/// An entry's HMAC-SHA256 tag.
+pub type Tag = [u8; 32];
 
 /// Writes to an audit bucket as chained: each key with its value as it
 /// then stood (`None`: deleted).
@@ -65,8 +66,19 @@ impl Secret {
         Ok(Secret(key))
     }
 
+    /// The key's id: 16 hex digits of a hash of it (a chain in Redis
+    /// names the key that made it, so a server with another key refuses
+    /// to extend it instead of breaking it).
+    pub fn id(&self) -> String {
+        let digest = Sha256::new()
+            .chain_update(b"tensor-wasm audit key id\0")
+            .chain_update(self.0)
+            .finalize();
+        hex::encode(&digest[..8])
+    }
+
     /// The tenant's own key: HMAC(secret, "tenant:" + name).
-    fn for_tenant(&self, tenant: &str) -> Hmac<Sha256> {
+    pub(super) fn for_tenant(&self, tenant: &str) -> Hmac<Sha256> {
         let mut derive = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("any key length");
         derive.update(b"tensor-wasm audit chain v1\0tenant:");
         derive.update(tenant.as_bytes());
@@ -99,6 +111,32 @@ fn tag_of(mac: &Hmac<Sha256>, prev: &Tag, seq: u64, key: &str, sha256: Option<&s
         None => m.update(b"del"),
     }
     m.finalize().into_bytes().into()
+}
+
+/// Chain entries, each with its sequence number.
+pub type Entries = Vec<(u64, Vec<u8>)>;
+
+/// The entries chaining `written` after the entry `head` (its sequence
+/// number and tag; `(0, [0; 32])` before the first), and the new head.
+pub(super) fn entries(
+    mac: &Hmac<Sha256>,
+    head: (u64, Tag),
+    written: &Written,
+) -> Result<(Entries, (u64, Tag))> {
+    let (mut seq, mut prev) = head;
+    let mut out = Vec::with_capacity(written.len());
+    for (key, value) in written {
+        seq += 1;
+        let sha256 = value.as_ref().map(|v| hex::encode(&Sha256::digest(v)));
+        prev = tag_of(mac, &prev, seq, key, sha256.as_deref());
+        let entry = Entry {
+            key: key.clone(),
+            sha256,
+            tag: hex::encode(&prev),
+        };
+        out.push((seq, serde_json::to_vec(&entry)?));
+    }
+    Ok((out, (seq, prev)))
 }
 
 /// Appends chain entries inside the writer's transactions; remembers each
@@ -134,8 +172,7 @@ impl Chainer {
         written: &Written,
     ) -> Result<()> {
         let mut chain = txn.open_table(ChainDef::new(&table(tenant)))?;
-        let (mut seq, mut prev) = match self.pending.get(tenant).or_else(|| self.heads.get(tenant))
-        {
+        let head = match self.pending.get(tenant).or_else(|| self.heads.get(tenant)) {
             Some(head) => *head,
             None => match chain.last()? {
                 Some((k, v)) => {
@@ -149,18 +186,11 @@ impl Chainer {
             .macs
             .entry(tenant.to_string())
             .or_insert_with(|| self.secret.for_tenant(tenant));
-        for (key, value) in written {
-            seq += 1;
-            let sha256 = value.as_ref().map(|v| hex::encode(&Sha256::digest(v)));
-            prev = tag_of(mac, &prev, seq, key, sha256.as_deref());
-            let entry = Entry {
-                key: key.clone(),
-                sha256,
-                tag: hex::encode(&prev),
-            };
-            chain.insert(seq, serde_json::to_vec(&entry)?.as_slice())?;
+        let (made, head) = entries(mac, head, written)?;
+        for (seq, bytes) in &made {
+            chain.insert(*seq, bytes.as_slice())?;
         }
-        self.pending.insert(tenant.to_string(), (seq, prev));
+        self.pending.insert(tenant.to_string(), head);
         Ok(())
     }
 
@@ -278,7 +308,7 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-fn unhex_tag(s: &str) -> Result<Tag> {
+pub(super) fn unhex_tag(s: &str) -> Result<Tag> {
     match unhex(s) {
         Some(b) if b.len() == 32 => {
             let mut t = [0; 32];

@@ -144,7 +144,7 @@ impl Capability for Keyvalue {
                 let redis = match clients.get(&backend.url) {
                     Some(r) => r.clone(),
                     None => {
-                        let r = Arc::new(redis::Redis::new(&backend.url)?);
+                        let r = Arc::new(redis::Redis::new(&backend.url, self.stores.dir.clone())?);
                         r.check();
                         clients.insert(backend.url.clone(), r.clone());
                         r

@@ -11,11 +11,23 @@
 //! Redis answers it; what that means after a crash is Redis's persistence
 //! (docs/SCALING.md). Connections are a [`ConnectionManager`]: a lost one
 //! fails the calls made meanwhile (bounded by [`TIMEOUT`]) and is remade.
+//!
+//! Writes to a tenant's `audit` bucket are chained as in the embedded
+//! store ([`super::chain`]): the chain is a hash of its own (entries by
+//! sequence number, and `head`: the last one's number, its tag and the id
+//! of the key that made it). Tags are HMACs only this server's key can
+//! make, so they are computed here, not in Redis; a batch goes with its
+//! entries and the head it extends, and the script applies it only if that
+//! is still the head (else this server reads the new head and tries again).
+//! Replicas that share a Redis must share their `audit-key` file.
 
-use super::durable::{PAGE, Write, WriteResult};
+use super::chain::{self, Secret, Tag};
+use super::durable::{PAGE, Write, WriteResult, incremented};
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use anyhow::{Context, Result};
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// What every hash's name starts with, so a shared Redis tells ours apart.
@@ -83,12 +95,77 @@ end
 return {1, last}
 "#;
 
+/// The chained batch script: KEYS are the bucket's hash and its chain's;
+/// ARGV the head it extends (`""`: none yet), the new head, the number of
+/// writes, the writes as triples (op `s` or `d`; key; value), then the
+/// chain entries as pairs (sequence number; entry). Answers `{1, ""}`, or
+/// `{2, head}` when the head has moved.
+const CHAIN_SCRIPT: &str = r#"
+local head = redis.call("HGET", KEYS[2], "head")
+if not head then head = "" end
+if head ~= ARGV[1] then return {2, head} end
+local i = 4
+for _ = 1, tonumber(ARGV[3]) do
+  if ARGV[i] == "s" then
+    redis.call("HSET", KEYS[1], ARGV[i + 1], ARGV[i + 2])
+  else
+    redis.call("HDEL", KEYS[1], ARGV[i + 1])
+  end
+  i = i + 3
+end
+while i < #ARGV do
+  redis.call("HSET", KEYS[2], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+redis.call("HSET", KEYS[2], "head", ARGV[2])
+return {1, ""}
+"#;
+
+/// Tries at extending a chain whose head other servers keep moving (each
+/// server sends one batch per tenant at a time, so a try loses only to
+/// another replica's).
+const CHAIN_TRIES: usize = 64;
+
 /// One Redis server's connection, shared by the deployments that name it.
 pub struct Redis {
     conn: ConnectionManager,
     script: ::redis::Script,
+    chain_script: ::redis::Script,
     /// The URL without its password, for errors and logs.
     shown: String,
+    /// Where the audit chain's key is (the data directory).
+    key_dir: Option<PathBuf>,
+    /// The key, read (or made) on the first audit write.
+    secret: OnceLock<Result<Secret, String>>,
+    /// Per tenant: the chain head as this server last wrote it (the guess
+    /// the next batch tries first), locked while a batch is under way.
+    heads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<String>>>>,
+}
+
+/// A chain's head as Redis keeps it: `SEQ TAG KEY-ID`.
+struct Head {
+    seq: u64,
+    tag: Tag,
+    key_id: String,
+}
+
+impl Head {
+    fn parse(text: &str) -> Option<Head> {
+        if text.is_empty() {
+            return Some(Head {
+                seq: 0,
+                tag: [0; 32],
+                key_id: String::new(),
+            });
+        }
+        let mut words = text.split(' ');
+        let (seq, tag, key_id) = (words.next()?, words.next()?, words.next()?);
+        Some(Head {
+            seq: seq.parse().ok()?,
+            tag: chain::unhex_tag(tag).ok()?,
+            key_id: key_id.to_string(),
+        })
+    }
 }
 
 /// The runtime that drives every Redis connection (its reconnects run
@@ -106,11 +183,17 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
+/// Runs `f` (a [`Redis`] call) to its end, from outside any runtime: for
+/// commands.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    runtime().block_on(f)
+}
+
 impl Redis {
     /// A client of the Redis at `url` (`redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`
     /// or `redis+unix:///PATH`). It connects on first use, so a server
     /// starts while Redis is down (calls fail until it is back).
-    pub fn new(url: &str) -> Result<Self> {
+    pub fn new(url: &str, key_dir: Option<PathBuf>) -> Result<Self> {
         let info: ::redis::ConnectionInfo = url
             .parse()
             .with_context(|| format!("`{}` is not a Redis URL", shown(url)))?;
@@ -127,7 +210,11 @@ impl Redis {
         Ok(Self {
             conn,
             script: ::redis::Script::new(WRITE_SCRIPT),
+            chain_script: ::redis::Script::new(CHAIN_SCRIPT),
             shown: shown(url),
+            key_dir,
+            secret: OnceLock::new(),
+            heads: Mutex::default(),
         })
     }
 
@@ -158,8 +245,12 @@ impl Redis {
             .map(drop)
     }
 
-    /// Applies `writes` to the hash of `table`, atomically.
+    /// Applies `writes` to the hash of `table`, atomically (and chained,
+    /// for an audit bucket).
     pub async fn write(&self, table: &str, writes: Vec<Write>) -> WriteResult {
+        if let Some(tenant) = chain::audited_tenant(table) {
+            return self.write_chained(tenant, table, writes).await;
+        }
         let mut invocation = self.script.key(hash(table));
         for w in writes {
             match w {
@@ -182,6 +273,214 @@ impl Redis {
                 .map_err(|_| format!("Redis answered `{n}` for an increment")),
             (_, why) => Err(why.to_string()),
         }
+    }
+
+    /// Applies `writes` to `tenant`'s audit bucket `table` with their chain
+    /// entries, extending the chain's head as this server last saw it (or
+    /// as read from Redis) until that is still the head when the batch
+    /// lands.
+    async fn write_chained(&self, tenant: &str, table: &str, writes: Vec<Write>) -> WriteResult {
+        let failed = |e: &dyn std::fmt::Display| {
+            tracing::error!("Redis audit write to {} failed: {e}", self.shown);
+            "the store could not be written (Redis failed; see the server log)".to_string()
+        };
+        let secret = self
+            .secret
+            .get_or_init(|| match &self.key_dir {
+                Some(dir) => std::fs::create_dir_all(dir)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|()| Secret::load(dir, true))
+                    .map_err(|e| format!("{e:#}")),
+                None => Err("no data directory for the audit chain's key".into()),
+            })
+            .as_ref()
+            .map_err(|e| failed(e))?;
+        let (bucket, chain_hash) = (hash(table), hash(&chain::table(tenant)));
+        let mut counted: Vec<&str> = Vec::new();
+        for w in &writes {
+            if let Write::Increment(k, _) = w
+                && !counted.contains(&k.as_str())
+            {
+                counted.push(k);
+            }
+        }
+        let slot = self
+            .heads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(tenant.to_string())
+            .or_default()
+            .clone();
+        // One batch per tenant at a time from this server: concurrent
+        // requests would only beat each other to the head.
+        let mut last_written = slot.lock().await;
+        let mut known = Some(std::mem::take(&mut *last_written)).filter(|h| !h.is_empty());
+        let mac = secret.for_tenant(tenant);
+        let mut conn = self.conn.clone();
+        for _ in 0..CHAIN_TRIES {
+            // The head (and what increments add to) as Redis has it now,
+            // unless the guess will do.
+            let (head_text, current) = match known.take() {
+                Some(head) if counted.is_empty() => (head, Vec::new()),
+                _ => {
+                    let mut pipe = ::redis::pipe();
+                    pipe.cmd("HGET").arg(&chain_hash).arg("head");
+                    pipe.cmd("HMGET").arg(&bucket).arg(&counted).arg("");
+                    let (head, values): (Option<String>, Vec<Option<Vec<u8>>>) =
+                        pipe.query_async(&mut conn).await.map_err(|e| failed(&e))?;
+                    (head.unwrap_or_default(), values)
+                }
+            };
+            let head = Head::parse(&head_text)
+                .ok_or_else(|| failed(&format!("the chain head `{head_text}` is unreadable")))?;
+            if !head_text.is_empty() && head.key_id != secret.id() {
+                tracing::error!(
+                    "the audit chain of tenant `{tenant}` in Redis at {} was made with another \
+                     audit-key (id {}; this server's is {}): copy that server's `audit-key` \
+                     into this server's data directory",
+                    self.shown,
+                    head.key_id,
+                    secret.id()
+                );
+                return Err("the audit chain could not be extended (another server's \
+                            audit-key made it; see the server log)"
+                    .into());
+            }
+            // The batch's outcome, worked out here: each key's final value.
+            let mut staged: Vec<(&str, Option<Vec<u8>>)> = Vec::new();
+            let mut last = None;
+            for w in &writes {
+                let (key, value) = match w {
+                    Write::Set(k, v) => (k, Some(v.clone())),
+                    Write::Delete(k) => (k, None),
+                    Write::Increment(k, delta) => {
+                        let now = match staged.iter().find(|(s, _)| s == k) {
+                            Some((_, v)) => v.clone(),
+                            None => counted
+                                .iter()
+                                .position(|c| c == k)
+                                .and_then(|i| current.get(i).cloned().flatten()),
+                        };
+                        let n = incremented(now.as_deref(), *delta)
+                            .map_err(|e| format!("cannot increment `{k}`: {e}"))?;
+                        last = Some(n);
+                        (k, Some(n.to_string().into_bytes()))
+                    }
+                };
+                match staged.iter_mut().find(|(s, _)| s == key) {
+                    Some(slot) => slot.1 = value,
+                    None => staged.push((key, value)),
+                }
+            }
+            let written: chain::Written = writes
+                .iter()
+                .map(|w| {
+                    let (Write::Set(k, _) | Write::Delete(k) | Write::Increment(k, _)) = w;
+                    let value = staged
+                        .iter()
+                        .find(|(s, _)| s == k)
+                        .and_then(|s| s.1.clone());
+                    (k.clone(), value)
+                })
+                .collect();
+            let (entries, (seq, tag)) =
+                chain::entries(&mac, (head.seq, head.tag), &written).map_err(|e| failed(&e))?;
+            let new_head = format!(
+                "{seq} {} {}",
+                crate::platform::hex::encode(&tag),
+                secret.id()
+            );
+            let mut invocation = self.chain_script.key(&bucket);
+            invocation
+                .key(&chain_hash)
+                .arg(&head_text)
+                .arg(&new_head)
+                .arg(staged.len());
+            for (k, v) in &staged {
+                match v {
+                    Some(v) => invocation.arg("s").arg(*k).arg(v.as_slice()),
+                    None => invocation.arg("d").arg(*k).arg(""),
+                };
+            }
+            for (seq, entry) in &entries {
+                invocation.arg(*seq).arg(entry.as_slice());
+            }
+            let (ok, answer): (i64, String) = invocation
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| failed(&e))?;
+            if ok == 1 {
+                *last_written = new_head;
+                return Ok(last);
+            }
+            // Another server extended the chain first: its head is next.
+            known = Some(answer);
+        }
+        Err(failed(&format!(
+            "the audit chain of tenant `{tenant}` moved under {CHAIN_TRIES} tries in a row"
+        )))
+    }
+
+    /// `tenant`'s audit chain in Redis, in sequence order (for `tensor-wasm
+    /// audit verify`).
+    pub async fn chain(&self, tenant: &str) -> Result<Vec<(u64, Vec<u8>)>> {
+        let mut conn = self.conn.clone();
+        let all: HashMap<String, Vec<u8>> = ::redis::cmd("HGETALL")
+            .arg(hash(&chain::table(tenant)))
+            .query_async(&mut conn)
+            .await
+            .with_context(|| format!("Redis read from {} failed", self.shown))?;
+        let mut entries: Vec<(u64, Vec<u8>)> = all
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.parse().ok()?, v)))
+            .collect();
+        entries.sort_unstable_by_key(|(seq, _)| *seq);
+        Ok(entries)
+    }
+
+    /// Every entry of `table`, in key order.
+    pub async fn entries(&self, table: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut conn = self.conn.clone();
+        let all: HashMap<String, Vec<u8>> = ::redis::cmd("HGETALL")
+            .arg(hash(table))
+            .query_async(&mut conn)
+            .await
+            .with_context(|| format!("Redis read from {} failed", self.shown))?;
+        let mut entries: Vec<(String, Vec<u8>)> = all.into_iter().collect();
+        entries.sort_unstable();
+        Ok(entries)
+    }
+
+    /// The tenants with an audit bucket or an audit chain in this Redis.
+    pub async fn audited_tenants(&self) -> Result<Vec<String>> {
+        let mut conn = self.conn.clone();
+        let mut names: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = ::redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{PREFIX}*"))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .with_context(|| format!("Redis read from {} failed", self.shown))?;
+            names.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let mut tenants: Vec<String> = names
+            .iter()
+            .filter_map(|n| n.strip_prefix(PREFIX))
+            .filter_map(|t| chain::audited_tenant(t).or_else(|| chain::chain_tenant(t)))
+            .map(str::to_string)
+            .collect();
+        tenants.sort_unstable();
+        tenants.dedup();
+        Ok(tenants)
     }
 
     /// The values of `keys` in `table`.
