@@ -294,7 +294,10 @@ impl Redis {
                 None => Err("no data directory for the audit chain's key".into()),
             })
             .as_ref()
-            .map_err(|e| failed(e))?;
+            .map_err(|e| {
+                tracing::error!("the audit chain's key for Redis at {}: {e}", self.shown);
+                "the audit chain's key is unavailable (see the server log)".to_string()
+            })?;
         let (bucket, chain_hash) = (hash(table), hash(&chain::table(tenant)));
         let mut counted: Vec<&str> = Vec::new();
         for w in &writes {
