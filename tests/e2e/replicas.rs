@@ -98,6 +98,18 @@ impl Redis {
             .unwrap()
     }
 
+    /// `tensor-wasm audit verify --redis` with the key in `data`.
+    fn verify_audit(&self, data: &Path) -> (i32, String, String) {
+        run(&[
+            "audit",
+            "verify",
+            "--redis",
+            &self.url(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ])
+    }
+
     fn stop(mut self) -> (PathBuf, u16) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -483,17 +495,7 @@ fn replicas_behind_haproxy_share_one_rate_limit_and_lose_no_audit_record_on_kill
 
     // Both replicas extended one chain, through the kill: intact, every
     // record chained; a record changed in Redis breaks it, by name.
-    let data = dir.join("data-2");
-    let verify = || {
-        run(&[
-            "audit",
-            "verify",
-            "--redis",
-            &redis.url(),
-            "--data-dir",
-            data.to_str().unwrap(),
-        ])
-    };
+    let verify = || redis.verify_audit(&dir.join("data-2"));
     let (code, out, err) = verify();
     assert_eq!(code, 0, "{out}{err}");
     let audited = redis.bucket("acme", "audit");
@@ -549,17 +551,7 @@ fn a_replica_with_another_audit_key_does_not_break_the_chain_in_redis() {
     }
     let r = request(one.addr, "POST", "/echo", &auth, b"x");
     assert_eq!(r.status, 200, "{}", r.text());
-    let verify = |n: usize| {
-        let data = dir.join(format!("data-{n}"));
-        run(&[
-            "audit",
-            "verify",
-            "--redis",
-            &redis.url(),
-            "--data-dir",
-            data.to_str().unwrap(),
-        ])
-    };
+    let verify = |n: usize| redis.verify_audit(&dir.join(format!("data-{n}")));
     let (code, out, err) = verify(1);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
