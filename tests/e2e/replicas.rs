@@ -504,6 +504,26 @@ fn replicas_behind_haproxy_share_one_rate_limit_and_lose_no_audit_record_on_kill
             && out.contains("intact"),
         "{out}"
     );
+    // Records in Redis are read like the embedded store's.
+    let id = acked[acked.len() / 2];
+    let (code, out, err) = run(&[
+        "audit",
+        "query",
+        "--redis",
+        &redis.url(),
+        "--request-id",
+        id,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    let record: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(
+        (record["request_id"].as_str(), record["method"].as_str()),
+        (Some(id), Some("POST"))
+    );
+    let (code, out, err) = run(&["audit", "tail", "--redis", &redis.url(), "-n", "3"]);
+    assert_eq!((code, out.lines().count()), (0, 3), "{out}{err}");
     let victim = audited.keys().min().unwrap().clone();
     redis::cmd("HSET")
         .arg("tensor-wasm:kv/4/acme/audit")

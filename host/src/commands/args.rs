@@ -235,6 +235,10 @@ pub enum AuditCommand {
         /// The server's data directory [default: as `serve`].
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
+        /// Read the records kept in this Redis instead (replicas'
+        /// `[deployment.keyvalue]`).
+        #[arg(long, value_name = "URL", conflicts_with = "data_dir")]
+        redis: Option<String>,
     },
     /// Check each tenant's audit chain (docs/GATEWAY.md, "Audit"): exit 0 only if no record was altered, removed, reordered or added outside the server; names the first one that was.
     Verify {
@@ -263,6 +267,10 @@ pub enum AuditCommand {
         /// The server's data directory [default: as `serve`].
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
+        /// Read the records kept in this Redis instead (replicas'
+        /// `[deployment.keyvalue]`).
+        #[arg(long, value_name = "URL", conflicts_with = "data_dir")]
+        redis: Option<String>,
     },
 }
 

@@ -1,6 +1,7 @@
-//! `tensor-wasm audit tail|query`: reads the audit records the gateway's
-//! `audit` component wrote to each tenant's `audit` bucket, from the
-//! keyvalue database (read-only: a running server may go on writing).
+//! `tensor-wasm audit tail|query|verify`: reads the audit records the
+//! gateway's `audit` component wrote to each tenant's `audit` bucket, from
+//! the keyvalue database (read-only: a running server may go on writing)
+//! or from the Redis that replicas share.
 
 use crate::keyvalue::{Reader, parse_table_name};
 use anyhow::{Result, anyhow};
@@ -32,21 +33,54 @@ pub struct Record {
     pub json: String,
 }
 
-/// The records in `data_dir` that pass `filter`, oldest first.
-pub fn records(data_dir: &Path, filter: &Filter) -> Result<Vec<Record>> {
-    let reader = Reader::open(data_dir)?;
-    if let Some(note) = &reader.note {
-        eprintln!("note: {note}");
-    }
-    let mut out = Vec::new();
-    for table in reader.tables()? {
-        let Some((tenant, bucket)) = parse_table_name(&table) else {
-            continue;
-        };
-        if bucket != BUCKET || filter.tenant.as_deref().is_some_and(|t| t != tenant) {
-            continue;
+/// Where the records are: a server's data directory, or the Redis that
+/// replicas keep their audit buckets in.
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    /// The embedded store in this data directory.
+    Embedded(&'a Path),
+    /// The Redis at this URL.
+    Redis(&'a str),
+}
+
+/// A bucket's entries (key, value), in key order.
+type Entries = Vec<(String, Vec<u8>)>;
+
+/// Each audited tenant's records in `source` (only `tenant`'s, if given).
+fn buckets(source: Source, tenant: Option<&str>) -> Result<Vec<Entries>> {
+    let wanted = |t: &str| tenant.is_none_or(|only| only == t);
+    match source {
+        Source::Embedded(dir) => {
+            let reader = Reader::open(dir)?;
+            if let Some(note) = &reader.note {
+                eprintln!("note: {note}");
+            }
+            let mut out = Vec::new();
+            for table in reader.tables()? {
+                if parse_table_name(&table).is_some_and(|(t, b)| b == BUCKET && wanted(t)) {
+                    out.push(reader.entries(&table)?);
+                }
+            }
+            Ok(out)
         }
-        for (key, value) in reader.entries(&table)? {
+        Source::Redis(url) => {
+            use crate::keyvalue::redis::{Redis, block_on};
+            let redis = Redis::new(url, None)?;
+            let tenants = block_on(redis.audited_tenants())?;
+            tenants
+                .iter()
+                .filter(|t| wanted(t))
+                .map(|t| block_on(redis.entries(&crate::keyvalue::table_name(t, BUCKET))))
+                .collect()
+        }
+    }
+}
+
+/// The records in `source` that pass `filter`, oldest first.
+pub fn records(source: Source, filter: &Filter) -> Result<Vec<Record>> {
+    let mut out = Vec::new();
+    for entries in buckets(source, filter.tenant.as_deref())? {
+        for (key, value) in entries {
             let Some((time, id)) = key.split_once('-') else {
                 continue;
             };
@@ -89,9 +123,9 @@ pub fn parse_since(text: &str) -> Result<u64> {
 }
 
 /// `tensor-wasm audit tail`: the last `n` records, oldest first.
-pub fn tail(data_dir: &Path, tenant: Option<String>, n: usize) -> Result<()> {
+pub fn tail(source: Source, tenant: Option<String>, n: usize) -> Result<()> {
     let all = records(
-        data_dir,
+        source,
         &Filter {
             tenant,
             ..Filter::default()
@@ -104,8 +138,8 @@ pub fn tail(data_dir: &Path, tenant: Option<String>, n: usize) -> Result<()> {
 }
 
 /// `tensor-wasm audit query`: every record that passes `filter`.
-pub fn query(data_dir: &Path, filter: &Filter) -> Result<()> {
-    for r in records(data_dir, filter)? {
+pub fn query(source: Source, filter: &Filter) -> Result<()> {
+    for r in records(source, filter)? {
         println!("{}", r.json);
     }
     Ok(())
@@ -152,7 +186,8 @@ pub fn verify_redis(url: &str, data_dir: &Path, tenant: Option<&str>) -> Result<
     report(&secret, tenant, checked)
 }
 
-type Checked = (String, Vec<(u64, Vec<u8>)>, Vec<(String, Vec<u8>)>);
+/// A tenant, its chain and its records.
+type Checked = (String, crate::keyvalue::chain::Entries, Entries);
 
 /// Prints each tenant's verdict; 1 when one is broken.
 fn report(

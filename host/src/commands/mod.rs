@@ -49,7 +49,15 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             lines,
             tenant,
             data_dir,
-        }) => audit::tail(&data_dir_of(data_dir)?, tenant, lines)?,
+            redis,
+        }) => match redis {
+            Some(url) => audit::tail(audit::Source::Redis(&url), tenant, lines)?,
+            None => audit::tail(
+                audit::Source::Embedded(&data_dir_of(data_dir)?),
+                tenant,
+                lines,
+            )?,
+        },
         Command::Audit(AuditCommand::Verify {
             tenant,
             data_dir,
@@ -66,13 +74,17 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             since,
             request_id,
             data_dir,
+            redis,
         }) => {
             let filter = audit::Filter {
                 tenant,
                 since_ns: since.as_deref().map(audit::parse_since).transpose()?,
                 request_id,
             };
-            audit::query(&data_dir_of(data_dir)?, &filter)?
+            match redis {
+                Some(url) => audit::query(audit::Source::Redis(&url), &filter)?,
+                None => audit::query(audit::Source::Embedded(&data_dir_of(data_dir)?), &filter)?,
+            }
         }
         Command::Token(TokenCommand::New { id, scopes }) => token::new_command(&id, &scopes)?,
         Command::Token(TokenCommand::Hash) => token::hash_command()?,
