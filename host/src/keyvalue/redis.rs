@@ -137,9 +137,22 @@ pub struct Redis {
     key_dir: Option<PathBuf>,
     /// The key, read (or made) on the first audit write.
     secret: OnceLock<Result<Secret, String>>,
-    /// Per tenant: the chain head as this server last wrote it (the guess
-    /// the next batch tries first), locked while a batch is under way.
-    heads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<String>>>>,
+    /// Per tenant: its audit chain's state on this server.
+    heads: Mutex<HashMap<String, Arc<ChainSlot>>>,
+}
+
+/// A tenant's audit chain on this server.
+#[derive(Default)]
+struct ChainSlot {
+    /// The head as this server last wrote it (the guess the next batch
+    /// tries first), locked while batches are under way.
+    head: tokio::sync::Mutex<String>,
+    /// Batches waiting for the head, each with where its result goes.
+    queue: Mutex<Vec<(Vec<Write>, tokio::sync::oneshot::Sender<WriteResult>)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A chain's head as Redis keeps it: `SEQ TAG KEY-ID`.
@@ -247,7 +260,7 @@ impl Redis {
 
     /// Applies `writes` to the hash of `table`, atomically (and chained,
     /// for an audit bucket).
-    pub async fn write(&self, table: &str, writes: Vec<Write>) -> WriteResult {
+    pub async fn write(self: &Arc<Self>, table: &str, writes: Vec<Write>) -> WriteResult {
         if let Some(tenant) = chain::audited_tenant(table) {
             return self.write_chained(tenant, table, writes).await;
         }
@@ -276,48 +289,83 @@ impl Redis {
     }
 
     /// Applies `writes` to `tenant`'s audit bucket `table` with their chain
-    /// entries, extending the chain's head as this server last saw it (or
-    /// as read from Redis) until that is still the head when the batch
-    /// lands.
-    async fn write_chained(&self, tenant: &str, table: &str, writes: Vec<Write>) -> WriteResult {
+    /// entries. Concurrent batches of one tenant go to Redis together (one
+    /// script, one append-only-file fsync: a group commit), since a chain
+    /// takes one batch at a time; on a task of the Redis runtime, so a
+    /// request that goes away cannot cut short a commit carrying others'.
+    async fn write_chained(
+        self: &Arc<Self>,
+        tenant: &str,
+        table: &str,
+        writes: Vec<Write>,
+    ) -> WriteResult {
+        let slot = lock(&self.heads)
+            .entry(tenant.to_string())
+            .or_default()
+            .clone();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        lock(&slot.queue).push((writes, reply));
+        let (this, tenant, table) = (self.clone(), tenant.to_string(), table.to_string());
+        runtime().spawn(async move {
+            // Whoever holds the head sends everything queued by then: this
+            // batch, or (when an earlier holder took it) nothing.
+            let mut head = slot.head.lock().await;
+            let jobs = std::mem::take(&mut *lock(&slot.queue));
+            if !jobs.is_empty() {
+                let batches: Vec<&[Write]> = jobs.iter().map(|(w, _)| w.as_slice()).collect();
+                let results = this
+                    .commit_chained(&tenant, &table, &mut head, &batches)
+                    .await;
+                for ((_, reply), result) in jobs.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+        });
+        answer
+            .await
+            .unwrap_or_else(|_| Err("the audit write was dropped".into()))
+    }
+
+    /// Applies `batches` (each all or nothing, in order) to `tenant`'s audit
+    /// bucket with their chain entries, extending `head` (this server's last
+    /// one, or Redis's) until that is still the head when they land.
+    async fn commit_chained(
+        &self,
+        tenant: &str,
+        table: &str,
+        last_written: &mut String,
+        batches: &[&[Write]],
+    ) -> Vec<WriteResult> {
+        let everyone = |e: String| batches.iter().map(|_| Err(e.clone())).collect();
         let failed = |e: &dyn std::fmt::Display| {
             tracing::error!("Redis audit write to {} failed: {e}", self.shown);
             "the store could not be written (Redis failed; see the server log)".to_string()
         };
-        let secret = self
-            .secret
-            .get_or_init(|| match &self.key_dir {
-                Some(dir) => std::fs::create_dir_all(dir)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|()| Secret::load(dir, true))
-                    .map_err(|e| format!("{e:#}")),
-                None => Err("no data directory for the audit chain's key".into()),
-            })
-            .as_ref()
-            .map_err(|e| {
+        let secret = match self.secret.get_or_init(|| match &self.key_dir {
+            Some(dir) => std::fs::create_dir_all(dir)
+                .map_err(anyhow::Error::from)
+                .and_then(|()| Secret::load(dir, true))
+                .map_err(|e| format!("{e:#}")),
+            None => Err("no data directory for the audit chain's key".into()),
+        }) {
+            Ok(secret) => secret,
+            Err(e) => {
                 tracing::error!("the audit chain's key for Redis at {}: {e}", self.shown);
-                "the audit chain's key is unavailable (see the server log)".to_string()
-            })?;
+                return everyone(
+                    "the audit chain's key is unavailable (see the server log)".into(),
+                );
+            }
+        };
         let (bucket, chain_hash) = (hash(table), hash(&chain::table(tenant)));
         let mut counted: Vec<&str> = Vec::new();
-        for w in &writes {
+        for w in batches.iter().flat_map(|b| b.iter()) {
             if let Write::Increment(k, _) = w
                 && !counted.contains(&k.as_str())
             {
                 counted.push(k);
             }
         }
-        let slot = self
-            .heads
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(tenant.to_string())
-            .or_default()
-            .clone();
-        // One batch per tenant at a time from this server: concurrent
-        // requests would only beat each other to the head.
-        let mut last_written = slot.lock().await;
-        let mut known = Some(std::mem::take(&mut *last_written)).filter(|h| !h.is_empty());
+        let mut known = Some(std::mem::take(last_written)).filter(|h| !h.is_empty());
         let mac = secret.for_tenant(tenant);
         let mut conn = self.conn.clone();
         for _ in 0..CHAIN_TRIES {
@@ -329,13 +377,20 @@ impl Redis {
                     let mut pipe = ::redis::pipe();
                     pipe.cmd("HGET").arg(&chain_hash).arg("head");
                     pipe.cmd("HMGET").arg(&bucket).arg(&counted).arg("");
-                    let (head, values): (Option<String>, Vec<Option<Vec<u8>>>) =
-                        pipe.query_async(&mut conn).await.map_err(|e| failed(&e))?;
-                    (head.unwrap_or_default(), values)
+                    match pipe
+                        .query_async::<(Option<String>, Vec<Option<Vec<u8>>>)>(&mut conn)
+                        .await
+                    {
+                        Ok((head, values)) => (head.unwrap_or_default(), values),
+                        Err(e) => return everyone(failed(&e)),
+                    }
                 }
             };
-            let head = Head::parse(&head_text)
-                .ok_or_else(|| failed(&format!("the chain head `{head_text}` is unreadable")))?;
+            let Some(head) = Head::parse(&head_text) else {
+                return everyone(failed(&format!(
+                    "the chain head `{head_text}` is unreadable"
+                )));
+            };
             if !head_text.is_empty() && head.key_id != secret.id() {
                 tracing::error!(
                     "the audit chain of tenant `{tenant}` in Redis at {} was made with another \
@@ -345,49 +400,70 @@ impl Redis {
                     head.key_id,
                     secret.id()
                 );
-                return Err("the audit chain could not be extended (another server's \
-                            audit-key made it; see the server log)"
-                    .into());
+                return everyone(
+                    "the audit chain could not be extended (another server's audit-key made \
+                     it; see the server log)"
+                        .into(),
+                );
             }
-            // The batch's outcome, worked out here: each key's final value.
+            // Each batch's outcome, worked out here over what Redis and the
+            // batches before it left; one that fails changes nothing.
             let mut staged: Vec<(&str, Option<Vec<u8>>)> = Vec::new();
-            let mut last = None;
-            for w in &writes {
-                let (key, value) = match w {
-                    Write::Set(k, v) => (k, Some(v.clone())),
-                    Write::Delete(k) => (k, None),
-                    Write::Increment(k, delta) => {
-                        let now = match staged.iter().find(|(s, _)| s == k) {
-                            Some((_, v)) => v.clone(),
-                            None => counted
-                                .iter()
-                                .position(|c| c == k)
-                                .and_then(|i| current.get(i).cloned().flatten()),
-                        };
-                        let n = incremented(now.as_deref(), *delta)
-                            .map_err(|e| format!("cannot increment `{k}`: {e}"))?;
-                        last = Some(n);
-                        (k, Some(n.to_string().into_bytes()))
+            let mut written: chain::Written = Vec::new();
+            let mut results: Vec<WriteResult> = Vec::with_capacity(batches.len());
+            for writes in batches {
+                let mut mine = staged.clone();
+                let mut last = None;
+                let mut refused = None;
+                for w in writes.iter() {
+                    let (key, value) = match w {
+                        Write::Set(k, v) => (k, Some(v.clone())),
+                        Write::Delete(k) => (k, None),
+                        Write::Increment(k, delta) => {
+                            let now = match mine.iter().find(|(s, _)| s == k) {
+                                Some((_, v)) => v.clone(),
+                                None => counted
+                                    .iter()
+                                    .position(|c| c == k)
+                                    .and_then(|i| current.get(i).cloned().flatten()),
+                            };
+                            match incremented(now.as_deref(), *delta) {
+                                Ok(n) => {
+                                    last = Some(n);
+                                    (k, Some(n.to_string().into_bytes()))
+                                }
+                                Err(e) => {
+                                    refused = Some(format!("cannot increment `{k}`: {e}"));
+                                    break;
+                                }
+                            }
+                        }
+                    };
+                    match mine.iter_mut().find(|(s, _)| s == key) {
+                        Some(slot) => slot.1 = value,
+                        None => mine.push((key, value)),
                     }
-                };
-                match staged.iter_mut().find(|(s, _)| s == key) {
-                    Some(slot) => slot.1 = value,
-                    None => staged.push((key, value)),
                 }
-            }
-            let written: chain::Written = writes
-                .iter()
-                .map(|w| {
+                if let Some(why) = refused {
+                    results.push(Err(why));
+                    continue;
+                }
+                for w in writes.iter() {
                     let (Write::Set(k, _) | Write::Delete(k) | Write::Increment(k, _)) = w;
-                    let value = staged
-                        .iter()
-                        .find(|(s, _)| s == k)
-                        .and_then(|s| s.1.clone());
-                    (k.clone(), value)
-                })
-                .collect();
-            let (entries, (seq, tag)) =
-                chain::entries(&mac, (head.seq, head.tag), &written).map_err(|e| failed(&e))?;
+                    let value = mine.iter().find(|(s, _)| s == k).and_then(|s| s.1.clone());
+                    written.push((k.clone(), value));
+                }
+                staged = mine;
+                results.push(Ok(last));
+            }
+            if written.is_empty() {
+                *last_written = head_text;
+                return results;
+            }
+            let (entries, (seq, tag)) = match chain::entries(&mac, (head.seq, head.tag), &written) {
+                Ok(made) => made,
+                Err(e) => return everyone(failed(&e)),
+            };
             let new_head = format!(
                 "{seq} {} {}",
                 crate::platform::hex::encode(&tag),
@@ -408,18 +484,17 @@ impl Redis {
             for (seq, entry) in &entries {
                 invocation.arg(*seq).arg(entry.as_slice());
             }
-            let (ok, answer): (i64, String) = invocation
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| failed(&e))?;
-            if ok == 1 {
-                *last_written = new_head;
-                return Ok(last);
+            match invocation.invoke_async::<(i64, String)>(&mut conn).await {
+                Ok((1, _)) => {
+                    *last_written = new_head;
+                    return results;
+                }
+                // Another server extended the chain first: its head is next.
+                Ok((_, answer)) => known = Some(answer),
+                Err(e) => return everyone(failed(&e)),
             }
-            // Another server extended the chain first: its head is next.
-            known = Some(answer);
         }
-        Err(failed(&format!(
+        everyone(failed(&format!(
             "the audit chain of tenant `{tenant}` moved under {CHAIN_TRIES} tries in a row"
         )))
     }
