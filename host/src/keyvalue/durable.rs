@@ -224,41 +224,62 @@ fn apply(
     t: &mut redb::Table<&'static str, &'static [u8]>,
     writes: &[Write],
 ) -> Result<WriteResult> {
-    // The job's outcome is worked out first, over what its own earlier
-    // writes left, so a failing job changes nothing (and never fails the
-    // transaction it shares with other requests' jobs).
-    let mut staged: HashMap<&str, Option<Cow<'_, [u8]>>> = HashMap::new();
+    // Worked out first, so a failing job changes nothing (and never fails
+    // the transaction it shares with other requests' jobs).
+    let staged = match stage(writes, |k| {
+        t.get(k).map(|v| v.map(|v| Cow::Owned(v.value().to_vec())))
+    })? {
+        Ok(staged) => staged,
+        Err(why) => return Ok(Err(why)),
+    };
+    for (k, v) in &staged.values {
+        match v {
+            Some(v) => t.insert(*k, &**v)?,
+            None => t.remove(*k)?,
+        };
+    }
+    Ok(Ok(staged.last))
+}
+
+/// What a batch of writes leaves, worked out before anything changes.
+pub(super) struct Staged<'a> {
+    /// Each key the batch touches and its value after it (`None`: deleted).
+    pub values: HashMap<&'a str, Option<Cow<'a, [u8]>>>,
+    /// The last increment's sum, if any.
+    pub last: Option<u64>,
+}
+
+/// Works out `writes` over what the batch's own earlier writes left and,
+/// for a key they have not touched, `current(key)` (its value before the
+/// batch). `Ok(Err(why))` when an increment cannot apply: the batch then
+/// changes nothing. The one staging every store shares.
+pub(super) fn stage<'a, 'b, E>(
+    writes: &'a [Write],
+    mut current: impl FnMut(&str) -> std::result::Result<Option<Cow<'b, [u8]>>, E>,
+) -> std::result::Result<std::result::Result<Staged<'a>, String>, E> {
+    let mut values: HashMap<&'a str, Option<Cow<'a, [u8]>>> = HashMap::new();
     let mut last = None;
     for w in writes {
-        match w {
-            Write::Set(k, v) => {
-                staged.insert(k, Some(Cow::Borrowed(v)));
-            }
-            Write::Delete(k) => {
-                staged.insert(k, None);
-            }
+        let (key, value) = match w {
+            Write::Set(k, v) => (k, Some(Cow::Borrowed(v.as_slice()))),
+            Write::Delete(k) => (k, None),
             Write::Increment(k, delta) => {
-                let current = match staged.get(k.as_str()) {
-                    Some(v) => v.clone(),
-                    None => t.get(k.as_str())?.map(|v| Cow::Owned(v.value().to_vec())),
+                let sum = match values.get(k.as_str()) {
+                    Some(v) => incremented(v.as_deref(), *delta),
+                    None => incremented(current(k)?.as_deref(), *delta),
                 };
-                match incremented(current.as_deref(), *delta) {
+                match sum {
                     Ok(n) => {
-                        staged.insert(k, Some(Cow::Owned(n.to_string().into_bytes())));
                         last = Some(n);
+                        (k, Some(Cow::Owned(n.to_string().into_bytes())))
                     }
                     Err(e) => return Ok(Err(format!("cannot increment `{k}`: {e}"))),
                 }
             }
-        }
-    }
-    for (k, v) in staged {
-        match v {
-            Some(v) => t.insert(k, &*v)?,
-            None => t.remove(k)?,
         };
+        values.insert(key, value);
     }
-    Ok(Ok(last))
+    Ok(Ok(Staged { values, last }))
 }
 
 /// Every entry of the table `def` names (none if it does not exist), in
@@ -282,7 +303,7 @@ pub(super) fn read_all<K: redb::Key + 'static, T>(
 }
 
 /// `current` (a decimal u64, absent = 0) plus `delta`.
-pub(super) fn incremented(current: Option<&[u8]>, delta: u64) -> std::result::Result<u64, String> {
+fn incremented(current: Option<&[u8]>, delta: u64) -> std::result::Result<u64, String> {
     let n = match current {
         None => 0,
         Some(bytes) => std::str::from_utf8(bytes)

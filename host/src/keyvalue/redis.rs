@@ -22,9 +22,10 @@
 //! Replicas that share a Redis must share their `audit-key` file.
 
 use super::chain::{self, Secret, Tag};
-use super::durable::{PAGE, Write, WriteResult, incremented};
+use super::durable::{PAGE, Write, WriteResult, stage};
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use anyhow::{Context, Result};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -408,53 +409,35 @@ impl Redis {
             }
             // Each batch's outcome, worked out here over what Redis and the
             // batches before it left; one that fails changes nothing.
-            let mut staged: Vec<(&str, Option<Vec<u8>>)> = Vec::new();
+            let mut staged: HashMap<&str, Option<Cow<'_, [u8]>>> = HashMap::new();
             let mut written: chain::Written = Vec::new();
             let mut results: Vec<WriteResult> = Vec::with_capacity(batches.len());
             for writes in batches {
-                let mut mine = staged.clone();
-                let mut last = None;
-                let mut refused = None;
-                for w in writes.iter() {
-                    let (key, value) = match w {
-                        Write::Set(k, v) => (k, Some(v.clone())),
-                        Write::Delete(k) => (k, None),
-                        Write::Increment(k, delta) => {
-                            let now = match mine.iter().find(|(s, _)| s == k) {
-                                Some((_, v)) => v.clone(),
-                                None => counted
-                                    .iter()
-                                    .position(|c| c == k)
-                                    .and_then(|i| current.get(i).cloned().flatten()),
-                            };
-                            match incremented(now.as_deref(), *delta) {
-                                Ok(n) => {
-                                    last = Some(n);
-                                    (k, Some(n.to_string().into_bytes()))
-                                }
-                                Err(e) => {
-                                    refused = Some(format!("cannot increment `{k}`: {e}"));
-                                    break;
-                                }
-                            }
-                        }
-                    };
-                    match mine.iter_mut().find(|(s, _)| s == key) {
-                        Some(slot) => slot.1 = value,
-                        None => mine.push((key, value)),
+                let mine = stage(writes, |k| {
+                    Ok::<_, std::convert::Infallible>(match staged.get(k) {
+                        Some(v) => v.as_deref().map(Cow::Borrowed),
+                        None => counted
+                            .iter()
+                            .position(|c| *c == k)
+                            .and_then(|i| current.get(i)?.as_deref())
+                            .map(Cow::Borrowed),
+                    })
+                })
+                .unwrap_or_else(|never| match never {});
+                let mine = match mine {
+                    Ok(mine) => mine,
+                    Err(why) => {
+                        results.push(Err(why));
+                        continue;
                     }
-                }
-                if let Some(why) = refused {
-                    results.push(Err(why));
-                    continue;
-                }
+                };
                 for w in writes.iter() {
                     let (Write::Set(k, _) | Write::Delete(k) | Write::Increment(k, _)) = w;
-                    let value = mine.iter().find(|(s, _)| s == k).and_then(|s| s.1.clone());
+                    let value = mine.values[k.as_str()].as_deref().map(<[u8]>::to_vec);
                     written.push((k.clone(), value));
                 }
-                staged = mine;
-                results.push(Ok(last));
+                results.push(Ok(mine.last));
+                staged.extend(mine.values);
             }
             if written.is_empty() {
                 *last_written = head_text;
@@ -477,7 +460,7 @@ impl Redis {
                 .arg(staged.len());
             for (k, v) in &staged {
                 match v {
-                    Some(v) => invocation.arg("s").arg(*k).arg(v.as_slice()),
+                    Some(v) => invocation.arg("s").arg(*k).arg(&**v),
                     None => invocation.arg("d").arg(*k).arg(""),
                 };
             }

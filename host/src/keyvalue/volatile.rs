@@ -5,7 +5,8 @@
 //! gateway's rate-limit counters, whose every request would otherwise wait
 //! for an fsync.
 
-use super::durable::{PAGE, Write, WriteResult, incremented};
+use super::durable::{PAGE, Write, WriteResult, stage};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
@@ -38,31 +39,13 @@ impl Volatile {
         let tenant = super::parse_table_name(table).map_or("", |(t, _)| t);
         let bytes = bytes.entry(tenant.to_string()).or_default();
         let t = tables.entry(table.to_string()).or_default();
-        let mut staged: HashMap<String, Option<Vec<u8>>> = HashMap::new();
-        let mut last = None;
-        for w in writes {
-            match w {
-                Write::Set(k, v) => {
-                    staged.insert(k, Some(v));
-                }
-                Write::Delete(k) => {
-                    staged.insert(k, None);
-                }
-                Write::Increment(k, delta) => {
-                    let current = match staged.get(&k) {
-                        Some(v) => v.as_deref(),
-                        None => t.get(&k).map(Vec::as_slice),
-                    };
-                    let n = incremented(current, delta)
-                        .map_err(|e| format!("cannot increment `{k}`: {e}"))?;
-                    staged.insert(k, Some(n.to_string().into_bytes()));
-                    last = Some(n);
-                }
-            }
-        }
+        let staged = stage(&writes, |k| {
+            Ok::<_, std::convert::Infallible>(t.get(k).map(|v| Cow::Borrowed(v.as_slice())))
+        })
+        .unwrap_or_else(|never| match never {})?;
         let mut held = *bytes;
-        for (k, v) in &staged {
-            if let Some(old) = t.get(k) {
+        for (k, v) in &staged.values {
+            if let Some(old) = t.get(*k) {
                 held -= k.len() + old.len();
             }
             if let Some(v) = v {
@@ -75,14 +58,14 @@ impl Volatile {
                 MAX_BYTES >> 20
             ));
         }
-        for (k, v) in staged {
+        for (k, v) in staged.values {
             match v {
-                Some(v) => t.insert(k, v),
-                None => t.remove(&k),
+                Some(v) => t.insert(k.to_string(), v.into_owned()),
+                None => t.remove(k),
             };
         }
         *bytes = held;
-        Ok(last)
+        Ok(staged.last)
     }
 
     /// The values of `keys` in `table`.
