@@ -3,6 +3,7 @@
 //! the keyvalue database (read-only: a running server may go on writing)
 //! or from the Redis that replicas share.
 
+use crate::keyvalue::redis::block_on as redis_block_on;
 use crate::keyvalue::{Reader, parse_table_name};
 use anyhow::{Result, anyhow};
 use std::path::Path;
@@ -64,16 +65,24 @@ fn buckets(source: Source, tenant: Option<&str>) -> Result<Vec<Entries>> {
             Ok(out)
         }
         Source::Redis(url) => {
-            use crate::keyvalue::redis::{Redis, block_on};
-            let redis = Redis::new(url, None)?;
-            let tenants = block_on(redis.audited_tenants())?;
+            let (redis, tenants) = redis_tenants(url, tenant)?;
             tenants
                 .iter()
-                .filter(|t| wanted(t))
-                .map(|t| block_on(redis.entries(&crate::keyvalue::table_name(t, BUCKET))))
+                .map(|t| redis_block_on(redis.entries(&crate::keyvalue::table_name(t, BUCKET))))
                 .collect()
         }
     }
+}
+
+/// The Redis at `url` and its audited tenants (only `tenant`, if given).
+fn redis_tenants(
+    url: &str,
+    tenant: Option<&str>,
+) -> Result<(crate::keyvalue::redis::Redis, Vec<String>)> {
+    let redis = crate::keyvalue::redis::Redis::new(url, None)?;
+    let mut tenants = redis_block_on(redis.audited_tenants())?;
+    tenants.retain(|t| tenant.is_none_or(|only| only == t));
+    Ok((redis, tenants))
 }
 
 /// The records in `source` that pass `filter`, oldest first.
@@ -170,17 +179,11 @@ pub fn verify(data_dir: &Path, tenant: Option<&str>) -> Result<u8> {
 /// `tensor-wasm audit verify --redis URL`: the same, for the chains that
 /// replicas keep in a shared Redis (keyed by the data directory's key).
 pub fn verify_redis(url: &str, data_dir: &Path, tenant: Option<&str>) -> Result<u8> {
-    use crate::keyvalue::chain::Secret;
-    use crate::keyvalue::redis::{Redis, block_on};
-    let secret = Secret::load(data_dir, false)?;
-    let redis = Redis::new(url, None)?;
-    let tenants: Vec<String> = block_on(redis.audited_tenants())?
-        .into_iter()
-        .filter(|t| tenant.is_none_or(|only| only == t))
-        .collect();
+    let secret = crate::keyvalue::chain::Secret::load(data_dir, false)?;
+    let (redis, tenants) = redis_tenants(url, tenant)?;
     let checked = tenants.into_iter().map(|t| {
-        let records = block_on(redis.entries(&crate::keyvalue::table_name(&t, BUCKET)))?;
-        let chain = block_on(redis.chain(&t))?;
+        let records = redis_block_on(redis.entries(&crate::keyvalue::table_name(&t, BUCKET)))?;
+        let chain = redis_block_on(redis.chain(&t))?;
         Ok((t, chain, records))
     });
     report(&secret, tenant, checked)

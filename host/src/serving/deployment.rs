@@ -686,6 +686,7 @@ async fn instantiate(
 ) -> wasmtime::Result<Proxy> {
     let t0 = Instant::now();
     loop {
+        let seen = pools.teardowns_done();
         let result = pre.instantiate_async(&mut *store).await;
         if let Err(e) = &result
             && e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
@@ -696,7 +697,7 @@ async fn instantiate(
                 continue;
             }
             // An answered request's instance about to be dropped.
-            if pools.wait_teardown().await {
+            if pools.wait_teardown(seen).await {
                 continue;
             }
         }

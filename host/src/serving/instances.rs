@@ -215,6 +215,8 @@ pub struct Pools {
     reaper: std::sync::OnceLock<()>,
     /// Fresh instances whose requests are answered, not yet dropped.
     pending_teardowns: AtomicUsize,
+    /// How many of them have been dropped so far.
+    teardowns_done: AtomicUsize,
     /// Told whenever one of them is dropped.
     torn_down: tokio::sync::Notify,
 }
@@ -237,6 +239,7 @@ impl Drop for Teardown {
     fn drop(&mut self) {
         drop(self.store.take());
         self.pools.pending_teardowns.fetch_sub(1, Ordering::AcqRel);
+        self.pools.teardowns_done.fetch_add(1, Ordering::AcqRel);
         self.pools.torn_down.notify_waiters();
     }
 }
@@ -285,11 +288,21 @@ impl Pools {
         }
     }
 
+    /// How many [`Teardown`] stores have been dropped so far (for
+    /// [`Pools::wait_teardown`]).
+    pub fn teardowns_done(&self) -> usize {
+        self.teardowns_done.load(Ordering::Acquire)
+    }
+
     /// Waits (up to [`TEARDOWN_WAIT`]) until a [`Teardown`] store is dropped,
-    /// freeing its slot in the instance pool; false when none was.
-    pub async fn wait_teardown(&self) -> bool {
-        // Registered before the count is read: no drop in between is missed.
+    /// freeing its slot in the instance pool; true at once when one was
+    /// since [`Pools::teardowns_done`] said `seen`, false when none was.
+    pub async fn wait_teardown(&self, seen: usize) -> bool {
+        // Registered before the counts are read: no drop in between is missed.
         let torn_down = self.torn_down.notified();
+        if self.teardowns_done() != seen {
+            return true;
+        }
         if self.pending_teardowns.load(Ordering::Acquire) == 0 {
             return false;
         }
