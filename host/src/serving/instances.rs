@@ -217,7 +217,9 @@ pub struct Pools {
     pending_teardowns: AtomicUsize,
     /// How many of them have been dropped so far.
     teardowns_done: AtomicUsize,
-    /// Told whenever one of them is dropped.
+    /// Requests waiting for one to be dropped.
+    teardown_waiters: AtomicUsize,
+    /// Told when one is dropped while a request waits.
     torn_down: tokio::sync::Notify,
 }
 
@@ -238,9 +240,23 @@ pub struct Teardown {
 impl Drop for Teardown {
     fn drop(&mut self) {
         drop(self.store.take());
-        self.pools.pending_teardowns.fetch_sub(1, Ordering::AcqRel);
-        self.pools.teardowns_done.fetch_add(1, Ordering::AcqRel);
-        self.pools.torn_down.notify_waiters();
+        let pools = &self.pools;
+        pools.pending_teardowns.fetch_sub(1, Ordering::AcqRel);
+        // Counted before the waiters are read (and they register before
+        // reading the count), so a waiter either sees this drop or is told.
+        pools.teardowns_done.fetch_add(1, Ordering::SeqCst);
+        if pools.teardown_waiters.load(Ordering::SeqCst) > 0 {
+            pools.torn_down.notify_waiters();
+        }
+    }
+}
+
+/// Counts a waiter out when it stops waiting (or its request goes away).
+struct Deregister<'a>(&'a AtomicUsize);
+
+impl Drop for Deregister<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -298,9 +314,11 @@ impl Pools {
     /// freeing its slot in the instance pool; true at once when one was
     /// since [`Pools::teardowns_done`] said `seen`, false when none was.
     pub async fn wait_teardown(&self, seen: usize) -> bool {
+        self.teardown_waiters.fetch_add(1, Ordering::SeqCst);
+        let _registered = Deregister(&self.teardown_waiters);
         // Registered before the counts are read: no drop in between is missed.
         let torn_down = self.torn_down.notified();
-        if self.teardowns_done() != seen {
+        if self.teardowns_done.load(Ordering::SeqCst) != seen {
             return true;
         }
         if self.pending_teardowns.load(Ordering::Acquire) == 0 {
