@@ -6,7 +6,7 @@
 use crate::keyvalue::redis::block_on as redis_block_on;
 use crate::keyvalue::{Reader, parse_table_name};
 use anyhow::{Result, anyhow};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The bucket the `audit` component writes to.
@@ -36,19 +36,30 @@ pub struct Record {
 
 /// Where the records are: a server's data directory, or the Redis that
 /// replicas keep their audit buckets in.
-#[derive(Debug, Clone, Copy)]
-pub enum Source<'a> {
+#[derive(Debug, Clone)]
+pub enum Source {
     /// The embedded store in this data directory.
-    Embedded(&'a Path),
+    Embedded(PathBuf),
     /// The Redis at this URL.
-    Redis(&'a str),
+    Redis(String),
+}
+
+impl Source {
+    /// `--redis URL` if given, else the data directory (`--data-dir`, or
+    /// `serve`'s default).
+    pub fn of(redis: Option<String>, data_dir: Option<PathBuf>) -> Result<Source> {
+        Ok(match redis {
+            Some(url) => Source::Redis(url),
+            None => Source::Embedded(crate::platform::dirs::data_dir(data_dir.as_ref())?),
+        })
+    }
 }
 
 /// A bucket's entries (key, value), in key order.
 type Entries = Vec<(String, Vec<u8>)>;
 
 /// Each audited tenant's records in `source` (only `tenant`'s, if given).
-fn buckets(source: Source, tenant: Option<&str>) -> Result<Vec<Entries>> {
+fn buckets(source: &Source, tenant: Option<&str>) -> Result<Vec<Entries>> {
     let wanted = |t: &str| tenant.is_none_or(|only| only == t);
     match source {
         Source::Embedded(dir) => {
@@ -86,7 +97,7 @@ fn redis_tenants(
 }
 
 /// The records in `source` that pass `filter`, oldest first.
-pub fn records(source: Source, filter: &Filter) -> Result<Vec<Record>> {
+pub fn records(source: &Source, filter: &Filter) -> Result<Vec<Record>> {
     let mut out = Vec::new();
     for entries in buckets(source, filter.tenant.as_deref())? {
         for (key, value) in entries {
@@ -132,7 +143,7 @@ pub fn parse_since(text: &str) -> Result<u64> {
 }
 
 /// `tensor-wasm audit tail`: the last `n` records, oldest first.
-pub fn tail(source: Source, tenant: Option<String>, n: usize) -> Result<()> {
+pub fn tail(source: &Source, tenant: Option<String>, n: usize) -> Result<()> {
     let all = records(
         source,
         &Filter {
@@ -147,7 +158,7 @@ pub fn tail(source: Source, tenant: Option<String>, n: usize) -> Result<()> {
 }
 
 /// `tensor-wasm audit query`: every record that passes `filter`.
-pub fn query(source: Source, filter: &Filter) -> Result<()> {
+pub fn query(source: &Source, filter: &Filter) -> Result<()> {
     for r in records(source, filter)? {
         println!("{}", r.json);
     }

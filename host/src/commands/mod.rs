@@ -50,14 +50,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             tenant,
             data_dir,
             redis,
-        }) => match redis {
-            Some(url) => audit::tail(audit::Source::Redis(&url), tenant, lines)?,
-            None => audit::tail(
-                audit::Source::Embedded(&data_dir_of(data_dir)?),
-                tenant,
-                lines,
-            )?,
-        },
+        }) => audit::tail(&audit::Source::of(redis, data_dir)?, tenant, lines)?,
         Command::Audit(AuditCommand::Verify {
             tenant,
             data_dir,
@@ -81,10 +74,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 since_ns: since.as_deref().map(audit::parse_since).transpose()?,
                 request_id,
             };
-            match redis {
-                Some(url) => audit::query(audit::Source::Redis(&url), &filter)?,
-                None => audit::query(audit::Source::Embedded(&data_dir_of(data_dir)?), &filter)?,
-            }
+            audit::query(&audit::Source::of(redis, data_dir)?, &filter)?
         }
         Command::Token(TokenCommand::New { id, scopes }) => token::new_command(&id, &scopes)?,
         Command::Token(TokenCommand::Hash) => token::hash_command()?,
