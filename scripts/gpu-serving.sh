@@ -63,7 +63,7 @@ for bench in ${1//,/ }; do
         --rounds "${GATEWAY_ROUNDS:-3}" --seconds 6 --concurrency 16,64 --reuse 1000 ;;
     http)
       python3 benches/http/bench.py --tensor-wasm "$g/tensor-wasm" --wasmtime "$g/wasmtime" \
-        --component "$g/hello.wasm" --rounds "${HTTP_ROUNDS:-5}" --seconds 6 --modes "${HTTP_MODES:-reuse}" ;;
+        --component "$g/hello.wasm" --rounds "${HTTP_ROUNDS:-5}" --seconds 6 --modes "${HTTP_MODES:-reuse}" ${HTTP_ARGS:-} ;;
     *) echo "gpu-serving: unknown bench '$bench' (traces, gateway, http)" >&2; exit 2 ;;
   esac 2>&1 | tee "$out/$bench.log"
 done

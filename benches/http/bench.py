@@ -73,11 +73,16 @@ def wait_ready(port, proc, path=None, headers=None, timeout=60):
 REUSE = ["--max-instance-reuse-count", "1000"]
 
 
+#: Our server with busy-polling off (`--also-no-busy-poll`), beside its default.
+NO_POLL = "tw-no-busy-poll"
+
+
 def server_cmd(kind, mode, args, port, cache):
     reuse = REUSE if mode == "reuse" else []
-    if kind == "tensor-wasm":
+    if kind in ("tensor-wasm", NO_POLL):
+        poll = ["--busy-poll", "off"] if kind == NO_POLL else []
         return [args.tensor_wasm, "serve", args.component, "--listen", f"127.0.0.1:{port}",
-                "--admin-listen", "off", "--cache-dir", cache] + reuse
+                "--admin-listen", "off", "--cache-dir", cache] + reuse + poll
     return [args.wasmtime, "serve", "-S", "cli", "--addr", f"127.0.0.1:{port}"] + reuse + [args.component]
 
 
@@ -150,8 +155,10 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--modes", default="fresh,reuse")
+    ap.add_argument("--also-no-busy-poll", action="store_true",
+                    help="also measure our server with --busy-poll off, in the same rounds")
     args = ap.parse_args()
-    kinds = ["tensor-wasm", "wasmtime"]
+    kinds = ["tensor-wasm", "wasmtime"] + ([NO_POLL] if args.also_no_busy_poll else [])
     modes = args.modes.split(",")
     concs = (1, 16, 64)
     results = {(m, k, c): [] for m in modes for k in kinds for c in concs}

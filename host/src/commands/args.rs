@@ -489,6 +489,9 @@ pub struct ServeArgs {
     /// Serving threads, each with its own listener and runtime [default: one per CPU].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// How long a serving thread keeps polling its connections after a response before it sleeps (only while its requests arrive that close together: an idle server sleeps), or `off`. Saves the wake-up on a keep-alive client's next request at the price of that much CPU when none comes (docs/OPERATIONS.md); at most 1ms.
+    #[arg(long, default_value = "50us", value_parser = parse_busy_poll, value_name = "DURATION|off")]
+    pub busy_poll: Duration,
     /// How long shutdown waits for in-flight requests (idle connections, and ones that sent only part of a request, close at once).
     #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub shutdown_grace: Duration,
@@ -613,6 +616,20 @@ pub struct RunArgs {
     /// Tensor device settings.
     #[command(flatten)]
     pub device: DeviceArgs,
+}
+
+/// `--busy-poll`: a duration up to 1 ms, or `off` (zero).
+fn parse_busy_poll(text: &str) -> Result<Duration, String> {
+    if matches!(text.trim(), "off" | "0") {
+        return Ok(Duration::ZERO);
+    }
+    let d = parse_duration(text)?;
+    if d > Duration::from_millis(1) {
+        return Err(format!(
+            "`{text}` is longer than 1ms: a thread would spin that long after every response"
+        ));
+    }
+    Ok(d)
 }
 
 fn parse_grant(text: &str) -> Result<(String, PathBuf), String> {

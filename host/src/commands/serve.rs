@@ -343,6 +343,7 @@ fn listen(args: &ServeArgs) -> Result<Listen> {
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         grace: args.shutdown_grace,
+        busy_poll: args.busy_poll,
         limits: connection_limits(args)?,
         tls: tls(args)?,
     })

@@ -9,6 +9,7 @@ use super::admin_tokens::AdminTokens;
 use super::body::{ResponseBody, error_response};
 use super::connections::{Connections, Limits, http_builder};
 use super::request_id::Client;
+use super::spin;
 use super::tls::Tls;
 use crate::live::{Live, Unrouted};
 use crate::platform::metrics::{Metrics, RequestLabels};
@@ -50,6 +51,9 @@ pub struct Listen {
     pub threads: usize,
     /// How long in-flight requests may finish after a shutdown signal.
     pub grace: Duration,
+    /// How long a serving thread polls after a response before it sleeps
+    /// (zero: it sleeps at once; [`super::spin`]).
+    pub busy_poll: Duration,
     /// Connection limits of the serving listener (the admin listener's
     /// are the same but for a share of the connections).
     pub limits: Limits,
@@ -111,6 +115,7 @@ impl Server {
         let mut workers = Vec::new();
         for (i, listener) in listeners.into_iter().enumerate() {
             let (server, mut stop, grace) = (self.clone(), stop_rx.clone(), listen.grace);
+            let busy_poll = listen.busy_poll;
             let (conns, tls) = (conns.clone(), listen.tls.clone());
             let worker = std::thread::Builder::new()
                 .name(format!("serve-{i}"))
@@ -120,6 +125,9 @@ impl Server {
                         .build()?;
                     rt.block_on(async move {
                         tokio::spawn(timer_floor());
+                        if !busy_poll.is_zero() {
+                            tokio::spawn(spin::spin_forever(busy_poll));
+                        }
                         let listener = TcpListener::from_std(listener)?;
                         let stopped = async move {
                             let _ = stop.wait_for(|s| *s).await;
@@ -193,6 +201,7 @@ impl Server {
         req: Request<RequestBody>,
         client: Client,
     ) -> Response<ResponseBody> {
+        spin::arrived();
         let mut span = telemetry::request_span(&req, &client.addr);
         let cx = span.cx();
         // Boxed: the layers above (ours and hyper's) move this future a few
@@ -201,6 +210,7 @@ impl Server {
         let route = Box::pin(self.route(req, client, &mut span));
         let mut response = telemetry::within(cx, route).await;
         telemetry::finish(&mut span, &mut response);
+        spin::responded();
         response
     }
 
