@@ -278,3 +278,62 @@ fn an_http2_rapid_reset_flood_loses_its_connection_while_clients_are_served() {
     eprintln!("rapid reset: connection closed after {opened} streams: {ended:?}");
     assert_eq!(hello(server.addr), 200, "a normal client is served");
 }
+
+/// The server's CPU time so far (user + system), from /proc.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<u64> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|f| f.parse().unwrap())
+        .collect();
+    // SAFETY: sysconf reads a constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis((fields[0] + fields[1]) * 1000 / ticks)
+}
+
+#[test]
+fn busy_polling_stops_once_requests_stop_and_a_long_window_is_refused() {
+    let dir = scratch("busy-poll");
+    let hello = guest("hello");
+    let args = [hello.to_str().unwrap(), "--max-instance-reuse-count", "100"];
+    let server = Server::start(&args, &dir.join("cache"));
+    // Back-to-back requests on one connection: the thread polls between them.
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+    for _ in 0..500 {
+        crate::support::write_request(&mut stream, "GET", "/hello", &[], b"", false);
+        let r = crate::support::read_response(&mut reader).unwrap();
+        assert_eq!(r.status, 200);
+    }
+    // Then nothing: the serving threads sleep (a thread that kept polling
+    // would use about a second of CPU a second).
+    std::thread::sleep(Duration::from_millis(200));
+    let before = cpu_time(server.pid());
+    std::thread::sleep(Duration::from_secs(1));
+    let idle = cpu_time(server.pid()) - before;
+    assert!(
+        idle < Duration::from_millis(150),
+        "an idle server used {idle:?} of CPU in 1 s"
+    );
+    // The connection still works after the threads slept.
+    crate::support::write_request(&mut stream, "GET", "/hello", &[], b"", true);
+    assert_eq!(
+        crate::support::read_response(&mut reader).unwrap().status,
+        200
+    );
+
+    let (code, _, err) = crate::support::run(&["serve", "--busy-poll", "5ms"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--busy-poll") && err.contains("longer than 1ms"),
+        "{err}"
+    );
+}

@@ -83,13 +83,14 @@ pub async fn spin_forever(window: Duration) {
         let began = Instant::now();
         let (mut idle_since, mut turn) = (began, began);
         let caught = loop {
-            // Lets whatever else is runnable on this CPU go first: the
-            // polling only uses time that would otherwise be idle.
-            std::thread::yield_now();
             tokio::task::yield_now().await;
             let now = Instant::now();
             if now - turn > busy {
                 idle_since = now;
+            } else {
+                // Idle since the last turn: whatever else is runnable on
+                // this CPU goes first, so polling only takes idle time.
+                std::thread::yield_now();
             }
             turn = now;
             if now - idle_since >= window {
