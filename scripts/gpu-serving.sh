@@ -8,6 +8,9 @@
 #   bash scripts/gpu-serving.sh traces,gateway   # ~7 min
 #   bash scripts/gpu-serving.sh http             # ~5 min
 #
+# HTTP_ROUNDS, HTTP_MODES (reuse,fresh) and HTTP_ARGS (more flags for
+# benches/http/bench.py, e.g. --also-no-busy-poll) shape the http bench.
+#
 # Every server runs on two physical cores (like the development VM), wrk on
 # two others, the collector on a fifth; hyperthread siblings stay idle. Logs
 # and each bench's table go to $OUT (or /tmp/gpu-serving).
