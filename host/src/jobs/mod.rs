@@ -172,7 +172,7 @@ impl Jobs {
             "path": "/v1/jobs",
             "admin": { "action": "job-submit", "job": job.id, "call": job.call },
         });
-        self.live.audit_admin(&job.tenant, audit, who).await?;
+        self.live.audit_admin(&job.tenant, audit, who, None).await?;
         let (store, saved) = (self.store.clone(), job.clone());
         tokio::task::spawn_blocking(move || store.save(&saved))
             .await
@@ -218,7 +218,7 @@ impl Jobs {
                 "path": format!("/v1/jobs/{id}"),
                 "admin": { "action": "job-cancel", "job": id },
             });
-            self.live.audit_admin(&job.tenant, audit, who).await?;
+            self.live.audit_admin(&job.tenant, audit, who, None).await?;
         }
         let mut active = self.lock_active();
         let mut job = self.recorded(id)?;

@@ -92,7 +92,8 @@ impl Keyvalue {
 
 impl Keyvalue {
     /// Writes `value` at `key` in `tenant`'s bucket `bucket` and waits until
-    /// it is durable: the host's own records (the admin API's audit).
+    /// it is durable: the host's own records (the admin API's audit of a
+    /// job; a deployment's go through [`KeyvalueCtx::record_audit`]).
     pub async fn record(
         &self,
         tenant: &str,
@@ -100,16 +101,21 @@ impl Keyvalue {
         key: String,
         value: Vec<u8>,
     ) -> anyhow::Result<()> {
-        let durable = match self.stores.durable() {
+        self.stores
+            .record(table_name(tenant, bucket), key, value)
+            .await
+    }
+}
+
+impl Stores {
+    /// Writes one record to the durable store and waits until it is durable.
+    async fn record(&self, table: String, key: String, value: Vec<u8>) -> anyhow::Result<()> {
+        let db = match self.durable() {
             Some(Ok(d)) => d,
             Some(Err(e)) => anyhow::bail!("{e}"),
             None => anyhow::bail!("this server has no data directory"),
         };
-        durable
-            .write(
-                table_name(tenant, bucket),
-                vec![durable::Write::Set(key, value)],
-            )
+        db.write(table, vec![durable::Write::Set(key, value)])
             .await
             .map(drop)
             .map_err(|e| anyhow::anyhow!("{e}"))
@@ -205,6 +211,24 @@ impl KeyvalueCtx {
             }
             _ if identifier.starts_with(volatile::PREFIX) => Store::Volatile,
             _ => Store::Durable,
+        }
+    }
+}
+
+impl KeyvalueCtx {
+    /// Writes `value` at `key` in this deployment's audit bucket, where the
+    /// deployment keeps it (its Redis, else the server's database), durably
+    /// and chained like its guests' records: the host's own records of the
+    /// deployment (admin API changes).
+    pub async fn record_audit(&self, key: String, value: Vec<u8>) -> anyhow::Result<()> {
+        let table = table_name(&self.tenant, AUDIT_BUCKET);
+        match self.store_of(AUDIT_BUCKET) {
+            Store::Redis(r) => r
+                .write(&table, vec![durable::Write::Set(key, value)])
+                .await
+                .map(drop)
+                .map_err(|e| anyhow::anyhow!("{e}")),
+            _ => self.stores.record(table, key, value).await,
         }
     }
 }

@@ -486,8 +486,17 @@ impl Live {
         who: &Caller<'_>,
     ) -> Result<(), Refusal> {
         let _one = self.swap.lock().await;
-        let mut entries: Vec<Arc<Deployment>> = self
-            .router()
+        let router = self.router();
+        // Its audit goes where the deployment keeps its audit bucket (the
+        // removed one's, when it is undeployed).
+        let audited = deployment.clone().or_else(|| {
+            router
+                .deployments()
+                .iter()
+                .find(|d| d.name == name)
+                .cloned()
+        });
+        let mut entries: Vec<Arc<Deployment>> = router
             .deployments()
             .iter()
             .filter(|d| d.name != name)
@@ -498,7 +507,8 @@ impl Live {
             message: format!("{e:#}"),
             current: self.current(name),
         })?;
-        self.audit(name, tenant, &revision, who).await?;
+        self.audit(name, tenant, &revision, who, audited.as_deref())
+            .await?;
         let mut revisions = self.lock_revisions().get(name).cloned().unwrap_or_default();
         revisions.push(revision);
         let (history, saved) = (self.history.clone(), revisions.clone());
@@ -521,23 +531,26 @@ impl Live {
         tenant: &str,
         r: &Revision,
         who: &Caller<'_>,
+        deployment: Option<&Deployment>,
     ) -> Result<(), Refusal> {
         let record = serde_json::json!({
             "deployment": name,
             "path": format!("/v1/deployments/{name}"),
             "admin": { "action": r.action, "revision": r.revision, "from": r.from },
         });
-        self.audit_admin(tenant, record, who).await
+        self.audit_admin(tenant, record, who, deployment).await
     }
 
     /// Writes an admin call's record (`fields`: its `path`, `admin` and
-    /// what else it names) to `tenant`'s audit log, durably; an error means
-    /// the call must not take effect.
+    /// what else it names) to `tenant`'s audit log, durably: where
+    /// `deployment` keeps its audit bucket, else the server's database. An
+    /// error means the call must not take effect.
     pub async fn audit_admin(
         &self,
         tenant: &str,
         mut fields: serde_json::Value,
         who: &Caller<'_>,
+        deployment: Option<&Deployment>,
     ) -> Result<(), Refusal> {
         let now = std::time::SystemTime::now();
         let common = serde_json::json!({
@@ -556,14 +569,16 @@ impl Live {
             .unwrap_or_default()
             .as_nanos();
         let key = format!("{nanos:020}-{}", who.request_id);
-        self.assembly
-            .audit(tenant, key, fields.to_string().into_bytes())
-            .await
-            .map_err(|e| {
-                Refusal::Unavailable(format!(
-                    "the audit record could not be written, so nothing changed: {e:#}"
-                ))
-            })
+        let record = fields.to_string().into_bytes();
+        match deployment {
+            Some(d) => d.record_audit(key, record).await,
+            None => self.assembly.audit(tenant, key, record).await,
+        }
+        .map_err(|e| {
+            Refusal::Unavailable(format!(
+                "the audit record could not be written, so nothing changed: {e:#}"
+            ))
+        })
     }
 
     /// Reads the start-up specs again and applies them with the same swap

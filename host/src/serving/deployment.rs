@@ -131,6 +131,13 @@ enum GuestEnd {
 }
 
 impl Deployment {
+    /// Writes the host's own audit record of this deployment (an admin API
+    /// change) where the deployment keeps its audit bucket (its Redis, else
+    /// the server's database), durably.
+    pub async fn record_audit(&self, key: String, record: Vec<u8>) -> anyhow::Result<()> {
+        self.caps.keyvalue.record_audit(key, record).await
+    }
+
     /// Wraps a prepared component for `spec`, whose capabilities are `caps`
     /// (built by [`crate::assembly::Assembly`]); a reusing deployment keeps
     /// its idle instances in a pool registered with `pools`.
