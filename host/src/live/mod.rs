@@ -543,8 +543,9 @@ impl Live {
 
     /// Writes an admin call's record (`fields`: its `path`, `admin` and
     /// what else it names) to `tenant`'s audit log, durably: where
-    /// `deployment` keeps its audit bucket, else the server's database. An
-    /// error means the call must not take effect.
+    /// `deployment` keeps its audit bucket, else (none, or that store
+    /// fails) the server's database. An error means the call must not take
+    /// effect.
     pub async fn audit_admin(
         &self,
         tenant: &str,
@@ -570,11 +571,19 @@ impl Live {
             .as_nanos();
         let key = format!("{nanos:020}-{}", who.request_id);
         let record = fields.to_string().into_bytes();
-        match deployment {
-            Some(d) => d.record_audit(key, record).await,
-            None => self.assembly.audit(tenant, key, record).await,
+        if let Some(d) = deployment {
+            match d.record_audit(key.clone(), record.clone()).await {
+                Ok(()) => return Ok(()),
+                // Kept in the server's database instead, so that a
+                // deployment whose store is down can still be changed.
+                Err(e) => tracing::warn!(
+                    "the audit record of an admin change to `{}` could not go where its audit \
+                     bucket is ({e:#}); writing it to the server's database",
+                    d.name
+                ),
+            }
         }
-        .map_err(|e| {
+        self.assembly.audit(tenant, key, record).await.map_err(|e| {
             Refusal::Unavailable(format!(
                 "the audit record could not be written, so nothing changed: {e:#}"
             ))
