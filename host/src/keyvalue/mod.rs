@@ -213,9 +213,7 @@ impl KeyvalueCtx {
             _ => Store::Durable,
         }
     }
-}
 
-impl KeyvalueCtx {
     /// Writes `value` at `key` in this deployment's audit bucket, where the
     /// deployment keeps it (its Redis, else the server's database), durably
     /// and chained like its guests' records: the host's own records of the
