@@ -6,6 +6,7 @@
 //! (512). A span that finds the queue full is dropped and counted.
 
 use super::{SPANS_DROPPED, SPANS_ENDED, SPANS_EXPORTED};
+use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -15,14 +16,30 @@ pub(super) struct Queue {
     state: Mutex<State>,
     wake: Condvar,
     limits: Limits,
+    /// Bytes left free at the start of each batch, where the export thread
+    /// writes the request's prefix (so a batch is sent without a copy).
+    room: usize,
 }
 
-/// Encoded spans, each a `ScopeSpans.spans` field (see `otlp`).
+/// Encoded spans in batches, each a run of `ScopeSpans.spans` fields (see
+/// `otlp`) after `room` free bytes.
 #[derive(Default)]
 struct State {
-    spans: Vec<u8>,
+    /// Batches of `limits.batch` spans, oldest first.
+    full: VecDeque<Vec<u8>>,
+    /// The batch being filled (empty until its first span) and its spans.
+    filling: Vec<u8>,
+    filled: usize,
+    /// Spans queued, in all batches.
     count: usize,
     closing: bool,
+}
+
+/// A batch taken for export: its buffer (`room` free bytes, then the
+/// spans) and how many spans it holds.
+pub(super) struct Batch {
+    pub(super) buffer: Vec<u8>,
+    pub(super) spans: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -50,7 +67,18 @@ impl Limits {
 }
 
 impl Queue {
-    /// Queues one encoded span, or drops it when the queue is full.
+    fn new(limits: Limits, room: usize) -> Queue {
+        Queue {
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+            limits,
+            room,
+        }
+    }
+
+    /// Queues one encoded span (its `Span` message, framed here as a
+    /// `ScopeSpans.spans` field: copied once), or drops it when the queue
+    /// is full.
     pub(super) fn push(&self, span: &[u8]) {
         SPANS_ENDED.inc();
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -59,39 +87,53 @@ impl Queue {
             SPANS_DROPPED.inc();
             return;
         }
-        state.spans.extend_from_slice(span);
+        let state = &mut *state;
+        if state.filling.is_empty() {
+            // Sized like the last batch: a batch grows without copies.
+            let size = state.full.back().map_or(0, Vec::capacity).max(self.room);
+            state.filling.reserve(size);
+            state.filling.resize(self.room, 0);
+        }
+        super::otlp::frame(&mut state.filling, span);
+        state.filled += 1;
         state.count += 1;
-        if state.count == self.limits.batch {
+        if state.filled == self.limits.batch {
+            let full = std::mem::take(&mut state.filling);
+            state.full.push_back(full);
+            state.filled = 0;
             self.wake.notify_one();
         }
     }
 
-    /// Waits for a full batch, the schedule delay or closing; takes what
-    /// is queued: everything after the delay or on closing, else whole
-    /// batches only — the few spans ended between the wake-up and now stay
-    /// for the next batch instead of costing an export of their own (they
-    /// made every other export a handful of spans).
-    fn next(&self, spare: Vec<u8>) -> (Vec<u8>, bool) {
-        let batch = self.limits.batch;
+    /// Waits for a full batch, the schedule delay or closing; takes the full
+    /// batches, and the one being filled too after the delay or on closing
+    /// (a few spans ended just after a batch filled wait for the next one
+    /// instead of costing an export of their own).
+    fn next(&self) -> (Vec<Batch>, bool) {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let (mut state, _) = self
             .wake
-            .wait_timeout_while(state, self.limits.delay, |s| s.count < batch && !s.closing)
+            .wait_timeout_while(state, self.limits.delay, |s| {
+                s.full.is_empty() && !s.closing
+            })
             .unwrap_or_else(|e| e.into_inner());
-        let (count, closing) = (state.count, state.closing);
-        state.count = 0;
-        let mut spans = std::mem::replace(&mut state.spans, spare);
-        drop(state);
-        if count > batch && !closing {
-            let whole = super::otlp::split(&spans, count / batch * batch).0.len();
-            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            // Their order within an export does not matter to OTLP.
-            state.spans.extend_from_slice(&spans[whole..]);
-            state.count += count % batch;
-            drop(state);
-            spans.truncate(whole);
+        let batch = self.limits.batch;
+        let mut out: Vec<Batch> = state
+            .full
+            .drain(..)
+            .map(|buffer| Batch {
+                buffer,
+                spans: batch,
+            })
+            .collect();
+        if (out.is_empty() || state.closing) && state.filled > 0 {
+            out.push(Batch {
+                buffer: std::mem::take(&mut state.filling),
+                spans: std::mem::take(&mut state.filled),
+            });
         }
-        (spans, closing)
+        state.count -= out.iter().map(|b| b.spans).sum::<usize>();
+        (out, state.closing)
     }
 
     /// Asks the export thread to send what is queued and stop.
@@ -101,41 +143,31 @@ impl Queue {
     }
 }
 
-/// Starts the export thread; `send` sends one batch of encoded spans and
-/// says whether the collector took it. The thread ends, after a last send,
-/// on [`Queue::close`].
-pub(super) fn start<F>(send: F) -> std::io::Result<(Arc<Queue>, JoinHandle<()>)>
+/// Starts the export thread; batches leave `room` free bytes before their
+/// spans; `send` sends one and says whether the collector took it. The
+/// thread ends, after a last send, on [`Queue::close`].
+pub(super) fn start<F>(room: usize, send: F) -> std::io::Result<(Arc<Queue>, JoinHandle<()>)>
 where
-    F: Fn(&[u8]) -> bool + Send + 'static,
+    F: Fn(Batch) -> bool + Send + 'static,
 {
-    let limits = Limits::from_env();
-    let queue = Arc::new(Queue {
-        state: Mutex::new(State::default()),
-        wake: Condvar::new(),
-        limits,
-    });
+    let queue = Arc::new(Queue::new(Limits::from_env(), room));
     let q = queue.clone();
     let thread = std::thread::Builder::new()
         .name("otlp-export".into())
         .spawn(move || {
-            let mut spare = Vec::new();
             loop {
-                let (spans, closing) = q.next(spare);
-                let mut rest = spans.as_slice();
-                while !rest.is_empty() {
-                    let (batch, n) = super::otlp::split(rest, limits.batch);
-                    rest = &rest[batch.len()..];
+                let (batches, closing) = q.next();
+                for batch in batches {
+                    let n = batch.spans as u64;
                     if send(batch) {
-                        SPANS_EXPORTED.inc_by(n as u64);
+                        SPANS_EXPORTED.inc_by(n);
                     } else {
-                        SPANS_DROPPED.inc_by(n as u64);
+                        SPANS_DROPPED.inc_by(n);
                     }
                 }
                 if closing {
                     return;
                 }
-                spare = spans;
-                spare.clear();
             }
         })?;
     Ok((queue, thread))
@@ -146,54 +178,57 @@ mod tests {
     use super::*;
 
     fn queue(batch: usize) -> Queue {
-        Queue {
-            state: Mutex::new(State::default()),
-            wake: Condvar::new(),
-            limits: Limits {
-                delay: Duration::from_millis(50),
-                queue: 100,
-                batch,
-            },
-        }
+        let limits = Limits {
+            delay: Duration::from_millis(50),
+            queue: 100,
+            batch,
+        };
+        Queue::new(limits, 2)
     }
 
-    /// One encoded span (a `ScopeSpans.spans` field) whose body is `tag`.
-    fn span(tag: u8) -> [u8; 3] {
+    /// How the queue holds a span whose body is `[tag]`: a
+    /// `ScopeSpans.spans` field.
+    fn field(tag: u8) -> [u8; 3] {
         [0x12, 1, tag]
     }
 
+    /// A batch's buffer holding `tags`, after the room.
+    fn buffer(tags: std::ops::Range<u8>) -> Vec<u8> {
+        let mut b = vec![0, 0];
+        tags.for_each(|t| b.extend(field(t)));
+        b
+    }
+
     #[test]
-    fn a_full_queue_is_taken_in_whole_batches_and_the_rest_after_the_delay() {
+    fn full_batches_go_at_once_and_the_rest_after_the_delay() {
         let q = queue(4);
         for tag in 0..6 {
-            q.push(&span(tag));
+            q.push(&[tag]);
         }
-        let (spans, closing) = q.next(Vec::new());
+        let (batches, closing) = q.next();
         assert!(!closing);
-        assert_eq!(
-            super::super::otlp::split(&spans, 100).1,
-            4,
-            "one whole batch"
-        );
-        let (rest, _) = q.next(Vec::new());
-        assert_eq!(
-            rest,
-            [span(4), span(5)].concat(),
-            "the rest, after the delay"
-        );
+        assert_eq!(batches.len(), 1, "one whole batch");
+        assert_eq!((batches[0].spans, &batches[0].buffer), (4, &buffer(0..4)));
+        let (rest, _) = q.next();
+        assert_eq!(rest.len(), 1, "the rest, after the delay");
+        assert_eq!((rest[0].spans, &rest[0].buffer), (2, &buffer(4..6)));
         for tag in 0..9 {
-            q.push(&span(tag));
+            q.push(&[tag]);
         }
-        let (spans, _) = q.next(Vec::new());
-        assert_eq!(
-            super::super::otlp::split(&spans, 100).1,
-            8,
-            "two whole batches"
-        );
-        q.push(&span(9));
+        let (batches, _) = q.next();
+        assert_eq!(batches.len(), 2, "two whole batches");
+        assert_eq!(batches[1].buffer, buffer(4..8));
+        q.push(&[9]);
         q.close();
-        let (rest, closing) = q.next(Vec::new());
+        let (rest, closing) = q.next();
         assert!(closing);
-        assert_eq!(rest, [span(8), span(9)].concat(), "everything on closing");
+        assert_eq!(rest.len(), 1, "everything on closing");
+        assert_eq!((rest[0].spans, &rest[0].buffer), (2, &buffer(8..10)));
+        q.push(&[10]);
+        assert_eq!(
+            q.state.lock().unwrap().count,
+            0,
+            "nothing queued once closing"
+        );
     }
 }

@@ -109,7 +109,7 @@ pub fn start(options: &TraceOptions) -> Result<Option<Tracing>> {
     }
     let fixed = otlp::Fixed::new(&resource.build());
     let sampling = Sampling::from_env()?;
-    let (queue, thread) = export::start(move |spans| sender.send(fixed.encode(spans)))
+    let (queue, thread) = export::start(fixed.room(), move |batch| sender.send(fixed.seal(batch)))
         .context("traces: starting the export thread")?;
     if span::QUEUE.set(queue).is_err() {
         bail!("traces: started twice");

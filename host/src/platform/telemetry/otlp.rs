@@ -142,7 +142,7 @@ impl Sender {
     }
 
     /// Sends one encoded request; whether the collector took it in time.
-    pub(super) fn send(&self, body: Vec<u8>) -> bool {
+    pub(super) fn send(&self, body: bytes::Bytes) -> bool {
         let call = async {
             match &self.to {
                 To::Http {
@@ -238,7 +238,7 @@ fn url_decode(v: &str) -> String {
 struct Raw;
 
 impl tonic::codec::Codec for Raw {
-    type Encode = Vec<u8>;
+    type Encode = bytes::Bytes;
     type Decode = ();
     type Encoder = Raw;
     type Decoder = Raw;
@@ -251,11 +251,11 @@ impl tonic::codec::Codec for Raw {
 }
 
 impl tonic::codec::Encoder for Raw {
-    type Item = Vec<u8>;
+    type Item = bytes::Bytes;
     type Error = tonic::Status;
     fn encode(
         &mut self,
-        item: Vec<u8>,
+        item: bytes::Bytes,
         dst: &mut tonic::codec::EncodeBuf<'_>,
     ) -> Result<(), tonic::Status> {
         bytes::BufMut::put_slice(dst, &item);
@@ -403,23 +403,33 @@ impl Fixed {
         }
     }
 
-    /// One `ExportTraceServiceRequest` with `spans` (from [`span_field`]),
-    /// written into one buffer with the spans copied once.
-    pub(super) fn encode(&self, spans: &[u8]) -> Vec<u8> {
-        let scope_spans = len_delimited(self.scope.len()) + spans.len();
+    /// Bytes a batch leaves free before its spans for [`Fixed::seal`].
+    pub(super) fn room(&self) -> usize {
+        // Two keys of one byte, two lengths of at most 5, and the fields.
+        2 + 10 + len_delimited(self.resource.len()) + len_delimited(self.scope.len()) + 10
+    }
+
+    /// A batch (`room` free bytes, then spans from [`frame`]) as one
+    /// `ExportTraceServiceRequest`: the prefix written into the room, the
+    /// spans not copied.
+    pub(super) fn seal(&self, batch: super::export::Batch) -> bytes::Bytes {
+        let mut buffer = batch.buffer;
+        let room = self.room().min(buffer.len());
+        let spans = buffer.len() - room;
+        let scope_spans = len_delimited(self.scope.len()) + spans;
         let resource_spans = len_delimited(self.resource.len()) + len_delimited(scope_spans);
-        let size = len_delimited(resource_spans);
-        let mut out = Vec::with_capacity(size);
-        let mut pb = Pb(&mut out);
+        let mut prefix = Vec::with_capacity(room);
+        let mut pb = Pb(&mut prefix);
         pb.key(1, 2);
         pb.varint(resource_spans as u64);
         pb.bytes(1, &self.resource);
         pb.key(2, 2);
         pb.varint(scope_spans as u64);
         pb.bytes(1, &self.scope);
-        out.extend_from_slice(spans);
-        debug_assert_eq!(out.len(), size);
-        out
+        let start = room - prefix.len();
+        buffer[start..room].copy_from_slice(&prefix);
+        debug_assert_eq!(buffer.len() - start, len_delimited(resource_spans));
+        bytes::Bytes::from(buffer).slice(start..)
     }
 }
 
@@ -433,11 +443,11 @@ pub(super) fn attributes(pairs: &[(&str, &str)]) -> Vec<u8> {
     out
 }
 
-/// Appends a span to `out` as a `ScopeSpans.spans` field (number 2).
+/// Writes a span's body (a `Span` message) into `body`, which is cleared;
+/// the queue frames it as a `ScopeSpans.spans` field ([`frame`]).
 /// `Span`'s fields: trace_id 1, span_id 2, trace_state 3, parent_span_id 4,
 /// name 5, kind 6, start 7, end 8, attributes 9, status 15, flags 16.
-/// `body` is a buffer to reuse.
-pub(super) fn span_field(o: &Open, end: SystemTime, out: &mut Vec<u8>, body: &mut Vec<u8>) {
+pub(super) fn span_body(o: &Open, end: SystemTime, body: &mut Vec<u8>) {
     body.clear();
     let pb = &mut Pb(body);
     pb.bytes(1, &o.cx.trace.to_be_bytes());
@@ -463,28 +473,11 @@ pub(super) fn span_field(o: &Open, end: SystemTime, out: &mut Vec<u8>, body: &mu
     // Sampled, and whether the parent is remote (HAS_IS_REMOTE 0x100,
     // IS_REMOTE 0x200).
     pb.fixed32(16, 0x101 | if o.remote_parent { 0x200 } else { 0 });
-    Pb(out).bytes(2, body);
 }
 
-/// The first `max` spans of `spans` (fields from [`span_field`]) and how
-/// many that is.
-pub(super) fn split(spans: &[u8], max: usize) -> (&[u8], usize) {
-    let (mut at, mut n) = (0, 0);
-    while at < spans.len() && n < max {
-        // The key (one byte: field 2, length-delimited), the length, the body.
-        let (mut len, mut shift, mut i) = (0usize, 0, at + 1);
-        while let Some(&b) = spans.get(i) {
-            len |= usize::from(b & 0x7f) << shift;
-            shift += 7;
-            i += 1;
-            if b < 0x80 {
-                break;
-            }
-        }
-        at = (i + len).min(spans.len());
-        n += 1;
-    }
-    (&spans[..at], n)
+/// Appends a span's body to `out` as a `ScopeSpans.spans` field (number 2).
+pub(super) fn frame(out: &mut Vec<u8>, body: &[u8]) {
+    Pb(out).bytes(2, body);
 }
 
 #[cfg(test)]
@@ -524,21 +517,15 @@ mod tests {
             },
             error: true,
         };
-        let mut spans = Vec::new();
+        let fixed = Fixed::new(&resource);
+        let mut buffer = vec![0; fixed.room()];
         let mut body = Vec::new();
-        for _ in 0..3 {
-            span_field(
-                &open,
-                start + Duration::from_nanos(500),
-                &mut spans,
-                &mut body,
-            );
+        for _ in 0..2 {
+            span_body(&open, start + Duration::from_nanos(500), &mut body);
+            frame(&mut buffer, &body);
         }
-        let (two, n) = split(&spans, 2);
-        assert_eq!((two.len() * 3, n), (spans.len() * 2, 2));
-        assert_eq!(split(&spans, 9), (spans.as_slice(), 3));
-        let body = Fixed::new(&resource).encode(two);
-        let req = ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
+        let batch = crate::platform::telemetry::export::Batch { buffer, spans: 2 };
+        let req = ExportTraceServiceRequest::decode(fixed.seal(batch)).unwrap();
         let rs = &req.resource_spans[0];
         let service = rs.resource.as_ref().unwrap().attributes.iter();
         assert!(service.clone().any(|a| a.key == "service.name"

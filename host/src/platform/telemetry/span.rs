@@ -205,21 +205,35 @@ impl Span {
     }
 
     fn open(trace: u128, parent: u64, remote_parent: bool, name: Cow<'static, str>) -> Span {
-        Span(Some(Box::new(Open {
-            cx: Cx {
-                trace,
-                span: new_id() as u64,
-                labels: None,
-            },
-            parent,
-            remote_parent,
-            state: None,
-            name,
-            kind: Kind::Internal,
-            start: SystemTime::now(),
-            attributes: Vec::with_capacity(256),
-            error: false,
-        })))
+        let cx = Cx {
+            trace,
+            span: new_id() as u64,
+            labels: None,
+        };
+        let start = SystemTime::now();
+        // A box (and its attributes' buffer) this thread's last spans left.
+        let spare = SPARE
+            .try_with(|s| s.borrow_mut().boxes.pop())
+            .ok()
+            .flatten();
+        Span(Some(match spare {
+            Some(mut open) => {
+                (open.cx, open.parent, open.remote_parent) = (cx, parent, remote_parent);
+                (open.name, open.kind, open.start) = (name, Kind::Internal, start);
+                open
+            }
+            None => Box::new(Open {
+                cx,
+                parent,
+                remote_parent,
+                state: None,
+                name,
+                kind: Kind::Internal,
+                start,
+                attributes: Vec::with_capacity(256),
+                error: false,
+            }),
+        }))
     }
 
     /// Whether this span is recorded (else every setter does nothing).
@@ -316,21 +330,50 @@ impl Span {
 
 impl Drop for Span {
     fn drop(&mut self) {
-        let (Some(open), Some(queue)) = (self.0.take(), QUEUE.get()) else {
+        let (Some(mut open), Some(queue)) = (self.0.take(), QUEUE.get()) else {
             return;
         };
         let end = SystemTime::now();
-        ENCODER.with_borrow_mut(|(out, body)| {
-            out.clear();
-            super::otlp::span_field(&open, end, out, body);
-            queue.push(out);
+        let encoded = SPARE.try_with(|spare| {
+            let spare = &mut *spare.borrow_mut();
+            super::otlp::span_body(&open, end, &mut spare.body);
+            queue.push(&spare.body);
+        });
+        if encoded.is_err() {
+            // The thread is exiting: encode without its buffers.
+            let mut body = Vec::new();
+            super::otlp::span_body(&open, end, &mut body);
+            queue.push(&body);
+            return;
+        }
+        // Emptied for the next span this thread opens.
+        open.cx.labels = None;
+        open.state = None;
+        open.name = Cow::Borrowed("");
+        open.attributes.clear();
+        open.error = false;
+        let _ = SPARE.try_with(|spare| {
+            let boxes = &mut spare.borrow_mut().boxes;
+            if boxes.len() < SPARE_BOXES {
+                boxes.push(open);
+            }
         });
     }
 }
 
+/// Spans' boxes a thread keeps for reuse, at most.
+const SPARE_BOXES: usize = 32;
+
+/// What a thread reuses from span to span: the encoding buffer and the
+/// boxes of ended spans (two allocations and two frees a span, saved).
+#[derive(Default)]
+struct Spare {
+    body: Vec<u8>,
+    boxes: Vec<Box<Open>>,
+}
+
 thread_local! {
-    /// Each thread's encoding buffers.
-    static ENCODER: RefCell<(Vec<u8>, Vec<u8>)> = RefCell::default();
+    static SPARE: RefCell<Spare> = RefCell::default();
 }
 
 /// A random id, never zero (zero means "none" in W3C and OTLP): SplitMix64
