@@ -369,6 +369,10 @@ const SPARE_BOXES: usize = 32;
 #[derive(Default)]
 struct Spare {
     body: Vec<u8>,
+    #[expect(
+        clippy::vec_box,
+        reason = "the boxes are what is reused: a `Span` holds one"
+    )]
     boxes: Vec<Box<Open>>,
 }
 
