@@ -9,7 +9,9 @@
 #   bash scripts/gpu-serving.sh http             # ~5 min
 #
 # HTTP_ROUNDS, HTTP_MODES (reuse,fresh) and HTTP_ARGS (more flags for
-# benches/http/bench.py, e.g. --also-no-busy-poll) shape the http bench.
+# benches/http/bench.py, e.g. --also-no-busy-poll) shape the http bench;
+# TRACES_ROUNDS and TRACES_ARGS (flags for every traced server, e.g.
+# "--busy-poll off") the traces bench.
 #
 # Every server runs on two physical cores (like the development VM), wrk on
 # two others, the collector on a fifth; hyperthread siblings stay idle. Logs
@@ -59,7 +61,8 @@ for bench in ${1//,/ }; do
   case "$bench" in
     traces)
       python3 benches/traces/bench.py --tensor-wasm "$g/tensor-wasm" --hello "$g/hello.wasm" \
-        --world "$PWD/worlds/gateway.wac" --rounds "${TRACES_ROUNDS:-9}" --seconds 8 --concurrency 16 ;;
+        --world "$PWD/worlds/gateway.wac" --rounds "${TRACES_ROUNDS:-9}" --seconds 8 --concurrency 16 \
+        ${TRACES_ARGS:+--server-args "$TRACES_ARGS"} ;;
     gateway)
       python3 benches/gateway/bench.py --tensor-wasm "$g/tensor-wasm" --hello "$g/hello.wasm" \
         --world "$PWD/worlds/gateway.wac" --noop "$g/noop_middleware.wasm" \

@@ -84,7 +84,8 @@ def start(args, d, spec, name, env_extra, admin=False):
     proc = subprocess.Popen(
         [args.tensor_wasm, "serve", spec, "--listen", f"127.0.0.1:{port}",
          "--admin-listen", f"127.0.0.1:{admin_port}" if admin else "off",
-         "--cache-dir", os.path.join(d, "cache"), "--data-dir", os.path.join(d, f"data-{name}")],
+         "--cache-dir", os.path.join(d, "cache"), "--data-dir", os.path.join(d, f"data-{name}"),
+         *getattr(args, "server_args", "").split()],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, preexec_fn=pin("SERVER"))
     return proc, port, admin_port
 
@@ -107,6 +108,8 @@ def main():
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--reuse", type=int, default=1000)
+    ap.add_argument("--server-args", default="",
+                    help="more flags for every server, e.g. '--busy-poll off'")
     args = ap.parse_args()
 
     if cpus("COLLECTOR"):  # this thread and the collector's threads made after it
@@ -159,7 +162,8 @@ def main():
 
     print()
     print(f"Medians of {args.rounds} rounds x {args.seconds}s, wrk -t1 -c{args.concurrency}, "
-          f"gateway world, GET /hello with a token, instances reused up to {args.reuse}; {pinning()}"
+          f"gateway world, GET /hello with a token, instances reused up to {args.reuse}"
+          + (f", servers with `{args.server_args}`" if args.server_args else "") + f"; {pinning()}"
           + (f", collector on {sorted(cpus('COLLECTOR'))}" if cpus("COLLECTOR") else ""))
     print("| traces | req/s | p50 ms | p99 ms | server CPU µs/req | req/s vs off | CPU/req vs off "
           "| paired: req/s vs off | paired: CPU/req vs off |")
