@@ -98,19 +98,30 @@ def parse_wrk(out):
     return {"rps": rps, "p50": lat(50), "p99": lat(99), "non2xx": int(errors.group(1)) if errors else 0}
 
 
-def cpu_seconds(pid):
+def cpu_split(pid):
+    """The process's (user, system) CPU seconds so far."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def cpu_seconds(pid):
+    """The process's CPU seconds so far."""
+    return sum(cpu_split(pid))
 
 
 def timed(pid, seconds, run_wrk):
     """Runs `run_wrk()` (wrk's output) and parses it, adding the server's CPU
-    microseconds per request (`cpu_us`, from /proc)."""
-    cpu0 = cpu_seconds(pid)
+    microseconds per request (`cpu_us`, from /proc) and the system time's
+    part of them (`sys_us`)."""
+    user0, sys0 = cpu_split(pid)
     r = parse_wrk(run_wrk())
     total = r["rps"] * seconds
-    r["cpu_us"] = (cpu_seconds(pid) - cpu0) / total * 1e6 if total else float("nan")
+    user1, sys1 = cpu_split(pid)
+    per = 1e6 / total if total else float("nan")
+    r["cpu_us"] = (user1 - user0 + sys1 - sys0) * per
+    r["sys_us"] = (sys1 - sys0) * per
     return r
 
 

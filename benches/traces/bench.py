@@ -165,9 +165,9 @@ def main():
           f"gateway world, GET /hello with a token, instances reused up to {args.reuse}"
           + (f", servers with `{args.server_args}`" if args.server_args else "") + f"; {pinning()}"
           + (f", collector on {sorted(cpus('COLLECTOR'))}" if cpus("COLLECTOR") else ""))
-    print("| traces | req/s | p50 ms | p99 ms | server CPU µs/req | req/s vs off | CPU/req vs off "
-          "| paired: req/s vs off | paired: CPU/req vs off |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| traces | req/s | p50 ms | p99 ms | server CPU µs/req | of it system | req/s vs off "
+          "| CPU/req vs off | paired: req/s vs off | paired: CPU/req vs off |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     base = statistics.median(r["rps"] for r in results["off"])
     base_cpu = statistics.median(r["cpu_us"] for r in results["off"])
 
@@ -180,7 +180,8 @@ def main():
         rps = statistics.median(r["rps"] for r in rs)
         cpu = statistics.median(r["cpu_us"] for r in rs)
         print(f"| {mode} | {rps:.0f} | {statistics.median(r['p50'] for r in rs):.3f} | "
-              f"{statistics.median(r['p99'] for r in rs):.3f} | {cpu:.0f} | {rps / base:.2f}x | {cpu / base_cpu:.2f}x "
+              f"{statistics.median(r['p99'] for r in rs):.3f} | {cpu:.0f} | "
+              f"{statistics.median(r['sys_us'] for r in rs):.0f} | {rps / base:.2f}x | {cpu / base_cpu:.2f}x "
               f"| {paired(rs, 'rps'):.2f}x | {paired(rs, 'cpu_us'):.2f}x |")
     print()
     print(f"/metrics with 100 deployments: median {statistics.median(scrapes):.2f} ms, "
