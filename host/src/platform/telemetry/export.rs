@@ -30,6 +30,8 @@ struct State {
     /// The batch being filled (empty until its first span) and its spans.
     filling: Vec<u8>,
     filled: usize,
+    /// The bytes of the last full batch: what the next one reserves.
+    size: usize,
     /// Spans queued, in all batches.
     count: usize,
     closing: bool,
@@ -89,9 +91,8 @@ impl Queue {
         }
         let state = &mut *state;
         if state.filling.is_empty() {
-            // Sized like the last batch: a batch grows without copies.
-            let size = state.full.back().map_or(0, Vec::capacity).max(self.room);
-            state.filling.reserve(size);
+            // Sized like the last full batch: a batch grows without copies.
+            state.filling.reserve(state.size.max(self.room));
             state.filling.resize(self.room, 0);
         }
         super::otlp::frame(&mut state.filling, span);
@@ -99,6 +100,7 @@ impl Queue {
         state.count += 1;
         if state.filled == self.limits.batch {
             let full = std::mem::take(&mut state.filling);
+            state.size = full.len();
             state.full.push_back(full);
             state.filled = 0;
             self.wake.notify_one();
