@@ -1,11 +1,12 @@
-//! Our spans: a span is a plain value; dropped, it joins the export queue,
-//! and the export thread encodes it as OTLP (`otlp`).
+//! Our spans: a span is a plain value; dropped, it is encoded as OTLP
+//! (`otlp`) on the thread that ends it and joins the export queue.
 //!
 //! Why not `tracing` spans through `tracing-opentelemetry`: that path made
 //! each span three times (a registry entry, an OTel span builder, an SDK
 //! span) and cost ~7 µs a span on the serving threads — a traced gateway
 //! request paid a third of its CPU for its five spans. Here a span is one
-//! allocation, its attributes a `Vec`, and "current" a thread-local pair of
+//! box (reused: a thread keeps those of the spans it ended), its attributes
+//! a `Vec`, and "current" a thread-local pair of
 //! ids, set while a scoped future is polled ([`within`]) or a guard lives
 //! ([`Span::enter`]). Attributes are encoded as OTLP when set (no value is
 //! kept). Nothing is made when traces are off or a request is not sampled:
