@@ -355,7 +355,8 @@ impl Drop for Span {
         open.error = false;
         let _ = SPARE.try_with(|spare| {
             let boxes = &mut spare.borrow_mut().boxes;
-            if boxes.len() < SPARE_BOXES {
+            // One a client's long header grew is not kept.
+            if boxes.len() < SPARE_BOXES && open.attributes.capacity() <= SPARE_ATTRIBUTES {
                 boxes.push(open);
             }
         });
@@ -364,6 +365,8 @@ impl Drop for Span {
 
 /// Spans' boxes a thread keeps for reuse, at most.
 const SPARE_BOXES: usize = 32;
+/// The most attribute bytes a kept box may hold room for.
+const SPARE_ATTRIBUTES: usize = 4096;
 
 /// What a thread reuses from span to span: the encoding buffer and the
 /// boxes of ended spans (two allocations and two frees a span, saved).
