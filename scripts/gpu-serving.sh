@@ -11,7 +11,8 @@
 # HTTP_ROUNDS, HTTP_MODES (reuse,fresh) and HTTP_ARGS (more flags for
 # benches/http/bench.py, e.g. --also-no-busy-poll) shape the http bench;
 # TRACES_ROUNDS and TRACES_ARGS (flags for every traced server, e.g.
-# "--busy-poll off") the traces bench.
+# "--busy-poll off") the traces bench. A baseline build packed with
+# BASELINE_BIN (gpu-serving-pack.sh) joins the http bench's rounds.
 #
 # Every server runs on two physical cores (like the development VM), wrk on
 # two others, the collector on a fifth; hyperthread siblings stay idle. Logs
@@ -23,6 +24,9 @@ out=${OUT:-/tmp/gpu-serving}
 mkdir -p "$out"
 [ -x "$g/tensor-wasm" ] || gunzip -kf "$g/tensor-wasm.gz"
 [ -x "$g/wasmtime" ] || { [ ! -f "$g/wasmtime.gz" ] || gunzip -kf "$g/wasmtime.gz"; }
+[ ! -f "$g/tensor-wasm-baseline.gz" ] || gunzip -kf "$g/tensor-wasm-baseline.gz"
+baseline=()
+[ ! -f "$g/tensor-wasm-baseline" ] || { chmod +x "$g/tensor-wasm-baseline"; baseline=(--baseline "$g/tensor-wasm-baseline"); }
 chmod +x "$g"/tensor-wasm "$g"/bin/* 2>/dev/null || true
 [ ! -f "$g/wasmtime" ] || chmod +x "$g/wasmtime"
 export PATH="$g/bin:$PATH"
@@ -69,7 +73,8 @@ for bench in ${1//,/ }; do
         --rounds "${GATEWAY_ROUNDS:-3}" --seconds 6 --concurrency 16,64 --reuse 1000 ;;
     http)
       python3 benches/http/bench.py --tensor-wasm "$g/tensor-wasm" --wasmtime "$g/wasmtime" \
-        --component "$g/hello.wasm" --rounds "${HTTP_ROUNDS:-5}" --seconds 6 --modes "${HTTP_MODES:-reuse}" ${HTTP_ARGS:-} ;;
+        --component "$g/hello.wasm" --rounds "${HTTP_ROUNDS:-5}" --seconds 6 --modes "${HTTP_MODES:-reuse}" \
+        "${baseline[@]}" ${HTTP_ARGS:-} ;;
     *) echo "gpu-serving: unknown bench '$bench' (traces, gateway, http)" >&2; exit 2 ;;
   esac 2>&1 | tee "$out/$bench.log"
 done

@@ -75,13 +75,16 @@ REUSE = ["--max-instance-reuse-count", "1000"]
 
 #: Our server with busy-polling off (`--also-no-busy-poll`), beside its default.
 NO_POLL = "tw-no-busy-poll"
+#: Another build of our server (`--baseline BIN`, e.g. the previous commit's).
+BASELINE = "tw-baseline"
 
 
 def server_cmd(kind, mode, args, port, cache):
     reuse = REUSE if mode == "reuse" else []
-    if kind in ("tensor-wasm", NO_POLL):
+    if kind in ("tensor-wasm", NO_POLL, BASELINE):
         poll = ["--busy-poll", "off"] if kind == NO_POLL else []
-        return [args.tensor_wasm, "serve", args.component, "--listen", f"127.0.0.1:{port}",
+        binary = args.baseline if kind == BASELINE else args.tensor_wasm
+        return [binary, "serve", args.component, "--listen", f"127.0.0.1:{port}",
                 "--admin-listen", "off", "--cache-dir", cache] + reuse + poll
     return [args.wasmtime, "serve", "-S", "cli", "--addr", f"127.0.0.1:{port}"] + reuse + [args.component]
 
@@ -168,8 +171,11 @@ def main():
     ap.add_argument("--modes", default="fresh,reuse")
     ap.add_argument("--also-no-busy-poll", action="store_true",
                     help="also measure our server with --busy-poll off, in the same rounds")
+    ap.add_argument("--baseline", metavar="BIN",
+                    help="also measure another tensor-wasm build (e.g. the previous commit's), in the same rounds")
     args = ap.parse_args()
-    kinds = ["tensor-wasm", "wasmtime"] + ([NO_POLL] if args.also_no_busy_poll else [])
+    kinds = (["tensor-wasm", "wasmtime"] + ([NO_POLL] if args.also_no_busy_poll else [])
+             + ([BASELINE] if args.baseline else []))
     modes = args.modes.split(",")
     concs = (1, 16, 64)
     results = {(m, k, c): [] for m in modes for k in kinds for c in concs}
