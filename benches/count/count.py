@@ -8,7 +8,11 @@ shows at once. Two comparisons:
   gateway world (as benches/gateway serves them), all with warm instances;
 - `http`: hello with warm instances under `tensor-wasm serve` and under
   `wasmtime serve --max-instance-reuse-count 1000` (benches/http's reuse
-  mode; wasmtime's own allocator, so its count includes its malloc).
+  mode; wasmtime's own allocator, so its count includes its malloc);
+- `peer-chain`: `wasmtime serve` (one or more builds, `--wasmtime A,B`)
+  with warm instances on hello and on the four no-op middlewares in front
+  of it composed into one component (`tensor-wasm compose`): what a hop
+  costs in that wasmtime, without this host.
 
 Each server runs alone under callgrind; after a warm-up the counters are
 zeroed, wrk drives it, and the instructions the server executed (user
@@ -94,12 +98,12 @@ def count(args, d, server, name, env_extra, host=None):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["traces", "chain", "http"])
+    ap.add_argument("what", choices=["traces", "chain", "http", "peer-chain"])
     ap.add_argument("--tensor-wasm", required=True)
     ap.add_argument("--world", required=True, help="worlds/gateway.wac")
     ap.add_argument("--hello", help="hello.wasm (chain)")
     ap.add_argument("--noop", help="the no-op middleware (chain)")
-    ap.add_argument("--wasmtime", help="`wasmtime` 48.0.8 (http)")
+    ap.add_argument("--wasmtime", help="`wasmtime` 48.0.8 (http); builds to compare, A,B (peer-chain)")
     ap.add_argument("--seconds", type=int, default=20)
     ap.add_argument("--keep", help="a folder to copy the profiles to (for callgrind_annotate)")
     args = ap.parse_args()
@@ -125,6 +129,22 @@ def main():
             spec = gateway.deployment_file(d, args.hello, args.world, args.noop, 1000)
             runs = [(kind, ours(args, d, spec, str(i)), {}, gateway.HOSTS[kind])
                     for i, kind in enumerate(gateway.KINDS[:3])]
+        elif args.what == "peer-chain":
+            if not (args.hello and args.noop and args.wasmtime):
+                ap.error("peer-chain needs --hello, --noop and --wasmtime")
+            chain = os.path.join(d, "noop-chain.wasm")
+            subprocess.run([args.tensor_wasm, "compose", os.path.join(BENCHES, "gateway", "noop-chain.wac"),
+                            "-o", chain, "--dep", f"tensorwasm:noop={args.noop}",
+                            "--dep", f"tensorwasm:hello={args.hello}"], check=True, capture_output=True)
+            runs = []
+            for build in args.wasmtime.split(","):
+                version = subprocess.run([build, "--version"], capture_output=True, text=True,
+                                         check=True).stdout.split()[1]
+                for name, component in (("hello", args.hello), ("4 no-op components", chain)):
+                    runs.append((f"wasmtime {version} {name}",
+                                 lambda port, build=build, component=component: [
+                                     build, "serve", "-S", "cli", "--addr", f"127.0.0.1:{port}",
+                                     "--max-instance-reuse-count", "1000", component], {}, None))
         else:
             if not (args.hello and args.wasmtime):
                 ap.error("http needs --hello and --wasmtime")
