@@ -405,7 +405,8 @@ impl Fixed {
 
     /// Bytes a batch leaves free before its spans for [`Fixed::seal`].
     pub(super) fn room(&self) -> usize {
-        // Two keys of one byte, two lengths of at most 5, and the fields.
+        // Two keys of one byte, two lengths of at most 5, and the fields;
+        // 10 bytes to spare (the prefix is written right-aligned).
         2 + 10 + len_delimited(self.resource.len()) + len_delimited(self.scope.len()) + 10
     }
 
