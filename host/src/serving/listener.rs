@@ -196,33 +196,36 @@ impl Server {
     }
 
     /// Serves one request inside its span (`platform::telemetry`).
-    async fn handle(
+    ///
+    /// Not an `async fn`: one would hold the routing future in its own state
+    /// as well as in the box (rustc keeps the temporary), ~6 KiB that hyper
+    /// and the layers above copy a few times per request. Here the request's
+    /// state is made once, in a box, and what is returned is small.
+    fn handle(
         self: Arc<Self>,
         req: Request<RequestBody>,
         client: Client,
-    ) -> Response<ResponseBody> {
+    ) -> impl Future<Output = Response<ResponseBody>> + Send + 'static {
         spin::arrived();
-        let mut span = telemetry::request_span(&req, &client.addr);
+        let span = telemetry::request_span(&req, &client.addr);
         let cx = span.cx();
-        // Boxed: the layers above (ours and hyper's) move this future a few
-        // times, and unboxed it would carry the whole request's state
-        // (kilobytes) through each move.
-        let route = Box::pin(self.route(req, client, &mut span));
-        let mut response = telemetry::within(cx, route).await;
-        telemetry::finish(&mut span, &mut response);
-        spin::responded();
-        response
+        let route = Box::pin(self.route(req, client, span));
+        async move {
+            let response = telemetry::within(cx, route).await;
+            spin::responded();
+            response
+        }
     }
 
-    /// Routes a request to its deployment, which serves it.
+    /// Routes a request to its deployment, which serves it, and ends its
+    /// span.
     async fn route(
         self: Arc<Self>,
-        req: Request<RequestBody>,
+        mut req: Request<RequestBody>,
         client: Client,
-        span: &mut telemetry::Span,
+        mut span: telemetry::Span,
     ) -> Response<ResponseBody> {
-        let mut req = req;
-        let refused = match duplicated(req.headers()) {
+        let routed = match duplicated(req.headers()) {
             Some(name) => Err((
                 StatusCode::BAD_REQUEST,
                 "duplicate_header",
@@ -241,30 +244,46 @@ impl Server {
                 })
             }
         };
-        let deployment = match refused {
-            Ok(d) => d,
-            Err((status, code, message)) => {
-                self.metrics
-                    .requests
-                    .get_or_create(&RequestLabels {
-                        tenant: "none".into(),
-                        deployment: "none".into(),
-                        status: status.as_u16(),
-                    })
-                    .inc();
-                let id = crate::serving::request_id::assign(req.headers_mut(), &client);
-                let mut response = error_response(status, code, &message);
-                if status == StatusCode::SERVICE_UNAVAILABLE {
-                    response.headers_mut().insert(
-                        http::header::RETRY_AFTER,
-                        http::HeaderValue::from_static("2"),
-                    );
-                }
-                crate::serving::request_id::stamp(response.headers_mut(), &id);
-                return response;
+        let mut response = match routed {
+            Ok(deployment) => {
+                deployment
+                    .serve(&self.engine, req, &client, &mut span)
+                    .await
             }
+            Err((status, code, message)) => self.refuse(&mut req, &client, status, code, &message),
         };
-        deployment.serve(&self.engine, req, &client, span).await
+        telemetry::finish(&mut span, &mut response);
+        response
+    }
+
+    /// The response to a request no deployment serves, counted and carrying
+    /// a request id.
+    fn refuse(
+        &self,
+        req: &mut Request<RequestBody>,
+        client: &Client,
+        status: StatusCode,
+        code: &str,
+        message: &str,
+    ) -> Response<ResponseBody> {
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                tenant: "none".into(),
+                deployment: "none".into(),
+                status: status.as_u16(),
+            })
+            .inc();
+        let id = crate::serving::request_id::assign(req.headers_mut(), client);
+        let mut response = error_response(status, code, message);
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("2"),
+            );
+        }
+        crate::serving::request_id::stamp(response.headers_mut(), &id);
+        response
     }
 }
 
@@ -272,6 +291,10 @@ impl Server {
 /// often: a component reading one copy and a proxy before us another would
 /// disagree on who is calling or which host is asked.
 fn duplicated(headers: &http::HeaderMap) -> Option<http::HeaderName> {
+    // No name has two values: nothing to look up.
+    if headers.len() == headers.keys_len() {
+        return None;
+    }
     [http::header::AUTHORIZATION, http::header::HOST]
         .into_iter()
         .find(|name| headers.get_all(name).iter().nth(1).is_some())

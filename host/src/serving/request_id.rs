@@ -5,6 +5,7 @@
 //! client's own copies are replaced or removed, so it cannot forge them).
 //! The id goes back on the response and into the logs.
 
+use http::header::Entry;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::net::SocketAddr;
 
@@ -62,13 +63,14 @@ pub fn client_value(client: SocketAddr) -> HeaderValue {
 /// `x-client-addr` and `x-client-identity` (removed when the connection
 /// has none); returns the id.
 pub fn assign(headers: &mut HeaderMap, client: &Client) -> HeaderValue {
-    let id = match headers.get(&REQUEST_ID) {
-        Some(v) if v.to_str().is_ok_and(is_valid) => v.clone(),
-        _ => {
-            let id = generate();
-            headers.insert(REQUEST_ID, id.clone());
-            id
+    let id = match headers.entry(REQUEST_ID) {
+        Entry::Occupied(mut kept) => {
+            if !kept.get().to_str().is_ok_and(is_valid) {
+                kept.insert(generate());
+            }
+            kept.get().clone()
         }
+        Entry::Vacant(new) => new.insert(generate()).clone(),
     };
     headers.insert(CLIENT_ADDR, client.addr.clone());
     match &client.identity {
