@@ -3,8 +3,9 @@
 # puts it in .gpu-serving/ (ignored by git; carried by the device tool): the
 # server, the hello and no-op middleware components, `wasmtime` 48.0.8 (the
 # http bench's peer) and wrk from Debian with the libraries it links.
-# BASELINE_BIN=PATH (a tensor-wasm built at another commit) is packed too,
-# and the http bench then measures it in the same rounds (an A/B).
+# BASELINE_BIN=PATH[,PATH...] (tensor-wasm builds from other commits) are
+# packed too, and the http bench then measures them in the same rounds (an
+# A/B, or A/B/C).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 grep -qx '/.gpu-serving/' .git/info/exclude 2>/dev/null ||
@@ -17,12 +18,16 @@ command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk;
 
 g=.gpu-serving
 rm -rf "$g" && mkdir -p "$g/bin" "$g/lib"
-cp target/release/tensor-wasm "$g/" && strip "$g/tensor-wasm" && gzip -9 "$g/tensor-wasm"
-cp "$tools/bin/wasmtime" "$g/" && strip "$g/wasmtime" && gzip -9 "$g/wasmtime"
-if [ -n "${BASELINE_BIN:-}" ]; then
-  cp "$BASELINE_BIN" "$g/tensor-wasm-baseline" && strip "$g/tensor-wasm-baseline" &&
-    gzip -9 "$g/tensor-wasm-baseline"
-fi
+# Binaries travel stripped and xz-compressed (three builds and the peer fit
+# the device tool's 64 MiB); gpu-serving.sh unpacks them with Python's lzma.
+pack() { cp "$1" "$g/$2" && strip "$g/$2" && xz -6 -T2 "$g/$2"; }
+pack target/release/tensor-wasm tensor-wasm
+pack "$tools/bin/wasmtime" wasmtime
+n=0
+for bin in ${BASELINE_BIN:+${BASELINE_BIN//,/ }}; do
+  n=$((n + 1))
+  pack "$bin" "tensor-wasm-baseline$n"
+done
 cp target/guests/wasm32-wasip2/release/hello.wasm "$g/"
 cp benches/gateway/noop/target/wasm32-wasip2/release/noop_middleware.wasm "$g/"
 # wrk and the shared libraries it links beyond glibc, behind a wrapper.

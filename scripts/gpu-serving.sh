@@ -11,8 +11,8 @@
 # HTTP_ROUNDS, HTTP_MODES (reuse,fresh) and HTTP_ARGS (more flags for
 # benches/http/bench.py, e.g. --also-no-busy-poll) shape the http bench;
 # TRACES_ROUNDS and TRACES_ARGS (flags for every traced server, e.g.
-# "--busy-poll off") the traces bench. A baseline build packed with
-# BASELINE_BIN (gpu-serving-pack.sh) joins the http bench's rounds.
+# "--busy-poll off") the traces bench. Baseline builds packed with
+# BASELINE_BIN (gpu-serving-pack.sh) join the http bench's rounds.
 #
 # Every server runs on two physical cores (like the development VM), wrk on
 # two others, the collector on a fifth; hyperthread siblings stay idle. Logs
@@ -22,11 +22,16 @@ cd "$(dirname "$0")/.."
 g=$PWD/.gpu-serving
 out=${OUT:-/tmp/gpu-serving}
 mkdir -p "$out"
-[ -x "$g/tensor-wasm" ] || gunzip -kf "$g/tensor-wasm.gz"
-[ -x "$g/wasmtime" ] || { [ ! -f "$g/wasmtime.gz" ] || gunzip -kf "$g/wasmtime.gz"; }
-[ ! -f "$g/tensor-wasm-baseline.gz" ] || gunzip -kf "$g/tensor-wasm-baseline.gz"
+# The packed binaries (gpu-serving-pack.sh), unpacked next to their .xz.
+for packed in "$g"/*.xz; do
+  [ -x "${packed%.xz}" ] || python3 -c 'import lzma, shutil, sys
+shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$packed" "${packed%.xz}"
+  chmod +x "${packed%.xz}"
+done
 baseline=()
-[ ! -f "$g/tensor-wasm-baseline" ] || { chmod +x "$g/tensor-wasm-baseline"; baseline=(--baseline "$g/tensor-wasm-baseline"); }
+for bin in "$g"/tensor-wasm-baseline[0-9]; do
+  [ ! -x "$bin" ] || baseline+=(--baseline "$bin")
+done
 chmod +x "$g"/tensor-wasm "$g"/bin/* 2>/dev/null || true
 [ ! -f "$g/wasmtime" ] || chmod +x "$g/wasmtime"
 export PATH="$g/bin:$PATH"

@@ -75,15 +75,22 @@ REUSE = ["--max-instance-reuse-count", "1000"]
 
 #: Our server with busy-polling off (`--also-no-busy-poll`), beside its default.
 NO_POLL = "tw-no-busy-poll"
-#: Another build of our server (`--baseline BIN`, e.g. the previous commit's).
+#: Other builds of our server (`--baseline BIN`, e.g. the previous commit's):
+#: tw-baseline, then tw-baseline2, ... in the order given.
 BASELINE = "tw-baseline"
+
+
+def baseline_kinds(args):
+    """The names of the `--baseline` builds, each mapped to its binary."""
+    return {BASELINE + (str(i + 1) if i else ""): b for i, b in enumerate(args.baseline)}
 
 
 def server_cmd(kind, mode, args, port, cache):
     reuse = REUSE if mode == "reuse" else []
-    if kind in ("tensor-wasm", NO_POLL, BASELINE):
+    baselines = baseline_kinds(args)
+    if kind in ("tensor-wasm", NO_POLL) or kind in baselines:
         poll = ["--busy-poll", "off"] if kind == NO_POLL else []
-        binary = args.baseline if kind == BASELINE else args.tensor_wasm
+        binary = baselines.get(kind, args.tensor_wasm)
         return [binary, "serve", args.component, "--listen", f"127.0.0.1:{port}",
                 "--admin-listen", "off", "--cache-dir", cache] + reuse + poll
     return [args.wasmtime, "serve", "-S", "cli", "--addr", f"127.0.0.1:{port}"] + reuse + [args.component]
@@ -171,11 +178,12 @@ def main():
     ap.add_argument("--modes", default="fresh,reuse")
     ap.add_argument("--also-no-busy-poll", action="store_true",
                     help="also measure our server with --busy-poll off, in the same rounds")
-    ap.add_argument("--baseline", metavar="BIN",
-                    help="also measure another tensor-wasm build (e.g. the previous commit's), in the same rounds")
+    ap.add_argument("--baseline", metavar="BIN", action="append", default=[],
+                    help="also measure another tensor-wasm build (e.g. the previous commit's), in the "
+                         "same rounds; repeat for more (tw-baseline, tw-baseline2, ...)")
     args = ap.parse_args()
     kinds = (["tensor-wasm", "wasmtime"] + ([NO_POLL] if args.also_no_busy_poll else [])
-             + ([BASELINE] if args.baseline else []))
+             + list(baseline_kinds(args)))
     modes = args.modes.split(",")
     concs = (1, 16, 64)
     results = {(m, k, c): [] for m in modes for k in kinds for c in concs}
@@ -191,8 +199,8 @@ def main():
     print()
     print(f"Medians of {args.rounds} rounds x {args.seconds}s, wrk -t1, GET {PATH}; {pinning()}")
     print("| instances | concurrency | server | req/s | p50 ms | p99 ms | server CPU µs/req "
-          "| req/s vs wasmtime | CPU/req vs wasmtime |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| req/s vs wasmtime | CPU/req vs wasmtime | paired: req/s vs wasmtime |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     med = statistics.median
     for mode in modes:
         for conc in concs:
@@ -201,9 +209,12 @@ def main():
             for kind in kinds:
                 rs = results[(mode, kind, conc)]
                 rps, cpu = med(r["rps"] for r in rs), med(r["cpu_us"] for r in rs)
+                # The median of each round's ratio: steadier than the ratio
+                # of medians where the machine's speed drifts between rounds.
+                paired = med(r["rps"] / p["rps"] for r, p in zip(rs, peer))
                 print(f"| {mode} | {conc} | {kind} | {rps:.0f} | {med(r['p50'] for r in rs):.3f} | "
                       f"{med(r['p99'] for r in rs):.3f} | {cpu:.0f} | {rps / base:.2f}x | "
-                      f"{cpu / base_cpu:.2f}x |")
+                      f"{cpu / base_cpu:.2f}x | {paired:.2f}x |")
 
 
 if __name__ == "__main__":
