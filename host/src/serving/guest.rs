@@ -23,7 +23,6 @@ enum State<T> {
 
 impl<T: Send + 'static> GuestRun<T> {
     /// Wraps the guest's future; nothing runs until it is polled.
-    #[inline(always)]
     pub fn new(run: impl Future<Output = T> + Send + 'static) -> Self {
         Self {
             state: State::Running(Box::pin(run)),

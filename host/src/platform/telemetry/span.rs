@@ -65,7 +65,6 @@ pub fn with_current<T>(cx: Option<Cx>, f: impl FnOnce() -> T) -> T {
 }
 
 /// Polls `fut` with `cx` as the current span.
-#[inline(always)]
 pub fn within<F: Future>(cx: Option<Cx>, fut: F) -> Within<F> {
     Within { cx, fut }
 }
