@@ -59,10 +59,14 @@ def total(path):
 
 
 def ours(args, d, spec, name):
-    """A `tensor-wasm serve SPEC` command line, given its port."""
+    """A `tensor-wasm serve SPEC` command line, given its port. Busy-polling
+    is off: what it spins between requests depends on how fast the load
+    generator answers (on a busy machine, thousands of instructions a
+    request), not on the request's own work."""
     return lambda port: [
         args.tensor_wasm, "serve", spec, "--listen", f"127.0.0.1:{port}", "--admin-listen", "off",
-        "--cache-dir", os.path.join(d, "cache"), "--data-dir", os.path.join(d, f"data-{name}")]
+        "--cache-dir", os.path.join(d, "cache"), "--data-dir", os.path.join(d, f"data-{name}"),
+        "--busy-poll", "off"]
 
 
 def count(args, d, server, name, env_extra, host=None):
