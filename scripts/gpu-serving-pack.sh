@@ -14,6 +14,7 @@ tools="${TW_BENCH_TOOLS:-$HOME/.cache/tensor-wasm-bench}"
 cargo build --release
 (cd benches/gateway/noop && cargo build --release --target wasm32-wasip2)
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+command -v xz >/dev/null || { apt-get update -qq && apt-get install -y -qq xz-utils; }
 [ -x "$tools/bin/wasmtime" ] || cargo install wasmtime-cli --version 48.0.8 --locked --root "$tools"
 
 g=.gpu-serving
