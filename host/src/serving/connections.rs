@@ -65,8 +65,9 @@ pub fn http_builder() -> auto::Builder<TokioExecutor> {
         .keep_alive(true)
         // One `send` of a flattened buffer rather than a `writev` of the
         // head and body: a response is mostly a small head and body, and
-        // the copy costs less than the vectored write's kernel path (3–5 %
-        // more warm-instance requests/s; docs/PERFORMANCE.md).
+        // the copy costs less than the vectored write's kernel path (~3 %
+        // more warm-instance requests/s on the development VM, within the
+        // lent hosts' noise; docs/PERFORMANCE.md).
         .writev(false)
         .max_headers(MAX_HEADERS)
         .max_buf_size(MAX_HEADER_BYTES.max(8192));
