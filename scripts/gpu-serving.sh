@@ -32,8 +32,7 @@ baseline=()
 for bin in "$g"/tensor-wasm-baseline[0-9]; do
   [ ! -x "$bin" ] || baseline+=(--baseline "$bin")
 done
-chmod +x "$g"/tensor-wasm "$g"/bin/* 2>/dev/null || true
-[ ! -f "$g/wasmtime" ] || chmod +x "$g/wasmtime"
+chmod +x "$g"/bin/*
 export PATH="$g/bin:$PATH"
 
 # One CPU per physical core, in order; siblings left out.
