@@ -180,31 +180,50 @@ __device__ void attn_softmax(T* probs, const float* scores, i64 hk, i64 group, i
     }
 }
 
-// Layer norm (kind 0) or RMS norm (kind 1) of each row of length dim.
+// Layer norm (kind 0) or RMS norm (kind 1) of one row of length dim into out.
 // Weight and bias (may be null) are f32 whatever x's dtype (the host converts).
+template <typename T>
+__device__ void norm_row(T* out, const T* row, const float* w, const float* b, i64 dim,
+                         int kind, float eps) {
+    float mean = 0.0f;
+    if (kind == 0) {
+        float s = 0.0f;
+        for (i64 j = threadIdx.x; j < dim; j += blockDim.x) s += ld(row, j);
+        mean = block_reduce(s, false) / (float)dim;
+    }
+    float q = 0.0f;
+    for (i64 j = threadIdx.x; j < dim; j += blockDim.x) {
+        float d = ld(row, j) - mean;
+        q += d * d;
+    }
+    float inv = rsqrtf(block_reduce(q, false) / (float)dim + eps);
+    for (i64 j = threadIdx.x; j < dim; j += blockDim.x) {
+        float y = (ld(row, j) - mean) * inv;
+        if (w) y *= w[j];
+        if (b) y += b[j];
+        st(out, j, y);
+    }
+}
+
+// Layer norm (kind 0) or RMS norm (kind 1) of each row of length dim.
 template <typename T>
 __device__ void norm(T* out, const T* x, const float* w, const float* b, i64 rows, i64 dim,
                      int kind, float eps) {
     for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
-        const T* row = x + r * dim;
-        float mean = 0.0f;
-        if (kind == 0) {
-            float s = 0.0f;
-            for (i64 j = threadIdx.x; j < dim; j += blockDim.x) s += ld(row, j);
-            mean = block_reduce(s, false) / (float)dim;
-        }
-        float q = 0.0f;
-        for (i64 j = threadIdx.x; j < dim; j += blockDim.x) {
-            float d = ld(row, j) - mean;
-            q += d * d;
-        }
-        float inv = rsqrtf(block_reduce(q, false) / (float)dim + eps);
-        for (i64 j = threadIdx.x; j < dim; j += blockDim.x) {
-            float y = (ld(row, j) - mean) * inv;
-            if (w) y *= w[j];
-            if (b) y += b[j];
-            st(out, r * dim + j, y);
-        }
+        norm_row(out + r * dim, x + r * dim, w, b, dim, kind, eps);
+    }
+}
+
+// sum = x + y (stored as T, as `add` stores it), then out = RMS norm of each
+// row of sum, read back as stored: what `add` then `norm` give, one launch.
+template <typename T>
+__device__ void add_norm(T* sum, T* out, const T* x, const T* y, const float* w, i64 rows,
+                         i64 dim, float eps) {
+    for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+        for (i64 j = threadIdx.x; j < dim; j += blockDim.x)
+            st(sum, r * dim + j, ld(x, r * dim + j) + ld(y, r * dim + j));
+        __syncthreads();
+        norm_row(out + r * dim, sum + r * dim, w, (const float*)0, dim, 1, eps);
     }
 }
 
@@ -442,11 +461,12 @@ __device__ __forceinline__ float rotated(const T* x, i64 i, i64 dim, i64 pos, fl
 }
 
 // Copies of the caches [rows, hk, cap, d] with row r's rotated key and its
-// value written at position pos.p[r]; k and v are [rows, hk * d].
+// value written at position pos.p[r]; row r's key heads start at k + r * kvs,
+// its value heads at v + r * kvs (kvs = hk * d, or wider when packed).
 template <typename T>
 __device__ void decode_write(T* ko, T* vo, const T* ki, const T* vi, const T* k, const T* v,
-                             Positions pos, i64 rows, i64 hk, i64 cap, i64 d, float theta,
-                             int layout) {
+                             i64 kvs, Positions pos, i64 rows, i64 hk, i64 cap, i64 d,
+                             float theta, int layout) {
     GRID_LOOP(t, rows * hk * cap * d) {
         i64 i = t % d, rest = t / d;
         i64 p = rest % cap;
@@ -456,23 +476,24 @@ __device__ void decode_write(T* ko, T* vo, const T* ki, const T* vi, const T* k,
             ko[t] = ki[t];
             vo[t] = vi[t];
         } else {
-            i64 src = (r * hk + h) * d;
+            i64 src = r * kvs + h * d;
             st(ko, t, rotated(k + src, i, d, p, theta, layout));
             vo[t] = v[src + i];
         }
     }
 }
 
-// One block per (row, query head): the rotated query against the cache's
+// One block per (row, query head) (row r's query heads start at q + r * qs):
+// the rotated query against the cache's
 // positions 0..=pos.p[r] of its key head, softmax, weighted sum of values.
 // Scores: a warp per position, its lanes across the width (coalesced), into
 // `scores`, an f32 workspace of [rows * hq, cap]. Weighted sum: each warp
 // over its share of the positions, lanes across the width, then the warps'
 // partial sums added. Shared memory: d + (blockDim.x / 32) * d floats.
 template <typename T>
-__device__ void decode_attend(T* out, const T* q, const T* kc, const T* vc, float* scores,
-                              Positions pos, i64 rows, i64 hq, i64 hk, i64 cap, i64 d,
-                              float theta, int layout, float scale) {
+__device__ void decode_attend(T* out, const T* q, i64 qs, const T* kc, const T* vc,
+                              float* scores, Positions pos, i64 rows, i64 hq, i64 hk, i64 cap,
+                              i64 d, float theta, int layout, float scale) {
     extern __shared__ float shared[];
     float* qs = shared;
     float* part = shared + d;
@@ -480,7 +501,7 @@ __device__ void decode_attend(T* out, const T* q, const T* kc, const T* vc, floa
     for (i64 row = blockIdx.x; row < rows * hq; row += gridDim.x) {
         i64 r = row / hq, h = row % hq, kh = h / (hq / hk);
         i64 p = pos.p[r];
-        const T* qr = q + row * d;
+        const T* qr = q + r * qs + h * d;
         __syncthreads();
         for (i64 i = threadIdx.x; i < d; i += blockDim.x) qs[i] = rotated(qr, i, d, p, theta, layout);
         __syncthreads();
@@ -555,16 +576,20 @@ __device__ void decode_attend(T* out, const T* q, const T* kc, const T* vc, floa
         l2norm_axis(o, x, outer, len, in, eps);                                                \
     }                                                                                          \
     extern "C" __global__ void decode_write_##N(T* ko, T* vo, const T* ki, const T* vi,        \
-                                                const T* k, const T* v, Positions pos, i64 rows, \
-                                                i64 hk, i64 cap, i64 d, float theta,           \
+                                                const T* k, const T* v, i64 kvs, Positions pos, \
+                                                i64 rows, i64 hk, i64 cap, i64 d, float theta, \
                                                 int layout) {                                  \
-        decode_write(ko, vo, ki, vi, k, v, pos, rows, hk, cap, d, theta, layout);              \
+        decode_write(ko, vo, ki, vi, k, v, kvs, pos, rows, hk, cap, d, theta, layout);         \
     }                                                                                          \
-    extern "C" __global__ void decode_attend_##N(T* o, const T* q, const T* kc, const T* vc,   \
-                                                 float* sc, Positions pos, i64 rows, i64 hq,   \
-                                                 i64 hk, i64 cap, i64 d, float theta,          \
-                                                 int layout, float scale) {                    \
-        decode_attend(o, q, kc, vc, sc, pos, rows, hq, hk, cap, d, theta, layout, scale);      \
+    extern "C" __global__ void decode_attend_##N(T* o, const T* q, i64 qs, const T* kc,        \
+                                                 const T* vc, float* sc, Positions pos,        \
+                                                 i64 rows, i64 hq, i64 hk, i64 cap, i64 d,     \
+                                                 float theta, int layout, float scale) {       \
+        decode_attend(o, q, qs, kc, vc, sc, pos, rows, hq, hk, cap, d, theta, layout, scale);  \
+    }                                                                                          \
+    extern "C" __global__ void add_norm_##N(T* s, T* o, const T* x, const T* y, const float* w, \
+                                            i64 rows, i64 dim, float eps) {                    \
+        add_norm(s, o, x, y, w, rows, dim, eps);                                               \
     }                                                                                          \
     extern "C" __global__ void to_f32_##N(float* o, const T* x, i64 n) { cast(o, x, n); }      \
     extern "C" __global__ void to_f16_##N(h16* o, const T* x, i64 n) { cast(o, x, n); }        \

@@ -59,6 +59,7 @@ fn released_wit_packages_are_unchanged() {
         "inference-0.1.0",
         "inference-0.2.0",
         "tensor-fused-0.1.0",
+        "tensor-fused-0.1.1",
     ] {
         assert!(
             packages.contains(want),
@@ -99,6 +100,7 @@ fn wit_packages_resolve_with_their_deps() {
         "inference-0.1.0",
         "inference-0.2.0",
         "tensor-fused-0.1.0",
+        "tensor-fused-0.1.1",
     ] {
         resolve
             .push_path(wit.join(package))

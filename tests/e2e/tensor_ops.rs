@@ -61,13 +61,14 @@ struct Ops {
 
 impl Ops {
     fn start(name: &str) -> Self {
+        Self::serving(name, &guest("tensor_probe"))
+    }
+
+    /// The probe at `component` (another build of it) served.
+    fn serving(name: &str, component: &std::path::Path) -> Self {
         let dir = scratch(name);
         let server = Server::start(
-            &[
-                guest("tensor_probe").to_str().unwrap(),
-                "--max-memory",
-                "512MiB",
-            ],
+            &[component.to_str().unwrap(), "--max-memory", "512MiB"],
             &dir.join("cache"),
         );
         Ops {
@@ -491,6 +492,61 @@ fn every_float_op_matches_an_f64_reference() {
             assert_close(&l("decode-attention keys"), &got["keys"], &kc, dt);
             assert_close(&l("decode-attention values"), &got["values"], &vc, dt);
         }
+        // decode-attention-qkv (0.1.1): the same operands packed side by
+        // side give the same results.
+        let packed = t.rand(&[3, 8 * 8], dt, -1.0, 1.0);
+        let cols = |from: usize, width: usize| {
+            let data = (0..3)
+                .flat_map(|r| packed.0.data[r * 64 + from..r * 64 + from + width].to_vec())
+                .collect();
+            Nd::new(&[3, width], data)
+        };
+        let (pq, pk, pv) = (cols(0, 32), cols(32, 16), cols(48, 16));
+        for (layout, inter) in [("interleaved", true), ("half-split", false)] {
+            let got = t
+                .call(
+                    "decode-attention-qkv",
+                    &[Some(&packed), Some(&dkc), Some(&dvc)],
+                    json!({"positions": [3, 0, 5], "theta": 10000.0, "layout": layout, "scale": sc}),
+                )
+                .unwrap();
+            let (o, kc, vc) = r::decode_attention(
+                &pq,
+                &pk,
+                &pv,
+                &dkc.0,
+                &dvc.0,
+                &[3, 0, 5],
+                10000.0,
+                inter,
+                sc,
+                |x| quantize(x, dt),
+            );
+            assert_close(&l("decode-attention-qkv"), &got["out"], &o, dt);
+            assert_close(&l("decode-attention-qkv keys"), &got["keys"], &kc, dt);
+            assert_close(&l("decode-attention-qkv values"), &got["values"], &vc, dt);
+        }
+        // add-rms-norm (0.1.1): the sum as `add` stores it, then its norm.
+        let (ax, ay, aw) = (
+            t.rand(&[3, 40], dt, -2.0, 2.0),
+            t.rand(&[3, 40], dt, -2.0, 2.0),
+            t.rand(&[40], "f32", 0.5, 1.5),
+        );
+        let got = t
+            .call(
+                "add-rms-norm",
+                &[Some(&ax), Some(&ay), Some(&aw)],
+                json!({"eps": 1e-5}),
+            )
+            .unwrap();
+        let sum = r::binary(&ax.0, &ay.0, |x, y| x + y);
+        let stored = Nd::new(
+            &sum.shape,
+            sum.data.iter().map(|&v| quantize(v, dt)).collect(),
+        );
+        assert_close(&l("add-rms-norm sum"), &got["sum"], &sum, dt);
+        let normed = r::norm(&stored, Some(&aw.0), None, 1e-5, true);
+        assert_close(&l("add-rms-norm normed"), &got["normed"], &normed, dt);
         let (g, u) = (
             t.rand(&[3, 7], dt, -4.0, 4.0),
             t.rand(&[3, 7], dt, -2.0, 2.0),
@@ -879,6 +935,18 @@ fn bad_shapes_and_dtypes_get_the_right_error_variant() {
             "invalid-shape",
         ),
         (
+            "decode-attention-qkv",
+            vec![Some(&m23), Some(&m45), Some(&m45)],
+            json!({"positions": [0, 1]}),
+            "invalid-shape",
+        ),
+        (
+            "add-rms-norm",
+            vec![Some(&m23), Some(&v4)],
+            json!({}),
+            "invalid-shape",
+        ),
+        (
             "layer-norm",
             vec![Some(&m23), Some(&v4)],
             json!({}),
@@ -945,4 +1013,68 @@ fn bad_shapes_and_dtypes_get_the_right_error_variant() {
         &sum,
         "f32",
     );
+}
+
+/// A guest built against `wasi:tensor-fused@0.1.0` keeps working on this
+/// host, which implements 0.1.1 (0.1.0 plus two functions; the linker
+/// matches semver-compatible versions): the probe with its import relabelled
+/// `@0.1.0` is served and its fused ops answer as the reference says.
+#[test]
+fn guests_importing_tensor_fused_0_1_0_keep_working() {
+    let (new, old) = (
+        b"wasi:tensor-fused/ops@0.1.1".as_slice(),
+        b"wasi:tensor-fused/ops@0.1.0".as_slice(),
+    );
+    let probe = std::fs::read(guest("tensor_probe")).unwrap();
+    let mut relabelled = Vec::with_capacity(probe.len());
+    let (mut rest, mut count) = (probe.as_slice(), 0);
+    while let Some(at) = rest.windows(new.len()).position(|w| w == new) {
+        relabelled.extend_from_slice(&rest[..at]);
+        relabelled.extend_from_slice(old);
+        rest = &rest[at + new.len()..];
+        count += 1;
+    }
+    relabelled.extend_from_slice(rest);
+    assert!(count > 0, "the probe imports wasi:tensor-fused@0.1.1");
+    let path = scratch("fused-0.1.0").join("probe-0.1.0.wasm");
+    std::fs::write(&path, &relabelled).unwrap();
+    let mut t = Ops::serving("fused-0.1.0-serve", &path);
+    let (g, u) = (
+        t.rand(&[3, 7], "f32", -4.0, 4.0),
+        t.rand(&[3, 7], "f32", -2.0, 2.0),
+    );
+    t.check(
+        "swiglu through @0.1.0",
+        "swiglu",
+        &[Some(&g), Some(&u)],
+        json!({}),
+        &r::binary(&g.0, &u.0, |x, y| x / (1.0 + (-x).exp()) * y),
+        "f32",
+    );
+    let (q, k, v) = (
+        t.rand(&[2, 16], "f32", -1.0, 1.0),
+        t.rand(&[2, 8], "f32", -1.0, 1.0),
+        t.rand(&[2, 8], "f32", -1.0, 1.0),
+    );
+    let cache = t.rand(&[2, 1, 4, 8], "f32", -1.0, 1.0);
+    let got = t
+        .call(
+            "decode-attention",
+            &[Some(&q), Some(&k), Some(&v), Some(&cache), Some(&cache)],
+            json!({"positions": [1, 3], "theta": 10000.0, "layout": "interleaved", "scale": 0.3}),
+        )
+        .unwrap();
+    let (o, _, _) = r::decode_attention(
+        &q.0,
+        &k.0,
+        &v.0,
+        &cache.0,
+        &cache.0,
+        &[1, 3],
+        10000.0,
+        true,
+        0.3,
+        |x| x,
+    );
+    assert_close("decode-attention through @0.1.0", &got["out"], &o, "f32");
 }

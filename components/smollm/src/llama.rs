@@ -1,7 +1,8 @@
 //! SmolLM2-135M's Llama decoder as `wasi:tensor` ops, with a KV cache held
 //! as host (device) tensors across decode steps.
 
-use tensorwasm_sdk::{RopeLayout, Tensor, Weights, attention, concat, decode_attention};
+use std::cell::OnceCell;
+use tensorwasm_sdk::{RopeLayout, Tensor, Weights, attention, concat, decode_attention_qkv};
 
 /// Hyper-parameters read from the GGUF metadata.
 #[allow(missing_docs)]
@@ -20,6 +21,12 @@ struct Layer {
     q: Tensor,
     k: Tensor,
     v: Tensor,
+    /// `q`, `k` and `v` stacked [hq·d + 2·hk·d, hidden], made by the first
+    /// [`Model::decode`]: one product per layer instead of three (the
+    /// batched decode step is bound by issuing calls at few sequences). A
+    /// copy in the instance's tensor memory (66 MB in f32 for SmolLM2-135M),
+    /// so only the long-lived batching instance makes it.
+    qkv: OnceCell<Tensor>,
     o: Tensor,
     ffn_norm: Tensor,
     gate: Tensor,
@@ -85,6 +92,7 @@ impl Model {
                 q: t("attn_q")?,
                 k: t("attn_k")?,
                 v: t("attn_v")?,
+                qkv: OnceCell::new(),
                 o: t("attn_output")?,
                 ffn_norm: t("ffn_norm")?,
                 gate: t("ffn_gate")?,
@@ -147,7 +155,7 @@ impl Model {
                 .permute(&[0, 2, 1, 3])?
                 .reshape(&[s, c.hidden as u32])?;
             *slot = Some((k, v));
-            x = self.feed_forward(layer, x.add(&attended.matmul_t(&layer.o)?)?)?;
+            x = self.feed_forward(layer, &x, &attended.matmul_t(&layer.o)?)?;
         }
         cache.len += ids.element_count() as usize;
         x.narrow(0, s - 1, 1)?
@@ -201,7 +209,7 @@ impl Model {
                 .permute(&[0, 2, 1, 3])?
                 .reshape(&[n * len, c.hidden as u32])?;
             layers.push((k, v));
-            x = self.feed_forward(layer, x.add(&attended.matmul_t(&layer.o)?)?)?;
+            x = self.feed_forward(layer, &x, &attended.matmul_t(&layer.o)?)?;
         }
         let last = x.embedding(&Tensor::from_i64(&last, &[n])?)?; // [n, hidden]
         let logits = last
@@ -210,9 +218,16 @@ impl Model {
         Ok((layers, logits))
     }
 
-    /// `x` plus the layer's SwiGLU feed-forward of `x` (RMS-normed).
-    fn feed_forward(&self, layer: &Layer, x: Tensor) -> tensorwasm_sdk::Result<Tensor> {
-        let n = x.rms_norm(Some(&layer.ffn_norm), self.config.rms_eps)?;
+    /// The rest of a layer after attention: `x` + `attended` (the residual,
+    /// added together with the RMS norm after it), plus the SwiGLU
+    /// feed-forward of that norm.
+    fn feed_forward(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        attended: &Tensor,
+    ) -> tensorwasm_sdk::Result<Tensor> {
+        let (x, n) = x.add_rms_norm(attended, Some(&layer.ffn_norm), self.config.rms_eps)?;
         let gated = n.matmul_t(&layer.gate)?.swiglu(&n.matmul_t(&layer.up)?)?;
         x.add(&gated.matmul_t(&layer.down)?)
     }
@@ -226,8 +241,10 @@ impl Model {
     /// the caches' capacity), writing its key and value there in `layers`
     /// (per layer [rows, kv_heads, capacity, head_dim], zeros past each
     /// row's position); returns the logits [rows, vocab]. The same math as
-    /// [`Model::forward`], with each layer's rotation, cache write and
-    /// attention done by one fused call for the whole batch.
+    /// [`Model::forward`] in fewer calls: one product for the query, key and
+    /// value ([`Layer::qkv`]); each layer's rotation, cache write and
+    /// attention in one fused call for the whole batch; each residual add
+    /// together with the normalization after it.
     pub fn decode(
         &self,
         ids: &[u32],
@@ -239,13 +256,12 @@ impl Model {
         let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
         let positions: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
         let mut x = self.embed.embedding(&Tensor::from_i64(&ids, &[b])?)?; // [b, hidden]
+        let first = self.layers.first().map_or(&self.out_norm, |l| &l.attn_norm);
+        let mut n = x.rms_norm(Some(first), c.rms_eps)?;
         let scale = 1.0 / (self.head_dim() as f32).sqrt();
-        for (layer, (kc, vc)) in self.layers.iter().zip(layers.iter_mut()) {
-            let n = x.rms_norm(Some(&layer.attn_norm), c.rms_eps)?;
-            let (attended, keys, values) = decode_attention(
-                &n.matmul_t(&layer.q)?,
-                &n.matmul_t(&layer.k)?,
-                &n.matmul_t(&layer.v)?,
+        for (i, (layer, (kc, vc))) in self.layers.iter().zip(layers.iter_mut()).enumerate() {
+            let (attended, keys, values) = decode_attention_qkv(
+                &n.matmul_t(self.qkv(layer)?)?,
                 kc,
                 vc,
                 &positions,
@@ -254,9 +270,26 @@ impl Model {
                 scale,
             )?;
             (*kc, *vc) = (keys, values);
-            x = self.feed_forward(layer, x.add(&attended.matmul_t(&layer.o)?)?)?;
+            let attended = attended.matmul_t(&layer.o)?;
+            let (sum, normed) = x.add_rms_norm(&attended, Some(&layer.ffn_norm), c.rms_eps)?;
+            let gated = normed
+                .matmul_t(&layer.gate)?
+                .swiglu(&normed.matmul_t(&layer.up)?)?;
+            let next = self
+                .layers
+                .get(i + 1)
+                .map_or(&self.out_norm, |l| &l.attn_norm);
+            (x, n) = sum.add_rms_norm(&gated.matmul_t(&layer.down)?, Some(next), c.rms_eps)?;
         }
-        x.rms_norm(Some(&self.out_norm), c.rms_eps)?
-            .matmul_t(&self.lm_head)
+        n.matmul_t(&self.lm_head)
+    }
+
+    /// The layer's stacked query, key and value projections, made once.
+    fn qkv<'a>(&self, layer: &'a Layer) -> tensorwasm_sdk::Result<&'a Tensor> {
+        if let Some(stacked) = layer.qkv.get() {
+            return Ok(stacked);
+        }
+        let stacked = concat(&[&layer.q, &layer.k, &layer.v], 0)?;
+        Ok(layer.qkv.get_or_init(|| stacked))
     }
 }

@@ -251,6 +251,21 @@ fn run_op(req: &OpRequest) -> Result<Result<Value, Error>, String> {
         .and_then(|(o, k, v)| {
             Ok(json!({"out": to_json(&o)?, "keys": to_json(&k)?, "values": to_json(&v)?}))
         }),
+        "decode-attention-qkv" => tensorwasm_sdk::decode_attention_qkv(
+            need(0)?,
+            need(1)?,
+            need(2)?,
+            &arg_list(a, "positions"),
+            arg_f32(a, "theta", 10000.0),
+            layout(a),
+            arg_f32(a, "scale", 1.0),
+        )
+        .and_then(|(o, k, v)| {
+            Ok(json!({"out": to_json(&o)?, "keys": to_json(&k)?, "values": to_json(&v)?}))
+        }),
+        "add-rms-norm" => need(0)?
+            .add_rms_norm(need(1)?, opt(2), arg_f32(a, "eps", 1e-5))
+            .and_then(|(s, n)| Ok(json!({"sum": to_json(&s)?, "normed": to_json(&n)?}))),
         "argmax" => one(need(0)?.argmax(arg_i32(a, "axis", -1))),
         "top-k" => need(0)?
             .top_k(arg_u32(a, "k", 1))
@@ -529,20 +544,37 @@ fn bench_ops(reps: u32, rows: u32) -> Result<Value, Error> {
     );
     let (nw, g) = (f(&[576], 1.0)?, f(&[rows, 1536], 0.5)?);
     let (k, cache) = (f(&[rows, 192], 0.1)?, f(&[rows, 3, 256, 64], 0.1)?);
+    let (qkv, qkv_w) = (f(&[rows, 960], 0.1)?, f(&[960, 576], 0.01)?);
     let positions: Vec<u32> = (0..rows).map(|r| 100 + r % 100).collect();
     let mut out = serde_json::Map::new();
-    let ops: [(&str, Issue<'_>); 7] = [
+    let ops: [(&str, Issue<'_>); 10] = [
         ("scale [1]", &|| f(&[1], 1.0)?.scale(2.0)),
         ("add [rows,576]", &|| x.add(&x)),
         ("rms-norm [rows,576]", &|| x.rms_norm(Some(&nw), 1e-5)),
         ("matmul [rows,576]x[576,576]T", &|| x.matmul_t(&w)),
         ("matmul [rows,576]x[1536,576]T", &|| x.matmul_t(&up)),
+        ("matmul [rows,576]x[960,576]T", &|| x.matmul_t(&qkv_w)),
+        ("add-rms-norm [rows,576]", &|| {
+            x.add_rms_norm(&x, Some(&nw), 1e-5).map(|(_, n)| n)
+        }),
         ("swiglu [rows,1536]", &|| g.swiglu(&g)),
         ("decode-attention", &|| {
             tensorwasm_sdk::decode_attention(
                 &x,
                 &k,
                 &k,
+                &cache,
+                &cache,
+                &positions,
+                10000.0,
+                RopeLayout::Interleaved,
+                0.125,
+            )
+            .map(|(o, _, _)| o)
+        }),
+        ("decode-attention-qkv", &|| {
+            tensorwasm_sdk::decode_attention_qkv(
+                &qkv,
                 &cache,
                 &cache,
                 &positions,

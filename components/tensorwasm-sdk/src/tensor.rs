@@ -166,6 +166,20 @@ impl Tensor {
         wrap(ops::silu(&self.0))
     }
 
+    /// `self + y` and its RMS norm over the last axis (`wasi:tensor-fused`'s
+    /// `add-rms-norm`): a residual step and the next normalization in one
+    /// call. Returns (sum, normed).
+    pub fn add_rms_norm(
+        &self,
+        y: &Tensor,
+        weight: Option<&Tensor>,
+        eps: f32,
+    ) -> Result<(Tensor, Tensor)> {
+        fused::add_rms_norm(&self.0, &y.0, weight.map(|w| &w.0), eps)
+            .map(|(s, n)| (Tensor(s), Tensor(n)))
+            .map_err(Error)
+    }
+
     /// silu(self) · `up` (`wasi:tensor-fused`): one call for a SwiGLU gate.
     pub fn swiglu(&self, up: &Tensor) -> Result<Tensor> {
         wrap(fused::swiglu(&self.0, &up.0))
@@ -321,6 +335,24 @@ pub fn decode_attention(
     )
     .map(|(o, k, v)| (Tensor(o), Tensor(k), Tensor(v)))
     .map_err(Error)
+}
+
+/// [`decode_attention`] with each row's query, key and value side by side
+/// in one tensor (`wasi:tensor-fused`'s `decode-attention-qkv`): `qkv` [b,
+/// (hq + 2·hk)·d], as one product with the three projections stacked gives
+/// it. One call and no copies to split the product.
+pub fn decode_attention_qkv(
+    qkv: &Tensor,
+    keys: &Tensor,
+    values: &Tensor,
+    positions: &[u32],
+    theta: f32,
+    layout: ops::RopeLayout,
+    scale: f32,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    fused::decode_attention_qkv(&qkv.0, &keys.0, &values.0, positions, theta, layout, scale)
+        .map(|(o, k, v)| (Tensor(o), Tensor(k), Tensor(v)))
+        .map_err(Error)
 }
 
 /// Weights granted to the deployment.

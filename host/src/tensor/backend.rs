@@ -105,16 +105,28 @@ pub struct MatmulPlan {
     pub transpose_b: bool,
 }
 
+/// How the guest passed a `decode-attention`'s new queries, keys and values.
+#[derive(Debug, Clone, Copy)]
+pub enum Operands<'a> {
+    /// `decode-attention`: q [rows, heads · dim], k and v [rows, kv_heads · dim].
+    Separate {
+        /// New queries.
+        q: &'a Tensor,
+        /// New keys.
+        k: &'a Tensor,
+        /// New values.
+        v: &'a Tensor,
+    },
+    /// `decode-attention-qkv`: [rows, (heads + 2 · kv_heads) · dim], q then k then v.
+    Packed(&'a Tensor),
+}
+
 /// The inputs of one `decode-attention` (`wasi:tensor-fused`), as the guest
 /// passed them.
 #[derive(Debug)]
 pub struct DecodeArgs<'a> {
-    /// New queries [rows, heads · dim].
-    pub q: &'a Tensor,
-    /// New keys [rows, kv_heads · dim].
-    pub k: &'a Tensor,
-    /// New values [rows, kv_heads · dim].
-    pub v: &'a Tensor,
+    /// New queries, keys and values.
+    pub operands: Operands<'a>,
     /// Key cache [rows, kv_heads, capacity, dim].
     pub keys: &'a Tensor,
     /// Value cache [rows, kv_heads, capacity, dim].
@@ -129,6 +141,23 @@ pub struct DecodeArgs<'a> {
     pub scale: f32,
 }
 
+/// Columns `at..` of each row of a 2-d tensor: one of `decode-attention`'s
+/// operands, alone (`at` 0) or beside the others in a packed tensor.
+#[derive(Debug, Clone, Copy)]
+pub struct Columns<'a> {
+    /// The tensor [rows, stride].
+    pub tensor: &'a Tensor,
+    /// The first column.
+    pub at: usize,
+}
+
+impl Columns<'_> {
+    /// Elements from one row to the next.
+    pub fn stride(&self) -> usize {
+        self.tensor.shape()[1]
+    }
+}
+
 /// A validated `decode-attention` (checked in `fused.rs`): per row r, the
 /// query and key rotated at `positions[r]`, the key and value written there
 /// in copies of the caches, attention over positions `0..=positions[r]`.
@@ -136,6 +165,12 @@ pub struct DecodeArgs<'a> {
 pub struct DecodeAttention<'a> {
     /// The inputs.
     pub args: &'a DecodeArgs<'a>,
+    /// Each row's query heads, side by side.
+    pub q: Columns<'a>,
+    /// Each row's key heads.
+    pub k: Columns<'a>,
+    /// Each row's value heads.
+    pub v: Columns<'a>,
     /// Rows (sequences).
     pub rows: usize,
     /// Query heads.
@@ -225,4 +260,22 @@ pub trait Backend: Send + Sync + 'static {
     /// `decode-attention`: the attended values [rows, heads · dim] and the
     /// updated key and value caches.
     fn decode_attention(&self, a: &DecodeAttention<'_>) -> TResult<(Data, Data, Data)>;
+    /// `add-rms-norm`: `x + y` and its RMS norm over the last axis (`x` and
+    /// `y` of one shape). By default the two ops one after the other; a
+    /// backend that launches kernels does both in one.
+    fn add_rms_norm(
+        &self,
+        x: &Tensor,
+        y: &Tensor,
+        weight: Option<&Tensor>,
+        eps: f32,
+    ) -> TResult<(Data, Data)> {
+        let sum = self.binary(BinaryOp::Add, x, y, x.shape())?;
+        let sum = Tensor::new(x.shape().to_vec(), x.dtype(), sum, None);
+        let normed = self.norm(NormKind::Rms, &sum, weight, None, eps)?;
+        let (sum, _) = sum.into_parts().map_err(|_| {
+            super::error::TensorError::Backend("add-rms-norm: the sum is shared".into())
+        })?;
+        Ok((sum, normed))
+    }
 }

@@ -1,9 +1,9 @@
-//! `wasi:tensor-fused@0.1.0`'s checks: the fused ops validated once for
+//! `wasi:tensor-fused@0.1.1`'s checks: the fused ops validated once for
 //! every backend, as `ops.rs` does for `wasi:tensor` (`swiglu` is a
 //! [`BinaryOp`](super::backend::BinaryOp) there).
 
-pub use super::backend::DecodeArgs;
-use super::backend::DecodeAttention;
+use super::backend::{Columns, DecodeAttention};
+pub use super::backend::{DecodeArgs, Operands};
 use super::error::{TResult, arg_err, shape_err};
 use super::ops::{Tensors, float, same_dtype};
 use super::types::Tensor;
@@ -13,21 +13,63 @@ use super::types::Tensor;
 pub const MAX_HEAD_DIM: usize = 1024;
 
 impl Tensors {
-    /// `decode-attention`: the attended values [rows, heads · dim] and the
-    /// updated key and value caches.
+    /// `decode-attention` and `decode-attention-qkv`: the attended values
+    /// [rows, heads · dim] and the updated key and value caches.
     pub fn decode_attention(&self, a: &DecodeArgs<'_>) -> TResult<(Tensor, Tensor, Tensor)> {
         let plan = plan(a)?;
-        let size = a.q.dtype().size() as u64;
+        let dtype = plan.q.tensor.dtype();
+        let size = dtype.size() as u64;
+        let width = plan.heads * plan.dim;
         let cache = (plan.rows * plan.kv_heads * plan.capacity * plan.dim) as u64 * size;
-        let out = self.quota().charge(a.q.len() as u64 * size)?;
+        let out = self.quota().charge((plan.rows * width) as u64 * size)?;
         let keys = self.quota().charge(cache)?;
         let values = self.quota().charge(cache)?;
         let (o, k, v) = self.backend().decode_attention(&plan)?;
-        let dtype = a.q.dtype();
         Ok((
-            Tensor::new(a.q.shape().to_vec(), dtype, o, Some(out)),
+            Tensor::new(vec![plan.rows, width], dtype, o, Some(out)),
             Tensor::new(a.keys.shape().to_vec(), dtype, k, Some(keys)),
             Tensor::new(a.values.shape().to_vec(), dtype, v, Some(values)),
+        ))
+    }
+
+    /// `add-rms-norm`: `x + y` and its RMS norm over the last axis.
+    pub fn add_rms_norm(
+        &self,
+        x: &Tensor,
+        y: &Tensor,
+        weight: Option<&Tensor>,
+        eps: f32,
+    ) -> TResult<(Tensor, Tensor)> {
+        const OP: &str = "add-rms-norm";
+        float(OP, x)?;
+        same_dtype(OP, x, y)?;
+        let dim = x.shape().last().copied();
+        if x.shape() != y.shape() || dim.is_none() {
+            return Err(shape_err(
+                format!("{OP}: x and y must have one shape of at least one axis"),
+                &[x.shape(), y.shape()],
+            ));
+        }
+        if let Some(w) = weight {
+            float(OP, w)?;
+            if w.shape() != [dim.unwrap_or(0)] {
+                return Err(shape_err(
+                    format!("{OP}: the weight must be [last axis of x]"),
+                    &[x.shape(), w.shape()],
+                ));
+            }
+        }
+        if eps.is_nan() || eps < 0.0 {
+            return Err(arg_err(format!("{OP}: eps must be ≥ 0, got {eps}")));
+        }
+        let bytes = x.byte_size();
+        let sum = self.quota().charge(bytes)?;
+        let normed = self.quota().charge(bytes)?;
+        let (s, n) = self.backend().add_rms_norm(x, y, weight, eps)?;
+        let (shape, dtype) = (x.shape().to_vec(), x.dtype());
+        Ok((
+            Tensor::new(shape.clone(), dtype, s, Some(sum)),
+            Tensor::new(shape, dtype, n, Some(normed)),
         ))
     }
 }
@@ -35,23 +77,27 @@ impl Tensors {
 /// Checks `a`'s shapes, dtypes and positions.
 fn plan<'a>(a: &'a DecodeArgs<'a>) -> TResult<DecodeAttention<'a>> {
     const OP: &str = "decode-attention";
-    float(OP, a.q)?;
-    for t in [a.k, a.v, a.keys, a.values] {
-        same_dtype(OP, a.q, t)?;
+    let inputs: Vec<&Tensor> = match a.operands {
+        Operands::Separate { q, k, v } => vec![q, k, v],
+        Operands::Packed(qkv) => vec![qkv],
+    };
+    float(OP, inputs[0])?;
+    for t in inputs.iter().skip(1).chain([&a.keys, &a.values]) {
+        same_dtype(OP, inputs[0], t)?;
     }
-    let shapes = [
-        a.q.shape(),
-        a.k.shape(),
-        a.v.shape(),
-        a.keys.shape(),
-        a.values.shape(),
-    ];
+    let mut shapes: Vec<&[usize]> = inputs.iter().map(|t| t.shape()).collect();
+    shapes.extend([a.keys.shape(), a.values.shape()]);
     let bad = |m: &str| shape_err(format!("{OP}: {m}"), &shapes);
-    let [q, k, v, keys, values] = shapes;
-    if q.len() != 2 || k.len() != 2 || v.len() != 2 || keys.len() != 4 || keys != values {
-        return Err(bad(
-            "q, k, v must be [rows, heads·dim] and the caches one shape [rows, kv-heads, capacity, dim]",
-        ));
+    let (keys, values) = (a.keys.shape(), a.values.shape());
+    if inputs.iter().any(|t| t.shape().len() != 2) || keys.len() != 4 || keys != values {
+        return Err(bad(match a.operands {
+            Operands::Separate { .. } => {
+                "q, k, v must be [rows, heads·dim] and the caches one shape [rows, kv-heads, capacity, dim]"
+            }
+            Operands::Packed(_) => {
+                "qkv must be [rows, (heads + 2·kv-heads)·dim] and the caches one shape [rows, kv-heads, capacity, dim]"
+            }
+        }));
     }
     let (rows, kv_heads, capacity, dim) = (keys[0], keys[1], keys[2], keys[3]);
     if dim == 0 || !dim.is_multiple_of(2) || kv_heads == 0 {
@@ -64,17 +110,34 @@ fn plan<'a>(a: &'a DecodeArgs<'a>) -> TResult<DecodeAttention<'a>> {
             "heads wider than {MAX_HEAD_DIM} are not supported"
         )));
     }
-    if q[0] != rows || k[0] != rows || v[0] != rows {
-        return Err(bad("q, k, v and the caches must have the same rows"));
+    if inputs.iter().any(|t| t.shape()[0] != rows) {
+        return Err(bad("the new rows and the caches must have the same rows"));
     }
-    if k[1] != kv_heads * dim || v[1] != kv_heads * dim {
+    let kv = kv_heads * dim;
+    let (q, k, v, width) = match a.operands {
+        Operands::Separate { q, k, v } => {
+            if k.shape()[1] != kv || v.shape()[1] != kv {
+                return Err(bad(
+                    "k and v must be [rows, kv-heads·dim] of the caches' heads and width",
+                ));
+            }
+            let at = |tensor| Columns { tensor, at: 0 };
+            (at(q), at(k), at(v), q.shape()[1])
+        }
+        Operands::Packed(qkv) => {
+            if qkv.shape()[1] <= 2 * kv {
+                return Err(bad(
+                    "qkv must be wider than the key and value heads (2·kv-heads·dim)",
+                ));
+            }
+            let hq = qkv.shape()[1] - 2 * kv;
+            let at = |at| Columns { tensor: qkv, at };
+            (at(0), at(hq), at(hq + kv), hq)
+        }
+    };
+    if !width.is_multiple_of(kv) {
         return Err(bad(
-            "k and v must be [rows, kv-heads·dim] of the caches' heads and width",
-        ));
-    }
-    if !q[1].is_multiple_of(kv_heads * dim) {
-        return Err(bad(
-            "q's width must be a multiple of kv-heads·dim (grouped-query heads)",
+            "the queries' width must be a multiple of kv-heads·dim (grouped-query heads)",
         ));
     }
     if a.positions.len() != rows {
@@ -96,8 +159,11 @@ fn plan<'a>(a: &'a DecodeArgs<'a>) -> TResult<DecodeAttention<'a>> {
     }
     Ok(DecodeAttention {
         args: a,
+        q,
+        k,
+        v,
         rows,
-        heads: q[1] / dim,
+        heads: width / dim,
         kv_heads,
         capacity,
         dim,
@@ -149,6 +215,9 @@ mod tests {
 
     /// What `decode-attention` does, row by row with `wasi:tensor` ops.
     fn composed(t: &Tensors, a: &DecodeArgs<'_>, heads: u32, kv: u32, d: u32) -> Vec<f32> {
+        let Operands::Separate { q, k, v } = a.operands else {
+            unreachable!("the reference takes separate operands")
+        };
         let mut out = Vec::new();
         for (r, &p) in a.positions.iter().enumerate() {
             let row = |x: &Tensor, h: u32| {
@@ -156,8 +225,8 @@ mod tests {
                 let x = t.reshape(&x, &[1, h, 1, d]).unwrap();
                 t.rope(&x, p, a.theta, a.layout).unwrap()
             };
-            let (q, k) = (row(a.q, heads), row(a.k, kv));
-            let v = t.narrow(a.v, 0, r as u32, 1).unwrap();
+            let (q, k) = (row(q, heads), row(k, kv));
+            let v = t.narrow(v, 0, r as u32, 1).unwrap();
             let v = t.reshape(&v, &[1, kv, 1, d]).unwrap();
             let past = |c: &Tensor| {
                 let c = t.narrow(c, 0, r as u32, 1).unwrap();
@@ -184,9 +253,11 @@ mod tests {
             let keys = tensor(&t, &[rows, kv, cap, d], 4);
             let values = tensor(&t, &[rows, kv, cap, d], 5);
             let args = DecodeArgs {
-                q: &q,
-                k: &k,
-                v: &v,
+                operands: Operands::Separate {
+                    q: &q,
+                    k: &k,
+                    v: &v,
+                },
                 keys: &keys,
                 values: &values,
                 positions: &[0, 4, 8],
@@ -226,9 +297,7 @@ mod tests {
         let odd = tensor(&t, &[2, 1, 4, 7], 3);
         let call = |q: &Tensor, keys: &Tensor, positions: &[u32]| {
             t.decode_attention(&DecodeArgs {
-                q,
-                k: &k,
-                v: &k,
+                operands: Operands::Separate { q, k: &k, v: &k },
                 keys,
                 values: keys,
                 positions,
@@ -246,9 +315,11 @@ mod tests {
         let wide = tensor(&t, &[2, 1, 1, 1026], 3);
         let wide_err = t
             .decode_attention(&DecodeArgs {
-                q: &tensor(&t, &[2, 1026], 1),
-                k: &tensor(&t, &[2, 1026], 2),
-                v: &tensor(&t, &[2, 1026], 2),
+                operands: Operands::Separate {
+                    q: &tensor(&t, &[2, 1026], 1),
+                    k: &tensor(&t, &[2, 1026], 2),
+                    v: &tensor(&t, &[2, 1026], 2),
+                },
                 keys: &wide,
                 values: &wide,
                 positions: &[0, 0],
@@ -267,9 +338,11 @@ mod tests {
         let ints = t.from_data(CpuData::I64(vec![0; 32]), &[2, 16]).unwrap();
         assert!(matches!(
             t.decode_attention(&DecodeArgs {
-                q: &ints,
-                k: &k,
-                v: &k,
+                operands: Operands::Separate {
+                    q: &ints,
+                    k: &k,
+                    v: &k
+                },
                 keys: &cache,
                 values: &cache,
                 positions: &[0, 0],
@@ -279,6 +352,89 @@ mod tests {
             }),
             Err(TensorError::DtypeMismatch { .. })
         ));
+    }
+
+    #[test]
+    fn packed_operands_are_the_separate_ones_side_by_side() {
+        let t = cpu();
+        let (rows, heads, kv, cap, d) = (3u32, 6u32, 2u32, 9u32, 8u32);
+        let q = tensor(&t, &[rows, heads * d], 1);
+        let k = tensor(&t, &[rows, kv * d], 2);
+        let v = tensor(&t, &[rows, kv * d], 3);
+        let qkv = t.concat(&[&q, &k, &v], 1).unwrap();
+        let keys = tensor(&t, &[rows, kv, cap, d], 4);
+        let values = tensor(&t, &[rows, kv, cap, d], 5);
+        let run = |operands| {
+            let (o, nk, nv) = t
+                .decode_attention(&DecodeArgs {
+                    operands,
+                    keys: &keys,
+                    values: &values,
+                    positions: &[0, 4, 8],
+                    theta: 10_000.0,
+                    layout: RopeLayout::Interleaved,
+                    scale: 0.35,
+                })
+                .unwrap();
+            assert_eq!(o.shape(), [rows as usize, (heads * d) as usize]);
+            (floats(&t, &o), floats(&t, &nk), floats(&t, &nv))
+        };
+        let separate = run(Operands::Separate {
+            q: &q,
+            k: &k,
+            v: &v,
+        });
+        assert_eq!(run(Operands::Packed(&qkv)), separate);
+        let call = |qkv: &Tensor| {
+            t.decode_attention(&DecodeArgs {
+                operands: Operands::Packed(qkv),
+                keys: &keys,
+                values: &values,
+                positions: &[0, 0, 0],
+                theta: 10_000.0,
+                layout: RopeLayout::Interleaved,
+                scale: 1.0,
+            })
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+        };
+        // No room for queries; a query width that is not whole key heads.
+        assert!(call(&tensor(&t, &[rows, 2 * kv * d], 1)).contains("wider than the key"));
+        let odd = tensor(&t, &[rows, 2 * kv * d + d], 1);
+        assert!(call(&odd).contains("multiple of kv-heads"));
+        let three = tensor(&t, &[rows, heads * d + 2 * kv * d, 1], 1);
+        assert!(call(&three).contains("qkv must be [rows"));
+    }
+
+    #[test]
+    fn add_rms_norm_is_add_then_rms_norm() {
+        let t = cpu();
+        let (x, y, w) = (
+            tensor(&t, &[3, 40], 1),
+            tensor(&t, &[3, 40], 2),
+            tensor(&t, &[40], 3),
+        );
+        let (sum, normed) = t.add_rms_norm(&x, &y, Some(&w), 1e-5).unwrap();
+        let want = t.binary(BinaryOp::Add, &x, &y).unwrap();
+        let want_norm = t
+            .norm(
+                crate::tensor::backend::NormKind::Rms,
+                &want,
+                Some(&w),
+                None,
+                1e-5,
+            )
+            .unwrap();
+        assert_eq!(floats(&t, &sum), floats(&t, &want));
+        assert_eq!(floats(&t, &normed), floats(&t, &want_norm));
+        let err = |r: TResult<(Tensor, Tensor)>| r.map(|_| ()).unwrap_err().to_string();
+        let row = tensor(&t, &[40], 4);
+        assert!(err(t.add_rms_norm(&x, &row, None, 1e-5)).contains("one shape"));
+        assert!(err(t.add_rms_norm(&x, &y, Some(&x), 1e-5)).contains("the weight must be"));
+        assert!(err(t.add_rms_norm(&x, &y, None, -1.0)).contains("eps"));
+        let ints = t.from_data(CpuData::I64(vec![1; 120]), &[3, 40]).unwrap();
+        assert!(t.add_rms_norm(&ints, &ints, None, 1e-5).is_err());
     }
 
     #[test]

@@ -1,11 +1,14 @@
-//! The `wasi:tensor-fused` host trait, over the checks in `fused.rs` (the
-//! same call path as every `wasi:tensor` op in `types_impl.rs`).
+//! The `wasi:tensor-fused@0.1.1` host trait, over the checks in `fused.rs`
+//! (the same call path as every `wasi:tensor` op in `types_impl.rs`). Guests
+//! that import 0.1.0 get this implementation too: the linker matches
+//! semver-compatible versions, and 0.1.1 only adds functions.
 
 use super::TensorView;
 use super::backend::BinaryOp;
 use super::bindings::fused::wasi::tensor_fused::ops;
 use super::bindings::wasi::tensor::ops::RopeLayout;
-use super::fused::DecodeArgs;
+use super::error::TensorError;
+use super::fused::{DecodeArgs, Operands};
 use super::types::Tensor;
 use super::types_impl::WResult;
 use wasmtime::component::Resource;
@@ -25,19 +28,79 @@ impl ops::Host for TensorView<'_> {
         layout: RopeLayout,
         scale: f32,
     ) -> WResult<Three> {
-        let (q, k, v) = (self.get(&q)?, self.get(&k)?, self.get(&v)?);
-        let (keys, values) = (self.get(&keys)?, self.get(&values)?);
+        let operands = vec![self.get(&q)?, self.get(&k)?, self.get(&v)?];
+        let caches = (self.get(&keys)?, self.get(&values)?);
+        let step = (positions, theta, layout, scale);
+        self.decode(operands, caches, step).await
+    }
+
+    async fn decode_attention_qkv(
+        &mut self,
+        qkv: Resource<Tensor>,
+        keys: Resource<Tensor>,
+        values: Resource<Tensor>,
+        positions: Vec<u32>,
+        theta: f32,
+        layout: RopeLayout,
+        scale: f32,
+    ) -> WResult<Three> {
+        let operands = vec![self.get(&qkv)?];
+        let caches = (self.get(&keys)?, self.get(&values)?);
+        let step = (positions, theta, layout, scale);
+        self.decode(operands, caches, step).await
+    }
+
+    async fn add_rms_norm(
+        &mut self,
+        x: Resource<Tensor>,
+        y: Resource<Tensor>,
+        weight: Option<Resource<Tensor>>,
+        eps: f32,
+    ) -> WResult<(Resource<Tensor>, Resource<Tensor>)> {
+        let (x, y, weight) = (self.get(&x)?, self.get(&y)?, self.opt(&weight)?);
+        let work = 2 * x.len() as u64;
+        let r = self
+            .compute("add-rms-norm", work, move |tensors| {
+                tensors.add_rms_norm(&x, &y, weight.as_ref(), eps)
+            })
+            .await?;
+        match r {
+            Ok((s, n)) => Ok(Ok((self.table.push(s)?, self.table.push(n)?))),
+            Err(e) => Ok(Err(e.into())),
+        }
+    }
+
+    async fn swiglu(
+        &mut self,
+        gate: Resource<Tensor>,
+        up: Resource<Tensor>,
+    ) -> WResult<Resource<Tensor>> {
+        self.binary(BinaryOp::Swiglu, gate, up).await
+    }
+}
+
+impl TensorView<'_> {
+    /// `decode-attention` over `operands` (q, k, v, or one packed qkv).
+    async fn decode(
+        &mut self,
+        operands: Vec<Tensor>,
+        (keys, values): (Tensor, Tensor),
+        (positions, theta, layout, scale): (Vec<u32>, f32, RopeLayout, f32),
+    ) -> WResult<Three> {
         // The caches are copied, and each row's query meets its keys and
-        // values: about the caches' size plus 2·q-elements·positions.
+        // values: about the caches' size plus 2·width·positions.
         let seen: u64 = positions.iter().map(|&p| u64::from(p) + 1).sum();
-        let width = q.shape().get(1).copied().unwrap_or(0) as u64;
+        let width = operands[0].shape().get(1).copied().unwrap_or(0) as u64;
         let work = (2 * keys.len() as u64).saturating_add(seen.saturating_mul(2 * width));
         let r = self
             .compute("decode-attention", work, move |tensors| {
+                let operands = match &operands[..] {
+                    [q, k, v] => Operands::Separate { q, k, v },
+                    [qkv] => Operands::Packed(qkv),
+                    _ => return Err(TensorError::Backend("one or three operands".into())),
+                };
                 tensors.decode_attention(&DecodeArgs {
-                    q: &q,
-                    k: &k,
-                    v: &v,
+                    operands,
                     keys: &keys,
                     values: &values,
                     positions: &positions,
@@ -55,13 +118,5 @@ impl ops::Host for TensorView<'_> {
             ))),
             Err(e) => Ok(Err(e.into())),
         }
-    }
-
-    async fn swiglu(
-        &mut self,
-        gate: Resource<Tensor>,
-        up: Resource<Tensor>,
-    ) -> WResult<Resource<Tensor>> {
-        self.binary(BinaryOp::Swiglu, gate, up).await
     }
 }

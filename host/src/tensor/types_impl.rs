@@ -209,7 +209,7 @@ impl TensorView<'_> {
             .await
     }
 
-    fn opt(&self, r: &Option<Resource<Tensor>>) -> wasmtime::Result<Option<Tensor>> {
+    pub(super) fn opt(&self, r: &Option<Resource<Tensor>>) -> wasmtime::Result<Option<Tensor>> {
         r.as_ref().map(|r| self.get(r)).transpose()
     }
 }

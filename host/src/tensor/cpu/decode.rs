@@ -22,13 +22,14 @@ fn stored(dtype: DType, x: f32) -> f32 {
 /// Attended values [rows, heads · dim] and the updated caches.
 pub fn decode_attention(
     a: &DecodeAttention<'_>,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    [q, k, v]: [&[f32]; 3],
     keys: &[f32],
     values: &[f32],
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (hq, hk, cap, d) = (a.heads, a.kv_heads, a.capacity, a.dim);
+    // Row strides and first columns of the operands (packed or not).
+    let (qs, qa) = (a.q.stride(), a.q.at);
+    let (ks, ka, vs, va) = (a.k.stride(), a.k.at, a.v.stride(), a.v.at);
     let half = d / 2;
     let positions: Vec<usize> = a.args.positions.iter().map(|&p| p as usize).collect();
     let (cos, sin) = rope_table(&positions, d, a.args.theta);
@@ -43,14 +44,14 @@ pub fn decode_attention(
         let (c, s) = angles(r);
         for h in 0..hk {
             let at = ((r * hk + h) * cap + p) * d;
-            let new = (r * hk + h) * d;
+            let (new, new_v) = (ks * r + ka + h * d, vs * r + va + h * d);
             keys[at..at + d].copy_from_slice(&k[new..new + d]);
             rotate(&mut keys[at..at + d], c, s, a.args.layout);
             let dtype = a.args.keys.dtype();
             keys[at..at + d]
                 .iter_mut()
                 .for_each(|x| *x = stored(dtype, *x));
-            values[at..at + d].copy_from_slice(&v[new..new + d]);
+            values[at..at + d].copy_from_slice(&v[new_v..new_v + d]);
         }
     }
     let mut out = vec![0.0f32; a.rows * hq * d];
@@ -60,7 +61,8 @@ pub fn decode_attention(
         .for_each(|(row, o)| {
             let (r, h) = (row / hq, row % hq);
             let (c, s) = angles(r);
-            let mut query = q[row * d..(row + 1) * d].to_vec();
+            let from = qs * r + qa + h * d;
+            let mut query = q[from..from + d].to_vec();
             rotate(&mut query, c, s, a.args.layout);
             let base = (r * hk + h / group) * cap * d;
             let seen = positions[r] + 1;

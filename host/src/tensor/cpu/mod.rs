@@ -10,7 +10,7 @@ mod simd;
 mod skinny;
 
 use super::backend::{
-    Backend, BinaryOp, DecodeAttention, MatmulPlan, NormKind, RopeLayout, UnaryOp,
+    Backend, BinaryOp, DecodeAttention, MatmulPlan, NormKind, Operands, RopeLayout, UnaryOp,
 };
 use super::dtype::DType;
 use super::error::{TResult, arg_err};
@@ -292,18 +292,19 @@ impl Backend for CpuBackend {
     }
 
     fn decode_attention(&self, a: &DecodeAttention<'_>) -> TResult<(Data, Data, Data)> {
+        // Each operand's tensor converted once (the packed one is all three).
+        let converted = match a.args.operands {
+            Operands::Separate { q, k, v } => vec![floats(q), floats(k), floats(v)],
+            Operands::Packed(qkv) => vec![floats(qkv)],
+        };
+        let operand = |i: usize| &*converted[i.min(converted.len() - 1)];
         let (out, keys, values) = decode::decode_attention(
             a,
-            &floats(a.args.q),
-            &floats(a.args.k),
-            &floats(a.args.v),
+            [operand(0), operand(1), operand(2)],
             &floats(a.args.keys),
             &floats(a.args.values),
         );
-        Ok((
-            like(a.args.q, out),
-            like(a.args.q, keys),
-            like(a.args.q, values),
-        ))
+        let like = |x| like(a.q.tensor, x);
+        Ok((like(out), like(keys), like(values)))
     }
 }

@@ -693,6 +693,16 @@ impl Backend for CudaBackend {
         self.decode(a)
     }
 
+    fn add_rms_norm(
+        &self,
+        x: &Tensor,
+        y: &Tensor,
+        weight: Option<&Tensor>,
+        eps: f32,
+    ) -> TResult<(Data, Data)> {
+        self.add_norm(x, y, weight, eps)
+    }
+
     fn cast(&self, x: &Tensor, dtype: DType) -> TResult<Data> {
         self.bind()?;
         let out = self.alloc(x.len(), dtype)?;

@@ -1,15 +1,17 @@
-//! `decode-attention` on the GPU: per launch of up to [`DECODE_ROWS`] rows
-//! (their positions passed by value, so nothing is uploaded), one kernel
-//! copies the caches with each row's rotated key and its value written,
+//! The fused ops on the GPU. `decode-attention`: per launch of up to
+//! [`DECODE_ROWS`] rows (their positions passed by value, so nothing is
+//! uploaded), one kernel copies the caches with each row's rotated key and its value written,
 //! then one block per (row, query head) attends over the row's positions
-//! (kernels/tensor.cu, `decode_write` and `decode_attend`).
+//! (kernels/tensor.cu, `decode_write` and `decode_attend`). The new rows
+//! are read with row strides, so packed operands (`decode-attention-qkv`)
+//! are read in place. Also `add-rms-norm` in one kernel (`add_norm`).
 
 use super::backend::CudaBackend;
 use super::launch::*;
 use crate::tensor::backend::{DecodeAttention, RopeLayout};
 use crate::tensor::dtype::DType;
 use crate::tensor::error::{TResult, TensorError};
-use crate::tensor::types::Data;
+use crate::tensor::types::{Data, Tensor};
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 
 /// Rows of one launch at most (`DECODE_ROWS` in kernels/tensor.cu).
@@ -32,16 +34,24 @@ impl CudaBackend {
         // (1 + BLOCK / 32) · dim floats, in shared memory: within 48 KiB for
         // the widest head `fused::MAX_HEAD_DIM` lets through.
         self.bind()?;
-        let dt = a.args.q.dtype();
-        let out = self.alloc(a.args.q.len(), dt)?;
+        let dt = a.q.tensor.dtype();
+        let (hq, hk, cap, d) = (a.heads, a.kv_heads, a.capacity, a.dim);
+        let out = self.alloc(a.rows * hq * d, dt)?;
         let keys = self.alloc(a.args.keys.len(), dt)?;
         let values = self.alloc(a.args.values.len(), dt)?;
-        let (hq, hk, cap, d) = (a.heads, a.kv_heads, a.capacity, a.dim);
         let rows_max = a.rows.min(DECODE_ROWS);
         let scores = self.alloc(rows_max * hq * cap, DType::F32)?;
         let size = dt.size() as u64;
         let layout = matches!(a.args.layout, RopeLayout::HalfSplit) as i32;
         let (hq_, hk_, cap_, d_) = (hq as i64, hk as i64, cap as i64, d as i64);
+        // Row strides of the new queries and of the new keys and values
+        // (both hk · d, or the packed width).
+        let (qs, kvs) = (a.q.stride() as i64, a.k.stride() as i64);
+        let (q0, k0, v0) = (
+            self.ptr(a.q.tensor)? + (a.q.at as u64) * size,
+            self.ptr(a.k.tensor)? + (a.k.at as u64) * size,
+            self.ptr(a.v.tensor)? + (a.v.at as u64) * size,
+        );
         for (chunk, at) in a
             .args
             .positions
@@ -56,13 +66,13 @@ impl CudaBackend {
             }
             let rows = chunk.len() as i64;
             let cache = (at * hk * cap * d) as u64 * size;
-            let new = (at * hk * d) as u64 * size;
+            let new = at as u64 * kvs as u64 * size;
             let (ko, vo) = (self.raw(&keys.buf) + cache, self.raw(&values.buf) + cache);
             let (ki, vi) = (
                 self.ptr(a.args.keys)? + cache,
                 self.ptr(a.args.values)? + cache,
             );
-            let (pk, pv) = (self.ptr(a.args.k)? + new, self.ptr(a.args.v)? + new);
+            let (pk, pv) = (k0 + new, v0 + new);
             launch!(
                 self,
                 &format!("decode_write_{}", suffix(dt)),
@@ -74,6 +84,7 @@ impl CudaBackend {
                     &vi,
                     &pk,
                     &pv,
+                    &kvs,
                     &pos,
                     &rows,
                     &hk_,
@@ -84,7 +95,10 @@ impl CudaBackend {
                 ]
             )?;
             let query = (at * hq * d) as u64 * size;
-            let (o, pq) = (self.raw(&out.buf) + query, self.ptr(a.args.q)? + query);
+            let (o, pq) = (
+                self.raw(&out.buf) + query,
+                q0 + at as u64 * qs as u64 * size,
+            );
             let sc = self.raw(&scores.buf);
             let name = format!("decode_attend_{}", suffix(dt));
             let f = self
@@ -95,6 +109,7 @@ impl CudaBackend {
             let mut l = self.stream().launch_builder(&f);
             l.arg(&o)
                 .arg(&pq)
+                .arg(&qs)
                 .arg(&ko)
                 .arg(&vo)
                 .arg(&sc)
@@ -119,5 +134,34 @@ impl CudaBackend {
         // The workspace is freed in stream order after the kernels.
         drop(scores);
         Ok((Data::Cuda(out), Data::Cuda(keys), Data::Cuda(values)))
+    }
+
+    /// `Backend::add_rms_norm`: the sum and its RMS norm in one launch.
+    pub(super) fn add_norm(
+        &self,
+        x: &Tensor,
+        y: &Tensor,
+        weight: Option<&Tensor>,
+        eps: f32,
+    ) -> TResult<(Data, Data)> {
+        self.bind()?;
+        let sum = self.alloc(x.len(), x.dtype())?;
+        let out = self.alloc(x.len(), x.dtype())?;
+        let dim = x.shape().last().copied().unwrap_or(1);
+        if dim > 0 && !x.is_empty() {
+            let rows = (x.len() / dim) as i64;
+            // The weight in f32, as `norm` takes it.
+            let w32 = weight.map(|w| self.as_f32(w)).transpose()?;
+            let pw = w32.as_ref().map(|w| self.ptr(w)).transpose()?.unwrap_or(0);
+            let (ps, po) = (self.raw(&sum.buf), self.raw(&out.buf));
+            let (px, py, dim) = (self.ptr(x)?, self.ptr(y)?, dim as i64);
+            launch!(
+                self,
+                &format!("add_norm_{}", suffix(x.dtype())),
+                rows_grid(rows as usize),
+                [&ps, &po, &px, &py, &pw, &rows, &dim, &eps]
+            )?;
+        }
+        Ok((Data::Cuda(sum), Data::Cuda(out)))
     }
 }
