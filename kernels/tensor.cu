@@ -1,5 +1,5 @@
 // wasi:tensor's CUDA kernels, compiled at run time by NVRTC for the GPU in
-// hand (host/src/tensor/gpu/kernels.rs) and cached on disk by BLAKE3.
+// hand (host/src/tensor/cuda/kernels.rs) and cached on disk by BLAKE3.
 //
 // Float kernels are instantiated for f32, f16 and bf16: elements are loaded
 // as f32, computed in f32 (reductions accumulate in f32), and rounded once
@@ -483,15 +483,15 @@ __device__ void decode_write(T* ko, T* vo, const T* ki, const T* vi, const T* k,
     }
 }
 
-// One block per (row, query head) (row r's query heads start at q + r * qs):
-// the rotated query against the cache's
-// positions 0..=pos.p[r] of its key head, softmax, weighted sum of values.
+// One block per (row, query head) (row r's query heads start at
+// q + r * q_stride): the rotated query against the cache's positions
+// 0..=pos.p[r] of its key head, softmax, weighted sum of values.
 // Scores: a warp per position, its lanes across the width (coalesced), into
 // `scores`, an f32 workspace of [rows * hq, cap]. Weighted sum: each warp
 // over its share of the positions, lanes across the width, then the warps'
 // partial sums added. Shared memory: d + (blockDim.x / 32) * d floats.
 template <typename T>
-__device__ void decode_attend(T* out, const T* q, i64 qs, const T* kc, const T* vc,
+__device__ void decode_attend(T* out, const T* q, i64 q_stride, const T* kc, const T* vc,
                               float* scores, Positions pos, i64 rows, i64 hq, i64 hk, i64 cap,
                               i64 d, float theta, int layout, float scale) {
     extern __shared__ float shared[];
@@ -501,7 +501,7 @@ __device__ void decode_attend(T* out, const T* q, i64 qs, const T* kc, const T* 
     for (i64 row = blockIdx.x; row < rows * hq; row += gridDim.x) {
         i64 r = row / hq, h = row % hq, kh = h / (hq / hk);
         i64 p = pos.p[r];
-        const T* qr = q + r * qs + h * d;
+        const T* qr = q + r * q_stride + h * d;
         __syncthreads();
         for (i64 i = threadIdx.x; i < d; i += blockDim.x) qs[i] = rotated(qr, i, d, p, theta, layout);
         __syncthreads();
