@@ -83,11 +83,12 @@ def batched_inference(generator=None):
     return BATCHED.replace('"tensorwasm:smollm"', json.dumps(os.path.abspath(generator))) if generator else BATCHED
 
 
-def start_server(args, d, reuse=1, batched=False, generator=None, device=None):
+def start_server(args, d, reuse=1, batched=False, generator=None, device=None, admin=None):
     """The OpenAI world on `args.device`; `batched`: worlds/openai-batched.wac
     with the models behind the host's batchers ([deployment.inference]),
     the generation model from `generator` (a .wasm) when given; `device`:
-    the deployment's `device` (e.g. `cuda:0`, `cuda:all`)."""
+    the deployment's `device` (e.g. `cuda:0`, `cuda:all`); `admin`: a port
+    for the admin listener (/metrics), off without."""
     digest = hashlib.sha256(TOKEN.encode()).hexdigest()
     deploy = os.path.join(d, "deploy.toml")
     world = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "worlds",
@@ -113,7 +114,8 @@ secrets = {{ "auth.tokens" = "bench sha256:{digest} read write" }}
     if args.profile:
         env["TENSOR_WASM_LOG"] = "info,tensor_wasm::tensor=debug"
     proc = subprocess.Popen(
-        [args.tensor_wasm, "serve", deploy, "--listen", f"127.0.0.1:{port}", "--admin-listen", "off",
+        [args.tensor_wasm, "serve", deploy, "--listen", f"127.0.0.1:{port}",
+         "--admin-listen", f"127.0.0.1:{admin}" if admin else "off",
          "--device", args.device, "--models-dir", args.models, "--cache-dir", os.path.join(d, "cache"),
          "--data-dir", os.path.join(d, "data"), "--max-memory", "1GiB"],
         stdout=subprocess.DEVNULL, stderr=log, env=env)

@@ -122,6 +122,13 @@ fn batched_requests_get_what_they_would_get_alone() {
             calls >= 1.0 && served > calls,
             "{kind}: {served} in {calls} calls\n{m}"
         );
+        // Each call timed.
+        let timed = metric(&m, "tensorwasm_inference_batch_seconds_count", &[kind]);
+        let seconds = metric(&m, "tensorwasm_inference_batch_seconds_sum", &[kind]);
+        assert!(
+            timed == calls && seconds > 0.0,
+            "{kind}: {timed} calls timed, {seconds} s\n{m}"
+        );
     }
     // Every sequence leaves the batch. The gauge is set by the model's
     // thread after its next step, which can come just after the last

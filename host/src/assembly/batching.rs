@@ -8,6 +8,7 @@ use super::Assembly;
 use super::capabilities::DeploymentCapabilities;
 use super::spec::{DeploymentSpec, Inference, ModelSource, Source};
 use crate::assembly::capabilities::InstanceState;
+use crate::inference::BatchSeries;
 use crate::inference::Batchers;
 use crate::inference::bindings::embedder::BatchEmbeddingModel;
 use crate::inference::bindings::generator::BatchGenerationModel;
@@ -81,15 +82,16 @@ impl Assembly {
         inference: &Inference,
         caps: &Arc<DeploymentCapabilities>,
     ) -> Result<Batchers> {
-        let sizes = |kind| {
-            self.metrics
-                .batch_size
-                .get_or_create(&BatchLabels {
-                    tenant: spec.tenant.clone(),
-                    deployment: spec.name.clone(),
-                    kind,
-                })
-                .clone()
+        let series = |kind| {
+            let labels = BatchLabels {
+                tenant: spec.tenant.clone(),
+                deployment: spec.name.clone(),
+                kind,
+            };
+            BatchSeries {
+                sizes: self.metrics.batch_size.get_or_create(&labels).clone(),
+                seconds: self.metrics.batch_seconds.get_or_create(&labels).clone(),
+            }
         };
         let max_batch = inference.max_batch as usize;
         let placement = caps.tensor.placement().clone();
@@ -105,7 +107,7 @@ impl Assembly {
                         Batching {
                             max_batch,
                             window: inference.window,
-                            sizes: sizes("embeddings"),
+                            series: series("embeddings"),
                         },
                     )
                     .with_context(|| format!("deployment `{}`: inference.embeddings", spec.name))?,
@@ -122,7 +124,7 @@ impl Assembly {
                         recipe.on_slot(slot),
                         max_batch,
                         (
-                            sizes("generation"),
+                            series("generation"),
                             self.metrics
                                 .batch_sequences
                                 .get_or_create(&DeploymentLabel::new(&spec.tenant, &spec.name))

@@ -3,6 +3,7 @@
 //! `embed-batch` call on the deployment's model instance, and each request
 //! gets its own result back.
 
+use super::BatchSeries;
 use super::bindings::embedder::BatchEmbeddingModel;
 use super::bindings::embedder::BatchEmbeddingModelPre;
 use super::bindings::embedder::exports::tensorwasm::inference::batch_embeddings::{
@@ -12,8 +13,7 @@ use super::bindings::embedder::tensorwasm::inference::types::{Error, ModelInfo};
 use super::model::{Exports, Model, Recipe, start};
 use crate::assembly::capabilities::InstanceState;
 use anyhow::Result;
-use prometheus_client::metrics::histogram::Histogram;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use wasmtime::Store;
 use wasmtime::component::InstancePre;
@@ -52,8 +52,8 @@ pub struct Batching {
     pub max_batch: usize,
     /// How long a batch waits for more after its first request.
     pub window: Duration,
-    /// Requests per call, observed.
-    pub sizes: Histogram,
+    /// Requests per call and each call's time, observed.
+    pub series: BatchSeries,
 }
 
 /// A deployment's embedding model, batched.
@@ -106,7 +106,7 @@ async fn serve(
         if jobs.is_empty() {
             continue;
         }
-        batching.sizes.observe(jobs.len() as f64);
+        let (started, size) = (Instant::now(), jobs.len());
         let (requests, replies): (Vec<EmbedRequest>, Vec<Reply>) =
             jobs.into_iter().map(|j| (j.request, j.reply)).unzip();
         let (exports, store) = model.call();
@@ -114,6 +114,7 @@ async fn serve(
             .tensorwasm_inference_batch_embeddings()
             .call_embed_batch(store, &requests)
             .await;
+        batching.series.observe(size, started);
         match results {
             Ok(results) if results.len() == replies.len() => {
                 for (reply, result) in replies.into_iter().zip(results) {

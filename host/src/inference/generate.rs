@@ -5,6 +5,7 @@
 //! [`Completion`]. A sequence leaves when it ends or its request is gone
 //! (client disconnected, deadline passed: the completion is dropped).
 
+use super::BatchSeries;
 use super::bindings::generator::BatchGenerationModel;
 use super::bindings::generator::BatchGenerationModelPre;
 use super::bindings::generator::exports::tensorwasm::inference::batch_generation::{
@@ -15,8 +16,8 @@ use super::model::{Exports, Model, Recipe, start};
 use crate::assembly::capabilities::InstanceState;
 use anyhow::Result;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 use wasmtime::Store;
 use wasmtime::component::InstancePre;
@@ -77,15 +78,14 @@ impl Generator {
         name: String,
         recipe: Recipe<BatchGenerationModel>,
         max_batch: usize,
-        gauges: (Histogram, Gauge),
+        (series, sequences): (BatchSeries, Gauge),
     ) -> Result<Self> {
-        let (sizes, sequences) = gauges;
         let (jobs, rx) = mpsc::unbounded_channel();
         let batcher = move |model| {
             Batcher {
                 model,
                 max_batch,
-                sizes,
+                series,
                 sequences,
                 active: HashMap::new(),
                 waiting: VecDeque::new(),
@@ -180,7 +180,8 @@ impl Drop for Completion {
 struct Batcher {
     model: Model<BatchGenerationModel>,
     max_batch: usize,
-    sizes: Histogram,
+    /// Sequences per step and each step's time.
+    series: BatchSeries,
     /// Reports `active.len()`.
     sequences: Gauge,
     /// Sequences in the batch, by id.
@@ -278,13 +279,14 @@ impl Batcher {
         if self.active.is_empty() {
             return true;
         }
-        self.sizes.observe(self.active.len() as f64);
+        let (started, size) = (Instant::now(), self.active.len());
         let (exports, store) = self.model.call();
-        match exports
+        let stepped = exports
             .tensorwasm_inference_batch_generation()
             .call_step(store)
-            .await
-        {
+            .await;
+        self.series.observe(size, started);
+        match stepped {
             Ok(Ok(events)) => {
                 for event in events {
                     let ended = event.finish.is_some();

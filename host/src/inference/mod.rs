@@ -26,8 +26,28 @@ mod types_impl;
 use crate::assembly::capabilities::{
     Capability, DeploymentEnv, InstanceEnv, InstanceState, ServerEnv,
 };
+use prometheus_client::metrics::histogram::Histogram;
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 use wasmtime::component::{HasData, Linker, ResourceTable};
+
+/// A batcher's series: requests or sequences per model call, and each
+/// call's wall time (`tensorwasm_inference_batch_size`, `_batch_seconds`).
+#[derive(Clone)]
+pub struct BatchSeries {
+    /// Requests (embeddings) or sequences (generation) per call.
+    pub sizes: Histogram,
+    /// Wall time of each call, seconds.
+    pub seconds: Histogram,
+}
+
+impl BatchSeries {
+    /// Records a call of `n` requests or sequences that started at `since`.
+    pub fn observe(&self, n: usize, since: Instant) {
+        self.sizes.observe(n as f64);
+        self.seconds.observe(since.elapsed().as_secs_f64());
+    }
+}
 
 /// The inference capability (no server-wide state).
 pub struct Inference;

@@ -164,6 +164,9 @@ pub struct Metrics {
     pub concurrency_limit: Family<DeploymentLabel, Gauge>,
     /// Requests (embeddings) or sequences (generation) per batched model call.
     pub batch_size: Family<BatchLabels, Histogram>,
+    /// Wall time of each batched model call (an embeddings batch, a
+    /// generation step), seconds.
+    pub batch_seconds: Family<BatchLabels, Histogram>,
     /// Sequences in a deployment's generation batch now.
     pub batch_sequences: Family<DeploymentLabel, Gauge>,
     /// 1 while a GPU passes its health checks, 0 once taken out.
@@ -381,6 +384,12 @@ impl Metrics {
                 "inference_batch_size",
                 "Requests or sequences served by one batched model call",
                 Family::new_with_constructor(batch_histogram as fn() -> Histogram),
+            ),
+            batch_seconds: add(
+                &mut r,
+                "inference_batch_seconds",
+                "Wall time of one batched model call (an embeddings batch, a generation step)",
+                Family::new_with_constructor(write_histogram as fn() -> Histogram),
             ),
             batch_sequences: add(
                 &mut r,
