@@ -16,7 +16,9 @@
 # (--batched, no peer), then benches/openai/concurrency.py (N concurrent
 # clients, batched vs unbatched vs PyTorch batching the same work; with
 # .gpu/baseline-smollm.wasm also that generation model, as "baseline";
-# CONCURRENCY_ARGS are passed on, e.g. "--no-unbatched").
+# CONCURRENCY_ARGS are passed on, e.g. "--no-unbatched"), then
+# benches/openai/steps.py (a generation step's time split from the host's
+# metrics) for the generation model and the baseline one.
 # BENCH=ab runs instead, on the GPU: single-stream figures of the batched
 # world (bench.py --batched, no peer) for .gpu/tensor-wasm and a baseline
 # host build at .gpu/old/tensor-wasm, alternating, ROUNDS (6) rounds each.
@@ -72,6 +74,14 @@ if [ "${BENCH:-}" = concurrency ]; then
   echo "== concurrency (rc $?)"
   grep -E "Error|error|Traceback" "$OUT/concurrency.log" | head -8
   sed -n '/^device /,$p' "$OUT/concurrency.log"
+  for side in new baseline; do
+    gen=(); [ $side = baseline ] && { [ -f "$G/baseline-smollm.wasm" ] || continue; gen=(--generator "$G/baseline-smollm.wasm"); }
+    PYTHONUNBUFFERED=1 timeout 120 python3 benches/openai/steps.py --tensor-wasm "$G/tensor-wasm" --models "$models" \
+      --device cuda --clients "${CLIENTS:-1,8,32,64}" "${gen[@]}" > "$OUT/steps-$side.log" 2>&1
+    echo "== where a step's time goes, $side generation model (rc $?)"
+    grep -E "Error|error|Traceback" "$OUT/steps-$side.log" | head -4
+    sed -n '/^| N /,$p' "$OUT/steps-$side.log"
+  done
   exit 0
 fi
 for dev in ${DEVICES:-cuda cpu}; do
