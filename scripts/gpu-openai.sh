@@ -18,7 +18,8 @@
 # .gpu/baseline-smollm.wasm also that generation model, as "baseline";
 # CONCURRENCY_ARGS are passed on, e.g. "--no-unbatched"), then
 # benches/openai/steps.py (a generation step's time split from the host's
-# metrics) for the generation model and the baseline one.
+# metrics) for the generation model and the baseline one; BENCH=steps runs
+# only that.
 # BENCH=ab runs instead, on the GPU: single-stream figures of the batched
 # world (bench.py --batched, no peer) for .gpu/tensor-wasm and a baseline
 # host build at .gpu/old/tensor-wasm, alternating, ROUNDS (6) rounds each.
@@ -44,6 +45,22 @@ python3 -m pip install -q --no-index --no-deps --target /tmp/site "$G"/whl/*.whl
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
 refs=(--reference-embeddings "$G/ref/embeddings.json" --sentences "$G/ref/sentences.json"
       --reference-generation "$G/ref/generation.json" --prompts "$G/ref/prompts.json")
+# benches/openai/steps.py for the generation model and, when carried, the
+# baseline one.
+steps() {
+  for side in new baseline; do
+    gen=(); [ $side = baseline ] && { [ -f "$G/baseline-smollm.wasm" ] || continue; gen=(--generator "$G/baseline-smollm.wasm"); }
+    PYTHONUNBUFFERED=1 timeout 120 python3 benches/openai/steps.py --tensor-wasm "$G/tensor-wasm" --models "$models" \
+      --device cuda --clients "${CLIENTS:-1,8,32,64}" "${gen[@]}" > "$OUT/steps-$side.log" 2>&1
+    echo "== where a step's time goes, $side generation model (rc $?)"
+    grep -E "Error|error|Traceback" "$OUT/steps-$side.log" | head -4
+    sed -n '/^| N /,$p' "$OUT/steps-$side.log"
+  done
+}
+if [ "${BENCH:-}" = steps ]; then
+  steps
+  exit 0
+fi
 if [ "${BENCH:-}" = ab ]; then
   for r in $(seq 1 "${ROUNDS:-6}"); do
     for side in old new; do
@@ -74,14 +91,7 @@ if [ "${BENCH:-}" = concurrency ]; then
   echo "== concurrency (rc $?)"
   grep -E "Error|error|Traceback" "$OUT/concurrency.log" | head -8
   sed -n '/^device /,$p' "$OUT/concurrency.log"
-  for side in new baseline; do
-    gen=(); [ $side = baseline ] && { [ -f "$G/baseline-smollm.wasm" ] || continue; gen=(--generator "$G/baseline-smollm.wasm"); }
-    PYTHONUNBUFFERED=1 timeout 120 python3 benches/openai/steps.py --tensor-wasm "$G/tensor-wasm" --models "$models" \
-      --device cuda --clients "${CLIENTS:-1,8,32,64}" "${gen[@]}" > "$OUT/steps-$side.log" 2>&1
-    echo "== where a step's time goes, $side generation model (rc $?)"
-    grep -E "Error|error|Traceback" "$OUT/steps-$side.log" | head -4
-    sed -n '/^| N /,$p' "$OUT/steps-$side.log"
-  done
+  steps
   exit 0
 fi
 for dev in ${DEVICES:-cuda cpu}; do
