@@ -85,6 +85,20 @@ cargo test --release 2>&1 | tee "$log"
 echo "== guest crates' native tests (the wordpiece tokenizer against Hugging Face tokenizers, openai's base64, the BPE tokenizer's vocabulary checks)"
 host=$(rustc -vV | sed -n 's/^host: //p')
 (cd components && cargo test --release -p wordpiece -p openai -p bpe --target "$host") 2>&1 | tee -a "$log"
+echo "== the CUDA kernels compiled by NVRTC (no GPU needed; nvidia-cuda-nvrtc from PyPI)"
+nvrtc=target/tmp/nvrtc-venv
+if [ ! -e "$nvrtc/.nvrtc-13.5.37" ]; then
+  if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3 python3-venv >/dev/null
+  fi
+  rm -rf "$nvrtc" && python3 -m venv "$nvrtc"
+  "$nvrtc/bin/pip" install -q --disable-pip-version-check nvidia-cuda-nvrtc==13.5.37
+  touch "$nvrtc/.nvrtc-13.5.37"
+fi
+nvrtc_lib=$(echo "$PWD/$nvrtc"/lib/python3*/site-packages/nvidia/cu13/lib)
+LD_LIBRARY_PATH="$nvrtc_lib:${LD_LIBRARY_PATH:-}" TENSOR_WASM_REQUIRE_NVRTC=1 \
+  cargo test --release --lib the_tensor_kernels_compile_with_nvrtc 2>&1 | tee -a "$log"
 echo "== GPU tests: skipped (no NVIDIA GPU on this machine; GPU runs are recorded in docs/GPU-RESULTS.md)"
 awk '/^test result:/ { p += $4; f += $6; s += $8 } END { printf "\ntests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
 rm -f "$log"
