@@ -188,6 +188,9 @@ fn run_op(req: &OpRequest) -> Result<Result<Value, Error>, String> {
     let opt = |i: usize| inputs.get(i).and_then(Option::as_ref);
     let a = &req.args;
     let one = |r: Result<Tensor, Error>| r.and_then(|t| to_json(&t));
+    let attended = |(o, k, v): (Tensor, Tensor, Tensor)| -> Result<Value, Error> {
+        Ok(json!({"out": to_json(&o)?, "keys": to_json(&k)?, "values": to_json(&v)?}))
+    };
     Ok(match req.op.as_str() {
         "matmul" => one(need(0)?.matmul_with(need(1)?, arg_bool(a, "ta"), arg_bool(a, "tb"))),
         "add" => one(need(0)?.add(need(1)?)),
@@ -248,9 +251,7 @@ fn run_op(req: &OpRequest) -> Result<Result<Value, Error>, String> {
             layout(a),
             arg_f32(a, "scale", 1.0),
         )
-        .and_then(|(o, k, v)| {
-            Ok(json!({"out": to_json(&o)?, "keys": to_json(&k)?, "values": to_json(&v)?}))
-        }),
+        .and_then(attended),
         "decode-attention-qkv" => tensorwasm_sdk::decode_attention_qkv(
             need(0)?,
             need(1)?,
@@ -260,9 +261,7 @@ fn run_op(req: &OpRequest) -> Result<Result<Value, Error>, String> {
             layout(a),
             arg_f32(a, "scale", 1.0),
         )
-        .and_then(|(o, k, v)| {
-            Ok(json!({"out": to_json(&o)?, "keys": to_json(&k)?, "values": to_json(&v)?}))
-        }),
+        .and_then(attended),
         "add-rms-norm" => need(0)?
             .add_rms_norm(need(1)?, opt(2), arg_f32(a, "eps", 1e-5))
             .and_then(|(s, n)| Ok(json!({"sum": to_json(&s)?, "normed": to_json(&n)?}))),
