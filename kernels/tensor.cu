@@ -273,8 +273,13 @@ __device__ void gather(E* out, const E* table, const i64* ids, i64 n_ids, i64 di
 }
 
 // ---- reductions along a middle axis of [outer, len, inner] ---------------
-// One thread per (outer, inner) position walks the axis; values are loaded as
-// f32 (ints exactly enough for comparisons of their own type: see argmax).
+// Two ways, the host picks (cuda/launch.rs `Spread`): one thread per (outer,
+// inner) position walking the axis, coalesced across positions when inner >
+// 1 and there are many; or, `_rows` kernels, one block per position, its
+// threads striding the axis, then a block reduction, for contiguous or few
+// rows (a sampler's argmax over a 49k vocabulary: one thread alone would walk
+// it for ~2 ms). Values are loaded as f32 (ints exactly enough for
+// comparisons of their own type: see argmax).
 
 template <typename T>
 __device__ void softmax_axis(T* out, const T* x, i64 outer, i64 len, i64 inner) {
@@ -285,6 +290,22 @@ __device__ void softmax_axis(T* out, const T* x, i64 outer, i64 len, i64 inner) 
         for (i64 j = 0; j < len; ++j) s += expf(ld(x, base + j * inner) - m);
         float inv = 1.0f / s;
         for (i64 j = 0; j < len; ++j) st(out, base + j * inner, expf(ld(x, base + j * inner) - m) * inv);
+    }
+}
+
+template <typename T>
+__device__ void softmax_axis_rows(T* out, const T* x, i64 outer, i64 len, i64 inner) {
+    for (i64 t = blockIdx.x; t < outer * inner; t += gridDim.x) {
+        i64 base = (t / inner) * len * inner + t % inner;
+        float m = -INFINITY, s = 0.0f;
+#pragma unroll 4
+        for (i64 j = threadIdx.x; j < len; j += blockDim.x) m = fmaxf(m, ld(x, base + j * inner));
+        m = block_reduce(m, true);
+#pragma unroll 4
+        for (i64 j = threadIdx.x; j < len; j += blockDim.x) s += expf(ld(x, base + j * inner) - m);
+        float inv = 1.0f / block_reduce(s, false);
+        for (i64 j = threadIdx.x; j < len; j += blockDim.x)
+            st(out, base + j * inner, expf(ld(x, base + j * inner) - m) * inv);
     }
 }
 
@@ -312,6 +333,19 @@ __device__ void l2norm_axis(T* out, const T* x, i64 outer, i64 len, i64 inner, f
         for (i64 j = 0; j < len; ++j) { float v = ld(x, base + j * inner); q += v * v; }
         float inv = 1.0f / fmaxf(sqrtf(q), eps);
         for (i64 j = 0; j < len; ++j) st(out, base + j * inner, ld(x, base + j * inner) * inv);
+    }
+}
+
+template <typename T>
+__device__ void l2norm_axis_rows(T* out, const T* x, i64 outer, i64 len, i64 inner, float eps) {
+    for (i64 t = blockIdx.x; t < outer * inner; t += gridDim.x) {
+        i64 base = (t / inner) * len * inner + t % inner;
+        float q = 0.0f;
+#pragma unroll 4
+        for (i64 j = threadIdx.x; j < len; j += blockDim.x) { float v = ld(x, base + j * inner); q += v * v; }
+        float inv = 1.0f / fmaxf(sqrtf(block_reduce(q, false)), eps);
+        for (i64 j = threadIdx.x; j < len; j += blockDim.x)
+            st(out, base + j * inner, ld(x, base + j * inner) * inv);
     }
 }
 
@@ -344,6 +378,59 @@ __device__ void argmax_axis(i64* out, const T* x, i64 outer, i64 len, i64 inner)
             if (above(v, bv)) { bv = v; best = j; }
         }
         out[t] = best;
+    }
+}
+
+// (ov, oi) ranks before (mv, mi) for argmax: above it, or the same at a
+// lower index; an index < 0 is no candidate.
+template <typename K> __device__ __forceinline__ bool first_max(K ov, i64 oi, K mv, i64 mi) {
+    return oi >= 0 && (mi < 0 || above(ov, mv) || (same(ov, mv) && oi < mi));
+}
+
+// argmax_axis with one block per position: each thread keeps the first
+// maximum of its stride (four loads in flight), then warps and the block
+// keep the first of those.
+template <typename T>
+__device__ void argmax_axis_rows(i64* out, const T* x, i64 outer, i64 len, i64 inner) {
+    typedef decltype(fl(x, 0)) K;
+    __shared__ K wv[32];
+    __shared__ i64 wi[32];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    for (i64 t = blockIdx.x; t < outer * inner; t += gridDim.x) {
+        i64 base = (t / inner) * len * inner + t % inner, bi = -1;
+        K bv = fl(x, base);
+        for (i64 j0 = threadIdx.x; j0 < len; j0 += 4 * (i64)blockDim.x) {
+            K v[4];
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+                i64 j = j0 + u * (i64)blockDim.x;
+                v[u] = j < len ? fl(x, base + j * inner) : bv;
+            }
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+                i64 j = j0 + u * (i64)blockDim.x;
+                if (j < len && (bi < 0 || above(v[u], bv))) { bv = v[u]; bi = j; }
+            }
+        }
+        for (int o = 16; o > 0; o >>= 1) {
+            K ov = __shfl_xor_sync(0xffffffff, bv, o);
+            i64 oi = __shfl_xor_sync(0xffffffff, bi, o);
+            if (first_max(ov, oi, bv, bi)) { bv = ov; bi = oi; }
+        }
+        __syncthreads();
+        if (lane == 0) { wv[warp] = bv; wi[warp] = bi; }
+        __syncthreads();
+        if (warp == 0) {
+            bv = wv[0];
+            bi = lane < warps ? wi[lane] : -1;
+            if (lane < warps) bv = wv[lane];
+            for (int o = 16; o > 0; o >>= 1) {
+                K ov = __shfl_xor_sync(0xffffffff, bv, o);
+                i64 oi = __shfl_xor_sync(0xffffffff, bi, o);
+                if (first_max(ov, oi, bv, bi)) { bv = ov; bi = oi; }
+            }
+            if (lane == 0) out[t] = bi < 0 ? 0 : bi;
+        }
     }
 }
 
@@ -486,7 +573,9 @@ __device__ void decode_write(T* ko, T* vo, const T* ki, const T* vi, const T* k,
 // One block per (row, query head) (row r's query heads start at
 // q + r * q_stride): the rotated query against the cache's positions
 // 0..=pos.p[r] of its key head, softmax, weighted sum of values.
-// Scores: a warp per position, its lanes across the width (coalesced), into
+// Scores: a thread per position along its key row (the row's cache lines
+// stay in L1 over the walk, the query is a shared-memory broadcast; a warp
+// per position, as before, left one block with a long serial chain), into
 // `scores`, an f32 workspace of [rows * hq, cap]. Weighted sum: each warp
 // over its share of the positions, lanes across the width, then the warps'
 // partial sums added. Shared memory: d + (blockDim.x / 32) * d floats.
@@ -509,11 +598,13 @@ __device__ void decode_attend(T* out, const T* q, i64 q_stride, const T* kc, con
         const T* values = vc + (r * hk + kh) * cap * d;
         float* sc = scores + row * cap;
         float m = -INFINITY;
-        for (i64 j = warp; j <= p; j += warps) {
+        for (i64 j = threadIdx.x; j <= p; j += blockDim.x) {
+            const T* kr = keys + j * d;
             float acc = 0.0f;
-            for (i64 i = lane; i < d; i += 32) acc += qs[i] * ld(keys, j * d + i);
-            acc = warp_sum(acc) * scale;
-            if (lane == 0) sc[j] = acc;
+#pragma unroll 8
+            for (i64 i = 0; i < d; ++i) acc += qs[i] * ld(kr, i);
+            acc *= scale;
+            sc[j] = acc;
             m = fmaxf(m, acc);
         }
         m = block_reduce(m, true);
@@ -527,6 +618,7 @@ __device__ void decode_attend(T* out, const T* q, i64 q_stride, const T* kc, con
         float inv = 1.0f / sum;
         for (i64 i = lane; i < d; i += 32) {
             float acc = 0.0f;
+#pragma unroll 4
             for (i64 j = warp; j <= p; j += warps) acc += sc[j] * ld(values, j * d + i);
             part[warp * d + i] = acc;
         }
@@ -575,6 +667,14 @@ __device__ void decode_attend(T* out, const T* q, i64 q_stride, const T* kc, con
                                           float eps) {                                         \
         l2norm_axis(o, x, outer, len, in, eps);                                                \
     }                                                                                          \
+    extern "C" __global__ void softmax_axis_rows_##N(T* o, const T* x, i64 outer, i64 len,     \
+                                                     i64 in) {                                 \
+        softmax_axis_rows(o, x, outer, len, in);                                               \
+    }                                                                                          \
+    extern "C" __global__ void l2norm_rows_##N(T* o, const T* x, i64 outer, i64 len, i64 in,   \
+                                               float eps) {                                    \
+        l2norm_axis_rows(o, x, outer, len, in, eps);                                           \
+    }                                                                                          \
     extern "C" __global__ void decode_write_##N(T* ko, T* vo, const T* ki, const T* vi,        \
                                                 const T* k, const T* v, i64 kvs, Positions pos, \
                                                 i64 rows, i64 hk, i64 cap, i64 d, float theta, \
@@ -616,6 +716,10 @@ LAYOUT_KERNELS(unsigned long long, b8)
 #define ANY_KERNELS(T, N)                                                                      \
     extern "C" __global__ void argmax_##N(i64* o, const T* x, i64 outer, i64 len, i64 in) {    \
         argmax_axis(o, x, outer, len, in);                                                     \
+    }                                                                                          \
+    extern "C" __global__ void argmax_rows_##N(i64* o, const T* x, i64 outer, i64 len,         \
+                                               i64 in) {                                       \
+        argmax_axis_rows(o, x, outer, len, in);                                                \
     }                                                                                          \
     extern "C" __global__ void top_k_##N(T* v, i64* idx, const T* x, i64 rows, i64 len, i64 k) { \
         top_k_rows(v, idx, x, rows, len, k);                                                   \

@@ -18,8 +18,9 @@
 # .gpu/baseline-smollm.wasm also that generation model, as "baseline";
 # CONCURRENCY_ARGS are passed on, e.g. "--no-unbatched"), then
 # benches/openai/steps.py (a generation step's time split from the host's
-# metrics) for the generation model and the baseline one; BENCH=steps runs
-# only that.
+# metrics) for the generation model, the baseline one and the baseline host
+# (.gpu/old/tensor-wasm), when carried, STEPS_ROUNDS (1) rounds of each,
+# interleaved; BENCH=steps runs only that.
 # BENCH=ab runs instead, on the GPU: single-stream figures of the batched
 # world (bench.py --batched, no peer) for .gpu/tensor-wasm and a baseline
 # host build at .gpu/old/tensor-wasm, alternating, ROUNDS (6) rounds each.
@@ -46,15 +47,21 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 refs=(--reference-embeddings "$G/ref/embeddings.json" --sentences "$G/ref/sentences.json"
       --reference-generation "$G/ref/generation.json" --prompts "$G/ref/prompts.json")
 # benches/openai/steps.py for the generation model and, when carried, the
-# baseline one.
+# baseline model and the baseline host.
 steps() {
-  for side in new baseline; do
-    gen=(); [ $side = baseline ] && { [ -f "$G/baseline-smollm.wasm" ] || continue; gen=(--generator "$G/baseline-smollm.wasm"); }
-    PYTHONUNBUFFERED=1 timeout 120 python3 benches/openai/steps.py --tensor-wasm "$G/tensor-wasm" --models "$models" \
-      --device cuda --clients "${CLIENTS:-1,8,32,64}" "${gen[@]}" > "$OUT/steps-$side.log" 2>&1
-    echo "== where a step's time goes, $side generation model (rc $?)"
-    grep -E "Error|error|Traceback" "$OUT/steps-$side.log" | head -4
-    sed -n '/^| N /,$p' "$OUT/steps-$side.log"
+  for r in $(seq 1 "${STEPS_ROUNDS:-1}"); do
+    for side in new baseline old-host; do
+      gen=(); bin=$G/tensor-wasm
+      case $side in
+        baseline) [ -f "$G/baseline-smollm.wasm" ] || continue; gen=(--generator "$G/baseline-smollm.wasm") ;;
+        old-host) [ -x "$G/old/tensor-wasm" ] || continue; bin=$G/old/tensor-wasm ;;
+      esac
+      PYTHONUNBUFFERED=1 timeout 120 python3 benches/openai/steps.py --tensor-wasm "$bin" --models "$models" \
+        --device cuda --clients "${CLIENTS:-1,8,32,64}" "${gen[@]}" > "$OUT/steps-$side-$r.log" 2>&1
+      echo "== where a step's time goes: $side, round $r (rc $?)"
+      grep -E "Error|error|Traceback" "$OUT/steps-$side-$r.log" | head -4
+      sed -n '/^| N /,$p' "$OUT/steps-$side-$r.log"
+    done
   done
 }
 if [ "${BENCH:-}" = steps ]; then

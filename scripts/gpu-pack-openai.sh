@@ -12,6 +12,9 @@
 # PYTHON has numpy, gguf, tokenizers and jinja2 (tests/openai/setup.sh makes one).
 # BASELINE_SMOLLM_WASM (optional): an earlier smollm build, carried as
 # .gpu/baseline-smollm.wasm for BENCH=concurrency's A/B of the generation model.
+# BASELINE_HOST=PATH (optional): an earlier host build (stripped, may be
+# gzipped), carried as .gpu/old/tensor-wasm for BENCH=ab and for steps.py's
+# A/B of the host.
 # .gpu/ also holds what scripts/gpu-pack.sh packs (the e2e test binary and
 # the guests), for the wasi:tensor reference checks on the GPU before the
 # benchmark.
@@ -26,6 +29,13 @@ done
 bash scripts/gpu-pack.sh
 rm -rf .gpu/ref .gpu/whl .xfer && mkdir -p .gpu/ref .xfer
 [ -n "${3:-}" ] && cp "$3" .gpu/baseline-smollm.wasm
+if [ -n "${BASELINE_HOST:-}" ]; then
+  mkdir -p .gpu/old
+  case "$BASELINE_HOST" in
+    *.gz) cp "$BASELINE_HOST" .gpu/old/tensor-wasm.gz ;;
+    *) cp "$BASELINE_HOST" .gpu/old/tensor-wasm && gzip -9 .gpu/old/tensor-wasm ;;
+  esac
+fi
 "$python" -m pip download -q --no-deps gguf==0.19.0 -d .gpu/whl
 cat > .gpu/ref/sentences.json <<'EOF'
 ["Hello world", "The quick brown fox jumps over the lazy dog.", "Café naïve façade — résumé!",

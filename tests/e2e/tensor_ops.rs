@@ -782,6 +782,65 @@ fn integer_ops_and_large_and_edge_shapes() {
         &r::softmax(&lx.0, 1, false),
         "f32",
     );
+    long_axis_reductions(&mut t);
+}
+
+/// Reductions along long axes, as a sampler's argmax over a vocabulary: on
+/// the GPU, rows that are contiguous or few take a block per row, many
+/// strided positions a thread each (cuda/launch.rs `spread`); both here.
+fn long_axis_reductions(t: &mut Ops) {
+    for dt in ["f32", "bf16", "i32"] {
+        let mut x = t.rand(&[3, 3000], dt, -50.0, 50.0);
+        // The first of equal maxima wins, in different threads' strides.
+        for (at, v) in [(100, 90.0), (2500, 90.0), (2 * 3000 - 1, 90.0)] {
+            x.0.data[at] = v;
+        }
+        for axis in [1, 0] {
+            let got = t
+                .call("argmax", &[Some(&x)], json!({"axis": axis}))
+                .unwrap();
+            assert_eq!(
+                to_nd(&got),
+                r::argmax(&x.0, axis),
+                "argmax axis {axis} [{dt}]"
+            );
+        }
+    }
+    let x = t.rand(&[3, 3000], "f32", -2.0, 2.0);
+    t.check(
+        "l2-normalize long rows",
+        "l2-normalize",
+        &[Some(&x)],
+        json!({"axis": -1, "eps": 1e-12}),
+        &r::l2_normalize(&x.0, 1, 1e-12),
+        "f32",
+    );
+    let x = t.rand(&[4, 3000], "f32", -2.0, 2.0);
+    t.check(
+        "softmax axis 0, many positions",
+        "softmax",
+        &[Some(&x)],
+        json!({"axis": 0}),
+        &r::softmax(&x.0, 0, false),
+        "f32",
+    );
+    let x = t.rand(&[2, 500, 3], "f16", -2.0, 2.0);
+    for (label, op, args, want) in [
+        (
+            "softmax axis 1, few strided positions [f16]",
+            "softmax",
+            json!({"axis": 1}),
+            r::softmax(&x.0, 1, false),
+        ),
+        (
+            "l2-normalize axis 1, few strided positions [f16]",
+            "l2-normalize",
+            json!({"axis": 1, "eps": 1e-12}),
+            r::l2_normalize(&x.0, 1, 1e-12),
+        ),
+    ] {
+        t.check(label, op, &[Some(&x)], args, &want, "f16");
+    }
 }
 
 #[test]

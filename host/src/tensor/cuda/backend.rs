@@ -15,7 +15,7 @@ use crate::tensor::error::{TResult, TensorError, arg_err};
 use crate::tensor::layout::{broadcast_strides, strides};
 use crate::tensor::storage::CpuData;
 use crate::tensor::types::{Data, Tensor};
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, PushKernelArg};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -190,8 +190,8 @@ impl CudaBackend {
         )
     }
 
-    /// Launches `{kernel}_{x's dtype}(out, x, outer, len, inner[, eps])`
-    /// over [outer, len, inner] around `axis`, one thread per (outer, inner);
+    /// Launches `{kernel}[_rows]_{x's dtype}(out, x, outer, len, inner[, eps])`
+    /// over [outer, len, inner] around `axis`, spread as [`spread`] says;
     /// the output is x's shape in `out_dtype`, or without the axis for
     /// `argmax` (an i64 output).
     pub(super) fn along_axis(
@@ -207,10 +207,12 @@ impl CudaBackend {
         let reduces = out_dtype == DType::I64 && kernel == "argmax";
         let out = self.alloc(if reduces { outer * inner } else { x.len() }, out_dtype)?;
         if outer * inner > 0 && len > 0 {
+            let how = spread(outer, len, inner);
+            let rows = if how == Spread::Thread { "" } else { "_rows" };
             let name = if reduces {
-                format!("{kernel}_{}", x.dtype().name())
+                format!("{kernel}{rows}_{}", x.dtype().name())
             } else {
-                format!("{kernel}_{}", suffix(x.dtype()))
+                format!("{kernel}{rows}_{}", suffix(x.dtype()))
             };
             let f = self
                 .tenant
@@ -224,9 +226,17 @@ impl CudaBackend {
             if let Some(eps) = &eps {
                 l.arg(eps);
             }
+            let config = match how {
+                Spread::Thread => cfg(grid(outer * inner)),
+                Spread::Block(threads) => LaunchConfig {
+                    grid_dim: (rows_grid(outer * inner), 1, 1),
+                    block_dim: (threads, 1, 1),
+                    shared_mem_bytes: 0,
+                },
+            };
             // SAFETY: the kernel walks [outer, len, inner] of x and writes
             // the output allocated above for that shape.
-            unsafe { l.launch(cfg(grid(outer * inner))) }
+            unsafe { l.launch(config) }
                 .map(|_| ())
                 .map_err(cuda_err(kernel))?;
         }

@@ -163,10 +163,16 @@ mod tests {
                 "add_norm",
                 "decode_write",
                 "decode_attend",
+                "softmax_axis_rows",
+                "l2norm_rows",
             ] {
                 let entry = format!(".entry {kernel}_{dtype}(");
                 assert!(ptx.ptx.contains(&entry), "no {entry} in the PTX");
             }
+        }
+        for dtype in ["f32", "f16", "bf16", "i32", "i64", "u8"] {
+            let entry = format!(".entry argmax_rows_{dtype}(");
+            assert!(ptx.ptx.contains(&entry), "no {entry} in the PTX");
         }
     }
 }

@@ -94,6 +94,30 @@ pub(super) fn rows_grid(rows: usize) -> u32 {
     rows.clamp(1, 65_535) as u32
 }
 
+/// How a reduction along the middle axis of [outer, len, inner] spreads over
+/// the GPU (kernels/tensor.cu, "reductions along a middle axis").
+#[derive(Debug, PartialEq)]
+pub(super) enum Spread {
+    /// One thread per (outer, inner) position walks the axis: many
+    /// positions, adjacent ones adjacent in memory (inner > 1).
+    Thread,
+    /// One block of this many threads per position (the `_rows` kernels):
+    /// contiguous or few rows, so no thread walks a long axis alone.
+    Block(u32),
+}
+
+/// The spread for [outer, len, inner]: blocks sized to the axis (a warp at
+/// least; up to 1024 threads when there are too few positions to fill the
+/// GPU otherwise, else [`BLOCK`]).
+pub(super) fn spread(outer: usize, len: usize, inner: usize) -> Spread {
+    let positions = outer * inner;
+    if inner > 1 && positions >= 2048 {
+        return Spread::Thread;
+    }
+    let most = if positions < 64 { 1024 } else { BLOCK as usize };
+    Spread::Block(len.next_power_of_two().clamp(32, most) as u32)
+}
+
 pub(super) fn cfg(grid: u32) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (grid, 1, 1),
@@ -120,3 +144,20 @@ macro_rules! launch {
 }
 
 pub(super) use launch;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reductions_spread_by_shape() {
+        // A sampler's argmax over a vocabulary: one block, as wide as allowed.
+        assert_eq!(spread(1, 49_152, 1), Spread::Block(1024));
+        // Many contiguous rows: a block each, sized to the row.
+        assert_eq!(spread(4096, 384, 1), Spread::Block(256));
+        assert_eq!(spread(100_000, 5, 1), Spread::Block(32));
+        // Many strided positions: a thread each, coalesced across them.
+        assert_eq!(spread(4, 30, 1000), Spread::Thread);
+        assert_eq!(spread(2, 500, 3), Spread::Block(512));
+    }
+}
