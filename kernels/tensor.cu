@@ -667,12 +667,12 @@ __device__ void decode_attend(T* out, const T* q, i64 q_stride, const T* kc, con
                                           float eps) {                                         \
         l2norm_axis(o, x, outer, len, in, eps);                                                \
     }                                                                                          \
-    extern "C" __global__ void softmax_axis_rows_##N(T* o, const T* x, i64 outer, i64 len,     \
-                                                     i64 in) {                                 \
+    extern "C" __global__ void __launch_bounds__(1024)                                         \
+    softmax_axis_rows_##N(T* o, const T* x, i64 outer, i64 len, i64 in) {                      \
         softmax_axis_rows(o, x, outer, len, in);                                               \
     }                                                                                          \
-    extern "C" __global__ void l2norm_rows_##N(T* o, const T* x, i64 outer, i64 len, i64 in,   \
-                                               float eps) {                                    \
+    extern "C" __global__ void __launch_bounds__(1024)                                         \
+    l2norm_rows_##N(T* o, const T* x, i64 outer, i64 len, i64 in, float eps) {                 \
         l2norm_axis_rows(o, x, outer, len, in, eps);                                           \
     }                                                                                          \
     extern "C" __global__ void decode_write_##N(T* ko, T* vo, const T* ki, const T* vi,        \
@@ -717,8 +717,8 @@ LAYOUT_KERNELS(unsigned long long, b8)
     extern "C" __global__ void argmax_##N(i64* o, const T* x, i64 outer, i64 len, i64 in) {    \
         argmax_axis(o, x, outer, len, in);                                                     \
     }                                                                                          \
-    extern "C" __global__ void argmax_rows_##N(i64* o, const T* x, i64 outer, i64 len,         \
-                                               i64 in) {                                       \
+    extern "C" __global__ void __launch_bounds__(1024)                                         \
+    argmax_rows_##N(i64* o, const T* x, i64 outer, i64 len, i64 in) {                          \
         argmax_axis_rows(o, x, outer, len, in);                                                \
     }                                                                                          \
     extern "C" __global__ void top_k_##N(T* v, i64* idx, const T* x, i64 rows, i64 len, i64 k) { \
