@@ -228,8 +228,7 @@ impl Model {
         attended: &Tensor,
     ) -> tensorwasm_sdk::Result<Tensor> {
         let (x, n) = x.add_rms_norm(attended, Some(&layer.ffn_norm), self.config.rms_eps)?;
-        let gated = n.matmul_t(&layer.gate)?.swiglu(&n.matmul_t(&layer.up)?)?;
-        x.add(&gated.matmul_t(&layer.down)?)
+        x.add(&mlp(layer, &n)?)
     }
 
     /// Width of one attention head.
@@ -272,14 +271,11 @@ impl Model {
             (*kc, *vc) = (keys, values);
             let attended = attended.matmul_t(&layer.o)?;
             let (sum, normed) = x.add_rms_norm(&attended, Some(&layer.ffn_norm), c.rms_eps)?;
-            let gated = normed
-                .matmul_t(&layer.gate)?
-                .swiglu(&normed.matmul_t(&layer.up)?)?;
             let next = self
                 .layers
                 .get(i + 1)
                 .map_or(&self.out_norm, |l| &l.attn_norm);
-            (x, n) = sum.add_rms_norm(&gated.matmul_t(&layer.down)?, Some(next), c.rms_eps)?;
+            (x, n) = sum.add_rms_norm(&mlp(layer, &normed)?, Some(next), c.rms_eps)?;
         }
         n.matmul_t(&self.lm_head)
     }
@@ -292,4 +288,11 @@ impl Model {
         let stacked = concat(&[&layer.q, &layer.k, &layer.v], 0)?;
         Ok(layer.qkv.get_or_init(|| stacked))
     }
+}
+
+/// The layer's SwiGLU feed-forward of the normalized `n`.
+fn mlp(layer: &Layer, n: &Tensor) -> tensorwasm_sdk::Result<Tensor> {
+    n.matmul_t(&layer.gate)?
+        .swiglu(&n.matmul_t(&layer.up)?)?
+        .matmul_t(&layer.down)
 }
