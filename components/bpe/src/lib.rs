@@ -97,6 +97,28 @@ mod tests {
         v.iter().map(|s| s.to_string()).collect()
     }
 
+    /// What a generator's incremental decoding relies on (smollm's
+    /// `Text::settle`): the text of a sequence is the text of a prefix
+    /// plus the text of the rest whenever the prefix's text has no
+    /// replacement character, and not when the prefix ends inside one.
+    #[test]
+    fn text_splits_where_characters_end() {
+        // "é" is the bytes C3 A9: byte-level tokens "Ã" and "©".
+        let bpe = Bpe::new(&strings(&["Ã", "©", "a", "Ġ"]), &[], &[1; 4]).unwrap();
+        let ids = [2, 0, 1, 3, 0, 1, 2];
+        let whole = bpe.decode(&ids);
+        assert_eq!(whole, "aé éa");
+        for at in 0..=ids.len() {
+            let head = bpe.decode(&ids[..at]);
+            let joined = format!("{head}{}", bpe.decode(&ids[at..]));
+            assert_eq!(
+                joined == whole,
+                !head.contains('\u{fffd}'),
+                "split at {at}: {head:?}"
+            );
+        }
+    }
+
     #[test]
     fn a_merge_outside_the_vocabulary_is_an_error_not_a_panic() {
         // The fuzz target's seed that made `tokenizers` panic: "ab c" makes

@@ -172,6 +172,7 @@ fn prepare(
         sampler: Sampler::new(options.temperature, options.top_p, seed),
         prompt_tokens: ids.len() as u32,
         generated: Vec::new(),
+        settled: (0, String::new()),
         released: 0,
         finish: None,
         options,
@@ -240,6 +241,11 @@ struct Text {
     options: Sampling,
     prompt_tokens: u32,
     generated: Vec<u32>,
+    /// The text of the first `.0` generated tokens, whose bytes end on a
+    /// whole character: the text of all of them is this plus the text of
+    /// the rest (byte-level BPE decodes token by token), so each token
+    /// decodes only the tokens after it, not the whole sequence again.
+    settled: (usize, String),
     /// Bytes of the decoded text already returned.
     released: usize,
     finish: Option<FinishReason>,
@@ -250,40 +256,49 @@ impl Text {
     /// (held back: an unfinished character, a possible stop sequence), and
     /// sets `finish` when the sequence ends.
     fn push(&mut self, id: u32) -> Option<String> {
-        if self.vocab.end_ids.contains(&id) {
-            // The model ended: release what was held back for a stop sequence.
+        // The model ended: release what was held back for a stop sequence.
+        let ended = self.vocab.end_ids.contains(&id);
+        if !ended {
+            self.generated.push(id);
+        }
+        let unsettled = self.settle();
+        let text = unsettled.as_deref().unwrap_or(&self.settled.1);
+        let end = if ended {
             self.finish = Some(FinishReason::Stop);
-            let text = self.vocab.decode(&self.generated);
-            return self.release(&text, text.len());
-        }
-        self.generated.push(id);
-        let text = self.vocab.decode(&self.generated);
-        let release = match StopScan::new(&self.options.stop).scan(&text, self.released) {
-            Scan::Stop(at) => {
-                self.finish = Some(FinishReason::Stop);
-                at
-            }
-            Scan::Release(at) => at,
-        };
-        if self.finish.is_none() && self.generated.len() >= self.options.max_tokens as usize {
-            self.finish = Some(FinishReason::Length);
-        }
-        let end = if matches!(self.finish, Some(FinishReason::Length)) {
             text.len()
         } else {
-            release
+            match StopScan::new(&self.options.stop).scan(text, self.released) {
+                Scan::Stop(at) => {
+                    self.finish = Some(FinishReason::Stop);
+                    at
+                }
+                Scan::Release(_) if self.generated.len() >= self.options.max_tokens as usize => {
+                    self.finish = Some(FinishReason::Length);
+                    text.len()
+                }
+                Scan::Release(at) => at,
+            }
         };
-        self.release(&text, end)
-    }
-
-    /// `text` from what was released up to byte `end`, if any.
-    fn release(&mut self, text: &str, end: usize) -> Option<String> {
+        // `text` from what was released up to byte `end`, if any.
         if end <= self.released {
             return None;
         }
         let piece = text[self.released..end].to_string();
         self.released = end;
         Some(piece)
+    }
+
+    /// Decodes the tokens after `settled`: moves it up to them when their
+    /// bytes end on a whole character (None), else returns the whole text.
+    fn settle(&mut self) -> Option<String> {
+        let (count, settled) = &mut self.settled;
+        let tail = self.vocab.decode(&self.generated[*count..]);
+        if tail.contains('\u{fffd}') {
+            return Some(format!("{settled}{tail}"));
+        }
+        settled.push_str(&tail);
+        *count = self.generated.len();
+        None
     }
 
     fn usage(&self) -> Usage {
