@@ -273,7 +273,7 @@ __device__ void gather(E* out, const E* table, const i64* ids, i64 n_ids, i64 di
 }
 
 // ---- reductions along a middle axis of [outer, len, inner] ---------------
-// Two ways, the host picks (cuda/launch.rs `Spread`): one thread per (outer,
+// Two ways, the host picks (cuda/launch.rs `spread`): one thread per (outer,
 // inner) position walking the axis, coalesced across positions when inner >
 // 1 and there are many; or, `_rows` kernels, one block per position, its
 // threads striding the axis, then a block reduction, for contiguous or few
@@ -575,7 +575,7 @@ __device__ void decode_write(T* ko, T* vo, const T* ki, const T* vi, const T* k,
 // 0..=pos.p[r] of its key head, softmax, weighted sum of values.
 // Scores: a thread per position along its key row (the row's cache lines
 // stay in L1 over the walk, the query is a shared-memory broadcast; a warp
-// per position, as before, left one block with a long serial chain), into
+// per position would leave each block a long serial chain at one row), into
 // `scores`, an f32 workspace of [rows * hq, cap]. Weighted sum: each warp
 // over its share of the positions, lanes across the width, then the warps'
 // partial sums added. Shared memory: d + (blockDim.x / 32) * d floats.
