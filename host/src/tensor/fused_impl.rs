@@ -7,13 +7,27 @@ use super::TensorView;
 use super::backend::BinaryOp;
 use super::bindings::fused::wasi::tensor_fused::ops;
 use super::bindings::wasi::tensor::ops::RopeLayout;
-use super::error::TensorError;
 use super::fused::{DecodeArgs, Operands};
 use super::types::Tensor;
 use super::types_impl::WResult;
 use wasmtime::component::Resource;
 
 type Three = (Resource<Tensor>, Resource<Tensor>, Resource<Tensor>);
+
+/// The tensors behind [`Operands`], held while the op runs.
+enum Owned {
+    Separate(Tensor, Tensor, Tensor),
+    Packed(Tensor),
+}
+
+impl Owned {
+    fn operands(&self) -> Operands<'_> {
+        match self {
+            Owned::Separate(q, k, v) => Operands::Separate { q, k, v },
+            Owned::Packed(qkv) => Operands::Packed(qkv),
+        }
+    }
+}
 
 impl ops::Host for TensorView<'_> {
     async fn decode_attention(
@@ -28,7 +42,7 @@ impl ops::Host for TensorView<'_> {
         layout: RopeLayout,
         scale: f32,
     ) -> WResult<Three> {
-        let operands = vec![self.get(&q)?, self.get(&k)?, self.get(&v)?];
+        let operands = Owned::Separate(self.get(&q)?, self.get(&k)?, self.get(&v)?);
         let caches = (self.get(&keys)?, self.get(&values)?);
         let step = (positions, theta, layout, scale);
         self.decode(operands, caches, step).await
@@ -44,7 +58,7 @@ impl ops::Host for TensorView<'_> {
         layout: RopeLayout,
         scale: f32,
     ) -> WResult<Three> {
-        let operands = vec![self.get(&qkv)?];
+        let operands = Owned::Packed(self.get(&qkv)?);
         let caches = (self.get(&keys)?, self.get(&values)?);
         let step = (positions, theta, layout, scale);
         self.decode(operands, caches, step).await
@@ -83,24 +97,22 @@ impl TensorView<'_> {
     /// `decode-attention` over `operands` (q, k, v, or one packed qkv).
     async fn decode(
         &mut self,
-        operands: Vec<Tensor>,
+        operands: Owned,
         (keys, values): (Tensor, Tensor),
         (positions, theta, layout, scale): (Vec<u32>, f32, RopeLayout, f32),
     ) -> WResult<Three> {
         // The caches are copied, and each row's query meets its keys and
         // values: about the caches' size plus 2·width·positions.
         let seen: u64 = positions.iter().map(|&p| u64::from(p) + 1).sum();
-        let width = operands[0].shape().get(1).copied().unwrap_or(0) as u64;
+        let first = match &operands {
+            Owned::Separate(q, ..) | Owned::Packed(q) => q,
+        };
+        let width = first.shape().get(1).copied().unwrap_or(0) as u64;
         let work = (2 * keys.len() as u64).saturating_add(seen.saturating_mul(2 * width));
         let r = self
             .compute("decode-attention", work, move |tensors| {
-                let operands = match &operands[..] {
-                    [q, k, v] => Operands::Separate { q, k, v },
-                    [qkv] => Operands::Packed(qkv),
-                    _ => return Err(TensorError::Backend("one or three operands".into())),
-                };
                 tensors.decode_attention(&DecodeArgs {
-                    operands,
+                    operands: operands.operands(),
                     keys: &keys,
                     values: &values,
                     positions: &positions,

@@ -1,8 +1,9 @@
 //! The fused ops on the GPU. `decode-attention`: per launch of up to
 //! [`DECODE_ROWS`] rows (their positions passed by value, so nothing is
-//! uploaded), one kernel copies the caches with each row's rotated key and its value written,
-//! then one block per (row, query head) attends over the row's positions
-//! (kernels/tensor.cu, `decode_write` and `decode_attend`). The new rows
+//! uploaded), one kernel copies the caches with each row's rotated key and
+//! its value written, then one block per (row, query head) attends over the
+//! row's positions (kernels/tensor.cu, `decode_write` and `decode_attend`,
+//! which scores a thread per position). The new rows
 //! are read with row strides, so packed operands (`decode-attention-qkv`)
 //! are read in place. Also `add-rms-norm` in one kernel (`add_norm`).
 
