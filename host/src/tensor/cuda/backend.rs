@@ -15,7 +15,7 @@ use crate::tensor::error::{TResult, TensorError, arg_err};
 use crate::tensor::layout::{broadcast_strides, strides};
 use crate::tensor::storage::CpuData;
 use crate::tensor::types::{Data, Tensor};
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, PushKernelArg};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -226,17 +226,9 @@ impl CudaBackend {
             if let Some(eps) = &eps {
                 l.arg(eps);
             }
-            let config = match how {
-                Spread::Thread => cfg(grid(outer * inner)),
-                Spread::Block(threads) => LaunchConfig {
-                    grid_dim: (rows_grid(outer * inner), 1, 1),
-                    block_dim: (threads, 1, 1),
-                    shared_mem_bytes: 0,
-                },
-            };
             // SAFETY: the kernel walks [outer, len, inner] of x and writes
             // the output allocated above for that shape.
-            unsafe { l.launch(config) }
+            unsafe { l.launch(how.config(outer * inner)) }
                 .map(|_| ())
                 .map_err(cuda_err(kernel))?;
         }

@@ -118,6 +118,20 @@ pub(super) fn spread(outer: usize, len: usize, inner: usize) -> Spread {
     Spread::Block(len.next_power_of_two().clamp(32, most) as u32)
 }
 
+impl Spread {
+    /// The launch shape for `positions` (outer · inner) positions.
+    pub(super) fn config(&self, positions: usize) -> LaunchConfig {
+        match *self {
+            Spread::Thread => cfg(grid(positions)),
+            Spread::Block(threads) => LaunchConfig {
+                grid_dim: (rows_grid(positions), 1, 1),
+                block_dim: (threads, 1, 1),
+                shared_mem_bytes: 0,
+            },
+        }
+    }
+}
+
 pub(super) fn cfg(grid: u32) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (grid, 1, 1),
@@ -159,5 +173,13 @@ mod tests {
         // Many strided positions: a thread each, coalesced across them.
         assert_eq!(spread(4, 30, 1000), Spread::Thread);
         assert_eq!(spread(2, 500, 3), Spread::Block(512));
+        // A block per position (the kernels grid-stride past 65,535).
+        let c = Spread::Block(256).config(100_000);
+        assert_eq!((c.grid_dim.0, c.block_dim.0), (65_535, 256));
+        let c = Spread::Thread.config(4000);
+        assert_eq!(
+            (c.grid_dim.0, c.block_dim.0),
+            (4000u32.div_ceil(BLOCK), BLOCK)
+        );
     }
 }
