@@ -15,7 +15,9 @@ returns once its kernels are queued), `in read-backs ms` is
 `rest ms` is what is left: the guest's own code, other host calls
 (handle drops, shapes, uploads) and the call into the model. The counters
 cover every instance of the deployment, so the openai component's own
-calls count too (it issues no tensor ops).
+calls count too (it issues no tensor ops). A second table splits the ops
+by op (the series' `op` label): per step, how many and the host time in
+them, and the mean per op.
 """
 
 import argparse
@@ -43,7 +45,12 @@ def scrape(admin):
         "reads": r'tensorwasm_tensor_reads_total\{[^}]*\} (\S+)',
         "read_s": r'tensorwasm_tensor_read_seconds_total\{[^}]*\} (\S+)',
     }
-    return {k: sum(float(v) for v in re.findall(p, text)) for k, p in want.items()}
+    out = {k: sum(float(v) for v in re.findall(p, text)) for k, p in want.items()}
+    for kind, series in (("n", "ops_total"), ("s", "op_seconds_total")):
+        for op, v in re.findall(rf'tensorwasm_tensor_{series}\{{[^}}]*op="([^"]+)"[^}}]*\}} (\S+)', text):
+            key = f"{kind}:{op}"
+            out[key] = out.get(key, 0.0) + float(v)
+    return out
 
 
 def main():
@@ -68,7 +75,7 @@ def main():
                 wall = time.perf_counter() - t0
                 time.sleep(0.2)  # the step after the last token
                 after = scrape(admin)
-                delta = {k: after[k] - before[k] for k in after}
+                delta = {k: after[k] - before.get(k, 0.0) for k in after}
                 steps = max(delta["steps"], 1)
                 rows.append((n, tps, wall, delta, steps))
         finally:
@@ -82,6 +89,18 @@ def main():
         ops, reads = dl["op_s"] / steps * 1e3, dl["read_s"] / steps * 1e3
         print(f"| {n} | {tps:.0f} | {steps:.0f} | {dl['seqs'] / steps:.1f} | {step:.2f} | {dl['ops'] / steps:.0f} "
               f"| {ops:.2f} | {dl['reads'] / steps:.1f} | {reads:.2f} | {step - ops - reads:.2f} |")
+    print()
+    print("by op, per step: count / ms in them / us per op")
+    names = sorted({k[2:] for _, _, _, dl, _ in rows for k in dl if k.startswith("n:")})
+    print("| op | " + " | ".join(f"N={n}" for n, *_ in rows) + " |")
+    print("|---|" + "---|" * len(rows))
+    for op in names:
+        cells = []
+        for _, _, _, dl, steps in rows:
+            count, secs = dl.get(f"n:{op}", 0.0), dl.get(f"s:{op}", 0.0)
+            per = secs / count * 1e6 if count else 0.0
+            cells.append(f"{count / steps:.1f} / {secs / steps * 1e3:.3f} / {per:.1f}")
+        print(f"| {op} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,17 @@ impl DeploymentLabel {
     }
 }
 
+/// Labels of per-op series: the deployment and the `wasi:tensor` op.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabel {
+    /// Tenant the deployment runs for.
+    pub tenant: String,
+    /// Deployment name.
+    pub deployment: String,
+    /// The op, as the WIT names it (`matmul`, `decode-attention`, ...).
+    pub op: &'static str,
+}
+
 /// The exemplar of a latency bucket: a sampled request's trace.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TraceLabel {
@@ -143,10 +154,11 @@ pub struct Metrics {
     pub tensor_quota: Family<TenantLabel, Gauge>,
     /// Model weights resident, by the tenant whose deployment loaded them.
     pub weights_bytes: Family<TenantLabel, Gauge>,
-    /// `wasi:tensor` ops queued.
-    pub tensor_ops: Family<DeploymentLabel, Counter>,
-    /// Time inside those ops (queueing them; a GPU runs them later), seconds.
-    pub tensor_op_seconds: Family<DeploymentLabel, Seconds>,
+    /// `wasi:tensor` ops queued, by op.
+    pub tensor_ops: Family<OpLabel, Counter>,
+    /// Time inside those ops (queueing them; a GPU runs them later), by op,
+    /// seconds.
+    pub tensor_op_seconds: Family<OpLabel, Seconds>,
     /// `wasi:tensor` read-backs.
     pub tensor_reads: Family<DeploymentLabel, Counter>,
     /// Time inside read-backs (waiting for the queued work), seconds.
@@ -328,13 +340,13 @@ impl Metrics {
             tensor_ops: add(
                 &mut r,
                 "tensor_ops",
-                "wasi:tensor operations queued",
+                "wasi:tensor operations queued, by op",
                 Family::default(),
             ),
             tensor_op_seconds: add(
                 &mut r,
                 "tensor_op_seconds",
-                "Time spent inside wasi:tensor operations (queueing them on a GPU)",
+                "Time spent inside wasi:tensor operations (queueing them on a GPU), by op",
                 Family::default(),
             ),
             tensor_reads: add(

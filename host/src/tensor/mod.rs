@@ -132,8 +132,9 @@ impl TensorHost {
         let label = DeploymentLabel::new(tenant, name);
         let m = &self.metrics;
         let counters = usage::Counters {
-            ops: m.tensor_ops.get_or_create(&label).clone(),
-            op_seconds: m.tensor_op_seconds.get_or_create(&label).clone(),
+            deployment: label.clone(),
+            ops: m.tensor_ops.clone(),
+            op_seconds: m.tensor_op_seconds.clone(),
             reads: m.tensor_reads.get_or_create(&label).clone(),
             read_seconds: m.tensor_read_seconds.get_or_create(&label).clone(),
         };
@@ -276,7 +277,7 @@ impl TensorCtx {
         let now = self.usage.totals();
         let d = now.since(self.reported);
         self.reported = now;
-        self.shared.counters.add(d);
+        self.shared.counters.add(&self.usage.take_by_op(), d);
         d
     }
 }

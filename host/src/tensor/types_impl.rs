@@ -176,7 +176,7 @@ impl TensorView<'_> {
             on_cpu_pool(move || op(&tensors)).await?
         };
         drop(span);
-        self.ctx.usage.op(started);
+        self.ctx.usage.op(name, started);
         Ok(r)
     }
 

@@ -1,10 +1,13 @@
 //! What one instance did with `wasi:tensor`: op, read-back and other call
-//! counts and the wall time spent inside them, logged at debug level when the instance
+//! counts and the wall time spent inside them (ops also by op, for the
+//! deployment's per-op series), logged at debug level when the instance
 //! ends (`TENSOR_WASM_LOG=info,tensor_wasm::tensor=debug`). The rest of the instance's
 //! lifetime is the guest's own work and the host's HTTP handling.
 
-use crate::platform::metrics::Seconds;
+use crate::platform::metrics::{DeploymentLabel, OpLabel, Seconds};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -19,6 +22,8 @@ pub struct Usage {
     read_bytes: AtomicU64,
     calls: AtomicU64,
     call_nanos: AtomicU64,
+    /// Per op since the last [`Usage::take_by_op`]: name, count, ns.
+    by_op: Mutex<Vec<(&'static str, u64, u64)>>,
 }
 
 impl Default for Usage {
@@ -32,6 +37,7 @@ impl Default for Usage {
             read_bytes: AtomicU64::new(0),
             calls: AtomicU64::new(0),
             call_nanos: AtomicU64::new(0),
+            by_op: Mutex::default(),
         }
     }
 }
@@ -41,11 +47,24 @@ fn nanos(d: Duration) -> u64 {
 }
 
 impl Usage {
-    /// Records an op that started at `since`.
-    pub fn op(&self, since: Instant) {
+    /// Records the op `name` that started at `since`.
+    pub fn op(&self, name: &'static str, since: Instant) {
+        let ns = nanos(since.elapsed());
         self.ops.fetch_add(1, Ordering::Relaxed);
-        self.op_nanos
-            .fetch_add(nanos(since.elapsed()), Ordering::Relaxed);
+        self.op_nanos.fetch_add(ns, Ordering::Relaxed);
+        let mut by_op = self.by_op.lock().unwrap_or_else(|e| e.into_inner());
+        match by_op.iter_mut().find(|(n, ..)| *n == name) {
+            Some((_, count, total)) => {
+                *count += 1;
+                *total += ns;
+            }
+            None => by_op.push((name, 1, ns)),
+        }
+    }
+
+    /// Each op's count and ns since the last call, and starts again.
+    pub fn take_by_op(&self) -> Vec<(&'static str, u64, u64)> {
+        std::mem::take(&mut *self.by_op.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Records a read-back of `bytes` (which waits for the queued work)
@@ -111,12 +130,14 @@ impl Usage {
 /// A deployment's `wasi:tensor` series (`tensorwasm_tensor_*_total`), added
 /// to once per request (or model call) from its instance's [`Usage`], not per
 /// op: the series are shared by every thread.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Counters {
-    /// Ops queued.
-    pub ops: Counter,
-    /// Time inside them, seconds.
-    pub op_seconds: Seconds,
+    /// The deployment the per-op series are labelled with.
+    pub deployment: DeploymentLabel,
+    /// Ops queued, by op.
+    pub ops: Family<OpLabel, Counter>,
+    /// Time inside them, by op, seconds.
+    pub op_seconds: Family<OpLabel, Seconds>,
     /// Read-backs.
     pub reads: Counter,
     /// Time inside them, seconds.
@@ -124,11 +145,18 @@ pub struct Counters {
 }
 
 impl Counters {
-    /// Adds `d`.
-    pub fn add(&self, d: Totals) {
-        if d.ops > 0 {
-            self.ops.inc_by(d.ops);
-            self.op_seconds.inc_by(d.op_nanos as f64 * 1e-9);
+    /// Adds `by_op` (from [`Usage::take_by_op`]) and `d`'s read-backs.
+    pub fn add(&self, by_op: &[(&'static str, u64, u64)], d: Totals) {
+        for &(op, count, ns) in by_op {
+            let label = OpLabel {
+                tenant: self.deployment.tenant.clone(),
+                deployment: self.deployment.deployment.clone(),
+                op,
+            };
+            self.ops.get_or_create(&label).inc_by(count);
+            self.op_seconds
+                .get_or_create(&label)
+                .inc_by(ns as f64 * 1e-9);
         }
         if d.reads > 0 {
             self.reads.inc_by(d.reads);
