@@ -631,6 +631,72 @@ __device__ void decode_attend(T* out, const T* q, i64 q_stride, const T* kc, con
     }
 }
 
+// ---- skinny products ----------------------------------------------------
+
+#define MATVEC_ROWS 8
+
+// Four elements of p from i (i a multiple of 4, p's rows 16-byte aligned
+// for f32 and 8-byte aligned for the 16-bit types).
+__device__ __forceinline__ void ld4(const float* p, i64 i, float* v) {
+    float4 f = *reinterpret_cast<const float4*>(p + i);
+    v[0] = f.x; v[1] = f.y; v[2] = f.z; v[3] = f.w;
+}
+template <typename T>
+__device__ __forceinline__ void ld4(const T* p, i64 i, float* v) {
+    uint2 u = *reinterpret_cast<const uint2*>(p + i);
+    T e[4];
+    e[0].x = (unsigned short)(u.x & 0xffff); e[1].x = (unsigned short)(u.x >> 16);
+    e[2].x = (unsigned short)(u.y & 0xffff); e[3].x = (unsigned short)(u.y >> 16);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) v[j] = ld(e, j);
+}
+
+// out[r, j] = sum_i x[r, i] * w[j, i] for m <= MATVEC_ROWS rows (x [m, k],
+// w [n, k], row-major): the product of a decode step's few rows with a
+// weight, where cuBLAS's cost per call on the CPU outweighs the work. A
+// warp per output column j: its lanes stride w's row j (four elements per
+// load when k is a multiple of 4), each keeping a sum per row of x, then
+// a warp reduction per row.
+template <typename T>
+__device__ void matvec_t(T* out, const T* x, const T* w, i64 m, i64 n, i64 k) {
+    int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    for (i64 j = blockIdx.x * (i64)warps + (threadIdx.x >> 5); j < n;
+         j += (i64)gridDim.x * warps) {
+        const T* wr = w + j * k;
+        float acc[MATVEC_ROWS];
+#pragma unroll
+        for (int r = 0; r < MATVEC_ROWS; ++r) acc[r] = 0.0f;
+        if ((k & 3) == 0) {
+#pragma unroll 2
+            for (i64 i = lane * 4; i < k; i += 128) {
+                float wv[4];
+                ld4(wr, i, wv);
+#pragma unroll
+                for (int r = 0; r < MATVEC_ROWS; ++r) {
+                    if (r < m) {
+                        float xv[4];
+                        ld4(x + r * k, i, xv);
+                        acc[r] += wv[0] * xv[0] + wv[1] * xv[1] + wv[2] * xv[2] + wv[3] * xv[3];
+                    }
+                }
+            }
+        } else {
+            for (i64 i = lane; i < k; i += 32) {
+                float wv = ld(wr, i);
+#pragma unroll
+                for (int r = 0; r < MATVEC_ROWS; ++r)
+                    if (r < m) acc[r] += wv * ld(x, r * k + i);
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < MATVEC_ROWS; ++r) {
+            float a = acc[r];
+            for (int o = 16; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffff, a, o);
+            if (lane == 0 && r < m) st(out, r * n + j, a);
+        }
+    }
+}
+
 // ---- instantiations ------------------------------------------------------
 
 #define FLOAT_KERNELS(T, N)                                                                    \
@@ -690,6 +756,9 @@ __device__ void decode_attend(T* out, const T* q, i64 q_stride, const T* kc, con
     extern "C" __global__ void add_norm_##N(T* s, T* o, const T* x, const T* y, const float* w, \
                                             i64 rows, i64 dim, float eps) {                    \
         add_norm(s, o, x, y, w, rows, dim, eps);                                               \
+    }                                                                                          \
+    extern "C" __global__ void matvec_t_##N(T* o, const T* x, const T* w, i64 m, i64 n, i64 k) { \
+        matvec_t(o, x, w, m, n, k);                                                            \
     }                                                                                          \
     extern "C" __global__ void to_f32_##N(float* o, const T* x, i64 n) { cast(o, x, n); }      \
     extern "C" __global__ void to_f16_##N(h16* o, const T* x, i64 n) { cast(o, x, n); }        \

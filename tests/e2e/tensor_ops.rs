@@ -214,6 +214,26 @@ fn every_float_op_matches_an_f64_reference() {
                 dt,
             );
         }
+        // A decode step's few rows (up to 8, here and in a batch) by a
+        // weight stored [n, k]: the GPU's own skinny kernel, with k a
+        // multiple of 4 (vector loads) and not.
+        for (rows, k, n) in [
+            (vec![1], 64, 300),
+            (vec![8], 132, 70),
+            (vec![2, 3], 37, 129),
+            (vec![5], 6, 1000),
+        ] {
+            let a = t.rand(&[rows.clone(), vec![k]].concat(), dt, -1.0, 1.0);
+            let b = t.rand(&[n, k], dt, -1.0, 1.0);
+            t.check(
+                &l(&format!("matmul skinny {rows:?}x{k} by [{n}, {k}]^T")),
+                "matmul",
+                &[Some(&a), Some(&b)],
+                json!({"tb": true}),
+                &r::matmul(&a.0, &b.0, false, true),
+                dt,
+            );
+        }
         // Elementwise with broadcasting, rank 0 and zero-size.
         let a = t.rand(&[4, 1, 5], dt, -2.0, 2.0);
         let b = t.rand(&[3, 1], dt, 0.5, 2.0);

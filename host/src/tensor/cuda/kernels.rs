@@ -165,6 +165,7 @@ mod tests {
                 "decode_attend",
                 "softmax_axis_rows",
                 "l2norm_rows",
+                "matvec_t",
             ] {
                 let entry = format!(".entry {kernel}_{dtype}(");
                 assert!(ptx.ptx.contains(&entry), "no {entry} in the PTX");

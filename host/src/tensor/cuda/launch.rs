@@ -22,6 +22,8 @@ unsafe impl DeviceRepr for Dims {}
 pub(super) const MAX_RANK: usize = 8;
 /// Threads per block of every kernel (the reductions assume 256).
 pub(super) const BLOCK: u32 = 256;
+/// Most rows the `matvec_t` kernels take (`MATVEC_ROWS` in kernels/tensor.cu).
+pub(super) const MATVEC_ROWS: usize = 8;
 
 impl Dims {
     /// A walk over `shape` with strides `sa` and `sb`; None past 8 axes.
