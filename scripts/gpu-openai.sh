@@ -20,7 +20,8 @@
 # benches/openai/steps.py (a generation step's time split from the host's
 # metrics) for the generation model, the baseline one and the baseline host
 # (.gpu/old/tensor-wasm), when carried, STEPS_ROUNDS (1) rounds of each,
-# interleaved; BENCH=steps runs only that.
+# interleaved; BENCH=steps runs only that (CHECKS=1: the reference checks
+# before it).
 # BENCH=ab runs instead, on the GPU: single-stream figures of the batched
 # world (bench.py --batched, no peer) for .gpu/tensor-wasm and a baseline
 # host build at .gpu/old/tensor-wasm, alternating, ROUNDS (6) rounds each.
@@ -64,7 +65,23 @@ steps() {
     done
   done
 }
+# The reference checks first: e2e `tensor_ops` on the GPU (outputs
+# NaN-poisoned), then bench.py's single-stream run of the batched world
+# against the numpy references (cosine, greedy token for token).
+checks() {
+  TENSOR_WASM_TEST_BIN=$G/tensor-wasm TENSOR_WASM_TEST_GUESTS=$G/guests TENSOR_WASM_TEST_ROOT=$PWD \
+    TENSOR_WASM_TEST_TMP=/tmp/tw-tests TENSOR_WASM_TEST_DEVICE=cuda TENSOR_WASM_GPU_POISON=1 \
+    timeout 120 "$G/e2e" tensor_ops --test-threads 3 > "$OUT/e2e-tensor-ops.log" 2>&1
+  echo "== e2e tensor_ops on the GPU (rc $?)"
+  grep -E "^test |panicked|test result" "$OUT/e2e-tensor-ops.log" | tail -8
+  PYTHONUNBUFFERED=1 timeout 120 python3 benches/openai/bench.py --tensor-wasm "$G/tensor-wasm" --models "$models" \
+    --device cuda --rounds 1 --no-peer --batched --reuse 1000 "${refs[@]}" > "$OUT/bench-batched.log" 2>&1
+  echo "== batched, single stream (rc $?)"
+  grep -E "correctness|differs|Error|error" "$OUT/bench-batched.log" | head -8
+  sed -n '/^| what /,$p' "$OUT/bench-batched.log"
+}
 if [ "${BENCH:-}" = steps ]; then
+  [ -n "${CHECKS:-}" ] && checks
   steps
   exit 0
 fi
@@ -80,18 +97,9 @@ if [ "${BENCH:-}" = ab ]; then
   exit 0
 fi
 if [ "${BENCH:-}" = concurrency ]; then
-  TENSOR_WASM_TEST_BIN=$G/tensor-wasm TENSOR_WASM_TEST_GUESTS=$G/guests TENSOR_WASM_TEST_ROOT=$PWD \
-    TENSOR_WASM_TEST_TMP=/tmp/tw-tests TENSOR_WASM_TEST_DEVICE=cuda TENSOR_WASM_GPU_POISON=1 \
-    timeout 120 "$G/e2e" tensor_ops --test-threads 3 > "$OUT/e2e-tensor-ops.log" 2>&1
-  echo "== e2e tensor_ops on the GPU (rc $?)"
-  grep -E "^test |panicked|test result" "$OUT/e2e-tensor-ops.log" | tail -8
+  checks
   baseline=()
   [ -f "$G/baseline-smollm.wasm" ] && baseline=(--baseline-generator "$G/baseline-smollm.wasm")
-  PYTHONUNBUFFERED=1 timeout 120 python3 benches/openai/bench.py --tensor-wasm "$G/tensor-wasm" --models "$models" \
-    --device cuda --rounds 1 --no-peer --batched --reuse 1000 "${refs[@]}" > "$OUT/bench-batched.log" 2>&1
-  echo "== batched, single stream (rc $?)"
-  grep -E "correctness|differs|Error|error" "$OUT/bench-batched.log" | head -8
-  sed -n '/^| what /,$p' "$OUT/bench-batched.log"
   PYTHONUNBUFFERED=1 timeout "${BENCH_TIMEOUT:-420}" python3 benches/openai/concurrency.py --tensor-wasm "$G/tensor-wasm" \
     --models "$models" --device cuda --rounds "${ROUNDS:-2}" --seconds "${SECONDS_EACH:-3}" \
     --clients "${CLIENTS:-1,8,32,64}" "${baseline[@]}" ${CONCURRENCY_ARGS:-} > "$OUT/concurrency.log" 2>&1
