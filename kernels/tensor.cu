@@ -653,46 +653,60 @@ __device__ __forceinline__ void ld4(const T* p, i64 i, float* v) {
 
 // out[r, j] = sum_i x[r, i] * w[j, i] for m <= MATVEC_ROWS rows (x [m, k],
 // w [n, k], row-major): the product of a decode step's few rows with a
-// weight, where cuBLAS's cost per call on the CPU outweighs the work. A
-// warp per output column j: its lanes stride w's row j (four elements per
-// load when k is a multiple of 4), each keeping a sum per row of x, then
-// a warp reduction per row.
+// weight, where cuBLAS's cost per call on the CPU outweighs the work.
+// MATVEC_SPLIT warps per output column j, each striding its share of w's
+// row j (four elements per load when k is a multiple of 4) with a sum per
+// row of x; warp reductions, then the column's warps added in shared
+// memory. Splitting k keeps a narrow weight's few columns from leaving
+// most of the GPU idle while each warp walks a long row alone.
+#define MATVEC_SPLIT 4
 template <typename T>
 __device__ void matvec_t(T* out, const T* x, const T* w, i64 m, i64 n, i64 k) {
-    int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
-    for (i64 j = blockIdx.x * (i64)warps + (threadIdx.x >> 5); j < n;
-         j += (i64)gridDim.x * warps) {
-        const T* wr = w + j * k;
+    __shared__ float part[32][MATVEC_ROWS];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int sub = warp % MATVEC_SPLIT, cols = (blockDim.x >> 5) / MATVEC_SPLIT;
+    for (i64 j0 = blockIdx.x * (i64)cols; j0 < n; j0 += (i64)gridDim.x * cols) {
+        i64 j = j0 + warp / MATVEC_SPLIT;
         float acc[MATVEC_ROWS];
 #pragma unroll
         for (int r = 0; r < MATVEC_ROWS; ++r) acc[r] = 0.0f;
-        if ((k & 3) == 0) {
-#pragma unroll 2
-            for (i64 i = lane * 4; i < k; i += 128) {
-                float wv[4];
-                ld4(wr, i, wv);
+        if (j < n) {
+            const T* wr = w + j * k;
+            if ((k & 3) == 0) {
+                for (i64 i = (sub * 32 + lane) * 4; i < k; i += MATVEC_SPLIT * 128) {
+                    float wv[4];
+                    ld4(wr, i, wv);
 #pragma unroll
-                for (int r = 0; r < MATVEC_ROWS; ++r) {
-                    if (r < m) {
-                        float xv[4];
-                        ld4(x + r * k, i, xv);
-                        acc[r] += wv[0] * xv[0] + wv[1] * xv[1] + wv[2] * xv[2] + wv[3] * xv[3];
+                    for (int r = 0; r < MATVEC_ROWS; ++r) {
+                        if (r < m) {
+                            float xv[4];
+                            ld4(x + r * k, i, xv);
+                            acc[r] += wv[0] * xv[0] + wv[1] * xv[1] + wv[2] * xv[2] + wv[3] * xv[3];
+                        }
                     }
                 }
-            }
-        } else {
-            for (i64 i = lane; i < k; i += 32) {
-                float wv = ld(wr, i);
+            } else {
+                for (i64 i = sub * 32 + lane; i < k; i += MATVEC_SPLIT * 32) {
+                    float wv = ld(wr, i);
 #pragma unroll
-                for (int r = 0; r < MATVEC_ROWS; ++r)
-                    if (r < m) acc[r] += wv * ld(x, r * k + i);
+                    for (int r = 0; r < MATVEC_ROWS; ++r)
+                        if (r < m) acc[r] += wv * ld(x, r * k + i);
+                }
             }
         }
 #pragma unroll
-        for (int r = 0; r < MATVEC_ROWS; ++r) {
-            float a = acc[r];
-            for (int o = 16; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffff, a, o);
-            if (lane == 0 && r < m) st(out, r * n + j, a);
+        for (int r = 0; r < MATVEC_ROWS; ++r)
+            for (int o = 16; o > 0; o >>= 1) acc[r] += __shfl_xor_sync(0xffffffff, acc[r], o);
+        __syncthreads();
+        if (lane == 0) {
+#pragma unroll
+            for (int r = 0; r < MATVEC_ROWS; ++r) part[warp][r] = acc[r];
+        }
+        __syncthreads();
+        if (sub == 0 && lane < m && j < n) {
+            float sum = 0.0f;
+            for (int q = 0; q < MATVEC_SPLIT; ++q) sum += part[warp + q][lane];
+            st(out, lane * n + j, sum);
         }
     }
 }

@@ -389,11 +389,11 @@ impl Backend for CudaBackend {
             // launch of our own, which costs the CPU less than a cuBLAS
             // call (it picks and launches its kernels on every call).
             let (rows, n_, k_) = ((batch * m) as i64, n as i64, k as i64);
-            let warps = (BLOCK / 32) as usize;
+            let columns = (BLOCK / 32) as usize / MATVEC_SPLIT;
             launch!(
                 self,
                 &format!("matvec_t_{}", suffix(a.dtype())),
-                rows_grid(n.div_ceil(warps)),
+                rows_grid(n.div_ceil(columns)),
                 [&c, &pa, &pb, &rows, &n_, &k_]
             )?;
             return Ok(Data::Cuda(out));

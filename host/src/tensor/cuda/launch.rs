@@ -24,6 +24,8 @@ pub(super) const MAX_RANK: usize = 8;
 pub(super) const BLOCK: u32 = 256;
 /// Most rows the `matvec_t` kernels take (`MATVEC_ROWS` in kernels/tensor.cu).
 pub(super) const MATVEC_ROWS: usize = 8;
+/// Warps per output column of the `matvec_t` kernels (`MATVEC_SPLIT`).
+pub(super) const MATVEC_SPLIT: usize = 4;
 
 impl Dims {
     /// A walk over `shape` with strides `sa` and `sb`; None past 8 axes.
