@@ -185,3 +185,26 @@ impl Drop for Usage {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ops_are_counted_by_op_and_taken_once() {
+        let u = Usage::default();
+        let t = Instant::now();
+        u.op("matmul", t);
+        u.op("swiglu", t);
+        u.op("matmul", t);
+        let mut by_op = u.take_by_op();
+        by_op.sort();
+        let counts: Vec<(&str, u64)> = by_op.iter().map(|&(n, c, _)| (n, c)).collect();
+        assert_eq!(counts, [("matmul", 2), ("swiglu", 1)]);
+        // The totals keep every op; the split starts again.
+        assert_eq!(u.totals().ops, 3);
+        assert!(u.take_by_op().is_empty());
+        let nanos: u64 = by_op.iter().map(|&(_, _, ns)| ns).sum();
+        assert_eq!(nanos, u.totals().op_nanos);
+    }
+}
