@@ -383,27 +383,27 @@ impl Backend for CudaBackend {
             return Ok(Data::Cuda(out));
         }
         let (pa, pb) = (self.ptr(a)?, self.ptr(b)?);
-        let skinny = batch * m <= MATVEC_ROWS && a.dtype().is_float();
-        if b.shape().len() == 2 && !plan.transpose_a && plan.transpose_b && skinny {
-            // A decode step's few rows by a weight stored [n, k]: one
-            // launch of our own, which costs the CPU less than a cuBLAS
-            // call (it picks and launches its kernels on every call).
-            let (rows, n_, k_) = ((batch * m) as i64, n as i64, k as i64);
-            let columns = (BLOCK / 32) as usize / MATVEC_SPLIT;
-            launch!(
-                self,
-                &format!("matvec_t_{}", suffix(a.dtype())),
-                rows_grid(n.div_ceil(columns)),
-                [&c, &pa, &pb, &rows, &n_, &k_]
-            )?;
-            return Ok(Data::Cuda(out));
-        }
         if b.shape().len() == 2 && !plan.transpose_a {
+            let rows = batch * m;
+            if plan.transpose_b && rows <= MATVEC_ROWS && a.dtype().is_float() {
+                // A decode step's few rows by a weight stored [n, k]: one
+                // launch of our own, which costs the CPU less than a cuBLAS
+                // call (it picks and launches its kernels on every call).
+                let (rows, n_, k_) = (rows as i64, n as i64, k as i64);
+                let columns = (BLOCK / 32) as usize / MATVEC_SPLIT;
+                launch!(
+                    self,
+                    &format!("matvec_t_{}", suffix(a.dtype())),
+                    rows_grid(n.div_ceil(columns)),
+                    [&c, &pa, &pb, &rows, &n_, &k_]
+                )?;
+                return Ok(Data::Cuda(out));
+            }
             // One shared right operand (a weight) and a row-major left one:
             // the whole batch is a single (batch·m)×k product, which cuBLAS
             // tiles far better than `batch` products of m rows.
             self.matmul_into(&Gemm {
-                m: batch * m,
+                m: rows,
                 n,
                 k,
                 a: pa,
