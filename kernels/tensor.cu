@@ -711,6 +711,90 @@ __device__ void matvec_t(T* out, const T* x, const T* w, i64 m, i64 n, i64 k) {
     }
 }
 
+// out[r, j] = sum_i x[r, i] * w[j, i] for a few dozen rows (a decode step
+// of up to 64 sequences) by a weight stored [n, k]: too many rows for
+// matvec_t (it reads x once per column), too little work for cuBLAS's cost
+// per call on the CPU. Tiled: a block computes MT_ROWS rows by MT_COLS
+// columns, staging MT_K-wide slices of x and w in shared memory (the next
+// slice's loads in flight while this one is used); each half of its 256
+// threads keeps a 4 x 4 tile of sums (rows ty + 16i, columns tx + 4j: no
+// bank conflicts) over half of each slice, and the halves are added at the
+// end. Slices past k and rows past m are zeros; sums in f32.
+#define MT_ROWS 64
+#define MT_COLS 16
+#define MT_K 64
+#define MT_PAD (MT_K + 4)
+template <typename T>
+__device__ void matmul_t(T* out, const T* x, const T* w, i64 m, i64 n, i64 k) {
+    __shared__ __align__(16) float xs[MT_ROWS][MT_PAD];
+    __shared__ __align__(16) float ws[MT_COLS][MT_PAD];
+    __shared__ float part[MT_ROWS][MT_COLS];
+    int t = threadIdx.x, half = t >> 7, u = t & 127, tx = u & 3, ty = u >> 2;
+    int kk = t % MT_K, lr = t / MT_K;  // this thread's loads: column kk, rows lr + 4q
+    i64 r0 = (i64)blockIdx.y * MT_ROWS, j0 = (i64)blockIdx.x * MT_COLS;
+    float xr[MT_ROWS / 4], wr[MT_COLS / 4];
+    auto fetch = [&](i64 k0) {
+        i64 gk = k0 + kk;
+#pragma unroll
+        for (int q = 0; q < MT_ROWS / 4; ++q) {
+            i64 gr = r0 + lr + 4 * q;
+            xr[q] = gr < m && gk < k ? ld(x, gr * k + gk) : 0.0f;
+        }
+#pragma unroll
+        for (int q = 0; q < MT_COLS / 4; ++q) {
+            i64 gc = j0 + lr + 4 * q;
+            wr[q] = gc < n && gk < k ? ld(w, gc * k + gk) : 0.0f;
+        }
+    };
+    float acc[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+    fetch(0);
+    for (i64 k0 = 0; k0 < k; k0 += MT_K) {
+#pragma unroll
+        for (int q = 0; q < MT_ROWS / 4; ++q) xs[lr + 4 * q][kk] = xr[q];
+#pragma unroll
+        for (int q = 0; q < MT_COLS / 4; ++q) ws[lr + 4 * q][kk] = wr[q];
+        __syncthreads();
+        if (k0 + MT_K < k) fetch(k0 + MT_K);
+#pragma unroll
+        for (int c = half * (MT_K / 2); c < (half + 1) * (MT_K / 2); c += 4) {
+            float4 a[4], b[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                a[i] = *reinterpret_cast<const float4*>(&xs[ty + 16 * i][c]);
+                b[i] = *reinterpret_cast<const float4*>(&ws[tx + 4 * i][c]);
+            }
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j)
+                    acc[i][j] += a[i].x * b[j].x + a[i].y * b[j].y + a[i].z * b[j].z + a[i].w * b[j].w;
+        }
+        __syncthreads();
+    }
+    if (half == 1) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) part[ty + 16 * i][tx + 4 * j] = acc[i][j];
+    }
+    __syncthreads();
+    if (half == 0) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            i64 r = r0 + ty + 16 * i;
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                i64 c = j0 + tx + 4 * j;
+                if (r < m && c < n) st(out, r * n + c, acc[i][j] + part[ty + 16 * i][tx + 4 * j]);
+            }
+        }
+    }
+}
+
 // ---- instantiations ------------------------------------------------------
 
 #define FLOAT_KERNELS(T, N)                                                                    \
@@ -773,6 +857,9 @@ __device__ void matvec_t(T* out, const T* x, const T* w, i64 m, i64 n, i64 k) {
     }                                                                                          \
     extern "C" __global__ void matvec_t_##N(T* o, const T* x, const T* w, i64 m, i64 n, i64 k) { \
         matvec_t(o, x, w, m, n, k);                                                            \
+    }                                                                                          \
+    extern "C" __global__ void matmul_t_##N(T* o, const T* x, const T* w, i64 m, i64 n, i64 k) { \
+        matmul_t(o, x, w, m, n, k);                                                            \
     }                                                                                          \
     extern "C" __global__ void to_f32_##N(float* o, const T* x, i64 n) { cast(o, x, n); }      \
     extern "C" __global__ void to_f16_##N(h16* o, const T* x, i64 n) { cast(o, x, n); }        \

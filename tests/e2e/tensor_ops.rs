@@ -214,14 +214,17 @@ fn every_float_op_matches_an_f64_reference() {
                 dt,
             );
         }
-        // A decode step's few rows (up to 8, here and in a batch) by a
-        // weight stored [n, k]: the GPU's own skinny kernel, with k a
-        // multiple of 4 (vector loads) and not.
+        // A decode step's rows (up to 64, here and in a batch) by a weight
+        // stored [n, k]: the GPU's own skinny kernel, with k a multiple of
+        // 4 (vector loads) and not, rows in one slice of 8 and in several.
         for (rows, k, n) in [
             (vec![1], 64, 300),
             (vec![8], 132, 70),
             (vec![2, 3], 37, 129),
             (vec![5], 6, 1000),
+            (vec![13], 132, 577),
+            (vec![4, 10], 96, 200),
+            (vec![64], 37, 65),
         ] {
             let a = t.rand(&[rows.clone(), vec![k]].concat(), dt, -1.0, 1.0);
             let b = t.rand(&[n, k], dt, -1.0, 1.0);

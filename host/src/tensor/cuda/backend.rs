@@ -385,16 +385,28 @@ impl Backend for CudaBackend {
         let (pa, pb) = (self.ptr(a)?, self.ptr(b)?);
         if b.shape().len() == 2 && !plan.transpose_a {
             let rows = batch * m;
-            if plan.transpose_b && rows <= MATVEC_ROWS && a.dtype().is_float() {
-                // A decode step's few rows by a weight stored [n, k]: one
-                // launch of our own, which costs the CPU less than a cuBLAS
-                // call (it picks and launches its kernels on every call).
+            // A decode step's rows by a weight stored [n, k]: one launch of
+            // our own, which costs the CPU less than a cuBLAS call (it picks
+            // and launches its kernels on every call).
+            let ours = match product(rows, n, k) {
+                _ if !plan.transpose_b || !a.dtype().is_float() => None,
+                Product::Matvec => {
+                    let columns = (BLOCK / 32) as usize / MATVEC_SPLIT;
+                    Some(("matvec_t", (rows_grid(n.div_ceil(columns)), 1)))
+                }
+                // At most 2²⁸ columns (`product`): the grid needs no clamp.
+                Product::Tiled => Some((
+                    "matmul_t",
+                    (n.div_ceil(TILE.1) as u32, rows.div_ceil(TILE.0) as u32),
+                )),
+                Product::Cublas => None,
+            };
+            if let Some((kernel, blocks)) = ours {
                 let (rows, n_, k_) = (rows as i64, n as i64, k as i64);
-                let columns = (BLOCK / 32) as usize / MATVEC_SPLIT;
                 launch!(
                     self,
-                    &format!("matvec_t_{}", suffix(a.dtype())),
-                    rows_grid(n.div_ceil(columns)),
+                    &format!("{kernel}_{}", suffix(a.dtype())),
+                    blocks,
                     [&c, &pa, &pb, &rows, &n_, &k_]
                 )?;
                 return Ok(Data::Cuda(out));

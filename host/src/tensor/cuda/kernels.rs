@@ -166,6 +166,7 @@ mod tests {
                 "softmax_axis_rows",
                 "l2norm_rows",
                 "matvec_t",
+                "matmul_t",
             ] {
                 let entry = format!(".entry {kernel}_{dtype}(");
                 assert!(ptx.ptx.contains(&entry), "no {entry} in the PTX");

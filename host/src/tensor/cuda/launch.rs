@@ -27,6 +27,36 @@ pub(super) const MATVEC_ROWS: usize = 8;
 /// Warps per output column of the `matvec_t` kernels (`MATVEC_SPLIT`).
 pub(super) const MATVEC_SPLIT: usize = 4;
 
+/// Rows and columns each block of the `matmul_t` kernels computes
+/// (`MT_ROWS`, `MT_COLS` in kernels/tensor.cu).
+pub(super) const TILE: (usize, usize) = (64, 16);
+
+/// Which kernel a product of `rows` rows by a weight stored [n, k] runs.
+#[derive(Debug, PartialEq)]
+pub(super) enum Product {
+    /// `matvec_t`: up to [`MATVEC_ROWS`] rows, each block reading its
+    /// columns of the weight once.
+    Matvec,
+    /// `matmul_t`: up to 64 rows while the product is small (at most 2²⁸
+    /// multiply-adds: a decode step's projections, not its logits), where
+    /// issuing a cuBLAS call costs the CPU more (14–23 µs at 32–64 rows,
+    /// docs/PERFORMANCE.md) than the GPU spends on the product.
+    Tiled,
+    /// cuBLAS: its tiled kernels win past that.
+    Cublas,
+}
+
+/// The kernel for a product of `rows` rows by a weight stored [n, k].
+pub(super) fn product(rows: usize, n: usize, k: usize) -> Product {
+    if rows <= MATVEC_ROWS {
+        Product::Matvec
+    } else if rows <= 64 && rows.saturating_mul(n).saturating_mul(k) <= 1 << 28 {
+        Product::Tiled
+    } else {
+        Product::Cublas
+    }
+}
+
 impl Dims {
     /// A walk over `shape` with strides `sa` and `sb`; None past 8 axes.
     pub(super) fn new(shape: &[usize], sa: &[usize], sb: &[usize]) -> Option<Self> {
@@ -136,16 +166,33 @@ impl Spread {
     }
 }
 
-pub(super) fn cfg(grid: u32) -> LaunchConfig {
+/// [`BLOCK`]-thread blocks over `grid`: a count, or (x, y) blocks.
+pub(super) fn cfg(grid: impl Into<Grid>) -> LaunchConfig {
+    let Grid(x, y) = grid.into();
     LaunchConfig {
-        grid_dim: (grid, 1, 1),
+        grid_dim: (x, y, 1),
         block_dim: (BLOCK, 1, 1),
         shared_mem_bytes: 0,
     }
 }
 
-/// Launches kernel `$name` on the instance's lane with `$grid` blocks of
-/// [`BLOCK`] threads and the listed arguments (each a reference to a
+/// A launch's blocks along x and y.
+pub(super) struct Grid(pub u32, pub u32);
+
+impl From<u32> for Grid {
+    fn from(x: u32) -> Self {
+        Grid(x, 1)
+    }
+}
+
+impl From<(u32, u32)> for Grid {
+    fn from((x, y): (u32, u32)) -> Self {
+        Grid(x, y)
+    }
+}
+
+/// Launches kernel `$name` on the instance's lane with `$grid` (a count, or
+/// a pair along x and y) blocks of [`BLOCK`] threads and the listed arguments (each a reference to a
 /// `DeviceRepr` value, in the kernel's parameter order).
 macro_rules! launch {
     ($self:expr, $name:expr, $grid:expr, [$($arg:expr),* $(,)?]) => {{
@@ -166,6 +213,19 @@ pub(super) use launch;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_products_skip_cublas() {
+        // A decode step of SmolLM-135M (hidden 576, MLP 1536, vocabulary
+        // 49,152): every projection, and the logits at a few rows.
+        assert_eq!(product(1, 49_152, 576), Product::Matvec);
+        assert_eq!(product(8, 1536, 576), Product::Matvec);
+        assert_eq!(product(9, 960, 576), Product::Tiled);
+        assert_eq!(product(64, 576, 1536), Product::Tiled);
+        assert_eq!(product(16, 49_152, 576), Product::Cublas);
+        // Past 64 rows (a prefill), cuBLAS.
+        assert_eq!(product(65, 576, 576), Product::Cublas);
+    }
 
     #[test]
     fn reductions_spread_by_shape() {
