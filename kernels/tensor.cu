@@ -716,10 +716,11 @@ __device__ void matvec_t(T* out, const T* x, const T* w, i64 m, i64 n, i64 k) {
 // matvec_t (it reads x once per column), too little work for cuBLAS's cost
 // per call on the CPU. Tiled: a block computes MT_ROWS rows by MT_COLS
 // columns, staging MT_K-wide slices of x and w in shared memory (the next
-// slice's loads in flight while this one is used); each half of its 256
-// threads keeps a 4 x 4 tile of sums (rows ty + 16i, columns tx + 4j: no
-// bank conflicts) over half of each slice, and the halves are added at the
-// end. Slices past k and rows past m are zeros; sums in f32.
+// slice's loads in flight while this one is used); each quarter of its 256
+// threads keeps a 4 x 4 tile of sums for every output (rows ty + 16i,
+// columns tx + 4j: no bank conflicts) over a quarter of each slice, and the
+// quarters are added at the end, in order. Slices past k and rows past m
+// are zeros; sums in f32.
 #define MT_ROWS 64
 #define MT_COLS 16
 #define MT_K 64
@@ -728,8 +729,8 @@ template <typename T>
 __device__ void matmul_t(T* out, const T* x, const T* w, i64 m, i64 n, i64 k) {
     __shared__ __align__(16) float xs[MT_ROWS][MT_PAD];
     __shared__ __align__(16) float ws[MT_COLS][MT_PAD];
-    __shared__ float part[MT_ROWS][MT_COLS];
-    int t = threadIdx.x, half = t >> 7, u = t & 127, tx = u & 3, ty = u >> 2;
+    __shared__ float part[3][MT_ROWS][MT_COLS];
+    int t = threadIdx.x, quarter = t >> 6, u = t & 63, tx = u & 3, ty = u >> 2;
     int kk = t % MT_K, lr = t / MT_K;  // this thread's loads: column kk, rows lr + 4q
     i64 r0 = (i64)blockIdx.y * MT_ROWS, j0 = (i64)blockIdx.x * MT_COLS;
     float xr[MT_ROWS / 4], wr[MT_COLS / 4];
@@ -760,7 +761,7 @@ __device__ void matmul_t(T* out, const T* x, const T* w, i64 m, i64 n, i64 k) {
         __syncthreads();
         if (k0 + MT_K < k) fetch(k0 + MT_K);
 #pragma unroll
-        for (int c = half * (MT_K / 2); c < (half + 1) * (MT_K / 2); c += 4) {
+        for (int c = quarter * (MT_K / 4); c < (quarter + 1) * (MT_K / 4); c += 4) {
             float4 a[4], b[4];
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
@@ -775,21 +776,23 @@ __device__ void matmul_t(T* out, const T* x, const T* w, i64 m, i64 n, i64 k) {
         }
         __syncthreads();
     }
-    if (half == 1) {
+    if (quarter > 0) {
 #pragma unroll
         for (int i = 0; i < 4; ++i)
 #pragma unroll
-            for (int j = 0; j < 4; ++j) part[ty + 16 * i][tx + 4 * j] = acc[i][j];
+            for (int j = 0; j < 4; ++j) part[quarter - 1][ty + 16 * i][tx + 4 * j] = acc[i][j];
     }
     __syncthreads();
-    if (half == 0) {
+    if (quarter == 0) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             i64 r = r0 + ty + 16 * i;
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 i64 c = j0 + tx + 4 * j;
-                if (r < m && c < n) st(out, r * n + c, acc[i][j] + part[ty + 16 * i][tx + 4 * j]);
+                int pr = ty + 16 * i, pc = tx + 4 * j;
+                float sum = acc[i][j] + part[0][pr][pc] + part[1][pr][pc] + part[2][pr][pc];
+                if (r < m && c < n) st(out, r * n + c, sum);
             }
         }
     }
