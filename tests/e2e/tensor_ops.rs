@@ -215,8 +215,8 @@ fn every_float_op_matches_an_f64_reference() {
             );
         }
         // A decode step's rows (up to 64, here and in a batch) by a weight
-        // stored [n, k]: the GPU's own skinny kernel, with k a multiple of
-        // 4 (vector loads) and not, rows in one slice of 8 and in several.
+        // stored [n, k]: the GPU's own kernels (up to 8 rows `matvec_t`,
+        // then the tiled `matmul_t`), with k a multiple of 4 and not.
         for (rows, k, n) in [
             (vec![1], 64, 300),
             (vec![8], 132, 70),

@@ -390,6 +390,7 @@ impl Backend for CudaBackend {
             // and launches its kernels on every call).
             let ours = match product(rows, n, k) {
                 _ if !plan.transpose_b || !a.dtype().is_float() => None,
+                Product::Cublas => None,
                 Product::Matvec => {
                     let columns = (BLOCK / 32) as usize / MATVEC_SPLIT;
                     Some(("matvec_t", (rows_grid(n.div_ceil(columns)), 1)))
@@ -399,7 +400,6 @@ impl Backend for CudaBackend {
                     "matmul_t",
                     (n.div_ceil(TILE.1) as u32, rows.div_ceil(TILE.0) as u32),
                 )),
-                Product::Cublas => None,
             };
             if let Some((kernel, blocks)) = ours {
                 let (rows, n_, k_) = (rows as i64, n as i64, k as i64);

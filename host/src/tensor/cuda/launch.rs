@@ -39,7 +39,7 @@ pub(super) enum Product {
     Matvec,
     /// `matmul_t`: up to 64 rows while the product is small (at most 2²⁸
     /// multiply-adds: a decode step's projections, not its logits), where
-    /// issuing a cuBLAS call costs the CPU more (14–23 µs at 32–64 rows,
+    /// issuing a cuBLAS call costs the CPU more (14–32 µs at 16–64 rows,
     /// docs/PERFORMANCE.md) than the GPU spends on the product.
     Tiled,
     /// cuBLAS: its tiled kernels win past that.
@@ -192,8 +192,9 @@ impl From<(u32, u32)> for Grid {
 }
 
 /// Launches kernel `$name` on the instance's lane with `$grid` (a count, or
-/// a pair along x and y) blocks of [`BLOCK`] threads and the listed arguments (each a reference to a
-/// `DeviceRepr` value, in the kernel's parameter order).
+/// a pair along x and y) blocks of [`BLOCK`] threads and the listed
+/// arguments (each a reference to a `DeviceRepr` value, in the kernel's
+/// parameter order).
 macro_rules! launch {
     ($self:expr, $name:expr, $grid:expr, [$($arg:expr),* $(,)?]) => {{
         let name: &str = $name;
