@@ -37,7 +37,7 @@ pub(super) enum Product {
     /// `matvec_t`: up to [`MATVEC_ROWS`] rows, each block reading its
     /// columns of the weight once.
     Matvec,
-    /// `matmul_t`: up to 64 rows while the product is small (at most 2²⁸
+    /// `matmul_t`: up to one tile of rows (64) while the product is small (at most 2²⁸
     /// multiply-adds: a decode step's projections, not its logits), where
     /// issuing a cuBLAS call costs the CPU more (14–32 µs at 16–64 rows,
     /// docs/PERFORMANCE.md) than the GPU spends on the product.
@@ -50,7 +50,7 @@ pub(super) enum Product {
 pub(super) fn product(rows: usize, n: usize, k: usize) -> Product {
     if rows <= MATVEC_ROWS {
         Product::Matvec
-    } else if rows <= 64 && rows.saturating_mul(n).saturating_mul(k) <= 1 << 28 {
+    } else if rows <= TILE.0 && rows.saturating_mul(n).saturating_mul(k) <= 1 << 28 {
         Product::Tiled
     } else {
         Product::Cublas
