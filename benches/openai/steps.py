@@ -11,9 +11,12 @@ number of steps. `step ms` is `tensorwasm_inference_batch_seconds`; `ops`
 and `in ops ms` are `tensorwasm_tensor_ops_total` and `_op_seconds_total`
 (the host time inside `wasi:tensor` calls that queue work; on a GPU an op
 returns once its kernels are queued), `in read-backs ms` is
-`_read_seconds_total` (waiting for the GPU to finish, then copying back);
-`rest ms` is what is left: the guest's own code, other host calls
-(handle drops, shapes, uploads) and the call into the model. The counters
+`_read_seconds_total` (waiting for the GPU to finish, then copying back),
+`calls` and `in calls ms` the other `wasi:tensor` calls (uploads, shapes,
+reshapes, handle drops: `tensorwasm_tensor_calls_total`,
+`_call_seconds_total`; 0 from a host older than those series, whose rest
+then holds them); `rest ms` is what is left: the guest's own code, its
+other host calls and the call into the model. The counters
 cover every instance of the deployment, so the openai component's own
 calls count too (it issues no tensor ops). A second table splits the ops
 by op (the series' `op` label): per step, how many and the host time in
@@ -44,6 +47,8 @@ def scrape(admin):
         "op_s": r'tensorwasm_tensor_op_seconds_total\{[^}]*\} (\S+)',
         "reads": r'tensorwasm_tensor_reads_total\{[^}]*\} (\S+)',
         "read_s": r'tensorwasm_tensor_read_seconds_total\{[^}]*\} (\S+)',
+        "calls": r'tensorwasm_tensor_calls_total\{[^}]*\} (\S+)',
+        "call_s": r'tensorwasm_tensor_call_seconds_total\{[^}]*\} (\S+)',
     }
     out = {k: sum(float(v) for v in re.findall(p, text)) for k, p in want.items()}
     for kind, series in (("n", "ops_total"), ("s", "op_seconds_total")):
@@ -82,13 +87,16 @@ def main():
             proc.terminate()
             proc.wait(timeout=60)
     print(f"device {args.device}; one run per N; per generation step (totals / steps)")
-    print("| N | tokens/s | steps | sequences per step | step ms | ops | in ops ms | read-backs | in read-backs ms | rest ms |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| N | tokens/s | steps | sequences per step | step ms | ops | in ops ms | read-backs "
+          "| in read-backs ms | calls | in calls ms | rest ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n, tps, wall, dl, steps in rows:
         step = dl["step_s"] / steps * 1e3
         ops, reads = dl["op_s"] / steps * 1e3, dl["read_s"] / steps * 1e3
+        calls = dl["call_s"] / steps * 1e3
         print(f"| {n} | {tps:.0f} | {steps:.0f} | {dl['seqs'] / steps:.1f} | {step:.2f} | {dl['ops'] / steps:.0f} "
-              f"| {ops:.2f} | {dl['reads'] / steps:.1f} | {reads:.2f} | {step - ops - reads:.2f} |")
+              f"| {ops:.2f} | {dl['reads'] / steps:.1f} | {reads:.2f} | {dl['calls'] / steps:.0f} | {calls:.2f} "
+              f"| {step - ops - reads - calls:.2f} |")
     print()
     print("by op, per step: count / ms in them / us per op")
     names = sorted({k[2:] for _, _, _, dl, _ in rows for k in dl if k.startswith("n:")})

@@ -216,7 +216,8 @@ fn every_float_op_matches_an_f64_reference() {
         }
         // A decode step's rows (up to 64, here and in a batch) by a weight
         // stored [n, k]: the GPU's own kernels (up to 8 rows `matvec_t`,
-        // then the tiled `matmul_t`), with k a multiple of 4 and not.
+        // then the tiled `matmul_t`), with k a multiple of 4 and not, and
+        // long (many slices, the last one short).
         for (rows, k, n) in [
             (vec![1], 64, 300),
             (vec![8], 132, 70),
@@ -225,6 +226,8 @@ fn every_float_op_matches_an_f64_reference() {
             (vec![13], 132, 577),
             (vec![4, 10], 96, 200),
             (vec![64], 37, 65),
+            (vec![40], 700, 300),
+            (vec![2, 32], 1100, 577),
         ] {
             let a = t.rand(&[rows.clone(), vec![k]].concat(), dt, -1.0, 1.0);
             let b = t.rand(&[n, k], dt, -1.0, 1.0);

@@ -163,6 +163,10 @@ pub struct Metrics {
     pub tensor_reads: Family<DeploymentLabel, Counter>,
     /// Time inside read-backs (waiting for the queued work), seconds.
     pub tensor_read_seconds: Family<DeploymentLabel, Seconds>,
+    /// Other `wasi:tensor` calls: uploads, reshapes, shapes, drops.
+    pub tensor_calls: Family<DeploymentLabel, Counter>,
+    /// Time inside them, seconds.
+    pub tensor_call_seconds: Family<DeploymentLabel, Seconds>,
     /// `wasi:cuda` kernel launches.
     pub cuda_launches: Family<DeploymentLabel, Counter>,
     /// Time a guest waited for a durable `wasi:keyvalue` write, seconds.
@@ -359,6 +363,18 @@ impl Metrics {
                 &mut r,
                 "tensor_read_seconds",
                 "Time spent inside read-backs (waiting for queued work)",
+                Family::default(),
+            ),
+            tensor_calls: add(
+                &mut r,
+                "tensor_calls",
+                "Other wasi:tensor calls: uploads, reshapes, shapes, handle drops",
+                Family::default(),
+            ),
+            tensor_call_seconds: add(
+                &mut r,
+                "tensor_call_seconds",
+                "Time spent inside the other wasi:tensor calls",
                 Family::default(),
             ),
             cuda_launches: add(

@@ -137,6 +137,8 @@ impl TensorHost {
             op_seconds: m.tensor_op_seconds.clone(),
             reads: m.tensor_reads.get_or_create(&label).clone(),
             read_seconds: m.tensor_read_seconds.get_or_create(&label).clone(),
+            calls: m.tensor_calls.get_or_create(&label).clone(),
+            call_seconds: m.tensor_call_seconds.get_or_create(&label).clone(),
         };
         Ok(Arc::new(TenantTensors {
             slots,

@@ -252,7 +252,10 @@ impl types::HostTensor for TensorView<'_> {
     }
 
     async fn shape(&mut self, x: Resource<Tensor>) -> wasmtime::Result<Vec<u32>> {
-        Ok(wit_shape(self.table.get(&x)?.shape()))
+        let started = Instant::now();
+        let shape = wit_shape(self.table.get(&x)?.shape());
+        self.ctx.usage.call(started);
+        Ok(shape)
     }
 
     async fn dtype(&mut self, x: Resource<Tensor>) -> wasmtime::Result<types::Dtype> {

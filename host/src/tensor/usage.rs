@@ -91,6 +91,10 @@ pub struct Totals {
     pub read_nanos: u64,
     /// Bytes they copied back to the guest.
     pub read_bytes: u64,
+    /// Other calls (uploads, reshapes, shapes, drops, weights look-ups).
+    pub calls: u64,
+    /// Time inside them, ns.
+    pub call_nanos: u64,
 }
 
 impl Totals {
@@ -102,6 +106,8 @@ impl Totals {
             reads: self.reads.saturating_sub(earlier.reads),
             read_nanos: self.read_nanos.saturating_sub(earlier.read_nanos),
             read_bytes: self.read_bytes.saturating_sub(earlier.read_bytes),
+            calls: self.calls.saturating_sub(earlier.calls),
+            call_nanos: self.call_nanos.saturating_sub(earlier.call_nanos),
         }
     }
 }
@@ -115,6 +121,8 @@ impl Usage {
             reads: self.reads.load(Ordering::Relaxed),
             read_nanos: self.read_nanos.load(Ordering::Relaxed),
             read_bytes: self.read_bytes.load(Ordering::Relaxed),
+            calls: self.calls.load(Ordering::Relaxed),
+            call_nanos: self.call_nanos.load(Ordering::Relaxed),
         }
     }
 
@@ -142,10 +150,15 @@ pub struct Counters {
     pub reads: Counter,
     /// Time inside them, seconds.
     pub read_seconds: Seconds,
+    /// Other calls (uploads, reshapes, shapes, drops).
+    pub calls: Counter,
+    /// Time inside them, seconds.
+    pub call_seconds: Seconds,
 }
 
 impl Counters {
-    /// Adds `by_op` (from [`Usage::take_by_op`]) and `d`'s read-backs.
+    /// Adds `by_op` (from [`Usage::take_by_op`]) and `d`'s read-backs and
+    /// other calls.
     pub fn add(&self, by_op: &[(&'static str, u64, u64)], d: Totals) {
         for &(op, count, ns) in by_op {
             let label = OpLabel {
@@ -161,6 +174,10 @@ impl Counters {
         if d.reads > 0 {
             self.reads.inc_by(d.reads);
             self.read_seconds.inc_by(d.read_nanos as f64 * 1e-9);
+        }
+        if d.calls > 0 {
+            self.calls.inc_by(d.calls);
+            self.call_seconds.inc_by(d.call_nanos as f64 * 1e-9);
         }
     }
 }
