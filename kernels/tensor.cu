@@ -721,30 +721,41 @@ __device__ void matvec_t(T* out, const T* x, const T* w, i64 m, i64 n, i64 k) {
 // columns tx + 4j: no bank conflicts) over a quarter of each slice, and the
 // quarters are added at the end, in order. Slices past k and rows past m
 // are zeros; sums in f32.
+//
+// Split along k (grid z > 1): the few column tiles of a narrow weight (576
+// columns: 36 blocks) would leave most of the GPU idle while each block
+// walks all of k, so block z sums only k in [z * chunk, (z + 1) * chunk)
+// and writes its tile of sums to `part_ws` (one MT_ROWS x MT_COLS tile per
+// block); the tile's last block to finish (a ticket per tile, taken after
+// a fence, given back as 0) adds the gridDim.z tiles in z order, whichever
+// block that is, so the result does not depend on timing.
 #define MT_ROWS 64
 #define MT_COLS 16
 #define MT_K 64
 #define MT_PAD (MT_K + 4)
+#define MT_BLOCK 256
 template <typename T>
-__device__ void matmul_t(T* out, const T* x, const T* w, i64 m, i64 n, i64 k) {
+__device__ void matmul_t(T* out, const T* x, const T* w, i64 m, i64 n, i64 k, i64 chunk,
+                         float* part_ws, unsigned* tickets) {
     __shared__ __align__(16) float xs[MT_ROWS][MT_PAD];
     __shared__ __align__(16) float ws[MT_COLS][MT_PAD];
     __shared__ float part[3][MT_ROWS][MT_COLS];
     int t = threadIdx.x, quarter = t >> 6, u = t & 63, tx = u & 3, ty = u >> 2;
     int kk = t % MT_K, lr = t / MT_K;  // this thread's loads: column kk, rows lr + 4q
     i64 r0 = (i64)blockIdx.y * MT_ROWS, j0 = (i64)blockIdx.x * MT_COLS;
+    i64 kb = (i64)blockIdx.z * chunk, ke = kb + chunk < k ? kb + chunk : k;
     float xr[MT_ROWS / 4], wr[MT_COLS / 4];
     auto fetch = [&](i64 k0) {
         i64 gk = k0 + kk;
 #pragma unroll
         for (int q = 0; q < MT_ROWS / 4; ++q) {
             i64 gr = r0 + lr + 4 * q;
-            xr[q] = gr < m && gk < k ? ld(x, gr * k + gk) : 0.0f;
+            xr[q] = gr < m && gk < ke ? ld(x, gr * k + gk) : 0.0f;
         }
 #pragma unroll
         for (int q = 0; q < MT_COLS / 4; ++q) {
             i64 gc = j0 + lr + 4 * q;
-            wr[q] = gc < n && gk < k ? ld(w, gc * k + gk) : 0.0f;
+            wr[q] = gc < n && gk < ke ? ld(w, gc * k + gk) : 0.0f;
         }
     };
     float acc[4][4];
@@ -752,14 +763,14 @@ __device__ void matmul_t(T* out, const T* x, const T* w, i64 m, i64 n, i64 k) {
     for (int i = 0; i < 4; ++i)
 #pragma unroll
         for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
-    fetch(0);
-    for (i64 k0 = 0; k0 < k; k0 += MT_K) {
+    fetch(kb);
+    for (i64 k0 = kb; k0 < ke; k0 += MT_K) {
 #pragma unroll
         for (int q = 0; q < MT_ROWS / 4; ++q) xs[lr + 4 * q][kk] = xr[q];
 #pragma unroll
         for (int q = 0; q < MT_COLS / 4; ++q) ws[lr + 4 * q][kk] = wr[q];
         __syncthreads();
-        if (k0 + MT_K < k) fetch(k0 + MT_K);
+        if (k0 + MT_K < ke) fetch(k0 + MT_K);
 #pragma unroll
         for (int c = quarter * (MT_K / 4); c < (quarter + 1) * (MT_K / 4); c += 4) {
             float4 a[4], b[4];
@@ -783,19 +794,59 @@ __device__ void matmul_t(T* out, const T* x, const T* w, i64 m, i64 n, i64 k) {
             for (int j = 0; j < 4; ++j) part[quarter - 1][ty + 16 * i][tx + 4 * j] = acc[i][j];
     }
     __syncthreads();
-    if (quarter == 0) {
+    if (gridDim.z == 1) {
+        if (quarter == 0) {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            i64 r = r0 + ty + 16 * i;
+            for (int i = 0; i < 4; ++i) {
+                i64 r = r0 + ty + 16 * i;
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                i64 c = j0 + tx + 4 * j;
-                int pr = ty + 16 * i, pc = tx + 4 * j;
-                float sum = acc[i][j] + part[0][pr][pc] + part[1][pr][pc] + part[2][pr][pc];
-                if (r < m && c < n) st(out, r * n + c, sum);
+                for (int j = 0; j < 4; ++j) {
+                    i64 c = j0 + tx + 4 * j;
+                    int pr = ty + 16 * i, pc = tx + 4 * j;
+                    float sum = acc[i][j] + part[0][pr][pc] + part[1][pr][pc] + part[2][pr][pc];
+                    if (r < m && c < n) st(out, r * n + c, sum);
+                }
             }
         }
+        return;
     }
+    __shared__ bool last;
+    i64 tile = (i64)blockIdx.y * gridDim.x + blockIdx.x, tiles = (i64)gridDim.x * gridDim.y;
+    if (quarter == 0) {
+        float* mine = part_ws + ((i64)blockIdx.z * tiles + tile) * (MT_ROWS * MT_COLS);
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                int pr = ty + 16 * i, pc = tx + 4 * j;
+                mine[pr * MT_COLS + pc] =
+                    acc[i][j] + part[0][pr][pc] + part[1][pr][pc] + part[2][pr][pc];
+            }
+        __threadfence();
+    }
+    __syncthreads();
+    if (t == 0) last = atomicAdd(&tickets[tile], 1u) == gridDim.z - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    // Every thread adds 4 of the tile's sums (coalesced), each part's 4
+    // loads in flight together: a round trip per part, not per sum.
+    float sum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (unsigned z = 0; z < gridDim.z; ++z) {
+        const float* p = part_ws + (z * tiles + tile) * (MT_ROWS * MT_COLS);
+        float v[4];
+#pragma unroll
+        for (int q = 0; q < 4; ++q) v[q] = __ldcg(p + t + q * MT_BLOCK);
+#pragma unroll
+        for (int q = 0; q < 4; ++q) sum[q] += v[q];
+    }
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+        int at = t + q * MT_BLOCK;
+        i64 r = r0 + at / MT_COLS, c = j0 + at % MT_COLS;
+        if (r < m && c < n) st(out, r * n + c, sum[q]);
+    }
+    if (t == 0) tickets[tile] = 0;
 }
 
 // ---- instantiations ------------------------------------------------------
@@ -861,8 +912,9 @@ __device__ void matmul_t(T* out, const T* x, const T* w, i64 m, i64 n, i64 k) {
     extern "C" __global__ void matvec_t_##N(T* o, const T* x, const T* w, i64 m, i64 n, i64 k) { \
         matvec_t(o, x, w, m, n, k);                                                            \
     }                                                                                          \
-    extern "C" __global__ void matmul_t_##N(T* o, const T* x, const T* w, i64 m, i64 n, i64 k) { \
-        matmul_t(o, x, w, m, n, k);                                                            \
+    extern "C" __global__ void matmul_t_##N(T* o, const T* x, const T* w, i64 m, i64 n, i64 k, \
+                                            i64 chunk, float* ws, unsigned* tickets) {         \
+        matmul_t(o, x, w, m, n, k, chunk, ws, tickets);                                        \
     }                                                                                          \
     extern "C" __global__ void to_f32_##N(float* o, const T* x, i64 n) { cast(o, x, n); }      \
     extern "C" __global__ void to_f16_##N(h16* o, const T* x, i64 n) { cast(o, x, n); }        \

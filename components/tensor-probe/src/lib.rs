@@ -544,15 +544,17 @@ fn bench_ops(reps: u32, rows: u32) -> Result<Value, Error> {
     let (nw, g) = (f(&[576], 1.0)?, f(&[rows, 1536], 0.5)?);
     let (k, cache) = (f(&[rows, 192], 0.1)?, f(&[rows, 3, 256, 64], 0.1)?);
     let (qkv, qkv_w) = (f(&[rows, 960], 0.1)?, f(&[960, 576], 0.01)?);
+    let down = f(&[576, 1536], 0.01)?;
     let positions: Vec<u32> = (0..rows).map(|r| 100 + r % 100).collect();
     let mut out = serde_json::Map::new();
-    let ops: [(&str, Issue<'_>); 10] = [
+    let ops: [(&str, Issue<'_>); 11] = [
         ("scale [1]", &|| f(&[1], 1.0)?.scale(2.0)),
         ("add [rows,576]", &|| x.add(&x)),
         ("rms-norm [rows,576]", &|| x.rms_norm(Some(&nw), 1e-5)),
         ("matmul [rows,576]x[576,576]T", &|| x.matmul_t(&w)),
         ("matmul [rows,576]x[1536,576]T", &|| x.matmul_t(&up)),
         ("matmul [rows,576]x[960,576]T", &|| x.matmul_t(&qkv_w)),
+        ("matmul [rows,1536]x[576,1536]T", &|| g.matmul_t(&down)),
         ("add-rms-norm [rows,576]", &|| {
             x.add_rms_norm(&x, Some(&nw), 1e-5).map(|(_, n)| n)
         }),

@@ -388,28 +388,50 @@ impl Backend for CudaBackend {
             // A decode step's rows by a weight stored [n, k]: one launch of
             // our own, which costs the CPU less than a cuBLAS call (it picks
             // and launches its kernels on every call).
-            let ours = match product(rows, n, k) {
-                _ if !plan.transpose_b || !a.dtype().is_float() => None,
-                Product::Cublas => None,
+            let kind = match product(rows, n, k) {
+                _ if !plan.transpose_b || !a.dtype().is_float() => Product::Cublas,
+                kind => kind,
+            };
+            let (dt, rows_, n_, k_) = (suffix(a.dtype()), rows as i64, n as i64, k as i64);
+            match kind {
                 Product::Matvec => {
                     let columns = (BLOCK / 32) as usize / MATVEC_SPLIT;
-                    Some(("matvec_t", (rows_grid(n.div_ceil(columns)), 1)))
+                    let blocks = rows_grid(n.div_ceil(columns));
+                    launch!(
+                        self,
+                        &format!("matvec_t_{dt}"),
+                        blocks,
+                        [&c, &pa, &pb, &rows_, &n_, &k_]
+                    )?;
+                    return Ok(Data::Cuda(out));
                 }
-                // At most 2²⁸ columns (`product`): the grid needs no clamp.
-                Product::Tiled => Some((
-                    "matmul_t",
-                    (n.div_ceil(TILE.1) as u32, rows.div_ceil(TILE.0) as u32),
-                )),
-            };
-            if let Some((kernel, blocks)) = ours {
-                let (rows, n_, k_) = (rows as i64, n as i64, k as i64);
-                launch!(
-                    self,
-                    &format!("{kernel}_{}", suffix(a.dtype())),
-                    blocks,
-                    [&c, &pa, &pb, &rows, &n_, &k_]
-                )?;
-                return Ok(Data::Cuda(out));
+                Product::Tiled => {
+                    // At most 2²⁸ columns (`product`): the grid needs no clamp.
+                    let (x, y) = (n.div_ceil(TILE.1), rows.div_ceil(TILE.0));
+                    let (parts, chunk) = split_k(x * y, k);
+                    // The scratch's tickets, then its partial tiles (none
+                    // for a product in one part: the kernel reads neither).
+                    let (tickets, ws) = match parts {
+                        1 => (0u64, 0u64),
+                        _ => {
+                            let scratch = self
+                                .lane
+                                .split_scratch()
+                                .map_err(cuda_err("split scratch"))?;
+                            let t = self.raw(scratch);
+                            (t, t + (SPLIT_TILES * 4) as u64)
+                        }
+                    };
+                    let chunk = chunk as i64;
+                    launch!(
+                        self,
+                        &format!("matmul_t_{dt}"),
+                        (x as u32, y as u32, parts),
+                        [&c, &pa, &pb, &rows_, &n_, &k_, &chunk, &ws, &tickets]
+                    )?;
+                    return Ok(Data::Cuda(out));
+                }
+                Product::Cublas => {}
             }
             // One shared right operand (a weight) and a row-major left one:
             // the whole batch is a single (batch·m)×k product, which cuBLAS

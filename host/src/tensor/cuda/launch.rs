@@ -31,6 +31,21 @@ pub(super) const MATVEC_SPLIT: usize = 4;
 /// (`MT_ROWS`, `MT_COLS` in kernels/tensor.cu).
 pub(super) const TILE: (usize, usize) = (64, 16);
 
+/// Width of the k-slices `matmul_t` stages (`MT_K`).
+const TILE_K: usize = 64;
+/// Blocks a split `matmul_t` aims for at most: one a streaming
+/// multiprocessor on an H100 (132). Measured there (tensor-probe
+/// `/bench/ops`, docs/PERFORMANCE.md): two blocks sharing one, or a second
+/// wave, cost more than the shorter walk along k saves.
+const SPLIT_BLOCKS: usize = 132;
+/// Most parts k is split into.
+const MAX_SPLIT: usize = 6;
+/// Most partial tiles (blocks) of one split product, and tickets (tiles):
+/// what a lane's scratch holds ([`super::tenant::Lane::split_scratch`]).
+pub(super) const SPLIT_TILES: usize = SPLIT_BLOCKS;
+/// Bytes of a lane's split scratch: the tickets, then the partial tiles.
+pub(super) const SPLIT_SCRATCH: usize = SPLIT_TILES * 4 * (1 + TILE.0 * TILE.1);
+
 /// Which kernel a product of `rows` rows by a weight stored [n, k] runs.
 #[derive(Debug, PartialEq)]
 pub(super) enum Product {
@@ -40,7 +55,8 @@ pub(super) enum Product {
     /// `matmul_t`: up to one tile of rows (64) while the product is small (at most 2²⁸
     /// multiply-adds: a decode step's projections, not its logits), where
     /// issuing a cuBLAS call costs the CPU more (14–32 µs at 16–64 rows,
-    /// docs/PERFORMANCE.md) than the GPU spends on the product.
+    /// docs/PERFORMANCE.md) than the GPU spends on the product. A narrow
+    /// weight's few tiles also split k over more blocks ([`split_k`]).
     Tiled,
     /// cuBLAS: its tiled kernels win past that.
     Cublas,
@@ -55,6 +71,23 @@ pub(super) fn product(rows: usize, n: usize, k: usize) -> Product {
     } else {
         Product::Cublas
     }
+}
+
+/// How `matmul_t` splits k for `tiles` output tiles: (parts, the k each
+/// part sums, a multiple of the slice width). As many parts as keep the
+/// blocks within [`SPLIT_BLOCKS`], each walking at least two slices; one
+/// part when the tiles alone come near that.
+pub(super) fn split_k(tiles: usize, k: usize) -> (u32, usize) {
+    let slices = k.div_ceil(TILE_K);
+    let want = (SPLIT_BLOCKS / tiles.max(1))
+        .min(slices / 2)
+        .clamp(1, MAX_SPLIT);
+    let per = slices.div_ceil(want);
+    let parts = slices.div_ceil(per);
+    if parts == 1 || tiles * parts > SPLIT_TILES {
+        return (1, slices * TILE_K);
+    }
+    (parts as u32, per * TILE_K)
 }
 
 impl Dims {
@@ -166,28 +199,35 @@ impl Spread {
     }
 }
 
-/// [`BLOCK`]-thread blocks over `grid`: a count, or (x, y) blocks.
+/// [`BLOCK`]-thread blocks over `grid`: a count, or (x, y) or (x, y, z)
+/// blocks.
 pub(super) fn cfg(grid: impl Into<Grid>) -> LaunchConfig {
-    let Grid(x, y) = grid.into();
+    let Grid(x, y, z) = grid.into();
     LaunchConfig {
-        grid_dim: (x, y, 1),
+        grid_dim: (x, y, z),
         block_dim: (BLOCK, 1, 1),
         shared_mem_bytes: 0,
     }
 }
 
-/// A launch's blocks along x and y.
-pub(super) struct Grid(pub u32, pub u32);
+/// A launch's blocks along x, y and z.
+pub(super) struct Grid(pub u32, pub u32, pub u32);
 
 impl From<u32> for Grid {
     fn from(x: u32) -> Self {
-        Grid(x, 1)
+        Grid(x, 1, 1)
     }
 }
 
 impl From<(u32, u32)> for Grid {
     fn from((x, y): (u32, u32)) -> Self {
-        Grid(x, y)
+        Grid(x, y, 1)
+    }
+}
+
+impl From<(u32, u32, u32)> for Grid {
+    fn from((x, y, z): (u32, u32, u32)) -> Self {
+        Grid(x, y, z)
     }
 }
 
@@ -226,6 +266,32 @@ mod tests {
         assert_eq!(product(16, 49_152, 576), Product::Cublas);
         // Past 64 rows (a prefill), cuBLAS.
         assert_eq!(product(65, 576, 576), Product::Cublas);
+    }
+
+    #[test]
+    fn narrow_weights_split_k() {
+        // SmolLM-135M's decode-step products at 9-64 rows (one row tile).
+        // o-projection: 36 tiles, 9 slices of k = 576 -> 3 parts of 3.
+        assert_eq!(split_k(36, 576), (3, 192));
+        // down: 36 tiles, 24 slices of k = 1536 -> 3 parts of 8.
+        assert_eq!(split_k(36, 1536), (3, 512));
+        // q/k/v stacked: 60 tiles -> 2 parts (5 and 4 slices).
+        assert_eq!(split_k(60, 576), (2, 320));
+        // gate and up: 96 tiles, near the target already: one part.
+        assert_eq!(split_k(96, 576), (1, 576));
+        // Enough tiles already, or too short a k: one part over all of k.
+        assert_eq!(split_k(300, 4096), (1, 4096));
+        assert_eq!(split_k(4, 100), (1, 128));
+        // Every part starts inside k, and the scratch holds every tile.
+        for tiles in [1, 7, 36, 60, 96, 200, 511] {
+            for k in [1, 64, 65, 130, 576, 1536, 10_000] {
+                let (parts, chunk) = split_k(tiles, k);
+                assert_eq!(chunk % TILE_K, 0);
+                assert!((parts as usize - 1) * chunk < k);
+                assert!(parts as usize * chunk >= k);
+                assert!(parts == 1 || tiles * parts as usize <= SPLIT_TILES);
+            }
+        }
     }
 
     #[test]

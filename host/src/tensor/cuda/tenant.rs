@@ -3,11 +3,12 @@
 
 use super::CudaDevice;
 use super::kernels::Kernels;
+use super::launch::SPLIT_SCRATCH;
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{CudaContext, CudaModule, CudaSlice, CudaStream};
+use cudarc::driver::{CudaContext, CudaModule, CudaSlice, CudaStream, DriverError};
 use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Makes the device's stream-ordered pool keep freed memory for reuse
 /// instead of returning it to the driver at every synchronization (so an op
@@ -51,6 +52,8 @@ pub struct Lane {
     pub(super) stream: Arc<CudaStream>,
     pub(super) blas: Mutex<CudaBlas>,
     cache: Mutex<Cache>,
+    /// Made by the lane's first split product ([`Lane::split_scratch`]).
+    split: OnceLock<CudaSlice<u8>>,
 }
 
 /// Most bytes one lane's cache keeps.
@@ -74,7 +77,21 @@ impl Lane {
             stream,
             blas: Mutex::new(blas),
             cache: Mutex::default(),
+            split: OnceLock::new(),
         })
+    }
+
+    /// The scratch of `matmul_t` split along k ([`super::launch::split_k`]),
+    /// [`SPLIT_SCRATCH`] bytes made on first use: a ticket per output tile,
+    /// zeros (each launch leaves them so), then the blocks' partial tiles.
+    /// One per lane is enough: the lane's launches run one after another.
+    /// Like the cache, it is outside the tenant's quota.
+    pub(super) fn split_scratch(&self) -> Result<&CudaSlice<u8>, DriverError> {
+        if let Some(scratch) = self.split.get() {
+            return Ok(scratch);
+        }
+        let scratch = self.stream.alloc_zeros::<u8>(SPLIT_SCRATCH)?;
+        Ok(self.split.get_or_init(|| scratch))
     }
 
     /// Cached bytes of exactly `len`, if any.
