@@ -570,6 +570,21 @@ __device__ void decode_write(T* ko, T* vo, const T* ki, const T* vi, const T* k,
     }
 }
 
+// decode_write for caches written where they are: only each row's rotated
+// key and its value, at the row's position (a thread per new element).
+template <typename T>
+__device__ void decode_put(T* kc, T* vc, const T* k, const T* v, i64 kvs, Positions pos, i64 rows,
+                           i64 hk, i64 cap, i64 d, float theta, int layout) {
+    GRID_LOOP(t, rows * hk * d) {
+        i64 i = t % d, rest = t / d;
+        i64 h = rest % hk, r = rest / hk;
+        i64 p = pos.p[r];
+        i64 at = ((r * hk + h) * cap + p) * d + i, src = r * kvs + h * d;
+        st(kc, at, rotated(k + src, i, d, p, theta, layout));
+        vc[at] = v[src + i];
+    }
+}
+
 // One block per (row, query head) (row r's query heads start at
 // q + r * q_stride): the rotated query against the cache's positions
 // 0..=pos.p[r] of its key head, softmax, weighted sum of values.
@@ -898,6 +913,11 @@ __device__ void matmul_t(T* out, const T* x, const T* w, i64 m, i64 n, i64 k, i6
                                                 i64 rows, i64 hk, i64 cap, i64 d, float theta, \
                                                 int layout) {                                  \
         decode_write(ko, vo, ki, vi, k, v, kvs, pos, rows, hk, cap, d, theta, layout);         \
+    }                                                                                          \
+    extern "C" __global__ void decode_put_##N(T* kc, T* vc, const T* k, const T* v, i64 kvs,      \
+                                              Positions pos, i64 rows, i64 hk, i64 cap, i64 d,  \
+                                              float theta, int layout) {                        \
+        decode_put(kc, vc, k, v, kvs, pos, rows, hk, cap, d, theta, layout);                    \
     }                                                                                          \
     extern "C" __global__ void decode_attend_##N(T* o, const T* q, i64 qs, const T* kc,        \
                                                  const T* vc, float* sc, Positions pos,        \

@@ -60,6 +60,7 @@ fn released_wit_packages_are_unchanged() {
         "inference-0.2.0",
         "tensor-fused-0.1.0",
         "tensor-fused-0.1.1",
+        "tensor-fused-0.1.2",
     ] {
         assert!(
             packages.contains(want),
@@ -101,6 +102,7 @@ fn wit_packages_resolve_with_their_deps() {
         "inference-0.2.0",
         "tensor-fused-0.1.0",
         "tensor-fused-0.1.1",
+        "tensor-fused-0.1.2",
     ] {
         resolve
             .push_path(wit.join(package))

@@ -552,6 +552,40 @@ fn every_float_op_matches_an_f64_reference() {
             assert_close(&l("decode-attention-qkv keys"), &got["keys"], &kc, dt);
             assert_close(&l("decode-attention-qkv values"), &got["values"], &vc, dt);
         }
+        // decode-attention-update (0.1.2): the caches given over give the
+        // same results, written in place where the backend can (the GPU) or
+        // copied; with a view of the key cache kept alive the host must
+        // copy, and the view still reads the caches as they were.
+        for share in [false, true] {
+            let got = t
+                .call(
+                    "decode-attention-update",
+                    &[Some(&packed), Some(&dkc), Some(&dvc)],
+                    json!({"positions": [5, 2, 0], "theta": 10000.0, "layout": "interleaved",
+                           "scale": sc, "share": share}),
+                )
+                .unwrap();
+            let (o, kc, vc) = r::decode_attention(
+                &pq,
+                &pk,
+                &pv,
+                &dkc.0,
+                &dvc.0,
+                &[5, 2, 0],
+                10000.0,
+                true,
+                sc,
+                |x| quantize(x, dt),
+            );
+            let l = |what: &str| l(&format!("decode-attention-update (share {share}) {what}"));
+            assert_close(&l("out"), &got["out"], &o, dt);
+            assert_close(&l("keys"), &got["keys"], &kc, dt);
+            assert_close(&l("values"), &got["values"], &vc, dt);
+            match share {
+                true => assert_close(&l("kept view"), &got["kept"], &dkc.0, dt),
+                false => assert!(got.get("kept").is_none(), "{}", l("no view asked for")),
+            }
+        }
         // add-rms-norm (0.1.1): the sum as `add` stores it, then its norm.
         let (ax, ay, aw) = (
             t.rand(&[3, 40], dt, -2.0, 2.0),
@@ -1026,6 +1060,12 @@ fn bad_shapes_and_dtypes_get_the_right_error_variant() {
             "invalid-shape",
         ),
         (
+            "decode-attention-update",
+            vec![Some(&m23), Some(&m45), Some(&m45)],
+            json!({"positions": [0, 1]}),
+            "invalid-shape",
+        ),
+        (
             "add-rms-norm",
             vec![Some(&m23), Some(&v4)],
             json!({}),
@@ -1100,16 +1140,22 @@ fn bad_shapes_and_dtypes_get_the_right_error_variant() {
     );
 }
 
-/// A guest built against `wasi:tensor-fused@0.1.0` keeps working on this
-/// host, which implements 0.1.1 (0.1.0 plus two functions; the linker
-/// matches semver-compatible versions): the probe with its import relabelled
-/// `@0.1.0` is served and its fused ops answer as the reference says.
+/// Guests built against `wasi:tensor-fused@0.1.0` and `@0.1.1` keep working
+/// on this host, which implements 0.1.2 (each version the one before plus
+/// functions; the linker matches semver-compatible versions): the probe
+/// with its import relabelled `@0.1.0`, then `@0.1.1`, is served and its
+/// fused ops answer as the reference says.
 #[test]
-fn guests_importing_tensor_fused_0_1_0_keep_working() {
-    let (new, old) = (
-        b"wasi:tensor-fused/ops@0.1.1".as_slice(),
-        b"wasi:tensor-fused/ops@0.1.0".as_slice(),
-    );
+fn guests_importing_older_tensor_fused_keep_working() {
+    for old in ["0.1.0", "0.1.1"] {
+        older_tensor_fused(old);
+    }
+}
+
+fn older_tensor_fused(version: &str) {
+    let new = b"wasi:tensor-fused/ops@0.1.2".as_slice();
+    let old = format!("wasi:tensor-fused/ops@{version}");
+    let old = old.as_bytes();
     let probe = std::fs::read(guest("tensor_probe")).unwrap();
     let mut relabelled = Vec::with_capacity(probe.len());
     let (mut rest, mut count) = (probe.as_slice(), 0);
@@ -1120,16 +1166,16 @@ fn guests_importing_tensor_fused_0_1_0_keep_working() {
         count += 1;
     }
     relabelled.extend_from_slice(rest);
-    assert!(count > 0, "the probe imports wasi:tensor-fused@0.1.1");
-    let path = scratch("fused-0.1.0").join("probe-0.1.0.wasm");
+    assert!(count > 0, "the probe imports wasi:tensor-fused@0.1.2");
+    let path = scratch(&format!("fused-{version}")).join("probe.wasm");
     std::fs::write(&path, &relabelled).unwrap();
-    let mut t = Ops::serving("fused-0.1.0-serve", &path);
+    let mut t = Ops::serving(&format!("fused-{version}-serve"), &path);
     let (g, u) = (
         t.rand(&[3, 7], "f32", -4.0, 4.0),
         t.rand(&[3, 7], "f32", -2.0, 2.0),
     );
     t.check(
-        "swiglu through @0.1.0",
+        &format!("swiglu through @{version}"),
         "swiglu",
         &[Some(&g), Some(&u)],
         json!({}),
@@ -1161,5 +1207,10 @@ fn guests_importing_tensor_fused_0_1_0_keep_working() {
         0.3,
         |x| x,
     );
-    assert_close("decode-attention through @0.1.0", &got["out"], &o, "f32");
+    assert_close(
+        &format!("decode-attention through @{version}"),
+        &got["out"],
+        &o,
+        "f32",
+    );
 }

@@ -2,7 +2,7 @@
 //! as host (device) tensors across decode steps.
 
 use std::cell::OnceCell;
-use tensorwasm_sdk::{RopeLayout, Tensor, Weights, attention, concat, decode_attention_qkv};
+use tensorwasm_sdk::{RopeLayout, Tensor, Weights, attention, concat, decode_attention_update};
 
 /// Hyper-parameters read from the GGUF metadata.
 #[allow(missing_docs)]
@@ -242,13 +242,15 @@ impl Model {
     /// row's position); returns the logits [rows, vocab]. The same math as
     /// [`Model::forward`] in fewer calls: one product for the query, key and
     /// value ([`Layer::qkv`]); each layer's rotation, cache write and
-    /// attention in one fused call for the whole batch; each residual add
-    /// together with the normalization after it.
+    /// attention in one fused call for the whole batch, which takes the
+    /// caches over and writes the new rows into them; each residual add
+    /// together with the normalization after it. On an error `layers` is
+    /// left incomplete.
     pub fn decode(
         &self,
         ids: &[u32],
         positions: &[usize],
-        layers: &mut [(Tensor, Tensor)],
+        layers: &mut Vec<(Tensor, Tensor)>,
     ) -> tensorwasm_sdk::Result<Tensor> {
         let c = &self.config;
         let b = ids.len() as u32;
@@ -258,8 +260,9 @@ impl Model {
         let first = self.layers.first().map_or(&self.out_norm, |l| &l.attn_norm);
         let mut n = x.rms_norm(Some(first), c.rms_eps)?;
         let scale = 1.0 / (self.head_dim() as f32).sqrt();
-        for (i, (layer, (kc, vc))) in self.layers.iter().zip(layers.iter_mut()).enumerate() {
-            let (attended, keys, values) = decode_attention_qkv(
+        let caches = std::mem::take(layers);
+        for (i, (layer, (kc, vc))) in self.layers.iter().zip(caches).enumerate() {
+            let (attended, keys, values) = decode_attention_update(
                 &n.matmul_t(self.qkv(layer)?)?,
                 kc,
                 vc,
@@ -268,7 +271,7 @@ impl Model {
                 RopeLayout::Interleaved,
                 scale,
             )?;
-            (*kc, *vc) = (keys, values);
+            layers.push((keys, values));
             let attended = attended.matmul_t(&layer.o)?;
             let (sum, normed) = x.add_rms_norm(&attended, Some(&layer.ffn_norm), c.rms_eps)?;
             let next = self

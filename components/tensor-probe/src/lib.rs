@@ -166,6 +166,46 @@ fn arg_list(args: &serde_json::Map<String, Value>, k: &str) -> Vec<u32> {
         .unwrap_or_default()
 }
 
+/// `decode-attention-update` (inputs qkv, keys, values), which takes the
+/// caches over. With `"share": true` the probe keeps a reshape of the key
+/// cache alive across the call, so the host must copy; that view's values
+/// come back as `kept` (they must be the caches as passed).
+fn update_op(
+    mut inputs: Vec<Option<Tensor>>,
+    a: &serde_json::Map<String, Value>,
+) -> Result<Result<Value, Error>, String> {
+    let mut take = |i: usize| {
+        inputs
+            .get_mut(i)
+            .and_then(Option::take)
+            .ok_or_else(|| format!("decode-attention-update: input {i} is required"))
+    };
+    let (qkv, keys, values) = (take(0)?, take(1)?, take(2)?);
+    let kept = match arg_bool(a, "share") {
+        true => match keys.reshape(&keys.shape()) {
+            Ok(view) => Some(view),
+            Err(e) => return Ok(Err(e)),
+        },
+        false => None,
+    };
+    let r = tensorwasm_sdk::decode_attention_update(
+        &qkv,
+        keys,
+        values,
+        &arg_list(a, "positions"),
+        arg_f32(a, "theta", 10000.0),
+        layout(a),
+        arg_f32(a, "scale", 1.0),
+    );
+    Ok(r.and_then(|(o, k, v)| {
+        let mut out = json!({"out": to_json(&o)?, "keys": to_json(&k)?, "values": to_json(&v)?});
+        if let Some(view) = kept {
+            out["kept"] = to_json(&view)?;
+        }
+        Ok(out)
+    }))
+}
+
 /// Runs the op; the outer error is a malformed request, the inner one the
 /// host's answer.
 fn run_op(req: &OpRequest) -> Result<Result<Value, Error>, String> {
@@ -178,6 +218,9 @@ fn run_op(req: &OpRequest) -> Result<Result<Value, Error>, String> {
             },
             None => None,
         });
+    }
+    if req.op == "decode-attention-update" {
+        return update_op(inputs, &req.args);
     }
     let need = |i: usize| -> Result<&Tensor, String> {
         inputs
@@ -546,8 +589,13 @@ fn bench_ops(reps: u32, rows: u32) -> Result<Value, Error> {
     let (qkv, qkv_w) = (f(&[rows, 960], 0.1)?, f(&[960, 576], 0.01)?);
     let down = f(&[576, 1536], 0.01)?;
     let positions: Vec<u32> = (0..rows).map(|r| 100 + r % 100).collect();
+    // The update's caches, given over and taken back each call.
+    let caches = std::cell::RefCell::new(Some((
+        f(&[rows, 3, 256, 64], 0.1)?,
+        f(&[rows, 3, 256, 64], 0.1)?,
+    )));
     let mut out = serde_json::Map::new();
-    let ops: [(&str, Issue<'_>); 11] = [
+    let ops: [(&str, Issue<'_>); 12] = [
         ("scale [1]", &|| f(&[1], 1.0)?.scale(2.0)),
         ("add [rows,576]", &|| x.add(&x)),
         ("rms-norm [rows,576]", &|| x.rms_norm(Some(&nw), 1e-5)),
@@ -584,6 +632,26 @@ fn bench_ops(reps: u32, rows: u32) -> Result<Value, Error> {
                 0.125,
             )
             .map(|(o, _, _)| o)
+        }),
+        ("decode-attention-update", &|| {
+            let (keys, values) = caches.borrow_mut().take().ok_or_else(|| {
+                Error(
+                    tensorwasm_sdk::bindings::wasi::tensor::types::Error::InvalidArgument(
+                        "the caches were lost by an earlier error".into(),
+                    ),
+                )
+            })?;
+            let (o, k, v) = tensorwasm_sdk::decode_attention_update(
+                &qkv,
+                keys,
+                values,
+                &positions,
+                10000.0,
+                RopeLayout::Interleaved,
+                0.125,
+            )?;
+            *caches.borrow_mut() = Some((k, v));
+            Ok(o)
         }),
     ];
     for (name, op) in ops {

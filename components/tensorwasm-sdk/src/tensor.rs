@@ -355,6 +355,25 @@ pub fn decode_attention_qkv(
         .map_err(Error)
 }
 
+/// [`decode_attention_qkv`] that takes the caches over and returns them
+/// updated (`wasi:tensor-fused`'s `decode-attention-update`, 0.1.2): when
+/// nothing else shares their memory (no [`Tensor::reshape`] of them is
+/// alive) the host writes each row's new key and value into it instead of
+/// copying the caches. On an error the caches are gone.
+pub fn decode_attention_update(
+    qkv: &Tensor,
+    keys: Tensor,
+    values: Tensor,
+    positions: &[u32],
+    theta: f32,
+    layout: ops::RopeLayout,
+    scale: f32,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    fused::decode_attention_update(&qkv.0, keys.0, values.0, positions, theta, layout, scale)
+        .map(|(o, k, v)| (Tensor(o), Tensor(k), Tensor(v)))
+        .map_err(Error)
+}
+
 /// Weights granted to the deployment.
 #[derive(Debug)]
 pub struct Weights(pub weights::Weights);

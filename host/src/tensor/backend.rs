@@ -139,6 +139,9 @@ pub struct DecodeArgs<'a> {
     pub layout: RopeLayout,
     /// Score scale.
     pub scale: f32,
+    /// Whether the guest gave the caches over (`decode-attention-update`):
+    /// the op layer may then let the backend write into them.
+    pub owned: bool,
 }
 
 /// Columns `at..` of each row of a 2-d tensor: one of `decode-attention`'s
@@ -160,7 +163,8 @@ impl Columns<'_> {
 
 /// A validated `decode-attention` (checked in `fused.rs`): per row r, the
 /// query and key rotated at `positions[r]`, the key and value written there
-/// in copies of the caches, attention over positions `0..=positions[r]`.
+/// (in copies of the caches, or in the caches when `in_place`), attention
+/// over positions `0..=positions[r]`.
 #[derive(Debug)]
 pub struct DecodeAttention<'a> {
     /// The inputs.
@@ -181,6 +185,10 @@ pub struct DecodeAttention<'a> {
     pub capacity: usize,
     /// Head width (even).
     pub dim: usize,
+    /// Write the new keys and values into the caches' own memory: set by
+    /// the op layer only for caches the guest gave over, that nothing else
+    /// shares, and that the backend called them [`Backend::writable`].
+    pub in_place: bool,
 }
 
 /// A tensor backend: computes validated operations.
@@ -258,8 +266,15 @@ pub trait Backend: Send + Sync + 'static {
     /// Element type conversion.
     fn cast(&self, x: &Tensor, dtype: DType) -> TResult<Data>;
     /// `decode-attention`: the attended values [rows, heads · dim] and the
-    /// updated key and value caches.
-    fn decode_attention(&self, a: &DecodeAttention<'_>) -> TResult<(Data, Data, Data)>;
+    /// updated key and value caches, or `None` for them when `a.in_place`
+    /// (written where they are).
+    fn decode_attention(&self, a: &DecodeAttention<'_>) -> TResult<(Data, Option<(Data, Data)>)>;
+    /// Whether this backend may write into `x`'s memory in order with the
+    /// rest of its work (see [`DecodeAttention::in_place`]). By default no:
+    /// the caches are copied.
+    fn writable(&self, _x: &Tensor) -> bool {
+        false
+    }
     /// `add-rms-norm`: `x + y` and its RMS norm over the last axis (`x` and
     /// `y` of one shape). By default the two ops one after the other; a
     /// backend that launches kernels does both in one.

@@ -4,7 +4,7 @@
 
 use super::backend::{Columns, DecodeAttention};
 pub use super::backend::{DecodeArgs, Operands};
-use super::error::{TResult, arg_err, shape_err};
+use super::error::{TResult, TensorError, arg_err, shape_err};
 use super::ops::{Tensors, float, same_dtype};
 use super::types::Tensor;
 
@@ -13,22 +13,47 @@ use super::types::Tensor;
 pub const MAX_HEAD_DIM: usize = 1024;
 
 impl Tensors {
-    /// `decode-attention` and `decode-attention-qkv`: the attended values
-    /// [rows, heads · dim] and the updated key and value caches.
+    /// `decode-attention`, `decode-attention-qkv` and
+    /// `decode-attention-update`: the attended values [rows, heads · dim]
+    /// and the updated key and value caches. Caches the guest gave over
+    /// (`a.owned`) that nothing else shares are written where they are when
+    /// the backend can ([`Backend::writable`](super::backend::Backend::writable)):
+    /// no copy, no new charge; otherwise they are copied and charged.
     pub fn decode_attention(&self, a: &DecodeArgs<'_>) -> TResult<(Tensor, Tensor, Tensor)> {
-        let plan = plan(a)?;
+        let mut plan = plan(a)?;
         let dtype = plan.q.tensor.dtype();
         let size = dtype.size() as u64;
         let width = plan.heads * plan.dim;
-        let cache = (plan.rows * plan.kv_heads * plan.capacity * plan.dim) as u64 * size;
         let out = self.quota().charge((plan.rows * width) as u64 * size)?;
-        let keys = self.quota().charge(cache)?;
-        let values = self.quota().charge(cache)?;
-        let (o, k, v) = self.backend().decode_attention(&plan)?;
+        let backend = self.backend();
+        plan.in_place = a.owned
+            && [a.keys, a.values]
+                .iter()
+                .all(|c| c.unshared() && backend.writable(c));
+        let charges = match plan.in_place {
+            true => None,
+            false => {
+                let cache = (plan.rows * plan.kv_heads * plan.capacity * plan.dim) as u64 * size;
+                Some((self.quota().charge(cache)?, self.quota().charge(cache)?))
+            }
+        };
+        let (o, caches) = backend.decode_attention(&plan)?;
+        let (keys, values) = match (caches, charges) {
+            (None, None) => (a.keys.clone(), a.values.clone()),
+            (Some((k, v)), Some((ck, cv))) => (
+                Tensor::new(a.keys.shape().to_vec(), dtype, k, Some(ck)),
+                Tensor::new(a.values.shape().to_vec(), dtype, v, Some(cv)),
+            ),
+            _ => {
+                return Err(TensorError::Backend(
+                    "decode-attention: the backend did not write the caches as asked".into(),
+                ));
+            }
+        };
         Ok((
             Tensor::new(vec![plan.rows, width], dtype, o, Some(out)),
-            Tensor::new(a.keys.shape().to_vec(), dtype, k, Some(keys)),
-            Tensor::new(a.values.shape().to_vec(), dtype, v, Some(values)),
+            keys,
+            values,
         ))
     }
 
@@ -167,6 +192,7 @@ fn plan<'a>(a: &'a DecodeArgs<'a>) -> TResult<DecodeAttention<'a>> {
         kv_heads,
         capacity,
         dim,
+        in_place: false,
     })
 }
 
@@ -264,6 +290,7 @@ mod tests {
                 theta: 10_000.0,
                 layout,
                 scale: 0.35,
+                owned: false,
             };
             let (o, nk, nv) = t.decode_attention(&args).unwrap();
             assert_eq!(o.shape(), q.shape());
@@ -304,6 +331,7 @@ mod tests {
                 theta: 10_000.0,
                 layout: RopeLayout::Interleaved,
                 scale: 1.0,
+                owned: false,
             })
             .map(|_| ())
             .unwrap_err()
@@ -326,6 +354,7 @@ mod tests {
                 theta: 10_000.0,
                 layout: RopeLayout::Interleaved,
                 scale: 1.0,
+                owned: false,
             })
             .map(|_| ())
             .unwrap_err();
@@ -349,6 +378,7 @@ mod tests {
                 theta: 1.0,
                 layout: RopeLayout::Interleaved,
                 scale: 1.0,
+                owned: false,
             }),
             Err(TensorError::DtypeMismatch { .. })
         ));
@@ -374,6 +404,7 @@ mod tests {
                     theta: 10_000.0,
                     layout: RopeLayout::Interleaved,
                     scale: 0.35,
+                    owned: false,
                 })
                 .unwrap();
             assert_eq!(o.shape(), [rows as usize, (heads * d) as usize]);
@@ -394,6 +425,7 @@ mod tests {
                 theta: 10_000.0,
                 layout: RopeLayout::Interleaved,
                 scale: 1.0,
+                owned: false,
             })
             .map(|_| ())
             .unwrap_err()

@@ -1,7 +1,8 @@
-//! The `wasi:tensor-fused@0.1.1` host trait, over the checks in `fused.rs`
+//! The `wasi:tensor-fused@0.1.2` host trait, over the checks in `fused.rs`
 //! (the same call path as every `wasi:tensor` op in `types_impl.rs`). Guests
-//! that import 0.1.0 get this implementation too: the linker matches
-//! semver-compatible versions, and 0.1.1 only adds functions.
+//! that import 0.1.0 or 0.1.1 get this implementation too: the linker
+//! matches semver-compatible versions, and each later version only adds
+//! functions.
 
 use super::TensorView;
 use super::backend::BinaryOp;
@@ -45,7 +46,7 @@ impl ops::Host for TensorView<'_> {
         let operands = Owned::Separate(self.get(&q)?, self.get(&k)?, self.get(&v)?);
         let caches = (self.get(&keys)?, self.get(&values)?);
         let step = (positions, theta, layout, scale);
-        self.decode(operands, caches, step).await
+        self.decode(operands, caches, step, false).await
     }
 
     async fn decode_attention_qkv(
@@ -61,7 +62,25 @@ impl ops::Host for TensorView<'_> {
         let operands = Owned::Packed(self.get(&qkv)?);
         let caches = (self.get(&keys)?, self.get(&values)?);
         let step = (positions, theta, layout, scale);
-        self.decode(operands, caches, step).await
+        self.decode(operands, caches, step, false).await
+    }
+
+    async fn decode_attention_update(
+        &mut self,
+        qkv: Resource<Tensor>,
+        keys: Resource<Tensor>,
+        values: Resource<Tensor>,
+        positions: Vec<u32>,
+        theta: f32,
+        layout: RopeLayout,
+        scale: f32,
+    ) -> WResult<Three> {
+        let operands = Owned::Packed(self.get(&qkv)?);
+        // The guest gave the caches over: out of its table, so that an
+        // unshared cache is held here alone and may be written in place.
+        let caches = (self.table.delete(keys)?, self.table.delete(values)?);
+        let step = (positions, theta, layout, scale);
+        self.decode(operands, caches, step, true).await
     }
 
     async fn add_rms_norm(
@@ -94,12 +113,14 @@ impl ops::Host for TensorView<'_> {
 }
 
 impl TensorView<'_> {
-    /// `decode-attention` over `operands` (q, k, v, or one packed qkv).
+    /// `decode-attention` over `operands` (q, k, v, or one packed qkv);
+    /// `owned`: the guest gave the caches over.
     async fn decode(
         &mut self,
         operands: Owned,
         (keys, values): (Tensor, Tensor),
         (positions, theta, layout, scale): (Vec<u32>, f32, RopeLayout, f32),
+        owned: bool,
     ) -> WResult<Three> {
         // The caches are copied, and each row's query meets its keys and
         // values: about the caches' size plus 2·width·positions.
@@ -119,6 +140,7 @@ impl TensorView<'_> {
                     theta,
                     layout: layout.into(),
                     scale,
+                    owned,
                 })
             })
             .await?;

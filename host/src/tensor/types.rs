@@ -89,6 +89,12 @@ impl Tensor {
             })
     }
 
+    /// Whether no other tensor shares this one's storage (no clone, no
+    /// view of another shape): what `decode-attention-update` may write into.
+    pub fn unshared(&self) -> bool {
+        Arc::strong_count(&self.stored) == 1
+    }
+
     /// The storage.
     pub fn data(&self) -> &Data {
         &self.stored.data

@@ -291,7 +291,7 @@ impl Backend for CpuBackend {
         Ok(Data::Cpu(host(x).cast(dtype)))
     }
 
-    fn decode_attention(&self, a: &DecodeAttention<'_>) -> TResult<(Data, Data, Data)> {
+    fn decode_attention(&self, a: &DecodeAttention<'_>) -> TResult<(Data, Option<(Data, Data)>)> {
         // Each operand's tensor converted once (the packed one is all three).
         let converted = match a.args.operands {
             Operands::Separate { q, k, v } => vec![floats(q), floats(k), floats(v)],
@@ -304,7 +304,8 @@ impl Backend for CpuBackend {
             &floats(a.args.keys),
             &floats(a.args.values),
         );
+        // Never `in_place` here (`writable` is false): the caches are copies.
         let like = |x| like(a.q.tensor, x);
-        Ok((like(out), like(keys), like(values)))
+        Ok((like(out), Some((like(keys), like(values)))))
     }
 }

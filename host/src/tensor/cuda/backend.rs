@@ -740,8 +740,14 @@ impl Backend for CudaBackend {
         self.along_axis(x, axis, "l2norm", x.dtype(), Some(eps))
     }
 
-    fn decode_attention(&self, a: &DecodeAttention<'_>) -> TResult<(Data, Data, Data)> {
+    fn decode_attention(&self, a: &DecodeAttention<'_>) -> TResult<(Data, Option<(Data, Data)>)> {
         self.decode(a)
+    }
+
+    fn writable(&self, x: &Tensor) -> bool {
+        // Made on this lane: every earlier use of it is on this stream, so
+        // a write issued now comes after them.
+        matches!(x.data(), Data::Cuda(g) if g.is_on(&self.lane))
     }
 
     fn add_rms_norm(

@@ -5,7 +5,7 @@
 use super::tenant::Lane;
 use cudarc::driver::CudaSlice;
 use std::mem::ManuallyDrop;
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 
 /// Device bytes of one tensor (at least one byte is allocated).
 pub struct CudaData {
@@ -29,6 +29,13 @@ impl CudaData {
             buf: ManuallyDrop::new(buf),
             home: Some(lane),
         }
+    }
+
+    /// Whether the bytes were allocated on `lane` (and go back to it).
+    pub(super) fn is_on(&self, lane: &Arc<Lane>) -> bool {
+        self.home
+            .as_ref()
+            .is_some_and(|home| std::ptr::eq(home.as_ptr(), Arc::as_ptr(lane)))
     }
 
     /// The device bytes.

@@ -1,9 +1,10 @@
 //! The fused ops on the GPU. `decode-attention`: per launch of up to
 //! [`DECODE_ROWS`] rows (their positions passed by value, so nothing is
 //! uploaded), one kernel copies the caches with each row's rotated key and
-//! its value written, then one block per (row, query head) attends over the
-//! row's positions (kernels/tensor.cu, `decode_write` and `decode_attend`,
-//! which scores a thread per position). The new rows
+//! its value written (`decode_write`), or, for caches given over and written
+//! in place, writes just those (`decode_put`); then one block per (row,
+//! query head) attends over the row's positions (`decode_attend`, which
+//! scores a thread per position; all in kernels/tensor.cu). The new rows
 //! are read with row strides, so packed operands (`decode-attention-qkv`)
 //! are read in place. Also `add-rms-norm` in one kernel (`add_norm`).
 
@@ -30,7 +31,7 @@ unsafe impl DeviceRepr for Positions {}
 
 impl CudaBackend {
     /// `Backend::decode_attention`.
-    pub(super) fn decode(&self, a: &DecodeAttention<'_>) -> TResult<(Data, Data, Data)> {
+    pub(super) fn decode(&self, a: &DecodeAttention<'_>) -> TResult<(Data, Option<(Data, Data)>)> {
         // The kernel keeps the query and each warp's partial sums,
         // (1 + BLOCK / 32) · dim floats, in shared memory: within 48 KiB for
         // the widest head `fused::MAX_HEAD_DIM` lets through.
@@ -38,8 +39,18 @@ impl CudaBackend {
         let dt = a.q.tensor.dtype();
         let (hq, hk, cap, d) = (a.heads, a.kv_heads, a.capacity, a.dim);
         let out = self.alloc(a.rows * hq * d, dt)?;
-        let keys = self.alloc(a.args.keys.len(), dt)?;
-        let values = self.alloc(a.args.values.len(), dt)?;
+        // The caches written: copies, or the given ones where they are.
+        let copies = match a.in_place {
+            true => None,
+            false => Some((
+                self.alloc(a.args.keys.len(), dt)?,
+                self.alloc(a.args.values.len(), dt)?,
+            )),
+        };
+        let (kw, vw) = match &copies {
+            Some((k, v)) => (self.raw(&k.buf), self.raw(&v.buf)),
+            None => (self.ptr(a.args.keys)?, self.ptr(a.args.values)?),
+        };
         let rows_max = a.rows.min(DECODE_ROWS);
         let scores = self.alloc(rows_max * hq * cap, DType::F32)?;
         let size = dt.size() as u64;
@@ -68,33 +79,55 @@ impl CudaBackend {
             let rows = chunk.len() as i64;
             let cache = (at * hk * cap * d) as u64 * size;
             let new = at as u64 * kvs as u64 * size;
-            let (ko, vo) = (self.raw(&keys.buf) + cache, self.raw(&values.buf) + cache);
-            let (ki, vi) = (
-                self.ptr(a.args.keys)? + cache,
-                self.ptr(a.args.values)? + cache,
-            );
+            let (ko, vo) = (kw + cache, vw + cache);
             let (pk, pv) = (k0 + new, v0 + new);
-            launch!(
-                self,
-                &format!("decode_write_{}", suffix(dt)),
-                grid(chunk.len() * hk * cap * d),
-                [
-                    &ko,
-                    &vo,
-                    &ki,
-                    &vi,
-                    &pk,
-                    &pv,
-                    &kvs,
-                    &pos,
-                    &rows,
-                    &hk_,
-                    &cap_,
-                    &d_,
-                    &a.args.theta,
-                    &layout
-                ]
-            )?;
+            if a.in_place {
+                launch!(
+                    self,
+                    &format!("decode_put_{}", suffix(dt)),
+                    grid(chunk.len() * hk * d),
+                    [
+                        &ko,
+                        &vo,
+                        &pk,
+                        &pv,
+                        &kvs,
+                        &pos,
+                        &rows,
+                        &hk_,
+                        &cap_,
+                        &d_,
+                        &a.args.theta,
+                        &layout
+                    ]
+                )?;
+            } else {
+                let (ki, vi) = (
+                    self.ptr(a.args.keys)? + cache,
+                    self.ptr(a.args.values)? + cache,
+                );
+                launch!(
+                    self,
+                    &format!("decode_write_{}", suffix(dt)),
+                    grid(chunk.len() * hk * cap * d),
+                    [
+                        &ko,
+                        &vo,
+                        &ki,
+                        &vi,
+                        &pk,
+                        &pv,
+                        &kvs,
+                        &pos,
+                        &rows,
+                        &hk_,
+                        &cap_,
+                        &d_,
+                        &a.args.theta,
+                        &layout
+                    ]
+                )?;
+            }
             let query = (at * hq * d) as u64 * size;
             let (o, pq) = (
                 self.raw(&out.buf) + query,
@@ -134,7 +167,8 @@ impl CudaBackend {
         }
         // The workspace is freed in stream order after the kernels.
         drop(scores);
-        Ok((Data::Cuda(out), Data::Cuda(keys), Data::Cuda(values)))
+        let caches = copies.map(|(k, v)| (Data::Cuda(k), Data::Cuda(v)));
+        Ok((Data::Cuda(out), caches))
     }
 
     /// `Backend::add_rms_norm`: the sum and its RMS norm in one launch.

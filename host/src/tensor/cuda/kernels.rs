@@ -162,6 +162,7 @@ mod tests {
                 "norm",
                 "add_norm",
                 "decode_write",
+                "decode_put",
                 "decode_attend",
                 "softmax_axis_rows",
                 "l2norm_rows",
