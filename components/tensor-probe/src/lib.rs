@@ -20,9 +20,10 @@
 //!   forward pass of L attention+MLP blocks issued op by op.
 //! - `GET /bench/upload?mib=M&reps=R`: GiB/s of guest bytes into a tensor.
 //! - `GET /bench/overhead?reps=R`: µs per host call (a query and a tiny op).
-//! - `GET /bench/ops?reps=R&rows=B`: per op of a decode step's kinds (at
-//!   SmolLM2-135M's sizes, B rows), µs to issue it (its result dropped) and
-//!   µs per op once R of them are done.
+//! - `GET /bench/ops?reps=R&rows=B[&cap=C]`: per op of a decode step's
+//!   kinds (at SmolLM2-135M's sizes, B rows, caches of C positions, default
+//!   256), µs to issue it (its result dropped) and µs per op once R of them
+//!   are done.
 //! - `GET /bench/launch?reps=R&n=N[&kernel=empty]`: µs per `wasi:cuda`
 //!   kernel launch.
 
@@ -576,8 +577,8 @@ fn time_op(reps: u32, f: Issue<'_>) -> Result<Value, Error> {
 
 /// `/bench/ops`: the kinds of op a batched decode step issues, at
 /// SmolLM2-135M's sizes (hidden 576, 9 query and 3 key/value heads of 64,
-/// feed-forward 1536, cache of 256 positions) for `rows` sequences.
-fn bench_ops(reps: u32, rows: u32) -> Result<Value, Error> {
+/// feed-forward 1536, caches of `cap` positions) for `rows` sequences.
+fn bench_ops(reps: u32, rows: u32, cap: u32) -> Result<Value, Error> {
     let f = |shape: &[u32], v: f64| Tensor::full(shape, Dtype::F32, v);
     let (x, w, up) = (
         f(&[rows, 576], 0.5)?,
@@ -585,14 +586,16 @@ fn bench_ops(reps: u32, rows: u32) -> Result<Value, Error> {
         f(&[1536, 576], 0.01)?,
     );
     let (nw, g) = (f(&[576], 1.0)?, f(&[rows, 1536], 0.5)?);
-    let (k, cache) = (f(&[rows, 192], 0.1)?, f(&[rows, 3, 256, 64], 0.1)?);
+    let (k, cache) = (f(&[rows, 192], 0.1)?, f(&[rows, 3, cap, 64], 0.1)?);
     let (qkv, qkv_w) = (f(&[rows, 960], 0.1)?, f(&[960, 576], 0.01)?);
     let down = f(&[576, 1536], 0.01)?;
-    let positions: Vec<u32> = (0..rows).map(|r| 100 + r % 100).collect();
+    // Positions in the caches' middle (100-199 for 256 positions).
+    let base = (cap / 2).saturating_sub(28).max(1);
+    let positions: Vec<u32> = (0..rows).map(|r| base + r % base).collect();
     // The update's caches, given over and taken back each call.
     let caches = std::cell::RefCell::new(Some((
-        f(&[rows, 3, 256, 64], 0.1)?,
-        f(&[rows, 3, 256, 64], 0.1)?,
+        f(&[rows, 3, cap, 64], 0.1)?,
+        f(&[rows, 3, cap, 64], 0.1)?,
     )));
     let mut out = serde_json::Map::new();
     let ops: [(&str, Issue<'_>); 12] = [
@@ -657,7 +660,7 @@ fn bench_ops(reps: u32, rows: u32) -> Result<Value, Error> {
     for (name, op) in ops {
         out.insert(name.into(), time_op(reps, op)?);
     }
-    Ok(json!({"reps": reps, "rows": rows, "ops": out}))
+    Ok(json!({"reps": reps, "rows": rows, "cap": cap, "ops": out}))
 }
 
 struct Probe;
@@ -825,7 +828,8 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
             "/bench/ops" => {
                 let reps = q("reps").and_then(|v| v.parse().ok()).unwrap_or(2_000);
                 let rows = q("rows").and_then(|v| v.parse().ok()).unwrap_or(64);
-                match bench_ops(reps, rows) {
+                let cap = q("cap").and_then(|v| v.parse().ok()).unwrap_or(256);
+                match bench_ops(reps, rows, cap) {
                     Ok(v) => json(out, 200, &v.to_string()),
                     Err(e) => json(out, 422, &error_json(&e).to_string()),
                 }
