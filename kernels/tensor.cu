@@ -547,6 +547,22 @@ __device__ __forceinline__ float rotated(const T* x, i64 i, i64 dim, i64 pos, fl
     return i == a ? x0 * c - x1 * s : x0 * s + x1 * c;
 }
 
+// Four elements of p from i (i a multiple of 4, p's rows 16-byte aligned
+// for f32 and 8-byte aligned for the 16-bit types).
+__device__ __forceinline__ void ld4(const float* p, i64 i, float* v) {
+    float4 f = *reinterpret_cast<const float4*>(p + i);
+    v[0] = f.x; v[1] = f.y; v[2] = f.z; v[3] = f.w;
+}
+template <typename T>
+__device__ __forceinline__ void ld4(const T* p, i64 i, float* v) {
+    uint2 u = *reinterpret_cast<const uint2*>(p + i);
+    T e[4];
+    e[0].x = (unsigned short)(u.x & 0xffff); e[1].x = (unsigned short)(u.x >> 16);
+    e[2].x = (unsigned short)(u.y & 0xffff); e[3].x = (unsigned short)(u.y >> 16);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) v[j] = ld(e, j);
+}
+
 // Copies of the caches [rows, hk, cap, d] with row r's rotated key and its
 // value written at position pos.p[r]; row r's key heads start at k + r * kvs,
 // its value heads at v + r * kvs (kvs = hk * d, or wider when packed).
@@ -616,8 +632,18 @@ __device__ void decode_attend(T* out, const T* q, i64 q_stride, const T* kc, con
         for (i64 j = threadIdx.x; j <= p; j += blockDim.x) {
             const T* kr = keys + j * d;
             float acc = 0.0f;
+            if ((d & 3) == 0) {
+                // Four elements a load (rows of d elements stay aligned).
+#pragma unroll 4
+                for (i64 i = 0; i < d; i += 4) {
+                    float v[4];
+                    ld4(kr, i, v);
+                    acc += qs[i] * v[0] + qs[i + 1] * v[1] + qs[i + 2] * v[2] + qs[i + 3] * v[3];
+                }
+            } else {
 #pragma unroll 8
-            for (i64 i = 0; i < d; ++i) acc += qs[i] * ld(kr, i);
+                for (i64 i = 0; i < d; ++i) acc += qs[i] * ld(kr, i);
+            }
             acc *= scale;
             sc[j] = acc;
             m = fmaxf(m, acc);
@@ -631,11 +657,19 @@ __device__ void decode_attend(T* out, const T* q, i64 q_stride, const T* kc, con
         }
         sum = block_reduce(sum, false);
         float inv = 1.0f / sum;
-        for (i64 i = lane; i < d; i += 32) {
-            float acc = 0.0f;
-#pragma unroll 4
-            for (i64 j = warp; j <= p; j += warps) acc += sc[j] * ld(values, j * d + i);
-            part[warp * d + i] = acc;
+        // Two columns a lane (i, i + 32) in one walk over the positions.
+        for (i64 i = lane; i < d; i += 64) {
+            bool two = i + 32 < d;
+            float a0 = 0.0f, a1 = 0.0f;
+#pragma unroll 8
+            for (i64 j = warp; j <= p; j += warps) {
+                float s = sc[j];
+                const T* vr = values + j * d;
+                a0 += s * ld(vr, i);
+                if (two) a1 += s * ld(vr, i + 32);
+            }
+            part[warp * d + i] = a0;
+            if (two) part[warp * d + i + 32] = a1;
         }
         __syncthreads();
         for (i64 i = threadIdx.x; i < d; i += blockDim.x) {
@@ -649,22 +683,6 @@ __device__ void decode_attend(T* out, const T* q, i64 q_stride, const T* kc, con
 // ---- skinny products ----------------------------------------------------
 
 #define MATVEC_ROWS 8
-
-// Four elements of p from i (i a multiple of 4, p's rows 16-byte aligned
-// for f32 and 8-byte aligned for the 16-bit types).
-__device__ __forceinline__ void ld4(const float* p, i64 i, float* v) {
-    float4 f = *reinterpret_cast<const float4*>(p + i);
-    v[0] = f.x; v[1] = f.y; v[2] = f.z; v[3] = f.w;
-}
-template <typename T>
-__device__ __forceinline__ void ld4(const T* p, i64 i, float* v) {
-    uint2 u = *reinterpret_cast<const uint2*>(p + i);
-    T e[4];
-    e[0].x = (unsigned short)(u.x & 0xffff); e[1].x = (unsigned short)(u.x >> 16);
-    e[2].x = (unsigned short)(u.y & 0xffff); e[3].x = (unsigned short)(u.y >> 16);
-#pragma unroll
-    for (int j = 0; j < 4; ++j) v[j] = ld(e, j);
-}
 
 // out[r, j] = sum_i x[r, i] * w[j, i] for m <= MATVEC_ROWS rows (x [m, k],
 // w [n, k], row-major): the product of a decode step's few rows with a
