@@ -17,6 +17,7 @@
 mod attention;
 mod backend;
 mod blas;
+mod cache;
 mod data;
 pub mod fault;
 mod fused;

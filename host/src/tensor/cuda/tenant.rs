@@ -2,6 +2,7 @@
 //! modules, and its pool of lanes (a stream and cuBLAS handle each).
 
 use super::CudaDevice;
+use super::cache::Cache;
 use super::kernels::Kernels;
 use super::launch::SPLIT_SCRATCH;
 use cudarc::cublas::CudaBlas;
@@ -46,12 +47,13 @@ pub(super) fn keep_pool_memory(ctx: &Arc<CudaContext>) {
 /// bytes a tensor held on this lane are handed to a later tensor of this
 /// lane, so every use stays ordered on one stream (the stream-ordered pool
 /// needs no more). It holds at most [`CACHE_BYTES`] in pieces of at most
-/// [`CACHE_PIECE`], outside the tenant's quota (its tensors are released);
-/// memory moved to `wasi:cuda` buffers never comes back to it.
+/// [`CACHE_PIECE`], outside the tenant's quota (its tensors are released),
+/// making room by the sizes least recently used ([`Cache`]); memory moved
+/// to `wasi:cuda` buffers never comes back to it.
 pub struct Lane {
     pub(super) stream: Arc<CudaStream>,
     pub(super) blas: Mutex<CudaBlas>,
-    cache: Mutex<Cache>,
+    cache: Mutex<Cache<CudaSlice<u8>>>,
     /// Made by the lane's first split product ([`Lane::split_scratch`]).
     split: OnceLock<CudaSlice<u8>>,
 }
@@ -60,12 +62,6 @@ pub struct Lane {
 pub const CACHE_BYTES: usize = 8 << 20;
 /// Largest piece a lane's cache keeps.
 pub const CACHE_PIECE: usize = 1 << 20;
-
-#[derive(Default)]
-struct Cache {
-    by_size: HashMap<usize, Vec<CudaSlice<u8>>>,
-    bytes: usize,
-}
 
 impl Lane {
     pub(super) fn new(ctx: &Arc<CudaContext>) -> anyhow::Result<Self> {
@@ -76,7 +72,7 @@ impl Lane {
         Ok(Self {
             stream,
             blas: Mutex::new(blas),
-            cache: Mutex::default(),
+            cache: Mutex::new(Cache::new(CACHE_BYTES)),
             split: OnceLock::new(),
         })
     }
@@ -100,23 +96,21 @@ impl Lane {
             return None;
         }
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        let buf = cache.by_size.get_mut(&len)?.pop()?;
-        cache.bytes -= len;
-        Some(buf)
+        cache.take(len)
     }
 
-    /// Keeps `buf` for a later tensor of its size, or frees it (too big,
-    /// or the cache is full).
+    /// Keeps `buf` for a later tensor of its size, or frees it (too big);
+    /// what makes room for it is freed too, after the lock.
     pub(super) fn keep(&self, buf: CudaSlice<u8>) {
-        let len = buf.len();
-        if len > CACHE_PIECE {
+        if buf.len() > CACHE_PIECE {
             return;
         }
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.bytes + len <= CACHE_BYTES {
-            cache.bytes += len;
-            cache.by_size.entry(len).or_default().push(buf);
-        }
+        let freed = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keep(buf);
+        drop(freed);
     }
 }
 
