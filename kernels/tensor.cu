@@ -588,6 +588,7 @@ __device__ void decode_write(T* ko, T* vo, const T* ki, const T* vi, const T* k,
 
 // decode_write for caches written where they are: only each row's rotated
 // key and its value, at the row's position (a thread per new element).
+// decode_write's parameters (one launch site); the old caches are not read.
 template <typename T>
 __device__ void decode_put(T* kc, T* vc, const T* k, const T* v, i64 kvs, Positions pos, i64 rows,
                            i64 hk, i64 cap, i64 d, float theta, int layout) {
@@ -932,9 +933,9 @@ __device__ void matmul_t(T* out, const T* x, const T* w, i64 m, i64 n, i64 k, i6
                                                 int layout) {                                  \
         decode_write(ko, vo, ki, vi, k, v, kvs, pos, rows, hk, cap, d, theta, layout);         \
     }                                                                                          \
-    extern "C" __global__ void decode_put_##N(T* kc, T* vc, const T* k, const T* v, i64 kvs,      \
-                                              Positions pos, i64 rows, i64 hk, i64 cap, i64 d,  \
-                                              float theta, int layout) {                        \
+    extern "C" __global__ void decode_put_##N(T* kc, T* vc, const T*, const T*, const T* k,      \
+                                              const T* v, i64 kvs, Positions pos, i64 rows,     \
+                                              i64 hk, i64 cap, i64 d, float theta, int layout) { \
         decode_put(kc, vc, k, v, kvs, pos, rows, hk, cap, d, theta, layout);                    \
     }                                                                                          \
     extern "C" __global__ void decode_attend_##N(T* o, const T* q, i64 qs, const T* kc,        \

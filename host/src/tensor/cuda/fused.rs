@@ -81,53 +81,38 @@ impl CudaBackend {
             let new = at as u64 * kvs as u64 * size;
             let (ko, vo) = (kw + cache, vw + cache);
             let (pk, pv) = (k0 + new, v0 + new);
-            if a.in_place {
-                launch!(
-                    self,
-                    &format!("decode_put_{}", suffix(dt)),
-                    grid(chunk.len() * hk * d),
-                    [
-                        &ko,
-                        &vo,
-                        &pk,
-                        &pv,
-                        &kvs,
-                        &pos,
-                        &rows,
-                        &hk_,
-                        &cap_,
-                        &d_,
-                        &a.args.theta,
-                        &layout
-                    ]
-                )?;
-            } else {
-                let (ki, vi) = (
+            // In place: only the new rows (`ki`/`vi` are the caches
+            // themselves, unread); otherwise the whole caches copied.
+            let (kernel, work, ki, vi) = match a.in_place {
+                true => ("decode_put", chunk.len() * hk * d, ko, vo),
+                false => (
+                    "decode_write",
+                    chunk.len() * hk * cap * d,
                     self.ptr(a.args.keys)? + cache,
                     self.ptr(a.args.values)? + cache,
-                );
-                launch!(
-                    self,
-                    &format!("decode_write_{}", suffix(dt)),
-                    grid(chunk.len() * hk * cap * d),
-                    [
-                        &ko,
-                        &vo,
-                        &ki,
-                        &vi,
-                        &pk,
-                        &pv,
-                        &kvs,
-                        &pos,
-                        &rows,
-                        &hk_,
-                        &cap_,
-                        &d_,
-                        &a.args.theta,
-                        &layout
-                    ]
-                )?;
-            }
+                ),
+            };
+            launch!(
+                self,
+                &format!("{kernel}_{}", suffix(dt)),
+                grid(work),
+                [
+                    &ko,
+                    &vo,
+                    &ki,
+                    &vi,
+                    &pk,
+                    &pv,
+                    &kvs,
+                    &pos,
+                    &rows,
+                    &hk_,
+                    &cap_,
+                    &d_,
+                    &a.args.theta,
+                    &layout
+                ]
+            )?;
             let query = (at * hq * d) as u64 * size;
             let (o, pq) = (
                 self.raw(&out.buf) + query,
