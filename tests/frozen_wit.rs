@@ -61,6 +61,7 @@ fn released_wit_packages_are_unchanged() {
         "tensor-fused-0.1.0",
         "tensor-fused-0.1.1",
         "tensor-fused-0.1.2",
+        "tensor-fused-0.1.3",
     ] {
         assert!(
             packages.contains(want),
@@ -103,6 +104,7 @@ fn wit_packages_resolve_with_their_deps() {
         "tensor-fused-0.1.0",
         "tensor-fused-0.1.1",
         "tensor-fused-0.1.2",
+        "tensor-fused-0.1.3",
     ] {
         resolve
             .push_path(wit.join(package))

@@ -1145,15 +1145,70 @@ fn bad_shapes_and_dtypes_get_the_right_error_variant() {
 /// functions; the linker matches semver-compatible versions): the probe
 /// with its import relabelled `@0.1.0`, then `@0.1.1`, is served and its
 /// fused ops answer as the reference says.
+/// Recorded steps (`wasi:tensor-fused/steps`) give exactly what the same
+/// ops give unrecorded. On a GPU they run as CUDA graphs: the first step of
+/// a key builds one, the next ones bring it up to date with new inputs,
+/// positions and caches (written in place), also with a read-back in the
+/// middle of each step and with keys that alternate; on the CPU the calls
+/// do nothing and the outputs still match. Sizes cover the product kernels
+/// (1, 9 and 33 rows).
+#[test]
+fn recorded_steps_give_what_direct_ones_give() {
+    let t = Ops::start("recorded-steps");
+    let gpu = t.server.tensor_device().starts_with("cuda");
+    let outputs = |q: &str| -> Value {
+        let resp = t.server.get(&format!("/steps?layers=3&steps=4&{q}"));
+        assert_eq!(resp.status, 200, "/steps?{q}: {}", resp.text());
+        serde_json::from_slice::<Value>(&resp.body).unwrap()["outputs"].clone()
+    };
+    for rows in [1, 9, 33] {
+        let direct = outputs(&format!("rows={rows}"));
+        let steps = direct.as_array().unwrap();
+        assert_eq!(steps.len(), 4);
+        assert_eq!(steps[0].as_array().unwrap().len(), rows * 576);
+        assert!(
+            steps
+                .iter()
+                .flat_map(|s| s.as_array().unwrap())
+                .all(|v| v.as_f64().is_some()),
+            "finite outputs"
+        );
+        assert_ne!(steps[0], steps[1], "each step has its own input");
+        for q in ["record=1", "record=1&mid=1", "record=1&keys=2"] {
+            let got = outputs(&format!("rows={rows}&{q}"));
+            assert_eq!(
+                got, direct,
+                "{rows} rows, {q}: not what the direct steps give"
+            );
+        }
+    }
+    let m = t.server.metrics();
+    let (launched, updated) = (
+        metric(&m, "tensorwasm_tensor_recorded_steps_total", &[]),
+        metric(&m, "tensorwasm_tensor_recorded_updates_total", &[]),
+    );
+    if gpu {
+        // 3 sizes × (4 + 8 parts + 4) launches; each key's first part builds.
+        assert!(launched >= 48.0, "{launched} recorded steps launched");
+        assert!(updated >= 30.0, "{updated} of them from a kept graph");
+    } else {
+        assert_eq!(
+            (launched, updated),
+            (0.0, 0.0),
+            "nothing recorded on the CPU"
+        );
+    }
+}
+
 #[test]
 fn guests_importing_older_tensor_fused_keep_working() {
-    for old in ["0.1.0", "0.1.1"] {
+    for old in ["0.1.0", "0.1.1", "0.1.2"] {
         older_tensor_fused(old);
     }
 }
 
 fn older_tensor_fused(version: &str) {
-    let new = b"wasi:tensor-fused/ops@0.1.2".as_slice();
+    let new = b"wasi:tensor-fused/ops@0.1.3".as_slice();
     let old = format!("wasi:tensor-fused/ops@{version}");
     let old = old.as_bytes();
     let probe = std::fs::read(guest("tensor_probe")).unwrap();
@@ -1166,7 +1221,7 @@ fn older_tensor_fused(version: &str) {
         count += 1;
     }
     relabelled.extend_from_slice(rest);
-    assert!(count > 0, "the probe imports wasi:tensor-fused@0.1.2");
+    assert!(count > 0, "the probe imports wasi:tensor-fused@0.1.3");
     let path = scratch(&format!("fused-{version}")).join("probe.wasm");
     std::fs::write(&path, &relabelled).unwrap();
     let mut t = Ops::serving(&format!("fused-{version}-serve"), &path);

@@ -2,7 +2,9 @@
 //! as host (device) tensors across decode steps.
 
 use std::cell::OnceCell;
-use tensorwasm_sdk::{RopeLayout, Tensor, Weights, attention, concat, decode_attention_update};
+use tensorwasm_sdk::{
+    RopeLayout, Step, Tensor, Weights, attention, concat, decode_attention_update,
+};
 
 /// Hyper-parameters read from the GGUF metadata.
 #[allow(missing_docs)]
@@ -244,8 +246,9 @@ impl Model {
     /// value ([`Layer::qkv`]); each layer's rotation, cache write and
     /// attention in one fused call for the whole batch, which takes the
     /// caches over and writes the new rows into them; each residual add
-    /// together with the normalization after it. On an error `layers` is
-    /// left incomplete.
+    /// together with the normalization after it; all but the embedding
+    /// issued as one recorded step ([`Step`], keyed by the row count). On
+    /// an error `layers` is left incomplete.
     pub fn decode(
         &self,
         ids: &[u32],
@@ -257,6 +260,9 @@ impl Model {
         let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
         let positions: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
         let mut x = self.embed.embedding(&Tensor::from_i64(&ids, &[b])?)?; // [b, hidden]
+        // The rest of the step goes to the device as one recorded step (its
+        // ids were uploaded and checked above: that waits for the device).
+        let step = Step::record(u64::from(b))?;
         let first = self.layers.first().map_or(&self.out_norm, |l| &l.attn_norm);
         let mut n = x.rms_norm(Some(first), c.rms_eps)?;
         let scale = 1.0 / (self.head_dim() as f32).sqrt();
@@ -280,7 +286,9 @@ impl Model {
                 .map_or(&self.out_norm, |l| &l.attn_norm);
             (x, n) = sum.add_rms_norm(&mlp(layer, &normed)?, Some(next), c.rms_eps)?;
         }
-        n.matmul_t(&self.lm_head)
+        let logits = n.matmul_t(&self.lm_head)?;
+        step.run()?;
+        Ok(logits)
     }
 
     /// The layer's stacked query, key and value projections, made once.

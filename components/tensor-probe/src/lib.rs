@@ -26,8 +26,11 @@
 //!   are done.
 //! - `GET /bench/launch?reps=R&n=N[&kernel=empty]`: µs per `wasi:cuda`
 //!   kernel launch.
+//! - `GET /steps?...`, `GET /bench/steps?...`: decode-like steps recorded
+//!   or not ([`steps`]).
 
 mod cuda_script;
+mod steps;
 
 use httpkit::{json, json_error, path, query_param, read_body, respond};
 use serde::Deserialize;
@@ -830,6 +833,29 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
                 let rows = q("rows").and_then(|v| v.parse().ok()).unwrap_or(64);
                 let cap = q("cap").and_then(|v| v.parse().ok()).unwrap_or(256);
                 match bench_ops(reps, rows, cap) {
+                    Ok(v) => json(out, 200, &v.to_string()),
+                    Err(e) => json(out, 422, &error_json(&e).to_string()),
+                }
+            }
+            "/steps" => {
+                let n = |k: &str, d: u32| q(k).and_then(|v| v.parse().ok()).unwrap_or(d);
+                let on = |k: &str| q(k).as_deref() == Some("1");
+                let r = steps::run(
+                    n("rows", 4),
+                    n("layers", 2),
+                    n("steps", 3),
+                    on("record"),
+                    on("mid"),
+                    n("keys", 1),
+                );
+                match r {
+                    Ok(v) => json(out, 200, &v.to_string()),
+                    Err(e) => json(out, 422, &error_json(&e).to_string()),
+                }
+            }
+            "/bench/steps" => {
+                let n = |k: &str, d: u32| q(k).and_then(|v| v.parse().ok()).unwrap_or(d);
+                match steps::bench(n("rows", 64), n("layers", 30), n("reps", 50), n("cap", 256)) {
                     Ok(v) => json(out, 200, &v.to_string()),
                     Err(e) => json(out, 422, &error_json(&e).to_string()),
                 }

@@ -1,5 +1,5 @@
 //! Guest SDK for TensorWasm's host interfaces: `wasi:tensor`, `wasi:cuda`,
-//! `wasi:scheduler` @0.1.0 and `wasi:tensor-fused` @0.1.2.
+//! `wasi:scheduler` @0.1.0 and `wasi:tensor-fused` @0.1.3.
 //!
 //! [`Tensor`] wraps the `wasi:tensor` handle with operator-style methods that
 //! chain: `x.matmul(&w)?.add(&b)?.gelu()?`. Every method returns
@@ -24,14 +24,14 @@ pub mod bindings {
                 include wasi:tensor/imports@0.1.0;
                 include wasi:cuda/imports@0.1.0;
                 include wasi:scheduler/imports@0.1.0;
-                include wasi:tensor-fused/imports@0.1.2;
+                include wasi:tensor-fused/imports@0.1.3;
             }
         ",
         path: [
             "../../wit/tensor-0.1.0",
             "../../wit/cuda-0.1.0",
             "../../wit/scheduler-0.1.0",
-            "../../wit/tensor-fused-0.1.2",
+            "../../wit/tensor-fused-0.1.3",
         ],
         generate_all,
     });
@@ -43,8 +43,8 @@ pub use bindings::wasi::tensor::ops::RopeLayout;
 pub use bindings::wasi::tensor::types::Dtype;
 pub use bindings::wasi::tensor::weights::MetadataValue;
 pub use tensor::{
-    Error, Result, Tensor, Weights, attention, concat, decode_attention, decode_attention_qkv,
-    decode_attention_update,
+    Error, Result, Step, Tensor, Weights, attention, concat, decode_attention,
+    decode_attention_qkv, decode_attention_update,
 };
 
 /// Deploy-time pre-initialization (the host runs a component's exported

@@ -2,6 +2,7 @@
 
 use crate::bindings::wasi::tensor::{ops, types, weights};
 use crate::bindings::wasi::tensor_fused::ops as fused;
+use crate::bindings::wasi::tensor_fused::steps;
 use std::fmt;
 
 pub use types::Dtype;
@@ -372,6 +373,42 @@ pub fn decode_attention_update(
     fused::decode_attention_update(&qkv.0, keys.0, values.0, positions, theta, layout, scale)
         .map(|(o, k, v)| (Tensor(o), Tensor(k), Tensor(v)))
         .map_err(Error)
+}
+
+/// A recorded step (`wasi:tensor-fused`'s `steps`, 0.1.3): the ops issued
+/// while it lives go to the device together when it [`Step::run`]s (on a
+/// GPU, one CUDA graph instead of a launch per op), with the same results.
+/// `shape_key` names the step's shape (a batch's row count): steps of one
+/// key reuse what the host built. Dropped without `run` (an error in
+/// between), what was recorded is issued then.
+///
+/// ```ignore
+/// let step = Step::record(rows as u64)?;
+/// let logits = model.forward(&x)?;
+/// step.run()?;
+/// ```
+#[derive(Debug)]
+pub struct Step(());
+
+impl Step {
+    /// Starts recording.
+    pub fn record(shape_key: u64) -> Result<Step> {
+        steps::record_step(shape_key).map_err(Error)?;
+        Ok(Step(()))
+    }
+
+    /// Issues what was recorded and stops recording.
+    pub fn run(self) -> Result<()> {
+        std::mem::forget(self);
+        steps::run_step().map_err(Error)
+    }
+}
+
+impl Drop for Step {
+    fn drop(&mut self) {
+        // The error, if any, comes back from the next read-back too.
+        let _ = steps::run_step();
+    }
 }
 
 /// Weights granted to the deployment.

@@ -13,9 +13,12 @@ use std::ffi::c_void;
 use std::sync::Arc;
 
 /// The CUDA backend the instance's tensors live on (its tenant's context
-/// and its own lane), or `no-device`.
+/// and its own lane), or `no-device`. `wasi:cuda` work is never recorded
+/// into a tensor step: what was recorded is launched first.
 pub fn gpu(tensors: &Tensors) -> Result<&CudaBackend, types::Error> {
-    tensors.cuda().ok_or(types::Error::NoDevice)
+    let gpu = tensors.cuda().ok_or(types::Error::NoDevice)?;
+    gpu.settle().map_err(tensor_err)?;
+    Ok(gpu)
 }
 
 /// Runs `f` (which waits on the device) on a blocking thread.

@@ -10,7 +10,7 @@ use super::signature::Kind;
 use super::{Buffer, CudaView, Event, Kernel, Module, Stream, library};
 use crate::platform::telemetry::{self, Span};
 use crate::tensor::bindings::wasi::tensor::types::Dtype;
-use crate::tensor::cuda::{CudaBackend, CudaData};
+use crate::tensor::cuda::CudaBackend;
 use crate::tensor::ops::dims;
 use crate::tensor::types::Data;
 use crate::tensor::{DType, Tensor};
@@ -236,16 +236,12 @@ impl memory::Host for CudaView<'_> {
                 buffer.size
             ))));
         }
+        let gpu = tri!(launch::gpu(self.tensors));
         buffer.settle();
         let (Some(slice), charge) = (buffer.bytes.take(), buffer.charge.take()) else {
             return Ok(Err(types::Error::Backend("the buffer has no bytes".into())));
         };
-        let tensor = Tensor::new(
-            shape,
-            dtype,
-            Data::Cuda(CudaData::from_slice(slice)),
-            charge,
-        );
+        let tensor = Tensor::new(shape, dtype, Data::Cuda(gpu.adopt(slice)), charge);
         Ok(Ok(self.table.push(tensor)?))
     }
 }
@@ -414,6 +410,9 @@ impl memory::HostBuffer for CudaView<'_> {
     }
 
     async fn drop(&mut self, r: Resource<Buffer>) -> wasmtime::Result<()> {
+        // Its free must not enter a recorded tensor step (`launch::gpu`
+        // launches the step first); failing that, freed all the same.
+        let _ = launch::gpu(self.tensors);
         self.table.delete(r)?;
         Ok(())
     }

@@ -167,6 +167,10 @@ pub struct Metrics {
     pub tensor_calls: Family<DeploymentLabel, Counter>,
     /// Time inside them, seconds.
     pub tensor_call_seconds: Family<DeploymentLabel, Seconds>,
+    /// Recorded tensor steps launched as CUDA graphs.
+    pub tensor_recorded_steps: Family<DeploymentLabel, Counter>,
+    /// Of those, launched from a graph kept from an earlier step.
+    pub tensor_recorded_updates: Family<DeploymentLabel, Counter>,
     /// `wasi:cuda` kernel launches.
     pub cuda_launches: Family<DeploymentLabel, Counter>,
     /// Time a guest waited for a durable `wasi:keyvalue` write, seconds.
@@ -375,6 +379,18 @@ impl Metrics {
                 &mut r,
                 "tensor_call_seconds",
                 "Time spent inside the other wasi:tensor calls",
+                Family::default(),
+            ),
+            tensor_recorded_steps: add(
+                &mut r,
+                "tensor_recorded_steps",
+                "Recorded wasi:tensor steps (or parts of steps) launched as CUDA graphs",
+                Family::default(),
+            ),
+            tensor_recorded_updates: add(
+                &mut r,
+                "tensor_recorded_updates",
+                "Recorded steps launched from a graph kept from an earlier step of the same key",
                 Family::default(),
             ),
             cuda_launches: add(

@@ -205,6 +205,17 @@ pub trait Backend: Send + Sync + 'static {
     fn max_broadcast_rank(&self) -> usize {
         usize::MAX
     }
+    /// Starts recording this instance's ops as the step `key`, to be
+    /// issued together ([`Backend::run_recorded`]); results are the same.
+    /// By default nothing is recorded: each op runs when called.
+    fn record(&self, _key: u64) -> TResult<()> {
+        Ok(())
+    }
+    /// Issues what was recorded since [`Backend::record`] and stops
+    /// recording.
+    fn run_recorded(&self) -> TResult<()> {
+        Ok(())
+    }
     /// Waits until all work issued through this backend has finished.
     fn synchronize(&self) -> TResult<()> {
         Ok(())

@@ -1,4 +1,4 @@
-//! Generated bindings for `wasi:tensor@0.1.0` and `wasi:tensor-fused@0.1.2`.
+//! Generated bindings for `wasi:tensor@0.1.0` and `wasi:tensor-fused@0.1.3`.
 
 wasmtime::component::bindgen!({
     path: "../wit/tensor-0.1.0",
@@ -10,10 +10,10 @@ wasmtime::component::bindgen!({
     },
 });
 
-/// `wasi:tensor-fused@0.1.2` over the same tensors.
+/// `wasi:tensor-fused@0.1.3` over the same tensors.
 pub mod fused {
     wasmtime::component::bindgen!({
-        path: ["../wit/tensor-0.1.0", "../wit/tensor-fused-0.1.2"],
+        path: ["../wit/tensor-0.1.0", "../wit/tensor-fused-0.1.3"],
         world: "wasi:tensor-fused/imports",
         imports: { default: async | trappable },
         with: {

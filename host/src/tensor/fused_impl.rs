@@ -1,12 +1,12 @@
-//! The `wasi:tensor-fused@0.1.2` host trait, over the checks in `fused.rs`
-//! (the same call path as every `wasi:tensor` op in `types_impl.rs`). Guests
-//! that import 0.1.0 or 0.1.1 get this implementation too: the linker
-//! matches semver-compatible versions, and each later version only adds
-//! functions.
+//! The `wasi:tensor-fused@0.1.3` host traits, over the checks in `fused.rs`
+//! (the same call path as every `wasi:tensor` op in `types_impl.rs`), and
+//! recorded steps (`steps`, over `Backend::record`). Guests that import
+//! 0.1.0 to 0.1.2 get this implementation too: the linker matches
+//! semver-compatible versions, and each later version only adds functions.
 
 use super::TensorView;
 use super::backend::BinaryOp;
-use super::bindings::fused::wasi::tensor_fused::ops;
+use super::bindings::fused::wasi::tensor_fused::{ops, steps};
 use super::bindings::wasi::tensor::ops::RopeLayout;
 use super::fused::{DecodeArgs, Operands};
 use super::types::Tensor;
@@ -109,6 +109,22 @@ impl ops::Host for TensorView<'_> {
         up: Resource<Tensor>,
     ) -> WResult<Resource<Tensor>> {
         self.binary(BinaryOp::Swiglu, gate, up).await
+    }
+}
+
+impl steps::Host for TensorView<'_> {
+    async fn record_step(&mut self, shape_key: u64) -> WResult<()> {
+        let started = std::time::Instant::now();
+        let r = self.ctx.tensors().backend().record(shape_key);
+        self.ctx.usage.call(started);
+        Ok(r.map_err(Into::into))
+    }
+
+    async fn run_step(&mut self) -> WResult<()> {
+        let started = std::time::Instant::now();
+        let r = self.ctx.tensors().backend().run_recorded();
+        self.ctx.usage.call(started);
+        Ok(r.map_err(Into::into))
     }
 }
 

@@ -139,6 +139,8 @@ impl TensorHost {
             read_seconds: m.tensor_read_seconds.get_or_create(&label).clone(),
             calls: m.tensor_calls.get_or_create(&label).clone(),
             call_seconds: m.tensor_call_seconds.get_or_create(&label).clone(),
+            steps: m.tensor_recorded_steps.get_or_create(&label).clone(),
+            step_updates: m.tensor_recorded_updates.get_or_create(&label).clone(),
         };
         Ok(Arc::new(TenantTensors {
             slots,
@@ -240,6 +242,9 @@ pub struct TensorCtx {
     usage: usage::Usage,
     /// What [`TensorCtx::report`] added to the deployment's counters so far.
     reported: usage::Totals,
+    /// The lane's recorded steps when last reported (a lane outlives
+    /// instances).
+    steps: cuda::RecordedSteps,
 }
 
 impl TensorCtx {
@@ -248,12 +253,14 @@ impl TensorCtx {
     pub fn new(shared: Arc<TenantTensors>, slot: usize) -> Self {
         let slot = slot.min(shared.slots.len() - 1);
         let tensors = shared.slots[slot].tensors.for_instance();
+        let steps = tensors.cuda().map(|g| g.recorded()).unwrap_or_default();
         Self {
             shared,
             slot,
             tensors,
             usage: usage::Usage::default(),
             reported: usage::Totals::default(),
+            steps,
         }
     }
 
@@ -262,10 +269,12 @@ impl TensorCtx {
         &self.tensors
     }
 
-    /// Whether the instance's device is down (`device::Placement::down`):
-    /// a warm instance there is not reused.
+    /// Whether the instance's device is down (`device::Placement::down`),
+    /// or a recorded step of its could not run (its tensors are undefined):
+    /// a warm instance then is not reused.
     pub fn down(&self) -> bool {
-        self.shared.placement.len() > 1 && self.shared.placement.down(self.slot).is_some()
+        let lost = self.tensors.cuda().is_some_and(|g| g.lost());
+        lost || self.shared.placement.len() > 1 && self.shared.placement.down(self.slot).is_some()
     }
 
     /// The weights granted to the deployment, on the instance's device.
@@ -279,7 +288,15 @@ impl TensorCtx {
         let now = self.usage.totals();
         let d = now.since(self.reported);
         self.reported = now;
-        self.shared.counters.add(&self.usage.take_by_op(), d);
+        let counters = &self.shared.counters;
+        counters.add(&self.usage.take_by_op(), d);
+        if let Some(now) = self.tensors.cuda().map(|g| g.recorded()) {
+            counters.steps.inc_by(now.launched - self.steps.launched);
+            counters
+                .step_updates
+                .inc_by(now.updated - self.steps.updated);
+            self.steps = now;
+        }
         d
     }
 }
@@ -308,6 +325,9 @@ impl HasData for HasTensor {
 pub fn add_to_linker<T: TensorStateView + 'static>(linker: &mut Linker<T>) -> anyhow::Result<()> {
     bindings::Imports::add_to_linker::<T, HasTensor>(linker, |s| s.tensor())?;
     bindings::fused::wasi::tensor_fused::ops::add_to_linker::<T, HasTensor>(linker, |s| {
+        s.tensor()
+    })?;
+    bindings::fused::wasi::tensor_fused::steps::add_to_linker::<T, HasTensor>(linker, |s| {
         s.tensor()
     })?;
     // The generated `from-bytes` receives a host copy of the guest's bytes;

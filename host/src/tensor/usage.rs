@@ -154,6 +154,10 @@ pub struct Counters {
     pub calls: Counter,
     /// Time inside them, seconds.
     pub call_seconds: Seconds,
+    /// Recorded steps launched as CUDA graphs.
+    pub steps: Counter,
+    /// Of those, from a kept graph brought up to date.
+    pub step_updates: Counter,
 }
 
 impl Counters {

@@ -31,6 +31,14 @@ pub struct CudaBackend {
 impl Drop for CudaBackend {
     fn drop(&mut self) {
         if self.leased {
+            // A step still being recorded has no reader left.
+            if self.bind().is_ok() {
+                self.lane.recorder.abandon(self.stream());
+            }
+            // A lane whose recorded step could not run is not handed on.
+            if self.lane.recorder.lost() {
+                return;
+            }
             let mut idle = self.tenant.idle.lock().unwrap_or_else(|e| e.into_inner());
             if idle.len() < IDLE_LANES {
                 idle.push(self.lane.clone());
@@ -62,6 +70,7 @@ impl CudaBackend {
                     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
                 },
                 poison: std::env::var_os("TENSOR_WASM_GPU_POISON").is_some(),
+                graphs: std::env::var_os("TENSOR_WASM_NO_GRAPHS").is_none(),
                 device,
                 ctx,
                 kernels,
@@ -112,6 +121,39 @@ impl CudaBackend {
         &self.lane.stream
     }
 
+    /// Launches what this lane recorded so far ([`super::graph`]), before
+    /// work that waits for the device or cannot be recorded; a no-op when
+    /// not recording. Fails when a recorded step could not run.
+    pub fn settle(&self) -> TResult<()> {
+        self.bind()?;
+        self.lane
+            .recorder
+            .settle(self.stream())
+            .map_err(TensorError::Backend)
+    }
+
+    /// Device bytes made on this backend's stream (a `wasi:cuda` buffer)
+    /// as a tensor's: back to the lane's cache when dropped, in its order
+    /// (so never freed inside a recorded step); freed on drop when made on
+    /// another stream.
+    pub fn adopt(&self, buf: CudaSlice<u8>) -> CudaData {
+        match Arc::ptr_eq(buf.stream(), self.stream()) {
+            true => CudaData::on_lane(buf, Arc::downgrade(&self.lane)),
+            false => CudaData::from_slice(buf),
+        }
+    }
+
+    /// Whether a recorded step of this lane could not run (every later
+    /// read-back fails).
+    pub fn lost(&self) -> bool {
+        self.lane.recorder.lost()
+    }
+
+    /// What this lane's recorded steps did so far.
+    pub fn recorded(&self) -> super::RecordedSteps {
+        self.lane.recorder.counts()
+    }
+
     /// Makes the tenant's context current on this thread.
     pub fn bind(&self) -> TResult<()> {
         self.tenant
@@ -123,11 +165,21 @@ impl CudaBackend {
     /// Uninitialized device memory for `n` elements of `dtype` (NaN-poisoned
     /// when TENSOR_WASM_GPU_POISON is set, to catch unwritten elements).
     pub(super) fn alloc(&self, n: usize, dtype: DType) -> TResult<CudaData> {
+        // Every op allocates before it launches: where a recorded step
+        // captures again (after a read-back) or starts its next part.
+        self.lane
+            .recorder
+            .op(self.stream())
+            .map_err(TensorError::Backend)?;
+        self.alloc_uncaptured(n, dtype)
+    }
+
+    /// [`Self::alloc`] for work that is never captured (an upload).
+    fn alloc_uncaptured(&self, n: usize, dtype: DType) -> TResult<CudaData> {
         let bytes = (n * dtype.size()).max(1);
         let buf = match self.lane.take(bytes) {
             Some(buf) => buf,
-            // SAFETY: u8 has no invalid bit patterns; every op writes what it reads back.
-            None => unsafe { self.stream().alloc::<u8>(bytes) }.map_err(cuda_err("allocating"))?,
+            None => self.lane.alloc(bytes).map_err(cuda_err("allocating"))?,
         };
         if self.tenant.poison {
             let (p, _g) = buf.device_ptr(self.stream());
@@ -327,8 +379,32 @@ impl Backend for CudaBackend {
         MAX_RANK
     }
 
-    fn synchronize(&self) -> TResult<()> {
+    fn record(&self, key: u64) -> TResult<()> {
+        // A lane shared with other instances would record their work too.
+        if !self.leased || !self.tenant.graphs {
+            return Ok(());
+        }
         self.bind()?;
+        // Made now: a first split product would allocate it mid-capture.
+        self.lane
+            .split_scratch()
+            .map_err(cuda_err("the split-product scratch"))?;
+        self.lane
+            .recorder
+            .record(self.stream(), key)
+            .map_err(TensorError::Backend)
+    }
+
+    fn run_recorded(&self) -> TResult<()> {
+        self.bind()?;
+        self.lane
+            .recorder
+            .run(self.stream())
+            .map_err(TensorError::Backend)
+    }
+
+    fn synchronize(&self) -> TResult<()> {
+        self.settle()?;
         self.stream()
             .synchronize()
             .map_err(cuda_err("waiting for the GPU"))
@@ -339,8 +415,9 @@ impl Backend for CudaBackend {
     }
 
     fn upload_bytes(&self, bytes: &[u8], dtype: DType) -> TResult<Data> {
-        self.bind()?;
-        let mut out = self.alloc(bytes.len() / dtype.size(), dtype)?;
+        // From guest memory: not something a graph can replay.
+        self.settle()?;
+        let mut out = self.alloc_uncaptured(bytes.len() / dtype.size(), dtype)?;
         if !bytes.is_empty() {
             self.stream()
                 .memcpy_htod(bytes, &mut out.buf.slice_mut(..bytes.len()))
@@ -350,7 +427,7 @@ impl Backend for CudaBackend {
     }
 
     fn download(&self, x: &Tensor) -> TResult<CpuData> {
-        self.bind()?;
+        self.settle()?;
         let Data::Cuda(g) = x.data() else {
             return Err(TensorError::Backend(
                 "a host tensor reached the GPU backend".into(),

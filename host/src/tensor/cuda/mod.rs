@@ -21,12 +21,14 @@ mod cache;
 mod data;
 pub mod fault;
 mod fused;
+mod graph;
 mod kernels;
 mod launch;
 mod tenant;
 
 pub use backend::CudaBackend;
 pub use data::CudaData;
+pub use graph::Counts as RecordedSteps;
 pub use tenant::CudaTenant;
 
 use cudarc::driver::CudaContext;

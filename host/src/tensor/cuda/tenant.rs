@@ -3,6 +3,7 @@
 
 use super::CudaDevice;
 use super::cache::Cache;
+use super::graph::Recorder;
 use super::kernels::Kernels;
 use super::launch::SPLIT_SCRATCH;
 use cudarc::cublas::CudaBlas;
@@ -56,6 +57,16 @@ pub struct Lane {
     cache: Mutex<Cache<CudaSlice<u8>>>,
     /// Made by the lane's first split product ([`Lane::split_scratch`]).
     split: OnceLock<CudaSlice<u8>>,
+    /// Recorded steps ([`Recorder`]).
+    pub(super) recorder: Recorder,
+}
+
+impl Drop for Lane {
+    fn drop(&mut self) {
+        if self.stream.context().bind_to_thread().is_ok() {
+            self.recorder.clear(&self.stream);
+        }
+    }
 }
 
 /// Most bytes one lane's cache keeps.
@@ -74,6 +85,7 @@ impl Lane {
             blas: Mutex::new(blas),
             cache: Mutex::new(Cache::new(CACHE_BYTES)),
             split: OnceLock::new(),
+            recorder: Recorder::default(),
         })
     }
 
@@ -99,18 +111,31 @@ impl Lane {
         cache.take(len)
     }
 
-    /// Keeps `buf` for a later tensor of its size, or frees it (too big);
-    /// what makes room for it is freed too, after the lock.
-    pub(super) fn keep(&self, buf: CudaSlice<u8>) {
-        if buf.len() > CACHE_PIECE {
-            return;
+    /// New bytes on this lane's stream (made outside a step being
+    /// recorded: [`Recorder::alloc`]).
+    pub(super) fn alloc(&self, bytes: usize) -> Result<CudaSlice<u8>, DriverError> {
+        match self.recorder.alloc(&self.stream, bytes) {
+            Some(made) => made,
+            // SAFETY: u8 has no invalid bit patterns; every op writes what it reads back.
+            None => unsafe { self.stream.alloc::<u8>(bytes) },
         }
-        let freed = self
-            .cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .keep(buf);
-        drop(freed);
+    }
+
+    /// Keeps `buf` for a later tensor of its size, or frees it (too big);
+    /// what makes room for it is freed too, after the lock. While a step
+    /// is recorded, frees wait until it is launched ([`Recorder::defer`]).
+    pub(super) fn keep(&self, buf: CudaSlice<u8>) {
+        let freed = match buf.len() > CACHE_PIECE {
+            true => vec![buf],
+            false => self
+                .cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .keep(buf),
+        };
+        for buf in freed {
+            drop(self.recorder.defer(buf));
+        }
     }
 }
 
@@ -125,6 +150,9 @@ pub struct CudaTenant {
     pub(super) ctx: Arc<CudaContext>,
     pub(super) kernels: Kernels,
     pub(super) poison: bool,
+    /// Recorded steps become CUDA graphs (off with TENSOR_WASM_NO_GRAPHS:
+    /// every op launched as it is called).
+    pub(super) graphs: bool,
     pub(super) idle: Mutex<Vec<Arc<Lane>>>,
     pub(super) modules: Mutex<HashMap<blake3::Hash, Arc<CudaModule>>>,
 }
