@@ -9,35 +9,16 @@
 //! on the GPU machine; built here by scripts/gpu-pack.sh. With `empty`, the
 //! argument-less `empty` kernel on one thread instead.
 
-use cudarc::driver::{CudaContext, LaunchConfig, PushKernelArg};
-use cudarc::nvrtc::{CompileOptions, Ptx};
+#[path = "vetted.rs"]
+mod vetted;
+
+use cudarc::driver::{LaunchConfig, PushKernelArg};
 use std::time::Instant;
+use vetted::arg;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let arg = |i: usize, d: u32| {
-        std::env::args()
-            .nth(i)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(d)
-    };
     let (reps, rounds, n) = (arg(1, 10_000), arg(2, 7), arg(3, 256));
-    let ctx = CudaContext::new_non_primary(0, 0)?;
-    // SAFETY: one stream; nothing else uses these buffers.
-    unsafe { ctx.disable_event_tracking() };
-    let stream = ctx.new_stream()?;
-    let (major, minor) = ctx.compute_capability()?;
-    let ptx = cudarc::nvrtc::compile_ptx_with_opts(
-        include_str!("../../kernels/vetted/basics.cu"),
-        CompileOptions {
-            options: vec![
-                format!("--gpu-architecture=sm_{major}{minor}"),
-                "--std=c++17".into(),
-                "--fmad=true".into(),
-            ],
-            ..Default::default()
-        },
-    )?;
-    let module = ctx.load_module(Ptx::from_src(ptx.to_src()))?;
+    let (stream, module) = vetted::basics()?;
     let empty = std::env::args().nth(4).as_deref() == Some("empty");
     let f = module.load_function(if empty { "empty" } else { "vector_add" })?;
     let a = stream.alloc_zeros::<f32>(n as usize)?;

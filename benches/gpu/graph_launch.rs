@@ -14,10 +14,13 @@
 //! here (`cargo bench --no-run --bench graph_launch`), run on the GPU
 //! machine.
 
-use cudarc::driver::{CudaContext, CudaStream, LaunchConfig, PushKernelArg, sys};
-use cudarc::nvrtc::{CompileOptions, Ptx};
+#[path = "vetted.rs"]
+mod vetted;
+
+use cudarc::driver::{CudaStream, LaunchConfig, PushKernelArg, sys};
 use std::sync::Arc;
 use std::time::Instant;
+use vetted::arg;
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -46,29 +49,8 @@ fn end(stream: &Arc<CudaStream>) -> Res<sys::CUgraph> {
 }
 
 fn main() -> Res<()> {
-    let arg = |i: usize, d: u32| {
-        std::env::args()
-            .nth(i)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(d)
-    };
     let (launches, steps, n) = (arg(1, 300), arg(2, 200), arg(3, 4096));
-    let ctx = CudaContext::new_non_primary(0, 0)?;
-    // SAFETY: one stream; nothing else uses these buffers.
-    unsafe { ctx.disable_event_tracking() };
-    let stream = ctx.new_stream()?;
-    let (major, minor) = ctx.compute_capability()?;
-    let ptx = cudarc::nvrtc::compile_ptx_with_opts(
-        include_str!("../../kernels/vetted/basics.cu"),
-        CompileOptions {
-            options: vec![
-                format!("--gpu-architecture=sm_{major}{minor}"),
-                "--std=c++17".into(),
-            ],
-            ..Default::default()
-        },
-    )?;
-    let module = ctx.load_module(Ptx::from_src(ptx.to_src()))?;
+    let (stream, module) = vetted::basics()?;
     let f = module.load_function("vector_add")?;
     let a = stream.alloc_zeros::<f32>(n as usize)?;
     let b = stream.alloc_zeros::<f32>(n as usize)?;
