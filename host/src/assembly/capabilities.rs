@@ -74,6 +74,13 @@ pub struct InstanceState {
     pub caps: InstanceCapabilities,
 }
 
+impl Drop for InstanceState {
+    fn drop(&mut self) {
+        // Before the table's handles are dropped.
+        self.caps.end();
+    }
+}
+
 impl InstanceState {
     /// Fresh state for one instance of a deployment with `caps`, capping
     /// linear memory at `max_memory` bytes.
@@ -125,6 +132,9 @@ pub trait Capability: Sized + Send + Sync + 'static {
     fn left_behind(_table: &mut ResourceTable) -> bool {
         false
     }
+    /// The instance is ending, its handles not yet dropped (nothing to do
+    /// unless work in flight must stop first).
+    fn end(_instance: &mut Self::Instance) {}
 }
 
 /// Declares the capability list: the server, deployment and instance
@@ -193,6 +203,11 @@ macro_rules! capabilities {
             /// Whether any capability's handles in `table` must not outlive a request.
             pub fn left_behind(table: &mut ResourceTable) -> bool {
                 $(<$ty as Capability>::left_behind(table) ||)* false
+            }
+
+            /// Tells every capability that the instance is ending.
+            pub fn end(&mut self) {
+                $(<$ty as Capability>::end(&mut self.$field);)*
             }
         }
     };

@@ -177,6 +177,14 @@ impl Capability for TensorHost {
         Ok(TensorCtx::new(shared.clone(), slot))
     }
 
+    /// A step still being recorded is dropped before the handles are: a
+    /// `wasi:cuda` buffer freed inside a capture would never be freed.
+    fn end(instance: &mut TensorCtx) {
+        if let Some(gpu) = instance.tensors.cuda() {
+            gpu.abandon();
+        }
+    }
+
     /// Tensors charged to the tenant's quota; shared weights may stay.
     fn left_behind(table: &mut ResourceTable) -> bool {
         table.iter_mut().any(|entry| {

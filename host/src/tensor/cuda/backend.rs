@@ -31,10 +31,7 @@ pub struct CudaBackend {
 impl Drop for CudaBackend {
     fn drop(&mut self) {
         if self.leased {
-            // A step still being recorded has no reader left.
-            if self.bind().is_ok() {
-                self.lane.recorder.abandon(self.stream());
-            }
+            self.abandon();
             // A lane whose recorded step could not run is not handed on.
             if self.lane.recorder.lost() {
                 return;
@@ -140,6 +137,14 @@ impl CudaBackend {
         match Arc::ptr_eq(buf.stream(), self.stream()) {
             true => CudaData::on_lane(buf, Arc::downgrade(&self.lane)),
             false => CudaData::from_slice(buf),
+        }
+    }
+
+    /// Drops a step being recorded without launching it (its instance is
+    /// ending: the results have no reader).
+    pub fn abandon(&self) {
+        if self.leased && self.bind().is_ok() {
+            self.lane.recorder.abandon(self.stream());
         }
     }
 
