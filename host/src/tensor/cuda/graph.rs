@@ -51,6 +51,9 @@ pub(super) struct Recorder {
     /// Whether recording (read without the lock on every op, drop and
     /// allocation; [`State`] decides).
     on: AtomicBool,
+    /// Whether a recorded step could not run (set once, with
+    /// `State::lost`): read without the lock before every wait.
+    lost: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -167,6 +170,9 @@ impl Recorder {
     /// what was captured; recording goes on at the next op.
     pub(super) fn settle(&self, stream: &Arc<CudaStream>) -> Result<(), String> {
         if !self.on.load(Ordering::Acquire) {
+            if !self.lost.load(Ordering::Acquire) {
+                return Ok(());
+            }
             return self.lock().lost.clone().map_or(Ok(()), Err);
         }
         let mut s = self.lock();
@@ -194,7 +200,7 @@ impl Recorder {
 
     /// Whether a recorded step of this lane could not run.
     pub(super) fn lost(&self) -> bool {
-        self.lock().lost.is_some()
+        self.lost.load(Ordering::Acquire)
     }
 
     /// What this lane's recordings did.
@@ -277,6 +283,7 @@ impl Recorder {
             s.recording = false;
             self.on.store(false, Ordering::Release);
             s.lost = Some(format!("a recorded step could not run: {e}"));
+            self.lost.store(true, Ordering::Release);
             return Err(s.lost.clone().unwrap_or_default());
         }
         Ok(())
