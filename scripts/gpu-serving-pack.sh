@@ -12,7 +12,7 @@ grep -qx '/.gpu-serving/' .git/info/exclude 2>/dev/null ||
   { mkdir -p .git/info; echo '/.gpu-serving/' >> .git/info/exclude; }
 tools="${TW_BENCH_TOOLS:-$HOME/.cache/tensor-wasm-bench}"
 cargo build --release
-(cd benches/gateway/noop && cargo build --release --target wasm32-wasip2)
+(cd benches/gateway/noop && cargo build --release --target wasm32-wasip2 && cargo build --release --target wasm32-wasip2 --features floor --target-dir target/floor)
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 command -v xz >/dev/null || { apt-get update -qq && apt-get install -y -qq xz-utils; }
 [ -x "$tools/bin/wasmtime" ] || cargo install wasmtime-cli --version 48.0.8 --locked --root "$tools"
@@ -31,6 +31,7 @@ for bin in ${BASELINE_BIN:+${BASELINE_BIN//,/ }}; do
 done
 cp target/guests/wasm32-wasip2/release/hello.wasm "$g/"
 cp benches/gateway/noop/target/wasm32-wasip2/release/noop_middleware.wasm "$g/"
+cp benches/gateway/noop/target/floor/wasm32-wasip2/release/noop_middleware.wasm "$g/floor_middleware.wasm"
 # wrk and the shared libraries it links beyond glibc, behind a wrapper.
 cp "$(command -v wrk)" "$g/lib/wrk"
 ldd "$(command -v wrk)" | awk '/=> \// {print $3}' | grep -E 'luajit|libssl|libcrypto' |

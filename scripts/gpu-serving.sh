@@ -73,7 +73,7 @@ for bench in ${1//,/ }; do
         ${TRACES_ARGS:+--server-args "$TRACES_ARGS"} ;;
     gateway)
       python3 benches/gateway/bench.py --tensor-wasm "$g/tensor-wasm" --hello "$g/hello.wasm" \
-        --world "$PWD/worlds/gateway.wac" --noop "$g/noop_middleware.wasm" \
+        --world "$PWD/worlds/gateway.wac" --noop "$g/noop_middleware.wasm" --floor "$g/floor_middleware.wasm" \
         --rounds "${GATEWAY_ROUNDS:-3}" --seconds 6 --concurrency 16,64 --reuse 1000 ;;
     http)
       python3 benches/http/bench.py --tensor-wasm "$g/tensor-wasm" --wasmtime "$g/wasmtime" \

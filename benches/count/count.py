@@ -4,8 +4,10 @@ shows at once. Two comparisons:
 
 - `traces`: the gateway world (as benches/traces serves it) with traces off
   and sampled at 1 % and 100 % (exporting to a collector of this script's);
-- `chain`: bare hello, four no-op middlewares in front of it and the
-  gateway world (as benches/gateway serves them), all with warm instances;
+- `chain`: bare hello, four no-op middlewares in front of it, one
+  component making only the host calls a gateway cannot skip (the
+  one-component floor) and the gateway world (as benches/gateway serves
+  them), all with warm instances;
 - `http`: hello with warm instances under `tensor-wasm serve` and under
   `wasmtime serve --max-instance-reuse-count 1000` (benches/http's reuse
   mode; wasmtime's own allocator, so its count includes its malloc);
@@ -107,6 +109,7 @@ def main():
     ap.add_argument("--world", required=True, help="worlds/gateway.wac")
     ap.add_argument("--hello", help="hello.wasm (chain)")
     ap.add_argument("--noop", help="the no-op middleware (chain)")
+    ap.add_argument("--floor", help="the no-op middleware built with feature `floor` (chain)")
     ap.add_argument("--wasmtime", help="`wasmtime` 48.0.8 (http); builds to compare, A,B (peer-chain)")
     ap.add_argument("--seconds", type=int, default=20)
     ap.add_argument("--keep", help="a folder to copy the profiles to (for callgrind_annotate)")
@@ -128,11 +131,11 @@ def main():
             runs = [(name, ours(args, d, spec, str(i)), env, host)
                     for i, (name, env, host) in enumerate(runs)]
         elif args.what == "chain":
-            if not (args.hello and args.noop):
-                ap.error("chain needs --hello and --noop")
-            spec = gateway.deployment_file(d, args.hello, args.world, args.noop, 1000)
+            if not (args.hello and args.noop and args.floor):
+                ap.error("chain needs --hello, --noop and --floor")
+            spec = gateway.deployment_file(d, args.hello, args.world, args.noop, args.floor, 1000)
             runs = [(kind, ours(args, d, spec, str(i)), {}, gateway.HOSTS[kind])
-                    for i, kind in enumerate(gateway.KINDS[:3])]
+                    for i, kind in enumerate(gateway.KINDS[:4])]
         elif args.what == "peer-chain":
             if not (args.hello and args.noop and args.wasmtime):
                 ap.error("peer-chain needs --hello, --noop and --wasmtime")

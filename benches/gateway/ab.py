@@ -8,8 +8,9 @@ per-pair ratios are printed. Server CPU per request is read from /proc.
 
 REUSE: requests per instance for every deployment (default 1: fresh).
 
-KINDS are bench.py's: bare, "4 no-op components", gateway, gateway+audit-all.
-Needs the guests and benches/gateway/noop built (benches/gateway/run.sh does).
+KINDS are bench.py's: bare, "4 no-op components", "1-component floor", gateway,
+gateway+audit-all. Needs the guests and benches/gateway/noop built, plain and
+with feature `floor` (benches/gateway/run.sh does).
 """
 import os, sys, signal, subprocess, tempfile, time, statistics
 import importlib.util
@@ -22,6 +23,7 @@ spec.loader.exec_module(gwb)
 from bench import cpu_seconds, free_port, parse_wrk  # noqa: E402
 hello = f"{R}/target/guests/wasm32-wasip2/release/hello.wasm"
 noop = f"{R}/benches/gateway/noop/target/wasm32-wasip2/release/noop_middleware.wasm"
+floor = f"{R}/benches/gateway/noop/target/floor/wasm32-wasip2/release/noop_middleware.wasm"
 bins = {"before": sys.argv[1], "after": sys.argv[2]}
 kinds = sys.argv[3].split(",")
 pairs, secs, conc = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
@@ -32,7 +34,7 @@ with tempfile.TemporaryDirectory() as d:
     for who in ("before", "after"):
         sub = os.path.join(d, who); os.makedirs(sub)
         port = free_port()
-        p = subprocess.Popen([bins[who], "serve", gwb.deployment_file(sub, hello, f"{R}/worlds/gateway.wac", noop, reuse),
+        p = subprocess.Popen([bins[who], "serve", gwb.deployment_file(sub, hello, f"{R}/worlds/gateway.wac", noop, floor, reuse),
             "--listen", f"127.0.0.1:{port}", "--admin-listen", "off", "--cache-dir", os.path.join(sub, "cache"),
             "--data-dir", os.path.join(sub, "data")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         gwb.wait_ready(port, p, "/hello", {"Host": "bare.test"}, timeout=120); procs[who] = (port, p)

@@ -1,10 +1,13 @@
 """The gateway chain's cost: bare hello vs router -> auth -> ratelimit -> audit -> hello.
 
-One tensor-wasm server holds four deployments, told apart by Host header:
+One tensor-wasm server holds five deployments, told apart by Host header:
   bare.test       hello.wasm alone
   noop.test       benches/gateway/noop-chain.wac: four middlewares that only
                   forward (benches/gateway/noop, no_std) in front of hello --
                   the floor of any 4-component chain with a fresh world per request
+  floor.test      benches/gateway/floor.wac: one component (the no-op built with
+                  feature `floor`) making only the host calls the gateway's work
+                  cannot skip, in front of hello -- the floor of a one-component gateway
   gw.test         worlds/gateway.wac (GET /hello: router, auth, a rate-limit
                   increment per request (volatile), audit forwards)
   gw-audit.test   the same world with audit.policy = "all" (also one durable
@@ -27,12 +30,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "http"))
 from bench import describe, free_port, pin, pinning, stop, timed, wait_ready  # noqa: E402
 
 TOKEN = "bench-token-0123456789"
-KINDS = ["bare", "4 no-op components", "gateway", "gateway+audit-all"]
-HOSTS = {"bare": "bare.test", "4 no-op components": "noop.test", "gateway": "gw.test",
-         "gateway+audit-all": "gw-audit.test"}
+KINDS = ["bare", "4 no-op components", "1-component floor", "gateway", "gateway+audit-all"]
+HOSTS = {"bare": "bare.test", "4 no-op components": "noop.test", "1-component floor": "floor.test",
+         "gateway": "gw.test", "gateway+audit-all": "gw-audit.test"}
 
 
-def deployment_file(d, hello, world, noop, reuse):
+def deployment_file(d, hello, world, noop, floor, reuse):
     digest = hashlib.sha256(TOKEN.encode()).hexdigest()
     common = f'''
 [deployment.grants.config]
@@ -54,6 +57,14 @@ world = "{os.path.join(os.path.dirname(os.path.abspath(__file__)), "noop-chain.w
 route = {{ host = "noop.test" }}
 [deployment.deps]
 "tensorwasm:noop" = "{noop}"
+
+[[deployment]]
+name = "floor"
+tenant = "bench"
+world = "{os.path.join(os.path.dirname(os.path.abspath(__file__)), "floor.wac")}"
+route = {{ host = "floor.test" }}
+[deployment.deps]
+"tensorwasm:noop" = "{floor}"
 
 [[deployment]]
 name = "gateway"
@@ -90,7 +101,7 @@ def measure(args, d, reuse, concs, results):
     env = {k: v for k, v in os.environ.items() if k not in ("RUST_BACKTRACE", "RUST_LIB_BACKTRACE")}
     port = free_port()
     proc = subprocess.Popen(
-        [args.tensor_wasm, "serve", deployment_file(d, args.hello, args.world, args.noop, reuse),
+        [args.tensor_wasm, "serve", deployment_file(d, args.hello, args.world, args.noop, args.floor, reuse),
          "--listen", f"127.0.0.1:{port}", "--admin-listen", "off",
          "--cache-dir", os.path.join(d, "cache"), "--data-dir", os.path.join(d, f"data-{reuse}")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, preexec_fn=pin("SERVER"))
@@ -116,6 +127,7 @@ def main():
     ap.add_argument("--hello", required=True)
     ap.add_argument("--world", required=True)
     ap.add_argument("--noop", required=True, help="benches/gateway/noop's component")
+    ap.add_argument("--floor", required=True, help="the same built with feature `floor`")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--concurrency", default="16,64")

@@ -1,6 +1,12 @@
 //! `noop-middleware`: forwards every request, unchanged, to the handler it
 //! imports, after reading one header (as a real middleware would). See
 //! Cargo.toml for why it is `no_std`.
+//!
+//! With feature `floor` it is instead the floor of a gateway built as one
+//! component: before forwarding it makes the host calls the gateway's work
+//! cannot do without — the method and path (routing, scopes, audit), the
+//! `Authorization` header (who the caller is), the wall clock and one
+//! `wasi:keyvalue` increment (the rate limiter's token) — and nothing else.
 #![no_std]
 
 extern crate alloc;
@@ -82,6 +88,7 @@ unsafe extern "C" fn cabi_realloc(
     }
 }
 
+#[cfg(not(feature = "floor"))]
 mod bindings {
     wit_bindgen::generate!({
         inline: "
@@ -105,6 +112,61 @@ mod bindings {
     });
 }
 
+#[cfg(feature = "floor")]
+mod bindings {
+    wit_bindgen::generate!({
+        inline: "
+            package tensorwasm:noop;
+            world floor {
+                import wasi:http/incoming-handler@0.2.12;
+                import wasi:keyvalue/atomics@0.2.0-draft;
+                export wasi:http/incoming-handler@0.2.12;
+            }
+        ",
+        path: ["../../../wit/deps/io", "../../../wit/deps/clocks", "../../../wit/deps/random",
+               "../../../wit/deps/filesystem", "../../../wit/deps/sockets", "../../../wit/deps/cli",
+               "../../../wit/deps/http", "../../../wit/deps/keyvalue"],
+        with: {
+            "wasi:http/types@0.2.12": wasip2::http::types,
+            "wasi:http/incoming-handler@0.2.12": generate,
+            "wasi:io/error@0.2.12": wasip2::io::error,
+            "wasi:io/poll@0.2.12": wasip2::io::poll,
+            "wasi:io/streams@0.2.12": wasip2::io::streams,
+            "wasi:clocks/monotonic-clock@0.2.12": wasip2::clocks::monotonic_clock,
+            "wasi:keyvalue/store@0.2.0-draft": generate,
+            "wasi:keyvalue/atomics@0.2.0-draft": generate,
+        },
+    });
+}
+
+/// The floor's bucket, opened by an instance's first request and kept.
+#[cfg(feature = "floor")]
+struct Kept(UnsafeCell<Option<bindings::wasi::keyvalue::store::Bucket>>);
+
+// SAFETY: a wasm32 instance runs one thread.
+#[cfg(feature = "floor")]
+unsafe impl Sync for Kept {}
+
+#[cfg(feature = "floor")]
+static BUCKET: Kept = Kept(UnsafeCell::new(None));
+
+/// The gateway's unavoidable host calls (see the module doc).
+#[cfg(feature = "floor")]
+fn floor(request: &IncomingRequest) {
+    use bindings::wasi::keyvalue::{atomics, store};
+    core::hint::black_box(request.method());
+    core::hint::black_box(request.path_with_query());
+    core::hint::black_box(wasip2::clocks::wall_clock::now());
+    // SAFETY: single-threaded; no other reference to the slot is live.
+    let bucket = unsafe { &mut *BUCKET.0.get() };
+    if bucket.is_none() {
+        *bucket = store::open("volatile:floor").ok();
+    }
+    if let Some(bucket) = bucket {
+        core::hint::black_box(atomics::increment(bucket, "0", 1).ok());
+    }
+}
+
 struct Noop;
 
 impl bindings::exports::wasi::http::incoming_handler::Guest for Noop {
@@ -113,6 +175,8 @@ impl bindings::exports::wasi::http::incoming_handler::Guest for Noop {
         // is still in use.
         unsafe { *ALLOCATOR.next.get() = 0 };
         core::hint::black_box(request.headers().get("authorization"));
+        #[cfg(feature = "floor")]
+        floor(&request);
         bindings::wasi::http::incoming_handler::handle(request, out)
     }
 }
