@@ -88,32 +88,9 @@ unsafe extern "C" fn cabi_realloc(
     }
 }
 
-#[cfg(not(feature = "floor"))]
 mod bindings {
-    wit_bindgen::generate!({
-        inline: "
-            package tensorwasm:noop;
-            world noop {
-                import wasi:http/incoming-handler@0.2.12;
-                export wasi:http/incoming-handler@0.2.12;
-            }
-        ",
-        path: ["../../../wit/deps/io", "../../../wit/deps/clocks", "../../../wit/deps/random",
-               "../../../wit/deps/filesystem", "../../../wit/deps/sockets", "../../../wit/deps/cli",
-               "../../../wit/deps/http"],
-        with: {
-            "wasi:http/types@0.2.12": wasip2::http::types,
-            "wasi:http/incoming-handler@0.2.12": generate,
-            "wasi:io/error@0.2.12": wasip2::io::error,
-            "wasi:io/poll@0.2.12": wasip2::io::poll,
-            "wasi:io/streams@0.2.12": wasip2::io::streams,
-            "wasi:clocks/monotonic-clock@0.2.12": wasip2::clocks::monotonic_clock,
-        },
-    });
-}
-
-#[cfg(feature = "floor")]
-mod bindings {
+    // One world for both builds: without feature `floor` nothing calls
+    // `wasi:keyvalue`, so the component imports only `wasi:http`.
     wit_bindgen::generate!({
         inline: "
             package tensorwasm:noop;
